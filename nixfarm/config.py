@@ -1,0 +1,187 @@
+"""One typed, frozen settings object, loaded once.
+
+Sources, later ones winning: built-in defaults, a TOML file (``--config`` or
+``NIXFARM_CONFIG``), then ``NIXFARM_*`` environment variables, where ``__`` separates
+sections (``NIXFARM_STORAGE__KIND=s3``). Unknown keys and bad values are
+``ConfigError``s that name the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from nixfarm.errors import ConfigError
+
+# Variables the CLI reads for itself; they are not settings of the server.
+CLI_VARIABLES = frozenset({"NIXFARM_URL", "NIXFARM_TOKEN", "NIXFARM_CONFIG"})
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageSettings(Section):
+    kind: Literal["fs", "s3"] = "fs"
+    #: Filesystem store root; empty means DATA_DIR/store.
+    path: str = ""
+    bucket: str = ""
+    endpoint: str = ""
+    region: str = "us-east-1"
+    access_key_id: str = ""
+    secret_access_key: str = ""
+    prefix: str = ""
+    #: Seconds a presigned download URL stays valid.
+    presign_seconds: int = 3600
+
+
+class CacheSettings(Section):
+    #: How NARs uploaded by ``nixfarm push`` are stored.
+    compression: Literal["zstd", "xz", "none"] = "zstd"
+    zstd_level: int = 3
+    #: Priority advertised in nix-cache-info (lower wins in Nix).
+    priority: int = 40
+
+
+class SourceSettings(Section):
+    kind: Literal["none", "path", "git", "channel"] = "none"
+    #: A local directory (``path``), a repository URL (``git``), a tarball URL (``channel``).
+    location: str = ""
+    #: Attribute-set file inside the source to import; default.nix when empty.
+    entry: str = ""
+
+
+class RegistrySettings(Section):
+    source: SourceSettings = SourceSettings()
+    nix_timeout: float = 60.0
+    layer_budget: int = 94
+    compression: Literal["gzip", "zstd"] = "gzip"
+    popularity_file: str = ""
+    require_auth: bool = False
+
+
+class JobSettings(Section):
+    timeout_minutes: float = 45.0
+    lease_seconds: float = 30.0
+    network: bool = True
+
+
+class Settings(Section):
+    data_dir: Path = Path("./data")
+    listen: str = "127.0.0.1:8080"
+    #: The URL clients reach the server at; derived from ``listen`` when empty.
+    public_url: str = ""
+    #: SQLAlchemy URL; empty means SQLite in the data dir.
+    database_url: str = ""
+    #: Redis URL for scale-out events; empty means in-process events.
+    redis_url: str = ""
+    #: Extra ``--option NAME VALUE`` pairs for every nix command the server runs.
+    nix_options: dict[str, str] = {}
+    storage: StorageSettings = StorageSettings()
+    cache: CacheSettings = CacheSettings()
+    registry: RegistrySettings = RegistrySettings()
+    jobs: JobSettings = JobSettings()
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_has_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8080")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.listen}").rstrip("/")
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'nixfarm.db'}"
+
+    @property
+    def storage_path(self) -> Path:
+        return Path(self.storage.path) if self.storage.path else self.data_dir / "store"
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    for part in path[:-1]:
+        node = tree.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{'.'.join(path)}: {part} is not a section", key=".".join(path))
+        tree = node
+    tree[path[-1]] = value
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _env_tree(environ: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith("NIXFARM_") or name in CLI_VARIABLES:
+            continue
+        if name == "NIXFARM_DATA_DIR":  # shared with the CLI: the embedded farm's dir
+            _set_path(tree, ["data_dir"], value)
+            continue
+        path = [p.lower() for p in name.removeprefix("NIXFARM_").split("__")]
+        _set_path(tree, path, value)
+    return tree
+
+
+def _describe(error: ValidationError, origin: str) -> ConfigError:
+    first = error.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return ConfigError(f"{origin}: unknown setting {key!r}", key=key)
+    return ConfigError(f"{origin}: bad value for {key!r}: {first['msg']}", key=key)
+
+
+def load(
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Load settings from defaults, ``path`` (TOML), the environment and ``overrides``.
+
+    Raises ``ConfigError`` naming the offending key.
+    """
+    environ = os.environ if environ is None else environ
+    if path is None and environ.get("NIXFARM_CONFIG"):
+        path = Path(environ["NIXFARM_CONFIG"])
+    tree: dict[str, Any] = {}
+    origin = "configuration"
+    if path is not None:
+        origin = str(path)
+        try:
+            with path.open("rb") as f:
+                tree = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file {path} does not exist", key="") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}", key="") from None
+    tree = _merge(tree, _env_tree(environ))
+    tree = _merge(tree, overrides or {})
+    try:
+        return Settings.model_validate(tree)
+    except ValidationError as e:
+        raise _describe(e, origin) from None

@@ -1,0 +1,91 @@
+"""The error tree of nixfarm.
+
+Every failure a caller can act on is one of these classes. They carry structured
+fields (what was wrong, with which object), never pre-formatted HTTP responses:
+``nixfarm.server.errors`` maps them to status codes, the Nix cache answers and the
+OCI ``{"errors": [...]}`` envelope, in one place. The CLI maps them to exit codes.
+
+    NixfarmError
+    ├── ConfigError          bad configuration (a key, a value)
+    ├── InvalidInput         a request or file the caller sent is malformed
+    │   └── IntegrityError   content does not match the hash/size it claims
+    ├── NotFound             a named object does not exist
+    ├── Unauthorized         no credentials, or credentials we don't know
+    ├── Forbidden            known credentials without the needed scope
+    ├── Conflict             the object exists / the state forbids the change
+    ├── NixError             a nix command failed (which derivation, why)
+    │   └── NixTimeout       a nix command ran out of time
+    └── StorageError         the object store failed
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class NixfarmError(Exception):
+    """Base of all nixfarm errors; ``message`` is one clear sentence."""
+
+    message: str
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass
+class ConfigError(NixfarmError):
+    key: str = ""
+
+
+@dataclass
+class InvalidInput(NixfarmError):
+    field: str = ""
+
+
+@dataclass
+class IntegrityError(InvalidInput):
+    expected: str = ""
+    actual: str = ""
+
+
+@dataclass
+class NotFound(NixfarmError):
+    kind: str = ""
+    name: str = ""
+
+
+@dataclass
+class Unauthorized(NixfarmError):
+    realm: str = "nixfarm"
+
+
+@dataclass
+class Forbidden(NixfarmError):
+    scope: str = ""
+
+
+@dataclass
+class Conflict(NixfarmError):
+    pass
+
+
+@dataclass
+class NixError(NixfarmError):
+    """A nix command failed; ``drv`` names the failing derivation when Nix said so."""
+
+    drv: str = ""
+    log_tail: list[str] = field(default_factory=list)
+
+
+@dataclass
+class NixTimeout(NixError):
+    seconds: float = 0.0
+
+
+@dataclass
+class StorageError(NixfarmError):
+    key: str = ""
