@@ -1,0 +1,1 @@
+"""Signed Nix binary caches: ingest, signing, lookup."""

@@ -1,0 +1,342 @@
+"""The binary cache service: what the Nix cache protocol and ``nixfarm push`` call.
+
+Visibility is decided by the database, never by the object store: a NAR file is
+written under a temporary name, hashed on the way in, and published under its
+content address only when its hash is right; a narinfo row is written only after
+its NAR file is stored and its NarHash/NarSize checked. So a crash mid-upload or a
+lying client leaves nothing a reader can see. Access control is the caller's job
+(``server/``); this module trusts that the caller checked scopes.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections import OrderedDict
+from collections.abc import AsyncIterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from nixfarm.cache.compression import EXTENSIONS, compression_of
+from nixfarm.cache.ingest import NarFacts, NarIngest
+from nixfarm.config import Settings
+from nixfarm.db import caches as cache_queries
+from nixfarm.db import paths as path_queries
+from nixfarm.db.engine import Database
+from nixfarm.db.models import Cache, CachePath, Nar
+from nixfarm.errors import IntegrityError, InvalidInput, NotFound
+from nixfarm.nix import nix32
+from nixfarm.nix.hashes import parse_hash
+from nixfarm.nix.narinfo import NarInfo, fingerprint
+from nixfarm.nix.signing import SecretKey
+from nixfarm.nix.storepath import STORE_DIR, StorePath
+from nixfarm.storage.base import ObjectStore
+
+_NAR_FILE = re.compile(r"([0-9a-df-np-sv-z]{52})\.nar(\.[a-z0-9]+)?")
+_DRV = re.compile(r"[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+\-._?=]+\.drv")
+
+
+@dataclass(frozen=True)
+class CacheView:
+    """A cache as callers see it: never its secret key."""
+
+    name: str
+    private: bool
+    public_key: str
+    priority: int
+
+    @classmethod
+    def of(cls, cache: Cache) -> CacheView:
+        return cls(cache.name, cache.private, cache.public_key, cache.priority)
+
+
+@dataclass(frozen=True)
+class Download:
+    """Where a reader gets a stored file: a local path (sendfile), a URL, or the store."""
+
+    key: str
+    size: int
+    local_path: Path | None
+    url: str | None
+
+
+@dataclass(frozen=True)
+class PathUpload:
+    """What ``nixfarm push`` says about a store path it uploads (from the Nix database)."""
+
+    store_path: str
+    nar_hash: str
+    nar_size: int
+    references: Sequence[str]
+    deriver: str | None
+    ca: str | None
+
+
+def nar_key(file_hash: str, compression: str) -> str:
+    return f"nar/{nix32.encode(parse_hash(file_hash))}.nar{EXTENSIONS[compression]}"
+
+
+def _basename(path: str) -> str:
+    return StorePath.parse(path).basename
+
+
+class CacheService:
+    def __init__(self, db: Database, store: ObjectStore, settings: Settings) -> None:
+        self.db = db
+        self.store = store
+        self.settings = settings
+        # Rendered narinfos. A store path's narinfo only changes when it is re-uploaded
+        # (and then through this process or another server, hence the small size and
+        # invalidation on write); misses are never cached, so uploads show at once.
+        self._narinfos: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._narinfo_limit = 4096
+
+    # -- caches ---------------------------------------------------------------------
+
+    async def create(self, name: str, private: bool = False, priority: int | None = None
+                     ) -> CacheView:
+        cache_queries.validate_cache_name(name)
+        key = SecretKey.generate(f"{socket.gethostname()}-{name}-1")
+        async with self.db.session() as s:
+            cache = await cache_queries.create_cache(
+                s, name, private, key.to_string(), key.public().to_string(),
+                self.settings.cache.priority if priority is None else priority,
+            )
+        return CacheView.of(cache)
+
+    async def get(self, name: str) -> CacheView:
+        async with self.db.session() as s:
+            return CacheView.of(await cache_queries.get_cache(s, name))
+
+    async def all(self) -> list[CacheView]:
+        async with self.db.session() as s:
+            return [CacheView.of(c) for c in await cache_queries.list_caches(s)]
+
+    async def stats(self, name: str) -> dict[str, int]:
+        async with self.db.session() as s:
+            cache = await cache_queries.get_cache(s, name)
+            return {"paths": await path_queries.count_paths(s, cache.id)}
+
+    def cache_info(self, cache: CacheView) -> str:
+        return f"StoreDir: {STORE_DIR}\nWantMassQuery: 1\nPriority: {cache.priority}\n"
+
+    # -- reading --------------------------------------------------------------------
+
+    async def narinfo(self, cache: str, store_hash: str) -> bytes | None:
+        """The rendered narinfo, or None when the cache has no such path."""
+        if not re.fullmatch(r"[0-9a-df-np-sv-z]{32}", store_hash):
+            raise InvalidInput(f"{store_hash!r} is not a store path hash", field="hash")
+        hit = self._narinfos.get((cache, store_hash))
+        if hit is not None:
+            self._narinfos.move_to_end((cache, store_hash))
+            return hit
+        async with self.db.session() as s:
+            row = await cache_queries.get_cache(s, cache)
+            path = await path_queries.get_path(s, row.id, store_hash)
+            if path is None:
+                return None
+            text = _render(path).encode()
+        self._narinfos[(cache, store_hash)] = text
+        if len(self._narinfos) > self._narinfo_limit:
+            self._narinfos.popitem(last=False)
+        return text
+
+    async def nar(self, cache: str, filename: str) -> Download:
+        file_hash, _ = _parse_nar_file(filename)
+        async with self.db.session() as s:
+            row = await cache_queries.get_cache(s, cache)
+            nar = await path_queries.cache_nar(s, row.id, file_hash)
+        if nar is None or nar_key(nar.file_hash, nar.compression) != f"nar/{filename}":
+            raise NotFound(f"cache {cache!r} has no NAR file {filename!r}", kind="nar",
+                           name=filename)
+        return await self._download(nar.storage_key, nar.file_size)
+
+    async def log(self, cache: str, drv: str) -> Download:
+        _check_drv(drv)
+        async with self.db.session() as s:
+            row = await cache_queries.get_cache(s, cache)
+            log = await path_queries.get_log(s, row.id, drv)
+        if log is None:
+            raise NotFound(f"cache {cache!r} has no build log for {drv!r}", kind="log", name=drv)
+        return await self._download(log.storage_key, log.size)
+
+    async def _download(self, key: str, size: int) -> Download:
+        url = await self.store.presigned_url(key, self.settings.storage.presign_seconds)
+        return Download(key, size, self.store.local_path(key), url)
+
+    async def missing(self, cache: str, store_paths: Sequence[str]) -> list[str]:
+        """Those of ``store_paths`` (full paths or basenames) the cache lacks."""
+        by_hash = {StorePath.parse(p).hash_part: p for p in store_paths}
+        async with self.db.session() as s:
+            row = await cache_queries.get_cache(s, cache)
+            lacking = await path_queries.missing_hashes(s, row.id, list(by_hash))
+        return [by_hash[h] for h in lacking]
+
+    # -- writing: the Nix HTTP binary cache protocol (`nix copy --to http://...`) -----
+
+    async def receive_nar_file(self, cache: str, filename: str,
+                               body: AsyncIterable[bytes]) -> None:
+        """A ``PUT nar/<filehash>.nar.<ext>``: the file must hash to its name."""
+        file_hash, compression = _parse_nar_file(filename)
+        async with self.db.session() as s:
+            row = await cache_queries.get_cache(s, cache)
+        facts, stored = await self._ingest(body, compression, expected_file_hash=file_hash)
+        async with self.db.session() as s:
+            nar = await path_queries.add_nar(
+                s, file_hash=facts.file_hash, file_size=facts.file_size,
+                compression=compression, nar_hash=facts.nar_hash, nar_size=facts.nar_size,
+                storage_key=stored,
+            )
+            await path_queries.link_nar_to_cache(s, row.id, nar.id)
+
+    async def receive_narinfo(self, cache: str, store_hash: str, text: str) -> None:
+        """A ``PUT <hash>.narinfo``: its NAR must be stored here and match it."""
+        info = NarInfo.parse(text)
+        if info.store_path.hash_part != store_hash:
+            raise InvalidInput(
+                f"narinfo for {info.store_path.basename} uploaded as {store_hash}.narinfo",
+                field="StorePath",
+            )
+        match = _NAR_FILE.fullmatch(info.url.removeprefix("nar/"))
+        if not info.url.startswith("nar/") or match is None:
+            raise InvalidInput(f"narinfo URL {info.url!r} is not nar/<filehash>.nar[.ext]",
+                               field="URL")
+        file_hash = info.file_hash or f"sha256:{match.group(1)}"
+        async with self.db.session() as s:
+            row = await cache_queries.get_cache(s, cache)
+            nar = await path_queries.cache_nar(s, row.id, _normal_hash(file_hash, "FileHash"))
+            if nar is None:
+                raise InvalidInput(
+                    f"narinfo for {info.store_path.basename} names NAR {info.url}, which "
+                    f"was not uploaded to cache {cache!r}", field="URL")
+            _check_same(nar, info.nar_hash, info.nar_size)
+            await self._publish(s, row, nar, info.store_path.path, info.references,
+                                info.deriver, info.ca)
+
+    async def receive_log(self, cache: str, drv: str, body: AsyncIterable[bytes]) -> None:
+        _check_drv(drv)
+        async with self.db.session() as s:
+            row = await cache_queries.get_cache(s, cache)
+        key = f"log/{row.id}/{drv}"
+        stored = await self.store.put(key, body)
+        async with self.db.session() as s:
+            await path_queries.put_log(s, row.id, drv, key, stored.size)
+
+    # -- writing: `nixfarm push` ----------------------------------------------------
+
+    async def receive_path(self, cache: str, upload: PathUpload, compression: str,
+                           body: AsyncIterable[bytes]) -> None:
+        """One store path's NAR file plus what Nix's database says of it."""
+        store_path = StorePath.parse(upload.store_path)
+        references = [_basename(r) for r in upload.references]
+        deriver = _basename(upload.deriver) if upload.deriver else None
+        nar_hash = _normal_hash(upload.nar_hash, "nar_hash")
+        if compression not in EXTENSIONS:
+            raise InvalidInput(f"unsupported compression {compression!r}", field="compression")
+        async with self.db.session() as s:
+            row = await cache_queries.get_cache(s, cache)
+        facts, stored = await self._ingest(body, compression, expected_nar=(nar_hash,
+                                                                            upload.nar_size))
+        async with self.db.session() as s:
+            nar = await path_queries.add_nar(
+                s, file_hash=facts.file_hash, file_size=facts.file_size,
+                compression=compression, nar_hash=facts.nar_hash, nar_size=facts.nar_size,
+                storage_key=stored,
+            )
+            await path_queries.link_nar_to_cache(s, row.id, nar.id)
+            await self._publish(s, row, nar, store_path.path, references, deriver, upload.ca)
+
+    # -- shared -----------------------------------------------------------------------
+
+    async def _ingest(self, body: AsyncIterable[bytes], compression: str, *,
+                      expected_file_hash: str | None = None,
+                      expected_nar: tuple[str, int] | None = None) -> tuple[NarFacts, str]:
+        """Store a NAR file under its content address if it checks out; (facts, key)."""
+        async with self.store.writer() as writer:
+            ingest = NarIngest(writer, compression)
+            async for chunk in body:
+                await ingest.feed(chunk)
+            facts = await ingest.finish()
+            if expected_file_hash is not None and facts.file_hash != expected_file_hash:
+                raise IntegrityError(
+                    f"the uploaded NAR file hashes to {facts.file_hash}, not to the "
+                    f"{expected_file_hash} its name claims", field="body",
+                    expected=expected_file_hash, actual=facts.file_hash)
+            if expected_nar is not None and (facts.nar_hash, facts.nar_size) != expected_nar:
+                raise IntegrityError(
+                    f"the uploaded NAR has hash {facts.nar_hash} and size {facts.nar_size}, "
+                    f"not {expected_nar[0]} and {expected_nar[1]} as claimed", field="body",
+                    expected=f"{expected_nar[0]} {expected_nar[1]}",
+                    actual=f"{facts.nar_hash} {facts.nar_size}")
+            key = nar_key(facts.file_hash, compression)
+            async with self.db.session() as s:
+                existing = await path_queries.get_nar_by_file_hash(s, facts.file_hash)
+            if existing is not None:
+                await writer.abort()  # already stored once: content-addressed
+                return facts, existing.storage_key
+            await writer.commit(key)
+        return facts, key
+
+    async def _publish(self, s: AsyncSession, cache: Cache, nar: Nar, store_path: str,
+                       references: Sequence[str], deriver: str | None, ca: str | None) -> None:
+        for ref in references:
+            StorePath.parse(ref)
+        if deriver is not None:
+            StorePath.parse(deriver)
+        key = SecretKey.parse(cache.secret_key)
+        signed = fingerprint(store_path, nar.nar_hash, nar.nar_size,
+                             [f"{STORE_DIR}/{r}" for r in references])
+        await path_queries.put_path(
+            s, cache.id, store_path=store_path, nar=nar, references=list(references),
+            deriver=deriver, ca=ca, sigs=[key.sign(signed)],
+        )
+        self._narinfos.pop((cache.name, StorePath.parse(store_path).hash_part), None)
+
+
+def _render(path: CachePath) -> str:
+    nar = path.nar
+    return NarInfo(
+        store_path=StorePath.parse(path.store_path),
+        url=nar_key(nar.file_hash, nar.compression),
+        compression=nar.compression,
+        file_hash=nar.file_hash,
+        file_size=nar.file_size,
+        nar_hash=path.nar_hash,
+        nar_size=path.nar_size,
+        references=path.reference_names,
+        deriver=path.deriver,
+        sigs=path.sig_list,
+        ca=path.ca,
+    ).render()
+
+
+def _parse_nar_file(filename: str) -> tuple[str, str]:
+    match = _NAR_FILE.fullmatch(filename)
+    if match is None:
+        raise InvalidInput(f"{filename!r} is not a NAR file name (<nix32 hash>.nar[.ext])",
+                           field="url")
+    return f"sha256:{match.group(1)}", compression_of(filename)
+
+
+def _normal_hash(text: str, field: str) -> str:
+    try:
+        return f"sha256:{nix32.encode(parse_hash(text))}"
+    except InvalidInput as e:
+        raise InvalidInput(f"{field}: {e.message}", field=field) from None
+
+
+def _check_same(nar: Nar, nar_hash: str, nar_size: int) -> None:
+    claimed = (_normal_hash(nar_hash, "NarHash"), nar_size)
+    if (nar.nar_hash, nar.nar_size) != claimed:
+        raise IntegrityError(
+            f"the narinfo claims NarHash {claimed[0]} and NarSize {claimed[1]}, but its NAR "
+            f"has {nar.nar_hash} and {nar.nar_size}", field="NarHash",
+            expected=f"{nar.nar_hash} {nar.nar_size}", actual=f"{claimed[0]} {claimed[1]}")
+
+
+def _check_drv(drv: str) -> None:
+    if not _DRV.fullmatch(drv):
+        raise InvalidInput(f"{drv!r} is not a derivation's basename (<hash>-<name>.drv)",
+                           field="drv")

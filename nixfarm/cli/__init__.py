@@ -1,0 +1,1 @@
+"""The ``nixfarm`` command: one module per command group."""

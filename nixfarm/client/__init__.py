@@ -1,0 +1,1 @@
+"""The HTTP client side of nixfarm: what the CLI (and runners) use to talk to a server."""

@@ -1,0 +1,116 @@
+"""``nixfarm push``: upload whole closures, only what the cache lacks, in parallel.
+
+    paths ─► closure (nix-store -qR) ─► ask the server what is missing (one request)
+          ─► path info of the missing (one nix call) ─► N uploads at a time:
+             nix-store --dump ─► compress (worker thread) ─► HTTP PUT, streamed
+
+A path is uploaded only after the paths it references, so a reader never finds a
+path in the cache whose references are not (yet) there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
+
+import anyio.to_thread
+
+from nixfarm.cache.compression import compressor
+from nixfarm.client.api import Client
+from nixfarm.errors import InvalidInput, NixError
+from nixfarm.nix import command
+from nixfarm.nix.storepath import STORE_DIR
+from nixfarm.wire import PathInfo
+
+_CHUNK = 1 << 20
+
+Progress = Callable[[int], None]
+
+
+def store_path_of(arg: str) -> str:
+    """A store path from an argument: a store path, or a symlink into the store."""
+    real = os.path.realpath(arg)
+    if not real.startswith(STORE_DIR + "/"):
+        raise InvalidInput(f"{arg} is not a Nix store path", field="path")
+    top = real[len(STORE_DIR) + 1:].split("/", 1)[0]
+    return f"{STORE_DIR}/{top}"
+
+
+async def _nar_chunks(path: str, compression: str, level: int | None,
+                      progress: Progress) -> AsyncIterator[bytes]:
+    process = await asyncio.create_subprocess_exec(
+        "nix-store", "--dump", path, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, start_new_session=True)
+    assert process.stdout is not None and process.stderr is not None
+    packer = compressor(compression, level)
+    try:
+        while True:
+            raw = await process.stdout.read(_CHUNK)
+            if not raw:
+                break
+            # Read whole megabytes: compression pays off per call, not per pipe read.
+            while len(raw) < _CHUNK:
+                more = await process.stdout.read(_CHUNK - len(raw))
+                if not more:
+                    break
+                raw += more
+            packed = await anyio.to_thread.run_sync(packer.compress, raw)
+            progress(len(raw))
+            if packed:
+                yield packed
+        tail = packer.flush()
+        if tail:
+            yield tail
+        errors = await process.stderr.read()
+        if await process.wait() != 0:
+            raise NixError(f"nix-store --dump {path} failed: {errors.decode().strip()}")
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def push(client: Client, cache: str, args: Sequence[str], *, compression: str = "zstd",
+               level: int | None = None, jobs: int = 4,
+               on_plan: Callable[[int, int, int], None] | None = None,
+               progress: Progress | None = None) -> list[str]:
+    """Push the closures of ``args``; returns the store paths uploaded.
+
+    ``on_plan(closure_size, missing_count, missing_nar_bytes)`` is called once the
+    work is known; ``progress(nar_bytes)`` as NAR bytes are sent.
+    """
+    roots = [store_path_of(a) for a in args]
+    closure = await command.query_closure(roots)
+    missing = await client.missing(cache, closure)
+    infos = {i.path: i for i in await command.path_info(missing)} if missing else {}
+    if on_plan:
+        on_plan(len(closure), len(missing), sum(i.nar_size for i in infos.values()))
+    done: dict[str, asyncio.Event] = {p: asyncio.Event() for p in missing}
+    slots = asyncio.Semaphore(jobs)
+    tick = progress or (lambda n: None)
+
+    async def upload(path: str) -> None:
+        info = infos[path]
+        for ref in info.references:
+            if ref != path and ref in done:
+                await done[ref].wait()
+        async with slots:
+            wire = PathInfo(store_path=path, nar_hash=info.nar_hash, nar_size=info.nar_size,
+                            references=[r.rsplit("/", 1)[-1] for r in info.references],
+                            deriver=info.deriver.rsplit("/", 1)[-1] if info.deriver else None,
+                            ca=info.ca, compression=compression)
+            await client.upload_path(cache, wire, _nar_chunks(path, compression, level, tick))
+        done[path].set()
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for path in missing:
+                group.create_task(upload(path))
+    except BaseExceptionGroup as group_error:
+        # Report the first failure as itself; the other uploads were cancelled by it.
+        first: BaseException = group_error
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+    return missing

@@ -1,0 +1,45 @@
+"""The farm's services, built once at start-up from the settings.
+
+This is the one factory DESIGN.md speaks of: which database, object store and event
+bus a process uses is decided here, from configuration, and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import anyio.to_thread
+
+from nixfarm.cache.service import CacheService
+from nixfarm.config import Settings
+from nixfarm.db import engine
+from nixfarm.db.engine import Database
+from nixfarm.storage.base import ObjectStore
+from nixfarm.storage.factory import open_store
+from nixfarm.tokens import TokenService
+
+
+@dataclass
+class Farm:
+    settings: Settings
+    db: Database
+    store: ObjectStore
+    caches: CacheService
+    tokens: TokenService
+
+    @classmethod
+    async def open(cls, settings: Settings) -> Farm:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await anyio.to_thread.run_sync(engine.migrate, settings.db_url)
+        db = await engine.connect(settings.db_url)
+        store = open_store(settings)
+        return cls(
+            settings=settings,
+            db=db,
+            store=store,
+            caches=CacheService(db, store, settings),
+            tokens=TokenService(db),
+        )
+
+    async def close(self) -> None:
+        await self.db.close()

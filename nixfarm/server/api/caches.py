@@ -1,0 +1,73 @@
+"""Caches over the JSON API: create, list, inspect, and the push protocol of nixfarm."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+
+from nixfarm.auth import ADMIN, allows, cache_scope
+from nixfarm.cache.service import CacheView, PathUpload
+from nixfarm.errors import InvalidInput
+from nixfarm.server.auth import farm_of, principal, require
+from nixfarm.wire import CacheCreate, CacheOut, MissingRequest, MissingResponse, PathInfo
+
+router = APIRouter(prefix="/api/v1/caches", tags=["caches"])
+
+
+def _out(request: Request, cache: CacheView, paths: int | None = None) -> CacheOut:
+    base = farm_of(request).settings.base_url
+    return CacheOut(name=cache.name, private=cache.private, public_key=cache.public_key,
+                    priority=cache.priority, url=f"{base}/cache/{cache.name}", paths=paths)
+
+
+@router.post("", status_code=201)
+async def create_cache(request: Request, body: CacheCreate) -> CacheOut:
+    await require(request, ADMIN)
+    cache = await farm_of(request).caches.create(body.name, body.private, body.priority)
+    return _out(request, cache, 0)
+
+
+@router.get("")
+async def list_caches(request: Request) -> list[CacheOut]:
+    who = await principal(request)
+    scopes = who.scopes if who else ()
+    return [
+        _out(request, c) for c in await farm_of(request).caches.all()
+        if not c.private or allows(scopes, cache_scope(c.name, "pull"))
+    ]
+
+
+@router.get("/{name}")
+async def get_cache(request: Request, name: str) -> CacheOut:
+    farm = farm_of(request)
+    cache = await farm.caches.get(name)
+    if cache.private:
+        await require(request, cache_scope(name, "pull"))
+    return _out(request, cache, (await farm.caches.stats(name))["paths"])
+
+
+@router.post("/{name}/missing")
+async def missing(request: Request, name: str, body: MissingRequest) -> MissingResponse:
+    await require(request, cache_scope(name, "push"))
+    return MissingResponse(missing=await farm_of(request).caches.missing(name, body.paths))
+
+
+@router.put("/{name}/paths/{basename}", status_code=201)
+async def upload_path(request: Request, name: str, basename: str) -> dict[str, str]:
+    """Upload one store path: its compressed NAR as the body, its metadata as a header."""
+    await require(request, cache_scope(name, "push"))
+    header = request.headers.get("x-nixfarm-path-info")
+    if header is None:
+        raise InvalidInput("the X-Nixfarm-Path-Info header is missing", field="path_info")
+    try:
+        info = PathInfo.model_validate_json(header)
+    except ValidationError as e:
+        raise InvalidInput(f"X-Nixfarm-Path-Info: {e.errors()[0]['msg']}",
+                           field="path_info") from None
+    if not info.store_path.endswith("/" + basename):
+        raise InvalidInput(f"path info for {info.store_path} uploaded as {basename}",
+                           field="store_path")
+    upload = PathUpload(info.store_path, info.nar_hash, info.nar_size, info.references,
+                        info.deriver, info.ca)
+    await farm_of(request).caches.receive_path(name, upload, info.compression, request.stream())
+    return {"store_path": info.store_path}

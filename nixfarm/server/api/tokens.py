@@ -1,0 +1,43 @@
+"""Tokens over the JSON API (admin only), and who-am-I for any caller."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from nixfarm.auth import ADMIN
+from nixfarm.server.auth import farm_of, principal, require
+from nixfarm.tokens import TokenView
+from nixfarm.wire import TokenCreate, TokenOut, WhoAmI
+
+router = APIRouter(prefix="/api/v1", tags=["tokens"])
+
+
+def _out(token: TokenView, secret: str | None = None) -> TokenOut:
+    return TokenOut(id=token.id, name=token.name, scopes=list(token.scopes),
+                    created_at=token.created_at, expires_at=token.expires_at,
+                    revoked=token.revoked, last_used_at=token.last_used_at, secret=secret)
+
+
+@router.post("/tokens", status_code=201)
+async def create_token(request: Request, body: TokenCreate) -> TokenOut:
+    await require(request, ADMIN)
+    token, secret = await farm_of(request).tokens.create(body.name, body.scopes, body.expires_at)
+    return _out(token, secret)
+
+
+@router.get("/tokens")
+async def list_tokens(request: Request, include_revoked: bool = False) -> list[TokenOut]:
+    await require(request, ADMIN)
+    return [_out(t) for t in await farm_of(request).tokens.list(include_revoked)]
+
+
+@router.delete("/tokens/{token_id}")
+async def revoke_token(request: Request, token_id: int) -> TokenOut:
+    await require(request, ADMIN)
+    return _out(await farm_of(request).tokens.revoke(token_id))
+
+
+@router.get("/whoami")
+async def whoami(request: Request) -> WhoAmI:
+    who = await principal(request)
+    return WhoAmI(name=who.name if who else None, scopes=list(who.scopes) if who else [])

@@ -1,0 +1,77 @@
+"""The ASGI application: the JSON API, the Nix cache protocol, metrics and health.
+
+``create_app(settings)`` is what tests and ``nixfarm up`` use; Granian imports
+``from_environment`` in its worker, which reads the settings ``nixfarm up`` handed
+over in ``_NIXFARM_SETTINGS`` (JSON), so the worker runs with exactly the parent's
+validated configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from nixfarm import __version__
+from nixfarm.config import Settings
+from nixfarm.errors import NixfarmError
+from nixfarm.farm import Farm
+from nixfarm.server import cache_routes, errors
+from nixfarm.server.api import caches as caches_api
+from nixfarm.server.api import tokens as tokens_api
+from nixfarm.server.metrics import Metrics, MetricsMiddleware
+
+SETTINGS_VARIABLE = "_NIXFARM_SETTINGS"
+
+
+async def health(request: Request) -> Response:
+    farm: Farm = request.app.state.farm
+    async with farm.db.session() as s:
+        from sqlalchemy import text
+
+        await s.execute(text("SELECT 1"))
+    return JSONResponse({"status": "ok", "version": __version__})
+
+
+def create_app(settings: Settings) -> FastAPI:
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        farm = await Farm.open(settings)
+        app.state.farm = farm
+        try:
+            yield
+        finally:
+            await farm.close()
+
+    app = FastAPI(
+        title="nixfarm",
+        version=__version__,
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.metrics = metrics
+    app.state.settings = settings
+    app.include_router(caches_api.router)
+    app.include_router(tokens_api.router)
+    app.router.routes.extend(cache_routes.routes)
+    app.router.routes.append(Route("/metrics", metrics.exposition, methods=["GET"]))
+    app.router.routes.append(Route("/healthz", health, methods=["GET"]))
+    app.add_exception_handler(NixfarmError, errors.handle)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+def from_environment() -> FastAPI:
+    """Granian's factory: the settings come from the parent process."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return create_app(Settings.model_validate_json(os.environ[SETTINGS_VARIABLE]))

@@ -1,0 +1,60 @@
+"""Who is calling: a token as a bearer token or as the password of HTTP basic auth.
+
+Nix sends netrc credentials as basic auth with whatever user name the netrc has, so
+the user name is ignored and the password is the token.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from starlette.requests import HTTPConnection
+
+from nixfarm.auth import allows
+from nixfarm.errors import Forbidden, Unauthorized
+from nixfarm.farm import Farm
+from nixfarm.tokens import Principal
+
+
+def farm_of(conn: HTTPConnection) -> Farm:
+    farm = conn.app.state.farm
+    assert isinstance(farm, Farm)
+    return farm
+
+
+def credentials(conn: HTTPConnection) -> str | None:
+    header = conn.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip() or None
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise Unauthorized("the Authorization header is not valid basic auth") from None
+        return decoded.partition(":")[2] or None
+    raise Unauthorized(f"unsupported authorization scheme {scheme!r}; use Bearer or Basic")
+
+
+async def principal(conn: HTTPConnection) -> Principal | None:
+    """The caller's token, None when no credentials were sent; Unauthorized if unknown."""
+    secret = credentials(conn)
+    if secret is None:
+        return None
+    found = await farm_of(conn).tokens.authenticate(secret)
+    if found is None:
+        raise Unauthorized("the token is unknown, revoked or expired")
+    return found
+
+
+async def require(conn: HTTPConnection, scope: str) -> Principal:
+    """The caller, if it holds ``scope``; Unauthorized without credentials, else Forbidden."""
+    who = await principal(conn)
+    if who is None:
+        raise Unauthorized(f"this needs a token with scope {scope!r}")
+    if not allows(who.scopes, scope):
+        raise Forbidden(f"token {who.name!r} lacks scope {scope!r}", scope=scope)
+    return who

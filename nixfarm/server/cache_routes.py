@@ -1,0 +1,148 @@
+"""The Nix binary cache protocol under ``/cache/<name>/``, reading and writing.
+
+What ``nix copy --to http://HOST/cache/NAME`` does (Nix 2.8): GET nix-cache-info,
+GET ``<hash>.narinfo`` (404: not there yet), HEAD then PUT ``nar/<filehash>.nar.xz``,
+then PUT the narinfo. PUT answers carry ``Content-Length: 0``: without it Nix waits
+five seconds per upload for a body that never comes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import (
+    FileResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import Route
+
+from nixfarm.auth import cache_scope
+from nixfarm.cache.service import CacheView, Download
+from nixfarm.errors import InvalidInput, NotFound
+from nixfarm.server.auth import farm_of, require
+from nixfarm.server.metrics import Metrics
+
+_NARINFO_TYPE = "text/x-nix-narinfo"
+_MAX_NARINFO = 1 << 20
+
+
+def _ok() -> Response:
+    return Response(b"", 200)
+
+
+async def _cache_for(request: Request, write: bool) -> CacheView:
+    name = request.path_params["name"]
+    farm = farm_of(request)
+    cache = await farm.caches.get(name)
+    if write:
+        await require(request, cache_scope(name, "push"))
+    elif cache.private:
+        await require(request, cache_scope(name, "pull"))
+    return cache
+
+
+def _download(request: Request, download: Download, media_type: str) -> Response:
+    if download.url is not None:
+        return RedirectResponse(download.url, 307)
+    if download.local_path is not None:
+        # FileResponse answers Range and HEAD itself, and under Granian hands the
+        # file to the server (pathsend) instead of reading it through Python.
+        return FileResponse(download.local_path, media_type=media_type,
+                            headers={"Cache-Control": "public, max-age=31536000, immutable"})
+    store = farm_of(request).store
+
+    async def body() -> AsyncIterator[bytes]:
+        async for chunk in await store.get(download.key):
+            yield chunk
+
+    return StreamingResponse(body(), media_type=media_type,
+                             headers={"Content-Length": str(download.size)})
+
+
+async def _read_small(request: Request, limit: int) -> bytes:
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > limit:
+            raise InvalidInput(f"the request body is larger than {limit} bytes", field="body")
+    return bytes(data)
+
+
+async def cache_info(request: Request) -> Response:
+    cache = await _cache_for(request, write=request.method == "PUT")
+    if request.method == "PUT":
+        return _ok()  # our nix-cache-info is derived from the cache's settings
+    return PlainTextResponse(farm_of(request).caches.cache_info(cache),
+                             media_type="text/x-nix-cache-info")
+
+
+async def narinfo(request: Request) -> Response:
+    name = request.path_params["name"]
+    store_hash = request.path_params["hash"]
+    farm = farm_of(request)
+    metrics: Metrics = request.app.state.metrics
+    if request.method == "PUT":
+        await _cache_for(request, write=True)
+        text = await _read_small(request, _MAX_NARINFO)
+        try:
+            decoded = text.decode()
+        except UnicodeDecodeError:
+            raise InvalidInput("the narinfo is not UTF-8 text", field="body") from None
+        await farm.caches.receive_narinfo(name, store_hash, decoded)
+        return _ok()
+    await _cache_for(request, write=False)
+    body = await farm.caches.narinfo(name, store_hash)
+    if body is None:
+        metrics.cache_lookups.labels(name, "miss").inc()
+        raise NotFound(f"cache {name!r} has no store path with hash {store_hash}",
+                       kind="path", name=store_hash)
+    metrics.cache_lookups.labels(name, "hit").inc()
+    if request.method == "HEAD":
+        return Response(None, 200, media_type=_NARINFO_TYPE,
+                        headers={"Content-Length": str(len(body))})
+    return Response(body, 200, media_type=_NARINFO_TYPE)
+
+
+async def nar(request: Request) -> Response:
+    name = request.path_params["name"]
+    filename = request.path_params["file"]
+    farm = farm_of(request)
+    if request.method == "PUT":
+        await _cache_for(request, write=True)
+        await farm.caches.receive_nar_file(name, filename, request.stream())
+        return _ok()
+    await _cache_for(request, write=False)
+    return _download(request, await farm.caches.nar(name, filename), "application/x-nix-nar")
+
+
+async def build_log(request: Request) -> Response:
+    name = request.path_params["name"]
+    drv = request.path_params["drv"]
+    farm = farm_of(request)
+    if request.method == "PUT":
+        await _cache_for(request, write=True)
+        await farm.caches.receive_log(name, drv, request.stream())
+        return _ok()
+    await _cache_for(request, write=False)
+    return _download(request, await farm.caches.log(name, drv), "text/plain; charset=utf-8")
+
+
+async def unknown(request: Request) -> Response:
+    await _cache_for(request, write=request.method == "PUT")
+    raise NotFound(f"{request.path_params['rest']!r} is not part of the Nix cache protocol",
+                   kind="file", name=request.path_params["rest"])
+
+
+_READ_WRITE = ["GET", "HEAD", "PUT"]
+
+routes = [
+    Route("/cache/{name}/nix-cache-info", cache_info, methods=_READ_WRITE),
+    Route("/cache/{name}/{hash}.narinfo", narinfo, methods=_READ_WRITE),
+    Route("/cache/{name}/nar/{file}", nar, methods=_READ_WRITE),
+    Route("/cache/{name}/log/{drv}", build_log, methods=_READ_WRITE),
+    Route("/cache/{name}/{rest:path}", unknown, methods=_READ_WRITE),
+]
