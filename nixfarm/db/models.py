@@ -1,0 +1,183 @@
+"""The tables, as typed SQLAlchemy models.
+
+The binary-cache tables separate what is stored from who may see it:
+
+    nars ──────────────< cache_nars >────────── caches
+     ▲   (a compressed NAR file,        (membership: which
+     │    content-addressed by           caches it was uploaded
+     │    file_hash, stored once)        into; private caches
+     │                                   must not leak others')
+     └──────────────── cache_paths ──────────── caches
+                       (a narinfo: one store path in one cache)
+
+A NAR uploaded to two caches is one ``nars`` row and one stored object. The migration
+in ``migrations/versions`` must describe exactly these models; a test compares them.
+
+Every timestamp is an aware UTC ``datetime``: SQLite has no time zones, so
+``UTCDateTime`` converts on the way in and labels on the way out.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Named constraints let later migrations (SQLite batch mode included) refer to them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """A timestamp that is always an aware UTC datetime in Python."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are ambiguous; pass an aware one")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime}
+
+
+class Cache(Base):
+    """A signed binary cache; its signing key never leaves the server."""
+
+    __tablename__ = "caches"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(63), unique=True)
+    private: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    #: Nix secret key, ``<key name>:<base64 of the 64-byte ed25519 secret>``.
+    secret_key: Mapped[str] = mapped_column(sa.Text)
+    #: Nix public key, ``<key name>:<base64 of the 32-byte ed25519 public key>``.
+    public_key: Mapped[str] = mapped_column(sa.Text)
+    #: nix-cache-info Priority: lower is preferred by Nix.
+    priority: Mapped[int] = mapped_column(default=40, server_default=sa.text("40"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Nar(Base):
+    """A stored, verified, compressed NAR file, shared by every cache it was uploaded to."""
+
+    __tablename__ = "nars"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: ``sha256:<nix32>`` of the compressed file: its identity and its URL.
+    file_hash: Mapped[str] = mapped_column(sa.String(80), unique=True)
+    file_size: Mapped[int] = mapped_column(sa.BigInteger)
+    compression: Mapped[str] = mapped_column(sa.String(16))
+    nar_hash: Mapped[str] = mapped_column(sa.String(80))
+    nar_size: Mapped[int] = mapped_column(sa.BigInteger)
+    #: Where the object store keeps the file.
+    storage_key: Mapped[str] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CacheNar(Base):
+    """Membership: this NAR file was uploaded into this cache."""
+
+    __tablename__ = "cache_nars"
+
+    cache_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("caches.id", ondelete="CASCADE"), primary_key=True
+    )
+    nar_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("nars.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+class CachePath(Base):
+    """One store path in one cache: everything its narinfo says."""
+
+    __tablename__ = "cache_paths"
+    __table_args__ = (sa.UniqueConstraint("cache_id", "store_hash"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    cache_id: Mapped[int] = mapped_column(sa.ForeignKey("caches.id", ondelete="CASCADE"))
+    #: The 32-character nix32 hash part of the store path's basename.
+    store_hash: Mapped[str] = mapped_column(sa.String(32))
+    store_path: Mapped[str] = mapped_column(sa.Text)
+    # No cascade: a NAR may only go once no path needs it (garbage collection's job).
+    nar_id: Mapped[int] = mapped_column(sa.ForeignKey("nars.id"), index=True)
+    nar_hash: Mapped[str] = mapped_column(sa.String(80))
+    nar_size: Mapped[int] = mapped_column(sa.BigInteger)
+    #: Space-separated basenames, as in the narinfo ``References:`` line.
+    references: Mapped[str] = mapped_column(sa.Text, default="")
+    deriver: Mapped[str | None] = mapped_column(sa.Text)
+    ca: Mapped[str | None] = mapped_column(sa.Text)
+    #: Space-separated ``<key name>:<base64>`` signatures (the server's own).
+    sigs: Mapped[str] = mapped_column(sa.Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    # Every narinfo needs the file's URL, hash and size: fetch them in the same query
+    # (and async sessions cannot lazy-load anyway).
+    nar: Mapped[Nar] = relationship(lazy="joined", innerjoin=True)
+
+    @property
+    def reference_names(self) -> list[str]:
+        return self.references.split()
+
+    @property
+    def sig_list(self) -> list[str]:
+        return self.sigs.split()
+
+
+class BuildLog(Base):
+    """The build log of one derivation, uploaded into a cache."""
+
+    __tablename__ = "build_logs"
+    __table_args__ = (sa.UniqueConstraint("cache_id", "drv"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    cache_id: Mapped[int] = mapped_column(sa.ForeignKey("caches.id", ondelete="CASCADE"))
+    #: Basename of the derivation, ``<hash>-<name>.drv``.
+    drv: Mapped[str] = mapped_column(sa.Text)
+    storage_key: Mapped[str] = mapped_column(sa.Text)
+    size: Mapped[int] = mapped_column(sa.BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Token(Base):
+    """An API token. Only a hash of its secret is stored; the secret is shown once."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(100))
+    # SHA-256 hex of the secret. A fast hash is right here: the secret is 32 random
+    # bytes, so there is nothing to brute-force that a slow password hash would protect,
+    # and a fast, deterministic hash lets us find the token by an indexed lookup.
+    secret_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    #: Scope strings (see ``nixfarm.auth``).
+    scopes: Mapped[list[str]] = mapped_column(sa.JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column()
+    revoked: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    last_used_at: Mapped[datetime | None] = mapped_column()

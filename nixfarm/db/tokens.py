@@ -1,0 +1,98 @@
+"""Queries on API tokens.
+
+A token's secret is ``nf_`` followed by 32 random bytes in URL-safe base64: safe in a
+header, a netrc password and a URL. It is shown once, at creation; the database keeps
+only its SHA-256, so a leaked database does not leak usable tokens. Authentication
+hashes the presented secret and looks the hash up through a unique index; comparing
+in constant time is unnecessary because an attacker timing that lookup learns about
+a hash of their own guess, never about a stored secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from nixfarm.auth import parse_scope
+from nixfarm.db.models import Token, utcnow
+from nixfarm.errors import InvalidInput, NotFound
+
+PREFIX = "nf_"
+# last_used_at is for humans ("used 3 minutes ago"); writing it on every request
+# would turn every authenticated read into a write.
+_LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+async def create_token(
+    session: AsyncSession,
+    name: str,
+    scopes: Iterable[str],
+    expires_at: datetime | None = None,
+) -> tuple[Token, str]:
+    """Create a token; returns it and its secret, which is not stored and not shown again."""
+    name = name.strip()
+    if not name or len(name) > 100:
+        raise InvalidInput("A token needs a name of 1-100 characters.", field="name")
+    checked = list(dict.fromkeys(parse_scope(scope) for scope in scopes))
+    if not checked:
+        raise InvalidInput("A token needs at least one scope.", field="scopes")
+    secret = PREFIX + secrets.token_urlsafe(32)
+    token = Token(
+        name=name,
+        secret_hash=hash_secret(secret),
+        scopes=checked,
+        expires_at=expires_at,
+        revoked=False,
+    )
+    session.add(token)
+    await session.flush()
+    return token, secret
+
+
+async def authenticate(
+    session: AsyncSession, secret: str, now: datetime | None = None
+) -> Token | None:
+    """The live (not revoked, not expired) token with this secret, or None."""
+    if not secret.startswith(PREFIX):
+        return None
+    now = now or utcnow()
+    token = await session.scalar(sa.select(Token).where(Token.secret_hash == hash_secret(secret)))
+    if token is None or token.revoked:
+        return None
+    if token.expires_at is not None and token.expires_at <= now:
+        return None
+    if token.last_used_at is None or now - token.last_used_at >= _LAST_USED_RESOLUTION:
+        token.last_used_at = now
+    return token
+
+
+async def list_tokens(session: AsyncSession, include_revoked: bool = False) -> list[Token]:
+    """Tokens, oldest first."""
+    stmt = sa.select(Token).order_by(Token.id)
+    if not include_revoked:
+        stmt = stmt.where(Token.revoked.is_(False))
+    return list(await session.scalars(stmt))
+
+
+async def get_token(session: AsyncSession, token_id: int) -> Token:
+    token = await session.get(Token, token_id)
+    if token is None:
+        raise NotFound(f"There is no token {token_id}.", kind="token", name=str(token_id))
+    return token
+
+
+async def revoke_token(session: AsyncSession, token_id: int) -> Token:
+    """Revoke a token for good (idempotent); ``NotFound`` if there is none."""
+    token = await get_token(session, token_id)
+    token.revoked = True
+    await session.flush()
+    return token
