@@ -1,0 +1,1 @@
+"""OCI formats: digests, image configs and manifests, deterministic tar layers."""

@@ -1,0 +1,1 @@
+"""The OCI registry: package sources, image composition, layer grouping and caches."""
