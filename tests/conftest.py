@@ -1,3 +1,8 @@
 """Shared fixtures live in tests/fixtures/; each is a pytest plugin listed here."""
 
-pytest_plugins: list[str] = []
+pytest_plugins = [
+    "tests.fixtures.postgres",
+    "tests.fixtures.s3",
+    "tests.fixtures.farm",
+    "tests.fixtures.nixenv",
+]
