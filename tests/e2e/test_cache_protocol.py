@@ -1,0 +1,277 @@
+"""The cache protocol's edges over real HTTP: bad input, auth, ranges, metrics, crashes.
+
+Every refusal must be a clear 4xx and leave the cache exactly as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import lzma
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from nixfarm.nix import nix32
+from nixfarm.nix.nar import dump
+from tests.fixtures.farm import RunningFarm, free_port
+from tests.fixtures.nixenv import Nix
+
+FAKE = "/nix/store/0c0d9lfs2m2r7bsn5pw1c5fg5wgn0zbf-sample-1.0"
+
+
+def _nar(tmp_path: Path, content: bytes = b"sample contents\n") -> bytes:
+    root = tmp_path / f"tree-{hashlib.sha256(content).hexdigest()[:8]}"
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "sample").write_bytes(content)
+    return b"".join(dump(root))
+
+
+def _h(data: bytes) -> str:
+    return nix32.encode(hashlib.sha256(data).digest())
+
+
+def _narinfo(nar: bytes, file: bytes, url: str, compression: str, *,
+             path: str = FAKE, nar_hash: str | None = None) -> str:
+    return (f"StorePath: {path}\nURL: {url}\nCompression: {compression}\n"
+            f"FileHash: sha256:{_h(file)}\nFileSize: {len(file)}\n"
+            f"NarHash: {nar_hash or 'sha256:' + _h(nar)}\nNarSize: {len(nar)}\nReferences: \n")
+
+
+def _stored(farm: RunningFarm) -> set[str]:
+    root = farm.data_dir / "store"
+    return {str(p.relative_to(root)) for p in root.rglob("*")
+            if p.is_file() and ".tmp" not in p.parts}
+
+
+def _paths(farm: RunningFarm, cache: str) -> int:
+    count: int = farm.get(f"/api/v1/caches/{cache}").json()["paths"]
+    return count
+
+
+def test_nix_protocol_upload_by_hand_then_bad_uploads_change_nothing(
+        farm: RunningFarm, tmp_path: Path) -> None:
+    cache, _ = farm.create_cache()
+    nar = _nar(tmp_path)
+    xz = lzma.compress(nar)
+    url = f"nar/{_h(xz)}.nar.xz"
+    assert farm.request("PUT", f"/cache/{cache}/{url}", content=xz).status_code == 200
+    good = _narinfo(nar, xz, url, "xz")
+    hash_part = FAKE.split("/")[-1][:32]
+
+    # A narinfo whose NarHash does not match its NAR.
+    wrong = _narinfo(nar, xz, url, "xz", nar_hash="sha256:" + _h(b"something else"))
+    r = farm.request("PUT", f"/cache/{cache}/{hash_part}.narinfo", content=wrong)
+    assert r.status_code == 400 and "NarHash" in r.text
+    assert farm.get(f"/cache/{cache}/{hash_part}.narinfo").status_code == 404
+
+    before = _stored(farm)
+    # A NAR file whose bytes don't hash to its name (a truncated upload, say).
+    other = lzma.compress(_nar(tmp_path, b"other\n"))
+    r = farm.request("PUT", f"/cache/{cache}/nar/{_h(other)}.nar.xz", content=other[:-20])
+    assert r.status_code == 400, r.text
+    assert farm.get(f"/cache/{cache}/nar/{_h(other)}.nar.xz").status_code == 404
+    # A narinfo naming a NAR that was never uploaded.
+    r = farm.request("PUT", f"/cache/{cache}/{hash_part}.narinfo",
+                     content=_narinfo(nar, other, f"nar/{_h(other)}.nar.xz", "xz"))
+    assert r.status_code == 400 and "not uploaded" in r.text
+    # Path names that try to escape.
+    for bad in ("nar/..%2F..%2Fetc%2Fpasswd", "nar/../../etc/passwd", "log/..%2Fx.drv",
+                "..%2F..%2Fadmin.token", "nar/%2Fetc%2Fpasswd.nar"):
+        for method in ("GET", "PUT"):
+            r = farm.request(method, f"/cache/{cache}/{bad}", content=b"x")
+            assert 400 <= r.status_code < 500, (method, bad, r.status_code)
+    slash = good.replace(FAKE, FAKE.rsplit("-", 1)[0] + "-a/b")
+    r = farm.request("PUT", f"/cache/{cache}/{hash_part}.narinfo", content=slash)
+    assert r.status_code == 400
+    dots = good.replace(FAKE, "/nix/store/../../etc/passwd")
+    assert farm.request("PUT", f"/cache/{cache}/{hash_part}.narinfo",
+                        content=dots).status_code == 400
+    # Garbage instead of a narinfo.
+    r = farm.request("PUT", f"/cache/{cache}/{hash_part}.narinfo", content=b"\xff\xfe")
+    assert r.status_code == 400
+    assert _stored(farm) == before
+    assert _paths(farm, cache) == 0
+
+    # The good narinfo goes in, is served re-signed, and nothing else changed.
+    r = farm.request("PUT", f"/cache/{cache}/{hash_part}.narinfo", content=good)
+    assert r.status_code == 200 and r.headers["content-length"] == "0"
+    served = farm.get(f"/cache/{cache}/{hash_part}.narinfo", token="")
+    assert served.status_code == 200 and "Sig: " in served.text
+    assert served.headers["content-type"].startswith("text/x-nix-narinfo")
+    assert farm.get(f"/cache/{cache}/{url}", token="").content == xz
+    assert _paths(farm, cache) == 1
+
+
+def test_truncated_and_lying_pushes_are_refused(farm: RunningFarm, tmp_path: Path) -> None:
+    cache, _ = farm.create_cache()
+    nar = _nar(tmp_path)
+    basename = FAKE.split("/")[-1]
+    info = {"store_path": FAKE, "nar_hash": "sha256:" + _h(nar), "nar_size": len(nar),
+            "references": [], "compression": "none"}
+    before = _stored(farm)
+    for body, claimed in ((nar[:-7], info), (nar, {**info, "nar_size": len(nar) + 1}),
+                          (nar, {**info, "nar_hash": "sha256:" + _h(b"x")})):
+        r = farm.request("PUT", f"/api/v1/caches/{cache}/paths/{basename}", content=body,
+                         headers={"X-Nixfarm-Path-Info": json.dumps(claimed)})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["type"] == "IntegrityError"
+    r = farm.request("PUT", f"/api/v1/caches/{cache}/paths/{basename}", content=b"junk",
+                     headers={"X-Nixfarm-Path-Info": json.dumps({**info, "compression": "xz"})})
+    assert r.status_code == 400
+    r = farm.request("PUT", f"/api/v1/caches/{cache}/paths/other-name", content=nar,
+                     headers={"X-Nixfarm-Path-Info": json.dumps(info)})
+    assert r.status_code == 400
+    assert _stored(farm) == before
+    assert _paths(farm, cache) == 0
+    r = farm.request("PUT", f"/api/v1/caches/{cache}/paths/{basename}", content=nar,
+                     headers={"X-Nixfarm-Path-Info": json.dumps(info)})
+    assert r.status_code == 201, r.text
+    assert _paths(farm, cache) == 1
+
+
+def test_tokens_scopes_and_unknown_caches(farm: RunningFarm, tmp_path: Path) -> None:
+    cache, _ = farm.create_cache()
+    other, _ = farm.create_cache()
+    hash_part = FAKE.split("/")[-1][:32]
+    nar = _nar(tmp_path)
+    put = f"/cache/{cache}/nar/{_h(nar)}.nar"
+
+    r = farm.request("PUT", put, token="", content=nar)
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Basic")
+    assert farm.request("PUT", put, token="nf_wrong", content=nar).status_code == 401
+    bad_basic = farm.request("PUT", put, token="", content=nar, auth=("u", "nf_nope"))
+    assert bad_basic.status_code == 401
+    push_other = farm.cli("token", "create", "--scope", f"cache:{other}:push").stdout.strip()
+    r = farm.request("PUT", put, token=push_other, content=nar)
+    assert r.status_code == 403 and f"cache:{cache}:push" in r.text
+    assert farm.request("POST", "/api/v1/caches", token=push_other,
+                        json={"name": "nope"}).status_code == 403
+    pusher = farm.cli("token", "create", "--scope", f"cache:{cache}:push").stdout.strip()
+    assert farm.request("PUT", put, token=pusher, content=nar).status_code == 200
+    # Revoked tokens stop working (after the server's short memo of valid tokens).
+    token_id = next(t["id"] for t in farm.get("/api/v1/tokens").json()
+                    if t["scopes"] == [f"cache:{cache}:push"])
+    farm.cli("token", "revoke", str(token_id))
+    time.sleep(5.5)
+    assert farm.request("PUT", put, token=pusher, content=nar).status_code == 401
+
+    for method, path in (("GET", "/cache/nope/nix-cache-info"),
+                         ("GET", f"/cache/nope/{hash_part}.narinfo"),
+                         ("PUT", f"/cache/nope/nar/{_h(nar)}.nar"),
+                         ("GET", "/api/v1/caches/nope")):
+        r = farm.request(method, path, content=nar if method == "PUT" else None)
+        assert r.status_code == 404 and "nope" in r.text, (method, path)
+
+
+def test_private_cache_needs_a_pull_token(farm: RunningFarm, nix: Nix) -> None:
+    cache, key = farm.create_cache(private=True)
+    hello = nix.build("hello")
+    farm.cli("push", "--cache", cache, hello)
+    narinfo = f"/cache/{cache}/{Path(hello).name[:32]}.narinfo"
+    for path in (f"/cache/{cache}/nix-cache-info", narinfo):
+        r = farm.get(path, token="")
+        assert r.status_code == 401 and "WWW-Authenticate" in r.headers
+    assert cache not in farm.get("/api/v1/caches", token="").text
+    puller = farm.cli("token", "create", "--scope", f"cache:{cache}:pull").stdout.strip()
+    assert farm.get(narinfo, token=puller).status_code == 200
+    assert farm.request("PUT", narinfo, token=puller, content=b"").status_code == 403
+
+    denied = nix.substitute(nix.fresh_store("anon"), hello, f"{farm.url}/cache/{cache}", key,
+                            check=False)
+    assert denied.returncode != 0
+    store = nix.fresh_store("netrc")
+    nix.substitute(store, hello, f"{farm.url}/cache/{cache}", key, netrc=nix.netrc(puller))
+    assert (store / hello.lstrip("/") / "bin" / "hello").exists()
+
+
+def test_ranges_head_metrics_and_health(farm: RunningFarm, nix: Nix) -> None:
+    cache, _ = farm.create_cache()
+    big = nix.build("bigdata")
+    farm.cli("push", "--cache", cache, "--compression", "none", big)
+    info = farm.get(f"/cache/{cache}/{Path(big).name[:32]}.narinfo").text
+    url = next(line.split(": ", 1)[1] for line in info.splitlines() if line.startswith("URL:"))
+    size = int(next(line.split(": ")[1] for line in info.splitlines()
+                    if line.startswith("FileSize:")))
+    whole = farm.data_dir / "store" / url
+    r = farm.get(f"/cache/{cache}/{url}", headers={"Range": "bytes=1000-1999"})
+    assert r.status_code == 206 and r.content == whole.read_bytes()[1000:2000]
+    assert r.headers["content-range"] == f"bytes 1000-1999/{size}"
+    head = farm.request("HEAD", f"/cache/{cache}/{url}")
+    assert head.status_code == 200 and int(head.headers["content-length"]) == size
+    assert head.content == b""
+    head = farm.request("HEAD", f"/cache/{cache}/{Path(big).name[:32]}.narinfo")
+    assert head.status_code == 200 and int(head.headers["content-length"]) == len(info)
+    farm.get(f"/cache/{cache}/{'0' * 32}.narinfo")
+
+    metrics = farm.get("/metrics", token="").text
+    assert f'nixfarm_cache_narinfo_lookups_total{{cache="{cache}",result="hit"}}' in metrics
+    assert f'nixfarm_cache_narinfo_lookups_total{{cache="{cache}",result="miss"}} 1.0' in metrics
+    assert 'nixfarm_http_requests_total{method="GET",route="cache_nar",status="206"}' in metrics
+    served = next(float(line.split()[-1]) for line in metrics.splitlines()
+                  if line.startswith('nixfarm_http_response_bytes_total{route="cache_nar"}'))
+    assert served >= 1000
+    assert farm.get("/healthz", token="").json()["status"] == "ok"
+    assert farm.get("/api/v1/openapi.json", token="").status_code == 200
+
+
+@pytest.fixture
+def own_farm(tmp_path: Path) -> Iterator[RunningFarm]:
+    running = RunningFarm(tmp_path / "data", free_port())
+    running.start()
+    yield running
+    running.stop(signal.SIGKILL)
+
+
+def test_killing_the_server_mid_upload_leaves_no_visible_entry(own_farm: RunningFarm,
+                                                              tmp_path: Path) -> None:
+    farm = own_farm
+    cache, _ = farm.create_cache()
+    payload = tmp_path / "payload"
+    payload.mkdir()
+    (payload / "data").write_bytes(os.urandom(40 << 20))
+    nar = b"".join(dump(payload))
+    path = "/nix/store/1c0d9lfs2m2r7bsn5pw1c5fg5wgn0zbf-big-1.0"
+    info = {"store_path": path, "nar_hash": "sha256:" + _h(nar), "nar_size": len(nar),
+            "compression": "none"}
+    half_sent = threading.Event()
+
+    def body() -> Iterator[bytes]:
+        for start in range(0, len(nar), 1 << 20):
+            if start > len(nar) // 2:
+                half_sent.set()
+                time.sleep(0.2)
+            yield nar[start:start + (1 << 20)]
+
+    def upload() -> None:
+        try:
+            with farm.client() as c:
+                c.put(f"/api/v1/caches/{cache}/paths/{path.split('/')[-1]}", content=body(),
+                      headers={"X-Nixfarm-Path-Info": json.dumps(info)})
+        except httpx.HTTPError:
+            pass
+
+    uploader = threading.Thread(target=upload)
+    uploader.start()
+    assert half_sent.wait(30)
+    farm.stop(signal.SIGKILL)
+    uploader.join(30)
+    farm.start()
+
+    hash_part = path.split("/")[-1][:32]
+    assert farm.get(f"/cache/{cache}/{hash_part}.narinfo").status_code == 404
+    assert farm.request("POST", f"/api/v1/caches/{cache}/missing",
+                        json={"paths": [path]}).json() == {"missing": [path]}
+    assert not [k for k in _stored(farm) if k.startswith("nar/")]
+    assert farm.get(f"/cache/{cache}/nar/{_h(nar)}.nar").status_code == 404
+    # And the same upload, done fully, works after the restart.
+    r = farm.request("PUT", f"/api/v1/caches/{cache}/paths/{path.split('/')[-1]}", content=nar,
+                     headers={"X-Nixfarm-Path-Info": json.dumps(info)})
+    assert r.status_code == 201, r.text
+    assert farm.get(f"/cache/{cache}/{hash_part}.narinfo").status_code == 200
