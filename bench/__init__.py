@@ -1,0 +1,1 @@
+"""Benchmarks of nixfarm against plain baselines (see docs/BENCHMARKS.md); not tests."""
