@@ -47,3 +47,8 @@ def announce(settings: Settings) -> None:
     """Tell local clients where the farm listens (read by ``--data-dir``)."""
     (settings.data_dir / "server.json").write_text(
         json.dumps({"url": settings.base_url, "pid": os.getpid()}) + "\n")
+
+
+def retract(settings: Settings) -> None:
+    """The farm has stopped: local clients should say so rather than fail to connect."""
+    (settings.data_dir / "server.json").unlink(missing_ok=True)

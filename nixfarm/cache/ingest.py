@@ -3,6 +3,7 @@
     request body ──► sha256 + size of the file (FileHash, FileSize)
          │      └──► object writer (a temp object until commit)
          └─► decompressor ──► sha256 + size of the NAR (NarHash, NarSize)
+                          └─► NAR parser: is it a well-formed NAR? its .ls listing
 
 Nothing is kept whole in memory: chunks are batched to about a megabyte and the
 CPU work (hashing, decompressing) runs in a worker thread so the event loop keeps
@@ -18,6 +19,7 @@ import anyio.to_thread
 
 from nixfarm.cache.compression import decompressor
 from nixfarm.nix.hashes import format_hash
+from nixfarm.nix.narparse import NarValidator, render_listing
 from nixfarm.storage.base import ObjectWriter
 
 _BATCH = 1 << 20
@@ -32,6 +34,8 @@ class NarFacts:
     file_size: int
     nar_hash: str
     nar_size: int
+    #: Nix's ``.ls`` listing of the NAR (JSON text).
+    listing: str
 
 
 class NarIngest:
@@ -42,6 +46,7 @@ class NarIngest:
         self._file_size = 0
         self._nar = hashlib.sha256()
         self._nar_size = 0
+        self._validator = NarValidator()
         self._decompressor = decompressor(compression, self._on_nar)
         self._pending: list[bytes] = []
         self._pending_size = 0
@@ -49,6 +54,7 @@ class NarIngest:
     def _on_nar(self, data: bytes) -> None:
         self._nar.update(data)
         self._nar_size += len(data)
+        self._validator.feed(data)
 
     def _digest(self, data: bytes) -> None:
         self._file.update(data)
@@ -76,10 +82,12 @@ class NarIngest:
         """Flush and return the facts; raises InvalidInput if the stream is corrupt."""
         await self._drain()
         self._decompressor.finish()
+        self._validator.finish()
         return NarFacts(
             compression=self._compression,
             file_hash=format_hash(self._file.digest()),
             file_size=self._file_size,
             nar_hash=format_hash(self._nar.digest()),
             nar_size=self._nar_size,
+            listing=render_listing(self._validator.listing),
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import socket
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass
@@ -31,11 +32,13 @@ from nixfarm.nix import nix32
 from nixfarm.nix.hashes import parse_hash
 from nixfarm.nix.narinfo import NarInfo, fingerprint
 from nixfarm.nix.signing import SecretKey
-from nixfarm.nix.storepath import STORE_DIR, StorePath
+from nixfarm.nix.storepath import STORE_DIR, StorePath, is_hash_part
 from nixfarm.storage.base import ObjectStore
 
 _NAR_FILE = re.compile(r"([0-9a-df-np-sv-z]{52})\.nar(\.[a-z0-9]+)?")
 _DRV = re.compile(r"[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+\-._?=]+\.drv")
+# How long a cache's settings are remembered (see CacheService.get).
+_VIEW_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,10 @@ def nar_key(file_hash: str, compression: str) -> str:
     return f"nar/{nix32.encode(parse_hash(file_hash))}.nar{EXTENSIONS[compression]}"
 
 
+def listing_key(file_hash: str) -> str:
+    return f"ls/{nix32.encode(parse_hash(file_hash))}.ls"
+
+
 def _basename(path: str) -> str:
     return StorePath.parse(path).basename
 
@@ -92,6 +99,7 @@ class CacheService:
         # invalidation on write); misses are never cached, so uploads show at once.
         self._narinfos: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._narinfo_limit = 4096
+        self._views: dict[str, tuple[float, CacheView]] = {}
 
     # -- caches ---------------------------------------------------------------------
 
@@ -107,8 +115,19 @@ class CacheService:
         return CacheView.of(cache)
 
     async def get(self, name: str) -> CacheView:
+        # Every cache-protocol request asks for its cache's settings, and a database
+        # session costs about a millisecond on SQLite: five times a whole narinfo answer
+        # from memory. The settings never change after creation, so remember them
+        # briefly; the bound is for a cache deleted through another server. Misses
+        # are not remembered: a new cache shows at once.
+        now = time.monotonic()
+        hit = self._views.get(name)
+        if hit is not None and hit[0] > now:
+            return hit[1]
         async with self.db.session() as s:
-            return CacheView.of(await cache_queries.get_cache(s, name))
+            view = CacheView.of(await cache_queries.get_cache(s, name))
+        self._views[name] = (now + _VIEW_SECONDS, view)
+        return view
 
     async def all(self) -> list[CacheView]:
         async with self.db.session() as s:
@@ -126,8 +145,7 @@ class CacheService:
 
     async def narinfo(self, cache: str, store_hash: str) -> bytes | None:
         """The rendered narinfo, or None when the cache has no such path."""
-        if not re.fullmatch(r"[0-9a-df-np-sv-z]{32}", store_hash):
-            raise InvalidInput(f"{store_hash!r} is not a store path hash", field="hash")
+        _check_store_hash(store_hash)
         hit = self._narinfos.get((cache, store_hash))
         if hit is not None:
             self._narinfos.move_to_end((cache, store_hash))
@@ -142,6 +160,19 @@ class CacheService:
         if len(self._narinfos) > self._narinfo_limit:
             self._narinfos.popitem(last=False)
         return text
+
+    async def listing(self, cache: str, store_hash: str) -> Download:
+        """The ``.ls`` listing of a path's NAR (what ``nix store ls`` reads)."""
+        _check_store_hash(store_hash)
+        async with self.db.session() as s:
+            row = await cache_queries.get_cache(s, cache)
+            path = await path_queries.get_path(s, row.id, store_hash)
+            file_hash = path.nar.file_hash if path is not None else None
+        info = await self.store.stat(listing_key(file_hash)) if file_hash else None
+        if info is None:
+            raise NotFound(f"cache {cache!r} has no listing for {store_hash}", kind="listing",
+                           name=store_hash)
+        return await self._download(info.key, info.size)
 
     async def nar(self, cache: str, filename: str) -> Download:
         file_hash, _ = _parse_nar_file(filename)
@@ -277,6 +308,7 @@ class CacheService:
                 await writer.abort()  # already stored once: content-addressed
                 return facts, existing.storage_key
             await writer.commit(key)
+        await self.store.put(listing_key(facts.file_hash), facts.listing.encode())
         return facts, key
 
     async def _publish(self, s: AsyncSession, cache: Cache, nar: Nar, store_path: str,
@@ -334,6 +366,11 @@ def _check_same(nar: Nar, nar_hash: str, nar_size: int) -> None:
             f"the narinfo claims NarHash {claimed[0]} and NarSize {claimed[1]}, but its NAR "
             f"has {nar.nar_hash} and {nar.nar_size}", field="NarHash",
             expected=f"{nar.nar_hash} {nar.nar_size}", actual=f"{claimed[0]} {claimed[1]}")
+
+
+def _check_store_hash(store_hash: str) -> None:
+    if not is_hash_part(store_hash):
+        raise InvalidInput(f"{store_hash!r} is not a store path hash", field="hash")
 
 
 def _check_drv(drv: str) -> None:

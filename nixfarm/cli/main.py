@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 
 import typer
-from click.exceptions import ClickException
 
 from nixfarm.cli import cache, push, token, up
+from nixfarm.cli import jobs as jobs_cli
 from nixfarm.cli.common import Exit, err, exit_code
 from nixfarm.errors import NixfarmError
 
@@ -22,21 +22,20 @@ app.command("up")(up.up)
 app.command("push")(push.push)
 app.add_typer(cache.app, name="cache")
 app.add_typer(token.app, name="token")
+app.command("submit")(jobs_cli.submit)
+app.command("jobs")(jobs_cli.jobs)
+app.command("logs")(jobs_cli.logs)
+app.command("cancel")(jobs_cli.cancel)
+app.add_typer(jobs_cli.manifest_app, name="manifest")
+app.add_typer(jobs_cli.secret_app, name="secret")
 
 
 def main() -> None:
+    # Typer itself answers usage errors (exit 2) and exits 0 on success.
     try:
-        app(standalone_mode=False)
+        app()
     except Exit as e:
         sys.exit(e.code)
     except NixfarmError as e:
         err.print(f"error: {e.message}", markup=False)
         sys.exit(exit_code(e))
-    except ClickException as e:
-        e.show()
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except typer.Abort:
-        sys.exit(1)
-    sys.exit(0)

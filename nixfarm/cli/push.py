@@ -37,12 +37,17 @@ def push(
     def on_plan(closure: int, missing: int, nar_bytes: int) -> None:
         err.print(f"{closure} paths in the closure, {missing} to upload", markup=False)
         progress.update(task, total=nar_bytes)
+        if missing:
+            progress.start()  # only now: a refusal before this prints just its error
 
     async def work(c: Client) -> list[str]:
-        with progress:
+        try:
             return await push_closure(
                 c, cache, paths, compression=compression, jobs=jobs, on_plan=on_plan,
                 progress=lambda n: progress.advance(task, n))
+        finally:
+            if progress.live.is_started:
+                progress.stop()
 
     pushed = with_client(url, token, data_dir, work)
     for path in pushed:

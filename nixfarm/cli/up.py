@@ -43,12 +43,15 @@ def up(
               f"{settings.data_dir / 'admin.token'}", markup=False)
     if demo_set:
         err.print(f"demo cache: {settings.base_url}/cache/{bootstrap.DEMO_CACHE}", markup=False)
-    Granian(
-        "nixfarm.server.app:from_environment",
-        address=settings.host,
-        port=settings.port,
-        interface=Interfaces.ASGI,
-        factory=True,
-        workers=1,
-        log_access=False,
-    ).serve()
+    try:
+        Granian(
+            "nixfarm.server.app:from_environment",
+            address=settings.host,
+            port=settings.port,
+            interface=Interfaces.ASGI,
+            factory=True,
+            workers=1,
+            log_access=False,
+        ).serve()
+    finally:
+        bootstrap.retract(settings)

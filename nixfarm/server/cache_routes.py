@@ -131,6 +131,18 @@ async def build_log(request: Request) -> Response:
     return _download(request, await farm.caches.log(name, drv), "text/plain; charset=utf-8")
 
 
+async def listing(request: Request) -> Response:
+    if request.method == "PUT":
+        # Nix uploads listings with write-nar-listing=true; ours are computed on ingest.
+        await _cache_for(request, write=True)
+        await _read_small(request, 64 << 20)
+        return _ok()
+    await _cache_for(request, write=False)
+    found = await farm_of(request).caches.listing(request.path_params["name"],
+                                                  request.path_params["hash"])
+    return _download(request, found, "application/json")
+
+
 async def unknown(request: Request) -> Response:
     await _cache_for(request, write=request.method == "PUT")
     raise NotFound(f"{request.path_params['rest']!r} is not part of the Nix cache protocol",
@@ -142,6 +154,7 @@ _READ_WRITE = ["GET", "HEAD", "PUT"]
 routes = [
     Route("/cache/{name}/nix-cache-info", cache_info, methods=_READ_WRITE),
     Route("/cache/{name}/{hash}.narinfo", narinfo, methods=_READ_WRITE),
+    Route("/cache/{name}/{hash}.ls", listing, methods=_READ_WRITE),
     Route("/cache/{name}/nar/{file}", nar, methods=_READ_WRITE),
     Route("/cache/{name}/log/{drv}", build_log, methods=_READ_WRITE),
     Route("/cache/{name}/{rest:path}", unknown, methods=_READ_WRITE),

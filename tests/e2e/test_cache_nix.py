@@ -118,3 +118,20 @@ def test_build_log_uploaded_by_nix_is_served_to_nix_log(farm: RunningFarm, nix: 
     assert served.status_code == 200 and marker in served.text
     fetched = nix.run("nix", *NIX_COMMAND, "log", "--store", f"{farm.url}/cache/{name}", out)
     assert marker in fetched.stdout and "second line" in fetched.stdout
+
+
+def test_listings_match_nix_and_serve_nix_store_ls(farm: RunningFarm, nix: Nix,
+                                                   tmp_path: Path) -> None:
+    name, _ = farm.create_cache()
+    tree = nix.build("tree")
+    farm.cli("push", "--cache", name, tree)
+    nix.run("nix", *NIX_COMMAND, "copy", "--to",
+            f"file://{tmp_path}/file-cache?write-nar-listing=true&compression=none", tree)
+    hash_part = Path(tree).name[:32]
+    ours = farm.get(f"/cache/{name}/{hash_part}.ls")
+    assert ours.status_code == 200
+    assert ours.content == (tmp_path / "file-cache" / f"{hash_part}.ls").read_bytes()
+    listed = nix.run("nix", *NIX_COMMAND, "store", "ls", "--store", f"{farm.url}/cache/{name}",
+                     "-R", f"{tree}/bin")
+    assert "tree" in listed.stdout
+    assert farm.get(f"/cache/{name}/{'1' * 32}.ls").status_code == 404

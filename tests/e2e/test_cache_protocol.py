@@ -116,12 +116,15 @@ def test_truncated_and_lying_pushes_are_refused(farm: RunningFarm, tmp_path: Pat
     info = {"store_path": FAKE, "nar_hash": "sha256:" + _h(nar), "nar_size": len(nar),
             "references": [], "compression": "none"}
     before = _stored(farm)
-    for body, claimed in ((nar[:-7], info), (nar, {**info, "nar_size": len(nar) + 1}),
-                          (nar, {**info, "nar_hash": "sha256:" + _h(b"x")})):
+    for body, claimed, error in (
+            (nar[:-7], info, "archive ends early"),
+            (nar, {**info, "nar_size": len(nar) + 1}, "not sha256"),
+            (nar, {**info, "nar_hash": "sha256:" + _h(b"x")}, "not sha256"),
+            (nar + b"\0" * 8, {**info, "nar_size": len(nar) + 8}, "follows the end")):
         r = farm.request("PUT", f"/api/v1/caches/{cache}/paths/{basename}", content=body,
                          headers={"X-Nixfarm-Path-Info": json.dumps(claimed)})
         assert r.status_code == 400, r.text
-        assert r.json()["error"]["type"] == "IntegrityError"
+        assert error in r.json()["error"]["message"], r.text
     r = farm.request("PUT", f"/api/v1/caches/{cache}/paths/{basename}", content=b"junk",
                      headers={"X-Nixfarm-Path-Info": json.dumps({**info, "compression": "xz"})})
     assert r.status_code == 400

@@ -1,0 +1,195 @@
+"""``nixfarm manifest check``, ``submit``, ``jobs``, ``logs``, ``cancel``, ``secret``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from nixfarm.builds.manifest import load_manifest
+from nixfarm.cli.common import DataDir, Exit, Token, Url, err, out, with_client
+from nixfarm.client.api import Client
+from nixfarm.client.jobs import JobsClient
+from nixfarm.errors import InvalidInput
+from nixfarm.wire_jobs import FINAL_STATUSES, JobSubmit, SecretKind, SecretOut, Visibility
+
+manifest_app = typer.Typer(help="Build manifests (.build.yml).", no_args_is_help=True)
+secret_app = typer.Typer(help="Secrets for jobs: SSH keys, PGP keys, files.",
+                         no_args_is_help=True)
+
+Follow = Annotated[bool, typer.Option("--follow", "-f", help="Stream the log until the end.")]
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as e:
+        raise InvalidInput(f"cannot read {path}: {e.strerror}", field="file") from None
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{path} is not UTF-8 text", field="file") from None
+
+
+@manifest_app.command("check")
+def check(file: Path) -> None:
+    """Validate a manifest locally, without submitting it."""
+    manifest = load_manifest(_read(file), name=str(file))
+    out.print(f"{file}: valid ({len(manifest.tasks)} tasks, image {manifest.image})",
+              markup=False)
+
+
+async def _follow(jobs: JobsClient, job_id: int) -> str:
+    """Print the job's logs as they come; its final status."""
+    current: object = ()
+    status = ""
+    async for kind, data in jobs.follow(job_id):
+        if kind == "log":
+            if data["task"] != current:
+                current = data["task"]
+                header = "setup" if current is None else f"task {current}"
+                out.print(f"[#{job_id} {header}]", markup=False)
+            out.out(data["text"], end="", highlight=False)
+        elif kind == "end":
+            status = str(data["status"])
+    if not status:
+        status = (await jobs.get(job_id)).status
+    return status
+
+
+def _finish(status: str, job_id: int, reason: str | None) -> None:
+    err.print(f"job {job_id} {status}" + (f": {reason}" if reason else ""), markup=False)
+    if status != "success":
+        raise Exit(1)
+
+
+def submit(
+    file: Path,
+    follow: Follow = False,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="Repeat for several.")] = None,
+    note: Annotated[str | None, typer.Option(help="A note shown with the job.")] = None,
+    visibility: Annotated[str, typer.Option(help="public, unlisted or private.")] = "unlisted",
+    execute: Annotated[bool, typer.Option(help="Queue now (--no-execute: pending).")] = True,
+    url: Url = None, token: Token = None, data_dir: DataDir = None,
+) -> None:
+    """Submit a manifest; print the job's id and URL (and, with --follow, its log)."""
+    text = _read(file)
+    if visibility not in ("public", "unlisted", "private"):
+        raise InvalidInput("--visibility must be public, unlisted or private",
+                           field="visibility")
+    vis: Visibility = visibility  # type: ignore[assignment]
+
+    async def work(c: Client) -> tuple[int, str, str | None]:
+        jobs = JobsClient(c)
+        job = await jobs.submit(JobSubmit(manifest=text, tags=tag or [], note=note,
+                                          execute=execute, visibility=vis))
+        out.print(f"{job.id} {job.url}", markup=False)
+        if not follow:
+            return job.id, "", None
+        status = await _follow(jobs, job.id)
+        return job.id, status, (await jobs.get(job.id)).reason
+
+    job_id, status, reason = with_client(url, token, data_dir, work)
+    if follow:
+        _finish(status, job_id, reason)
+
+
+def jobs(
+    status: Annotated[str | None, typer.Option(help="Only jobs with this status.")] = None,
+    mine: Annotated[bool, typer.Option("--mine", help="Only your own jobs.")] = False,
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 20,
+    url: Url = None, token: Token = None, data_dir: DataDir = None,
+) -> None:
+    """List recent jobs, newest first."""
+    async def work(c: Client) -> list[list[str]]:
+        page = await JobsClient(c).page(status, mine, limit)
+        return [[str(j.id), j.status, j.image, ",".join(j.tags), j.owner,
+                 j.created_at.strftime("%Y-%m-%d %H:%M:%S")] for j in page.jobs]
+
+    table = Table("id", "status", "image", "tags", "owner", "created", box=None)
+    for row in with_client(url, token, data_dir, work):
+        table.add_row(*row)
+    out.print(table)
+
+
+def logs(
+    job: int,
+    follow: Follow = False,
+    url: Url = None, token: Token = None, data_dir: DataDir = None,
+) -> None:
+    """Print a job's logs (setup, then each task); -f follows them live."""
+    async def work(c: Client) -> tuple[str, str | None]:
+        client = JobsClient(c)
+        if follow:
+            return await _follow(client, job), (await client.get(job)).reason
+        view = await client.get(job)
+        for header, log_url in [("setup", view.setup_log_url),
+                                *((f"task {t.name}", t.log_url) for t in view.tasks)]:
+            out.print(f"[#{job} {header}]", markup=False)
+            async for chunk in client.log(log_url):
+                out.out(chunk.decode(errors="replace"), end="", highlight=False)
+        return view.status, view.reason
+
+    status, reason = with_client(url, token, data_dir, work)
+    if follow or status in FINAL_STATUSES:
+        err.print(f"job {job} {status}" + (f": {reason}" if reason else ""), markup=False)
+
+
+def cancel(job: int, url: Url = None, token: Token = None, data_dir: DataDir = None) -> None:
+    """Cancel a job; a running one is stopped on its runner."""
+    async def work(c: Client) -> str:
+        return (await JobsClient(c).cancel(job)).status
+
+    out.print(f"job {job} {with_client(url, token, data_dir, work)}", markup=False)
+
+
+@secret_app.command("create")
+def secret_create(
+    name: str,
+    file: Annotated[Path, typer.Argument(help="The file holding the value.")],
+    kind: Annotated[str, typer.Option(help="file, ssh_key or pgp_key.")] = "file",
+    path: Annotated[str | None, typer.Option(
+        help="For a file secret: where it goes in the sandbox (~/... or /...).")] = None,
+    mode: Annotated[str | None, typer.Option(help="For a file secret: octal mode.")] = None,
+    url: Url = None, token: Token = None, data_dir: DataDir = None,
+) -> None:
+    """Store a secret (encrypted on the server); print its UUID."""
+    if kind not in ("file", "ssh_key", "pgp_key"):
+        raise InvalidInput("--kind must be file, ssh_key or pgp_key", field="kind")
+    try:
+        data = file.read_bytes()
+        mode_bits = int(mode, 8) if mode is not None else None
+    except OSError as e:
+        raise InvalidInput(f"cannot read {file}: {e.strerror}", field="file") from None
+    except ValueError:
+        raise InvalidInput(f"--mode {mode!r} is not an octal mode", field="mode") from None
+    secret_kind: SecretKind = kind  # type: ignore[assignment]
+
+    async def work(c: Client) -> SecretOut:
+        return await JobsClient(c).create_secret(name, secret_kind, data, path, mode_bits)
+
+    print(with_client(url, token, data_dir, work).uuid)
+
+
+@secret_app.command("list")
+def secret_list(url: Url = None, token: Token = None, data_dir: DataDir = None) -> None:
+    """List your secrets (never their values)."""
+    async def work(c: Client) -> list[SecretOut]:
+        return await JobsClient(c).secrets()
+
+    table = Table("uuid", "name", "kind", "path", "mode", box=None)
+    for s in with_client(url, token, data_dir, work):
+        table.add_row(s.uuid, s.name, s.kind, s.path or "",
+                      f"{s.mode:o}" if s.mode is not None else "")
+    out.print(table)
+
+
+@secret_app.command("delete")
+def secret_delete(ident: str, url: Url = None, token: Token = None,
+                  data_dir: DataDir = None) -> None:
+    """Delete a secret by UUID or name."""
+    async def work(c: Client) -> SecretOut:
+        return await JobsClient(c).delete_secret(ident)
+
+    gone = with_client(url, token, data_dir, work)
+    out.print(f"deleted {gone.name} ({gone.uuid})", markup=False)
