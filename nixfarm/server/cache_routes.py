@@ -8,7 +8,7 @@ five seconds per upload for a body that never comes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import (
@@ -21,7 +21,7 @@ from starlette.responses import (
 from starlette.routing import Route
 
 from nixfarm.auth import cache_scope
-from nixfarm.cache.service import CacheView, Download
+from nixfarm.cache.service import CacheService, CacheView, Download
 from nixfarm.errors import InvalidInput, NotFound
 from nixfarm.server.auth import farm_of, require
 from nixfarm.server.metrics import Metrics
@@ -107,28 +107,30 @@ async def narinfo(request: Request) -> Response:
     return Response(body, 200, media_type=_NARINFO_TYPE)
 
 
-async def nar(request: Request) -> Response:
-    name = request.path_params["name"]
-    filename = request.path_params["file"]
-    farm = farm_of(request)
-    if request.method == "PUT":
-        await _cache_for(request, write=True)
-        await farm.caches.receive_nar_file(name, filename, request.stream())
-        return _ok()
-    await _cache_for(request, write=False)
-    return _download(request, await farm.caches.nar(name, filename), "application/x-nix-nar")
+def _stored_file(param: str, media_type: str,
+                 receive: Callable[[CacheService, str, str, AsyncIterable[bytes]], Awaitable[None]],
+                 fetch: Callable[[CacheService, str, str], Awaitable[Download]],
+                 ) -> Callable[[Request], Awaitable[Response]]:
+    """An endpoint for a file of the cache (a NAR, a log): PUT streams it in, GET out."""
+
+    async def endpoint(request: Request) -> Response:
+        name = request.path_params["name"]
+        caches = farm_of(request).caches
+        if request.method == "PUT":
+            await _cache_for(request, write=True)
+            await receive(caches, name, request.path_params[param], request.stream())
+            return _ok()
+        await _cache_for(request, write=False)
+        return _download(request, await fetch(caches, name, request.path_params[param]),
+                         media_type)
+
+    return endpoint
 
 
-async def build_log(request: Request) -> Response:
-    name = request.path_params["name"]
-    drv = request.path_params["drv"]
-    farm = farm_of(request)
-    if request.method == "PUT":
-        await _cache_for(request, write=True)
-        await farm.caches.receive_log(name, drv, request.stream())
-        return _ok()
-    await _cache_for(request, write=False)
-    return _download(request, await farm.caches.log(name, drv), "text/plain; charset=utf-8")
+nar = _stored_file("file", "application/x-nix-nar", CacheService.receive_nar_file,
+                   CacheService.nar)
+build_log = _stored_file("drv", "text/plain; charset=utf-8", CacheService.receive_log,
+                         CacheService.log)
 
 
 async def listing(request: Request) -> Response:

@@ -3,25 +3,7 @@ from pathlib import Path
 import pytest
 
 from tests.demo import nixcli
-
-# Every package that builds; broken, slow and bigdata have tests of their own.
-ORDINARY = (
-    "busybox",
-    "hello",
-    "libgreeting",
-    "greet",
-    "cowsay",
-    "banner-font",
-    "banner",
-    "fortunes",
-    "fortune",
-    "tree",
-    "motd",
-    "bashInteractive",
-    "coreutils",
-    "nano",
-    "moreutils",
-)
+from tests.demo.nixcli import ORDINARY
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,25 @@ OPTIONS = (
 
 DEMO = nixfarm.demo.path()
 
+# Every package that builds; broken, slow and bigdata have tests of their own.
+ORDINARY = (
+    "busybox",
+    "hello",
+    "libgreeting",
+    "greet",
+    "cowsay",
+    "banner-font",
+    "banner",
+    "fortunes",
+    "fortune",
+    "tree",
+    "motd",
+    "bashInteractive",
+    "coreutils",
+    "nano",
+    "moreutils",
+)
+
 
 def run(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run a command, capturing text output; never raises on a non-zero exit."""

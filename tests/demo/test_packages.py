@@ -9,26 +9,7 @@ import pytest
 
 from tests.demo import nixcli
 
-EXPECTED_ATTRIBUTES = {
-    "busybox",
-    "hello",
-    "libgreeting",
-    "greet",
-    "cowsay",
-    "banner-font",
-    "banner",
-    "fortunes",
-    "fortune",
-    "tree",
-    "motd",
-    "bashInteractive",
-    "coreutils",
-    "nano",
-    "moreutils",
-    "bigdata",
-    "broken",
-    "slow",
-}
+EXPECTED_ATTRIBUTES = {*nixcli.ORDINARY, "bigdata", "broken", "slow"}
 
 
 def run_program(program: Path, *args: str, stdin: str = "", cwd: Path | None = None) -> str:
