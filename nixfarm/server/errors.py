@@ -81,9 +81,68 @@ def as_json(error: NixfarmError) -> Response:
     return JSONResponse({"error": body}, status, headers=_headers(error))
 
 
+def _oci_code(error: NixfarmError) -> tuple[str, int]:
+    """The distribution spec's error code (and status) for ``error``."""
+    match error:
+        case NotFound(kind="blob"):
+            return "BLOB_UNKNOWN", 404
+        case NotFound(kind="manifest" | "package"):
+            return "MANIFEST_UNKNOWN", 404
+        case NotFound():
+            return "NAME_UNKNOWN", 404
+        case InvalidInput(field="name"):
+            return "NAME_INVALID", 400
+        case InvalidInput(field="tag"):
+            return "TAG_INVALID", 400
+        case InvalidInput(field="digest"):
+            return "DIGEST_INVALID", 400
+        case InvalidInput():
+            return "UNSUPPORTED", 400
+        case Unauthorized():
+            return "UNAUTHORIZED", 401
+        case Forbidden():
+            return "DENIED", 403
+        case NixTimeout():  # not in the spec: a build that ran out of time is its own case
+            return "BUILD_TIMEOUT", 504
+        case NixError():
+            return "BUILD_FAILED", 502
+        case ConfigError(key=key) if key.startswith("registry"):
+            return "UNAVAILABLE", 503
+    return "UNKNOWN", 500
+
+
+def oci(request: Request, error: NixfarmError) -> Response:
+    """The registry's ``{"errors": [{"code", "message", "detail"}]}`` envelope."""
+    code, status = _oci_code(error)
+    message = error.message if code != "UNKNOWN" else "internal server error"
+    if status >= 500:
+        log.error("registry request %s failed: %s", request.url.path, error.message)
+    detail: dict[str, object] = {}
+    for name in ("field", "kind", "name", "scope", "drv", "seconds"):
+        value = getattr(error, name, "")
+        if value and code != "UNKNOWN":
+            detail[name] = value
+    if isinstance(error, NixError) and error.log_tail:
+        detail["log_tail"] = error.log_tail[-20:]
+    headers: dict[str, str] = {}
+    if isinstance(error, Unauthorized):
+        # The token flow docker, podman and skopeo follow: they fetch a token from the
+        # realm with the user's credentials, then retry with it as a bearer token.
+        realm = str(request.base_url).rstrip("/") + "/registry/token"
+        challenge = f'Bearer realm="{realm}",service="nixfarm"'
+        repository = request.path_params.get("name")
+        if repository:
+            challenge += f',scope="repository:{repository}:pull"'
+        headers["WWW-Authenticate"] = challenge
+    body = {"errors": [{"code": code, "message": message, "detail": detail}]}
+    return JSONResponse(body, status, headers=headers)
+
+
 async def handle(request: Request, exc: Exception) -> Response:
     """Starlette exception handler: the protocol is chosen by the URL."""
     assert isinstance(exc, NixfarmError)
     if request.url.path.startswith("/api/"):
         return as_json(exc)
+    if request.url.path == "/v2" or request.url.path.startswith("/v2/"):
+        return oci(request, exc)
     return plain(exc)

@@ -1,0 +1,87 @@
+"""The manifest cache: composed images by cache key, in memory and then in storage.
+
+Nixery's two tiers: a request first looks in this process's memory, then in the object
+store (where another server, or this one before a restart, may have put it), and only
+then builds. Keys come from :meth:`RegistryService.cache_key`: the source's cache key
+(absent for moving targets, which are never cached), the packages, the system and
+everything else that changes the layers.
+
+What is stored per image is the config blob (under ``registry/blobs``), a small record
+``registry/images/<key>.json`` (the config bytes and the layers), and both manifest
+flavours under ``registry/manifests/sha256/<hex>``, so a pull by digest finds its
+manifest whether or not the image is still in any cache and whatever its tag was.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+
+from nixfarm.errors import InvalidInput, NotFound
+from nixfarm.oci.digest import Digest
+from nixfarm.oci.manifest import canonical_json
+from nixfarm.registry.images import Image
+from nixfarm.registry.layers import blob_key, decode_layer, encode_layer
+from nixfarm.storage.base import ObjectStore
+
+MANIFEST_PREFIX = "registry/manifests/sha256/"
+IMAGE_PREFIX = "registry/images/"
+MEMORY_ENTRIES = 1024
+
+
+def manifest_key(digest: Digest) -> str:
+    return MANIFEST_PREFIX + digest.hex
+
+
+class ManifestCache:
+    def __init__(self, store: ObjectStore, memory_entries: int = MEMORY_ENTRIES) -> None:
+        self.store = store
+        self._memory: OrderedDict[str, Image] = OrderedDict()
+        self._entries = memory_entries
+
+    def _remember(self, key: str, image: Image) -> None:
+        self._memory[key] = image
+        self._memory.move_to_end(key)
+        while len(self._memory) > self._entries:
+            self._memory.popitem(last=False)
+
+    async def get(self, key: str) -> Image | None:
+        """The image cached under ``key``, from memory or storage; None if neither has it."""
+        image = self._memory.get(key)
+        if image is not None:
+            self._memory.move_to_end(key)
+            return image
+        try:
+            record = json.loads(await self.store.read(IMAGE_PREFIX + key + ".json"))
+        except NotFound:
+            return None
+        image = Image(layers=tuple(decode_layer(layer) for layer in record["layers"]),
+                      config=record["config"].encode("ascii"))
+        self._remember(key, image)
+        return image
+
+    async def put(self, key: str | None, image: Image) -> None:
+        """Store ``image``'s config and manifests; cache it under ``key`` unless None."""
+        await self.store.put(blob_key(Digest.of(image.config)), image.config)
+        for media_type in image.media_types:
+            manifest = image.manifest(media_type)
+            await self.store.put(manifest_key(Digest.of(manifest)), manifest)
+        if key is not None:
+            record = canonical_json({"config": image.config.decode("ascii"),
+                                     "layers": [encode_layer(layer) for layer in image.layers]})
+            await self.store.put(IMAGE_PREFIX + key + ".json", record)
+            self._remember(key, image)
+
+    async def by_digest(self, digest: Digest) -> bytes:
+        """The manifest with ``digest``; NotFound(kind="manifest") if none was ever served."""
+        try:
+            manifest = await self.store.read(manifest_key(digest))
+        except NotFound:
+            raise NotFound(f"No manifest has digest {digest}.", kind="manifest",
+                           name=str(digest)) from None
+        try:
+            digest.verify(manifest)
+        except InvalidInput:
+            raise NotFound(f"The stored manifest {digest} is damaged.", kind="manifest",
+                           name=str(digest)) from None
+        return manifest

@@ -1,0 +1,183 @@
+"""The registry service: from a repository name and a tag to manifests and blobs.
+
+    name, tag ──> names.parse ──> source.resolve(tag) ──> cache key (None if it moves)
+        ──> manifest cache (memory, storage) ──hit──> Image
+        ──miss──> single flight per image ──> Nix (builder) ──> compose (layer cache)
+                  ──> manifest cache ──> Image
+
+An Image renders to either manifest flavour, chosen per request by content
+negotiation. Blobs (layers and configs) are only ever read here, by digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from nixfarm.config import Settings
+from nixfarm.errors import ConfigError, NixError, NixfarmError, NixTimeout, NotFound
+from nixfarm.oci.digest import Digest
+from nixfarm.oci.manifest import Platform, canonical_json, manifest_media_type, negotiate
+from nixfarm.registry import names, sources
+from nixfarm.registry.builder import Builder
+from nixfarm.registry.flight import SingleFlight
+from nixfarm.registry.images import Image, compose
+from nixfarm.registry.layers import LayerCache, blob_key
+from nixfarm.registry.manifests import ManifestCache
+from nixfarm.registry.popularity import Popularity, PopularitySource
+from nixfarm.registry.sources import PackageSource, Resolved
+from nixfarm.registry.status import Build, BuildBoard
+from nixfarm.storage.base import ObjectStore
+
+log = logging.getLogger("nixfarm.registry")
+
+#: Bumped whenever composition changes what an image looks like, so old cache entries
+#: are not served for new code.
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ManifestAnswer:
+    body: bytes
+    media_type: str
+    digest: Digest
+
+
+@dataclass(frozen=True)
+class BlobAnswer:
+    """Where a blob is: a local file, a presigned URL, or only the store (``key``)."""
+
+    digest: Digest
+    key: str
+    size: int
+    local_path: Path | None = None
+    url: str | None = None
+
+
+class RegistryService:
+    def __init__(self, settings: Settings, store: ObjectStore) -> None:
+        registry = settings.registry
+        sources.check(registry.source)  # a broken source stops the server at start-up
+        self.settings = settings
+        self.store = store
+        self.source = PackageSource(registry.source) if registry.source.kind != "none" else None
+        self.builder = Builder(settings.nix_options, registry.nix_timeout)
+        self.popularity = PopularitySource(self.builder, registry.popularity_file)
+        self.layers = LayerCache(store, registry.compression)
+        self.manifests = ManifestCache(store)
+        self.builds = BuildBoard()
+        self._flight: SingleFlight[Image] = SingleFlight()
+
+    def _source(self) -> PackageSource:
+        if self.source is None:
+            raise ConfigError("This registry has no package source configured: set "
+                              "registry.source in the configuration (or start the farm with "
+                              "`nixfarm up --demo`).", key="registry.source")
+        return self.source
+
+    def cache_key(self, resolved: Resolved, request: names.ImageRequest,
+                  popularity: Popularity) -> str | None:
+        """Where the image is cached; None when the source is a moving target."""
+        if resolved.cache_key is None:
+            return None
+        registry = self.settings.registry
+        document = {"format": FORMAT_VERSION, "source": resolved.cache_key,
+                    "packages": list(request.packages), "system": request.system,
+                    "compression": registry.compression, "budget": registry.layer_budget,
+                    "popularity": popularity.version}
+        return hashlib.sha256(canonical_json(document)).hexdigest()
+
+    def tags(self, name: str) -> list[str]:
+        names.parse(name)
+        self._source()
+        return ["latest"]
+
+    async def image(self, name: str, tag: str) -> Image:
+        """The image ``name:tag`` names, from a cache or built now."""
+        request = names.parse(name)
+        names.check_tag(tag)
+        resolved = await self._source().resolve(tag)
+        popularity = await self.popularity.get(resolved, request.system)
+        key = self.cache_key(resolved, request, popularity)
+        if key is not None:
+            cached = await self.manifests.get(key)
+            if cached is not None:
+                return cached
+        flight = key or hashlib.sha256(canonical_json(
+            [resolved.identity, list(request.packages), request.system])).hexdigest()
+        return await self._flight.run(
+            flight, lambda: self._build(request, resolved, popularity, key))
+
+    async def _build(self, request: names.ImageRequest, resolved: Resolved,
+                     popularity: Popularity, key: str | None) -> Image:
+        if key is not None:
+            # A flight for this key may have finished between our lookup and now.
+            cached = await self.manifests.get(key)
+            if cached is not None:
+                return cached
+        build = self.builds.start(request.label)
+        log.info("build %s: building image %s from %s", build.id, request.label,
+                 resolved.identity)
+
+        def on_line(line: str) -> None:
+            build.append(line)
+            log.info("build %s: %s", build.id, line)
+
+        try:
+            closure = await self.builder.build(request, resolved, on_line)
+            image = await compose(closure, self.layers, popularity.counts,
+                                  self.settings.registry.layer_budget,
+                                  Platform.for_nix_system(request.system))
+            await self.manifests.put(key, image)
+        except NixfarmError as exc:
+            self._failed(build, exc)
+        except BaseException:
+            build.finish("failed", "internal error")
+            raise
+        build.finish("succeeded", f"{len(image.layers)} layers")
+        log.info("build %s: image %s has %d layers", build.id, request.label, len(image.layers))
+        return image
+
+    def _failed(self, build: Build, exc: NixfarmError) -> NoReturn:
+        """Finish ``build`` and re-raise ``exc`` pointing at the build's log."""
+        build.finish("timed out" if isinstance(exc, NixTimeout) else "failed", exc.message)
+        log.warning("build %s failed: %s", build.id, exc.message)
+        where = f" The build log is at /registry/builds/{build.id}."
+        if isinstance(exc, NixTimeout):
+            raise NixTimeout(exc.message + where, drv=exc.drv, log_tail=exc.log_tail,
+                             seconds=exc.seconds) from None
+        if isinstance(exc, NixError):
+            raise NixError(exc.message + where, drv=exc.drv, log_tail=exc.log_tail) from None
+        raise exc
+
+    async def manifest(self, name: str, reference: str, accept: str) -> ManifestAnswer:
+        """The manifest of ``name`` at a tag or digest, in the flavour ``accept`` prefers."""
+        if reference.startswith("sha256:") or ":" in reference:
+            names.check_name(name)
+            digest = Digest.parse(reference)
+            body = await self.manifests.by_digest(digest)
+            return ManifestAnswer(body, manifest_media_type(body), digest)
+        image = await self.image(name, reference)
+        media_type = negotiate(accept, oci_only=image.compression == "zstd")
+        body = image.manifest(media_type)
+        return ManifestAnswer(body, media_type, Digest.of(body))
+
+    async def blob(self, name: str, digest_text: str) -> BlobAnswer:
+        """Where the blob ``digest_text`` is; NotFound(kind="blob") if the store lacks it."""
+        names.check_name(name)
+        digest = Digest.parse(digest_text)
+        key = blob_key(digest)
+        local = self.store.local_path(key)
+        if local is not None:
+            try:
+                return BlobAnswer(digest, key, local.stat().st_size, local_path=local)
+            except FileNotFoundError:
+                pass
+        info = await self.store.stat(key)
+        if info is None:
+            raise NotFound(f"No blob has digest {digest}.", kind="blob", name=str(digest))
+        url = await self.store.presigned_url(key, self.settings.storage.presign_seconds)
+        return BlobAnswer(digest, key, info.size, url=url)
