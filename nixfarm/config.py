@@ -54,6 +54,8 @@ class SourceSettings(Section):
     location: str = ""
     #: Attribute-set file inside the source to import; default.nix when empty.
     entry: str = ""
+    #: For a channel: the tarball's sha256, which pins it (only pinned channels are cached).
+    sha256: str = ""
 
 
 class RegistrySettings(Section):
@@ -69,6 +71,22 @@ class JobSettings(Section):
     timeout_minutes: float = 45.0
     lease_seconds: float = 30.0
     network: bool = True
+    #: Images and arches a manifest may ask for even before a runner offering them has
+    #: registered; registered runners add theirs.
+    images: tuple[str, ...] = ("nix",)
+    arches: tuple[str, ...] = ("x86_64",)
+    #: Trigger deliveries: tries, the first pause between them (doubling), and the
+    #: time limit of one try.
+    trigger_attempts: int = 3
+    trigger_retry_seconds: float = 2.0
+    trigger_timeout_seconds: float = 10.0
+    #: Where email triggers are sent from and through.
+    smtp_host: str = ""
+    smtp_port: int = 25
+    smtp_from: str = "nixfarm@localhost"
+    smtp_starttls: bool = False
+    smtp_user: str = ""
+    smtp_password: str = ""
 
 
 class Settings(Section):

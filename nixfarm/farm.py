@@ -6,14 +6,19 @@ bus a process uses is decided here, from configuration, and nowhere else.
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 import anyio.to_thread
 
+from nixfarm.builds.services import BuildServices
 from nixfarm.cache.service import CacheService
 from nixfarm.config import Settings
 from nixfarm.db import engine
 from nixfarm.db.engine import Database
+from nixfarm.events.base import EventBus
+from nixfarm.events.factory import open_bus
+from nixfarm.registry.service import RegistryService
 from nixfarm.storage.base import ObjectStore
 from nixfarm.storage.factory import open_store
 from nixfarm.tokens import TokenService
@@ -26,6 +31,9 @@ class Farm:
     store: ObjectStore
     caches: CacheService
     tokens: TokenService
+    registry: RegistryService
+    events: EventBus
+    builds: BuildServices
 
     @classmethod
     async def open(cls, settings: Settings) -> Farm:
@@ -33,13 +41,29 @@ class Farm:
         await anyio.to_thread.run_sync(engine.migrate, settings.db_url)
         db = await engine.connect(settings.db_url)
         store = open_store(settings)
+        try:
+            registry = RegistryService(settings, store)  # ConfigError if its source is bad
+        except BaseException:
+            await db.close()
+            raise
+        caches = CacheService(db, store, settings)
+        tokens = TokenService(db)
+        events = open_bus(settings)
         return cls(
             settings=settings,
             db=db,
             store=store,
-            caches=CacheService(db, store, settings),
-            tokens=TokenService(db),
+            caches=caches,
+            tokens=tokens,
+            registry=registry,
+            events=events,
+            builds=BuildServices.open(settings, db, store, events, caches, tokens),
         )
 
+    def background(self) -> AbstractAsyncContextManager[None]:
+        """Work a serving process does on its own (lease expiry, trigger deliveries)."""
+        return self.builds.background()
+
     async def close(self) -> None:
+        await self.events.close()
         await self.db.close()

@@ -6,12 +6,9 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-import anyio
 import typer
 
-from nixfarm import bootstrap, config, demo
 from nixfarm.cli.common import err
-from nixfarm.server.app import SETTINGS_VARIABLE
 
 
 def up(
@@ -24,8 +21,13 @@ def up(
         "--config", help="A TOML configuration file (see docs/config.example.toml).")] = None,
 ) -> None:
     """Run the farm in the foreground until interrupted (Ctrl-C stops it gracefully)."""
+    # Imported here: every other command starts faster without the server's modules.
+    import anyio
     from granian import Granian
     from granian.constants import Interfaces
+
+    from nixfarm import bootstrap, config, demo
+    from nixfarm.server.app import SETTINGS_VARIABLE
 
     overrides: dict[str, Any] = {}
     if data_dir is not None:
@@ -34,6 +36,8 @@ def up(
         overrides["listen"] = listen
     if demo_set:
         overrides["registry"] = {"source": {"kind": "path", "location": str(demo.path())}}
+        # The demo set is built from local files only: asking substituters is wasted time.
+        overrides["nix_options"] = {"substituters": ""}
     settings = config.load(config_file, overrides=overrides)
     settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
     anyio.run(bootstrap.prepare, settings, demo_set)

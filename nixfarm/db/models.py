@@ -181,3 +181,180 @@ class Token(Base):
     expires_at: Mapped[datetime | None] = mapped_column()
     revoked: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     last_used_at: Mapped[datetime | None] = mapped_column()
+
+
+# --- CI jobs -----------------------------------------------------------------------
+#
+#   job_groups ─< jobs ─< tasks           runners ─< jobs (the one running it)
+#                  │ ├──< job_tags          secrets (per owner, encrypted at rest)
+#                  │ ├──< artifacts
+#                  └─┴──< triggers ─< trigger_deliveries
+#
+# A job's owner is the API token that submitted it (``owner_id``, no foreign key:
+# tokens are revoked, not deleted, and a job outlives its token's usefulness).
+# Statuses are short strings rather than database enums: SQLite has none, and adding
+# a status later is then a code change, not a migration.
+
+
+class JobGroup(Base):
+    """Jobs submitted, started and cancelled together."""
+
+    __tablename__ = "job_groups"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int] = mapped_column(index=True)
+    note: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Runner(Base):
+    """A registered runner and what it can run; it talks to the server over HTTP only."""
+
+    __tablename__ = "runners"
+    __table_args__ = (sa.UniqueConstraint("token_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(100))
+    #: The runner token it registered with; only that token may act as this runner.
+    token_id: Mapped[int] = mapped_column()
+    arch: Mapped[str] = mapped_column(sa.String(32))
+    images: Mapped[list[str]] = mapped_column(sa.JSON)
+    sandboxes: Mapped[list[str]] = mapped_column(sa.JSON)
+    slots: Mapped[int] = mapped_column()
+    version: Mapped[str] = mapped_column(sa.String(64), default="")
+    registered_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Job(Base):
+    """One run of a manifest."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int] = mapped_column(index=True)
+    owner_name: Mapped[str] = mapped_column(sa.String(100))
+    group_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("job_groups.id", ondelete="SET NULL"), index=True
+    )
+    #: pending, queued, running, success, failed, timeout, cancelled
+    status: Mapped[str] = mapped_column(sa.String(16), index=True)
+    #: The manifest exactly as submitted (YAML text).
+    manifest: Mapped[str] = mapped_column(sa.Text)
+    image: Mapped[str] = mapped_column(sa.String(128))
+    arch: Mapped[str | None] = mapped_column(sa.String(32))
+    note: Mapped[str | None] = mapped_column(sa.Text)
+    #: public, unlisted, private
+    visibility: Mapped[str] = mapped_column(sa.String(16))
+    #: Why the job ended as it did, in one sentence ("runner lost", "task 'x' failed").
+    reason: Mapped[str | None] = mapped_column(sa.Text)
+    #: The UUIDs of the secrets resolved at submit time.
+    secret_ids: Mapped[list[str]] = mapped_column(sa.JSON)
+    timeout_seconds: Mapped[float] = mapped_column()
+    runner_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("runners.id", ondelete="SET NULL"), index=True
+    )
+    #: How many times a runner has claimed it (a lost job is re-queued at most once).
+    attempts: Mapped[int] = mapped_column(default=0)
+    lease_expires_at: Mapped[datetime | None] = mapped_column()
+    #: Set while a running job is being cancelled (or timed out): the runner must stop.
+    stop_requested: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    queued_at: Mapped[datetime | None] = mapped_column()
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+
+
+class JobTag(Base):
+    __tablename__ = "job_tags"
+
+    job_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag: Mapped[str] = mapped_column(sa.String(128), primary_key=True, index=True)
+
+
+class Task(Base):
+    """One named task of a job, in manifest order."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (sa.UniqueConstraint("job_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column()
+    name: Mapped[str] = mapped_column(sa.String(128))
+    #: pending, running, success, failed, skipped
+    status: Mapped[str] = mapped_column(sa.String(16))
+    exit_code: Mapped[int | None] = mapped_column()
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+
+
+class Artifact(Base):
+    """A file a job kept; stored in the object store under ``storage_key``."""
+
+    __tablename__ = "artifacts"
+    __table_args__ = (sa.UniqueConstraint("job_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(sa.String(255))
+    #: The path the manifest named, inside the sandbox.
+    path: Mapped[str] = mapped_column(sa.Text)
+    size: Mapped[int] = mapped_column(sa.BigInteger)
+    storage_key: Mapped[str] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Trigger(Base):
+    """Something to do when a job ends: an email or a webhook."""
+
+    __tablename__ = "triggers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    #: email, webhook
+    action: Mapped[str] = mapped_column(sa.String(16))
+    #: success, failure, always
+    condition: Mapped[str] = mapped_column(sa.String(16))
+    #: The trigger as the manifest wrote it (to, cc, in_reply_to or url).
+    details: Mapped[dict[str, str]] = mapped_column(sa.JSON)
+    #: pending, delivered, failed, skipped
+    status: Mapped[str] = mapped_column(sa.String(16))
+
+
+class TriggerDelivery(Base):
+    """One attempt to deliver a trigger, kept whatever its outcome."""
+
+    __tablename__ = "trigger_deliveries"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    trigger_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("triggers.id", ondelete="CASCADE"), index=True
+    )
+    attempt: Mapped[int] = mapped_column()
+    ok: Mapped[bool] = mapped_column()
+    #: The HTTP status or SMTP answer, or the error.
+    detail: Mapped[str] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Secret(Base):
+    """An SSH key, PGP key or file, encrypted with the server's key (NaCl SecretBox)."""
+
+    __tablename__ = "secrets"
+    __table_args__ = (sa.UniqueConstraint("owner_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    uuid: Mapped[str] = mapped_column(sa.String(36), unique=True)
+    owner_id: Mapped[int] = mapped_column()
+    name: Mapped[str] = mapped_column(sa.String(512))
+    #: ssh_key, pgp_key, file
+    kind: Mapped[str] = mapped_column(sa.String(16))
+    #: Where a file secret goes in the sandbox, and its mode.
+    path: Mapped[str | None] = mapped_column(sa.Text)
+    mode: Mapped[int | None] = mapped_column()
+    #: nonce + ciphertext, as ``nacl.secret.SecretBox.encrypt`` returns it.
+    ciphertext: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -22,10 +22,14 @@ from nixfarm import __version__
 from nixfarm.config import Settings
 from nixfarm.errors import NixfarmError
 from nixfarm.farm import Farm
-from nixfarm.server import cache_routes, errors
+from nixfarm.server import cache_routes, errors, registry_routes
 from nixfarm.server.api import caches as caches_api
+from nixfarm.server.api import jobs as jobs_api
+from nixfarm.server.api import runners as runners_api
+from nixfarm.server.api import secrets as secrets_api
 from nixfarm.server.api import tokens as tokens_api
 from nixfarm.server.metrics import Metrics, MetricsMiddleware
+from nixfarm.server.web import jobs as jobs_web
 
 SETTINGS_VARIABLE = "_NIXFARM_SETTINGS"
 
@@ -47,7 +51,8 @@ def create_app(settings: Settings) -> FastAPI:
         farm = await Farm.open(settings)
         app.state.farm = farm
         try:
-            yield
+            async with farm.background():
+                yield
         finally:
             await farm.close()
 
@@ -63,7 +68,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.include_router(caches_api.router)
     app.include_router(tokens_api.router)
+    app.include_router(jobs_api.router)
+    app.include_router(runners_api.router)
+    app.include_router(secrets_api.router)
+    app.include_router(jobs_web.router)
     app.router.routes.extend(cache_routes.routes)
+    app.router.routes.extend(registry_routes.routes)
     app.router.routes.append(Route("/metrics", metrics.exposition, methods=["GET"]))
     app.router.routes.append(Route("/healthz", health, methods=["GET"]))
     app.add_exception_handler(NixfarmError, errors.handle)

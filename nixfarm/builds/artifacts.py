@@ -1,0 +1,71 @@
+"""Artifacts: files a job keeps, uploaded by its runner into the object store.
+
+An artifact is stored under ``jobs/<job>/artifacts/<row id>`` (its file name may hold
+characters object keys may not) and served by name. Uploads stream; the name is the
+file's base name, unique per job (the manifest checks that too).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import AsyncIterable
+
+import sqlalchemy as sa
+
+from nixfarm.config import Settings
+from nixfarm.db.engine import Database
+from nixfarm.db.models import Artifact
+from nixfarm.errors import Conflict, InvalidInput, NotFound
+from nixfarm.storage.base import ObjectStore, ObjectStream
+from nixfarm.wire_jobs import ArtifactOut
+
+MAX_NAME = 255
+
+
+class ArtifactService:
+    def __init__(self, db: Database, store: ObjectStore, settings: Settings) -> None:
+        self.db = db
+        self.store = store
+        self.settings = settings
+
+    def _out(self, artifact: Artifact) -> ArtifactOut:
+        url = f"{self.settings.base_url}/api/v1/jobs/{artifact.job_id}/artifacts/{artifact.name}"
+        return ArtifactOut(name=artifact.name, path=artifact.path, size=artifact.size, url=url,
+                           created_at=artifact.created_at)
+
+    async def save(self, job_id: int, name: str, path: str,
+                   body: AsyncIterable[bytes]) -> ArtifactOut:
+        if (not name or len(name) > MAX_NAME or "/" in name or name in (".", "..")
+                or not name.isprintable()):
+            raise InvalidInput(f"artifact name {name!r} must be a file name", field="name")
+        if posixpath.basename(path) != name:
+            raise InvalidInput(f"artifact {name!r} must be named after its path {path!r}",
+                               field="path")
+        async with self.db.session() as s:
+            if await s.scalar(sa.select(Artifact.id).where(
+                    Artifact.job_id == job_id, Artifact.name == name)) is not None:
+                raise Conflict(f"job {job_id} already has an artifact {name!r}")
+            artifact = Artifact(job_id=job_id, name=name, path=path, size=0, storage_key="")
+            s.add(artifact)
+            await s.flush()
+            artifact.storage_key = f"jobs/{job_id}/artifacts/{artifact.id}"
+        try:
+            info = await self.store.put(artifact.storage_key, body)
+        except BaseException:
+            async with self.db.session() as s:
+                await s.execute(sa.delete(Artifact).where(Artifact.id == artifact.id))
+            raise
+        async with self.db.session() as s:
+            await s.execute(sa.update(Artifact).where(Artifact.id == artifact.id)
+                            .values(size=info.size))
+        artifact.size = info.size
+        return self._out(artifact)
+
+    async def open(self, job_id: int, name: str) -> tuple[ArtifactOut, ObjectStream]:
+        """The artifact and its bytes (opened, so a missing object fails here)."""
+        async with self.db.session() as s:
+            artifact = await s.scalar(sa.select(Artifact).where(
+                Artifact.job_id == job_id, Artifact.name == name))
+        if artifact is None:
+            raise NotFound(f"Job {job_id} has no artifact {name!r}.", kind="artifact", name=name)
+        return self._out(artifact), await self.store.get(artifact.storage_key)

@@ -1,0 +1,105 @@
+"""Job logs: numbered chunks in the object store, fanned out live to followers.
+
+A job has one log for its setup (everything before the first task) and one per task.
+The runner uploads each as numbered chunks (``seq`` 0, 1, 2, ...); chunk ``n`` of a log
+is the object ``jobs/<job>/<log>/<n:08d>`` where ``<log>`` is ``setup`` or
+``tasks/<name>``. Objects are immutable, so appending is writing a new object: no
+read-modify-write, and a retried upload of the same ``seq`` is recognised and ignored.
+
+Reading a byte range lists the log's chunks (key order is ``seq`` order, and a
+listing carries sizes), skips whole chunks before the range and streams the rest.
+
+Following: a follower subscribes to the job's topic on the event bus *first*, then
+replays the stored chunks, then forwards live ones, dropping any ``seq`` it has already
+sent. Subscribing first means a chunk stored during the replay is seen either in the
+listing or on the bus (or both, and deduplicated), never neither. A live message lost
+(a slow follower's queue overflowed) is not recovered: followers are for watching,
+the stored log is the record.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from nixfarm.errors import InvalidInput
+from nixfarm.events.base import EventBus
+from nixfarm.storage.base import ObjectInfo, ObjectStore, ObjectStream
+
+CHUNK_DIGITS = 8
+MAX_SEQ = 10**CHUNK_DIGITS - 1
+
+
+def job_topic(job_id: int) -> str:
+    """Bus topic of everything followers of a job see: log chunks, task and job states."""
+    return f"job.{job_id}"
+
+
+def log_prefix(job_id: int, task: str | None) -> str:
+    return f"jobs/{job_id}/setup/" if task is None else f"jobs/{job_id}/tasks/{task}/"
+
+
+@dataclass(frozen=True)
+class LogRange:
+    """The bytes ``[start, end)`` of a log whose whole size is ``total``."""
+
+    start: int
+    end: int
+    total: int
+    chunks: list[ObjectInfo]
+
+
+class LogService:
+    def __init__(self, store: ObjectStore, bus: EventBus) -> None:
+        self.store = store
+        self.bus = bus
+
+    async def append(self, job_id: int, task: str | None, seq: int, data: bytes) -> bool:
+        """Store chunk ``seq`` of a log and publish it; False if it was already stored."""
+        if not 0 <= seq <= MAX_SEQ:
+            raise InvalidInput(f"seq must be between 0 and {MAX_SEQ}", field="seq")
+        key = f"{log_prefix(job_id, task)}{seq:0{CHUNK_DIGITS}d}"
+        if await self.store.stat(key) is not None:
+            return False
+        await self.store.put(key, data)
+        await self.publish(job_id, {"type": "log", "task": task, "seq": seq,
+                                    "text": data.decode(errors="replace")})
+        return True
+
+    async def publish(self, job_id: int, event: dict[str, object]) -> None:
+        await self.bus.publish(job_topic(job_id), json.dumps(event).encode())
+
+    async def chunks(self, job_id: int, task: str | None) -> list[ObjectInfo]:
+        return [info async for info in self.store.list(log_prefix(job_id, task))]
+
+    async def locate(self, job_id: int, task: str | None, start: int,
+                     end: int | None) -> LogRange:
+        """The chunks holding ``[start, end)`` (clamped to the log's size)."""
+        chunks = await self.chunks(job_id, task)
+        total = sum(c.size for c in chunks)
+        end = total if end is None else min(end, total)
+        return LogRange(min(start, end), end, total, chunks)
+
+    async def stream(self, where: LogRange) -> AsyncIterator[bytes]:
+        """The bytes of a located range, streamed chunk object by chunk object."""
+        offset = 0
+        for chunk in where.chunks:
+            lo, hi = offset, offset + chunk.size
+            offset = hi
+            if hi <= where.start or lo >= where.end:
+                continue
+            stream: ObjectStream = self.store.get(chunk.key, max(where.start - lo, 0),
+                                                  min(where.end, hi) - lo)
+            async for data in stream:
+                yield data
+
+    async def replay(self, job_id: int, logs: Sequence[str | None]
+                     ) -> AsyncIterator[dict[str, Any]]:
+        """Every stored chunk of ``logs`` as a log event, log by log, in order."""
+        for task in logs:
+            for info in await self.chunks(job_id, task):
+                data = await self.store.read(info.key)
+                yield {"type": "log", "task": task, "seq": int(info.key.rsplit("/", 1)[1]),
+                       "text": data.decode(errors="replace")}

@@ -1,0 +1,344 @@
+"""The runner side of jobs: registration, claims, leases, and what runners report.
+
+Claiming. A runner long-polls ``claim``: the server looks for the oldest queued job
+whose image (and arch) the runner offers and takes it with one conditional UPDATE
+(``status = 'queued'`` -> ``running``), so two runners racing for a job cannot both
+win. With nothing to take, the call sleeps on the bus topic ``jobs.queued`` (woken
+by every submit) and re-checks the database at least once a second (a job queued by
+another server, a lost wake-up), until its ``wait`` runs out.
+
+Leases. Claiming gives the runner a lease of ``jobs.lease_seconds``; every runner
+call about the job renews it, and a runner renews it explicitly by heartbeating
+without pause. A heartbeat is held by the server up to a third of the lease, and
+answered at once (bus topic ``job.<id>.control``) when the job must stop: that is how
+a cancel reaches a runner within a moment rather than at its next poll.
+
+Expiry. ``reap`` runs every quarter lease (at most every second) on every server:
+
+- a running job whose lease expired lost its runner. If no task ever started and
+  it was claimed only once, it goes back to ``queued`` (a runner that died while
+  booting should not fail the job); otherwise it ends ``failed``, "runner lost";
+- a running job past its time limit ends ``timeout`` and its runner is told to stop;
+- a stopped (cancelled, timed-out) job whose runner never confirmed is given up on
+  when the lease expires: its tasks are settled as if the runner had finished.
+
+Each of these is a conditional UPDATE too, so reapers on several servers agree.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterable
+from datetime import timedelta
+
+import anyio
+import sqlalchemy as sa
+
+from nixfarm.auth import ADMIN, cache_scope
+from nixfarm.builds import secrets as secrets_mod
+from nixfarm.builds.artifacts import ArtifactService
+from nixfarm.builds.jobs import QUEUED_TOPIC, JobService, control_topic
+from nixfarm.builds.manifest import load_manifest
+from nixfarm.db import jobs as q
+from nixfarm.db.models import Job, Runner, Task, utcnow
+from nixfarm.errors import Conflict, Forbidden, InvalidInput, NotFound
+from nixfarm.tokens import Principal, TokenService
+from nixfarm.wire_jobs import (
+    FINAL_STATUSES,
+    ArtifactOut,
+    Assignment,
+    CacheGrant,
+    FinishRequest,
+    HeartbeatResponse,
+    JobOut,
+    LogAccepted,
+    RunnerOut,
+    RunnerRegister,
+    TaskReport,
+)
+
+log = logging.getLogger("nixfarm.builds.scheduler")
+
+RUNNER_LOST = "runner lost"
+_CANDIDATES = 20
+
+
+class Scheduler:
+    def __init__(self, jobs: JobService, tokens: TokenService,
+                 artifacts: ArtifactService) -> None:
+        self.jobs = jobs
+        self.db = jobs.db
+        self.settings = jobs.settings
+        self.bus = jobs.bus
+        self.tokens = tokens
+        self.artifacts = artifacts
+        self._runner_tokens: dict[int, int] = {}
+        self._masks: dict[int, list[bytes]] = {}
+
+    @property
+    def lease(self) -> timedelta:
+        return timedelta(seconds=self.settings.jobs.lease_seconds)
+
+    @property
+    def heartbeat_wait(self) -> float:
+        return self.settings.jobs.lease_seconds / 3
+
+    def _runner_out(self, runner: Runner) -> RunnerOut:
+        return RunnerOut(id=runner.id, name=runner.name, arch=runner.arch,
+                         images=runner.images, sandboxes=runner.sandboxes, slots=runner.slots,
+                         lease_seconds=self.settings.jobs.lease_seconds,
+                         heartbeat_wait=self.heartbeat_wait, last_seen_at=runner.last_seen_at)
+
+    # --- registration ------------------------------------------------------------
+
+    async def register(self, who: Principal, body: RunnerRegister) -> RunnerOut:
+        """Register (or re-register, same token and name) a runner."""
+        if not body.images:
+            raise InvalidInput("A runner must offer at least one image.", field="images")
+        async with self.db.session() as s:
+            runner = await s.scalar(sa.select(Runner).where(
+                Runner.token_id == who.token_id, Runner.name == body.name))
+            if runner is None:
+                runner = Runner(token_id=who.token_id, name=body.name)
+                s.add(runner)
+            runner.arch, runner.images, runner.sandboxes = body.arch, body.images, body.sandboxes
+            runner.slots, runner.version, runner.last_seen_at = body.slots, body.version, utcnow()
+            await s.flush()
+        self._runner_tokens[runner.id] = who.token_id
+        log.info("runner %d (%s) registered: %s", runner.id, body.name, ", ".join(body.images))
+        return self._runner_out(runner)
+
+    async def runners(self) -> list[RunnerOut]:
+        async with self.db.session() as s:
+            return [self._runner_out(r) for r in await s.scalars(
+                sa.select(Runner).order_by(Runner.id))]
+
+    async def _runner(self, who: Principal, runner_id: int) -> Runner:
+        async with self.db.session() as s:
+            runner = await s.get(Runner, runner_id)
+            if runner is None:
+                raise NotFound(f"There is no runner {runner_id}; register first.",
+                               kind="runner", name=str(runner_id))
+            if runner.token_id != who.token_id and ADMIN not in who.scopes:
+                raise Forbidden(f"runner {runner_id} belongs to another token", scope="runner")
+            runner.last_seen_at = utcnow()
+        return runner
+
+    async def _check_runner(self, who: Principal, runner_id: int) -> None:
+        # Every log chunk checks this: remember it rather than ask the database.
+        if self._runner_tokens.get(runner_id) == who.token_id:
+            return
+        runner = await self._runner(who, runner_id)
+        self._runner_tokens[runner_id] = runner.token_id
+
+    # --- claiming ----------------------------------------------------------------
+
+    async def claim(self, who: Principal, runner_id: int, wait: float) -> Assignment | None:
+        """Take a queued job this runner can run, waiting up to ``wait`` seconds for one."""
+        runner = await self._runner(who, runner_id)
+        deadline = time.monotonic() + wait
+        async with self.bus.subscribe(QUEUED_TOPIC) as sub:
+            while True:
+                job = await self._take(runner)
+                if job is not None:
+                    return await self._assignment(job)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                await sub.get(min(remaining, 1.0))
+
+    async def _take(self, runner: Runner) -> Job | None:
+        now = utcnow()
+        async with self.db.session() as s:
+            queued = await s.scalars(sa.select(Job).where(Job.status == "queued")
+                                     .order_by(Job.id).limit(_CANDIDATES))
+            for job in list(queued):
+                if job.image not in runner.images or job.arch not in (None, runner.arch):
+                    continue
+                if await q.update_job_if(
+                        s, job.id, {"status": "queued"}, status="running", runner_id=runner.id,
+                        attempts=job.attempts + 1, started_at=now,
+                        lease_expires_at=now + self.lease, stop_requested=False):
+                    await s.refresh(job)
+                    log.info("job %d claimed by runner %d", job.id, runner.id)
+                    return job
+        return None
+
+    async def _assignment(self, job: Job) -> Assignment:
+        manifest = load_manifest(job.manifest)
+        secrets = await self.jobs.secrets.values(job.secret_ids)
+        self._masks[job.id] = secrets_mod.masks(secrets)
+        assert job.started_at is not None
+        deadline = job.started_at + timedelta(seconds=job.timeout_seconds)
+        grant = None
+        if manifest.cache is not None:
+            cache = await self.jobs.caches.get(manifest.cache)
+            _, secret = await self.tokens.create(
+                f"job {job.id} cache push", [cache_scope(cache.name, "push")],
+                expires_at=deadline + self.lease)
+            grant = CacheGrant(name=cache.name, token=secret, public_key=cache.public_key,
+                               url=f"{self.settings.base_url}/cache/{cache.name}")
+        return Assignment(
+            job_id=job.id, manifest=manifest.model_dump(mode="json", exclude_defaults=True),
+            manifest_text=job.manifest, image=job.image, arch=job.arch,
+            tasks=[t.name for t in manifest.tasks], secrets=secrets,
+            network=self.settings.jobs.network, deadline=deadline,
+            lease_seconds=self.settings.jobs.lease_seconds, heartbeat_wait=self.heartbeat_wait,
+            cache=grant, job_url=self.jobs.job_url(job.id), attempt=job.attempts)
+
+    # --- while running -------------------------------------------------------------
+
+    async def _held(self, who: Principal, runner_id: int, job_id: int) -> Job:
+        """The job, if this runner holds it (renewing the lease); Conflict if not."""
+        await self._check_runner(who, runner_id)
+        now = utcnow()
+        async with self.db.session() as s:
+            job = await q.get_job(s, job_id)
+            lost = job.status in FINAL_STATUSES and not job.stop_requested
+            if job.runner_id != runner_id or lost:
+                raise Conflict(f"job {job_id} is no longer assigned to runner {runner_id}")
+            job.lease_expires_at = now + self.lease
+        return job
+
+    async def heartbeat(self, who: Principal, runner_id: int, job_id: int,
+                        wait: float) -> HeartbeatResponse:
+        wait = min(wait, self.heartbeat_wait)
+        async with self.bus.subscribe(control_topic(job_id)) as sub:
+            job = await self._held(who, runner_id, job_id)
+            if not job.stop_requested and wait > 0:
+                await sub.get(wait)
+                job = await self._held(who, runner_id, job_id)
+        assert job.lease_expires_at is not None
+        return HeartbeatResponse(stop=job.stop_requested,
+                                 reason=job.status if job.stop_requested else None,
+                                 lease_expires_at=job.lease_expires_at)
+
+    async def _masks_of(self, job: Job) -> list[bytes]:
+        masks = self._masks.get(job.id)
+        if masks is None:  # claimed through another server, or before a restart
+            masks = secrets_mod.masks(await self.jobs.secrets.values(job.secret_ids))
+            self._masks[job.id] = masks
+        return masks
+
+    async def log(self, who: Principal, runner_id: int, job_id: int, task: str | None,
+                  seq: int, data: bytes) -> LogAccepted:
+        job = await self._held(who, runner_id, job_id)
+        if task is not None:
+            async with self.db.session() as s:
+                await q.get_task(s, job_id, task)
+        data = secrets_mod.mask(data, await self._masks_of(job))
+        stored = await self.jobs.logs.append(job_id, task, seq, data)
+        return LogAccepted(log=task or "setup", seq=seq, stored=stored)
+
+    async def report_task(self, who: Principal, runner_id: int, job_id: int, name: str,
+                          body: TaskReport) -> None:
+        await self._held(who, runner_id, job_id)
+        now = utcnow()
+        async with self.db.session() as s:
+            task = await q.get_task(s, job_id, name)
+            task.status = body.status
+            task.exit_code = body.exit_code
+            if body.status == "running":
+                task.started_at = now
+            else:
+                task.finished_at = now
+        await self.jobs.logs.publish(job_id, {"type": "task", "name": name,
+                                              "status": body.status,
+                                              "exit_code": body.exit_code})
+
+    async def artifact(self, who: Principal, runner_id: int, job_id: int, name: str,
+                       path: str, body: AsyncIterable[bytes]) -> ArtifactOut:
+        await self._held(who, runner_id, job_id)
+        return await self.artifacts.save(job_id, name, path, body)
+
+    async def finish(self, who: Principal, runner_id: int, job_id: int,
+                     body: FinishRequest) -> JobOut:
+        await self._held(who, runner_id, job_id)
+        now = utcnow()
+        reason = body.reason
+        if body.failed_step and body.status == "failed":
+            reason = f"{body.failed_step} failed" + (f": {reason}" if reason else "")
+        async with self.db.session() as s:
+            ended = await q.update_job_if(
+                s, job_id, {"status": "running", "runner_id": runner_id},
+                status=body.status, reason=reason, finished_at=now, lease_expires_at=None)
+            # Cancelled or timed out meanwhile: the runner has stopped, as asked.
+            await q.update_job_if(s, job_id, {"runner_id": runner_id}, stop_requested=False,
+                                  lease_expires_at=None)
+            await q.settle_tasks(s, job_id, "success" if body.status == "success" else "failed",
+                                 now)
+        self._masks.pop(job_id, None)
+        if ended:
+            log.info("job %d ended %s on runner %d", job_id, body.status, runner_id)
+            await self.jobs.ended(job_id)
+        return await self.jobs.view(job_id)
+
+    # --- expiry ------------------------------------------------------------------
+
+    async def reap(self) -> list[int]:
+        """One pass over leases and time limits; the ids of jobs that ended."""
+        now = utcnow()
+        ended: list[int] = []
+        requeued = False
+        async with self.db.session() as s:
+            running = list(await s.scalars(sa.select(Job).where(
+                sa.or_(Job.status == "running", Job.stop_requested.is_(True)))))
+            for job in running:
+                lease_over = job.lease_expires_at is not None and job.lease_expires_at < now
+                if job.status != "running":  # stopped, waiting for its runner to confirm
+                    if lease_over and await q.update_job_if(
+                            s, job.id, {"stop_requested": True,
+                                        "lease_expires_at": job.lease_expires_at},
+                            stop_requested=False, lease_expires_at=None):
+                        await q.settle_tasks(s, job.id, "failed", now)
+                    continue
+                if lease_over:
+                    started = await s.scalar(sa.select(sa.func.count()).where(
+                        Task.job_id == job.id, Task.status != "pending"))
+                    if not started and job.attempts < 2:
+                        if await q.update_job_if(
+                                s, job.id, {"status": "running", "runner_id": job.runner_id},
+                                status="queued", runner_id=None, lease_expires_at=None,
+                                started_at=None, queued_at=now):
+                            log.warning("job %d: runner %s lost before any task; re-queued",
+                                        job.id, job.runner_id)
+                            requeued = True
+                    elif await q.update_job_if(
+                            s, job.id, {"status": "running", "runner_id": job.runner_id},
+                            status="failed", reason=RUNNER_LOST, finished_at=now,
+                            lease_expires_at=None):
+                        await q.settle_tasks(s, job.id, "failed", now)
+                        log.warning("job %d: runner %s lost", job.id, job.runner_id)
+                        ended.append(job.id)
+                    continue
+                assert job.started_at is not None
+                limit = timedelta(seconds=job.timeout_seconds)
+                if now - job.started_at > limit and await q.update_job_if(
+                        s, job.id, {"status": "running"}, status="timeout", finished_at=now,
+                        stop_requested=True,
+                        reason=f"the job ran longer than its limit of {_duration(limit)}"):
+                    ended.append(job.id)
+        for job_id in ended:
+            self._masks.pop(job_id, None)
+            await self.bus.publish(control_topic(job_id), b"stop")
+            await self.jobs.ended(job_id)
+        if requeued:
+            await self.bus.publish(QUEUED_TOPIC, b"requeued")
+        return ended
+
+    async def reap_forever(self) -> None:
+        interval = min(1.0, self.settings.jobs.lease_seconds / 4)
+        while True:
+            try:
+                await self.reap()
+            except Exception:  # a failing pass (database restart) must not stop the next
+                log.exception("lease expiry pass failed")
+            await anyio.sleep(interval)
+
+
+def _duration(limit: timedelta) -> str:
+    seconds = limit.total_seconds()
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)} minutes"
+    return f"{seconds:g} seconds"

@@ -1,0 +1,61 @@
+"""The services of the builds face, built together (``Farm.open`` calls ``open``).
+
+``background()`` is the work a serving process does on its own while it runs: the
+lease-expiry and time-limit pass, and trigger deliveries (which outlive the request
+that ended the job).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import anyio
+
+from nixfarm.builds.artifacts import ArtifactService
+from nixfarm.builds.jobs import JobService
+from nixfarm.builds.logs import LogService
+from nixfarm.builds.scheduler import Scheduler
+from nixfarm.builds.secrets import SecretService
+from nixfarm.builds.triggers import TriggerService
+from nixfarm.cache.service import CacheService
+from nixfarm.config import Settings
+from nixfarm.db.engine import Database
+from nixfarm.events.base import EventBus
+from nixfarm.storage.base import ObjectStore
+from nixfarm.tokens import TokenService
+
+SECRETS_KEY_FILE = "secrets.key"
+
+
+@dataclass
+class BuildServices:
+    secrets: SecretService
+    logs: LogService
+    triggers: TriggerService
+    artifacts: ArtifactService
+    jobs: JobService
+    scheduler: Scheduler
+
+    @classmethod
+    def open(cls, settings: Settings, db: Database, store: ObjectStore, bus: EventBus,
+             caches: CacheService, tokens: TokenService) -> BuildServices:
+        secrets = SecretService(db, settings.data_dir / SECRETS_KEY_FILE)
+        logs = LogService(store, bus)
+        triggers = TriggerService(db, settings.jobs, secrets.webhook_key)
+        artifacts = ArtifactService(db, store, settings)
+        jobs = JobService(db, settings, bus, logs, secrets, triggers, caches)
+        scheduler = Scheduler(jobs, tokens, artifacts)
+        return cls(secrets, logs, triggers, artifacts, jobs, scheduler)
+
+    @asynccontextmanager
+    async def background(self) -> AsyncIterator[None]:
+        async with anyio.create_task_group() as tasks:
+            self.jobs.attach(tasks)
+            tasks.start_soon(self.scheduler.reap_forever)
+            try:
+                yield
+            finally:
+                self.jobs.attach(None)
+                tasks.cancel_scope.cancel()

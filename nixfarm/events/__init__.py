@@ -1,0 +1,1 @@
+"""Publish/subscribe for wake-ups and live log fan-out (in-process or Redis)."""

@@ -1,0 +1,202 @@
+"""CI jobs over the JSON API: submit, list, inspect, start, cancel, groups; logs as
+plain text with Range, and followed live as Server-Sent Events.
+
+Reading a job needs no token when it is public or unlisted; changing one needs its
+owner's token or an admin's. SSE streams send ``event: log|task|job|ping|end`` with a
+JSON ``data:`` line each (see ``JobService.follow``) and close after ``end``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response, StreamingResponse
+
+from nixfarm.auth import JOBS_SUBMIT
+from nixfarm.builds.services import BuildServices
+from nixfarm.errors import InvalidInput
+from nixfarm.server.auth import farm_of, principal, require
+from nixfarm.wire_jobs import (
+    JobGroupCreate,
+    JobGroupOut,
+    JobOut,
+    JobPage,
+    JobStatus,
+    JobSubmit,
+    WebhookKey,
+)
+
+router = APIRouter(prefix="/api/v1", tags=["jobs"])
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+def builds(request: Request) -> BuildServices:
+    return farm_of(request).builds
+
+
+@router.post("/jobs", status_code=201)
+async def submit(request: Request, body: JobSubmit) -> JobOut:
+    who = await require(request, JOBS_SUBMIT)
+    return await builds(request).jobs.submit(who, body)
+
+
+@router.get("/jobs")
+async def list_jobs(
+    request: Request,
+    status: JobStatus | None = None,
+    tag: str | None = None,
+    mine: bool = False,
+    limit: int = Query(50, ge=1, le=200),
+    before: int | None = None,
+) -> JobPage:
+    return await builds(request).jobs.search(await principal(request), status=status, tag=tag,
+                                             mine=mine, limit=limit, before=before)
+
+
+@router.get("/jobs/{job_id}")
+async def get_job(request: Request, job_id: int) -> JobOut:
+    return await builds(request).jobs.get(await principal(request), job_id)
+
+
+@router.get("/jobs/{job_id}/manifest")
+async def get_manifest(request: Request, job_id: int) -> Response:
+    text = await builds(request).jobs.manifest(await principal(request), job_id)
+    return Response(text, media_type="text/yaml; charset=utf-8")
+
+
+@router.post("/jobs/{job_id}/start")
+async def start(request: Request, job_id: int) -> JobOut:
+    return await builds(request).jobs.start(await require(request, JOBS_SUBMIT), job_id)
+
+
+@router.post("/jobs/{job_id}/cancel")
+async def cancel(request: Request, job_id: int) -> JobOut:
+    return await builds(request).jobs.cancel(await require(request, JOBS_SUBMIT), job_id)
+
+
+async def _log(request: Request, job_id: int, task: str | None) -> Response:
+    services = builds(request)
+    view = await services.jobs.get(await principal(request), job_id)
+    if task is not None and task not in {t.name for t in view.tasks}:
+        raise InvalidInput(f"job {job_id} has no task {task!r}", field="task")
+    start, end, partial = 0, None, False
+    header = request.headers.get("range")
+    if header:
+        match = _RANGE.fullmatch(header.strip())
+        if match is None or match.groups() == ("", ""):
+            raise InvalidInput(f"unsupported Range {header!r}; use bytes=START-[END]",
+                               field="range")
+        first, last = match.groups()
+        partial = True
+        if first:
+            start, end = int(first), int(last) + 1 if last else None
+        else:  # the last N bytes
+            where = await services.logs.locate(job_id, task, 0, None)
+            start = max(where.total - int(last), 0)
+    where = await services.logs.locate(job_id, task, start, end)
+    headers = {"Accept-Ranges": "bytes", "Cache-Control": "no-cache"}
+    if partial:
+        if where.start >= where.total and where.total > 0:
+            return Response(status_code=416, headers={"Content-Range": f"bytes */{where.total}"})
+        if where.end > where.start:
+            headers["Content-Range"] = f"bytes {where.start}-{where.end - 1}/{where.total}"
+    headers["Content-Length"] = str(where.end - where.start)
+    return StreamingResponse(services.logs.stream(where), status_code=206 if partial and
+                             where.end > where.start else 200,
+                             media_type="text/plain; charset=utf-8", headers=headers)
+
+
+@router.get("/jobs/{job_id}/log", response_class=Response)
+async def setup_log(request: Request, job_id: int) -> Response:
+    """The setup log (everything before the first task), text/plain; Range supported."""
+    return await _log(request, job_id, None)
+
+
+@router.get("/jobs/{job_id}/tasks/{task}/log", response_class=Response)
+async def task_log(request: Request, job_id: int, task: str) -> Response:
+    """A task's log, text/plain; Range supported."""
+    return await _log(request, job_id, task)
+
+
+async def _sse(request: Request, job_id: int, task: str | None, only: bool) -> Response:
+    services = builds(request)
+    events = services.jobs.follow(await principal(request), job_id, task, only)
+    first = await anext(events)  # NotFound and friends before the 200 goes out
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            yield _event(*first)
+            async for event in events:
+                yield _event(*event)
+        finally:
+            await events.aclose()
+
+    return StreamingResponse(body(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _event(kind: str, data: dict[str, object]) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+@router.get("/jobs/{job_id}/events", response_class=Response)
+async def job_events(request: Request, job_id: int) -> Response:
+    """Every log, task and status change of the job, live (text/event-stream)."""
+    return await _sse(request, job_id, None, False)
+
+
+@router.get("/jobs/{job_id}/log/events", response_class=Response)
+async def setup_log_events(request: Request, job_id: int) -> Response:
+    return await _sse(request, job_id, None, True)
+
+
+@router.get("/jobs/{job_id}/tasks/{task}/log/events", response_class=Response)
+async def task_log_events(request: Request, job_id: int, task: str) -> Response:
+    return await _sse(request, job_id, task, True)
+
+
+@router.get("/jobs/{job_id}/artifacts/{name}", response_class=Response)
+async def artifact(request: Request, job_id: int, name: str) -> Response:
+    services = builds(request)
+    await services.jobs.get(await principal(request), job_id)
+    info, stream = await services.artifacts.open(job_id, name)
+    return StreamingResponse(stream, media_type="application/octet-stream", headers={
+        "Content-Length": str(info.size),
+        "Content-Disposition": f"attachment; filename*=UTF-8''{_quote(name)}"})
+
+
+def _quote(name: str) -> str:
+    from urllib.parse import quote
+
+    return quote(name, safe="")
+
+
+@router.post("/job-groups", status_code=201)
+async def create_group(request: Request, body: JobGroupCreate) -> JobGroupOut:
+    return await builds(request).jobs.create_group(await require(request, JOBS_SUBMIT), body)
+
+
+@router.get("/job-groups/{group_id}")
+async def get_group(request: Request, group_id: int) -> JobGroupOut:
+    return await builds(request).jobs.group(await principal(request), group_id)
+
+
+@router.post("/job-groups/{group_id}/start")
+async def start_group(request: Request, group_id: int) -> JobGroupOut:
+    return await builds(request).jobs.start_group(await require(request, JOBS_SUBMIT), group_id)
+
+
+@router.post("/job-groups/{group_id}/cancel")
+async def cancel_group(request: Request, group_id: int) -> JobGroupOut:
+    return await builds(request).jobs.cancel_group(await require(request, JOBS_SUBMIT),
+                                                   group_id)
+
+
+@router.get("/webhook-key")
+async def webhook_key(request: Request) -> WebhookKey:
+    """The key your jobs' webhooks are signed with (see ``wire_jobs.WebhookKey``)."""
+    who = await require(request, JOBS_SUBMIT)
+    return WebhookKey(key=builds(request).secrets.webhook_key(who.token_id).hex())

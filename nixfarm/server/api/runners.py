@@ -1,0 +1,109 @@
+"""The runner protocol (see ``nixfarm.wire_jobs`` for the sequence): every route needs
+a token with the ``runner`` scope, and one that registered the runner in the path."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
+
+from nixfarm.auth import ADMIN, RUNNER
+from nixfarm.builds.scheduler import Scheduler
+from nixfarm.errors import InvalidInput
+from nixfarm.server.auth import farm_of, require
+from nixfarm.wire_jobs import (
+    MAX_LOG_CHUNK,
+    ArtifactOut,
+    Assignment,
+    ClaimRequest,
+    FinishRequest,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    JobOut,
+    LogAccepted,
+    RunnerOut,
+    RunnerRegister,
+    TaskReport,
+)
+
+router = APIRouter(prefix="/api/v1/runners", tags=["runners"])
+
+
+def scheduler(request: Request) -> Scheduler:
+    return farm_of(request).builds.scheduler
+
+
+@router.post("", status_code=201)
+async def register(request: Request, body: RunnerRegister) -> RunnerOut:
+    return await scheduler(request).register(await require(request, RUNNER), body)
+
+
+@router.get("")
+async def list_runners(request: Request) -> list[RunnerOut]:
+    await require(request, ADMIN)
+    return await scheduler(request).runners()
+
+
+@router.post("/{runner_id}/claim", response_model=Assignment,
+             responses={204: {"description": "Nothing to do within `wait` seconds."}})
+async def claim(request: Request, runner_id: int, body: ClaimRequest) -> Response | Assignment:
+    who = await require(request, RUNNER)
+    assignment = await scheduler(request).claim(who, runner_id, body.wait)
+    if assignment is None:
+        return Response(status_code=204)
+    return assignment
+
+
+@router.post("/{runner_id}/jobs/{job_id}/heartbeat")
+async def heartbeat(request: Request, runner_id: int, job_id: int,
+                    body: HeartbeatRequest) -> HeartbeatResponse:
+    who = await require(request, RUNNER)
+    return await scheduler(request).heartbeat(who, runner_id, job_id, body.wait)
+
+
+async def _chunk(request: Request) -> bytes:
+    data = bytearray()
+    async for part in request.stream():
+        data += part
+        if len(data) > MAX_LOG_CHUNK:
+            raise InvalidInput(f"a log chunk is at most {MAX_LOG_CHUNK} bytes", field="body")
+    return bytes(data)
+
+
+@router.post("/{runner_id}/jobs/{job_id}/log")
+async def setup_log(request: Request, runner_id: int, job_id: int,
+                    seq: int = Query(ge=0)) -> LogAccepted:
+    """Append chunk ``seq`` (raw bytes) to the setup log."""
+    who = await require(request, RUNNER)
+    return await scheduler(request).log(who, runner_id, job_id, None, seq,
+                                        await _chunk(request))
+
+
+@router.post("/{runner_id}/jobs/{job_id}/tasks/{task}/log")
+async def task_log(request: Request, runner_id: int, job_id: int, task: str,
+                   seq: int = Query(ge=0)) -> LogAccepted:
+    """Append chunk ``seq`` (raw bytes) to a task's log."""
+    who = await require(request, RUNNER)
+    return await scheduler(request).log(who, runner_id, job_id, task, seq,
+                                        await _chunk(request))
+
+
+@router.post("/{runner_id}/jobs/{job_id}/tasks/{task}", status_code=204)
+async def report_task(request: Request, runner_id: int, job_id: int, task: str,
+                      body: TaskReport) -> Response:
+    who = await require(request, RUNNER)
+    await scheduler(request).report_task(who, runner_id, job_id, task, body)
+    return Response(status_code=204)
+
+
+@router.put("/{runner_id}/jobs/{job_id}/artifacts/{name}", status_code=201)
+async def upload_artifact(request: Request, runner_id: int, job_id: int, name: str,
+                          path: str = Query(min_length=1)) -> ArtifactOut:
+    who = await require(request, RUNNER)
+    return await scheduler(request).artifact(who, runner_id, job_id, name, path,
+                                             request.stream())
+
+
+@router.post("/{runner_id}/jobs/{job_id}/finish")
+async def finish(request: Request, runner_id: int, job_id: int, body: FinishRequest) -> JobOut:
+    who = await require(request, RUNNER)
+    return await scheduler(request).finish(who, runner_id, job_id, body)

@@ -1,0 +1,1 @@
+"""The web UI's routes (HTML pages rendered from nixfarm/web/templates)."""

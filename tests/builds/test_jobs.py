@@ -1,0 +1,212 @@
+"""The job service and the scheduler on SQLite and PostgreSQL: lifecycle, claims,
+leases, time limits, cancelling, following."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+import sqlalchemy as sa
+
+from nixfarm.builds.services import BuildServices
+from nixfarm.db.engine import Database
+from nixfarm.db.models import Job
+from nixfarm.errors import Conflict, Forbidden, InvalidInput, NotFound
+from nixfarm.tokens import Principal
+from nixfarm.wire_jobs import FinishRequest, JobSubmit, RunnerRegister, TaskReport
+from tests.builds.conftest import MakeBuilds, principal
+
+pytestmark = pytest.mark.anyio
+
+MANIFEST = """\
+image: alpine/edge
+tasks:
+  - build: make
+  - test: make check
+"""
+
+
+async def setup(db: Database, builds: BuildServices,
+                ) -> tuple[Principal, Principal, int]:
+    user = await principal(db, "user", "jobs:submit")
+    runner_token = await principal(db, "runner", "runner")
+    runner = await builds.scheduler.register(
+        runner_token, RunnerRegister(name="r1", images=["alpine/edge"]))
+    return user, runner_token, runner.id
+
+
+async def test_lifecycle(db: Database, make_builds: MakeBuilds) -> None:
+    builds = make_builds()
+    user, rt, rid = await setup(db, builds)
+    job = await builds.jobs.submit(user, JobSubmit(manifest=MANIFEST, tags=["a"], note="n"))
+    assert job.status == "queued" and [t.status for t in job.tasks] == ["pending"] * 2
+    assignment = await builds.scheduler.claim(rt, rid, wait=0)
+    assert assignment is not None and assignment.job_id == job.id
+    assert assignment.tasks == ["build", "test"] and assignment.attempt == 1
+    assert await builds.scheduler.claim(rt, rid, wait=0) is None
+    await builds.scheduler.report_task(rt, rid, job.id, "build", TaskReport(status="running"))
+    await builds.scheduler.log(rt, rid, job.id, "build", 0, b"hello\n")
+    await builds.scheduler.report_task(rt, rid, job.id, "build",
+                                       TaskReport(status="success", exit_code=0))
+    # complete-build: success with a task left; it is skipped.
+    done = await builds.scheduler.finish(rt, rid, job.id, FinishRequest(status="success"))
+    assert done.status == "success" and done.runner == "r1"
+    assert [t.status for t in done.tasks] == ["success", "skipped"]
+    where = await builds.logs.locate(job.id, "build", 0, None)
+    assert b"".join([c async for c in builds.logs.stream(where)]) == b"hello\n"
+    with pytest.raises(Conflict):  # the job is over: the runner holds it no more
+        await builds.scheduler.heartbeat(rt, rid, job.id, 0)
+    page = await builds.jobs.search(user, tag="a")
+    assert [j.id for j in page.jobs] == [job.id]
+    assert (await builds.jobs.search(user, tag="b")).jobs == []
+
+
+async def test_only_one_runner_wins_a_job(db: Database, make_builds: MakeBuilds) -> None:
+    builds = make_builds()
+    user, rt, rid = await setup(db, builds)
+    other = await builds.scheduler.register(rt, RunnerRegister(name="r2", images=["alpine/edge"]))
+    job = await builds.jobs.submit(user, JobSubmit(manifest=MANIFEST))
+    won = []
+
+    async def claim(runner_id: int) -> None:
+        won.append(await builds.scheduler.claim(rt, runner_id, wait=0.3))
+
+    async with anyio.create_task_group() as tg:
+        for runner_id in (rid, other.id, rid, other.id):
+            tg.start_soon(claim, runner_id)
+    assert [a.job_id for a in won if a is not None] == [job.id]
+
+
+async def test_claim_waits_for_a_submit(db: Database, make_builds: MakeBuilds) -> None:
+    builds = make_builds()
+    user, rt, rid = await setup(db, builds)
+    got = []
+
+    async def claim() -> None:
+        got.append(await builds.scheduler.claim(rt, rid, wait=10))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(claim)
+        await anyio.sleep(0.2)
+        start = anyio.current_time()
+        job = await builds.jobs.submit(user, JobSubmit(manifest=MANIFEST))
+    assert got[0] is not None and got[0].job_id == job.id
+    assert anyio.current_time() - start < 1.0
+
+
+async def test_lost_runner_requeues_once_then_fails(db: Database,
+                                                   make_builds: MakeBuilds) -> None:
+    builds = make_builds(lease_seconds=0.2)
+    user, rt, rid = await setup(db, builds)
+    job = await builds.jobs.submit(user, JobSubmit(manifest=MANIFEST))
+    assert await builds.scheduler.claim(rt, rid, wait=0) is not None
+    await anyio.sleep(0.3)
+    assert await builds.scheduler.reap() == []
+    assert (await builds.jobs.get(user, job.id)).status == "queued"
+    second = await builds.scheduler.claim(rt, rid, wait=0)
+    assert second is not None and second.attempt == 2
+    await builds.scheduler.report_task(rt, rid, job.id, "build", TaskReport(status="running"))
+    await anyio.sleep(0.3)
+    assert await builds.scheduler.reap() == [job.id]
+    lost = await builds.jobs.get(user, job.id)
+    assert (lost.status, lost.reason) == ("failed", "runner lost")
+    assert [t.status for t in lost.tasks] == ["failed", "skipped"]
+
+
+async def test_time_limit(db: Database, make_builds: MakeBuilds) -> None:
+    builds = make_builds(timeout_minutes=0.005)  # 0.3 s
+    user, rt, rid = await setup(db, builds)
+    job = await builds.jobs.submit(user, JobSubmit(manifest=MANIFEST))
+    await builds.scheduler.claim(rt, rid, wait=0)
+    await anyio.sleep(0.4)
+    assert await builds.scheduler.reap() == [job.id]
+    beat = await builds.scheduler.heartbeat(rt, rid, job.id, 0)
+    assert beat.stop and beat.reason == "timeout"
+    assert (await builds.jobs.get(user, job.id)).status == "timeout"
+
+
+async def test_cancel_wakes_the_heartbeat(db: Database, make_builds: MakeBuilds) -> None:
+    builds = make_builds(lease_seconds=30)
+    user, rt, rid = await setup(db, builds)
+    job = await builds.jobs.submit(user, JobSubmit(manifest=MANIFEST))
+    await builds.scheduler.claim(rt, rid, wait=0)
+    answers = []
+
+    async def beat() -> None:
+        answers.append(await builds.scheduler.heartbeat(rt, rid, job.id, wait=10))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(beat)
+        await anyio.sleep(0.2)
+        start = anyio.current_time()
+        assert (await builds.jobs.cancel(user, job.id)).status == "cancelled"
+    assert answers[0].stop and answers[0].reason == "cancelled"
+    assert anyio.current_time() - start < 1.0
+    with pytest.raises(Conflict):
+        await builds.jobs.cancel(user, job.id)
+
+
+async def test_who_may_do_what(db: Database, make_builds: MakeBuilds) -> None:
+    builds = make_builds()
+    user, _, rid = await setup(db, builds)
+    stranger = await principal(db, "stranger", "jobs:submit")
+    private = await builds.jobs.submit(user, JobSubmit(manifest=MANIFEST, visibility="private",
+                                                       execute=False))
+    with pytest.raises(NotFound):
+        await builds.jobs.get(stranger, private.id)
+    with pytest.raises(NotFound):
+        await builds.jobs.get(None, private.id)
+    public = await builds.jobs.submit(user, JobSubmit(manifest=MANIFEST, visibility="public",
+                                                      execute=False))
+    assert (await builds.jobs.get(None, public.id)).id == public.id
+    with pytest.raises(Forbidden):
+        await builds.jobs.cancel(stranger, public.id)
+    assert [j.id for j in (await builds.jobs.search(stranger)).jobs] == [public.id]
+    assert (await builds.jobs.start(user, public.id)).status == "queued"
+    with pytest.raises(Conflict):
+        await builds.jobs.start(user, public.id)
+    # Another token's runner cannot act as this one.
+    other = await principal(db, "other runner", "runner")
+    with pytest.raises(Forbidden):
+        await builds.scheduler.claim(other, rid, wait=0)
+    with pytest.raises(InvalidInput, match="oauth"):
+        await builds.jobs.submit(user, JobSubmit(manifest=MANIFEST + "oauth: x\n"))
+
+
+async def test_follow_replays_then_streams(db: Database, make_builds: MakeBuilds) -> None:
+    builds = make_builds()
+    user, rt, rid = await setup(db, builds)
+    job = await builds.jobs.submit(user, JobSubmit(manifest=MANIFEST))
+    await builds.scheduler.claim(rt, rid, wait=0)
+    await builds.scheduler.log(rt, rid, job.id, None, 0, b"booting\n")
+    seen: list[tuple[str, dict[str, object]]] = []
+
+    async def follow() -> None:
+        async for event in builds.jobs.follow(user, job.id):
+            seen.append(event)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(follow)
+        await anyio.sleep(0.1)
+        await builds.scheduler.log(rt, rid, job.id, None, 0, b"booting\n")  # a retry
+        await builds.scheduler.log(rt, rid, job.id, "build", 0, b"compiling\n")
+        await builds.scheduler.finish(rt, rid, job.id, FinishRequest(status="failed"))
+    logs = [(e["task"], e["text"]) for kind, e in seen if kind == "log"]
+    assert logs == [(None, "booting\n"), ("build", "compiling\n")]
+    assert seen[-1] == ("end", {"status": "failed"})
+
+
+async def test_groups(db: Database, make_builds: MakeBuilds) -> None:
+    from nixfarm.wire_jobs import JobGroupCreate
+
+    builds = make_builds()
+    user, _, _ = await setup(db, builds)
+    a = await builds.jobs.submit(user, JobSubmit(manifest=MANIFEST, execute=False))
+    b = await builds.jobs.submit(user, JobSubmit(manifest=MANIFEST, execute=False))
+    group = await builds.jobs.create_group(user, JobGroupCreate(job_ids=[a.id, b.id],
+                                                                execute=False))
+    assert [j.status for j in group.jobs] == ["pending", "pending"]
+    started = await builds.jobs.start_group(user, group.id)
+    assert [j.status for j in started.jobs] == ["queued", "queued"]
+    async with db.session() as s:
+        assert await s.scalar(sa.select(sa.func.count()).select_from(Job).where(
+            Job.group_id == group.id)) == 2

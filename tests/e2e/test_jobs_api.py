@@ -1,0 +1,596 @@
+"""The jobs API and the runner protocol, against a real `nixfarm up`.
+
+The runner here is the test itself, speaking the runner protocol over HTTP exactly as
+the runner agent does (register, claim, heartbeat, logs, task reports, artifacts,
+finish); there is no sandbox: what is under test is the server. Webhooks go to a real
+HTTP server and emails to a real SMTP server (aiosmtpd), both in this process.
+
+Each test registers its runner with an image of its own, so a job submitted by one
+test is never claimed by another's runner.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiosmtpd.controller import Controller
+
+from tests.fixtures.farm import RunningFarm, free_port
+
+LEASE = 2.0
+TIMEOUT_MINUTES = 0.1  # 6 s
+
+
+# --- receivers ---------------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    bodies: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    event: threading.Event = field(default_factory=threading.Event)
+
+
+@pytest.fixture(scope="module")
+def webhooks() -> Iterator[tuple[str, Received]]:
+    received = Received()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.bodies.append(({k.lower(): v for k, v in self.headers.items()}, body))
+            received.event.set()
+            self.send_response(500 if self.path == "/down" else 200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", received
+    server.shutdown()
+    server.server_close()
+
+
+class Mailbox:
+    def __init__(self) -> None:
+        self.messages: list[tuple[list[str], bytes]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append((list(envelope.rcpt_tos), bytes(envelope.content)))
+        return "250 OK"
+
+
+@pytest.fixture(scope="module")
+def mailbox() -> Iterator[tuple[int, Mailbox]]:
+    box = Mailbox()
+    port = free_port()
+    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield port, box
+    controller.stop()
+
+
+@pytest.fixture(scope="module")
+def jobs_farm(tmp_path_factory: pytest.TempPathFactory,
+              mailbox: tuple[int, Mailbox]) -> Iterator[RunningFarm]:
+    running = RunningFarm(tmp_path_factory.mktemp("jobs-farm") / "data", free_port())
+    running.extra_env = {
+        "NIXFARM_JOBS__LEASE_SECONDS": str(LEASE),
+        "NIXFARM_JOBS__TIMEOUT_MINUTES": str(TIMEOUT_MINUTES),
+        "NIXFARM_JOBS__TRIGGER_RETRY_SECONDS": "0.2",
+        "NIXFARM_JOBS__SMTP_HOST": "127.0.0.1",
+        "NIXFARM_JOBS__SMTP_PORT": str(mailbox[0]),
+        "NIXFARM_JOBS__SMTP_FROM": "farm@example.org",
+    }
+    running.start()
+    yield running
+    running.stop()
+
+
+# --- a runner speaking the protocol ------------------------------------------------
+
+
+class Runner:
+    def __init__(self, farm: RunningFarm, image: str | None = None) -> None:
+        self.image = image or f"t{uuid.uuid4().hex[:8]}/edge"
+        with farm.client() as admin:
+            r = admin.post("/api/v1/tokens", json={"name": "runner", "scopes": ["runner"]})
+            assert r.status_code == 201, r.text
+            token = r.json()["secret"]
+        self.http = httpx.Client(base_url=farm.url, timeout=30,
+                                 headers={"Authorization": f"Bearer {token}"})
+        r = self.http.post("/api/v1/runners", json={
+            "name": f"runner-{uuid.uuid4().hex[:6]}", "images": [self.image],
+            "sandboxes": ["bwrap"], "slots": 1})
+        assert r.status_code == 201, r.text
+        self.id = r.json()["id"]
+        assert r.json()["lease_seconds"] == LEASE
+
+    def claim(self, wait: float = 5.0) -> dict[str, Any] | None:
+        r = self.http.post(f"/api/v1/runners/{self.id}/claim", json={"wait": wait})
+        if r.status_code == 204:
+            return None
+        assert r.status_code == 200, r.text
+        result: dict[str, Any] = r.json()
+        return result
+
+    def job(self, job_id: int) -> str:
+        return f"/api/v1/runners/{self.id}/jobs/{job_id}"
+
+    def heartbeat(self, job_id: int, wait: float = 0.0) -> httpx.Response:
+        return self.http.post(f"{self.job(job_id)}/heartbeat", json={"wait": wait})
+
+    def log(self, job_id: int, task: str | None, seq: int, text: str) -> dict[str, Any]:
+        path = f"{self.job(job_id)}/log" if task is None else f"{self.job(job_id)}/tasks/{task}/log"
+        r = self.http.post(path, params={"seq": seq}, content=text.encode())
+        assert r.status_code == 200, r.text
+        result: dict[str, Any] = r.json()
+        return result
+
+    def task(self, job_id: int, name: str, status: str, exit_code: int | None = None) -> None:
+        r = self.http.post(f"{self.job(job_id)}/tasks/{name}",
+                           json={"status": status, "exit_code": exit_code})
+        assert r.status_code == 204, r.text
+
+    def finish(self, job_id: int, status: str, **extra: Any) -> dict[str, Any]:
+        r = self.http.post(f"{self.job(job_id)}/finish", json={"status": status, **extra})
+        assert r.status_code == 200, r.text
+        result: dict[str, Any] = r.json()
+        return result
+
+
+    def close(self) -> None:
+        self.http.close()
+
+
+NewRunner = Callable[..., Runner]
+
+
+@pytest.fixture
+def new_runner(jobs_farm: RunningFarm) -> Iterator[NewRunner]:
+    made: list[Runner] = []
+
+    def make(image: str | None = None) -> Runner:
+        made.append(Runner(jobs_farm, image))
+        return made[-1]
+
+    yield make
+    for runner in made:
+        runner.close()
+
+
+def manifest(image: str, tasks: dict[str, str], extra: str = "") -> str:
+    lines = [f"image: {image}", "tasks:"]
+    for name, script in tasks.items():
+        lines += [f"  - {name}: |", f"      {script}"]
+    return "\n".join(lines) + "\n" + extra
+
+
+def submit(farm: RunningFarm, text: str, **body: Any) -> dict[str, Any]:
+    r = farm.request("POST", "/api/v1/jobs", json={"manifest": text, **body})
+    assert r.status_code == 201, r.text
+    result: dict[str, Any] = r.json()
+    return result
+
+
+def wait_for(predicate: Any, seconds: float, what: str) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+
+
+class Follower(threading.Thread):
+    """Reads a job's SSE stream, stamping each event with its arrival time."""
+
+    def __init__(self, farm: RunningFarm, path: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.path, self.token = farm.url, path, farm.token
+        self.events: list[tuple[float, str, dict[str, Any]]] = []
+        self.connected = threading.Event()
+
+    def run(self) -> None:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        with httpx.stream("GET", self.url + self.path, headers=headers, timeout=30) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            self.connected.set()
+            kind = ""
+            for line in r.iter_lines():
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: "):
+                    self.events.append((time.monotonic(), kind, json.loads(line[6:])))
+                    if kind == "end":
+                        return
+
+    def logs(self) -> list[tuple[float, dict[str, Any]]]:
+        return [(t, d) for t, k, d in self.events if k == "log"]
+
+
+# --- tests -------------------------------------------------------------------------
+
+
+SECRET_VALUE = "hunter2-very-secret-value"
+
+
+def test_job_through_the_runner_protocol(jobs_farm: RunningFarm, new_runner: NewRunner,
+                                         webhooks: tuple[str, Received],
+                                         mailbox: tuple[int, Mailbox]) -> None:
+    hook_url, received = webhooks
+    runner = new_runner()
+    r = jobs_farm.request("POST", "/api/v1/secrets", json={
+        "name": f"file-{uuid.uuid4().hex[:6]}", "kind": "file",
+        "data": base64.b64encode(SECRET_VALUE.encode()).decode(),
+        "path": "~/.config/token", "mode": 0o600})
+    assert r.status_code == 201, r.text
+    secret = r.json()
+    text = manifest(runner.image, {"build": "make", "test": "make check"}, f"""\
+secrets:
+  - {secret['uuid']}
+environment:
+  GREETING: hello
+artifacts:
+  - out/report.txt
+triggers:
+  - action: webhook
+    condition: always
+    url: {hook_url}/hook
+  - action: email
+    condition: success
+    to: Dev <dev@example.org>
+  - action: email
+    condition: failure
+    to: nobody@example.org
+""")
+    job = submit(jobs_farm, text, tags=["ci", "main"], note="first", visibility="public")
+    assert job["status"] == "queued"
+    assert [t["name"] for t in job["tasks"]] == ["build", "test"]
+
+    assignment = runner.claim()
+    assert assignment is not None and assignment["job_id"] == job["id"]
+    assert assignment["tasks"] == ["build", "test"]
+    assert assignment["manifest"]["environment"] == {"GREETING": "hello"}
+    (delivered,) = assignment["secrets"]
+    assert base64.b64decode(delivered["data"]).decode() == SECRET_VALUE
+    assert delivered["path"] == "~/.config/token" and delivered["mode"] == 0o600
+    assert assignment["attempt"] == 1
+    job_id = job["id"]
+
+    follower = Follower(jobs_farm, f"/api/v1/jobs/{job_id}/events")
+    follower.start()
+    assert follower.connected.wait(10)
+    assert runner.heartbeat(job_id).json()["stop"] is False
+
+    runner.log(job_id, None, 0, f"setting up; token is {SECRET_VALUE}\n")
+    assert runner.log(job_id, None, 0, "a retried chunk\n")["stored"] is False
+    runner.task(job_id, "build", "running")
+    sent = time.monotonic()
+    runner.log(job_id, "build", 0, "compiling...\n")
+    wait_for(lambda: any(d["text"] == "compiling...\n" for _, d in follower.logs()), 5,
+             "the follower to see the line")
+    seen = next(t for t, d in follower.logs() if d["text"] == "compiling...\n")
+    assert seen - sent < 0.5
+    runner.log(job_id, "build", 1, "done\n")
+    runner.task(job_id, "build", "success", 0)
+    runner.task(job_id, "test", "running")
+    runner.log(job_id, "test", 0, "all tests passed\n")
+    runner.task(job_id, "test", "success", 0)
+    r = runner.http.put(f"{runner.job(job_id)}/artifacts/report.txt",
+                        params={"path": "out/report.txt"}, content=b"42 tests\n")
+    assert r.status_code == 201, r.text
+    final = runner.finish(job_id, "success")
+    assert final["status"] == "success"
+    follower.join(10)
+    kinds = [k for _, k, _ in follower.events]
+    assert kinds[-1] == "end" and follower.events[-1][2]["status"] == "success"
+    assert "task" in kinds
+
+    # The logs, as text: masked, whole and by range.
+    setup = jobs_farm.get(f"/api/v1/jobs/{job_id}/log", token="")
+    assert setup.status_code == 200
+    assert SECRET_VALUE not in setup.text and "token is ********" in setup.text
+    build = jobs_farm.get(f"/api/v1/jobs/{job_id}/tasks/build/log")
+    assert build.text == "compiling...\ndone\n"
+    part = jobs_farm.get(f"/api/v1/jobs/{job_id}/tasks/build/log",
+                         headers={"Range": "bytes=3-14"})
+    assert part.status_code == 206 and part.text == "compiling...\ndone\n"[3:15]
+    assert part.headers["content-range"] == "bytes 3-14/18"
+    tail = jobs_farm.get(f"/api/v1/jobs/{job_id}/tasks/build/log",
+                         headers={"Range": "bytes=-5"})
+    assert tail.text == "done\n"
+    # A late follower gets the stored log, then the end.
+    late = Follower(jobs_farm, f"/api/v1/jobs/{job_id}/tasks/test/log/events")
+    late.run()
+    assert [d["text"] for _, d in late.logs()] == ["all tests passed\n"]
+
+    artifact = jobs_farm.get(f"/api/v1/jobs/{job_id}/artifacts/report.txt")
+    assert artifact.content == b"42 tests\n"
+
+    # Triggers: a correctly signed webhook, and the success email (not the failure one).
+    key = bytes.fromhex(jobs_farm.get("/api/v1/webhook-key").json()["key"])
+    assert received.event.wait(10)
+    headers, body = received.bodies[-1]
+    expected = base64.b64encode(
+        hmac.new(key, body + headers["x-payload-nonce"].encode(), hashlib.sha256).digest())
+    assert headers["x-payload-signature"] == expected.decode()
+    assert json.loads(body)["id"] == job_id and json.loads(body)["status"] == "success"
+    _, box = mailbox
+    wait_for(lambda: box.messages, 10, "the email")
+    (rcpt, raw), = box.messages
+    assert rcpt == ["dev@example.org"]
+    mail = message_from_bytes(raw)
+    assert mail["Subject"] == f"[nixfarm] job #{job_id} success"
+    assert mail["From"] == "farm@example.org"
+
+    def triggers_settled() -> list[dict[str, Any]] | None:
+        triggers: list[dict[str, Any]] = jobs_farm.get(f"/api/v1/jobs/{job_id}").json()["triggers"]
+        return triggers if all(t["status"] != "pending" for t in triggers) else None
+
+    triggers = wait_for(triggers_settled, 10, "triggers to be delivered")
+    assert [t["status"] for t in triggers] == ["delivered", "delivered", "skipped"]
+
+    # Listing and filters.
+    page = jobs_farm.get("/api/v1/jobs", params={"tag": "main", "status": "success"}).json()
+    assert job_id in [j["id"] for j in page["jobs"]]
+    anonymous = jobs_farm.get("/api/v1/jobs", token="").json()
+    assert job_id in [j["id"] for j in anonymous["jobs"]]  # public
+
+
+def test_failing_webhook_is_retried_and_never_changes_the_result(
+        jobs_farm: RunningFarm, new_runner: NewRunner, webhooks: tuple[str, Received]) -> None:
+    hook_url, _ = webhooks
+    runner = new_runner()
+    text = manifest(runner.image, {"fail": "false"}, f"""\
+triggers:
+  - action: webhook
+    condition: failure
+    url: {hook_url}/down
+""")
+    job_id = submit(jobs_farm, text)["id"]
+    assert runner.claim() is not None
+    runner.task(job_id, "fail", "running")
+    runner.task(job_id, "fail", "failed", 1)
+    runner.finish(job_id, "failed", reason="task 'fail' exited with 1", failed_step="tasks")
+
+    def settled() -> dict[str, Any] | None:
+        job: dict[str, Any] = jobs_farm.get(f"/api/v1/jobs/{job_id}").json()
+        return job if job["triggers"][0]["status"] == "failed" else None
+
+    job = wait_for(settled, 10, "the trigger to fail")
+    assert job["status"] == "failed"
+    assert job["reason"] == "tasks failed: task 'fail' exited with 1"
+    deliveries = job["triggers"][0]["deliveries"]
+    assert [d["attempt"] for d in deliveries] == [1, 2, 3]
+    assert all(not d["ok"] and d["detail"] == "HTTP 500" for d in deliveries)
+
+
+def test_silent_runner_loses_its_job(jobs_farm: RunningFarm, new_runner: NewRunner) -> None:
+    runner = new_runner()
+    job_id = submit(jobs_farm, manifest(runner.image, {"a": "true", "b": "true"}))["id"]
+    assert runner.claim() is not None
+    runner.task(job_id, "a", "running")
+    runner.log(job_id, "a", 0, "working\n")
+    stopped = time.monotonic()  # and then nothing: the runner was killed
+
+    def lost() -> dict[str, Any] | None:
+        job: dict[str, Any] = jobs_farm.get(f"/api/v1/jobs/{job_id}").json()
+        return job if job["status"] != "running" else None
+
+    job = wait_for(lost, LEASE + 3, "the lease to expire")
+    assert time.monotonic() - stopped < LEASE + 1.5
+    assert job["status"] == "failed" and job["reason"] == "runner lost"
+    assert [t["status"] for t in job["tasks"]] == ["failed", "skipped"]
+    # The runner, come back, is told the job is no longer its own.
+    assert runner.heartbeat(job_id).status_code == 409
+    # And a new runner takes the next job.
+    fresh = new_runner(runner.image)
+    next_id = submit(jobs_farm, manifest(runner.image, {"a": "true"}))["id"]
+    assignment = fresh.claim()
+    assert assignment is not None and assignment["job_id"] == next_id
+    fresh.finish(next_id, "success")
+
+
+def test_runner_lost_before_any_task_requeues_once(jobs_farm: RunningFarm,
+                                                   new_runner: NewRunner) -> None:
+    first = new_runner()
+    job_id = submit(jobs_farm, manifest(first.image, {"a": "true"}))["id"]
+    assert first.claim()["job_id"] == job_id  # type: ignore[index]
+    second = new_runner(first.image)
+    again = second.claim(wait=LEASE + 3)
+    assert again is not None and again["job_id"] == job_id and again["attempt"] == 2
+    # Lost again, before any task: this time the job fails.
+    job = wait_for(lambda: (j := jobs_farm.get(f"/api/v1/jobs/{job_id}").json())["status"]
+                   != "running" and j, LEASE + 3, "the second lease to expire")
+    assert job["status"] == "failed" and job["reason"] == "runner lost"
+
+
+def test_cancel_reaches_the_runner(jobs_farm: RunningFarm, new_runner: NewRunner) -> None:
+    runner = new_runner()
+    job_id = submit(jobs_farm, manifest(runner.image, {"long": "sleep 100"}))["id"]
+    assert runner.claim() is not None
+    runner.task(job_id, "long", "running")
+    answers: list[tuple[float, dict[str, Any]]] = []
+
+    def beat() -> None:
+        while True:
+            r = runner.heartbeat(job_id, wait=30)
+            answers.append((time.monotonic(), r.json()))
+            if r.json()["stop"]:
+                return
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    time.sleep(0.3)
+    cancelled_at = time.monotonic()
+    r = jobs_farm.request("POST", f"/api/v1/jobs/{job_id}/cancel")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    thread.join(5)
+    at, answer = answers[-1]
+    assert answer == {**answer, "stop": True, "reason": "cancelled"}
+    assert at - cancelled_at < 2.0
+    final = runner.finish(job_id, "failed", reason="killed")
+    assert final["status"] == "cancelled"
+    assert final["tasks"][0]["status"] == "failed"
+    again = jobs_farm.request("POST", f"/api/v1/jobs/{job_id}/cancel")
+    assert again.status_code == 409
+
+
+def test_job_time_limit(jobs_farm: RunningFarm, new_runner: NewRunner) -> None:
+    runner = new_runner()
+    job_id = submit(jobs_farm, manifest(runner.image, {"slow": "sleep 100"}))["id"]
+    assert runner.claim() is not None
+    runner.task(job_id, "slow", "running")
+    deadline = time.monotonic() + TIMEOUT_MINUTES * 60 + 4
+    answer: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        answer = runner.heartbeat(job_id, wait=1).json()
+        if answer["stop"]:
+            break
+    assert answer["stop"] is True and answer["reason"] == "timeout"
+    job = runner.finish(job_id, "failed", reason="killed")
+    assert job["status"] == "timeout" and "limit of 6 seconds" in job["reason"]
+
+
+def test_pending_jobs_groups_and_refusals(jobs_farm: RunningFarm,
+                                          new_runner: NewRunner) -> None:
+    runner = new_runner()
+    a = submit(jobs_farm, manifest(runner.image, {"a": "true"}), execute=False)
+    b = submit(jobs_farm, manifest(runner.image, {"b": "true"}), execute=False)
+    assert a["status"] == b["status"] == "pending"
+    assert runner.claim(wait=0) is None
+    r = jobs_farm.request("POST", "/api/v1/job-groups",
+                          json={"job_ids": [a["id"], b["id"]], "note": "pair"})
+    assert r.status_code == 201, r.text
+    group = r.json()
+    assert [j["status"] for j in group["jobs"]] == ["queued", "queued"]
+    r = jobs_farm.request("POST", f"/api/v1/job-groups/{group['id']}/cancel")
+    assert [j["status"] for j in r.json()["jobs"]] == ["cancelled", "cancelled"]
+
+    # Refused at submit: an image nobody offers, oauth, an unknown secret, no token.
+    r = jobs_farm.request("POST", "/api/v1/jobs", json={
+        "manifest": "image: nothere/1\noauth: x\ntasks:\n  - a: echo\n"})
+    assert r.status_code == 400
+    message = r.json()["error"]["message"]
+    assert "image 'nothere/1' is not available" in message and "oauth" in message
+    r = jobs_farm.request("POST", "/api/v1/jobs", json={
+        "manifest": manifest(runner.image, {"a": "true"}, "secrets:\n  - no-such-secret\n")})
+    assert r.status_code == 404 and "no-such-secret" in r.json()["error"]["message"]
+    r = jobs_farm.request("POST", "/api/v1/jobs", token="",
+                          json={"manifest": manifest(runner.image, {"a": "true"})})
+    assert r.status_code == 401
+    # A runner token may not submit, and a submit token may not claim.
+    r = runner.http.post("/api/v1/jobs", json={"manifest": manifest(runner.image, {"a": "x"})})
+    assert r.status_code == 403
+
+
+def test_private_jobs_are_hidden(jobs_farm: RunningFarm, new_runner: NewRunner) -> None:
+    runner = new_runner()
+    job = submit(jobs_farm, manifest(runner.image, {"a": "true"}), visibility="private",
+                 execute=False)
+    assert jobs_farm.get(f"/api/v1/jobs/{job['id']}", token="").status_code == 404
+    assert jobs_farm.get(f"/api/v1/jobs/{job['id']}").status_code == 200
+    jobs_farm.request("POST", f"/api/v1/jobs/{job['id']}/cancel")
+
+
+def run_cli(farm: RunningFarm, capsys: pytest.CaptureFixture[str],
+            monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str, str]:
+    """``nixfarm ARGS`` in this process (a subprocess costs seconds of imports here)."""
+    from nixfarm.cli.main import main
+
+    monkeypatch.setenv("NIXFARM_URL", farm.url)
+    monkeypatch.setenv("NIXFARM_TOKEN", farm.token)
+    monkeypatch.setattr("sys.argv", ["nixfarm", *args])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main()
+    captured = capsys.readouterr()
+    return int(exited.value.code or 0), captured.out, captured.err
+
+
+def test_cli(jobs_farm: RunningFarm, new_runner: NewRunner, tmp_path: Path,
+             capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    def cli(*args: str) -> tuple[int, str, str]:
+        return run_cli(jobs_farm, capsys, monkeypatch, *args)
+
+    runner = new_runner()
+    good = tmp_path / "good.yml"
+    good.write_text(manifest(runner.image, {"hello": "echo hi"}))
+    bad = tmp_path / "bad.yml"
+    bad.write_text("image: alpine/edge\ntasks:\n  - Bad Name: echo\n")
+    assert cli("manifest", "check", str(good))[0] == 0
+    code, _, stderr = cli("manifest", "check", str(bad))
+    assert code == 2 and "line 3" in stderr
+
+    def run_job(status: str) -> None:
+        assignment = runner.claim(wait=20)
+        assert assignment is not None
+        job_id = assignment["job_id"]
+        runner.task(job_id, "hello", "running")
+        runner.log(job_id, "hello", 0, "hi from the sandbox\n")
+        runner.task(job_id, "hello", status, 0 if status == "success" else 1)
+        runner.finish(job_id, status)
+
+    # The documented contract, through the real executable: id and URL, the log,
+    # and the exit code.
+    for status, code in (("success", 0), ("failed", 1)):
+        thread = threading.Thread(target=run_job, args=(status,), daemon=True)
+        thread.start()
+        done = jobs_farm.cli("submit", str(good), "--follow", check=False)
+        thread.join(10)
+        assert done.returncode == code, done.stderr
+        job_id = done.stdout.split()[0]
+        assert done.stdout.startswith(f"{job_id} {jobs_farm.url}/jobs/{job_id}\n")
+        assert "hi from the sandbox" in done.stdout
+
+    code, listing, _ = cli("jobs")
+    assert code == 0 and f"{job_id} failed" in " ".join(listing.split())
+    code, logs, _ = cli("logs", job_id)
+    assert code == 0 and "hi from the sandbox" in logs
+
+    code, submitted, _ = cli("submit", str(good), "--no-execute", "--tag", "x")
+    new_id = submitted.split()[0]
+    assert cli("cancel", new_id)[0] == 0
+    assert jobs_farm.get(f"/api/v1/jobs/{new_id}").json()["status"] == "cancelled"
+    assert cli("cancel", new_id)[0] == 1  # already ended
+
+    secret_file = tmp_path / "id_ed25519"
+    secret_file.write_text("not really a key\n")
+    name = f"key-{uuid.uuid4().hex[:6]}"
+    code, created, _ = cli("secret", "create", name, str(secret_file), "--kind", "ssh_key")
+    assert code == 0 and uuid.UUID(created.strip())
+    assert name in cli("secret", "list")[1]
+    assert cli("secret", "delete", name)[0] == 0
+    assert name not in cli("secret", "list")[1]
+
+
+def test_web_pages(jobs_farm: RunningFarm, new_runner: NewRunner) -> None:
+    runner = new_runner()
+    job = submit(jobs_farm, manifest(runner.image, {"webtask": "true"}), visibility="public",
+                 note="<b>shown escaped</b>")
+    listing = jobs_farm.get("/jobs", token="")
+    assert listing.status_code == 200 and f'href="/jobs/{job["id"]}"' in listing.text
+    page = jobs_farm.get(f"/jobs/{job['id']}", token="")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'id="log-webtask"' in page.text and f"/api/v1/jobs/{job['id']}/events" in page.text
+    assert "&lt;b&gt;shown escaped&lt;/b&gt;" in page.text
+    jobs_farm.request("POST", f"/api/v1/jobs/{job['id']}/cancel")
