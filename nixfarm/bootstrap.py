@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from nixfarm.auth import ADMIN
+from nixfarm.auth import ADMIN, RUNNER
 from nixfarm.config import Settings
 from nixfarm.errors import NotFound
 from nixfarm.farm import Farm
@@ -29,11 +29,11 @@ def _write_private(path: Path, text: str) -> None:
 async def prepare(settings: Settings, demo: bool) -> None:
     farm = await Farm.open(settings)
     try:
-        token_file = settings.data_dir / "admin.token"
-        existing = token_file.read_text().strip() if token_file.exists() else ""
-        if not existing or await farm.tokens.authenticate(existing) is None:
-            _, secret = await farm.tokens.create("admin (nixfarm up)", [ADMIN])
-            _write_private(token_file, secret + "\n")
+        await _ensure_token(farm, settings.data_dir / "admin.token", "admin (nixfarm up)",
+                            [ADMIN])
+        if settings.jobs.embedded_runner_slots > 0:
+            await _ensure_token(farm, settings.data_dir / "runner.token",
+                                "embedded runner (nixfarm up)", [RUNNER])
         if demo:
             try:
                 await farm.caches.get(DEMO_CACHE)
@@ -41,6 +41,22 @@ async def prepare(settings: Settings, demo: bool) -> None:
                 await farm.caches.create(DEMO_CACHE)
     finally:
         await farm.close()
+
+
+def read_token(path: Path) -> str:
+    """The token in ``path``, or "" when there is none (a small local file: read inline)."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+async def _ensure_token(farm: Farm, path: Path, name: str, scopes: list[str]) -> None:
+    """Keep the token in ``path`` if it still works, else make and write a new one."""
+    existing = read_token(path)
+    if not existing or await farm.tokens.authenticate(existing) is None:
+        _, secret = await farm.tokens.create(name, scopes)
+        _write_private(path, secret + "\n")
 
 
 def announce(settings: Settings) -> None:

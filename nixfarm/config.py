@@ -87,6 +87,8 @@ class JobSettings(Section):
     smtp_starttls: bool = False
     smtp_user: str = ""
     smtp_password: str = ""
+    #: Job slots of the runner ``nixfarm up`` embeds in the server; 0: none.
+    embedded_runner_slots: int = 2
 
 
 class Settings(Section):

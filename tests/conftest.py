@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.farm",
     "tests.fixtures.nixenv",
+    "tests.fixtures.jobs",
 ]

@@ -8,6 +8,8 @@ validated configuration.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -22,6 +24,7 @@ from nixfarm import __version__
 from nixfarm.config import Settings
 from nixfarm.errors import NixfarmError
 from nixfarm.farm import Farm
+from nixfarm.runner import embedded as embedded_runner
 from nixfarm.server import cache_routes, errors, registry_routes
 from nixfarm.server.api import caches as caches_api
 from nixfarm.server.api import jobs as jobs_api
@@ -52,7 +55,13 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.farm = farm
         try:
             async with farm.background():
-                yield
+                runner = asyncio.create_task(embedded_runner.serve(settings))
+                try:
+                    yield
+                finally:
+                    runner.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await runner
         finally:
             await farm.close()
 
@@ -84,4 +93,5 @@ def create_app(settings: Settings) -> FastAPI:
 def from_environment() -> FastAPI:
     """Granian's factory: the settings come from the parent process."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the embedded runner's calls
     return create_app(Settings.model_validate_json(os.environ[SETTINGS_VARIABLE]))

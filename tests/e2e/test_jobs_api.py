@@ -19,9 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from email import message_from_bytes
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -30,42 +28,13 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from tests.fixtures.farm import RunningFarm, free_port
+from tests.fixtures.jobs import Follower, Received
 
 LEASE = 2.0
 TIMEOUT_MINUTES = 0.1  # 6 s
 
 
 # --- receivers ---------------------------------------------------------------------
-
-
-@dataclass
-class Received:
-    bodies: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    event: threading.Event = field(default_factory=threading.Event)
-
-
-@pytest.fixture(scope="module")
-def webhooks() -> Iterator[tuple[str, Received]]:
-    received = Received()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.bodies.append(({k.lower(): v for k, v in self.headers.items()}, body))
-            received.event.set()
-            self.send_response(500 if self.path == "/down" else 200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", received
-    server.shutdown()
-    server.server_close()
 
 
 class Mailbox:
@@ -93,6 +62,7 @@ def jobs_farm(tmp_path_factory: pytest.TempPathFactory,
     running = RunningFarm(tmp_path_factory.mktemp("jobs-farm") / "data", free_port())
     running.extra_env = {
         "NIXFARM_JOBS__LEASE_SECONDS": str(LEASE),
+        "NIXFARM_JOBS__EMBEDDED_RUNNER_SLOTS": "0",  # the test is the runner
         "NIXFARM_JOBS__TIMEOUT_MINUTES": str(TIMEOUT_MINUTES),
         "NIXFARM_JOBS__TRIGGER_RETRY_SECONDS": "0.2",
         "NIXFARM_JOBS__SMTP_HOST": "127.0.0.1",
@@ -198,33 +168,6 @@ def wait_for(predicate: Any, seconds: float, what: str) -> Any:
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out after {seconds} s waiting for {what}")
-
-
-class Follower(threading.Thread):
-    """Reads a job's SSE stream, stamping each event with its arrival time."""
-
-    def __init__(self, farm: RunningFarm, path: str) -> None:
-        super().__init__(daemon=True)
-        self.url, self.path, self.token = farm.url, path, farm.token
-        self.events: list[tuple[float, str, dict[str, Any]]] = []
-        self.connected = threading.Event()
-
-    def run(self) -> None:
-        headers = {"Authorization": f"Bearer {self.token}"}
-        with httpx.stream("GET", self.url + self.path, headers=headers, timeout=30) as r:
-            assert r.headers["content-type"].startswith("text/event-stream")
-            self.connected.set()
-            kind = ""
-            for line in r.iter_lines():
-                if line.startswith("event: "):
-                    kind = line[7:]
-                elif line.startswith("data: "):
-                    self.events.append((time.monotonic(), kind, json.loads(line[6:])))
-                    if kind == "end":
-                        return
-
-    def logs(self) -> list[tuple[float, dict[str, Any]]]:
-        return [(t, d) for t, k, d in self.events if k == "log"]
 
 
 # --- tests -------------------------------------------------------------------------

@@ -1,0 +1,195 @@
+"""The runner agent: claims jobs from a server and runs them, one per slot.
+
+    register ─► per slot: claim (long-poll) ─► run the job's steps in a sandbox
+                                  ├─ heartbeat loop: renews the lease; "stop" cancels the job
+                                  ├─ log shipper: lines to the server within ~0.1 s
+                                  └─ reporter: task states and artifacts over HTTP
+                          ─► finish (success / failed / timeout, and the failed step)
+
+The agent knows the server only through its HTTP API (``protocol.py``) and a token
+with the ``runner`` scope; the database and the event bus are out of its reach. A
+job the server takes back (409: lease lost) is killed and reported no further.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import socket
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from nixfarm.builds.manifest import manifest_from_data
+from nixfarm.errors import NixfarmError
+from nixfarm.runner.images import Images
+from nixfarm.runner.logship import LogShipper
+from nixfarm.runner.protocol import LeaseLost, RunnerClient
+from nixfarm.runner.sandbox import BwrapSandbox, Sandbox, SandboxSpec
+from nixfarm.runner.steps import JobContext, JobResult, Secret, StepStatus, TaskStatus, run_job
+from nixfarm.wire_jobs import Assignment, FinishRequest, RunnerRegister, TaskReport
+
+log = logging.getLogger("nixfarm.runner")
+
+
+@dataclass
+class _HttpReporter:
+    client: RunnerClient
+    job_id: int
+    shipper: LogShipper
+
+    async def step(self, name: str, status: StepStatus) -> None:
+        pass  # steps show in the setup log; the server tracks tasks and the job
+
+    async def task(self, name: str, status: TaskStatus, exit_code: int | None = None) -> None:
+        if status == "pending":
+            return
+        # The task's log lines so far go before its state changes: a follower sees
+        # the whole output of a task before it is marked done.
+        await self.shipper.flush()
+        await self.client.task(self.job_id, name, TaskReport(status=status, exit_code=exit_code))
+
+    async def artifact(self, path: str, file: Path, size: int) -> None:
+        await self.client.artifact(self.job_id, path, file)
+
+
+@dataclass
+class Agent:
+    client: RunnerClient
+    images: Images
+    name: str = field(default_factory=socket.gethostname)
+    slots: int = 1
+    work_root: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "nixfarm-runner")
+    new_sandbox: Callable[[SandboxSpec], Sandbox] = BwrapSandbox
+    claim_wait: float = 20.0
+
+    async def register(self) -> None:
+        out = await self.client.register(RunnerRegister(
+            name=self.name, arch=os.uname().machine, images=sorted(self.images.names()),
+            sandboxes=["bwrap"], slots=self.slots))
+        log.info("runner %s registered as %d with %d slot(s)", self.name, out.id, self.slots)
+
+    async def serve(self) -> None:
+        """Register, then claim and run jobs until cancelled."""
+        await self._retrying(self.register)
+        async with asyncio.TaskGroup() as group:
+            for slot in range(self.slots):
+                group.create_task(self._slot(slot))
+
+    async def _retrying(self, call: Callable[[], object]) -> None:
+        delay = 0.5
+        while True:
+            try:
+                result = call()
+                if asyncio.iscoroutine(result):
+                    await result
+                return
+            except NixfarmError as e:
+                log.warning("runner %s: %s; retrying in %.1f s", self.name, e.message, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _slot(self, slot: int) -> None:
+        while True:
+            try:
+                assignment = await self.client.claim(self.claim_wait)
+            except NixfarmError as e:
+                log.warning("runner %s slot %d: claim failed: %s", self.name, slot, e.message)
+                await asyncio.sleep(2.0)
+                continue
+            if assignment is not None:
+                await self.execute(assignment)
+
+    async def execute(self, a: Assignment) -> JobResult | None:
+        """Run one job to its end and report it; None when the lease was lost."""
+        shipper = LogShipper(self.client, a.job_id)
+        shipper.start()
+        stop_reason: list[str] = []
+        work_dir = Path(tempfile.mkdtemp(prefix=f"job-{a.job_id}-", dir=self._work_root()))
+        job = asyncio.create_task(self._run(a, shipper, work_dir))
+        beat = asyncio.create_task(self._heartbeats(a, job, stop_reason))
+        result: JobResult | None = None
+        lost = False
+        try:
+            result = await job
+        except asyncio.CancelledError:
+            if not stop_reason:
+                raise  # the agent itself is stopping
+        except LeaseLost:
+            lost = True
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError, LeaseLost):
+                await beat
+            with contextlib.suppress(NixfarmError):
+                await shipper.close()
+            _remove(work_dir)
+        if stop_reason and stop_reason[0] == "lost":
+            lost = True
+        if lost:
+            log.warning("job %d: lease lost; dropped", a.job_id)
+            return None
+        if result is None:
+            # Stopped by the server (cancelled or out of time): it keeps that status.
+            result = JobResult("failed", "", stop_reason[0] if stop_reason else "stopped")
+        await self._finish(a, result)
+        return result
+
+    async def _finish(self, a: Assignment, result: JobResult) -> None:
+        status = "success" if result.status == "success" else "failed"
+        reason = None if status == "success" else (result.message or result.status)
+        body = FinishRequest(status=status, reason=reason, failed_step=result.step or None)
+        with contextlib.suppress(LeaseLost):
+            await self.client.finish(a.job_id, body)
+
+    def _work_root(self) -> Path:
+        self.work_root.mkdir(parents=True, exist_ok=True)
+        return self.work_root
+
+    async def _run(self, a: Assignment, shipper: LogShipper, work_dir: Path) -> JobResult:
+        manifest = manifest_from_data(a.manifest)
+        seconds_left = (a.deadline - datetime.now(UTC)).total_seconds()
+        ctx = JobContext(
+            manifest=manifest,
+            images=self.images,
+            new_sandbox=self.new_sandbox,
+            log=shipper.line,
+            report=_HttpReporter(self.client, a.job_id, shipper),
+            work_dir=work_dir,
+            secrets=[Secret(name=s.name, kind=s.kind, value=base64.b64decode(s.data),
+                            path=s.path or "", mode=s.mode if s.mode is not None else 0o600)
+                     for s in a.secrets],
+            environment={"JOB_ID": str(a.job_id), "JOB_URL": a.job_url},
+            network=a.network,
+            timeout=max(seconds_left, 1.0),
+        )
+        return await run_job(ctx)
+
+    async def _heartbeats(self, a: Assignment, job: asyncio.Task[JobResult],
+                          stop_reason: list[str]) -> None:
+        while not job.done():
+            try:
+                answer = await self.client.heartbeat(a.job_id, a.heartbeat_wait)
+            except LeaseLost:
+                stop_reason.append("lost")
+                job.cancel()
+                return
+            except NixfarmError as e:
+                log.warning("job %d: heartbeat failed: %s", a.job_id, e.message)
+                await asyncio.sleep(1.0)
+                continue
+            if answer.stop:
+                stop_reason.append(answer.reason or "stopped")
+                job.cancel()
+                return
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,46 @@
+"""The runner ``nixfarm up`` runs inside the server process.
+
+It is an ordinary runner: it talks to its own server over HTTP with the runner token
+``nixfarm up`` left in ``DATA_DIR/runner.token``, so the one-process farm and the
+scale-out farm run jobs through the same code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nixfarm.bootstrap import read_token
+from nixfarm.config import Settings
+from nixfarm.runner.agent import Agent
+from nixfarm.runner.images import Catalogue, Images
+from nixfarm.runner.protocol import RunnerClient
+from nixfarm.runner.workdir import runner_dir
+
+TOKEN_FILE = "runner.token"
+
+
+def images_for(settings: Settings, built_dir: Path) -> Images:
+    """The images a runner next to this server offers: the catalogue, and ``nix``
+    from the registry's package source when it is a local directory."""
+    source = settings.registry.source
+    nix_source = Path(source.location) if source.kind == "path" and source.location else None
+    return Images(Catalogue(built_dir), nix_source=nix_source,
+                  nix_options=dict(settings.nix_options),
+                  nix_timeout=max(settings.registry.nix_timeout, 300.0))
+
+
+async def serve(settings: Settings) -> None:
+    """Run the embedded runner until cancelled (a no-op without its token)."""
+    token = read_token(settings.data_dir / TOKEN_FILE)
+    slots = settings.jobs.embedded_runner_slots
+    if slots <= 0 or not token:
+        return
+    host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    client = RunnerClient(f"http://{host}:{settings.port}", token)
+    try:
+        home = runner_dir(settings.data_dir / "runner")
+        agent = Agent(client, images_for(settings, home / "images"),
+                      name="embedded", slots=slots, work_root=home / "jobs")
+        await agent.serve()
+    finally:
+        await client.close()

@@ -1,0 +1,142 @@
+"""Root filesystems composed from Nix packages: the ``nix`` image.
+
+Given a package source (a directory whose ``default.nix`` is an attribute set, such
+as nixpkgs or nixfarm/demo) and package names, we build the packages with nix, take
+their closure, and write a *symlink forest*: a small directory tree whose /bin holds
+one link per program of the packages (the first package listed wins a name), with
+/usr/bin/env, /etc/passwd and /etc/group (root, build uid 1000, nobody), and empty
+mount points (/home/build, /tmp, /proc, /dev, /nix/store). Programs of the
+packages' dependencies get links too, after theirs: a job needs /bin/sh even when
+it asked only for ``hello``. The links point into
+/nix/store, where the sandbox binds exactly the closure, read-only; the forest
+itself holds no package data and is shared by every job asking for the same outputs
+(it is keyed by them).
+
+    root = await compose_nix_root(source, ["hello"], cache_dir, nix_options=...)
+    SandboxSpec(rootfs=root.root, store_paths=root.store_paths)
+
+The registry composes images from the same inputs (nixfarm/registry/); the two should
+share the build-and-closure part once both have settled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from nixfarm.errors import InvalidInput
+from nixfarm.nix import command
+
+PASSWD = (
+    "root:x:0:0:root:/root:/bin/sh\n"
+    "build:x:1000:1000:build:/home/build:/bin/sh\n"
+    "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
+)
+GROUP = "root:x:0:\nbuild:x:1000:build\nnogroup:x:65534:\n"
+HOSTS = "127.0.0.1 localhost\n::1 localhost\n"
+DEFAULT_TIMEOUT = 300.0
+_ATTRIBUTE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
+
+
+@dataclass(frozen=True)
+class RootFS:
+    """An image root and the store paths the sandbox must bind for it."""
+
+    root: Path
+    store_paths: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+
+
+async def build_packages(
+    source: Path,
+    packages: Sequence[str],
+    *,
+    nix_options: Mapping[str, str] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 - passed to nix.command.run
+    on_line: Callable[[str], None] | None = None,
+) -> list[str]:
+    """Build ``packages`` (attribute names of ``source``) and return their outputs.
+
+    Raises InvalidInput for a name that is not an attribute path, NixError when nix
+    fails (a missing attribute, a failed build), NixTimeout after ``timeout``.
+    """
+    for name in packages:
+        if not _ATTRIBUTE.match(name):
+            raise InvalidInput(f"{name!r} is not a package attribute name.", field="packages")
+    if not packages:
+        return []
+    args = ["nix-build", str(source), "--no-out-link"]
+    for key, value in (nix_options or {}).items():
+        args += ["--option", key, value]
+    for name in packages:
+        args += ["-A", name]
+    output = await command.run(args, timeout=timeout, on_line=on_line)
+    return output.split()
+
+
+async def compose_nix_root(
+    source: Path,
+    packages: Sequence[str],
+    cache_dir: Path,
+    *,
+    nix_options: Mapping[str, str] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 - passed to nix.command.run
+    on_line: Callable[[str], None] | None = None,
+) -> RootFS:
+    """Build ``packages`` and return a root for them (made once per set of outputs)."""
+    outputs = await build_packages(
+        source, packages, nix_options=nix_options, timeout=timeout, on_line=on_line
+    )
+    closure = await command.query_closure(outputs) if outputs else []
+    key = hashlib.sha256("\n".join(outputs).encode()).hexdigest()[:32]
+    root = cache_dir / f"nix-{key}"
+    if not root.exists():
+        # Programs of the packages asked for first, then of their dependencies (a
+        # shell, mostly: tasks need /bin/sh even if no package listed one).
+        order = [*outputs, *(p for p in closure if p not in outputs)]
+        await asyncio.to_thread(_write_root, root, order)
+    return RootFS(root=root, store_paths=tuple(closure), outputs=tuple(outputs))
+
+
+def _write_root(root: Path, outputs: Iterable[str]) -> None:
+    root.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
+    try:
+        write_forest(partial, outputs)
+        partial.chmod(0o755)
+        try:
+            partial.rename(root)
+        except OSError:
+            if not root.exists():  # not just another job that was quicker
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def write_forest(root: Path, outputs: Iterable[str]) -> None:
+    """Write the symlink forest for ``outputs`` into the (empty) directory ``root``."""
+    for directory in ("bin", "usr/bin", "etc", "home/build", "tmp", "proc", "dev", "nix/store",
+                      "root"):  # fmt: skip
+        (root / directory).mkdir(parents=True, exist_ok=True)
+    (root / "tmp").chmod(0o1777)
+    for output in outputs:
+        programs = Path(output) / "bin"
+        if not programs.is_dir():
+            continue
+        for program in sorted(os.listdir(programs)):
+            link = root / "bin" / program
+            if not os.path.lexists(link):
+                link.symlink_to(programs / program)
+    if os.path.lexists(root / "bin/env"):
+        (root / "usr/bin/env").symlink_to("/bin/env")
+    (root / "etc/passwd").write_text(PASSWD)
+    (root / "etc/group").write_text(GROUP)
+    (root / "etc/hosts").write_text(HOSTS)
+    (root / "etc/resolv.conf").write_text("")  # mount point for the host's, with network

@@ -1,0 +1,25 @@
+"""Sandboxes for jobs: the ``Sandbox`` protocol (base) and its implementations (bwrap)."""
+
+from nixfarm.runner.sandbox.base import (
+    BUILD_HOME,
+    BUILD_UID,
+    BUILD_USER,
+    LineCallback,
+    Sandbox,
+    SandboxError,
+    SandboxSpec,
+    SandboxTimeout,
+)
+from nixfarm.runner.sandbox.bwrap import BwrapSandbox
+
+__all__ = [
+    "BUILD_HOME",
+    "BUILD_UID",
+    "BUILD_USER",
+    "BwrapSandbox",
+    "LineCallback",
+    "Sandbox",
+    "SandboxError",
+    "SandboxSpec",
+    "SandboxTimeout",
+]

@@ -1,0 +1,512 @@
+"""The bubblewrap sandbox: one long-lived bwrap per job, commands entered with nsenter.
+
+Boot starts ``bwrap --unshare-all`` (``--share-net`` when the job has network) on the
+image root, read-only, with nothing else of the host but the job's Nix closure (each
+store path bound read-only at its own path on an otherwise empty /nix/store), a
+minimal /dev (null, zero, full, random, urandom, tty; no devpts), a fresh /proc, a
+size-limited tmpfs /tmp, and the job's home: a host directory bound at /home/build,
+the only writable place that outlives a command. Inside, everything runs as
+``build`` (uid 1000). bwrap's pid 1 reaps; its one child is ``/bin/sh`` waiting on a
+pipe from us, so the sandbox ends when we close it, when we die (also
+``--die-with-parent``), or when we kill pid 1.
+
+Each ``run`` enters that sandbox's user, mount, pid, ipc, uts and net namespaces with
+``nsenter`` (so a daemon started by one task is there for the next, as in a VM) and
+execs the command there; its capabilities in the sandbox's user namespace vanish at
+that exec, because the build user is not uid 0 there.
+
+Host identity: as root, bwrap and every nsenter run as ``host_uid`` (default nobody)
+through ``setpriv --clear-groups --no-new-privs``, so sandboxed processes are an
+unprivileged host user even to a kernel bug that lets them out of their namespaces.
+The user namespace maps only uid 1000 to that user; there is no root inside. Without
+``--dev`` bwrap needs no second, nested user namespace, which is what lets nsenter
+join all of the sandbox's namespaces from one user namespace.
+
+Files move in and out by running ``cat``/``tar`` inside (``put``/``get``): the host
+never follows a path the job could have pointed at a host file with a symlink.
+
+Limits (see ``limits``) wrap every process we start. Shutdown SIGKILLs pid 1 (the
+kernel then kills everything else in the pid namespace), every process group we
+started, and whatever is left in the cgroups, then removes the groups and the state
+directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import stat
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self
+
+from nixfarm.runner.sandbox.base import (
+    BUILD_GID,
+    BUILD_HOME,
+    BUILD_UID,
+    BUILD_USER,
+    DEFAULT_PATH,
+    LineCallback,
+    SandboxError,
+    SandboxSpec,
+    SandboxTimeout,
+)
+from nixfarm.runner.sandbox.limits import Confinement, Kind, confine
+from nixfarm.runner.shielding import uncancelled
+
+NOBODY = 65534
+MAX_LINE = 65536
+BOOT_TIMEOUT = 10.0
+_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+_REQUIRED = ("bin/sh", "etc/passwd", "home/build", "tmp", "proc", "dev")
+_IN_DIR = 'cd "$1" || exit 126; shift; exec "$@"'
+_PUT = 'mkdir -p "$(dirname "$1")" && cat > "$1" && chmod "$2" "$1"'
+_GET = 'if [ -d "$1" ]; then cd "$1" && exec tar -cf - .; else exec cat -- "$1"; fi'
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise SandboxError(f"The bubblewrap sandbox needs {name}, which is not installed.")
+    return path
+
+
+class BwrapSandbox:
+    """A bubblewrap container for one job; see the module docstring."""
+
+    def __init__(
+        self,
+        spec: SandboxSpec,
+        *,
+        state_root: Path | None = None,
+        host_uid: int | None = None,
+        limits: Kind | None = None,
+        cgroup_parent: Path | None = None,
+    ) -> None:
+        self._spec = spec
+        self.name = uuid.uuid4().hex[:12]
+        self._state_root = state_root
+        self._root_runner = os.geteuid() == 0
+        self.host_uid = (
+            (host_uid if host_uid is not None else NOBODY) if self._root_runner else (os.getuid())
+        )
+        self._limits_kind = limits
+        self._cgroup_parent = cgroup_parent
+        self._tools = {t: _tool(t) for t in ("bwrap", "nsenter", "setpriv")}
+        self.state_dir: Path | None = None
+        self.confinement: Confinement | None = None
+        self.init_pid = 0  # host pid of the sandbox's pid 1
+        self._bwrap: asyncio.subprocess.Process | None = None
+        self._running: set[asyncio.subprocess.Process] = set()
+        self._deadline: float | None = None
+        self._pid_namespace = ""
+        self._closed = False
+        #: Seconds the last boot took (bwrap start to the sandbox's shell answering).
+        self.boot_seconds = 0.0
+
+    @property
+    def spec(self) -> SandboxSpec:
+        return self._spec
+
+    # --- boot ------------------------------------------------------------------
+
+    async def boot(self) -> None:
+        if self._bwrap is not None:
+            return
+        if self._closed:
+            raise SandboxError("This sandbox has been shut down.", sandbox=self.name)
+        self._check_root()
+        started = time.monotonic()
+        try:
+            await self._start()
+        except BaseException:
+            await uncancelled(self.shutdown())
+            raise
+        self.boot_seconds = time.monotonic() - started
+        if self._spec.timeout is not None:
+            self._deadline = time.monotonic() + self._spec.timeout
+
+    def _check_root(self) -> None:
+        root = self._spec.rootfs
+        required = list(_REQUIRED) + (["nix/store"] if self._spec.store_paths else [])
+        missing = [p for p in required if not os.path.lexists(root / p)]
+        if missing:
+            raise SandboxError(
+                f"Image root {root} lacks {', '.join('/' + m for m in missing)}.",
+                sandbox=self.name,
+            )
+        for path in self._spec.store_paths:
+            if not path.startswith("/nix/store/") or "/" in path[len("/nix/store/") :]:
+                raise SandboxError(f"{path!r} is not a store path.", sandbox=self.name)
+            if not os.path.lexists(path):
+                raise SandboxError(f"Store path {path} is not on this host.", sandbox=self.name)
+
+    async def _start(self) -> None:
+        self.state_dir = Path(tempfile.mkdtemp(prefix="nixfarm-sandbox-", dir=self._state_root))
+        self.state_dir.chmod(0o711)  # the host uid must reach home/, nothing more
+        home = self.state_dir / "home"
+        home.mkdir(mode=0o700)
+        if self._root_runner:
+            os.chown(home, self.host_uid, self.host_uid)
+        self.confinement = confine(
+            self.name, self._spec, prefer=self._limits_kind, cgroup_parent=self._cgroup_parent
+        )
+        info_read, info_write = os.pipe()
+        args = self._bwrap_args(home, info_write)
+        args_file = self.state_dir / "args"
+        args_file.write_bytes(b"\0".join(a.encode() for a in args))
+        args_fd = os.open(args_file, os.O_RDONLY)
+        try:
+            # Arguments through a file: pid 1's command line shows no host paths.
+            self._bwrap = await asyncio.create_subprocess_exec(
+                *self.confinement.prefix(), *self._as_host_user(), self._tools["bwrap"],
+                "--args", str(args_fd), "--", "/bin/sh", "-c", "echo ready; read _",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                pass_fds=(args_fd, info_write),
+                env=self._environment(None), start_new_session=True,
+            )  # fmt: skip
+        finally:
+            os.close(args_fd)
+            os.close(info_write)
+        try:
+            assert self._bwrap.stdout is not None and self._bwrap.stderr is not None
+            ready = await asyncio.wait_for(self._bwrap.stdout.readline(), BOOT_TIMEOUT)
+            if ready != b"ready\n":
+                error = (await self._bwrap.stderr.read()).decode(errors="replace").strip()
+                raise SandboxError(
+                    f"bubblewrap did not start: {error or 'it exited without a word'}"
+                    + (f" (can uid {self.host_uid} reach it?)." if "Permission" in error else "."),
+                    sandbox=self.name,
+                )
+            self.init_pid = int((await _read_json(info_read))["child-pid"])
+            self._pid_namespace = os.readlink(f"/proc/{self.init_pid}/ns/pid")
+        except TimeoutError:
+            raise SandboxError(
+                f"bubblewrap did not start within {BOOT_TIMEOUT:g} seconds.", sandbox=self.name
+            ) from None
+        finally:
+            os.close(info_read)
+
+    def _bwrap_args(self, home: Path, info_fd: int) -> list[str]:
+        spec = self._spec
+        args = ["--unshare-all", *(["--share-net"] if spec.network else [])]
+        args += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+        args += ["--uid", str(BUILD_UID), "--gid", str(BUILD_GID), "--hostname", "nixfarm"]
+        args += ["--ro-bind", str(spec.rootfs), "/", "--proc", "/proc", "--tmpfs", "/dev"]
+        for device in _DEVICES:
+            args += ["--dev-bind", f"/dev/{device}", f"/dev/{device}"]
+        for name, target in (
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ):
+            args += ["--symlink", target, f"/dev/{name}"]  # fmt: skip
+        args += ["--size", str(64 * 1024**2), "--tmpfs", "/dev/shm"]
+        args += ["--size", str(spec.tmp_size), "--perms", "1777", "--tmpfs", "/tmp"]
+        args += ["--bind", str(home), BUILD_HOME]
+        if spec.store_paths:
+            args += ["--tmpfs", "/nix/store"]
+            for path in spec.store_paths:
+                args += ["--ro-bind", path, path]
+            args += ["--remount-ro", "/nix/store"]
+        resolv = spec.rootfs / "etc/resolv.conf"
+        if spec.network and resolv.is_file() and not resolv.is_symlink():
+            args += ["--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf"]
+        args += ["--chdir", BUILD_HOME, "--info-fd", str(info_fd)]
+        return args
+
+    def _as_host_user(self) -> list[str]:
+        if not self._root_runner:
+            return [self._tools["setpriv"], "--no-new-privs"]
+        uid = str(self.host_uid)
+        return [self._tools["setpriv"], "--reuid", uid, "--regid", uid, "--clear-groups",
+                "--no-new-privs"]  # fmt: skip
+
+    def _environment(self, extra: Mapping[str, str] | None) -> dict[str, str]:
+        env = {"HOME": BUILD_HOME, "USER": BUILD_USER, "LOGNAME": BUILD_USER,
+               "SHELL": "/bin/sh", "PATH": DEFAULT_PATH, "LANG": "C.UTF-8"}  # fmt: skip
+        env.update(self._spec.environment)
+        env.update(extra or {})
+        return env
+
+    # --- commands --------------------------------------------------------------
+
+    def _enter(self, argv: Sequence[str], cwd: str) -> list[str]:
+        if self._bwrap is None or self.confinement is None or self._closed:
+            raise SandboxError("The sandbox is not running.", sandbox=self.name)
+        inner = list(argv) if cwd == BUILD_HOME else ["/bin/sh", "-c", _IN_DIR, "sh", cwd, *argv]
+        # With network the sandbox shares the host's net namespace: nothing to join.
+        namespaces = ["-U", "-m", "-p", "-i", "-u", *([] if self._spec.network else ["-n"])]
+        return [*self.confinement.prefix(), *self._as_host_user(), self._tools["nsenter"],
+                "-t", str(self.init_pid), *namespaces,
+                "--preserve-credentials", "--root", "--wd", "--", *inner]  # fmt: skip
+
+    def _budget(self, timeout: float | None) -> float | None:
+        if self._deadline is None:
+            return timeout
+        left = max(self._deadline - time.monotonic(), 0.0)
+        return left if timeout is None else min(timeout, left)
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        on_line: LineCallback,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str = BUILD_HOME,
+        stdin: bytes | Path | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the command must be killed too
+    ) -> int:
+        budget = self._budget(timeout)
+        process = await self._spawn(self._enter(argv, cwd), env, stdin, asyncio.subprocess.STDOUT)
+
+        async def pump() -> int:
+            assert process.stdout is not None
+            lines = _Lines(on_line)
+            data = stdin if isinstance(stdin, bytes) else None
+            await asyncio.gather(_feed(process, data), _read(process.stdout, lines.feed))
+            lines.close()
+            return await process.wait()
+
+        return await self._supervise(process, pump(), budget, argv)
+
+    async def put(
+        self, path: str, data: bytes, *, mode: int = 0o644, owner: int = BUILD_UID
+    ) -> None:
+        if owner != BUILD_UID:
+            raise SandboxError(
+                f"Cannot give {path} to uid {owner}: this sandbox maps only the build user.",
+                sandbox=self.name,
+            )
+        output: list[str] = []
+        argv = ["/bin/sh", "-c", _PUT, "sh", path, f"{mode:o}"]
+        if await self.run(argv, output.append, stdin=data) != 0:
+            raise SandboxError(
+                f"Cannot write {path} in the sandbox: {' '.join(output) or 'unknown error'}.",
+                sandbox=self.name,
+            )
+
+    async def get(self, path: str, dest: Path) -> int:
+        partial = dest.with_name(dest.name + ".part")
+        error: list[str] = []
+        with partial.open("wb") as out:
+            process = await self._spawn(
+                self._enter(["/bin/sh", "-c", _GET, "sh", path], BUILD_HOME), None, None,
+                asyncio.subprocess.PIPE, stdout=out.fileno(),
+            )  # fmt: skip
+
+            async def pump() -> int:
+                assert process.stderr is not None
+                error.append((await process.stderr.read(4096)).decode(errors="replace"))
+                return await process.wait()
+
+            status = await self._supervise(process, pump(), self._budget(None), ["get", path])
+            size = os.fstat(out.fileno()).st_size
+        if status != 0:
+            partial.unlink()
+            raise SandboxError(
+                f"Cannot copy {path} out of the sandbox: "
+                f"{''.join(error).strip() or 'no such file'}.",
+                sandbox=self.name,
+            )
+        partial.rename(dest)
+        return size
+
+    async def _spawn(
+        self,
+        argv: list[str],
+        env: Mapping[str, str] | None,
+        stdin: bytes | Path | None,
+        stderr: int,
+        stdout: int = asyncio.subprocess.PIPE,
+    ) -> asyncio.subprocess.Process:
+        with contextlib.ExitStack() as stack:
+            source: int | IO[bytes] = asyncio.subprocess.DEVNULL
+            if isinstance(stdin, Path):  # a host file: the command reads it directly
+                source = stack.enter_context(stdin.open("rb"))
+            elif stdin is not None:
+                source = asyncio.subprocess.PIPE
+            process = await asyncio.create_subprocess_exec(
+                *argv, stdin=source, stdout=stdout, stderr=stderr, env=self._environment(env),
+                start_new_session=True,  # one process group: killed as one
+            )  # fmt: skip
+        self._running.add(process)
+        return process
+
+    async def _supervise(
+        self,
+        process: asyncio.subprocess.Process,
+        work: Coroutine[object, object, int],
+        budget: float | None,
+        argv: Sequence[str],
+    ) -> int:
+        try:
+            status = await asyncio.wait_for(work, budget)
+        except TimeoutError:
+            _kill_group(process)
+            raise SandboxTimeout(
+                f"{' '.join(argv)[:200]} did not finish within {budget:g} seconds.",
+                sandbox=self.name,
+                seconds=budget or 0.0,
+            ) from None
+        except BaseException:  # cancelled: the command goes with its caller
+            _kill_group(process)
+            raise
+        finally:
+            await uncancelled(process.wait())
+            self._running.discard(process)
+        return status
+
+    # --- shutdown --------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # Signals first, synchronously: they are sent even if we are cancelled here.
+        # bwrap's outer process reaps pid 1 and exits by itself; it is killed only if
+        # it lingers, so that pid 1 does not become an orphan zombie for the host.
+        if self.init_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.init_pid, signal.SIGKILL)
+        for process in self._running:
+            _kill_group(process)
+        if self.confinement is not None:
+            self.confinement.kill()
+        await uncancelled(self._reap())
+
+    async def _reap(self) -> None:
+        if self._bwrap is not None:
+            try:
+                await asyncio.wait_for(self._bwrap.wait(), 5.0)
+            except TimeoutError:
+                _kill_group(self._bwrap)
+                await self._bwrap.wait()
+        for process in self._running:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), 5.0)
+        # Without cgroups, the pid namespace is how we know everyone is gone.
+        deadline = time.monotonic() + 5.0
+        while self._pid_namespace and (left := _members(self._pid_namespace)):
+            if time.monotonic() > deadline:
+                raise SandboxError(f"Processes {sorted(left)} outlived the sandbox.", self.name)
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            await asyncio.sleep(0.01)
+        if self.confinement is not None:
+            await asyncio.to_thread(self.confinement.remove)
+        if self.state_dir is not None:
+            await asyncio.to_thread(_remove_tree, self.state_dir)
+
+    async def __aenter__(self) -> Self:
+        await self.boot()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await uncancelled(self.shutdown())
+
+
+class _Lines:
+    """Splits a byte stream into lines for a callback; over-long lines are cut."""
+
+    def __init__(self, on_line: LineCallback) -> None:
+        self._on_line = on_line
+        self._partial = b""
+
+    def feed(self, data: bytes) -> None:
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        for line in lines:
+            self._emit(line)
+        while len(self._partial) > MAX_LINE:
+            self._emit(self._partial[:MAX_LINE])
+            self._partial = self._partial[MAX_LINE:]
+
+    def close(self) -> None:
+        if self._partial:
+            self._emit(self._partial)
+            self._partial = b""
+
+    def _emit(self, line: bytes) -> None:
+        self._on_line(line.decode(errors="replace").removesuffix("\r"))
+
+
+async def _feed(process: asyncio.subprocess.Process, data: bytes | None) -> None:
+    if data is None or process.stdin is None:
+        return
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        process.stdin.write(data)
+        await process.stdin.drain()
+    process.stdin.close()
+
+
+async def _read(stream: asyncio.StreamReader, feed: Callable[[bytes], None]) -> None:
+    while chunk := await stream.read(65536):
+        feed(chunk)
+
+
+def _members(pid_namespace: str) -> set[int]:
+    """Host pids of the processes in ``pid_namespace`` (an ns/pid link's text)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                if os.readlink(f"/proc/{entry}/ns/pid") != pid_namespace:
+                    continue
+                state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":  # a zombie holds nothing; its parent will reap it
+                    found.add(int(entry))
+    return found
+
+
+def _kill_group(process: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+async def _read_json(fd: int) -> dict[str, Any]:
+    """bwrap's --info-fd document; the pipe may stay open, so parse as it comes."""
+    os.set_blocking(fd, False)
+    data = b""
+    while True:
+        with contextlib.suppress(BlockingIOError):
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise SandboxError("bubblewrap closed its info pipe without a word.")
+            data += chunk
+            with contextlib.suppress(ValueError):
+                document: dict[str, Any] = json.loads(data)
+                return document
+        await asyncio.sleep(0.001)
+
+
+def _remove_tree(path: Path) -> None:
+    def allow(function: object, name: str, exc: object) -> None:
+        # The job may have left directories without write permission (for us too
+        # when we are not root): open them up and try again.
+        parent = os.path.dirname(name)
+        with contextlib.suppress(OSError):
+            os.chmod(parent, stat.S_IRWXU)
+        with contextlib.suppress(OSError):
+            if os.path.isdir(name) and not os.path.islink(name):
+                os.chmod(name, stat.S_IRWXU)
+                shutil.rmtree(name, ignore_errors=True)
+            else:
+                os.unlink(name)
+
+    shutil.rmtree(path, onerror=allow)

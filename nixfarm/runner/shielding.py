@@ -1,0 +1,36 @@
+"""Finishing clean-up work even when the caller is being cancelled.
+
+``asyncio.shield`` alone is not enough: the awaiting task still gets CancelledError
+at once (so the clean-up is not finished when the caller moves on), and under anyio
+a cancel scope re-delivers cancellation at every await. ``uncancelled`` waits for the
+work to finish, whatever arrives meanwhile, and then re-raises a cancellation it
+swallowed, so the caller's cancellation still happens, just after the clean-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import anyio
+
+T = TypeVar("T")
+
+
+async def uncancelled(work: Awaitable[T]) -> T:
+    """Await ``work`` to the end, even if cancelled meanwhile (see module doc)."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    with anyio.CancelScope(shield=True):
+        while True:
+            try:
+                result = await asyncio.shield(task)
+                break
+            except asyncio.CancelledError:
+                if task.done():
+                    raise
+                cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result

@@ -1,0 +1,230 @@
+"""Jobs run by the real runner agent (`nixfarm runner`) in real bubblewrap sandboxes."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import nixfarm.demo
+from tests.fixtures.farm import NIXFARM, RunningFarm, free_port
+from tests.fixtures.jobs import Follower, Received
+
+LEASE = 3.0
+SECRET = "correct-horse-battery-staple-42"
+
+
+@pytest.fixture(scope="module")
+def runner_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
+    running = RunningFarm(tmp_path_factory.mktemp("runner-farm") / "data", free_port(),
+                          extra_env={"NIXFARM_JOBS__LEASE_SECONDS": str(LEASE),
+                                     "NIXFARM_JOBS__EMBEDDED_RUNNER_SLOTS": "0",
+                                     "NIXFARM_NIX_OPTIONS__SUBSTITUTERS": ""})
+    running.start()
+    yield running
+    running.stop()
+
+
+StartRunner = Callable[[], subprocess.Popen[bytes]]
+
+
+@pytest.fixture
+def start_runner(runner_farm: RunningFarm, tmp_path: Path) -> Iterator[StartRunner]:
+    """Starts `nixfarm runner` processes (the way an operator does); stops them after."""
+    token = runner_farm.cli("token", "create", "--name", "runner", "--scope",
+                            "runner").stdout.strip()
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        with (tmp_path / f"runner-{len(started)}.log").open("wb") as log:
+            process = subprocess.Popen(
+                [NIXFARM, "runner", "--url", runner_farm.url, "--token", token,
+                 "--name", f"test-{len(started)}", "--work-dir", str(tmp_path / "work"),
+                 "--nix-source", str(nixfarm.demo.path())],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(20)
+
+
+def submit(farm: RunningFarm, manifest: str) -> dict[str, Any]:
+    r = farm.request("POST", "/api/v1/jobs", json={"manifest": manifest})
+    assert r.status_code == 201, r.text
+    job: dict[str, Any] = r.json()
+    return job
+
+
+def wait_job(farm: RunningFarm, job_id: int, statuses: set[str],
+             seconds: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = farm.get(f"/api/v1/jobs/{job_id}").json()
+        if job["status"] in statuses:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} still {job['status']} after {seconds} s")
+
+
+def all_logs(farm: RunningFarm, job: dict[str, Any]) -> str:
+    urls = [job["setup_log_url"], *(t["log_url"] for t in job["tasks"])]
+    return "".join(farm.get(url).text for url in urls)
+
+
+def test_a_manifest_runs_end_to_end_in_a_sandbox(
+        runner_farm: RunningFarm, start_runner: StartRunner,
+        webhooks: tuple[str, Received]) -> None:
+    farm = runner_farm
+    hook_url, received = webhooks
+    start_runner()
+    secret_name = f"token-{uuid.uuid4().hex[:8]}"
+    r = farm.request("POST", "/api/v1/secrets", json={
+        "name": secret_name, "kind": "file", "path": "~/.config/token", "mode": 0o600,
+        "data": base64.b64encode(SECRET.encode()).decode()})
+    assert r.status_code == 201, r.text
+    manifest = f"""\
+image: nix
+packages: [hello, coreutils]
+environment:
+  GREETING: hi from the manifest
+  COUNT: 3
+secrets:
+  - {secret_name}
+tasks:
+  - greet: |
+      echo "$GREETING"
+      hello
+  - use-secret: |
+      test "$(cat ~/.config/token)" = "{SECRET}"
+      stat -c %a ~/.config/token
+      cat ~/.config/token
+  - report: |
+      mkdir -p out
+      echo "count=$COUNT user=$(id -u) job=$JOB_ID" > out/report.txt
+artifacts:
+  - out/report.txt
+triggers:
+  - action: webhook
+    condition: always
+    url: {hook_url}/hook
+"""
+    job = submit(farm, manifest)
+    follower = Follower(farm, f"/api/v1/jobs/{job['id']}/events")
+    follower.start()
+    done = wait_job(farm, job["id"], {"success", "failed"})
+    assert done["status"] == "success", all_logs(farm, done)
+    assert [t["status"] for t in done["tasks"]] == ["success"] * 3
+
+    logs = all_logs(farm, done)
+    assert "hi from the manifest" in logs and "Hello, world!" in logs
+    assert "600" in logs
+    assert SECRET not in logs
+    follower.join(10)
+    assert any("Hello, world!" in d["text"] for _, d in follower.logs())
+    assert not any(SECRET in d["text"] for _, d in follower.logs())
+
+    (artifact,) = done["artifacts"]
+    body = farm.get(artifact["url"]).text
+    assert body == f"count=3 user=1000 job={job['id']}\n"
+
+    assert received.event.wait(10)
+    headers, payload = next((h, b) for h, b in received.bodies
+                            if json.loads(b)["id"] == job["id"])
+    key = bytes.fromhex(farm.get("/api/v1/webhook-key").json()["key"])
+    expected = base64.b64encode(hmac.new(
+        key, payload + headers["x-payload-nonce"].encode(), hashlib.sha256).digest())
+    assert headers["x-payload-signature"] == expected.decode()
+    assert json.loads(payload)["status"] == "success"
+    assert SECRET.encode() not in payload
+
+
+def test_sandboxed_tasks_cannot_reach_the_host(runner_farm: RunningFarm,
+                                              start_runner: StartRunner) -> None:
+    start_runner()
+    marker = Path(f"/tmp/nixfarm-host-{uuid.uuid4().hex}")
+    marker.write_text("host secret\n")
+    probes = {
+        "read-host-file": f"cat {marker}",
+        "read-shadow": "cat /etc/shadow",
+        "see-host-processes":
+            "test $(ps -o pid= | wc -l) -lt 10 && ! ps -o args= | grep -q granian",
+        "write-store": "touch /nix/store/evil",
+        "write-root": "touch /evil",
+    }
+    expected = {"see-host-processes": "success"}
+    try:
+        for name, script in probes.items():
+            job = submit(runner_farm, f"image: nix\npackages: [coreutils]\ntasks:\n"
+                                      f"  - {name}: |\n      {script}\n")
+            done = wait_job(runner_farm, job["id"], {"success", "failed"})
+            assert done["status"] == expected.get(name, "failed"), (name, all_logs(
+                runner_farm, done))
+        assert marker.read_text() == "host secret\n"
+        assert not Path("/nix/store/evil").exists() and not Path("/evil").exists()
+    finally:
+        marker.unlink()
+
+
+def test_cancel_kills_the_running_job(runner_farm: RunningFarm,
+                                      start_runner: StartRunner) -> None:
+    start_runner()
+    tag = str(900000 + int(uuid.uuid4().int % 90000))
+    job = submit(runner_farm, f"image: nix\npackages: [coreutils]\ntasks:\n"
+                              f"  - wait: |\n      echo started\n      sleep {tag}\n")
+    wait_job(runner_farm, job["id"], {"running"})
+    deadline = time.monotonic() + 30
+    while "started" not in runner_farm.get(job["tasks"][0]["log_url"]).text:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    asked = time.monotonic()
+    assert runner_farm.request("POST", f"/api/v1/jobs/{job['id']}/cancel").status_code == 200
+    done = wait_job(runner_farm, job["id"], {"cancelled"}, 10)
+    assert done["status"] == "cancelled"
+    while subprocess.run(["pgrep", "-f", f"sleep {tag}"], capture_output=True).returncode == 0:
+        assert time.monotonic() - asked < 2.0, "the job's processes outlived the cancel"
+        time.sleep(0.05)
+
+
+def test_a_killed_runner_loses_its_job_and_another_takes_the_next(
+        runner_farm: RunningFarm, start_runner: StartRunner) -> None:
+    first = start_runner()
+    tag = str(800000 + int(uuid.uuid4().int % 90000))
+    job = submit(runner_farm, f"image: nix\npackages: [coreutils]\ntasks:\n"
+                              f"  - wait: |\n      echo started\n      sleep {tag}\n")
+    wait_job(runner_farm, job["id"], {"running"})
+    deadline = time.monotonic() + 30
+    while "started" not in runner_farm.get(job["tasks"][0]["log_url"]).text:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    os.killpg(first.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    lost = wait_job(runner_farm, job["id"], {"failed"}, LEASE + 10)
+    assert time.monotonic() - killed < LEASE + 3
+    assert lost["reason"] == "runner lost"
+    # --die-with-parent: the sandbox went with its runner.
+    assert subprocess.run(["pgrep", "-f", f"sleep {tag}"]).returncode != 0
+
+    start_runner()
+    job = submit(runner_farm, "image: nix\npackages: [hello]\ntasks:\n  - hi: hello\n")
+    done = wait_job(runner_farm, job["id"], {"success", "failed"})
+    assert done["status"] == "success"
+    assert done["runner"] != lost["runner"]
+    with httpx.Client() as c:
+        assert "Hello, world!" in c.get(done["tasks"][0]["log_url"], headers={
+            "Authorization": f"Bearer {runner_farm.token}"}).text

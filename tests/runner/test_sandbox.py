@@ -1,0 +1,226 @@
+"""The bubblewrap sandbox against real bwrap, on the demo catalogue image."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import tarfile
+import threading
+import time
+from collections.abc import Awaitable, Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from nixfarm.runner.sandbox import BwrapSandbox, SandboxError, SandboxSpec, SandboxTimeout
+from nixfarm.runner.sandbox.limits import Kind
+
+pytestmark = pytest.mark.anyio
+REPO = Path(__file__).resolve().parents[2]
+
+
+async def output(box: BwrapSandbox, script: str, **kwargs: float) -> tuple[int, list[str]]:
+    lines: list[str] = []
+    status = await box.run(["/bin/sh", "-c", script], lines.append, **kwargs)  # type: ignore[arg-type]
+    return status, lines
+
+
+def sandbox_pids(marker: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if marker.encode() in cmdline:
+                found.append(int(entry))
+    return found
+
+
+async def test_runs_as_build_and_sees_nothing_of_the_host(demo_root: Path) -> None:
+    async with BwrapSandbox(SandboxSpec(rootfs=demo_root)) as box:
+        status, lines = await output(box, "id; pwd; echo to-stderr >&2; exit 3")
+        assert status == 3
+        assert lines == ["uid=1000(build) gid=1000(build)", "/home/build", "to-stderr"]
+        checks = {
+            "shadow": "cat /etc/shadow",
+            "root": "ls /root/.ssh || ls -A /root | grep .",
+            "repo": f"ls {REPO}",
+            "host store": "ls /nix/store | grep -v -- -busybox | grep -q . && ls /nix/var",
+            "host proc": "ps -o pid,comm | grep -E 'python|pytest|init|systemd'",
+            "write root": "touch /evil",
+            "write store": "touch /nix/store/evil",
+            "write etc": "echo x >> /etc/passwd",
+            "devices": "ls /dev/sda /dev/vda /dev/mem /dev/kvm",
+        }
+        for what, script in checks.items():
+            status, lines = await output(box, script)
+            assert status != 0, f"{what}: {lines}"
+        # Only the sandbox's own processes: pid 1 (bwrap), its shell, and ps itself.
+        status, lines = await output(box, "ps -o pid,user,args")
+        assert status == 0
+        assert len(lines) == 1 + 3, lines
+        assert all(" build " in line for line in lines[1:]), lines
+        status, lines = await output(box, "echo hi > ~/f; cat ~/f; echo t > /tmp/t; cat /tmp/t")
+        assert (status, lines) == (0, ["hi", "t"])
+
+
+async def test_put_and_get(demo_root: Path, tmp_path: Path) -> None:
+    async with BwrapSandbox(SandboxSpec(rootfs=demo_root)) as box:
+        await box.put("/home/build/.ssh/key", b"secret\n", mode=0o600)
+        _, lines = await output(box, "stat -c '%a %U' ~/.ssh/key; cat ~/.ssh/key")
+        assert lines == ["600 build", "secret"]
+        assert await box.get("/home/build/.ssh/key", tmp_path / "key") == 7
+        assert (tmp_path / "key").read_bytes() == b"secret\n"
+        await output(box, "mkdir -p out/sub && echo a > out/sub/a")
+        assert await box.get("/home/build/out", tmp_path / "out.tar") > 0
+        with tarfile.open(tmp_path / "out.tar") as archive:
+            assert "./sub/a" in archive.getnames()
+        # A symlink to a host file resolves inside the sandbox, where it is not there.
+        await output(box, "ln -s /etc/shadow ~/shadow")
+        with pytest.raises(SandboxError, match="shadow"):
+            await box.get("/home/build/shadow", tmp_path / "shadow")
+        assert not (tmp_path / "shadow").exists()
+
+
+@pytest.fixture
+def host_server() -> Iterator[int]:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.sendall(b"hello from the host\n")
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield server.getsockname()[1]
+    server.close()
+
+
+async def test_network_off_and_on(demo_root: Path, host_server: int) -> None:
+    probe = f"echo | nc -w 2 127.0.0.1 {host_server}"
+    async with BwrapSandbox(SandboxSpec(rootfs=demo_root, network=False)) as box:
+        status, lines = await output(box, probe)
+        assert status != 0 and "hello from the host" not in lines
+        status, lines = await output(box, "cat /proc/net/dev | tail -n +3 | cut -d: -f1")
+        assert [line.strip() for line in lines] == ["lo"]
+    async with BwrapSandbox(SandboxSpec(rootfs=demo_root, network=True)) as box:
+        status, lines = await output(box, probe)
+        assert lines == ["hello from the host"]
+
+
+def processes_of(uid: int) -> int:
+    count = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:  # not /proc/PID's owner: that is root for non-dumpable processes
+                status = Path(f"/proc/{entry}/status").read_text()
+            except OSError:
+                continue
+            fields = dict(ln.split(":", 1) for ln in status.splitlines() if ":" in ln)
+            # A zombie holds nothing but its pid until its parent (or init) reaps it.
+            count += fields["Uid"].split()[0] == str(uid) and not fields[
+                "State"
+            ].strip().startswith("Z")
+    return count
+
+
+async def peak_processes(uid: int, work: Awaitable[object]) -> int:
+    """The most processes of host ``uid`` seen while ``work`` runs (and 0.3 s after)."""
+    peak = 0
+
+    async def watch() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, processes_of(uid))
+            await anyio.sleep(0.02)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(watch)
+        with contextlib.suppress(SandboxTimeout):
+            await work
+        await anyio.sleep(0.3)
+        tasks.cancel_scope.cancel()
+    return peak
+
+
+@pytest.mark.parametrize("limits", ["cgroup", "rlimit"])
+async def test_process_limit_contains_a_fork_bomb(demo_root: Path, limits: str) -> None:
+    spec = SandboxSpec(rootfs=demo_root, process_limit=40)
+    kind: Kind | None = "rlimit" if limits == "rlimit" else None
+    async with BwrapSandbox(spec, limits=kind, host_uid=61000) as box:
+        if limits == "cgroup":
+            assert box.confinement is not None and box.confinement.kind != "rlimit"
+        sleepers = "i=0; while [ $i -lt 100 ]; do sleep 60 & i=$((i+1)); done; sleep 1"
+        peak = await peak_processes(61000, output(box, sleepers, timeout=1))
+        assert 30 <= peak <= 40 + 1  # + the nsenter outside, when counted by host uid
+        bomb = "bomb() { bomb | bomb & }; bomb; while :; do :; done"
+        assert await peak_processes(61000, output(box, bomb, timeout=1)) <= 40 + 1
+    assert processes_of(61000) == 0
+
+
+async def test_memory_limit(demo_root: Path) -> None:
+    spec = SandboxSpec(rootfs=demo_root, memory_limit=64 * 1024**2)
+    async with BwrapSandbox(spec) as box:
+        status, _ = await output(box, 'x=$(head -c 200000000 /dev/zero | tr "\\0" a); echo ${#x}')
+        assert status != 0
+        status, lines = await output(box, 'x=$(head -c 1000000 /dev/zero | tr "\\0" a); echo ${#x}')
+        assert (status, lines) == (0, ["1000000"])
+
+
+async def test_cancel_and_shutdown_leave_nothing(demo_root: Path) -> None:
+    box = BwrapSandbox(SandboxSpec(rootfs=demo_root))
+    await box.boot()
+    assert box.state_dir is not None and box.confinement is not None
+    state, groups = box.state_dir, list(box.confinement.groups)
+    await output(box, "sleep 1001 > /dev/null 2>&1 &")  # left in the background
+    with anyio.move_on_after(0.5):
+        await output(box, "sleep 1000")
+    assert not sandbox_pids("sleep 1000")
+    assert sandbox_pids("sleep 1001")
+    with pytest.raises(SandboxTimeout):
+        await output(box, "sleep 1002", timeout=0.3)
+    assert not sandbox_pids("sleep 1002")
+    await box.shutdown()
+    assert not sandbox_pids("sleep 100")
+    assert not state.exists()
+    assert not any(g.exists() for g in groups)
+    await box.shutdown()  # idempotent
+
+
+async def test_cancelled_inside_async_with(demo_root: Path) -> None:
+    state: Path | None = None
+    with anyio.move_on_after(0.5):
+        async with BwrapSandbox(SandboxSpec(rootfs=demo_root)) as box:
+            state = box.state_dir
+            await output(box, "sleep 1003")
+    assert state is not None and not state.exists()
+    assert not sandbox_pids("sleep 1003")
+
+
+async def test_start_cost(demo_root: Path) -> None:
+    """Boot and a trivial command, measured (ENVIRONMENT.md: bwrap alone is ~6 ms)."""
+    boots, runs = [], []
+    for _ in range(5):
+        async with BwrapSandbox(SandboxSpec(rootfs=demo_root)) as box:
+            boots.append(box.boot_seconds)
+            started = time.monotonic()
+            assert await box.run(["true"], lambda _: None) == 0
+            runs.append(time.monotonic() - started)
+    boot, run = sorted(boots)[2], sorted(runs)[2]
+    print(f"boot median {boot * 1000:.1f} ms, run median {run * 1000:.1f} ms")
+    assert boot < 0.5 and run < 0.2
+
+
+async def test_refuses_an_incomplete_root(tmp_path: Path) -> None:
+    with pytest.raises(SandboxError, match="lacks /bin/sh"):
+        await BwrapSandbox(SandboxSpec(rootfs=tmp_path)).boot()
