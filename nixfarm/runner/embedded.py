@@ -40,7 +40,10 @@ async def serve(settings: Settings) -> None:
     try:
         home = runner_dir(settings.data_dir / "runner")
         agent = Agent(client, images_for(settings, home / "images"),
-                      name="embedded", slots=slots, work_root=home / "jobs")
+                      name="embedded", slots=slots, work_root=home / "jobs",
+                      # Short long-polls: the server drains open requests before it
+                      # stops, and our own claims would hold its shutdown up.
+                      claim_wait=2.0)
         await agent.serve()
     finally:
         await client.close()
