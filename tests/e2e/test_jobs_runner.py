@@ -82,6 +82,15 @@ def wait_job(farm: RunningFarm, job_id: int, statuses: set[str],
     raise AssertionError(f"job {job_id} still {job['status']} after {seconds} s")
 
 
+def wait_started(farm: RunningFarm, job: dict[str, Any]) -> None:
+    """Until the job's first task has printed "started"."""
+    wait_job(farm, job["id"], {"running"})
+    deadline = time.monotonic() + 30
+    while "started" not in farm.get(job["tasks"][0]["log_url"]).text:
+        assert time.monotonic() < deadline, "the task never started"
+        time.sleep(0.1)
+
+
 def all_logs(farm: RunningFarm, job: dict[str, Any]) -> str:
     urls = [job["setup_log_url"], *(t["log_url"] for t in job["tasks"])]
     return "".join(farm.get(url).text for url in urls)
@@ -187,11 +196,7 @@ def test_cancel_kills_the_running_job(runner_farm: RunningFarm,
     tag = str(900000 + int(uuid.uuid4().int % 90000))
     job = submit(runner_farm, f"image: nix\npackages: [coreutils]\ntasks:\n"
                               f"  - wait: |\n      echo started\n      sleep {tag}\n")
-    wait_job(runner_farm, job["id"], {"running"})
-    deadline = time.monotonic() + 30
-    while "started" not in runner_farm.get(job["tasks"][0]["log_url"]).text:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_started(runner_farm, job)
     asked = time.monotonic()
     assert runner_farm.request("POST", f"/api/v1/jobs/{job['id']}/cancel").status_code == 200
     done = wait_job(runner_farm, job["id"], {"cancelled"}, 10)
@@ -207,11 +212,7 @@ def test_a_killed_runner_loses_its_job_and_another_takes_the_next(
     tag = str(800000 + int(uuid.uuid4().int % 90000))
     job = submit(runner_farm, f"image: nix\npackages: [coreutils]\ntasks:\n"
                               f"  - wait: |\n      echo started\n      sleep {tag}\n")
-    wait_job(runner_farm, job["id"], {"running"})
-    deadline = time.monotonic() + 30
-    while "started" not in runner_farm.get(job["tasks"][0]["log_url"]).text:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_started(runner_farm, job)
     os.killpg(first.pid, signal.SIGKILL)
     killed = time.monotonic()
     lost = wait_job(runner_farm, job["id"], {"failed"}, LEASE + 10)
