@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from nixfarm.auth import ADMIN, RUNNER
-from nixfarm.config import Settings
-from nixfarm.errors import NotFound
-from nixfarm.farm import Farm
+from nixfarm.config import SETTINGS_VARIABLE, Settings
+from nixfarm.errors import ConfigError, NotFound
+
+if TYPE_CHECKING:
+    from nixfarm.farm import Farm
 
 DEMO_CACHE = "demo"
 
@@ -27,6 +31,11 @@ def _write_private(path: Path, text: str) -> None:
 
 
 async def prepare(settings: Settings, demo: bool) -> None:
+    # Imported here: ``nixfarm up``'s own process imports this module too, and should
+    # not carry the database and services (see ``prepare_in_child``).
+    from nixfarm.auth import ADMIN, RUNNER
+    from nixfarm.farm import Farm
+
     farm = await Farm.open(settings)
     try:
         await _ensure_token(farm, settings.data_dir / "admin.token", "admin (nixfarm up)",
@@ -68,3 +77,24 @@ def announce(settings: Settings) -> None:
 def retract(settings: Settings) -> None:
     """The farm has stopped: local clients should say so rather than fail to connect."""
     (settings.data_dir / "server.json").unlink(missing_ok=True)
+
+
+def prepare_in_child(settings: Settings, demo: bool) -> None:
+    """``prepare`` in a child process, which exits afterwards.
+
+    The server's supervising process lives as long as the farm; the database, Alembic
+    and every service module that preparing loads would stay in its memory for
+    nothing (about 50 MB), so that work happens in a process of its own.
+    """
+    env = {**os.environ, SETTINGS_VARIABLE: settings.model_dump_json()}
+    args = [sys.executable, "-m", "nixfarm.bootstrap", *(["--demo"] if demo else [])]
+    if subprocess.run(args, env=env, check=False).returncode != 0:
+        raise ConfigError(f"preparing the farm in {settings.data_dir} failed (see above)",
+                          key="data_dir")
+
+
+if __name__ == "__main__":
+    import anyio
+
+    anyio.run(prepare, Settings.model_validate_json(os.environ[SETTINGS_VARIABLE]),
+              "--demo" in sys.argv[1:])

@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from nixfarm.errors import ConfigError
 
+#: How ``nixfarm up`` hands its validated settings (JSON) to the server's worker.
+SETTINGS_VARIABLE = "_NIXFARM_SETTINGS"
+
 # Variables the CLI reads for itself; they are not settings of the server.
 CLI_VARIABLES = frozenset({"NIXFARM_URL", "NIXFARM_TOKEN", "NIXFARM_CONFIG"})
 

@@ -100,6 +100,7 @@ class CacheService:
         self._narinfos: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._narinfo_limit = 4096
         self._views: dict[str, tuple[float, CacheView]] = {}
+        self._nars: dict[tuple[str, str], tuple[float, Download]] = {}
 
     # -- caches ---------------------------------------------------------------------
 
@@ -175,6 +176,13 @@ class CacheService:
         return await self._download(info.key, info.size)
 
     async def nar(self, cache: str, filename: str) -> Download:
+        # A NAR file is content-addressed and stays in a cache once uploaded, so where
+        # it is stored can be remembered (briefly, for a cache deleted elsewhere): a
+        # download then starts without a database session. Misses are not remembered.
+        now = time.monotonic()
+        hit = self._nars.get((cache, filename))
+        if hit is not None and hit[0] > now:
+            return hit[1]
         file_hash, _ = _parse_nar_file(filename)
         async with self.db.session() as s:
             row = await cache_queries.get_cache(s, cache)
@@ -182,7 +190,12 @@ class CacheService:
         if nar is None or nar_key(nar.file_hash, nar.compression) != f"nar/{filename}":
             raise NotFound(f"cache {cache!r} has no NAR file {filename!r}", kind="nar",
                            name=filename)
-        return await self._download(nar.storage_key, nar.file_size)
+        download = await self._download(nar.storage_key, nar.file_size)
+        if download.url is None:  # presigned URLs expire: never remembered
+            if len(self._nars) > self._narinfo_limit:
+                self._nars.clear()
+            self._nars[(cache, filename)] = (now + _VIEW_SECONDS, download)
+        return download
 
     async def log(self, cache: str, drv: str) -> Download:
         _check_drv(drv)

@@ -22,12 +22,11 @@ def up(
 ) -> None:
     """Run the farm in the foreground until interrupted (Ctrl-C stops it gracefully)."""
     # Imported here: every other command starts faster without the server's modules.
-    import anyio
     from granian import Granian
     from granian.constants import Interfaces
 
     from nixfarm import bootstrap, config, demo
-    from nixfarm.server.app import SETTINGS_VARIABLE
+    from nixfarm.config import SETTINGS_VARIABLE
 
     overrides: dict[str, Any] = {}
     if data_dir is not None:
@@ -40,7 +39,7 @@ def up(
         overrides["nix_options"] = {"substituters": ""}
     settings = config.load(config_file, overrides=overrides)
     settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
-    anyio.run(bootstrap.prepare, settings, demo_set)
+    bootstrap.prepare_in_child(settings, demo_set)
     bootstrap.announce(settings)
     os.environ[SETTINGS_VARIABLE] = settings.model_dump_json()
     err.print(f"nixfarm listening on {settings.base_url}; admin token in "

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from nixfarm import __version__
-from nixfarm.config import Settings
+from nixfarm.config import SETTINGS_VARIABLE, Settings
 from nixfarm.errors import NixfarmError
 from nixfarm.farm import Farm
 from nixfarm.runner import embedded as embedded_runner
@@ -33,8 +33,6 @@ from nixfarm.server.api import secrets as secrets_api
 from nixfarm.server.api import tokens as tokens_api
 from nixfarm.server.metrics import Metrics, MetricsMiddleware
 from nixfarm.server.web import jobs as jobs_web
-
-SETTINGS_VARIABLE = "_NIXFARM_SETTINGS"
 
 
 async def health(request: Request) -> Response:
@@ -81,8 +79,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(runners_api.router)
     app.include_router(secrets_api.router)
     app.include_router(jobs_web.router)
-    app.router.routes.extend(cache_routes.routes)
-    app.router.routes.extend(registry_routes.routes)
+    # The Nix cache and registry protocols are the hot paths: match them first.
+    app.router.routes[0:0] = [*cache_routes.routes, *registry_routes.routes]
     app.router.routes.append(Route("/metrics", metrics.exposition, methods=["GET"]))
     app.router.routes.append(Route("/healthz", health, methods=["GET"]))
     app.add_exception_handler(NixfarmError, errors.handle)
