@@ -19,6 +19,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("up")(up.up)
+app.command("server")(up.server)
 app.command("push")(push.push)
 app.command("runner")(runner.runner)
 app.add_typer(cache.app, name="cache")

@@ -22,11 +22,20 @@ def runner(
         help="Where images are built and jobs keep their files.")] = DEFAULT_WORK_DIR,
     nix_source: Annotated[Path | None, typer.Option(
         help="A Nix package set (a directory with default.nix) for `image: nix` jobs.")] = None,
+    nix_option: Annotated[list[str] | None, typer.Option(
+        help="KEY=VALUE: a Nix option for building images and for the jobs' nix-daemon "
+             "(repeatable), e.g. substituters=.")] = None,
+    nix_daemon: Annotated[bool, typer.Option(
+        help="Give `image: nix` jobs Nix through a nix-daemon (needed for `cache:`).")] = True,
+    local_source: Annotated[list[Path] | None, typer.Option(
+        help="A directory whose git repositories jobs may clone as file:// sources "
+             "(repeatable).")] = None,
 ) -> None:
     """Claim jobs from the farm and run them in sandboxes, until interrupted."""
     from nixfarm.client.api import resolve
     from nixfarm.runner.agent import Agent
     from nixfarm.runner.images import Catalogue, Images
+    from nixfarm.runner.nixd import NixDaemon
     from nixfarm.runner.protocol import RunnerClient
     from nixfarm.runner.workdir import runner_dir
 
@@ -35,14 +44,22 @@ def runner(
     endpoint = resolve(url, token, data_dir)
     if endpoint.token is None:
         raise typer.BadParameter("a runner token is needed (scope: runner)", param_hint="--token")
+    options: dict[str, str] = {}
+    for item in nix_option or []:
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip():
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--nix-option")
+        options[key.strip()] = value.strip()
     home = runner_dir(work_dir)
-    images = Images(Catalogue(home / "images"), nix_source=nix_source)
+    images = Images(Catalogue(home / "images"), nix_source=nix_source, nix_options=options)
+    daemon = NixDaemon(home, options) if nix_daemon else None
 
     async def work() -> None:
         client = RunnerClient(endpoint.url, endpoint.token or "")
         try:
             await Agent(client, images, name=name or socket.gethostname(), slots=slots,
-                        work_root=home / "jobs").serve()
+                        work_root=home / "jobs", nix=daemon,
+                        local_sources=list(local_source or [])).serve()
         finally:
             await client.close()
 

@@ -1,4 +1,4 @@
-"""``nixfarm up``: the whole farm in one foreground process."""
+"""``nixfarm up`` (the whole farm in one process) and ``nixfarm server`` (one of many)."""
 
 from __future__ import annotations
 
@@ -10,41 +10,64 @@ import typer
 
 from nixfarm.cli.common import err
 
+DataDirOption = Annotated[Path | None, typer.Option(
+    "--data-dir", envvar="NIXFARM_DATA_DIR", help="Where the farm keeps its state.")]
+ListenOption = Annotated[str | None, typer.Option(help="HOST:PORT to listen on.")]
+ConfigOption = Annotated[Path | None, typer.Option(
+    "--config", help="A TOML configuration file (see docs/config.example.toml).")]
+
 
 def up(
-    data_dir: Annotated[Path | None, typer.Option(
-        "--data-dir", envvar="NIXFARM_DATA_DIR", help="Where the farm keeps its state.")] = None,
-    listen: Annotated[str | None, typer.Option(help="HOST:PORT to listen on.")] = None,
+    data_dir: DataDirOption = None,
+    listen: ListenOption = None,
     demo_set: Annotated[bool, typer.Option(
         "--demo", help="Serve the bundled demo package set and create a demo cache.")] = False,
-    config_file: Annotated[Path | None, typer.Option(
-        "--config", help="A TOML configuration file (see docs/config.example.toml).")] = None,
+    config_file: ConfigOption = None,
 ) -> None:
     """Run the farm in the foreground until interrupted (Ctrl-C stops it gracefully)."""
-    # Imported here: every other command starts faster without the server's modules.
-    from granian import Granian
-    from granian.constants import Interfaces
-
-    from nixfarm import bootstrap, config, demo
-    from nixfarm.config import SETTINGS_VARIABLE
+    from nixfarm import demo
 
     overrides: dict[str, Any] = {}
-    if data_dir is not None:
-        overrides["data_dir"] = str(data_dir)
-    if listen is not None:
-        overrides["listen"] = listen
     if demo_set:
         overrides["registry"] = {"source": {"kind": "path", "location": str(demo.path())}}
         # The demo set is built from local files only: asking substituters is wasted time.
         overrides["nix_options"] = {"substituters": ""}
+    _serve(config_file, data_dir, listen, overrides, demo=demo_set, workers=1)
+
+
+def server(
+    data_dir: DataDirOption = None,
+    listen: ListenOption = None,
+    config_file: ConfigOption = None,
+    workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 1,
+) -> None:
+    """Run one server of a scale-out farm (no embedded runner): point several at one
+    PostgreSQL (database_url), one S3 bucket (storage) and one Redis (redis_url)."""
+    _serve(config_file, data_dir, listen, {"jobs": {"embedded_runner_slots": 0}},
+           demo=False, workers=workers)
+
+
+def _serve(config_file: Path | None, data_dir: Path | None, listen: str | None,
+           overrides: dict[str, Any], *, demo: bool, workers: int) -> None:
+    # Imported here: every other command starts faster without the server's modules.
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    from nixfarm import bootstrap, config
+    from nixfarm.config import SETTINGS_VARIABLE
+
+    if data_dir is not None:
+        overrides["data_dir"] = str(data_dir)
+    if listen is not None:
+        overrides["listen"] = listen
     settings = config.load(config_file, overrides=overrides)
     settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
-    bootstrap.prepare_in_child(settings, demo_set)
+    bootstrap.prepare_in_child(settings, demo)
     bootstrap.announce(settings)
     os.environ[SETTINGS_VARIABLE] = settings.model_dump_json()
     err.print(f"nixfarm listening on {settings.base_url}; admin token in "
               f"{settings.data_dir / 'admin.token'}", markup=False)
-    if demo_set:
+    if demo:
         err.print(f"demo cache: {settings.base_url}/cache/{bootstrap.DEMO_CACHE}", markup=False)
     try:
         Granian(
@@ -53,7 +76,7 @@ def up(
             port=settings.port,
             interface=Interfaces.ASGI,
             factory=True,
-            workers=1,
+            workers=workers,
             log_access=False,
         ).serve()
     finally:

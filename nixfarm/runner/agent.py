@@ -6,6 +6,12 @@
                                   └─ reporter: task states and artifacts over HTTP
                           ─► finish (success / failed / timeout, and the failed step)
 
+``image: nix`` jobs get Nix: the agent starts its ``NixDaemon`` (if it has one) on
+the first such job and gives the sandbox its client; a job with a ``cache`` grant
+gets a ``cache push`` step that pushes with the grant's token (``cachepush``).
+Without a working daemon, Nix jobs run without Nix and cache jobs are refused at
+boot, saying why.
+
 The agent knows the server only through its HTTP API (``protocol.py``) and a token
 with the ``runner`` scope; the database and the event bus are out of its reach. A
 job the server takes back (409: lease lost) is killed and reported no further.
@@ -20,17 +26,20 @@ import logging
 import os
 import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from nixfarm.builds.manifest import manifest_from_data
 from nixfarm.errors import NixfarmError
-from nixfarm.runner.images import Images
+from nixfarm.runner.cachepush import pusher
+from nixfarm.runner.images import NIX_IMAGE, Images
 from nixfarm.runner.logship import LogShipper
+from nixfarm.runner.nixd import NixDaemon
 from nixfarm.runner.protocol import LeaseLost, RunnerClient
 from nixfarm.runner.sandbox import BwrapSandbox, Sandbox, SandboxSpec
+from nixfarm.runner.sandbox.base import NixClient
 from nixfarm.runner.steps import JobContext, JobResult, Secret, StepStatus, TaskStatus, run_job
 from nixfarm.wire_jobs import Assignment, FinishRequest, RunnerRegister, TaskReport
 
@@ -67,6 +76,11 @@ class Agent:
     work_root: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "nixfarm-runner")
     new_sandbox: Callable[[SandboxSpec], Sandbox] = BwrapSandbox
     claim_wait: float = 20.0
+    #: Nix for ``image: nix`` jobs; None: none (and no cache pushes).
+    nix: NixDaemon | None = None
+    #: Roots under which ``file://`` sources may be cloned from.
+    local_sources: Sequence[Path] = ()
+    _nix_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
 
     async def register(self) -> None:
         out = await self.client.register(RunnerRegister(
@@ -77,9 +91,25 @@ class Agent:
     async def serve(self) -> None:
         """Register, then claim and run jobs until cancelled."""
         await self._retrying(self.register)
-        async with asyncio.TaskGroup() as group:
-            for slot in range(self.slots):
-                group.create_task(self._slot(slot))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for slot in range(self.slots):
+                    group.create_task(self._slot(slot))
+        finally:
+            if self.nix is not None:
+                await self.nix.stop()
+
+    async def nix_client(self, log_line: Callable[[str], None]) -> NixClient | None:
+        """The Nix client for a sandbox, starting the daemon on first use."""
+        if self.nix is None:
+            return None
+        async with self._nix_lock:
+            try:
+                return await self.nix.start()
+            except NixfarmError as e:
+                log.warning("runner %s: no Nix for jobs: %s", self.name, e.message)
+                log_line(f"This runner has no Nix for jobs: {e.message}")
+                return None
 
     async def _retrying(self, call: Callable[[], object]) -> None:
         delay = 0.5
@@ -153,6 +183,9 @@ class Agent:
 
     async def _run(self, a: Assignment, shipper: LogShipper, work_dir: Path) -> JobResult:
         manifest = manifest_from_data(a.manifest)
+        nix_client = None
+        if manifest.image == NIX_IMAGE:
+            nix_client = await self.nix_client(lambda text: shipper.line(None, text))
         seconds_left = (a.deadline - datetime.now(UTC)).total_seconds()
         ctx = JobContext(
             manifest=manifest,
@@ -167,6 +200,9 @@ class Agent:
             environment={"JOB_ID": str(a.job_id), "JOB_URL": a.job_url},
             network=a.network,
             timeout=max(seconds_left, 1.0),
+            local_sources=self.local_sources,
+            nix_client=nix_client,
+            push_cache=pusher(a.cache) if a.cache is not None and nix_client else None,
         )
         return await run_job(ctx)
 

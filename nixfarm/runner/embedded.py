@@ -13,6 +13,7 @@ from nixfarm.bootstrap import read_token
 from nixfarm.config import Settings
 from nixfarm.runner.agent import Agent
 from nixfarm.runner.images import Catalogue, Images
+from nixfarm.runner.nixd import NixDaemon
 from nixfarm.runner.protocol import RunnerClient
 from nixfarm.runner.workdir import runner_dir
 
@@ -43,7 +44,7 @@ async def serve(settings: Settings) -> None:
                       name="embedded", slots=slots, work_root=home / "jobs",
                       # Short long-polls: the server drains open requests before it
                       # stops, and our own claims would hold its shutdown up.
-                      claim_wait=2.0)
+                      claim_wait=2.0, nix=NixDaemon(home, dict(settings.nix_options)))
         await agent.serve()
     finally:
         await client.close()

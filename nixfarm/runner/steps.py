@@ -17,6 +17,10 @@ text. ``complete-build`` (on the PATH, in ``~/.nixfarm/bin``) leaves a marker an
 exits 255; a task that ran it counts as a success, and the tasks after it are
 skipped: the job ends early, successful.
 
+``image: nix`` sandboxes get ``ctx.nix_client`` (Nix through the runner's daemon,
+see ``nixd``); ``cache push`` calls ``ctx.push_cache`` (see ``cachepush``), and boot
+refuses a job with ``cache:`` when there is none.
+
 Every log line, of the setup log (task ``None``) and of each task, passes through
 the job's ``Masker`` first: no secret value reaches the sink.
 """
@@ -37,7 +41,13 @@ from nixfarm.errors import NixfarmError
 from nixfarm.nix import command
 from nixfarm.runner.images import NIX_IMAGE, Images, PreparedImage
 from nixfarm.runner.masking import Masker
-from nixfarm.runner.sandbox.base import BUILD_HOME, Sandbox, SandboxSpec, SandboxTimeout
+from nixfarm.runner.sandbox.base import (
+    BUILD_HOME,
+    NixClient,
+    Sandbox,
+    SandboxSpec,
+    SandboxTimeout,
+)
 from nixfarm.runner.shielding import uncancelled
 
 StepStatus = Literal["running", "success", "failed", "skipped"]
@@ -111,6 +121,8 @@ class JobContext:
     #: Roots under which ``file://`` sources may be cloned from (none by default).
     local_sources: Sequence[Path] = ()
     push_cache: CachePusher | None = None
+    #: Nix for ``image: nix`` jobs (``nix-build`` through the runner's daemon).
+    nix_client: NixClient | None = None
     # Filled in by the steps:
     image: PreparedImage | None = None
     sandbox: Sandbox | None = None
@@ -160,6 +172,7 @@ async def boot(ctx: JobContext) -> None:
         rootfs=ctx.image.root, store_paths=ctx.image.store_paths, network=ctx.network,
         memory_limit=ctx.memory_limit, cpu_limit=ctx.cpu_limit,
         process_limit=ctx.process_limit, timeout=ctx.timeout,
+        nix_client=ctx.nix_client if ctx.image.package_manager == NIX_IMAGE else None,
     )  # fmt: skip
     ctx.sandbox = ctx.new_sandbox(spec)
     await ctx.sandbox.boot()

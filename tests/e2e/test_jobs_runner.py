@@ -7,13 +7,14 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import pytest
@@ -21,6 +22,7 @@ import pytest
 import nixfarm.demo
 from tests.fixtures.farm import NIXFARM, RunningFarm, free_port
 from tests.fixtures.jobs import Follower, Received
+from tests.fixtures.nixenv import Nix
 
 LEASE = 3.0
 SECRET = "correct-horse-battery-staple-42"
@@ -37,7 +39,8 @@ def runner_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFar
     running.stop()
 
 
-StartRunner = Callable[[], subprocess.Popen[bytes]]
+class StartRunner(Protocol):
+    def __call__(self, *extra: str) -> subprocess.Popen[bytes]: ...
 
 
 @pytest.fixture
@@ -47,12 +50,13 @@ def start_runner(runner_farm: RunningFarm, tmp_path: Path) -> Iterator[StartRunn
                             "runner").stdout.strip()
     started: list[subprocess.Popen[bytes]] = []
 
-    def start() -> subprocess.Popen[bytes]:
+    def start(*extra: str) -> subprocess.Popen[bytes]:
         with (tmp_path / f"runner-{len(started)}.log").open("wb") as log:
             process = subprocess.Popen(
                 [NIXFARM, "runner", "--url", runner_farm.url, "--token", token,
                  "--name", f"test-{len(started)}", "--work-dir", str(tmp_path / "work"),
-                 "--nix-source", str(nixfarm.demo.path())],
+                 "--nix-source", str(nixfarm.demo.path()), "--nix-option", "substituters=",
+                 *extra],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         started.append(process)
         return process
@@ -229,3 +233,85 @@ def test_a_killed_runner_loses_its_job_and_another_takes_the_next(
     with httpx.Client() as c:
         assert "Hello, world!" in c.get(done["tasks"][0]["log_url"], headers={
             "Authorization": f"Bearer {runner_farm.token}"}).text
+
+
+JOB_NIX = """\
+# A package of the job's own on the demo set's mkPackage: new on every test run.
+{ busybox }:
+let
+  pkgs = import ./. { inherit busybox; };
+  mkPackage = import ./make.nix { system = builtins.currentSystem; busybox = pkgs.busybox; };
+in
+mkPackage {
+  pname = "job-@MARKER@";
+  version = "1.0";
+  description = "built by a nixfarm job";
+  buildCommand = ''
+    echo "building @MARKER@ in the job"
+    echo 'echo hello from @MARKER@' > greeting
+    install_program greeting job-greeting
+  '';
+}
+"""
+
+
+def demo_repository(where: Path, marker: str) -> Path:
+    """A git repository holding the demo package set and a job.nix of the test's own."""
+    repo = where / "demo"
+    subprocess.run(["cp", "-r", str(nixfarm.demo.path()), str(repo)], check=True)
+    (repo / "job.nix").write_text(JOB_NIX.replace("@MARKER@", marker))
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "demo"], check=True)
+    return repo
+
+
+def test_nix_build_outputs_and_logs_land_in_the_jobs_cache(
+        runner_farm: RunningFarm, start_runner: StartRunner, tmp_path: Path, nix: Nix) -> None:
+    farm = runner_farm
+    marker = f"m{uuid.uuid4().hex[:12]}"
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    repo = demo_repository(sources, marker)
+    start_runner("--local-source", str(sources))
+    cache, public_key = farm.create_cache()
+    job = submit(farm, f"""\
+image: nix
+packages: [coreutils]
+sources:
+  - file://{repo}
+cache: {cache}
+tasks:
+  - build: |
+      cd demo
+      nix-build job.nix --arg busybox "$(readlink -f /bin/busybox)"
+      nix-build . -A hello --arg busybox "$(readlink -f /bin/busybox)" -o result-hello
+  - no-peeking: |
+      # The client builds through the daemon; the results stay out of the sandbox.
+      test ! -e demo/result/bin/job-greeting
+      nix-store --check-validity demo/result
+""")
+    done = wait_job(farm, job["id"], {"success", "failed"}, 120)
+    logs = all_logs(farm, done)
+    assert done["status"] == "success", logs
+    assert f"building {marker} in the job" in logs
+    (output,) = set(re.findall(rf"/nix/store/[a-z0-9]{{32}}-job-{marker}-1\.0(?!\.drv)", logs))
+    assert f"Pushed {output}" in logs
+
+    # Another machine: a fresh store, only this cache, only its key trusted.
+    store = nix.fresh_store()
+    cache_url = f"{farm.url}/cache/{cache}"
+    nix.substitute(store, output, cache_url, public_key)
+    program = store / output.lstrip("/") / "bin/job-greeting"
+    assert program.is_file() and marker in program.read_text()
+    # hello came from the demo set, built (or found) on the runner: pushed too.
+    hello = re.findall(r"/nix/store/[a-z0-9]{32}-hello-[0-9.]*[0-9](?!\.drv)", logs)[0]
+    nix.substitute(store, hello, cache_url, public_key)
+
+    narinfo = farm.get(f"/cache/{cache}/{output.split('/')[3][:32]}.narinfo").text
+    deriver = next(line.split(": ", 1)[1] for line in narinfo.splitlines()
+                   if line.startswith("Deriver: "))
+    build_log = farm.get(f"/cache/{cache}/log/{deriver}")
+    assert build_log.status_code == 200
+    assert f"building {marker} in the job" in build_log.text

@@ -50,6 +50,22 @@ class SandboxTimeout(SandboxError):
 
 
 @dataclass(frozen=True)
+class NixClient:
+    """A Nix client for the sandbox: the host's binaries, talking to a host nix-daemon.
+
+    Each file is bound read-only at its own path; ``links`` are symlinks
+    (path, target) such as /usr/bin/nix-build -> nix; the daemon's ``socket`` appears
+    at /nix/var/nix/daemon-socket/socket and ``config`` as /etc/nix/nix.conf. The
+    store inside stays the job's closure: what the daemon builds is not visible.
+    """
+
+    socket: Path
+    files: tuple[str, ...] = ()
+    links: tuple[tuple[str, str], ...] = ()
+    config: str = ""
+
+
+@dataclass(frozen=True)
 class SandboxSpec:
     """What a sandbox is made of. Limits of ``None`` mean "not limited"."""
 
@@ -73,6 +89,8 @@ class SandboxSpec:
     environment: Mapping[str, str] = field(default_factory=dict)
     #: Seconds the sandbox may live after boot: commands still running then are killed.
     timeout: float | None = None
+    #: A Nix client (``NIX_REMOTE=daemon``) for tasks; None: no Nix inside.
+    nix_client: NixClient | None = None
 
 
 class Sandbox(Protocol):

@@ -22,6 +22,16 @@ The user namespace maps only uid 1000 to that user; there is no root inside. Wit
 ``--dev`` bwrap needs no second, nested user namespace, which is what lets nsenter
 join all of the sandbox's namespaces from one user namespace.
 
+A Nix client (``spec.nix_client``): the host's Nix binaries and the shared libraries
+they load are bound read-only at their own paths, the runner's nix-daemon socket at
+/nix/var/nix/daemon-socket/socket, and a small /etc/nix/nix.conf; ``NIX_REMOTE=daemon``.
+Those paths cross directories of the image (/usr, /etc, /nix), and a read-only bind
+of the image at / leaves no room for new mount points in them. So then / is a
+tmpfs instead: each entry of the image is bound (or, for a symlink, recreated) at
+its place, except that directories on the way to a client file are made afresh
+and their entries bound one level further down, and so on; the new root is
+remounted read-only last. Without a Nix client the image is bound at / as before.
+
 Files move in and out by running ``cat``/``tar`` inside (``put``/``get``): the host
 never follows a path the job could have pointed at a host file with a symlink.
 
@@ -55,6 +65,7 @@ from nixfarm.runner.sandbox.base import (
     BUILD_USER,
     DEFAULT_PATH,
     LineCallback,
+    NixClient,
     SandboxError,
     SandboxSpec,
     SandboxTimeout,
@@ -69,6 +80,8 @@ _DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 _REQUIRED = ("bin/sh", "etc/passwd", "home/build", "tmp", "proc", "dev")
 _IN_DIR = 'cd "$1" || exit 126; shift; exec "$@"'
 _PUT = 'mkdir -p "$(dirname "$1")" && cat > "$1" && chmod "$2" "$1"'
+DAEMON_SOCKET = "/nix/var/nix/daemon-socket/socket"
+NIX_CONF = "/etc/nix/nix.conf"
 _GET = 'if [ -d "$1" ]; then cd "$1" && exec tar -cf - .; else exec cat -- "$1"; fi'
 
 
@@ -201,7 +214,11 @@ class BwrapSandbox:
         args = ["--unshare-all", *(["--share-net"] if spec.network else [])]
         args += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
         args += ["--uid", str(BUILD_UID), "--gid", str(BUILD_GID), "--hostname", "nixfarm"]
-        args += ["--ro-bind", str(spec.rootfs), "/", "--proc", "/proc", "--tmpfs", "/dev"]
+        if spec.nix_client is None:
+            args += ["--ro-bind", str(spec.rootfs), "/"]
+        else:
+            args += self._nix_client_args(spec.nix_client)
+        args += ["--proc", "/proc", "--tmpfs", "/dev"]
         for device in _DEVICES:
             args += ["--dev-bind", f"/dev/{device}", f"/dev/{device}"]
         for name, target in (
@@ -222,7 +239,25 @@ class BwrapSandbox:
         resolv = spec.rootfs / "etc/resolv.conf"
         if spec.network and resolv.is_file() and not resolv.is_symlink():
             args += ["--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf"]
+        if spec.nix_client is not None:
+            args += ["--remount-ro", "/"]
         args += ["--chdir", BUILD_HOME, "--info-fd", str(info_fd)]
+        return args
+
+    def _nix_client_args(self, client: NixClient) -> list[str]:
+        """The image's entries on a tmpfs root, with the Nix client's files added."""
+        assert self.state_dir is not None
+        config = self.state_dir / "nix.conf"
+        config.write_text(client.config)
+        config.chmod(0o644)
+        added = {path: ["--ro-bind", path, path] for path in client.files}
+        added |= {path: ["--symlink", target, path] for path, target in client.links}
+        added[NIX_CONF] = ["--ro-bind", str(config), NIX_CONF]
+        added[DAEMON_SOCKET] = ["--bind", str(client.socket), DAEMON_SOCKET]
+        args = ["--tmpfs", "/"]
+        args += _merged(self._spec.rootfs, "", set(added), self.name)
+        for path in sorted(added):
+            args += added[path]
         return args
 
     def _as_host_user(self) -> list[str]:
@@ -235,6 +270,8 @@ class BwrapSandbox:
     def _environment(self, extra: Mapping[str, str] | None) -> dict[str, str]:
         env = {"HOME": BUILD_HOME, "USER": BUILD_USER, "LOGNAME": BUILD_USER,
                "SHELL": "/bin/sh", "PATH": DEFAULT_PATH, "LANG": "C.UTF-8"}  # fmt: skip
+        if self._spec.nix_client is not None:
+            env["NIX_REMOTE"] = "daemon"
         env.update(self._spec.environment)
         env.update(extra or {})
         return env
@@ -458,6 +495,29 @@ async def _feed(process: asyncio.subprocess.Process, data: bytes | None) -> None
 async def _read(stream: asyncio.StreamReader, feed: Callable[[bytes], None]) -> None:
     while chunk := await stream.read(65536):
         feed(chunk)
+
+
+def _merged(root: Path, directory: str, added: set[str], name: str) -> list[str]:
+    """bwrap arguments showing ``root/directory``'s entries at ``/directory``, except
+    that the directories on the way to an ``added`` path are made fresh (on the tmpfs
+    root) and filled entry by entry, and ``added`` paths themselves are left out."""
+    args: list[str] = []
+    for entry in sorted(os.listdir(root / directory.lstrip("/") if directory else root)):
+        path = f"{directory}/{entry}"
+        if path in added:
+            continue
+        host = root / path.lstrip("/")
+        crossed = any(a.startswith(path + "/") for a in added)
+        if host.is_symlink():
+            if crossed:
+                raise SandboxError(f"The image's {path} is a symlink: cannot add the Nix "
+                                   "client's files under it.", sandbox=name)
+            args += ["--symlink", os.readlink(host), path]
+        elif crossed and host.is_dir():
+            args += ["--dir", path, *_merged(root, path, added, name)]
+        else:
+            args += ["--ro-bind", str(host), path]
+    return args
 
 
 def _members(pid_namespace: str) -> set[int]:
