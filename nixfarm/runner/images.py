@@ -22,8 +22,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nixfarm.config import SourceSettings
 from nixfarm.errors import NotFound
 from nixfarm.nix import command
+from nixfarm.registry.sources import PackageSource
 from nixfarm.runner.rootfs import DEFAULT_TIMEOUT, compose_nix_root
 
 CATALOGUE = Path(__file__).resolve().parent.parent / "images"
@@ -116,6 +118,7 @@ class Images:
     nix_source: Path | None = None
     nix_options: Mapping[str, str] = field(default_factory=dict)
     nix_timeout: float = DEFAULT_TIMEOUT
+    _source: PackageSource | None = field(default=None, init=False, repr=False)
 
     def names(self) -> set[str]:
         names = {entry.name for entry in self.catalogue.entries()}
@@ -141,8 +144,11 @@ class Images:
                 raise NotFound("This runner has no Nix package source.", kind="image", name=name)
             if arch not in (None, _host_arch()):
                 raise NotFound(f"The nix image is only built for {_host_arch()}.", "image", name)
+            if self._source is None:  # one per runner: it remembers the source's hash
+                self._source = PackageSource(
+                    SourceSettings(kind="path", location=str(self.nix_source)))
             built = await compose_nix_root(
-                self.nix_source,
+                self._source,
                 packages,
                 self.catalogue.built_dir / NIX_IMAGE,
                 nix_options=self.nix_options,

@@ -15,8 +15,10 @@ itself holds no package data and is shared by every job asking for the same outp
     root = await compose_nix_root(source, ["hello"], cache_dir, nix_options=...)
     SandboxSpec(rootfs=root.root, store_paths=root.store_paths)
 
-The registry composes images from the same inputs (nixfarm/registry/); the two should
-share the build-and-closure part once both have settled.
+Building is the registry's code (``nixfarm.registry.builder``): the same package
+lookup (a missing package is named in the error), the same time limit, the same
+closure query. Only the root that is made of the outputs differs: the registry packs
+layers, a job gets this forest.
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from nixfarm.config import SourceSettings
 from nixfarm.errors import InvalidInput
-from nixfarm.nix import command
+from nixfarm.registry.builder import Builder, Closure
+from nixfarm.registry.names import ImageRequest, host_system
+from nixfarm.registry.sources import PackageSource
 
 PASSWD = (
     "root:x:0:0:root:/root:/bin/sh\n"
@@ -55,34 +60,34 @@ class RootFS:
 
 
 async def build_packages(
-    source: Path,
+    source: Path | PackageSource,
     packages: Sequence[str],
     *,
     nix_options: Mapping[str, str] | None = None,
-    timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 - passed to nix.command.run
+    timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 - the registry's builder's limit
     on_line: Callable[[str], None] | None = None,
-) -> list[str]:
-    """Build ``packages`` (attribute names of ``source``) and return their outputs.
+) -> Closure:
+    """Build ``packages`` (attribute names of ``source``) with the registry's builder.
 
-    Raises InvalidInput for a name that is not an attribute path, NixError when nix
-    fails (a missing attribute, a failed build), NixTimeout after ``timeout``.
+    Raises InvalidInput for a name that is not an attribute path, NotFound naming
+    every package the source lacks, NixError when a build fails, NixTimeout.
     """
     for name in packages:
         if not _ATTRIBUTE.match(name):
             raise InvalidInput(f"{name!r} is not a package attribute name.", field="packages")
+    if isinstance(source, Path):
+        source = PackageSource(SourceSettings(kind="path", location=str(source)))
     if not packages:
-        return []
-    args = ["nix-build", str(source), "--no-out-link"]
-    for key, value in (nix_options or {}).items():
-        args += ["--option", key, value]
-    for name in packages:
-        args += ["-A", name]
-    output = await command.run(args, timeout=timeout, on_line=on_line)
-    return output.split()
+        return Closure(packages=(), graph={}, sizes={})
+    # In the manifest's order, not sorted as image names are: the first package listed
+    # wins a program name in the forest.
+    request = ImageRequest(name="job", packages=tuple(packages), system=host_system())
+    resolved = await source.resolve("latest")
+    return await Builder(nix_options or {}, timeout).build(request, resolved, on_line)
 
 
 async def compose_nix_root(
-    source: Path,
+    source: Path | PackageSource,
     packages: Sequence[str],
     cache_dir: Path,
     *,
@@ -91,10 +96,11 @@ async def compose_nix_root(
     on_line: Callable[[str], None] | None = None,
 ) -> RootFS:
     """Build ``packages`` and return a root for them (made once per set of outputs)."""
-    outputs = await build_packages(
+    built = await build_packages(
         source, packages, nix_options=nix_options, timeout=timeout, on_line=on_line
     )
-    closure = await command.query_closure(outputs) if outputs else []
+    outputs = built.roots
+    closure = sorted(built.graph)
     key = hashlib.sha256("\n".join(outputs).encode()).hexdigest()[:32]
     root = cache_dir / f"nix-{key}"
     if not root.exists():

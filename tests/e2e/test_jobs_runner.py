@@ -315,3 +315,16 @@ tasks:
     build_log = farm.get(f"/cache/{cache}/log/{deriver}")
     assert build_log.status_code == 200
     assert f"building {marker} in the job" in build_log.text
+
+
+def test_unknown_packages_are_named_like_the_registry_names_them(
+        runner_farm: RunningFarm, start_runner: StartRunner) -> None:
+    start_runner()
+    job = submit(runner_farm, "image: nix\npackages: [hello, nosuchthing, alsomissing]\n"
+                              "tasks:\n  - never: hello\n")
+    done = wait_job(runner_farm, job["id"], {"success", "failed"})
+    assert done["status"] == "failed"
+    setup = runner_farm.get(done["setup_log_url"]).text
+    assert "no packages 'nosuchthing', 'alsomissing'" in setup
+    assert "step 'boot' failed" in setup
+    assert done["tasks"][0]["status"] == "skipped"
