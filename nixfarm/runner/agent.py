@@ -194,7 +194,8 @@ class Agent:
             log=shipper.line,
             report=_HttpReporter(self.client, a.job_id, shipper),
             work_dir=work_dir,
-            secrets=[Secret(name=s.name, kind=s.kind, value=base64.b64decode(s.data),
+            # By UUID, as builds.sr.ht names ~/.ssh/<uuid>: a UUID is always a file name.
+            secrets=[Secret(name=s.uuid, kind=s.kind, value=base64.b64decode(s.data),
                             path=s.path or "", mode=s.mode if s.mode is not None else 0o600)
                      for s in a.secrets],
             environment={"JOB_ID": str(a.job_id), "JOB_URL": a.job_url},
