@@ -45,18 +45,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
-import stat
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self
+from typing import IO, Self
 
 from nixfarm.runner.sandbox.base import (
     BUILD_GID,
@@ -71,10 +69,18 @@ from nixfarm.runner.sandbox.base import (
     SandboxTimeout,
 )
 from nixfarm.runner.sandbox.limits import Confinement, Kind, confine
+from nixfarm.runner.sandbox.processes import (
+    Lines,
+    feed_stdin,
+    kill_group,
+    namespace_members,
+    read_info,
+    read_stream,
+    remove_tree,
+)
 from nixfarm.runner.shielding import uncancelled
 
 NOBODY = 65534
-MAX_LINE = 65536
 BOOT_TIMEOUT = 10.0
 _DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 _REQUIRED = ("bin/sh", "etc/passwd", "home/build", "tmp", "proc", "dev")
@@ -200,7 +206,7 @@ class BwrapSandbox:
                     + (f" (can uid {self.host_uid} reach it?)." if "Permission" in error else "."),
                     sandbox=self.name,
                 )
-            self.init_pid = int((await _read_json(info_read))["child-pid"])
+            self.init_pid = int((await read_info(info_read))["child-pid"])
             self._pid_namespace = os.readlink(f"/proc/{self.init_pid}/ns/pid")
         except TimeoutError:
             raise SandboxError(
@@ -309,9 +315,9 @@ class BwrapSandbox:
 
         async def pump() -> int:
             assert process.stdout is not None
-            lines = _Lines(on_line)
+            lines = Lines(on_line)
             data = stdin if isinstance(stdin, bytes) else None
-            await asyncio.gather(_feed(process, data), _read(process.stdout, lines.feed))
+            await asyncio.gather(feed_stdin(process, data), read_stream(process.stdout, lines.feed))
             lines.close()
             return await process.wait()
 
@@ -390,14 +396,14 @@ class BwrapSandbox:
         try:
             status = await asyncio.wait_for(work, budget)
         except TimeoutError:
-            _kill_group(process)
+            kill_group(process)
             raise SandboxTimeout(
                 f"{' '.join(argv)[:200]} did not finish within {budget:g} seconds.",
                 sandbox=self.name,
                 seconds=budget or 0.0,
             ) from None
         except BaseException:  # cancelled: the command goes with its caller
-            _kill_group(process)
+            kill_group(process)
             raise
         finally:
             await uncancelled(process.wait())
@@ -417,7 +423,7 @@ class BwrapSandbox:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.init_pid, signal.SIGKILL)
         for process in self._running:
-            _kill_group(process)
+            kill_group(process)
         if self.confinement is not None:
             self.confinement.kill()
         await uncancelled(self._reap())
@@ -427,14 +433,14 @@ class BwrapSandbox:
             try:
                 await asyncio.wait_for(self._bwrap.wait(), 5.0)
             except TimeoutError:
-                _kill_group(self._bwrap)
+                kill_group(self._bwrap)
                 await self._bwrap.wait()
         for process in self._running:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(process.wait(), 5.0)
         # Without cgroups, the pid namespace is how we know everyone is gone.
         deadline = time.monotonic() + 5.0
-        while self._pid_namespace and (left := _members(self._pid_namespace)):
+        while self._pid_namespace and (left := namespace_members(self._pid_namespace)):
             if time.monotonic() > deadline:
                 raise SandboxError(f"Processes {sorted(left)} outlived the sandbox.", self.name)
             for pid in left:
@@ -444,7 +450,7 @@ class BwrapSandbox:
         if self.confinement is not None:
             await asyncio.to_thread(self.confinement.remove)
         if self.state_dir is not None:
-            await asyncio.to_thread(_remove_tree, self.state_dir)
+            await asyncio.to_thread(remove_tree, self.state_dir)
 
     async def __aenter__(self) -> Self:
         await self.boot()
@@ -457,44 +463,6 @@ class BwrapSandbox:
         tb: TracebackType | None,
     ) -> None:
         await uncancelled(self.shutdown())
-
-
-class _Lines:
-    """Splits a byte stream into lines for a callback; over-long lines are cut."""
-
-    def __init__(self, on_line: LineCallback) -> None:
-        self._on_line = on_line
-        self._partial = b""
-
-    def feed(self, data: bytes) -> None:
-        *lines, self._partial = (self._partial + data).split(b"\n")
-        for line in lines:
-            self._emit(line)
-        while len(self._partial) > MAX_LINE:
-            self._emit(self._partial[:MAX_LINE])
-            self._partial = self._partial[MAX_LINE:]
-
-    def close(self) -> None:
-        if self._partial:
-            self._emit(self._partial)
-            self._partial = b""
-
-    def _emit(self, line: bytes) -> None:
-        self._on_line(line.decode(errors="replace").removesuffix("\r"))
-
-
-async def _feed(process: asyncio.subprocess.Process, data: bytes | None) -> None:
-    if data is None or process.stdin is None:
-        return
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        process.stdin.write(data)
-        await process.stdin.drain()
-    process.stdin.close()
-
-
-async def _read(stream: asyncio.StreamReader, feed: Callable[[bytes], None]) -> None:
-    while chunk := await stream.read(65536):
-        feed(chunk)
 
 
 def _merged(root: Path, directory: str, added: set[str], name: str) -> list[str]:
@@ -518,55 +486,3 @@ def _merged(root: Path, directory: str, added: set[str], name: str) -> list[str]
         else:
             args += ["--ro-bind", str(host), path]
     return args
-
-
-def _members(pid_namespace: str) -> set[int]:
-    """Host pids of the processes in ``pid_namespace`` (an ns/pid link's text)."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError, IndexError):
-                if os.readlink(f"/proc/{entry}/ns/pid") != pid_namespace:
-                    continue
-                state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-                if state != "Z":  # a zombie holds nothing; its parent will reap it
-                    found.add(int(entry))
-    return found
-
-
-def _kill_group(process: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-
-
-async def _read_json(fd: int) -> dict[str, Any]:
-    """bwrap's --info-fd document; the pipe may stay open, so parse as it comes."""
-    os.set_blocking(fd, False)
-    data = b""
-    while True:
-        with contextlib.suppress(BlockingIOError):
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                raise SandboxError("bubblewrap closed its info pipe without a word.")
-            data += chunk
-            with contextlib.suppress(ValueError):
-                document: dict[str, Any] = json.loads(data)
-                return document
-        await asyncio.sleep(0.001)
-
-
-def _remove_tree(path: Path) -> None:
-    def allow(function: object, name: str, exc: object) -> None:
-        # The job may have left directories without write permission (for us too
-        # when we are not root): open them up and try again.
-        parent = os.path.dirname(name)
-        with contextlib.suppress(OSError):
-            os.chmod(parent, stat.S_IRWXU)
-        with contextlib.suppress(OSError):
-            if os.path.isdir(name) and not os.path.islink(name):
-                os.chmod(name, stat.S_IRWXU)
-                shutil.rmtree(name, ignore_errors=True)
-            else:
-                os.unlink(name)
-
-    shutil.rmtree(path, onerror=allow)

@@ -1,0 +1,113 @@
+"""Processes of a sandbox: their output as lines, their pid namespace, their end.
+
+Small, separate from ``bwrap.py`` so that the sandbox module reads as the sequence of
+what it does; nothing here knows about bubblewrap's arguments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nixfarm.runner.sandbox.base import LineCallback, SandboxError
+
+#: Longer output lines are cut into pieces of this many bytes.
+MAX_LINE = 65536
+
+
+class Lines:
+    """Splits a byte stream into lines for a callback; over-long lines are cut."""
+
+    def __init__(self, on_line: LineCallback) -> None:
+        self._on_line = on_line
+        self._partial = b""
+
+    def feed(self, data: bytes) -> None:
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        for line in lines:
+            self._emit(line)
+        while len(self._partial) > MAX_LINE:
+            self._emit(self._partial[:MAX_LINE])
+            self._partial = self._partial[MAX_LINE:]
+
+    def close(self) -> None:
+        if self._partial:
+            self._emit(self._partial)
+            self._partial = b""
+
+    def _emit(self, line: bytes) -> None:
+        self._on_line(line.decode(errors="replace").removesuffix("\r"))
+
+
+async def feed_stdin(process: asyncio.subprocess.Process, data: bytes | None) -> None:
+    if data is None or process.stdin is None:
+        return
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        process.stdin.write(data)
+        await process.stdin.drain()
+    process.stdin.close()
+
+
+async def read_stream(stream: asyncio.StreamReader, feed: Callable[[bytes], None]) -> None:
+    while chunk := await stream.read(65536):
+        feed(chunk)
+
+
+def namespace_members(pid_namespace: str) -> set[int]:
+    """Host pids of the processes in ``pid_namespace`` (an ns/pid link's text)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                if os.readlink(f"/proc/{entry}/ns/pid") != pid_namespace:
+                    continue
+                state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":  # a zombie holds nothing; its parent will reap it
+                    found.add(int(entry))
+    return found
+
+
+def kill_group(process: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+async def read_info(fd: int) -> dict[str, Any]:
+    """bwrap's --info-fd document; the pipe may stay open, so parse as it comes."""
+    os.set_blocking(fd, False)
+    data = b""
+    while True:
+        with contextlib.suppress(BlockingIOError):
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise SandboxError("bubblewrap closed its info pipe without a word.")
+            data += chunk
+            with contextlib.suppress(ValueError):
+                document: dict[str, Any] = json.loads(data)
+                return document
+        await asyncio.sleep(0.001)
+
+
+def remove_tree(path: Path) -> None:
+    def allow(function: object, name: str, exc: object) -> None:
+        # The job may have left directories without write permission (for us too
+        # when we are not root): open them up and try again.
+        parent = os.path.dirname(name)
+        with contextlib.suppress(OSError):
+            os.chmod(parent, stat.S_IRWXU)
+        with contextlib.suppress(OSError):
+            if os.path.isdir(name) and not os.path.islink(name):
+                os.chmod(name, stat.S_IRWXU)
+                shutil.rmtree(name, ignore_errors=True)
+            else:
+                os.unlink(name)
+
+    shutil.rmtree(path, onerror=allow)
