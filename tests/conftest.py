@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.farm",
     "tests.fixtures.nixenv",
     "tests.fixtures.jobs",
+    "tests.fixtures.redis",
 ]

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from datetime import timedelta
 
 import anyio
@@ -134,12 +134,19 @@ class Scheduler:
 
     # --- claiming ----------------------------------------------------------------
 
-    async def claim(self, who: Principal, runner_id: int, wait: float) -> Assignment | None:
-        """Take a queued job this runner can run, waiting up to ``wait`` seconds for one."""
+    async def claim(self, who: Principal, runner_id: int, wait: float,
+                    gone: Callable[[], bool] = lambda: False) -> Assignment | None:
+        """Take a queued job this runner can run, waiting up to ``wait`` seconds for one.
+
+        ``gone()`` says the runner hung up: a long-poll it abandoned (it stopped, or
+        timed out) must not take a job that nobody would run until its lease expired.
+        """
         runner = await self._runner(who, runner_id)
         deadline = time.monotonic() + wait
         async with self.bus.subscribe(QUEUED_TOPIC) as sub:
             while True:
+                if gone():
+                    return None
                 job = await self._take(runner)
                 if job is not None:
                     return await self._assignment(job)

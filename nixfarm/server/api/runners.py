@@ -3,6 +3,7 @@ a token with the ``runner`` scope, and one that registered the runner in the pat
 
 from __future__ import annotations
 
+import anyio
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
@@ -43,11 +44,23 @@ async def list_runners(request: Request) -> list[RunnerOut]:
     return await scheduler(request).runners()
 
 
+async def _watch_hang_up(request: Request, gone: anyio.Event) -> None:
+    # The body is read: from here the server only tells of the client hanging up
+    # (granian first repeats an empty http.request).
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    gone.set()
+
+
 @router.post("/{runner_id}/claim", response_model=Assignment,
              responses={204: {"description": "Nothing to do within `wait` seconds."}})
 async def claim(request: Request, runner_id: int, body: ClaimRequest) -> Response | Assignment:
     who = await require(request, RUNNER)
-    assignment = await scheduler(request).claim(who, runner_id, body.wait)
+    gone = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_watch_hang_up, request, gone)
+        assignment = await scheduler(request).claim(who, runner_id, body.wait, gone.is_set)
+        tg.cancel_scope.cancel()
     if assignment is None:
         return Response(status_code=204)
     return assignment
