@@ -20,9 +20,6 @@ class SingleFlight(Generic[T]):
     def __init__(self) -> None:
         self._running: dict[str, asyncio.Task[T]] = {}
 
-    def running(self, key: str) -> bool:
-        return key in self._running
-
     async def run(self, key: str, work: Callable[[], Awaitable[T]]) -> T:
         """The result of ``work()``, started only if no call for ``key`` is under way."""
         task = self._running.get(key)

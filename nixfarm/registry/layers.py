@@ -42,8 +42,7 @@ def blob_key(digest: Digest) -> str:
 
 
 def _encode(info: LayerInfo) -> bytes:
-    return canonical_json({"digest": str(info.digest), "size": info.size,
-                           "diff_id": str(info.diff_id), "compression": info.compression})
+    return canonical_json(encode_layer(info))
 
 
 def decode_layer(data: bytes | Mapping[str, object]) -> LayerInfo:
@@ -54,8 +53,8 @@ def decode_layer(data: bytes | Mapping[str, object]) -> LayerInfo:
 
 
 def encode_layer(info: LayerInfo) -> dict[str, object]:
-    result: dict[str, object] = json.loads(_encode(info))
-    return result
+    return {"digest": str(info.digest), "size": info.size, "diff_id": str(info.diff_id),
+            "compression": info.compression}
 
 
 class LayerCache:

@@ -155,7 +155,7 @@ class RegistryService:
 
     async def manifest(self, name: str, reference: str, accept: str) -> ManifestAnswer:
         """The manifest of ``name`` at a tag or digest, in the flavour ``accept`` prefers."""
-        if reference.startswith("sha256:") or ":" in reference:
+        if ":" in reference:  # a digest: tags have no colon
             names.check_name(name)
             digest = Digest.parse(reference)
             body = await self.manifests.by_digest(digest)
