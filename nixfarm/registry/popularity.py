@@ -74,7 +74,8 @@ class PopularitySource:
         # changes slowly, and a slightly stale count only moves layer boundaries.
         key = f"{source.identity}|{system}"
         task = self._computed.get(key)
-        if task is None:
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            # A failure is not remembered: the next pull tries again.
             task = asyncio.ensure_future(self._compute(source, system))
             self._computed[key] = task
         return await asyncio.shield(task)
