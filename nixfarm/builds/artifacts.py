@@ -22,6 +22,13 @@ from nixfarm.wire_jobs import ArtifactOut
 MAX_NAME = 255
 
 
+def artifact_out(artifact: Artifact, base_url: str) -> ArtifactOut:
+    """The API view of ``artifact``, served at ``base_url``."""
+    url = f"{base_url}/api/v1/jobs/{artifact.job_id}/artifacts/{artifact.name}"
+    return ArtifactOut(name=artifact.name, path=artifact.path, size=artifact.size, url=url,
+                       created_at=artifact.created_at)
+
+
 class ArtifactService:
     def __init__(self, db: Database, store: ObjectStore, settings: Settings) -> None:
         self.db = db
@@ -29,9 +36,7 @@ class ArtifactService:
         self.settings = settings
 
     def _out(self, artifact: Artifact) -> ArtifactOut:
-        url = f"{self.settings.base_url}/api/v1/jobs/{artifact.job_id}/artifacts/{artifact.name}"
-        return ArtifactOut(name=artifact.name, path=artifact.path, size=artifact.size, url=url,
-                           created_at=artifact.created_at)
+        return artifact_out(artifact, self.settings.base_url)
 
     async def save(self, job_id: int, name: str, path: str,
                    body: AsyncIterable[bytes]) -> ArtifactOut:

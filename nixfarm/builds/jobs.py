@@ -26,6 +26,7 @@ from anyio.abc import TaskGroup
 
 from nixfarm.auth import ADMIN, allows, cache_scope
 from nixfarm.builds import logs as logs_mod
+from nixfarm.builds.artifacts import artifact_out
 from nixfarm.builds.logs import LogService
 from nixfarm.builds.manifest import Manifest, check_supported, load_manifest
 from nixfarm.builds.secrets import SecretService
@@ -40,7 +41,6 @@ from nixfarm.events.base import EventBus
 from nixfarm.tokens import Principal
 from nixfarm.wire_jobs import (
     FINAL_STATUSES,
-    ArtifactOut,
     DeliveryOut,
     JobGroupCreate,
     JobGroupOut,
@@ -127,9 +127,7 @@ class JobService:
                                exit_code=t.exit_code, started_at=t.started_at,
                                finished_at=t.finished_at,
                                log_url=f"{api}/tasks/{t.name}/log") for t in tasks[job.id]],
-                artifacts=[ArtifactOut(name=a.name, path=a.path, size=a.size,
-                                       url=f"{api}/artifacts/{a.name}",
-                                       created_at=a.created_at) for a in artifacts],
+                artifacts=[artifact_out(a, self.settings.base_url) for a in artifacts],
                 triggers=[TriggerOut(
                     action=t.action, condition=t.condition,
                     status="pending" if t.status == "sending" else t.status,
@@ -143,6 +141,9 @@ class JobService:
     async def view(self, job_id: int) -> JobOut:
         async with self.db.session() as s:
             job = await q.get_job(s, job_id)
+        return await self._view(job)
+
+    async def _view(self, job: Job) -> JobOut:
         return (await self._views([job], full=True))[0]
 
     async def _readable(self, who: Principal | None, job_id: int) -> Job:
@@ -206,8 +207,7 @@ class JobService:
         return await self.view(job.id)
 
     async def get(self, who: Principal | None, job_id: int) -> JobOut:
-        await self._readable(who, job_id)
-        return await self.view(job_id)
+        return await self._view(await self._readable(who, job_id))
 
     async def manifest(self, who: Principal | None, job_id: int) -> str:
         return (await self._readable(who, job_id)).manifest
@@ -305,15 +305,15 @@ class JobService:
 
     async def ended(self, job_id: int) -> None:
         """Tell followers the job ended and fire its triggers (in the background)."""
-        view = await self.view(job_id)
+        async with self.db.session() as s:
+            job = await q.get_job(s, job_id)
+        view = await self._view(job)
         await self.logs.publish(job_id, {"type": "job", "status": view.status,
                                          "reason": view.reason})
-        async with self.db.session() as s:
-            owner_id = (await q.get_job(s, job_id)).owner_id
         if self._tasks is not None:
-            self._tasks.start_soon(self._fire, view, owner_id)
+            self._tasks.start_soon(self._fire, view, job.owner_id)
         else:
-            await self._fire(view, owner_id)
+            await self._fire(view, job.owner_id)
 
     async def _fire(self, view: JobOut, owner_id: int) -> None:
         try:

@@ -184,11 +184,10 @@ def masks(values: Sequence[SecretValue]) -> list[bytes]:
     found: set[bytes] = set()
     for value in values:
         data = base64.b64decode(value.data)
-        if len(data.strip()) >= _MIN_MASKED:
-            found.add(data.strip())
-        for line in data.splitlines():
-            if len(line.strip()) >= _MIN_MASKED:
-                found.add(line.strip())
+        for candidate in (data, *data.splitlines()):
+            candidate = candidate.strip()
+            if len(candidate) >= _MIN_MASKED:
+                found.add(candidate)
     # Longest first, so a whole value is masked before its lines are.
     return sorted(found, key=len, reverse=True)
 
