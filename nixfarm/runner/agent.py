@@ -24,9 +24,10 @@ import base64
 import contextlib
 import logging
 import os
+import shutil
 import socket
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -111,13 +112,11 @@ class Agent:
                 log_line(f"This runner has no Nix for jobs: {e.message}")
                 return None
 
-    async def _retrying(self, call: Callable[[], object]) -> None:
+    async def _retrying(self, call: Callable[[], Awaitable[object]]) -> None:
         delay = 0.5
         while True:
             try:
-                result = call()
-                if asyncio.iscoroutine(result):
-                    await result
+                await call()
                 return
             except NixfarmError as e:
                 log.warning("runner %s: %s; retrying in %.1f s", self.name, e.message, delay)
@@ -158,7 +157,7 @@ class Agent:
                 await beat
             with contextlib.suppress(NixfarmError):
                 await shipper.close()
-            _remove(work_dir)
+            shutil.rmtree(work_dir, ignore_errors=True)
         if stop_reason and stop_reason[0] == "lost":
             lost = True
         if lost:
@@ -224,9 +223,3 @@ class Agent:
                 stop_reason.append(answer.reason or "stopped")
                 job.cancel()
                 return
-
-
-def _remove(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
