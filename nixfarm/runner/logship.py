@@ -19,6 +19,9 @@ from nixfarm.wire_jobs import MAX_LOG_CHUNK
 
 log = logging.getLogger("nixfarm.runner")
 
+#: Seconds of failed attempts after which a log chunk is given up (and the loss logged).
+GIVE_UP = 300.0
+
 
 class LogShipper:
     def __init__(self, client: RunnerClient, job_id: int, interval: float = 0.1) -> None:
@@ -48,17 +51,28 @@ class LogShipper:
             self._wake.set()
 
     async def _send(self, task: str | None, data: bytes) -> None:
+        # Retried until the server takes it (the same seq: never doubled) or the job is
+        # no longer ours; only a server gone for GIVE_UP seconds ends the job's log, and
+        # then loudly.
         seq = self._seq.get(task, 0)
-        for attempt in range(10):
+        waited, attempt = 0.0, 0
+        while True:
             try:
                 await self._client.log(self._job_id, task, seq, data)
                 break
             except LeaseLost:
                 raise
             except NixfarmError as e:
+                attempt += 1
+                if waited >= GIVE_UP:
+                    log.error("job %s: log chunk %d of %s lost after %d attempts: %s",
+                              self._job_id, seq, task or "setup", attempt, e.message)
+                    raise
                 log.warning("job %s: sending log failed (attempt %d): %s", self._job_id,
-                            attempt + 1, e.message)
-                await asyncio.sleep(0.5 * (attempt + 1))
+                            attempt, e.message)
+                pause = min(0.5 * attempt, 5.0)
+                await asyncio.sleep(pause)
+                waited += pause
         self._seq[task] = seq + 1
 
     async def flush(self) -> None:
