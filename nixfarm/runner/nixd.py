@@ -159,7 +159,8 @@ class NixDaemon:
         path = directory / "socket"
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-        options = {"sandbox": "true", "sandbox-fallback": "false", **self.options}
+        # The runner's options come first: nothing in them may turn Nix's sandbox off.
+        options = {**self.options, "sandbox": "true", "sandbox-fallback": "false"}
         args = [a for key, value in options.items() for a in ("--option", key, value)]
         log_file = (directory / "daemon.log").open("ab")
         try:
