@@ -29,14 +29,13 @@ from nixfarm.db.engine import Database
 from nixfarm.db.models import Cache, CachePath, Nar
 from nixfarm.errors import IntegrityError, InvalidInput, NotFound
 from nixfarm.nix import nix32
-from nixfarm.nix.hashes import parse_hash
+from nixfarm.nix.hashes import normalise_hash, parse_hash
 from nixfarm.nix.narinfo import NarInfo, fingerprint
 from nixfarm.nix.signing import SecretKey
 from nixfarm.nix.storepath import STORE_DIR, StorePath, is_hash_part
 from nixfarm.storage.base import ObjectStore
 
-_NAR_FILE = re.compile(r"([0-9a-df-np-sv-z]{52})\.nar(\.[a-z0-9]+)?")
-_DRV = re.compile(r"[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+\-._?=]+\.drv")
+_NAR_FILE = re.compile(f"([{nix32.ALPHABET}]{{52}})\\.nar(\\.[a-z0-9]+)?")
 # How long a cache's settings are remembered (see CacheService.get).
 _VIEW_SECONDS = 10.0
 
@@ -228,12 +227,7 @@ class CacheService:
             row = await cache_queries.get_cache(s, cache)
         facts, stored = await self._ingest(body, compression, expected_file_hash=file_hash)
         async with self.db.session() as s:
-            nar = await path_queries.add_nar(
-                s, file_hash=facts.file_hash, file_size=facts.file_size,
-                compression=compression, nar_hash=facts.nar_hash, nar_size=facts.nar_size,
-                storage_key=stored,
-            )
-            await path_queries.link_nar_to_cache(s, row.id, nar.id)
+            await _record_nar(s, row, facts, stored)
 
     async def receive_narinfo(self, cache: str, store_hash: str, text: str) -> None:
         """A ``PUT <hash>.narinfo``: its NAR must be stored here and match it."""
@@ -256,7 +250,7 @@ class CacheService:
                     f"narinfo for {info.store_path.basename} names NAR {info.url}, which "
                     f"was not uploaded to cache {cache!r}", field="URL")
             _check_same(nar, info.nar_hash, info.nar_size)
-            await self._publish(s, row, nar, info.store_path.path, info.references,
+            await self._publish(s, row, nar, info.store_path, info.references,
                                 info.deriver, info.ca)
 
     async def receive_log(self, cache: str, drv: str, body: AsyncIterable[bytes]) -> None:
@@ -284,13 +278,8 @@ class CacheService:
         facts, stored = await self._ingest(body, compression, expected_nar=(nar_hash,
                                                                             upload.nar_size))
         async with self.db.session() as s:
-            nar = await path_queries.add_nar(
-                s, file_hash=facts.file_hash, file_size=facts.file_size,
-                compression=compression, nar_hash=facts.nar_hash, nar_size=facts.nar_size,
-                storage_key=stored,
-            )
-            await path_queries.link_nar_to_cache(s, row.id, nar.id)
-            await self._publish(s, row, nar, store_path.path, references, deriver, upload.ca)
+            nar = await _record_nar(s, row, facts, stored)
+            await self._publish(s, row, nar, store_path, references, deriver, upload.ca)
 
     # -- shared -----------------------------------------------------------------------
 
@@ -324,20 +313,28 @@ class CacheService:
         await self.store.put(listing_key(facts.file_hash), facts.listing.encode())
         return facts, key
 
-    async def _publish(self, s: AsyncSession, cache: Cache, nar: Nar, store_path: str,
+    async def _publish(self, s: AsyncSession, cache: Cache, nar: Nar, store_path: StorePath,
                        references: Sequence[str], deriver: str | None, ca: str | None) -> None:
-        for ref in references:
-            StorePath.parse(ref)
-        if deriver is not None:
-            StorePath.parse(deriver)
+        """Sign and record a path; ``references`` and ``deriver`` are checked basenames."""
         key = SecretKey.parse(cache.secret_key)
-        signed = fingerprint(store_path, nar.nar_hash, nar.nar_size,
+        signed = fingerprint(store_path.path, nar.nar_hash, nar.nar_size,
                              [f"{STORE_DIR}/{r}" for r in references])
         await path_queries.put_path(
-            s, cache.id, store_path=store_path, nar=nar, references=list(references),
+            s, cache.id, store_path=store_path.path, nar=nar, references=list(references),
             deriver=deriver, ca=ca, sigs=[key.sign(signed)],
         )
-        self._narinfos.pop((cache.name, StorePath.parse(store_path).hash_part), None)
+        self._narinfos.pop((cache.name, store_path.hash_part), None)
+
+
+async def _record_nar(s: AsyncSession, cache: Cache, facts: NarFacts, storage_key: str) -> Nar:
+    """Record a stored, verified NAR file and make it part of ``cache``."""
+    nar = await path_queries.add_nar(
+        s, file_hash=facts.file_hash, file_size=facts.file_size,
+        compression=facts.compression, nar_hash=facts.nar_hash, nar_size=facts.nar_size,
+        storage_key=storage_key,
+    )
+    await path_queries.link_nar_to_cache(s, cache.id, nar.id)
+    return nar
 
 
 def _render(path: CachePath) -> str:
@@ -367,7 +364,7 @@ def _parse_nar_file(filename: str) -> tuple[str, str]:
 
 def _normal_hash(text: str, field: str) -> str:
     try:
-        return f"sha256:{nix32.encode(parse_hash(text))}"
+        return normalise_hash(text)
     except InvalidInput as e:
         raise InvalidInput(f"{field}: {e.message}", field=field) from None
 
@@ -387,6 +384,6 @@ def _check_store_hash(store_hash: str) -> None:
 
 
 def _check_drv(drv: str) -> None:
-    if not _DRV.fullmatch(drv):
+    if not path_queries.DRV_BASENAME.fullmatch(drv):
         raise InvalidInput(f"{drv!r} is not a derivation's basename (<hash>-<name>.drv)",
                            field="drv")

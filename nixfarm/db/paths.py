@@ -25,14 +25,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from nixfarm.db.models import BuildLog, CacheNar, CachePath, Nar, utcnow
 from nixfarm.db.upsert import insert
 from nixfarm.errors import IntegrityError, InvalidInput
+from nixfarm.nix import nix32
 
 #: Nix's compression names, as in a narinfo's ``Compression:`` line.
 COMPRESSIONS = frozenset({"none", "xz", "bzip2", "zstd", "br", "gzip"})
 
-_NIX32 = "0-9a-df-np-sv-z"  # Nix's base-32 alphabet: digits and letters minus e, o, u, t
+_NIX32 = nix32.ALPHABET
 _HASH = re.compile(f"sha256:[{_NIX32}]{{52}}")
 _STORE_PATH = re.compile(f"/.+/([{_NIX32}]{{32}})-[A-Za-z0-9+._?=-]+")
-_DRV = re.compile(f"[{_NIX32}]{{32}}-[A-Za-z0-9+._?=-]+\\.drv")
+#: A derivation's basename, ``<hash>-<name>.drv``: what build logs are filed under.
+DRV_BASENAME = re.compile(f"[{_NIX32}]{{32}}-[A-Za-z0-9+._?=-]+\\.drv")
 
 # Bound parameters per IN (...) query: well under SQLite's 32766 and PostgreSQL's
 # 65535, and large enough that a 10,000-path closure takes a handful of queries.
@@ -261,7 +263,7 @@ async def put_log(
     session: AsyncSession, cache_id: int, drv: str, storage_key: str, size: int
 ) -> BuildLog:
     """Insert or replace the build log of ``drv`` (a ``.drv`` basename) in a cache."""
-    if not _DRV.fullmatch(drv):
+    if not DRV_BASENAME.fullmatch(drv):
         raise InvalidInput(f"{drv!r} is not a derivation's basename.", field="drv")
     values = {"storage_key": storage_key, "size": size, "created_at": utcnow()}
     stmt = (
