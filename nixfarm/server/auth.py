@@ -11,7 +11,8 @@ import binascii
 
 from starlette.requests import HTTPConnection
 
-from nixfarm.auth import allows
+from nixfarm.auth import allows, cache_scope
+from nixfarm.cache.service import CacheView
 from nixfarm.errors import Forbidden, Unauthorized
 from nixfarm.farm import Farm
 from nixfarm.tokens import Principal
@@ -58,3 +59,11 @@ async def require(conn: HTTPConnection, scope: str) -> Principal:
     if not allows(who.scopes, scope):
         raise Forbidden(f"token {who.name!r} lacks scope {scope!r}", scope=scope)
     return who
+
+
+async def readable_cache(conn: HTTPConnection, name: str) -> CacheView:
+    """The cache called ``name`` if the caller may read it: a private one needs pull."""
+    cache = await farm_of(conn).caches.get(name)
+    if cache.private:
+        await require(conn, cache_scope(name, "pull"))
+    return cache

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from nixfarm.auth import ADMIN, allows, cache_scope
 from nixfarm.cache.service import CacheView, PathUpload
 from nixfarm.errors import InvalidInput
-from nixfarm.server.auth import farm_of, principal, require
+from nixfarm.server.auth import farm_of, principal, readable_cache, require
 from nixfarm.wire import CacheCreate, CacheOut, MissingRequest, MissingResponse, PathInfo
 
 router = APIRouter(prefix="/api/v1/caches", tags=["caches"])
@@ -39,11 +39,8 @@ async def list_caches(request: Request) -> list[CacheOut]:
 
 @router.get("/{name}")
 async def get_cache(request: Request, name: str) -> CacheOut:
-    farm = farm_of(request)
-    cache = await farm.caches.get(name)
-    if cache.private:
-        await require(request, cache_scope(name, "pull"))
-    return _out(request, cache, (await farm.caches.stats(name))["paths"])
+    cache = await readable_cache(request, name)
+    return _out(request, cache, (await farm_of(request).caches.stats(name))["paths"])
 
 
 @router.post("/{name}/missing")

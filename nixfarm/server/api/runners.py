@@ -9,8 +9,8 @@ from starlette.responses import Response
 
 from nixfarm.auth import ADMIN, RUNNER
 from nixfarm.builds.scheduler import Scheduler
-from nixfarm.errors import InvalidInput
 from nixfarm.server.auth import farm_of, require
+from nixfarm.server.body import read_bounded
 from nixfarm.wire_jobs import (
     MAX_LOG_CHUNK,
     ArtifactOut,
@@ -74,12 +74,8 @@ async def heartbeat(request: Request, runner_id: int, job_id: int,
 
 
 async def _chunk(request: Request) -> bytes:
-    data = bytearray()
-    async for part in request.stream():
-        data += part
-        if len(data) > MAX_LOG_CHUNK:
-            raise InvalidInput(f"a log chunk is at most {MAX_LOG_CHUNK} bytes", field="body")
-    return bytes(data)
+    return await read_bounded(request, MAX_LOG_CHUNK,
+                              f"a log chunk is at most {MAX_LOG_CHUNK} bytes")
 
 
 @router.post("/{runner_id}/jobs/{job_id}/log")
