@@ -8,7 +8,7 @@ five seconds per upload for a body that never comes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import (
@@ -23,7 +23,8 @@ from starlette.routing import Route
 from nixfarm.auth import cache_scope
 from nixfarm.cache.service import CacheService, CacheView, Download
 from nixfarm.errors import InvalidInput, NotFound
-from nixfarm.server.auth import farm_of, require
+from nixfarm.server.auth import farm_of, readable_cache, require
+from nixfarm.server.body import read_bounded
 from nixfarm.server.metrics import Metrics
 
 _NARINFO_TYPE = "text/x-nix-narinfo"
@@ -36,40 +37,35 @@ def _ok() -> Response:
 
 async def _cache_for(request: Request, write: bool) -> CacheView:
     name = request.path_params["name"]
-    farm = farm_of(request)
-    cache = await farm.caches.get(name)
-    if write:
-        await require(request, cache_scope(name, "push"))
-    elif cache.private:
-        await require(request, cache_scope(name, "pull"))
+    if not write:
+        return await readable_cache(request, name)
+    cache = await farm_of(request).caches.get(name)
+    await require(request, cache_scope(name, "push"))
     return cache
 
 
-def _download(request: Request, download: Download, media_type: str) -> Response:
+async def _download(request: Request, download: Download, media_type: str) -> Response:
+    if request.method == "HEAD":
+        # Answered here even for S3: a presigned URL is signed for GET, and a HEAD
+        # following the redirect would fail, so `nix copy` would upload again.
+        return Response(None, 200, media_type=media_type,
+                        headers={"Content-Length": str(download.size)})
     if download.url is not None:
         return RedirectResponse(download.url, 307)
     if download.local_path is not None:
-        # FileResponse answers Range and HEAD itself, and under Granian hands the
-        # file to the server (pathsend) instead of reading it through Python.
+        # FileResponse answers Range itself, and under Granian hands the file to the
+        # server (pathsend) instead of reading it through Python.
         return FileResponse(download.local_path, media_type=media_type,
                             headers={"Cache-Control": "public, max-age=31536000, immutable"})
-    store = farm_of(request).store
-
-    async def body() -> AsyncIterator[bytes]:
-        async for chunk in await store.get(download.key):
-            yield chunk
-
-    return StreamingResponse(body(), media_type=media_type,
+    # Opened before the status line: a file gone from the store is a 404, not a 200
+    # with a broken body.
+    chunks = await farm_of(request).store.get(download.key)
+    return StreamingResponse(chunks, media_type=media_type,
                              headers={"Content-Length": str(download.size)})
 
 
 async def _read_small(request: Request, limit: int) -> bytes:
-    data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > limit:
-            raise InvalidInput(f"the request body is larger than {limit} bytes", field="body")
-    return bytes(data)
+    return await read_bounded(request, limit, f"the request body is larger than {limit} bytes")
 
 
 async def cache_info(request: Request) -> Response:
@@ -121,8 +117,8 @@ def _stored_file(param: str, media_type: str,
             await receive(caches, name, request.path_params[param], request.stream())
             return _ok()
         await _cache_for(request, write=False)
-        return _download(request, await fetch(caches, name, request.path_params[param]),
-                         media_type)
+        return await _download(request, await fetch(caches, name, request.path_params[param]),
+                               media_type)
 
     return endpoint
 
@@ -137,12 +133,13 @@ async def listing(request: Request) -> Response:
     if request.method == "PUT":
         # Nix uploads listings with write-nar-listing=true; ours are computed on ingest.
         await _cache_for(request, write=True)
-        await _read_small(request, 64 << 20)
+        async for _ in request.stream():  # read and dropped: memory stays flat
+            pass
         return _ok()
     await _cache_for(request, write=False)
     found = await farm_of(request).caches.listing(request.path_params["name"],
                                                   request.path_params["hash"])
-    return _download(request, found, "application/json")
+    return await _download(request, found, "application/json")
 
 
 async def unknown(request: Request) -> Response:

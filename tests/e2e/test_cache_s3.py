@@ -50,6 +50,9 @@ def test_s3_store_push_copy_substitute_and_presigned_redirects(
     size = int(next(line.split(": ")[1] for line in info.splitlines()
                     if line.startswith("FileSize:")))
     assert len(httpx.get(location).content) == size
+    # HEAD is answered by the server itself: a presigned URL is signed for GET only.
+    head = farm.request("HEAD", f"/cache/{cache}/{url}")
+    assert head.status_code == 200 and int(head.headers["content-length"]) == size
     # Nothing is kept on local disk but the database.
     assert not (farm.data_dir / "store").exists()
 
