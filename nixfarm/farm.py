@@ -40,15 +40,17 @@ class Farm:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         await anyio.to_thread.run_sync(engine.migrate, settings.db_url)
         db = await engine.connect(settings.db_url)
-        store = open_store(settings)
         try:
+            store = open_store(settings)
             registry = RegistryService(settings, store)  # ConfigError if its source is bad
+            caches = CacheService(db, store, settings)
+            tokens = TokenService(db)
+            events = open_bus(settings)
+            builds = BuildServices.open(settings, db, store, events, caches, tokens)
         except BaseException:
+            # Whatever failed to open, the database connection does not outlive it.
             await db.close()
             raise
-        caches = CacheService(db, store, settings)
-        tokens = TokenService(db)
-        events = open_bus(settings)
         return cls(
             settings=settings,
             db=db,
@@ -57,7 +59,7 @@ class Farm:
             tokens=tokens,
             registry=registry,
             events=events,
-            builds=BuildServices.open(settings, db, store, events, caches, tokens),
+            builds=builds,
         )
 
     def background(self) -> AbstractAsyncContextManager[None]:
