@@ -38,6 +38,8 @@ from nixfarm.storage.base import ObjectStore
 _NAR_FILE = re.compile(f"([{nix32.ALPHABET}]{{52}})\\.nar(\\.[a-z0-9]+)?")
 # How long a cache's settings are remembered (see CacheService.get).
 _VIEW_SECONDS = 10.0
+#: How long a rendered narinfo is served from memory before it is read again.
+_NARINFO_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -93,10 +95,11 @@ class CacheService:
         self.db = db
         self.store = store
         self.settings = settings
-        # Rendered narinfos. A store path's narinfo only changes when it is re-uploaded
-        # (and then through this process or another server, hence the small size and
-        # invalidation on write); misses are never cached, so uploads show at once.
-        self._narinfos: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        # Rendered narinfos, with when they expire. A store path's narinfo only changes
+        # when it is re-uploaded: through this process (invalidated on write) or through
+        # another server (hence the time bound). Misses are never cached, so uploads
+        # show at once.
+        self._narinfos: OrderedDict[tuple[str, str], tuple[float, bytes]] = OrderedDict()
         self._narinfo_limit = 4096
         self._views: dict[str, tuple[float, CacheView]] = {}
         self._nars: dict[tuple[str, str], tuple[float, Download]] = {}
@@ -146,17 +149,18 @@ class CacheService:
     async def narinfo(self, cache: str, store_hash: str) -> bytes | None:
         """The rendered narinfo, or None when the cache has no such path."""
         _check_store_hash(store_hash)
+        now = time.monotonic()
         hit = self._narinfos.get((cache, store_hash))
-        if hit is not None:
+        if hit is not None and hit[0] > now:
             self._narinfos.move_to_end((cache, store_hash))
-            return hit
+            return hit[1]
         async with self.db.session() as s:
             row = await cache_queries.get_cache(s, cache)
             path = await path_queries.get_path(s, row.id, store_hash)
             if path is None:
                 return None
             text = _render(path).encode()
-        self._narinfos[(cache, store_hash)] = text
+        self._narinfos[(cache, store_hash)] = (now + _NARINFO_SECONDS, text)
         if len(self._narinfos) > self._narinfo_limit:
             self._narinfos.popitem(last=False)
         return text
