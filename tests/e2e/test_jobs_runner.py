@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 import nixfarm.demo
-from tests.fixtures.farm import NIXFARM, RunningFarm, free_port
-from tests.fixtures.jobs import Follower, Received
+from tests.fixtures.farm import RunningFarm, free_port
+from tests.fixtures.jobs import Follower, Received, RunnerProcesses, wait_job
 from tests.fixtures.nixenv import Nix
 
 LEASE = 3.0
@@ -48,24 +48,13 @@ def start_runner(runner_farm: RunningFarm, tmp_path: Path) -> Iterator[StartRunn
     """Starts `nixfarm runner` processes (the way an operator does); stops them after."""
     token = runner_farm.cli("token", "create", "--name", "runner", "--scope",
                             "runner").stdout.strip()
-    started: list[subprocess.Popen[bytes]] = []
+    runners = RunnerProcesses(tmp_path, tmp_path / "work")
 
     def start(*extra: str) -> subprocess.Popen[bytes]:
-        with (tmp_path / f"runner-{len(started)}.log").open("wb") as log:
-            process = subprocess.Popen(
-                [NIXFARM, "runner", "--url", runner_farm.url, "--token", token,
-                 "--name", f"test-{len(started)}", "--work-dir", str(tmp_path / "work"),
-                 "--nix-source", str(nixfarm.demo.path()), "--nix-option", "substituters=",
-                 *extra],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        started.append(process)
-        return process
+        return runners.start(runner_farm.url, token, f"test-{len(runners.started)}", *extra)
 
     yield start
-    for process in started:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(20)
+    runners.stop()
 
 
 def submit(farm: RunningFarm, manifest: str) -> dict[str, Any]:
@@ -73,17 +62,6 @@ def submit(farm: RunningFarm, manifest: str) -> dict[str, Any]:
     assert r.status_code == 201, r.text
     job: dict[str, Any] = r.json()
     return job
-
-
-def wait_job(farm: RunningFarm, job_id: int, statuses: set[str],
-             seconds: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = farm.get(f"/api/v1/jobs/{job_id}").json()
-        if job["status"] in statuses:
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} still {job['status']} after {seconds} s")
 
 
 def wait_started(farm: RunningFarm, job: dict[str, Any]) -> None:

@@ -27,7 +27,7 @@ import pytest
 
 import nixfarm.demo
 from tests.fixtures.farm import NIXFARM, RunningFarm, free_port
-from tests.fixtures.jobs import Follower
+from tests.fixtures.jobs import Follower, RunnerProcesses, wait_job
 from tests.fixtures.nixenv import Nix
 from tests.fixtures.postgres import scratch_database
 from tests.fixtures.s3 import S3Server
@@ -92,33 +92,14 @@ def runner_work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def start_runner(pair: Pair, runner_work: Path, tmp_path: Path) -> Iterator[StartRunner]:
     """Starts `nixfarm runner`s connected to a given server; stops them after the test."""
-    started: list[subprocess.Popen[bytes]] = []
+    runners = RunnerProcesses(tmp_path, runner_work)
 
     def start(farm: RunningFarm) -> subprocess.Popen[bytes]:
-        with (tmp_path / f"runner-{len(started)}.log").open("wb") as log:
-            process = subprocess.Popen(
-                [NIXFARM, "runner", "--url", farm.url, "--token", pair.runner_token,
-                 "--name", f"via-{farm.port}-{len(started)}", "--work-dir", str(runner_work),
-                 "--nix-source", str(nixfarm.demo.path()), "--nix-option", "substituters="],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        started.append(process)
-        return process
+        return runners.start(farm.url, pair.runner_token,
+                             f"via-{farm.port}-{len(runners.started)}")
 
     yield start
-    for process in started:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(20)
-
-
-def wait_job(farm: RunningFarm, job_id: int, statuses: set[str],
-             seconds: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + seconds
-    while True:
-        job: dict[str, Any] = farm.get(f"/api/v1/jobs/{job_id}").json()
-        if job["status"] in statuses or time.monotonic() > deadline:
-            return job
-        time.sleep(0.1)
+    runners.stop()
 
 
 def test_a_closure_pushed_through_a_is_substituted_from_b(pair: Pair, s3_server: S3Server,
