@@ -15,11 +15,11 @@ The runner protocol, in order (all under ``/api/v1/runners``, scope ``runner``):
    or timed out: the runner kills the job's processes and reports ``finish``. A 409
    answer means the job is no longer this runner's (its lease expired): kill it, and
    report nothing more.
-4. ``POST /{runner}/jobs/{job}/logs/{log}?seq=N``, body raw bytes (at most
-   ``MAX_LOG_CHUNK``), for log ``setup`` (everything before the first task) and each
-   task by name; ``seq`` counts from 0 per log, and a repeated ``seq`` is ignored, so
-   a retry after a timeout is safe. Send whole lines when possible: secret values are
-   masked per chunk. -> ``LogAccepted``.
+4. ``POST /{runner}/jobs/{job}/log?seq=N`` (the setup log: everything before the
+   first task) and ``POST /{runner}/jobs/{job}/tasks/{task}/log?seq=N`` (a task's),
+   body raw bytes (at most ``MAX_LOG_CHUNK``); ``seq`` counts from 0 per log, and a
+   repeated ``seq`` is ignored, so a retry after a timeout is safe. Send whole lines
+   when possible: secret values are masked per chunk. -> ``LogAccepted``.
 5. ``POST /{runner}/jobs/{job}/tasks/{task}`` ``TaskReport``: ``running`` when a task
    starts, then ``success``/``failed``/``skipped`` with its exit code.
 6. ``PUT /{runner}/jobs/{job}/artifacts/{filename}?path=PATH``, body the file ->
