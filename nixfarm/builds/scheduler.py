@@ -23,6 +23,15 @@ Expiry. ``reap`` runs every quarter lease (at most every second) on every server
   when the lease expires: its tasks are settled as if the runner had finished.
 
 Each of these is a conditional UPDATE too, so reapers on several servers agree.
+
+Masks. Each server keeps, per job it has seen running, the ``Masker`` for that job's
+log chunks (building one decrypts the job's secrets). An entry must go when no
+runner holds the job any more, however that happened: the runner finished it (any
+status, including after a cancel or a time-out), or ``reap`` gave it up (lost and
+failed or re-queued, stopped but never confirmed). A time-out alone keeps it: the
+runner still sends logs until it stops. And since the end may happen on another
+server, or race with a late log chunk that re-creates the entry, every ``reap`` pass
+also drops the entries of jobs its query no longer finds held.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ from nixfarm.builds.manifest import load_manifest
 from nixfarm.db import jobs as q
 from nixfarm.db.models import Job, Runner, Task, utcnow
 from nixfarm.errors import Conflict, Forbidden, InvalidInput, NotFound
+from nixfarm.runner.masking import Masker
 from nixfarm.tokens import Principal, TokenService
 from nixfarm.wire_jobs import (
     FINAL_STATUSES,
@@ -74,7 +84,7 @@ class Scheduler:
         self.tokens = tokens
         self.artifacts = artifacts
         self._runner_tokens: dict[int, int] = {}
-        self._masks: dict[int, list[bytes]] = {}
+        self._masks: dict[int, Masker] = {}
 
     @property
     def lease(self) -> timedelta:
@@ -175,7 +185,7 @@ class Scheduler:
     async def _assignment(self, job: Job) -> Assignment:
         manifest = load_manifest(job.manifest)
         secrets = await self.jobs.secrets.values(job.secret_ids)
-        self._masks[job.id] = secrets_mod.masks(secrets)
+        self._masks[job.id] = secrets_mod.masker(secrets)
         assert job.started_at is not None
         deadline = job.started_at + timedelta(seconds=job.timeout_seconds)
         grant = None
@@ -221,12 +231,12 @@ class Scheduler:
                                  reason=job.status if job.stop_requested else None,
                                  lease_expires_at=job.lease_expires_at)
 
-    async def _masks_of(self, job: Job) -> list[bytes]:
-        masks = self._masks.get(job.id)
-        if masks is None:  # claimed through another server, or before a restart
-            masks = secrets_mod.masks(await self.jobs.secrets.values(job.secret_ids))
-            self._masks[job.id] = masks
-        return masks
+    async def _masker_of(self, job: Job) -> Masker:
+        masker = self._masks.get(job.id)
+        if masker is None:  # claimed through another server, or before a restart
+            masker = secrets_mod.masker(await self.jobs.secrets.values(job.secret_ids))
+            self._masks[job.id] = masker
+        return masker
 
     async def log(self, who: Principal, runner_id: int, job_id: int, task: str | None,
                   seq: int, data: bytes) -> LogAccepted:
@@ -234,7 +244,7 @@ class Scheduler:
         if task is not None:
             async with self.db.session() as s:
                 await q.get_task(s, job_id, task)
-        data = secrets_mod.mask(data, await self._masks_of(job))
+        data = (await self._masker_of(job)).chunk(data)
         stored = await self.jobs.logs.append(job_id, task, seq, data)
         return LogAccepted(log=task or "setup", seq=seq, stored=stored)
 
@@ -287,7 +297,11 @@ class Scheduler:
         """One pass over leases and time limits; the ids of jobs that ended."""
         now = utcnow()
         ended: list[int] = []
+        released: list[int] = []  # no runner holds these any more: their masks go
         requeued = False
+        # Taken before the query: an entry added after it (a claim, a log) may be for a
+        # job the query did not see running yet, and must not be dropped.
+        cached = set(self._masks)
         async with self.db.session() as s:
             running = list(await s.scalars(sa.select(Job).where(
                 sa.or_(Job.status == "running", Job.stop_requested.is_(True)))))
@@ -299,6 +313,7 @@ class Scheduler:
                                         "lease_expires_at": job.lease_expires_at},
                             stop_requested=False, lease_expires_at=None):
                         await q.settle_tasks(s, job.id, "failed", now)
+                        released.append(job.id)
                     continue
                 if lease_over:
                     started = await s.scalar(sa.select(sa.func.count()).where(
@@ -310,6 +325,7 @@ class Scheduler:
                                 started_at=None, queued_at=now):
                             log.warning("job %d: runner %s lost before any task; re-queued",
                                         job.id, job.runner_id)
+                            released.append(job.id)
                             requeued = True
                     elif await q.update_job_if(
                             s, job.id, {"status": "running", "runner_id": job.runner_id},
@@ -318,6 +334,7 @@ class Scheduler:
                         await q.settle_tasks(s, job.id, "failed", now)
                         log.warning("job %d: runner %s lost", job.id, job.runner_id)
                         ended.append(job.id)
+                        released.append(job.id)
                     continue
                 assert job.started_at is not None
                 limit = timedelta(seconds=job.timeout_seconds)
@@ -326,8 +343,12 @@ class Scheduler:
                         stop_requested=True,
                         reason=f"the job ran longer than its limit of {_duration(limit)}"):
                     ended.append(job.id)
-        for job_id in ended:
+        # Released jobs go even if not in ``cached``; the rest of ``cached`` goes unless
+        # the query found the job still held (ended elsewhere, or re-added by a late log).
+        held = {job.id for job in running}.difference(released)
+        for job_id in (cached - held).union(released):
             self._masks.pop(job_id, None)
+        for job_id in ended:
             await self.bus.publish(control_topic(job_id), b"stop")
             await self.jobs.ended(job_id)
         if requeued:

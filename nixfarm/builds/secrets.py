@@ -8,7 +8,7 @@ Servers sharing a database (scale-out) must share that file.
 A secret belongs to the token that created it; a job may use its owner's secrets (an
 admin's job may use any), named in the manifest by UUID or by name and resolved at
 submit time. Values leave the server only in the claim answer to the runner running
-that job, and every log chunk of the job has them masked (``masks``).
+that job, and every log chunk of the job has them masked (``masker``).
 
 The same key also derives each owner's webhook signing key (``webhook_key``), so a
 receiver can verify that a webhook came from this server on behalf of that owner.
@@ -36,14 +36,11 @@ from nixfarm.auth import ADMIN
 from nixfarm.db.engine import Database
 from nixfarm.db.models import Secret
 from nixfarm.errors import ConfigError, Conflict, InvalidInput, NotFound
+from nixfarm.runner.masking import Masker
 from nixfarm.tokens import Principal
 from nixfarm.wire_jobs import SecretCreate, SecretOut, SecretValue
 
 MAX_SECRET_BYTES = 1024 * 1024
-MASK = b"********"
-# Lines of a multi-line secret (a key file) shorter than this are not masked alone:
-# "-----END OPENSSH PRIVATE KEY-----" is no secret, and masking "a" would eat the log.
-_MIN_MASKED = 8
 
 
 def load_key(path: Path) -> bytes:
@@ -179,20 +176,10 @@ class SecretService:
         return out
 
 
-def masks(values: Sequence[SecretValue]) -> list[bytes]:
-    """Byte strings to hide in logs: each value, and each long line of a multi-line one."""
-    found: set[bytes] = set()
-    for value in values:
-        data = base64.b64decode(value.data)
-        for candidate in (data, *data.splitlines()):
-            candidate = candidate.strip()
-            if len(candidate) >= _MIN_MASKED:
-                found.add(candidate)
-    # Longest first, so a whole value is masked before its lines are.
-    return sorted(found, key=len, reverse=True)
+def masker(values: Sequence[SecretValue]) -> Masker:
+    """What hides these secrets in a job's log chunks.
 
-
-def mask(data: bytes, patterns: Sequence[bytes]) -> bytes:
-    for pattern in patterns:
-        data = data.replace(pattern, MASK)
-    return data
+    The rule (which values, which lines, how short is too short) belongs to
+    ``nixfarm.runner.masking``, so the server masks exactly what the runner does.
+    """
+    return Masker(base64.b64decode(value.data) for value in values)

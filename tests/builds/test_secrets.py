@@ -8,7 +8,7 @@ import stat
 import pytest
 import sqlalchemy as sa
 
-from nixfarm.builds.secrets import masks
+from nixfarm.builds.secrets import masker
 from nixfarm.db.engine import Database
 from nixfarm.db.models import Secret
 from nixfarm.errors import Conflict, InvalidInput, NotFound
@@ -69,9 +69,15 @@ async def test_encrypted_at_rest_and_delivered(db: Database, make_builds: MakeBu
     assert await builds.secrets.all(user) == []
 
 
-def test_masks_skip_short_lines() -> None:
+def test_server_masks_what_the_runner_masks() -> None:
+    from nixfarm.runner.masking import MIN_LENGTH, Masker
     from nixfarm.wire_jobs import SecretValue
 
+    raw = b"ab\nlong-enough-line\n"
     value = SecretValue(uuid="u", name="n", kind="file", path=None, mode=None,
-                        data=base64.b64encode(b"ab\nlong-enough-line\n").decode())
-    assert masks([value]) == [b"ab\nlong-enough-line", b"long-enough-line"]
+                        data=base64.b64encode(raw).decode())
+    server = masker([value])
+    assert server.needles == Masker([raw]).needles == [b"ab\nlong-enough-line",
+                                                        b"long-enough-line"]
+    assert server.chunk(b"x ab y long-enough-line\n") == b"x ab y ********\n"
+    assert len(b"ab") < MIN_LENGTH
