@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -427,10 +427,11 @@ def socket_sweep(base: str, paths: Sequence[str], connections: int) -> Sweep:
 
 _WRK_SCRIPT = """\
 local paths = {%s}
+local headers = %s
 local i = 0
 request = function()
   i = i %% #paths + 1
-  return wrk.format("GET", paths[i])
+  return wrk.format("GET", paths[i], headers)
 end
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -463,11 +464,14 @@ class WrkResult:
         return self.requests / self.seconds
 
 
-def wrk(base: str, paths: Sequence[str], connections: int, seconds: float, work_dir: Path
-        ) -> WrkResult:
-    """Run wrk against ``base`` cycling through ``paths``; raises on any error answer."""
+def wrk(base: str, paths: Sequence[str], connections: int, seconds: float, work_dir: Path,
+        headers: Mapping[str, str] | None = None) -> WrkResult:
+    """Run wrk against ``base`` cycling through ``paths`` (sending ``headers``); raises
+    on any error answer."""
     script = work_dir / "wrk.lua"
-    script.write_text(_WRK_SCRIPT % ", ".join(json.dumps(p) for p in paths))
+    table = "{" + ", ".join(f"[{json.dumps(k)}] = {json.dumps(v)}"
+                            for k, v in (headers or {}).items()) + "}"
+    script.write_text(_WRK_SCRIPT % (", ".join(json.dumps(p) for p in paths), table))
     threads = min(connections, os.cpu_count() or 1)
     cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
            "--timeout", "10s", "-s", str(script), base]

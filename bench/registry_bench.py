@@ -118,6 +118,15 @@ def registry_server(work: Path, source: Path) -> Iterator[tuple[str, subprocess.
         _stop_group(process)
 
 
+CONTAINERS_ACCEPT = (
+    "application/vnd.oci.image.manifest.v1+json, "
+    "application/vnd.docker.distribution.manifest.v2+json, "
+    "application/vnd.docker.distribution.manifest.v1+prettyjws, "
+    "application/vnd.docker.distribution.manifest.v1+json, "
+    "application/vnd.docker.distribution.manifest.list.v2+json, "
+    "application/vnd.oci.image.index.v1+json")
+
+
 def _manifest(url: str, name: str) -> httpx.Response:
     response = httpx.get(f"{url}/v2/{name}/manifests/latest", headers={"Accept": DOCKER},
                          timeout=1800)
@@ -140,7 +149,9 @@ def serve_phase(url: str, work: Path) -> dict[str, Any]:
                 "nixfarm": curl_sweep(ours_urls * 2, connections, work),
                 "nginx": curl_sweep(theirs_urls * 2, connections, work)}
         results["manifest"] = {
-            "nixfarm": wrk(url, ["/v2/bench/manifests/latest"], 1, 5, work),
+            # Asked for as skopeo and podman ask (containers/image's Accept header).
+            "nixfarm": wrk(url, ["/v2/bench/manifests/latest"], 1, 5, work,
+                           headers={"Accept": CONTAINERS_ACCEPT}),
             "nginx": wrk(nginx.url, ["/bench-manifest"], 1, 5, work)}
     return results
 

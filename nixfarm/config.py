@@ -68,6 +68,27 @@ class RegistrySettings(Section):
     compression: Literal["gzip", "zstd"] = "gzip"
     popularity_file: str = ""
     require_auth: bool = False
+    #: Lifetime of the pull tokens ``/registry/token`` hands out (``expires_in``).
+    token_seconds: int = 300
+
+    @field_validator("token_seconds")
+    @classmethod
+    def _token_lifetime(cls, value: int) -> int:
+        if not 1 <= value <= 86400:
+            raise ValueError("expected 1 to 86400 seconds")
+        return value
+
+
+class EdgeSettings(Section):
+    #: The web server in front of the app (see nixfarm/edge): ``nginx`` sends stored files
+    #: with sendfile(2) and answers public caches' narinfos and warm registry manifests
+    #: without Python; ``none`` serves everything from the app; ``auto`` is nginx when
+    #: the binary is installed.
+    server: Literal["auto", "nginx", "none"] = "auto"
+    #: The nginx binary (a name on PATH or an absolute path).
+    nginx: str = "nginx"
+    #: nginx worker processes; 0: one per core.
+    workers: int = 0
 
 
 class JobSettings(Section):
@@ -109,6 +130,7 @@ class Settings(Section):
     cache: CacheSettings = CacheSettings()
     registry: RegistrySettings = RegistrySettings()
     jobs: JobSettings = JobSettings()
+    edge: EdgeSettings = EdgeSettings()
 
     @field_validator("listen")
     @classmethod

@@ -6,7 +6,9 @@ bus a process uses is decided here, from configuration, and nowhere else.
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import anyio.to_thread
@@ -16,6 +18,8 @@ from nixfarm.cache.service import CacheService
 from nixfarm.config import Settings
 from nixfarm.db import engine
 from nixfarm.db.engine import Database
+from nixfarm.edge.layout import EdgeLayout
+from nixfarm.edge.tree import EdgeTree
 from nixfarm.events.base import EventBus
 from nixfarm.events.factory import open_bus
 from nixfarm.registry.service import RegistryService
@@ -42,8 +46,10 @@ class Farm:
         db = await engine.connect(settings.db_url)
         try:
             store = open_store(settings)
-            registry = RegistryService(settings, store)  # ConfigError if its source is bad
-            caches = CacheService(db, store, settings)
+            # Behind nginx (``nixfarm up`` resolved edge.server), answers are published.
+            edge = EdgeTree(EdgeLayout.of(settings)) if settings.edge.server == "nginx" else None
+            registry = RegistryService(settings, store, edge)  # ConfigError if source is bad
+            caches = CacheService(db, store, settings, edge)
             tokens = TokenService(db)
             events = open_bus(settings)
             builds = BuildServices.open(settings, db, store, events, caches, tokens)
@@ -62,9 +68,22 @@ class Farm:
             builds=builds,
         )
 
-    def background(self) -> AbstractAsyncContextManager[None]:
-        """Work a serving process does on its own (lease expiry, trigger deliveries)."""
-        return self.builds.background()
+    @contextlib.asynccontextmanager
+    async def background(self) -> AsyncIterator[None]:
+        """Work a serving process does on its own (lease expiry, trigger deliveries, and
+        watching a path source while the edge answers its tags)."""
+        async with self.builds.background():
+            registry = self.registry
+            watch = None
+            if registry.edge is not None and registry.source is not None:
+                watch = asyncio.create_task(registry.edge.watch(registry.source))
+            try:
+                yield
+            finally:
+                if watch is not None:
+                    watch.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await watch
 
     async def close(self) -> None:
         await self.events.close()

@@ -27,6 +27,7 @@ from nixfarm.db import caches as cache_queries
 from nixfarm.db import paths as path_queries
 from nixfarm.db.engine import Database
 from nixfarm.db.models import Cache, CachePath, Nar
+from nixfarm.edge.tree import EdgeTree
 from nixfarm.errors import IntegrityError, InvalidInput, NotFound
 from nixfarm.nix import nix32
 from nixfarm.nix.hashes import normalise_hash, parse_hash
@@ -91,10 +92,13 @@ def _basename(path: str) -> str:
 
 
 class CacheService:
-    def __init__(self, db: Database, store: ObjectStore, settings: Settings) -> None:
+    def __init__(self, db: Database, store: ObjectStore, settings: Settings,
+                 edge: EdgeTree | None = None) -> None:
         self.db = db
         self.store = store
         self.settings = settings
+        #: Where public answers are published for nginx (None without the edge).
+        self.edge = edge
         # Rendered narinfos, with when they expire. A store path's narinfo only changes
         # when it is re-uploaded: through this process (invalidated on write) or through
         # another server (hence the time bound). Misses are never cached, so uploads
@@ -328,6 +332,8 @@ class CacheService:
             deriver=deriver, ca=ca, sigs=[key.sign(signed)],
         )
         self._narinfos.pop((cache.name, store_path.hash_part), None)
+        if self.edge is not None:
+            self.edge.remove(f"cache/{cache.name}/{store_path.hash_part}.narinfo")
 
 
 async def _record_nar(s: AsyncSession, cache: Cache, facts: NarFacts, storage_key: str) -> Nar:

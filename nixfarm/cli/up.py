@@ -55,25 +55,46 @@ def _serve(config_file: Path | None, data_dir: Path | None, listen: str | None,
 
     from nixfarm import bootstrap, config
     from nixfarm.config import SETTINGS_VARIABLE
+    from nixfarm.edge import nginx as edge_nginx
+    from nixfarm.edge.layout import EdgeLayout
 
     if data_dir is not None:
         overrides["data_dir"] = str(data_dir)
     if listen is not None:
         overrides["listen"] = listen
     settings = config.load(config_file, overrides=overrides)
-    settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
+    nginx_binary = edge_nginx.binary(settings)
+    # The worker learns from the settings whether nginx is in front ("auto" resolved).
+    settings = settings.model_copy(update={
+        "data_dir": settings.data_dir.resolve(),
+        "edge": settings.edge.model_copy(update={"server": "nginx" if nginx_binary else "none"}),
+    })
     bootstrap.prepare_in_child(settings, demo)
+    edge: edge_nginx.Nginx | None = None
+    layout = EdgeLayout.of(settings)
+    if nginx_binary is not None:
+        layout.reset()
+        store_root = settings.storage_path.resolve() if settings.storage.kind == "fs" else None
+        layout.config.write_text(edge_nginx.render(settings, layout, store_root))
+        edge = edge_nginx.Nginx(nginx_binary, layout, settings)
+        edge.check()
     bootstrap.announce(settings)
     os.environ[SETTINGS_VARIABLE] = settings.model_dump_json()
-    err.print(f"nixfarm listening on {settings.base_url}; admin token in "
+    err.print(f"nixfarm listening on {settings.base_url}"
+              f"{' (nginx in front)' if edge else ''}; admin token in "
               f"{settings.data_dir / 'admin.token'}", markup=False)
     if demo:
         err.print(f"demo cache: {settings.base_url}/cache/{bootstrap.DEMO_CACHE}", markup=False)
+    # Behind nginx the app listens on a Unix socket only nginx uses.
+    where: dict[str, Any] = {"address": settings.host, "port": settings.port}
+    if edge is not None:
+        layout.app_socket.unlink(missing_ok=True)
+        where = {"uds": layout.app_socket, "uds_permissions": 0o600}
+        edge.start_when_listening(layout.app_socket)
     try:
         Granian(
             "nixfarm.server.app:from_environment",
-            address=settings.host,
-            port=settings.port,
+            **where,
             interface=Interfaces.ASGI,
             factory=True,
             workers=workers,
@@ -83,4 +104,6 @@ def _serve(config_file: Path | None, data_dir: Path | None, listen: str | None,
             log_access=False,
         ).serve()
     finally:
+        if edge is not None:
+            edge.stop()
         bootstrap.retract(settings)

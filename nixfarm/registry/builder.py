@@ -5,7 +5,9 @@ Three nix commands, all under one deadline (``registry.nix_timeout``):
 1. ``nix-instantiate --eval -A info``: which packages exist and their output paths.
    Missing ones end the request with a NotFound naming each of them.
 2. ``nix-build -A outputs``: realise the outputs (substituting or building), with
-   every stderr line handed to ``on_line`` as it arrives: the live build log.
+   every stderr line handed to ``on_line`` as it arrives: the live build log. Under
+   ``built`` the outputs get GC roots (gcroots.py) that last until the block ends, so
+   the layers can be written from the store without a garbage collection in between.
 3. ``nix path-info --json --recursive``: the runtime closure with each path's
    references and NAR size, the input of layer grouping.
 
@@ -16,14 +18,17 @@ so nothing a client sends is ever parsed as Nix code.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nixfarm.errors import NixError, NixTimeout, NotFound
 from nixfarm.nix import command
+from nixfarm.registry.gcroots import GcRoots
 from nixfarm.registry.names import ImageRequest
 from nixfarm.registry.sources import Resolved
 
@@ -61,10 +66,16 @@ class Deadline:
 
 
 class Builder:
-    """Runs image.nix for image requests; ``nix_options`` are passed to every command."""
+    """Runs image.nix for image requests; ``nix_options`` are passed to every command.
 
-    def __init__(self, nix_options: Mapping[str, str], timeout: float) -> None:
+    ``roots_dir`` is where ``built`` keeps its GC roots (a directory of the system's
+    temporary directory if not given).
+    """
+
+    def __init__(self, nix_options: Mapping[str, str], timeout: float,
+                 roots_dir: Path | None = None) -> None:
         self.timeout = timeout
+        self.roots = GcRoots(roots_dir or Path(tempfile.gettempdir()) / "nixfarm-gcroots")
         self._options = [arg for name, value in sorted(nix_options.items())
                          for arg in ("--option", name, value)]
 
@@ -101,10 +112,22 @@ class Builder:
 
     async def build(self, request: ImageRequest, source: Resolved,
                     on_line: LineSink | None = None) -> Closure:
+        """Build the image's packages; nothing keeps them from the garbage collector."""
+        return await self._build(request, source, on_line, ["--no-out-link"])
+
+    @asynccontextmanager
+    async def built(self, request: ImageRequest, source: Resolved,
+                    on_line: LineSink | None = None) -> AsyncIterator[Closure]:
+        """Build the image's packages and keep their closure alive until the block ends."""
+        with self.roots.hold() as link:
+            yield await self._build(request, source, on_line, ["--out-link", str(link)])
+
+    async def _build(self, request: ImageRequest, source: Resolved, on_line: LineSink | None,
+                     link_args: list[str]) -> Closure:
         deadline = Deadline(self.timeout)
         packages = await self.evaluate(request, source, deadline)
         try:
-            await self._run(["nix-build", "--no-out-link", *self._args(request, source),
+            await self._run(["nix-build", *link_args, *self._args(request, source),
                              "-A", "outputs"], deadline, on_line, "Building the image")
         except NixTimeout:
             raise

@@ -18,9 +18,17 @@ from pathlib import Path
 from typing import NoReturn
 
 from nixfarm.config import Settings
+from nixfarm.edge.registry import RegistryEdge
+from nixfarm.edge.tree import EdgeTree
 from nixfarm.errors import ConfigError, NixError, NixfarmError, NixTimeout, NotFound
 from nixfarm.oci.digest import Digest
-from nixfarm.oci.manifest import Platform, canonical_json, manifest_media_type, negotiate
+from nixfarm.oci.manifest import (
+    DOCKER_MANIFEST,
+    Platform,
+    canonical_json,
+    manifest_media_type,
+    negotiate,
+)
 from nixfarm.registry import names, sources
 from nixfarm.registry.builder import Builder
 from nixfarm.registry.flight import SingleFlight
@@ -58,18 +66,23 @@ class BlobAnswer:
 
 
 class RegistryService:
-    def __init__(self, settings: Settings, store: ObjectStore) -> None:
+    def __init__(self, settings: Settings, store: ObjectStore,
+                 edge: EdgeTree | None = None) -> None:
         registry = settings.registry
         sources.check(registry.source)  # a broken source stops the server at start-up
         self.settings = settings
         self.store = store
         self.source = PackageSource(registry.source) if registry.source.kind != "none" else None
-        self.builder = Builder(settings.nix_options, registry.nix_timeout)
+        self.builder = Builder(settings.nix_options, registry.nix_timeout,
+                               settings.data_dir / "registry-gcroots")
         self.popularity = PopularitySource(self.builder, registry.popularity_file)
         self.layers = LayerCache(store, registry.compression)
         self.manifests = ManifestCache(store)
         self.builds = BuildBoard()
         self._flight: SingleFlight[Image] = SingleFlight()
+        # nginx may answer pulls itself only when pulls need no token.
+        self.edge = RegistryEdge(edge) if edge is not None and not registry.require_auth \
+            else None
 
     def _source(self) -> PackageSource:
         if self.source is None:
@@ -97,6 +110,9 @@ class RegistryService:
 
     async def image(self, name: str, tag: str) -> Image:
         """The image ``name:tag`` names, from a cache or built now."""
+        return (await self._image(name, tag))[0]
+
+    async def _image(self, name: str, tag: str) -> tuple[Image, Resolved]:
         request = names.parse(name)
         names.check_tag(tag)
         resolved = await self._source().resolve(tag)
@@ -105,11 +121,11 @@ class RegistryService:
         if key is not None:
             cached = await self.manifests.get(key)
             if cached is not None:
-                return cached
+                return cached, resolved
         flight = key or hashlib.sha256(canonical_json(
             [resolved.identity, list(request.packages), request.system])).hexdigest()
         return await self._flight.run(
-            flight, lambda: self._build(request, resolved, popularity, key))
+            flight, lambda: self._build(request, resolved, popularity, key)), resolved
 
     async def _build(self, request: names.ImageRequest, resolved: Resolved,
                      popularity: Popularity, key: str | None) -> Image:
@@ -127,10 +143,11 @@ class RegistryService:
             log.info("build %s: %s", build.id, line)
 
         try:
-            closure = await self.builder.build(request, resolved, on_line)
-            image = await compose(closure, self.layers, popularity.counts,
-                                  self.settings.registry.layer_budget,
-                                  Platform.for_nix_system(request.system))
+            # The closure is rooted against garbage collection until its layers are written.
+            async with self.builder.built(request, resolved, on_line) as closure:
+                image = await compose(closure, self.layers, popularity.counts,
+                                      self.settings.registry.layer_budget,
+                                      Platform.for_nix_system(request.system))
             await self.manifests.put(key, image)
         except NixfarmError as exc:
             self._failed(build, exc)
@@ -153,16 +170,27 @@ class RegistryService:
             raise NixError(exc.message + where, drv=exc.drv, log_tail=exc.log_tail) from None
         raise exc
 
-    async def manifest(self, name: str, reference: str, accept: str) -> ManifestAnswer:
-        """The manifest of ``name`` at a tag or digest, in the flavour ``accept`` prefers."""
+    async def manifest(self, name: str, reference: str, accept: str,
+                       uri: str | None = None) -> ManifestAnswer:
+        """The manifest of ``name`` at a tag or digest, in the flavour ``accept`` prefers;
+        ``uri`` is the request's path, under which the edge may publish a stable tag."""
         if ":" in reference:  # a digest: tags have no colon
             names.check_name(name)
             digest = Digest.parse(reference)
             body = await self.manifests.by_digest(digest)
-            return ManifestAnswer(body, manifest_media_type(body), digest)
-        image = await self.image(name, reference)
-        media_type = negotiate(accept, oci_only=image.compression == "zstd")
+            media_type = manifest_media_type(body)
+            if self.edge is not None:
+                self.edge.manifest(body, media_type)
+            return ManifestAnswer(body, media_type, digest)
+        image, resolved = await self._image(name, reference)
+        oci_only = image.compression == "zstd"
+        media_type = negotiate(accept, oci_only=oci_only)
         body = image.manifest(media_type)
+        if self.edge is not None:
+            self.edge.manifest(body, media_type)
+            if uri is not None and resolved.cache_key is not None and not oci_only:
+                path_key = resolved.cache_key if self._source().kind == "path" else None
+                self.edge.tag(uri, image.manifest(DOCKER_MANIFEST), path_key)
         return ManifestAnswer(body, media_type, Digest.of(body))
 
     async def blob(self, name: str, digest_text: str) -> BlobAnswer:

@@ -22,6 +22,8 @@ from starlette.routing import Route
 
 from nixfarm import __version__
 from nixfarm.config import SETTINGS_VARIABLE, Settings
+from nixfarm.edge import accesslog
+from nixfarm.edge.layout import EdgeLayout
 from nixfarm.errors import NixfarmError
 from nixfarm.farm import Farm
 from nixfarm.runner import embedded as embedded_runner
@@ -52,7 +54,11 @@ def create_app(settings: Settings) -> FastAPI:
         farm = await Farm.open(settings)
         app.state.farm = farm
         try:
-            async with farm.background():
+            async with contextlib.AsyncExitStack() as stack:
+                if settings.edge.server == "nginx":  # count what nginx answers itself
+                    await stack.enter_async_context(
+                        accesslog.receiving(EdgeLayout.of(settings).log_socket, metrics))
+                await stack.enter_async_context(farm.background())
                 runner = asyncio.create_task(embedded_runner.serve(settings))
                 try:
                     yield

@@ -11,10 +11,12 @@ import binascii
 
 from starlette.requests import HTTPConnection
 
-from nixfarm.auth import allows, cache_scope
+from nixfarm.auth import REGISTRY_PULL, allows, cache_scope
 from nixfarm.cache.service import CacheView
 from nixfarm.errors import Forbidden, Unauthorized
 from nixfarm.farm import Farm
+from nixfarm.registry import pulltokens
+from nixfarm.registry.pulltokens import PullTokens
 from nixfarm.tokens import Principal
 
 
@@ -59,6 +61,29 @@ async def require(conn: HTTPConnection, scope: str) -> Principal:
     if not allows(who.scopes, scope):
         raise Forbidden(f"token {who.name!r} lacks scope {scope!r}", scope=scope)
     return who
+
+
+def pull_tokens(conn: HTTPConnection) -> PullTokens:
+    """The app's pull-token minter and verifier, made on first use (its key lazily too)."""
+    state = conn.app.state
+    found = getattr(state, "pull_tokens", None)
+    if not isinstance(found, PullTokens):
+        farm = farm_of(conn)
+        found = PullTokens(farm.settings.data_dir / pulltokens.KEY_FILE, farm.db)
+        state.pull_tokens = found
+    return found
+
+
+async def require_pull(conn: HTTPConnection) -> Principal:
+    """A registry puller: a nixfarm token with registry:pull, or a pull token.
+
+    Pull tokens (from ``/registry/token``) are accepted here and nowhere else: every
+    other route goes through ``require``, which knows only nixfarm tokens.
+    """
+    secret = credentials(conn)
+    if secret is not None and pulltokens.is_pull_token(secret):
+        return await pull_tokens(conn).verify(secret)
+    return await require(conn, REGISTRY_PULL)
 
 
 async def readable_cache(conn: HTTPConnection, name: str) -> CacheView:

@@ -25,6 +25,7 @@ from nixfarm.cache.service import CacheService, CacheView, Download
 from nixfarm.errors import InvalidInput, NotFound
 from nixfarm.server.auth import farm_of, readable_cache, require
 from nixfarm.server.body import read_bounded
+from nixfarm.server.edge import accel, edge_of
 from nixfarm.server.metrics import Metrics
 
 _NARINFO_TYPE = "text/x-nix-narinfo"
@@ -44,7 +45,13 @@ async def _cache_for(request: Request, write: bool) -> CacheView:
     return cache
 
 
+_IMMUTABLE = {"Cache-Control": "public, max-age=31536000, immutable"}
+
+
 async def _download(request: Request, download: Download, media_type: str) -> Response:
+    handed = accel(request, download.key, media_type, _IMMUTABLE)
+    if handed is not None:  # nginx sends it: HEAD, Range and sendfile included
+        return handed
     if request.method == "HEAD":
         # Answered here even for S3: a presigned URL is signed for GET, and a HEAD
         # following the redirect would fail, so `nix copy` would upload again.
@@ -55,8 +62,7 @@ async def _download(request: Request, download: Download, media_type: str) -> Re
     if download.local_path is not None:
         # FileResponse answers Range itself, and under Granian hands the file to the
         # server (pathsend) instead of reading it through Python.
-        return FileResponse(download.local_path, media_type=media_type,
-                            headers={"Cache-Control": "public, max-age=31536000, immutable"})
+        return FileResponse(download.local_path, media_type=media_type, headers=_IMMUTABLE)
     # Opened before the status line: a file gone from the store is a 404, not a 200
     # with a broken body.
     chunks = await farm_of(request).store.get(download.key)
@@ -72,8 +78,17 @@ async def cache_info(request: Request) -> Response:
     cache = await _cache_for(request, write=request.method == "PUT")
     if request.method == "PUT":
         return _ok()  # our nix-cache-info is derived from the cache's settings
-    return PlainTextResponse(farm_of(request).caches.cache_info(cache),
-                             media_type="text/x-nix-cache-info")
+    text = farm_of(request).caches.cache_info(cache)
+    _publish(request, cache, "nix-cache-info", text.encode())
+    return PlainTextResponse(text, media_type="text/x-nix-cache-info")
+
+
+def _publish(request: Request, cache: CacheView, name: str, data: bytes) -> None:
+    """Let nginx give a public cache's answer from now on (a cache never changes its
+    visibility, and what is published is what any client would get)."""
+    edge = edge_of(request)
+    if edge is not None and not cache.private:
+        edge.publish(f"cache/{cache.name}/{name}", data)
 
 
 async def narinfo(request: Request) -> Response:
@@ -90,13 +105,14 @@ async def narinfo(request: Request) -> Response:
             raise InvalidInput("the narinfo is not UTF-8 text", field="body") from None
         await farm.caches.receive_narinfo(name, store_hash, decoded)
         return _ok()
-    await _cache_for(request, write=False)
+    cache = await _cache_for(request, write=False)
     body = await farm.caches.narinfo(name, store_hash)
     if body is None:
         metrics.cache_lookups.labels(name, "miss").inc()
         raise NotFound(f"cache {name!r} has no store path with hash {store_hash}",
                        kind="path", name=store_hash)
     metrics.cache_lookups.labels(name, "hit").inc()
+    _publish(request, cache, f"{store_hash}.narinfo", body)
     if request.method == "HEAD":
         return Response(None, 200, media_type=_NARINFO_TYPE,
                         headers={"Content-Length": str(len(body))})
@@ -116,9 +132,14 @@ def _stored_file(param: str, media_type: str,
             await _cache_for(request, write=True)
             await receive(caches, name, request.path_params[param], request.stream())
             return _ok()
-        await _cache_for(request, write=False)
-        return await _download(request, await fetch(caches, name, request.path_params[param]),
-                               media_type)
+        cache = await _cache_for(request, write=False)
+        found = await fetch(caches, name, request.path_params[param])
+        edge = edge_of(request)
+        if param == "file" and edge is not None and not cache.private \
+                and found.local_path is not None:
+            # A public NAR file: nginx sends it from now on (a hard link to the stored file).
+            edge.link(f"cache/{name}/nar/{request.path_params[param]}", found.local_path)
+        return await _download(request, found, media_type)
 
     return endpoint
 

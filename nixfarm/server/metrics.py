@@ -70,9 +70,10 @@ class MetricsMiddleware:
         status = 500
         length = 0
         streamed = 0
+        handed_over = False
 
         async def observe(message: Message) -> None:
-            nonlocal status, length, streamed
+            nonlocal status, length, streamed, handed_over
             kind = message["type"]
             if kind == "http.response.start":
                 status = message["status"]
@@ -80,6 +81,8 @@ class MetricsMiddleware:
                 for name, value in message.get("headers", []):
                     if name.lower() == b"content-length":
                         length = int(value)
+                    elif name.lower() == b"x-accel-redirect":
+                        handed_over = True
             elif kind == "http.response.body":
                 streamed += len(message.get("body", b""))
             await send(message)
@@ -87,8 +90,11 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, observe)
         finally:
-            method = scope["method"]
-            self.metrics.requests.labels(route, method, str(status)).inc()
-            # A pathsend response carries no body messages: count its Content-Length.
-            sent = streamed or (length if method != "HEAD" else 0)
-            self.metrics.bytes_served.labels(route).inc(sent)
+            # A file handed to nginx is counted when nginx reports it, with its real
+            # status (a 206 for a Range) and bytes: see nixfarm/edge/accesslog.py.
+            if not handed_over:
+                method = scope["method"]
+                self.metrics.requests.labels(route, method, str(status)).inc()
+                # A pathsend response carries no body messages: count its Content-Length.
+                sent = streamed or (length if method != "HEAD" else 0)
+                self.metrics.bytes_served.labels(route).inc(sent)

@@ -14,7 +14,9 @@ S3 as a 307 to a presigned URL. Errors are mapped in ``server/errors.py``.
 from __future__ import annotations
 
 import html
+import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 from starlette.requests import Request
 from starlette.responses import (
@@ -31,7 +33,8 @@ from nixfarm.auth import REGISTRY_PULL
 from nixfarm.errors import NotFound, Unauthorized
 from nixfarm.registry.service import RegistryService
 from nixfarm.registry.status import Build
-from nixfarm.server.auth import credentials, farm_of, require
+from nixfarm.server.auth import credentials, farm_of, pull_tokens, require, require_pull
+from nixfarm.server.edge import accel
 
 _API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 _IMMUTABLE = "public, max-age=31536000, immutable"
@@ -44,7 +47,7 @@ def _registry(request: Request) -> RegistryService:
 
 async def _check_access(request: Request) -> None:
     if farm_of(request).settings.registry.require_auth:
-        await require(request, REGISTRY_PULL)
+        await require_pull(request)
 
 
 async def base(request: Request) -> Response:
@@ -55,15 +58,21 @@ async def base(request: Request) -> Response:
 async def token(request: Request) -> Response:
     """The token endpoint of the Bearer flow: basic auth with a nixfarm token in, token out.
 
-    The token handed back is the caller's own nixfarm token (it already holds it): the
-    registry then checks it like any bearer token, scopes and revocation included.
+    The token handed back is a short-lived pull token (see ``registry/pulltokens.py``):
+    it can only pull, expires after ``registry.token_seconds``, and dies with the
+    nixfarm token it was issued for. A pull token cannot get another one.
     """
     secret = credentials(request)
     if secret is None:
         raise Unauthorized("log in with a nixfarm token that has scope 'registry:pull' as the "
                            "password (any user name)")
-    await require(request, REGISTRY_PULL)
-    return JSONResponse({"token": secret, "access_token": secret, "expires_in": 3600})
+    who = await require(request, REGISTRY_PULL)
+    seconds = farm_of(request).settings.registry.token_seconds
+    now = time.time()
+    minted = pull_tokens(request).mint(who.token_id, seconds, now)
+    issued = datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return JSONResponse({"token": minted, "access_token": minted, "expires_in": seconds,
+                         "issued_at": issued})
 
 
 async def tags(request: Request) -> Response:
@@ -77,7 +86,8 @@ async def manifest(request: Request) -> Response:
     await _check_access(request)
     accept = ",".join(request.headers.getlist("accept"))
     answer = await _registry(request).manifest(
-        request.path_params["name"], request.path_params["reference"], accept)
+        request.path_params["name"], request.path_params["reference"], accept,
+        uri=request.scope["path"])
     headers = {**_API_VERSION, "Docker-Content-Digest": str(answer.digest),
                "Content-Length": str(len(answer.body))}
     body = b"" if request.method == "HEAD" else answer.body
@@ -91,6 +101,9 @@ async def blob(request: Request) -> Response:
     headers = {**_API_VERSION, "Docker-Content-Digest": str(found.digest),
                "Cache-Control": _IMMUTABLE}
     if found.local_path is not None:
+        handed = accel(request, found.key, "application/octet-stream", headers)
+        if handed is not None:  # nginx sends it (after the token was checked here)
+            return handed
         return FileResponse(found.local_path, media_type="application/octet-stream",
                             headers=headers)
     if request.method == "HEAD":

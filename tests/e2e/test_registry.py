@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from nixfarm.oci.manifest import DOCKER_MANIFEST, OCI_MANIFEST
+from nixfarm.registry.pulltokens import KEY_FILE, load_key, mint
 from tests.fixtures.farm import NIXFARM, RunningFarm, free_port
 
 TIMEOUT = 5  # seconds: the registry's Nix time limit in these farms
@@ -220,7 +221,7 @@ def test_unknown_broken_and_slow_packages_are_clear_errors(registry: RunningFarm
 
 
 def test_pull_auth_follows_the_bearer_token_flow(tmp_path: Path) -> None:
-    private = _start(tmp_path, "require_auth = true\n")
+    private = _start(tmp_path, "require_auth = true\ntoken_seconds = 120\n")
     try:
         challenge = private.get("/v2/", token="")
         assert challenge.status_code == 401
@@ -240,8 +241,65 @@ def test_pull_auth_follows_the_bearer_token_flow(tmp_path: Path) -> None:
         denied = _skopeo("inspect", "--tls-verify=false", "--creds",
                          f"anyone:{other.json()['secret']}", _ref(private, "hello"), check=False)
         assert denied.returncode != 0
+        _check_pull_tokens(private, created.json())
     finally:
         private.stop()
+
+
+def _refused(farm: RunningFarm, path: str, token: str, why: str) -> None:
+    """``token`` gets 401 on the registry ``path``, with the challenge to fetch a new one."""
+    response = farm.get(path, token=token)
+    assert response.status_code == 401, response.text
+    assert response.headers["www-authenticate"].startswith(
+        f'Bearer realm="{farm.url}/registry/token"')
+    [error] = response.json()["errors"]
+    assert error["code"] == "UNAUTHORIZED" and why in error["message"]
+
+
+def _check_pull_tokens(farm: RunningFarm, puller: dict[str, object]) -> None:
+    """The token endpoint's short-lived pull tokens: they pull, expire, and nothing else."""
+    answer = farm.get("/registry/token", token="", auth=("anyone", str(puller["secret"])))
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    short = body["token"]
+    assert short.startswith("nfr_") and short != puller["secret"]
+    assert body["access_token"] == short and body["expires_in"] == 120
+    assert body["issued_at"].endswith("Z")
+
+    manifest = farm.get("/v2/hello/manifests/latest", token=short,
+                        headers={"Accept": DOCKER_MANIFEST})
+    assert manifest.status_code == 200
+    layer = manifest.json()["layers"][0]["digest"]
+    assert farm.get(f"/v2/hello/blobs/{layer}", token=short).status_code == 200
+    inspected = _skopeo("inspect", "--tls-verify=false", "--registry-token", short,
+                        _ref(farm, "hello"))
+    assert json.loads(inspected.stdout)["Architecture"] == "amd64"
+
+    # Minted with the farm's own key, but expired: refused, and so is a tampered one.
+    key = load_key(farm.data_dir / KEY_FILE)
+    expired = mint(key, int(str(puller["id"])), 1, now=time.time() - 5)
+    _refused(farm, "/v2/hello/manifests/latest", expired, "expired")
+    _refused(farm, "/v2/", expired, "expired")
+    tampered = short[:8] + ("A" if short[8] != "A" else "B") + short[9:]  # in the claims
+    _refused(farm, f"/v2/hello/blobs/{layer}", tampered, "not valid")
+
+    # Even one issued for the admin token can only pull: the API and caches refuse it,
+    # and the token endpoint does not trade it for a fresh one.
+    admin_short = farm.get("/registry/token", token="", auth=("x", farm.token)).json()["token"]
+    assert farm.get("/v2/", token=admin_short).status_code == 200
+    for method, path in [("GET", "/api/v1/caches"), ("GET", "/api/v1/tokens"),
+                         ("PUT", "/cache/demo/nix-cache-info")]:
+        assert farm.request(method, path, token=admin_short).status_code == 401, path
+    assert farm.get("/registry/token", token="",
+                    auth=("x", admin_short)).status_code == 401
+
+    # Revoking the nixfarm token revokes its pull tokens (within the one-second memo).
+    revoked = farm.request("DELETE", f"/api/v1/tokens/{puller['id']}")
+    assert revoked.status_code == 200
+    deadline = time.monotonic() + 3
+    while farm.get("/v2/", token=short).status_code == 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    _refused(farm, "/v2/hello/manifests/latest", short, "revoked")
 
 
 def test_a_farm_without_a_source_still_serves_and_says_why(farm: RunningFarm) -> None:

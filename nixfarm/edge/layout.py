@@ -1,0 +1,69 @@
+"""Where the edge keeps its files, derived from the data directory."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from nixfarm.config import Settings
+
+#: Under which URL prefix nginx serves stored files the app hands over (X-Accel-Redirect).
+ACCEL_PREFIX = "/_nixfarm/store/"
+
+
+@dataclass(frozen=True)
+class EdgeLayout:
+    root: Path
+
+    @classmethod
+    def of(cls, settings: Settings) -> EdgeLayout:
+        return cls(settings.data_dir.resolve() / "edge")
+
+    @property
+    def www(self) -> Path:
+        """The published tree nginx serves GET and HEAD from."""
+        return self.root / "www"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def empty(self) -> Path:
+        """A directory that stays empty: nginx's root for methods it must not answer."""
+        return self.run / "empty"
+
+    @property
+    def app_socket(self) -> Path:
+        return self.run / "app.sock"
+
+    @property
+    def log_socket(self) -> Path:
+        return self.run / "access.sock"
+
+    @property
+    def config(self) -> Path:
+        return self.run / "nginx.conf"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run / "nginx.pid"
+
+    @property
+    def tags_map(self) -> Path:
+        return self.run / "tags.map"
+
+    @property
+    def tags_lock(self) -> Path:
+        return self.run / "tags.lock"
+
+    def reset(self) -> None:
+        """Start from an empty tree: what was published by an earlier run may be stale."""
+        if self.root.exists():
+            stale = self.root.with_name(f"edge.stale.{id(self)}")
+            self.root.rename(stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        for directory in (self.www, self.run, self.empty, self.run / "temp"):
+            directory.mkdir(parents=True, exist_ok=True)
+        self.tags_map.write_text("")

@@ -1,0 +1,67 @@
+"""What the registry publishes for nginx: manifests by digest, and stable tags.
+
+A tag is published only when the source says it cannot move (a cache key) and the
+image can be described in Docker schema 2 (not zstd layers): nginx answers it for
+clients whose first Accept header names Docker schema 2 (see nginx.py). A path
+source's key follows its content, so :meth:`RegistryEdge.watch` re-hashes the tree
+while tags are published and withdraws them all when it changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from nixfarm.edge.tree import EdgeTree
+from nixfarm.oci.digest import Digest
+from nixfarm.oci.manifest import DOCKER_MANIFEST, OCI_MANIFEST
+from nixfarm.registry.sources import PATH_RECHECK_SECONDS, PackageSource
+
+log = logging.getLogger(__name__)
+
+_EXTENSIONS = {DOCKER_MANIFEST: "docker", OCI_MANIFEST: "oci"}
+
+
+class RegistryEdge:
+    def __init__(self, tree: EdgeTree) -> None:
+        self.tree = tree
+        #: The source key the published tags were computed under.
+        self._tags_key: str | None = None
+
+    def manifest(self, body: bytes, media_type: str) -> Digest:
+        """Publish a manifest under its digest; the digest."""
+        digest = Digest.of(body)
+        extension = _EXTENSIONS.get(media_type)
+        if extension is not None:
+            relative = f"registry/manifests/{digest.hex}.{extension}"
+            if not self.tree.has(relative):
+                self.tree.publish(relative, body)
+        return digest
+
+    def tag(self, uri: str, docker_manifest: bytes, path_key: str | None) -> None:
+        """Let nginx answer ``uri`` (a manifest by tag) with ``docker_manifest``;
+        ``path_key`` is a path source's current key (other sources' tags never move)."""
+        if path_key is not None:
+            if self._tags_key is not None and self._tags_key != path_key:
+                self.tree.clear_tags()
+            self._tags_key = path_key
+        digest = self.manifest(docker_manifest, DOCKER_MANIFEST)
+        self.tree.add_tag(uri, digest.hex)
+
+    async def watch(self, source: PackageSource) -> None:
+        """Withdraw published tags when a path source's content changes (runs forever)."""
+        if source.kind != "path":
+            return
+        while True:
+            await asyncio.sleep(PATH_RECHECK_SECONDS)
+            if self._tags_key is None:
+                continue
+            try:
+                key = (await source.resolve("latest")).cache_key
+            except Exception as e:
+                log.warning("edge: could not check the package source: %s", e)
+                key = None
+            if key != self._tags_key:
+                log.info("edge: the package source changed; published tags withdrawn")
+                self.tree.clear_tags()
+                self._tags_key = None

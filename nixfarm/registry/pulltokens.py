@@ -1,0 +1,181 @@
+"""Short-lived registry pull tokens: what ``/registry/token`` hands out.
+
+In Docker's token flow a client logs in at the token endpoint and gets back a bearer
+token for the pulls that follow. Handing back the caller's own nixfarm token would
+give every client's auth cache a long-lived credential; instead the endpoint mints a
+token that can only pull, and only for ``registry.token_seconds`` (300 s by default):
+
+    nfr_<payload>.<mac>
+        payload = base64url(JSON {"scope": "registry:pull", "tid": <issuer id>,
+                                  "exp": <unix seconds>})
+        mac     = base64url(HMAC-SHA256(key, "nfr_" + payload))
+
+The ``nfr_`` prefix tells it apart from a nixfarm token (``nf_``) without any lookup;
+the MAC covers the prefix too. The key is 32 random bytes in
+``DATA_DIR/registry-token.key`` (0600), made by whichever process first needs it, so
+servers sharing a data dir accept each other's tokens. Two processes may race to make
+it: each writes a complete temporary file and hard-links it to the final name, which
+fails instead of overwriting, so exactly one key wins and nobody reads a half-written
+file; the losers read the winner's.
+
+Verifying checks, in order: the MAC (in constant time), the expiry (wall clock, since a
+token minted by one server is checked by another), then the issuing token, which must
+still exist, be unrevoked and unexpired, and hold ``registry:pull``: revoking it
+revokes every pull token it minted. That last check is a primary-key lookup remembered
+for one second per issuing token, so a busy pull costs at most one query a second and
+a revocation takes effect within that second on every server.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import math
+import os
+import secrets
+import tempfile
+import time
+from pathlib import Path
+
+from nixfarm.auth import REGISTRY_PULL, allows
+from nixfarm.db.engine import Database
+from nixfarm.db.models import Token, utcnow
+from nixfarm.errors import ConfigError, Unauthorized
+from nixfarm.tokens import Principal
+
+PREFIX = "nfr_"
+KEY_FILE = "registry-token.key"
+_KEY_BYTES = 32
+_MEMO_SECONDS = 1.0
+_MEMO_LIMIT = 10_000
+
+
+def load_key(path: Path) -> bytes:
+    """The signing key at ``path``, created (0600) if missing, whoever creates it first."""
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        key = _create_key(path)
+    if len(key) != _KEY_BYTES:
+        raise ConfigError(f"{path} is not a {_KEY_BYTES}-byte registry token key; delete it "
+                          "to make a new one (tokens already handed out stop working)",
+                          key="data_dir")
+    return key
+
+
+def _create_key(path: Path) -> bytes:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fresh = secrets.token_bytes(_KEY_BYTES)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(fresh)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:  # another process won the race: its key is the key
+            return path.read_bytes()
+        return fresh
+    finally:
+        os.unlink(temporary)
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _b64decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def is_pull_token(secret: str) -> bool:
+    """Whether ``secret`` is shaped like a pull token (no check of its MAC)."""
+    return secret.startswith(PREFIX)
+
+
+def _mac(key: bytes, signed: str) -> bytes:
+    return hmac.new(key, signed.encode(), hashlib.sha256).digest()
+
+
+def mint(key: bytes, token_id: int, seconds: int, now: float | None = None) -> str:
+    """A pull token for the nixfarm token ``token_id``, valid for at least ``seconds``."""
+    now = time.time() if now is None else now
+    claims = {"scope": REGISTRY_PULL, "tid": token_id, "exp": math.ceil(now) + seconds}
+    signed = PREFIX + _b64encode(json.dumps(claims, separators=(",", ":")).encode())
+    return f"{signed}.{_b64encode(_mac(key, signed))}"
+
+
+def issuer(key: bytes, token: str, now: float | None = None) -> int:
+    """The issuing token's id if ``token`` is genuine and unexpired, else Unauthorized.
+
+    Pure: no database. ``PullTokens.verify`` adds the check that the issuer is live.
+    """
+    invalid = Unauthorized("the registry token is not valid; fetch a new one from "
+                           "/registry/token")
+    signed, dot, mac_text = token.partition(".")
+    if not dot or not signed.startswith(PREFIX):
+        raise invalid
+    try:
+        mac = _b64decode(mac_text)
+    except (binascii.Error, ValueError):
+        raise invalid from None
+    # Nothing in the claims is looked at before the MAC vouches for them.
+    if not hmac.compare_digest(mac, _mac(key, signed)):
+        raise invalid
+    claims = json.loads(_b64decode(signed.removeprefix(PREFIX)))
+    tid, exp = claims.get("tid"), claims.get("exp")
+    if claims.get("scope") != REGISTRY_PULL or type(tid) is not int or type(exp) is not int:
+        raise invalid
+    if (time.time() if now is None else now) >= exp:
+        raise Unauthorized("the registry token has expired; fetch a new one from "
+                           "/registry/token")
+    return tid
+
+
+class PullTokens:
+    """Pull tokens signed with the key at ``key_path``; ``db`` holds their issuers."""
+
+    def __init__(self, key_path: Path, db: Database) -> None:
+        self.key_path = key_path
+        self.db = db
+        self._key: bytes | None = None
+        self._memo: dict[int, tuple[float, str | None]] = {}
+
+    @property
+    def key(self) -> bytes:
+        if self._key is None:
+            self._key = load_key(self.key_path)
+        return self._key
+
+    def mint(self, token_id: int, seconds: int, now: float | None = None) -> str:
+        return mint(self.key, token_id, seconds, now)
+
+    async def verify(self, token: str) -> Principal:
+        """Who pulls with ``token``: Unauthorized if tampered, expired, or its issuer is gone."""
+        token_id = issuer(self.key, token)
+        name = await self._live_issuer(token_id)
+        if name is None:
+            raise Unauthorized("the token this registry token was issued for is revoked, "
+                               "expired or lacks scope 'registry:pull'")
+        return Principal(token_id, name, (REGISTRY_PULL,))
+
+    async def _live_issuer(self, token_id: int) -> str | None:
+        """The issuing token's name while it may pull, else None (memoised briefly)."""
+        now = time.monotonic()
+        memo = self._memo.get(token_id)
+        if memo is not None and memo[0] > now:
+            return memo[1]
+        async with self.db.session() as s:
+            token = await s.get(Token, token_id)
+            live = (token is not None and not token.revoked
+                    and (token.expires_at is None or token.expires_at > utcnow())
+                    and allows(token.scopes, REGISTRY_PULL))
+            name = token.name if live and token is not None else None
+        if len(self._memo) > _MEMO_LIMIT:
+            self._memo.clear()
+        self._memo[token_id] = (now + _MEMO_SECONDS, name)
+        return name

@@ -1,0 +1,114 @@
+"""The edge's parts on their own: nginx accepts every configuration we render, the
+published tree refuses what it must, and access log lines become metrics."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from nixfarm.config import Settings, load
+from nixfarm.edge import accesslog, nginx
+from nixfarm.edge.layout import EdgeLayout
+from nixfarm.edge.tree import EdgeTree
+from nixfarm.errors import ConfigError
+from nixfarm.server.metrics import Metrics
+
+
+def _settings(tmp_path: Path, **overrides: object) -> Settings:
+    return load(environ={}, overrides={"data_dir": str(tmp_path / "data"), **overrides})
+
+
+@pytest.mark.parametrize("require_auth", [False, True])
+@pytest.mark.parametrize("s3", [False, True])
+def test_nginx_accepts_every_rendered_configuration(tmp_path: Path, require_auth: bool,
+                                                    s3: bool) -> None:
+    settings = _settings(tmp_path, registry={"require_auth": require_auth})
+    layout = EdgeLayout.of(settings)
+    layout.reset()
+    store = None if s3 else tmp_path / "store"
+    text = nginx.render(settings, layout, store)
+    layout.config.write_text(text)
+    binary = nginx.binary(settings)
+    assert binary is not None
+    done = subprocess.run([binary, "-t", "-c", str(layout.config), "-p", str(layout.run)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert ("/manifests/" in text) is not require_auth  # no registry answers behind auth
+    assert ("/registry/blobs/sha256/" in text) is (not require_auth and not s3)
+    assert "location @app" in text and "internal;" in text
+
+
+def test_a_path_nginx_cannot_hold_is_a_clear_error(tmp_path: Path) -> None:
+    settings = _settings(tmp_path / "my data")
+    with pytest.raises(ConfigError, match="nginx's configuration cannot hold") as caught:
+        nginx.render(settings, EdgeLayout.of(settings), None)
+    assert caught.value.key == "data_dir"
+
+
+def test_a_missing_nginx_is_a_clear_error_only_when_asked_for(tmp_path: Path) -> None:
+    asked = _settings(tmp_path, edge={"server": "nginx", "nginx": "/nonexistent/nginx"})
+    with pytest.raises(ConfigError, match="not installed"):
+        nginx.binary(asked)
+    auto = _settings(tmp_path, edge={"server": "auto", "nginx": "/nonexistent/nginx"})
+    assert nginx.binary(auto) is None
+    assert nginx.binary(_settings(tmp_path, edge={"server": "none"})) is None
+
+
+def test_the_tree_publishes_atomically_and_refuses_escapes(tmp_path: Path) -> None:
+    layout = EdgeLayout(tmp_path / "edge")
+    layout.reset()
+    tree = EdgeTree(layout)
+    tree.publish("cache/demo/abc.narinfo", b"one")
+    tree.publish("cache/demo/abc.narinfo", b"two")
+    assert tree.path("cache/demo/abc.narinfo").read_bytes() == b"two"
+    assert [p.name for p in tree.path("cache/demo").iterdir()] == ["abc.narinfo"]
+    for bad in ("../x", "/etc/passwd", "a/../../x", "a b", 'a"b'):
+        with pytest.raises(ValueError):
+            tree.publish(bad, b"x")
+    stored = tmp_path / "edge" / "stored"
+    stored.write_bytes(b"nar")
+    assert tree.link("cache/demo/nar/x.nar", stored)
+    assert tree.path("cache/demo/nar/x.nar").stat().st_ino == stored.stat().st_ino
+    tree.remove("cache/demo/abc.narinfo")
+    assert not tree.has("cache/demo/abc.narinfo")
+
+
+def test_tags_are_an_nginx_map_rewritten_whole(tmp_path: Path) -> None:
+    layout = EdgeLayout(tmp_path / "edge")
+    layout.reset()
+    tree = EdgeTree(layout)
+    tree.add_tag("/v2/hello/manifests/latest", "a" * 64)
+    tree.add_tag("/v2/busybox/manifests/latest", "b" * 64)
+    assert tree.tags() == {"/v2/hello/manifests/latest": "a" * 64,
+                           "/v2/busybox/manifests/latest": "b" * 64}
+    assert layout.tags_map.read_text().splitlines()[0] == \
+        f'"/v2/busybox/manifests/latest" {"b" * 64};'
+    with pytest.raises(ValueError):
+        tree.add_tag('/v2/x"; default 1; "', "a" * 64)
+    tree.clear_tags()
+    assert tree.tags() == {} and layout.tags_map.read_text() == ""
+
+
+def _sample(metrics: Metrics, name: str, labels: dict[str, str]) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def test_access_log_lines_become_metrics() -> None:
+    metrics = Metrics()
+    prefix = b"<190>Nov 22 01:00:00 nixfarm: "
+    accesslog.count(metrics, prefix + b"static GET 200 534 0.000 /cache/demo/x.narinfo")
+    accesslog.count(metrics, prefix + b"static GET 404 0 0.001 /cache/demo/y.narinfo")
+    accesslog.count(metrics, prefix + b"accel GET 206 10 0.002 /cache/priv/nar/z.nar.zst")
+    accesslog.count(metrics, b"garbage")
+    assert _sample(metrics, "nixfarm_cache_narinfo_lookups_total",
+                   {"cache": "demo", "result": "hit"}) == 1
+    assert _sample(metrics, "nixfarm_http_requests_total",
+                   {"route": "cache_nar", "method": "GET", "status": "206"}) == 1
+    assert _sample(metrics, "nixfarm_http_response_bytes_total", {"route": "cache_narinfo"}) \
+        == 534
+    assert _sample(metrics, "nixfarm_http_request_seconds_count", {"route": "cache_narinfo"}) \
+        == 2
+    assert _sample(metrics, "nixfarm_http_request_seconds_count", {"route": "cache_nar"}) == 0

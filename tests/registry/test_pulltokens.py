@@ -1,0 +1,137 @@
+"""Pull tokens: the shared key file, minting, and every way a token is refused."""
+
+from __future__ import annotations
+
+import base64
+import json
+import stat
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from nixfarm import config
+from nixfarm.db import tokens as token_queries
+from nixfarm.db.engine import Database
+from nixfarm.db.models import utcnow
+from nixfarm.errors import ConfigError, Unauthorized
+from nixfarm.registry import pulltokens
+from nixfarm.registry.pulltokens import PullTokens, issuer, load_key, mint
+from nixfarm.tokens import Principal
+
+KEY = bytes(range(32))
+
+
+def test_the_key_is_made_once_0600_and_shared(tmp_path: Path) -> None:
+    path = tmp_path / "data" / pulltokens.KEY_FILE
+    key = load_key(path)
+    assert len(key) == 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_key(path) == key
+    assert [p.name for p in path.parent.iterdir()] == [pulltokens.KEY_FILE]
+
+
+def test_processes_racing_to_make_the_key_all_get_the_same_one(tmp_path: Path) -> None:
+    path = tmp_path / pulltokens.KEY_FILE
+    program = ("import sys, time; from pathlib import Path; "
+               "from nixfarm.registry.pulltokens import load_key; "
+               "time.sleep(max(0.0, float(sys.argv[2]) - time.time())); "
+               "print(load_key(Path(sys.argv[1])).hex())")
+    start = time.time() + 1.0  # every process is up and waiting by then
+    racers = [subprocess.Popen([sys.executable, "-c", program, str(path), str(start)],
+                               stdout=subprocess.PIPE, text=True) for _ in range(8)]
+    keys = {racer.communicate(timeout=60)[0].strip() for racer in racers}
+    assert all(racer.returncode == 0 for racer in racers)
+    assert keys == {path.read_bytes().hex()}
+    assert [p.name for p in tmp_path.iterdir()] == [pulltokens.KEY_FILE]  # no temp files
+
+
+def test_a_damaged_key_file_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / pulltokens.KEY_FILE
+    path.write_bytes(b"short")
+    with pytest.raises(ConfigError, match="32-byte"):
+        load_key(path)
+
+
+def _claims(token: str) -> dict[str, object]:
+    payload = token.partition(".")[0].removeprefix(pulltokens.PREFIX)
+    decoded: dict[str, object] = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    return decoded
+
+
+def test_a_minted_token_names_its_issuer_and_lasts_at_least_its_lifetime() -> None:
+    now = 1_700_000_000.5
+    token = mint(KEY, 42, 300, now)
+    assert pulltokens.is_pull_token(token) and not pulltokens.is_pull_token("nf_abc")
+    assert _claims(token) == {"scope": "registry:pull", "tid": 42, "exp": 1_700_000_301}
+    assert issuer(KEY, token, now + 300) == 42
+    with pytest.raises(Unauthorized, match="expired"):
+        issuer(KEY, token, now + 301)
+
+
+def _forged(token: str, **changes: object) -> str:
+    """``token`` with its claims changed and its MAC kept."""
+    claims = {**_claims(token), **changes}
+    payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{pulltokens.PREFIX}{payload}.{token.partition('.')[2]}"
+
+
+def test_tampered_and_foreign_tokens_are_refused() -> None:
+    token = mint(KEY, 42, 300)
+    signed, _, mac = token.partition(".")
+    flipped = mac[:5] + ("A" if mac[5] != "A" else "B") + mac[6:]
+    for bad in [
+        _forged(token, tid=1),  # someone else's issuer
+        _forged(token, exp=2**40),  # a longer life
+        f"{signed}.{flipped}",
+        mint(bytes(32), 42, 300),  # another server's key
+        signed, f"{signed}.", f"{signed}.!!!", "nfr_", "nfr_.x", "nfr_e30.e30",
+        token.replace(pulltokens.PREFIX, "nfx_", 1),
+    ]:
+        with pytest.raises(Unauthorized, match="not valid"):
+            issuer(KEY, bad)
+
+
+@pytest.mark.anyio
+async def test_verify_needs_a_live_issuer_that_may_pull(db: Database, tmp_path: Path) -> None:
+    async with db.session() as s:
+        puller, _ = await token_queries.create_token(s, "puller", ["registry:pull"])
+        admin, _ = await token_queries.create_token(s, "admin", ["admin"])
+        cache_only, _ = await token_queries.create_token(s, "cache", ["cache:demo:pull"])
+        lapsed, _ = await token_queries.create_token(
+            s, "lapsed", ["registry:pull"], expires_at=utcnow() - timedelta(seconds=1))
+    path = tmp_path / pulltokens.KEY_FILE
+
+    minter = PullTokens(path, db)
+    # Whatever the issuer may do, the pull token may only pull.
+    assert await minter.verify(minter.mint(puller.id, 60)) == Principal(
+        puller.id, "puller", ("registry:pull",))
+    assert await minter.verify(minter.mint(admin.id, 60)) == Principal(
+        admin.id, "admin", ("registry:pull",))
+    for refused in (cache_only.id, lapsed.id, 999_999):
+        with pytest.raises(Unauthorized, match="issued for"):
+            await minter.verify(minter.mint(refused, 60))
+
+    # Another server on the same data dir accepts it and sees the revocation.
+    async with db.session() as s:
+        await token_queries.revoke_token(s, puller.id)
+    other = PullTokens(path, db)
+    with pytest.raises(Unauthorized, match="revoked"):
+        await other.verify(minter.mint(puller.id, 60))
+    assert await other.verify(minter.mint(admin.id, 60)) == Principal(
+        admin.id, "admin", ("registry:pull",))
+    with pytest.raises(Unauthorized, match="expired"):
+        await other.verify(minter.mint(admin.id, 1, now=time.time() - 5))
+
+
+def test_the_lifetime_setting_is_checked() -> None:
+    assert config.load(environ={}).registry.token_seconds == 300
+    assert config.load(environ={"NIXFARM_REGISTRY__TOKEN_SECONDS": "60"}
+                       ).registry.token_seconds == 60
+    for bad in ("0", "86401", "soon"):
+        with pytest.raises(ConfigError) as caught:
+            config.load(environ={"NIXFARM_REGISTRY__TOKEN_SECONDS": bad})
+        assert caught.value.key == "registry.token_seconds"
