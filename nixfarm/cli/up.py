@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -50,10 +52,7 @@ def server(
 def _serve(config_file: Path | None, data_dir: Path | None, listen: str | None,
            overrides: dict[str, Any], *, demo: bool, workers: int) -> None:
     # Imported here: every other command starts faster without the server's modules.
-    from granian import Granian
-    from granian.constants import Interfaces
-
-    from nixfarm import bootstrap, config
+    from nixfarm import bootstrap, config, supervisor
     from nixfarm.config import SETTINGS_VARIABLE
     from nixfarm.edge import nginx as edge_nginx
     from nixfarm.edge.layout import EdgeLayout
@@ -70,40 +69,24 @@ def _serve(config_file: Path | None, data_dir: Path | None, listen: str | None,
         "edge": settings.edge.model_copy(update={"server": "nginx" if nginx_binary else "none"}),
     })
     bootstrap.prepare_in_child(settings, demo)
-    edge: edge_nginx.Nginx | None = None
     layout = EdgeLayout.of(settings)
     if nginx_binary is not None:
         layout.reset()
         store_root = settings.storage_path.resolve() if settings.storage.kind == "fs" else None
         layout.config.write_text(edge_nginx.render(settings, layout, store_root))
-        edge = edge_nginx.Nginx(nginx_binary, layout, settings)
-        edge.check()
+        edge_nginx.check(nginx_binary, layout)
     bootstrap.announce(settings)
-    os.environ[SETTINGS_VARIABLE] = settings.model_dump_json()
     err.print(f"nixfarm listening on {settings.base_url}"
-              f"{' (nginx in front)' if edge else ''}; admin token in "
+              f"{' (nginx in front)' if nginx_binary else ''}; admin token in "
               f"{settings.data_dir / 'admin.token'}", markup=False)
     if demo:
         err.print(f"demo cache: {settings.base_url}/cache/{bootstrap.DEMO_CACHE}", markup=False)
-    # Behind nginx the app listens on a Unix socket only nginx uses.
-    where: dict[str, Any] = {"address": settings.host, "port": settings.port}
-    if edge is not None:
-        layout.app_socket.unlink(missing_ok=True)
-        where = {"uds": layout.app_socket, "uds_permissions": 0o600}
-        edge.start_when_listening(layout.app_socket)
-    try:
-        Granian(
-            "nixfarm.server.app:from_environment",
-            **where,
-            interface=Interfaces.ASGI,
-            factory=True,
-            workers=workers,
-            # Rust I/O threads, which send files (pathsend) without Python: one per
-            # core serves NARs and layers 25-40% faster here than Granian's default of 1.
-            runtime_threads=max(1, min(os.cpu_count() or 1, 4)),
-            log_access=False,
-        ).serve()
-    finally:
-        if edge is not None:
-            edge.stop()
-        bootstrap.retract(settings)
+    plan = {"host": settings.host, "port": settings.port, "workers": workers,
+            "nginx": nginx_binary, "run_dir": str(layout.run),
+            "app_socket": str(layout.app_socket),
+            "announce": str(settings.data_dir / "server.json")}
+    env = {**os.environ, SETTINGS_VARIABLE: settings.model_dump_json(),
+           supervisor.PLAN_VARIABLE: json.dumps(plan)}
+    sys.stderr.flush()
+    # Same process id, without this command's libraries (see nixfarm/supervisor.py).
+    os.execve(sys.executable, [sys.executable, "-m", "nixfarm.supervisor"], env)

@@ -21,7 +21,7 @@ app decides, per answer, whether nginx may give that answer itself from now on:
   cache's NAR, a blob behind pull auth) is handed to nginx by name after the app checked
   the token, so the bytes never pass through Python.
 
-What nginx answers itself is reported back to the app's ``/metrics`` through a syslog
-datagram socket (see :mod:`nixfarm.edge.accesslog`). Without nginx (``edge.server =
-"none"``, or not installed) the app answers everything itself, as before.
+What nginx answers itself is reported back to the app's ``/metrics`` through its
+access log, which the app follows (see :mod:`nixfarm.edge.accesslog`). Without nginx
+(``edge.server = "none"``, or not installed) the app answers everything itself.
 """

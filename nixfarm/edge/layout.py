@@ -5,8 +5,10 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from nixfarm.config import Settings
+if TYPE_CHECKING:  # the lean supervisor imports this module without pydantic
+    from nixfarm.config import Settings
 
 #: Under which URL prefix nginx serves stored files the app hands over (X-Accel-Redirect).
 ACCEL_PREFIX = "/_nixfarm/store/"
@@ -39,8 +41,12 @@ class EdgeLayout:
         return self.run / "app.sock"
 
     @property
-    def log_socket(self) -> Path:
-        return self.run / "access.sock"
+    def access_log(self) -> Path:
+        return self.run / "access.log"
+
+    @property
+    def access_lock(self) -> Path:
+        return self.run / "access.lock"
 
     @property
     def config(self) -> Path:

@@ -9,18 +9,12 @@ methods, so a PUT always reaches the app), and falls back to ``@app``.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import grp
 import os
 import pwd
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 from nixfarm.config import Settings
@@ -37,7 +31,7 @@ _NAME = f"(?=[^?]{{1,255}}/(?:manifests|blobs)/)(?![^?]*[^/]{{129}}){_COMPONENT}
 _TAG = "[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
 _IMMUTABLE = 'add_header Cache-Control "public, max-age=31536000, immutable";'
 _REGISTRY_HEADERS = "add_header Docker-Distribution-API-Version registry/2.0;"
-_STATIC = "set $nf_kind static;\n            access_log {syslog} nixfarm;"
+_STATIC = "set $nf_kind static;\n            access_log {access};"
 
 
 def binary(settings: Settings) -> str | None:
@@ -80,8 +74,9 @@ def render(settings: Settings, layout: EdgeLayout, store_root: Path | None) -> s
     _check_path(layout.root, "data_dir")
     if store_root is not None:
         _check_path(store_root, "storage.path")
-    syslog = f"syslog:server=unix:{layout.log_socket},nohostname,tag=nixfarm"
-    static = _STATIC.format(syslog=syslog)
+    # Buffered: one write per 64 KiB or per second, not a system call per request.
+    access = f"{layout.access_log} nixfarm buffer=64k flush=1s"
+    static = _STATIC.format(access=access)
     www, empty, run = layout.www, layout.empty, layout.run
     workers = settings.edge.workers or "auto"
     registry_public = not settings.registry.require_auth
@@ -160,7 +155,7 @@ http {{
             internal;
             alias {store_root or empty}/;
             set $nf_kind accel;
-            access_log {syslog} nixfarm;
+            access_log {access};
         }}
 
         location ~ "^{_CACHE}/nix-cache-info$" {{
@@ -220,71 +215,10 @@ http {{
     return "".join(parts)
 
 
-def _die_with_parent() -> None:
-    # If `nixfarm up` is killed outright, nginx must not keep the port.
-    PR_SET_PDEATHSIG = 1
-    with contextlib.suppress(OSError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-class Nginx:
-    """nginx in the foreground as a child of ``nixfarm up``."""
-
-    def __init__(self, nginx: str, layout: EdgeLayout, settings: Settings) -> None:
-        self.nginx = nginx
-        self.layout = layout
-        self.settings = settings
-        self.process: subprocess.Popen[bytes] | None = None
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-
-    def check(self) -> None:
-        """``nginx -t``: a broken configuration stops the start with nginx's own words."""
-        done = subprocess.run([self.nginx, "-t", "-q", "-c", str(self.layout.config),
-                               "-p", str(self.layout.run)], capture_output=True, check=False)
-        if done.returncode != 0:
-            raise ConfigError("nginx refused the edge configuration "
-                              f"({self.layout.config}): {done.stderr.decode().strip()}",
-                              key="edge")
-
-    def start_when_listening(self, app_socket: Path, timeout: float = 60.0) -> None:
-        """Start nginx from a thread once the app accepts on ``app_socket`` (so clients
-        never meet a 502 while it starts). The thread lives as long as nginx: the
-        kernel's parent-death signal is tied to the thread that started it."""
-        threading.Thread(target=self._run, args=(app_socket, timeout), daemon=True,
-                         name="nginx").start()
-
-    def _run(self, app_socket: Path, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not self._stopping.is_set():
-            with contextlib.suppress(OSError), \
-                    socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                probe.connect(str(app_socket))
-                break
-            time.sleep(0.05)
-        with self._lock:
-            if self._stopping.is_set():
-                return
-            self.process = subprocess.Popen(
-                [self.nginx, "-c", str(self.layout.config), "-p", str(self.layout.run)],
-                preexec_fn=_die_with_parent,
-            )
-        self.process.wait()
-
-    def stop(self, grace: float = 5.0) -> None:
-        """Stop gracefully (SIGQUIT lets transfers finish), then for good."""
-        with self._lock:
-            self._stopping.set()
-            process = self.process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGQUIT)
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            process.terminate()
-            try:
-                process.wait(2)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+def check(binary: str, layout: EdgeLayout) -> None:
+    """``nginx -t``: a broken configuration stops the start with nginx's own words."""
+    done = subprocess.run([binary, "-t", "-q", "-c", str(layout.config), "-p", str(layout.run)],
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        raise ConfigError(f"nginx refused the edge configuration ({layout.config}): "
+                          f"{done.stderr.decode().strip()}", key="edge")

@@ -33,6 +33,7 @@ from nixfarm.server.api import jobs as jobs_api
 from nixfarm.server.api import runners as runners_api
 from nixfarm.server.api import secrets as secrets_api
 from nixfarm.server.api import tokens as tokens_api
+from nixfarm.server.drain import DrainMiddleware
 from nixfarm.server.metrics import Metrics, MetricsMiddleware
 from nixfarm.server.web import jobs as jobs_web
 
@@ -57,7 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
             async with contextlib.AsyncExitStack() as stack:
                 if settings.edge.server == "nginx":  # count what nginx answers itself
                     await stack.enter_async_context(
-                        accesslog.receiving(EdgeLayout.of(settings).log_socket, metrics))
+                        accesslog.following(EdgeLayout.of(settings), metrics))
                 await stack.enter_async_context(farm.background())
                 runner = asyncio.create_task(embedded_runner.serve(settings))
                 try:
@@ -90,6 +91,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.router.routes.append(Route("/metrics", metrics.exposition, methods=["GET"]))
     app.router.routes.append(Route("/healthz", health, methods=["GET"]))
     app.add_exception_handler(NixfarmError, errors.handle)
+    app.add_middleware(DrainMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 

@@ -213,10 +213,15 @@ def test_ranges_head_metrics_and_health(farm: RunningFarm, nix: Nix) -> None:
     assert head.status_code == 200 and int(head.headers["content-length"]) == len(info)
     farm.get(f"/cache/{cache}/{'0' * 32}.narinfo")
 
-    metrics = farm.get("/metrics", token="").text
+    # What nginx sent (the ranged NAR) is counted from its access log within ~1.5 s.
+    nar_206 = 'nixfarm_http_requests_total{method="GET",route="cache_nar",status="206"}'
+    deadline = time.monotonic() + 10
+    while nar_206 not in (metrics := farm.get("/metrics", token="").text) \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert f'nixfarm_cache_narinfo_lookups_total{{cache="{cache}",result="hit"}}' in metrics
     assert f'nixfarm_cache_narinfo_lookups_total{{cache="{cache}",result="miss"}} 1.0' in metrics
-    assert 'nixfarm_http_requests_total{method="GET",route="cache_nar",status="206"}' in metrics
+    assert nar_206 in metrics
     served = next(float(line.split()[-1]) for line in metrics.splitlines()
                   if line.startswith('nixfarm_http_response_bytes_total{route="cache_nar"}'))
     assert served >= 1000

@@ -8,6 +8,7 @@ nginx answers still shows in /metrics; and nginx dies with the farm.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -245,7 +246,11 @@ def test_a_changed_path_source_withdraws_published_tags(edge: RunningFarm,
 def test_nginx_stops_with_the_farm_even_when_it_is_killed(tmp_path: Path) -> None:
     farm = RunningFarm(tmp_path / "data", free_port(), extra_env={"NIXFARM_EDGE__SERVER": "nginx"})
     farm.start()
-    master = int((farm.data_dir / "edge" / "run" / "nginx.pid").read_text())
+    pid_file = farm.data_dir / "edge" / "run" / "nginx.pid"
+    deadline = time.monotonic() + 10
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    master = int(pid_file.read_text())
     assert farm.process is not None
     os.kill(farm.process.pid, signal.SIGKILL)  # the main process only, not its group
     farm.process.wait()
@@ -253,7 +258,8 @@ def test_nginx_stops_with_the_farm_even_when_it_is_killed(tmp_path: Path) -> Non
     while time.monotonic() < deadline and _alive(master):
         time.sleep(0.1)
     assert not _alive(master)
-    farm.stop(signal.SIGKILL)  # the Granian worker it left behind
+    with contextlib.suppress(ProcessLookupError):  # the Granian worker it left behind
+        os.killpg(farm.process.pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
     while True:  # the port is free again once nginx's workers have gone too
         try:
@@ -299,3 +305,16 @@ def test_without_the_edge_the_app_answers_everything(tmp_path: Path, nix: Nix) -
         assert not (farm.data_dir / "edge").exists()
     finally:
         farm.stop()
+
+
+def test_uploads_refused_before_their_body_get_the_apps_answer(edge: RunningFarm) -> None:
+    """A large upload refused at once (wrong token) must be a 401, not nginx's 502 for a
+    connection the app closed while nginx was still streaming the body."""
+    cache, _ = edge.create_cache()
+    body = os.urandom(1 << 20) * 24
+    url = f"/cache/{cache}/nar/{'0' * 52}.nar.xz"
+    for _ in range(4):
+        assert edge.request("PUT", url, token="wrong", content=body).status_code == 401
+        assert edge.request("PUT", f"/cache/{cache}/nar/..%2Fx", content=b"x").status_code \
+            in (400, 404)
+    assert edge.get(f"/cache/{cache}/nix-cache-info", token="").status_code == 200

@@ -3,6 +3,7 @@ published tree refuses what it must, and access log lines become metrics."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 from pathlib import Path
 
@@ -96,13 +97,18 @@ def _sample(metrics: Metrics, name: str, labels: dict[str, str]) -> float:
     return 0.0 if value is None else value
 
 
-def test_access_log_lines_become_metrics() -> None:
+def test_access_log_lines_become_metrics(tmp_path: Path) -> None:
     metrics = Metrics()
-    prefix = b"<190>Nov 22 01:00:00 nixfarm: "
-    accesslog.count(metrics, prefix + b"static GET 200 534 0.000 /cache/demo/x.narinfo")
-    accesslog.count(metrics, prefix + b"static GET 404 0 0.001 /cache/demo/y.narinfo")
-    accesslog.count(metrics, prefix + b"accel GET 206 10 0.002 /cache/priv/nar/z.nar.zst")
-    accesslog.count(metrics, b"garbage")
+    layout = EdgeLayout(tmp_path / "edge")
+    layout.reset()
+    follower = accesslog.LogFollower(layout, metrics)
+    with layout.access_log.open("ab") as f:
+        f.write(b"static GET 200 534 0.000 /cache/demo/x.narinfo\n"
+                b"static GET 404 0 0.001 /cache/demo/y.narinfo\n"
+                b"garbage\n"
+                b"accel GET 206 10 0.002 /cache/priv/nar/z.nar.zst\n"
+                b"static GET 200 534 0.000 /cache/demo/x.nar")  # not complete yet
+    follower.read()
     assert _sample(metrics, "nixfarm_cache_narinfo_lookups_total",
                    {"cache": "demo", "result": "hit"}) == 1
     assert _sample(metrics, "nixfarm_http_requests_total",
@@ -112,3 +118,36 @@ def test_access_log_lines_become_metrics() -> None:
     assert _sample(metrics, "nixfarm_http_request_seconds_count", {"route": "cache_narinfo"}) \
         == 2
     assert _sample(metrics, "nixfarm_http_request_seconds_count", {"route": "cache_nar"}) == 0
+    with layout.access_log.open("ab") as f:
+        f.write(b"info\n")  # the rest of the half-written line
+    follower.read()
+    assert _sample(metrics, "nixfarm_cache_narinfo_lookups_total",
+                   {"cache": "demo", "result": "hit"}) == 2
+
+
+@pytest.mark.anyio
+async def test_a_large_access_log_is_rotated_without_losing_lines(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    metrics = Metrics()
+    layout = EdgeLayout(tmp_path / "edge")
+    layout.reset()
+    reopened: list[int] = []
+    monkeypatch.setattr(accesslog, "ROTATE_BYTES", 100)
+    monkeypatch.setattr("os.kill", lambda pid, sig: reopened.append(sig))
+    monkeypatch.setattr(accesslog, "REOPEN_SECONDS", 0.0)
+    layout.pid_file.write_text("12345\n")
+    line = b"static GET 200 534 0.000 /cache/demo/x.narinfo\n"
+    layout.access_log.write_bytes(line * 3)
+    follower = accesslog.LogFollower(layout, metrics)
+    follower.read()
+    with layout.access_log.open("ab") as f:  # written after the read, before the rename
+        f.write(line)
+    await follower.rotate_if_large()
+    assert reopened == [signal.SIGUSR1]
+    assert not layout.access_log.exists() and not layout.access_log.with_suffix(
+        ".log.old").exists()
+    layout.access_log.write_bytes(line)  # nginx's new file
+    follower.read()
+    assert _sample(metrics, "nixfarm_cache_narinfo_lookups_total",
+                   {"cache": "demo", "result": "hit"}) == 5
+

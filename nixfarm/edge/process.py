@@ -1,0 +1,75 @@
+"""nginx as a child of the farm's supervising process (see nixfarm/supervisor.py).
+
+Only the standard library: this runs in the lean, long-lived supervisor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+
+def _die_with_parent() -> None:
+    # If the farm is killed outright, nginx must not keep the port.
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+class NginxProcess:
+    """nginx in the foreground, with the configuration in ``run_dir``/nginx.conf."""
+
+    def __init__(self, binary: str, run_dir: Path) -> None:
+        self.binary = binary
+        self.run_dir = run_dir
+        self.process: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+
+    def start_when_listening(self, app_socket: Path, timeout: float = 60.0) -> None:
+        """Start nginx from a thread once the app accepts on ``app_socket`` (so clients
+        never meet a 502 while it starts). The thread lives as long as nginx: the
+        kernel's parent-death signal is tied to the thread that started it."""
+        threading.Thread(target=self._run, args=(app_socket, timeout), daemon=True,
+                         name="nginx").start()
+
+    def _run(self, app_socket: Path, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            with contextlib.suppress(OSError), \
+                    socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.connect(str(app_socket))
+                break
+            time.sleep(0.05)
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            self.process = subprocess.Popen(
+                [self.binary, "-c", str(self.run_dir / "nginx.conf"), "-p", str(self.run_dir)],
+                preexec_fn=_die_with_parent,
+            )
+        self.process.wait()
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop gracefully (SIGQUIT lets transfers finish), then for good."""
+        with self._lock:
+            self._stopping.set()
+            process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGQUIT)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.terminate()
+            try:
+                process.wait(2)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
