@@ -38,6 +38,7 @@ _LINE = re.compile(
     r"(?P<kind>static|accel) (?P<method>[A-Z]+) (?P<status>\d{3}) (?P<bytes>\d+) "
     r"(?P<seconds>[\d.]+) (?P<uri>\S+)$")
 _SMALL = 64 << 10
+_CHUNK = 64 << 10
 _NARINFO = re.compile(r"^/cache/(?P<cache>[^/]+)/[^/]+\.narinfo$")
 
 
@@ -82,14 +83,16 @@ class LogFollower:
                 if os.fstat(f.fileno()).st_size < self._offset:
                     self._offset = 0  # replaced by someone else: start over
                 f.seek(self._offset)
-                data = f.read()
+                # In bounded chunks: under load megabytes arrive between two polls,
+                # and the server's memory must stay flat.
+                while data := f.read(_CHUNK):
+                    self._offset += len(data)
+                    lines = (self._partial + data).split(b"\n")
+                    self._partial = lines.pop()
+                    for line in lines:
+                        count(self.metrics, line)
         except FileNotFoundError:
             return
-        self._offset += len(data)
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
-        for line in lines:
-            count(self.metrics, line)
 
     async def rotate_if_large(self) -> None:
         current = self.layout.access_log
