@@ -136,6 +136,9 @@ http {{
     server {{
         listen {_listen(settings)} backlog=4096;
         client_max_body_size 0;
+        # The buffer an unbuffered upload passes through: at the default 16 KiB, nginx
+        # relayed NAR uploads at ~60 MB/s; at 1 MiB they go as fast as without nginx.
+        client_body_buffer_size 1m;
         proxy_http_version 1.1;
         proxy_set_header Connection "";
         proxy_set_header Host $http_host;
