@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 
-def _die_with_parent() -> None:
-    # If the farm is killed outright, nginx must not keep the port.
+def die_with_parent() -> None:
+    """Ask the kernel for SIGTERM when this process's parent dies: if the supervisor
+    is killed outright, nginx must not keep the port, nor a worker run on alone."""
     pr_set_pdeathsig = 1
     with contextlib.suppress(OSError):
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
@@ -52,7 +53,7 @@ class NginxProcess:
                 return
             self.process = subprocess.Popen(
                 [self.binary, "-c", str(self.run_dir / "nginx.conf"), "-p", str(self.run_dir)],
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         self.process.wait()
 

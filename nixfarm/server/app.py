@@ -24,6 +24,7 @@ from nixfarm import __version__
 from nixfarm.config import SETTINGS_VARIABLE, Settings
 from nixfarm.edge import accesslog
 from nixfarm.edge.layout import EdgeLayout
+from nixfarm.edge.process import die_with_parent
 from nixfarm.errors import NixfarmError
 from nixfarm.farm import Farm
 from nixfarm.runner import embedded as embedded_runner
@@ -98,6 +99,7 @@ def create_app(settings: Settings) -> FastAPI:
 
 def from_environment() -> FastAPI:
     """Granian's factory: the settings come from the parent process."""
+    die_with_parent()  # a worker of a killed supervisor would serve on, orphaned
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the embedded runner's calls
     return create_app(Settings.model_validate_json(os.environ[SETTINGS_VARIABLE]))
