@@ -79,6 +79,10 @@ class Builder:
         self._options = [arg for name, value in sorted(nix_options.items())
                          for arg in ("--option", name, value)]
 
+    def option_args(self) -> list[str]:
+        """The ``--option NAME VALUE`` arguments every nix command of this builder gets."""
+        return list(self._options)
+
     def _args(self, request: ImageRequest, source: Resolved) -> list[str]:
         document = {"source": source.spec, "packages": list(request.packages),
                     "system": request.system}

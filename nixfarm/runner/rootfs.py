@@ -35,6 +35,7 @@ from pathlib import Path
 
 from nixfarm.config import SourceSettings
 from nixfarm.errors import InvalidInput
+from nixfarm.nix import command as nix_command
 from nixfarm.registry.builder import Builder, Closure
 from nixfarm.registry.names import ImageRequest, host_system
 from nixfarm.registry.sources import PackageSource
@@ -59,6 +60,18 @@ class RootFS:
     outputs: tuple[str, ...] = ()
 
 
+async def _request(source: Path | PackageSource, packages: Sequence[str]
+                   ) -> tuple[ImageRequest, PackageSource]:
+    for name in packages:
+        if not _ATTRIBUTE.match(name):
+            raise InvalidInput(f"{name!r} is not a package attribute name.", field="packages")
+    if isinstance(source, Path):
+        source = PackageSource(SourceSettings(kind="path", location=str(source)))
+    # In the manifest's order, not sorted as image names are: the first package listed
+    # wins a program name in the forest.
+    return ImageRequest(name="job", packages=tuple(packages), system=host_system()), source
+
+
 async def build_packages(
     source: Path | PackageSource,
     packages: Sequence[str],
@@ -72,16 +85,9 @@ async def build_packages(
     Raises InvalidInput for a name that is not an attribute path, NotFound naming
     every package the source lacks, NixError when a build fails, NixTimeout.
     """
-    for name in packages:
-        if not _ATTRIBUTE.match(name):
-            raise InvalidInput(f"{name!r} is not a package attribute name.", field="packages")
-    if isinstance(source, Path):
-        source = PackageSource(SourceSettings(kind="path", location=str(source)))
+    request, source = await _request(source, packages)
     if not packages:
         return Closure(packages=(), graph={}, sizes={})
-    # In the manifest's order, not sorted as image names are: the first package listed
-    # wins a program name in the forest.
-    request = ImageRequest(name="job", packages=tuple(packages), system=host_system())
     resolved = await source.resolve("latest")
     return await Builder(nix_options or {}, timeout).build(request, resolved, on_line)
 
@@ -95,20 +101,52 @@ async def compose_nix_root(
     timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 - passed to nix.command.run
     on_line: Callable[[str], None] | None = None,
 ) -> RootFS:
-    """Build ``packages`` and return a root for them (made once per set of outputs)."""
-    built = await build_packages(
-        source, packages, nix_options=nix_options, timeout=timeout, on_line=on_line
-    )
-    outputs = built.roots
-    closure = sorted(built.graph)
-    key = hashlib.sha256("\n".join(outputs).encode()).hexdigest()[:32]
-    root = cache_dir / f"nix-{key}"
-    if not root.exists():
-        # Programs of the packages asked for first, then of their dependencies (a
-        # shell, mostly: tasks need /bin/sh even if no package listed one).
-        order = [*outputs, *(p for p in closure if p not in outputs)]
-        await asyncio.to_thread(_write_root, root, order)
+    """Build ``packages`` and return a root for them (made once per set of outputs).
+
+    The outputs stay GC roots for as long as the root exists (``nix-<key>.roots/``
+    beside it: indirect roots, so deleting the root's directory releases them); they
+    are rooted from the moment nix-build made them, so a garbage collection at any
+    time never leaves a cached root pointing at deleted store paths.
+    """
+    request, source = await _request(source, packages)
+    if not packages:
+        return RootFS(root=await _empty_root(cache_dir))
+    resolved = await source.resolve("latest")
+    builder = Builder(nix_options or {}, timeout, cache_dir / "gcroots")
+    async with builder.built(request, resolved, on_line) as built:
+        outputs = built.roots
+        closure = sorted(built.graph)
+        key = hashlib.sha256("\n".join(outputs).encode()).hexdigest()[:32]
+        root = cache_dir / f"nix-{key}"
+        await _keep(root.with_name(root.name + ".roots"), outputs, builder)
+        if not root.exists():
+            # Programs of the packages asked for first, then of their dependencies (a
+            # shell, mostly: tasks need /bin/sh even if no package listed one).
+            order = [*outputs, *(p for p in closure if p not in outputs)]
+            await asyncio.to_thread(_write_root, root, order)
     return RootFS(root=root, store_paths=tuple(closure), outputs=tuple(outputs))
+
+
+async def _keep(roots_dir: Path, outputs: Sequence[str], builder: Builder) -> None:
+    """Make ``outputs`` indirect GC roots under ``roots_dir`` (idempotent)."""
+    await asyncio.to_thread(roots_dir.mkdir, parents=True, exist_ok=True)
+    for index, output in enumerate(outputs):
+        link = roots_dir / str(index)
+        if await asyncio.to_thread(_points_to, link, output):
+            continue
+        await nix_command.run(["nix-store", "--realise", output, "--add-root", str(link),
+                               "--indirect", *builder.option_args()], timeout=60)
+
+
+def _points_to(link: Path, target: str) -> bool:
+    return link.is_symlink() and os.readlink(link) == target
+
+
+async def _empty_root(cache_dir: Path) -> Path:
+    root = cache_dir / "nix-empty"
+    if not await asyncio.to_thread(root.exists):
+        await asyncio.to_thread(_write_root, root, [])
+    return root
 
 
 def _write_root(root: Path, outputs: Iterable[str]) -> None:
