@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import anyio.to_thread
 
 from nixfarm.builds.services import BuildServices
+from nixfarm.cache import gc
 from nixfarm.cache.service import CacheService
 from nixfarm.config import Settings
 from nixfarm.db import engine
@@ -70,16 +71,21 @@ class Farm:
 
     @contextlib.asynccontextmanager
     async def background(self) -> AsyncIterator[None]:
-        """Work a serving process does on its own (lease expiry, trigger deliveries, and
-        watching a path source while the edge answers its tags)."""
+        """Work a serving process does on its own (lease expiry, trigger deliveries,
+        watching a path source while the edge answers its tags, and forgetting what
+        another server's cache garbage collection removed)."""
         async with self.builds.background():
             registry = self.registry
             watch = None
             if registry.edge is not None and registry.source is not None:
                 watch = asyncio.create_task(registry.edge.watch(registry.source))
+            collected = asyncio.create_task(gc.follow(self.caches, self.events))
             try:
                 yield
             finally:
+                collected.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await collected
                 if watch is not None:
                     watch.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

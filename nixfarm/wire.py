@@ -84,3 +84,26 @@ class WhoAmI(Wire):
 
     name: str | None
     scopes: list[str]
+
+
+class GcRequest(Wire):
+    """POST /api/v1/caches/NAME/gc (admin): remove what was uploaded before a cutoff."""
+
+    older_than_days: float = Field(gt=0, le=36500, allow_inf_nan=False)
+    dry_run: bool = False
+
+
+class GcReport(Wire):
+    """The answer to POST /api/v1/caches/NAME/gc: what was (or, dry, would be) removed."""
+
+    cache: str
+    dry_run: bool
+    #: Paths uploaded before this were candidates.
+    cutoff: datetime
+    paths_removed: int
+    #: Candidates kept because a path that stays needs them (its closure).
+    paths_kept: int
+    nar_files_removed: int
+    logs_removed: int
+    #: Sizes of the removed NAR files and build logs.
+    bytes_freed: int

@@ -289,6 +289,31 @@ class CacheService:
             nar = await _record_nar(s, row, facts, stored)
             await self._publish(s, row, nar, store_path, references, deriver, upload.ca)
 
+    # -- garbage collection (nixfarm/cache/gc.py) -------------------------------------
+
+    def forget(self, cache: str, store_hashes: Sequence[str], nar_files: Sequence[str]) -> None:
+        """Drop what this process remembers or published of removed paths and NAR files.
+
+        ``nar_files`` are ``<filehash>.nar[.ext]`` names; a NAR file may have been linked
+        for nginx under every public cache it was in, so each cache directory is swept.
+        """
+        for store_hash in store_hashes:
+            self._narinfos.pop((cache, store_hash), None)
+            if self.edge is not None:
+                self.edge.remove(f"cache/{cache}/{store_hash}.narinfo")
+        if not nar_files:
+            return
+        files = set(nar_files)
+        for key in [k for k in self._nars if k[1] in files]:
+            self._nars.pop(key, None)
+        if self.edge is not None:
+            published = self.edge.path("cache")
+            names = [d.name for d in published.iterdir()
+                     if d.is_dir() and not d.name.startswith(".")] if published.is_dir() else []
+            for name in names:
+                for file in files:
+                    self.edge.remove(f"cache/{name}/nar/{file}")
+
     # -- shared -----------------------------------------------------------------------
 
     async def _ingest(self, body: AsyncIterable[bytes], compression: str, *,

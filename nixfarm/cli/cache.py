@@ -1,7 +1,9 @@
-"""``nixfarm cache``: create, list and inspect binary caches; print a public key."""
+"""``nixfarm cache``: create, list and inspect binary caches; print a public key; collect
+garbage."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import typer
@@ -9,7 +11,7 @@ from rich.table import Table
 
 from nixfarm.cli.common import DataDir, Token, Url, out, with_client
 from nixfarm.client.api import Client
-from nixfarm.wire import CacheOut
+from nixfarm.wire import CacheOut, GcReport
 
 app = typer.Typer(help="Signed Nix binary caches.", no_args_is_help=True)
 
@@ -66,3 +68,58 @@ def key(name: str, url: Url = None, token: Token = None, data_dir: DataDir = Non
         return await c.cache(name)
 
     print(with_client(url, token, data_dir, work).public_key)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([dhm])")
+_DAYS_PER_UNIT = {"d": 1.0, "h": 1 / 24, "m": 1 / (24 * 60)}
+_MAX_DAYS = 36500
+
+
+def parse_duration(text: str) -> float:
+    """``30d``, ``12h`` or ``90m`` as a number of days; ``typer.BadParameter`` otherwise."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise typer.BadParameter(
+            f"{text!r} is not a duration: write a number and d, h or m (30d, 12h, 90m)")
+    days = float(match.group(1)) * _DAYS_PER_UNIT[match.group(2)]
+    if not 0 < days <= _MAX_DAYS:
+        raise typer.BadParameter(f"{text!r} must be more than 0 and at most {_MAX_DAYS}d")
+    return days
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit} ({n} B)"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+@app.command()
+def gc(
+    name: str,
+    older_than: Annotated[str, typer.Option(
+        "--older-than", help="Remove paths uploaded longer ago than this (30d, 12h, 90m), "
+        "unless a newer path needs them.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report.")] = False,
+    url: Url = None, token: Token = None, data_dir: DataDir = None,
+) -> None:
+    """Collect garbage: old paths nothing newer needs, their logs and NAR files (admin)."""
+    days = parse_duration(older_than)
+
+    async def work(c: Client) -> GcReport:
+        return await c.collect_garbage(name, days, dry_run)
+
+    report = with_client(url, token, data_dir, work)
+    dry = " (dry run: nothing was removed)" if report.dry_run else ""
+    for label, value in (
+        ("cache", f"{report.cache}{dry}"),
+        ("cutoff", report.cutoff.isoformat(timespec="seconds")),
+        ("paths removed", str(report.paths_removed)),
+        ("paths kept", f"{report.paths_kept} (older, but needed by newer paths)"),
+        ("NAR files removed", str(report.nar_files_removed)),
+        ("logs removed", str(report.logs_removed)),
+        ("bytes freed", _size(report.bytes_freed)),
+    ):
+        out.print(f"{label + ':':<19}{value}", markup=False)

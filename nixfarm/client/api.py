@@ -28,6 +28,8 @@ from nixfarm.errors import (
 from nixfarm.wire import (
     CacheCreate,
     CacheOut,
+    GcReport,
+    GcRequest,
     MissingRequest,
     MissingResponse,
     PathInfo,
@@ -136,6 +138,15 @@ class Client:
             "POST", f"/api/v1/caches/{cache}/missing", MissingResponse,
             MissingRequest(paths=paths))
         return result.missing
+
+    async def collect_garbage(self, cache: str, older_than_days: float,
+                              dry_run: bool = False) -> GcReport:
+        # A large cache takes a while to collect: no read timeout.
+        result: GcReport = await self._call(
+            "POST", f"/api/v1/caches/{cache}/gc", GcReport,
+            GcRequest(older_than_days=older_than_days, dry_run=dry_run),
+            timeout=httpx.Timeout(None, connect=10.0))
+        return result
 
     async def upload_path(self, cache: str, info: PathInfo, body: AsyncIterable[bytes]) -> None:
         basename = info.store_path.rsplit("/", 1)[-1]

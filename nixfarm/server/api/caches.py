@@ -1,15 +1,27 @@
-"""Caches over the JSON API: create, list, inspect, and the push protocol of nixfarm."""
+"""Caches over the JSON API: create, list, inspect, collect garbage, and the push protocol
+of nixfarm."""
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
 from nixfarm.auth import ADMIN, allows, cache_scope
+from nixfarm.cache import gc
 from nixfarm.cache.service import CacheView, PathUpload
 from nixfarm.errors import InvalidInput
 from nixfarm.server.auth import farm_of, principal, readable_cache, require
-from nixfarm.wire import CacheCreate, CacheOut, MissingRequest, MissingResponse, PathInfo
+from nixfarm.wire import (
+    CacheCreate,
+    CacheOut,
+    GcReport,
+    GcRequest,
+    MissingRequest,
+    MissingResponse,
+    PathInfo,
+)
 
 router = APIRouter(prefix="/api/v1/caches", tags=["caches"])
 
@@ -68,3 +80,21 @@ async def upload_path(request: Request, name: str, basename: str) -> dict[str, s
                         info.deriver, info.ca)
     await farm_of(request).caches.receive_path(name, upload, info.compression, request.stream())
     return {"store_path": info.store_path}
+
+
+@router.post("/{name}/gc")
+async def collect_garbage(request: Request, name: str) -> GcReport:
+    """Remove what was uploaded before a cutoff, keeping the closures of what stays."""
+    await require(request, ADMIN)
+    # The body is parsed here rather than by FastAPI so that an anonymous caller is
+    # told 401 before anything about the body, and bad input is the app's 400 naming
+    # its field.
+    try:
+        body = GcRequest.model_validate_json(await request.body() or b"{}")
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "body"
+        raise InvalidInput(f"{field}: {first['msg']}", field=field) from None
+    farm = farm_of(request)
+    return await gc.collect(farm.caches, name, timedelta(days=body.older_than_days),
+                            dry_run=body.dry_run, events=farm.events)
