@@ -53,6 +53,7 @@ class Farm:
             caches = CacheService(db, store, settings, edge)
             tokens = TokenService(db)
             events = open_bus(settings)
+            caches.events = events  # re-uploads tell the other servers
             builds = BuildServices.open(settings, db, store, events, caches, tokens)
         except BaseException:
             # Whatever failed to open, the database connection does not outlive it.

@@ -22,7 +22,8 @@ Then, in this order, so a reader never sees a narinfo whose NAR is gone:
        listings are deleted after their rows.
 
 After each step this server drops its memos and the files it published for nginx, and
-publishes ``cache.gc`` on the event bus so that other servers do the same (``follow``).
+publishes ``cache.forget`` on the event bus so that other servers do the same
+(``follow``; a re-upload publishes the same message, see CacheService).
 
 Races, and why they are tolerable: every delete repeats its condition (a path uploaded
 again meanwhile is newer than the cutoff; a NAR a path uses now is not unused), and a
@@ -43,7 +44,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nixfarm.cache.service import _NAR_FILE, CacheService, listing_key, nar_key
+from nixfarm.cache.service import _NAR_FILE, FORGET_TOPIC, CacheService, listing_key, nar_key
 from nixfarm.db import caches as cache_queries
 from nixfarm.db import retention
 from nixfarm.db.models import utcnow
@@ -55,7 +56,7 @@ from nixfarm.wire import GcReport
 log = logging.getLogger(__name__)
 
 #: The event bus topic: ``{"cache": NAME, "hashes": [...], "nar_files": [...]}``.
-TOPIC = "cache.gc"
+TOPIC = FORGET_TOPIC
 #: A NAR stored more recently than this is never collected: its narinfo may be on its way.
 NAR_GRACE = timedelta(hours=1)
 
@@ -177,7 +178,7 @@ async def _forget(caches: CacheService, events: EventBus | None, cache: str,
 
 
 def apply(caches: CacheService, message: bytes) -> None:
-    """Apply another server's ``cache.gc`` message; malformed ones are logged, ignored."""
+    """Apply another server's ``cache.forget`` message; malformed ones are logged, ignored."""
     try:
         body = json.loads(message)
         cache, hashes, files = body["cache"], body["hashes"], body["nar_files"]
@@ -191,7 +192,7 @@ def apply(caches: CacheService, message: bytes) -> None:
 
 
 async def follow(caches: CacheService, events: EventBus) -> None:
-    """Apply ``cache.gc`` messages as they come, until cancelled (``Farm.background``)."""
+    """Apply ``cache.forget`` messages as they come, until cancelled (``Farm.background``)."""
     while True:
         try:
             async with events.subscribe(TOPIC) as subscription:

@@ -10,6 +10,7 @@ lying client leaves nothing a reader can see. Access control is the caller's job
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import time
@@ -29,6 +30,7 @@ from nixfarm.db.engine import Database
 from nixfarm.db.models import Cache, CachePath, Nar
 from nixfarm.edge.tree import EdgeTree
 from nixfarm.errors import IntegrityError, InvalidInput, NotFound
+from nixfarm.events.base import EventBus
 from nixfarm.nix import nix32
 from nixfarm.nix.hashes import normalise_hash, parse_hash
 from nixfarm.nix.narinfo import NarInfo, fingerprint
@@ -41,6 +43,9 @@ _NAR_FILE = re.compile(f"([{nix32.ALPHABET}]{{52}})\\.nar(\\.[a-z0-9]+)?")
 _VIEW_SECONDS = 10.0
 #: How long a rendered narinfo is served from memory before it is read again.
 _NARINFO_SECONDS = 60.0
+#: Event bus topic telling every server to forget remembered or published answers:
+#: ``{"cache": NAME, "hashes": [...], "nar_files": [...]}`` (a re-upload, a collection).
+FORGET_TOPIC = "cache.forget"
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,8 @@ class CacheService:
         self.settings = settings
         #: Where public answers are published for nginx (None without the edge).
         self.edge = edge
+        #: Set by the farm: how other servers hear of re-uploads (see FORGET_TOPIC).
+        self.events: EventBus | None = None
         # Rendered narinfos, with when they expire. A store path's narinfo only changes
         # when it is re-uploaded: through this process (invalidated on write) or through
         # another server (hence the time bound). Misses are never cached, so uploads
@@ -260,6 +267,7 @@ class CacheService:
             _check_same(nar, info.nar_hash, info.nar_size)
             await self._publish(s, row, nar, info.store_path, info.references,
                                 info.deriver, info.ca)
+        await self._announce(cache, info.store_path.hash_part)
 
     async def receive_log(self, cache: str, drv: str, body: AsyncIterable[bytes]) -> None:
         _check_drv(drv)
@@ -288,6 +296,7 @@ class CacheService:
         async with self.db.session() as s:
             nar = await _record_nar(s, row, facts, stored)
             await self._publish(s, row, nar, store_path, references, deriver, upload.ca)
+        await self._announce(cache, store_path.hash_part)
 
     # -- garbage collection (nixfarm/cache/gc.py) -------------------------------------
 
@@ -313,6 +322,13 @@ class CacheService:
             for name in names:
                 for file in files:
                     self.edge.remove(f"cache/{name}/nar/{file}")
+
+    async def _announce(self, cache: str, store_hash: str) -> None:
+        """After a (re-)upload is committed: other servers drop what they remembered or
+        published of the path's narinfo (this one did in ``_publish``)."""
+        if self.events is not None:
+            message = {"cache": cache, "hashes": [store_hash], "nar_files": []}
+            await self.events.publish(FORGET_TOPIC, json.dumps(message).encode())
 
     # -- shared -----------------------------------------------------------------------
 

@@ -124,6 +124,25 @@ def test_a_closure_pushed_through_a_is_substituted_from_b(pair: Pair, s3_server:
     assert httpx.get(location).status_code == 200
 
 
+def test_a_re_upload_through_a_withdraws_what_b_remembers_and_published(
+        pair: Pair, nix: Nix) -> None:
+    cache, _ = pair.a.create_cache()
+    path = nix.build("fortune")
+    pair.a.cli("push", "--cache", cache, path)
+    url = f"/cache/{cache}/{Path(path).name[:32]}.narinfo"
+    pair.b.get(url, token="")
+    published = pair.b.get(url, token="")
+    assert "etag" in published.headers and "Deriver: " in published.text  # from B's nginx
+    again = "".join(line + "\n" for line in published.text.splitlines()
+                    if not line.startswith(("Deriver: ", "Sig: ")))
+    assert pair.a.request("PUT", url, content=again).status_code == 200
+    deadline = time.monotonic() + 5  # B hears of it over Redis
+    while "Deriver: " in (now := pair.b.get(url, token="")).text \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert now.status_code == 200 and "Deriver: " not in now.text
+
+
 LIVE_TASK = """\
 image: nix
 packages: [hello]
