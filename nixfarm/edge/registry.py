@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from nixfarm.edge.tree import EdgeTree
 from nixfarm.oci.digest import Digest
@@ -22,11 +23,21 @@ log = logging.getLogger(__name__)
 _EXTENSIONS = {DOCKER_MANIFEST: "docker", OCI_MANIFEST: "oci"}
 
 
+#: nginx reloads (new workers; old ones linger while their connections stay open) at
+#: most this often for new tags; withdrawals reload at once.
+RELOAD_SECONDS = 1.0
+
+
 class RegistryEdge:
     def __init__(self, tree: EdgeTree) -> None:
         self.tree = tree
         #: The source key the published tags were computed under.
         self._tags_key: str | None = None
+        #: Tags this process published, so a client nginx cannot answer (an OCI-only
+        #: Accept) does not make every request re-read the map.
+        self._tags: dict[str, str] = {}
+        self._last_reload = 0.0
+        self._reload_due: asyncio.TimerHandle | None = None
 
     def manifest(self, body: bytes, media_type: str) -> Digest:
         """Publish a manifest under its digest; the digest."""
@@ -43,10 +54,35 @@ class RegistryEdge:
         ``path_key`` is a path source's current key (other sources' tags never move)."""
         if path_key is not None:
             if self._tags_key is not None and self._tags_key != path_key:
-                self.tree.clear_tags()
+                self._clear()
             self._tags_key = path_key
         digest = self.manifest(docker_manifest, DOCKER_MANIFEST)
-        self.tree.add_tag(uri, digest.hex)
+        if self._tags.get(uri) == digest.hex:
+            return
+        if self.tree.add_tag(uri, digest.hex, reload=False):
+            self._reload_soon()
+        self._tags[uri] = digest.hex
+
+    def _clear(self) -> None:
+        self._tags.clear()
+        self.tree.clear_tags()  # reloads nginx at once
+        self._last_reload = time.monotonic()
+
+    def _reload_soon(self) -> None:
+        """Reload nginx now, or once RELOAD_SECONDS have passed since the last reload
+        (a burst of new images costs one reload, not one each)."""
+        if self._reload_due is not None:
+            return
+        wait = self._last_reload + RELOAD_SECONDS - time.monotonic()
+        if wait <= 0:
+            self._reload()
+            return
+        self._reload_due = asyncio.get_running_loop().call_later(wait, self._reload)
+
+    def _reload(self) -> None:
+        self._reload_due = None
+        self._last_reload = time.monotonic()
+        self.tree.reload()
 
     async def watch(self, source: PackageSource) -> None:
         """Withdraw published tags when a path source's content changes (runs forever)."""
@@ -63,5 +99,5 @@ class RegistryEdge:
                 key = None
             if key != self._tags_key:
                 log.info("edge: the package source changed; published tags withdrawn")
-                self.tree.clear_tags()
+                self._clear()
                 self._tags_key = None

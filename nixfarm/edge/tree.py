@@ -91,17 +91,20 @@ class EdgeTree:
         with self._tags_locked():
             return self._read_tags()
 
-    def add_tag(self, uri: str, hex_digest: str) -> None:
-        """Let nginx answer GET/HEAD ``uri`` with the manifest ``hex_digest`` (published)."""
+    def add_tag(self, uri: str, hex_digest: str, reload: bool = True) -> bool:
+        """Let nginx answer GET/HEAD ``uri`` with the manifest ``hex_digest`` (published)
+        once it reloads (at once unless ``reload`` is False); False if it already did."""
         if not _SAFE.fullmatch(uri) or not re.fullmatch(r"[0-9a-f]{64}", hex_digest):
             raise ValueError(f"refusing to publish tag {uri!r}")
         with self._tags_locked():
             tags = self._read_tags()
             if tags.get(uri) == hex_digest:
-                return
+                return False
             tags[uri] = hex_digest
             self._write_tags(tags)
-        self.reload()
+        if reload:
+            self.reload()
+        return True
 
     def clear_tags(self) -> None:
         with self._tags_locked():

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 from pathlib import Path
 
+import anyio
 import pytest
 
 from nixfarm.config import Settings, load
 from nixfarm.edge import accesslog, nginx
+from nixfarm.edge import registry as registry_edge
 from nixfarm.edge.layout import EdgeLayout
 from nixfarm.edge.tree import EdgeTree
 from nixfarm.errors import ConfigError
@@ -151,3 +154,25 @@ async def test_a_large_access_log_is_rotated_without_losing_lines(
     assert _sample(metrics, "nixfarm_cache_narinfo_lookups_total",
                    {"cache": "demo", "result": "hit"}) == 5
 
+
+
+@pytest.mark.anyio
+async def test_new_tags_reload_nginx_at_most_once_a_second(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    layout = EdgeLayout(tmp_path / "edge")
+    layout.reset()
+    tree = EdgeTree(layout)
+    reloads: list[float] = []
+    monkeypatch.setattr(tree, "reload", lambda: reloads.append(time.monotonic()))
+    monkeypatch.setattr(registry_edge, "RELOAD_SECONDS", 0.3)
+    edge = registry_edge.RegistryEdge(tree)
+    manifest = b'{"schemaVersion":2}'
+    for name in ("a", "b", "c"):
+        edge.tag(f"/v2/{name}/manifests/latest", manifest, None)
+    assert len(reloads) == 1  # the first at once, the others wait
+    assert len(tree.tags()) == 3  # but the map already holds all three
+    await anyio.sleep(0.5)
+    assert len(reloads) == 2 and reloads[1] - reloads[0] >= 0.25
+    edge.tag("/v2/a/manifests/latest", manifest, None)  # known: nothing to do
+    await anyio.sleep(0.5)
+    assert len(reloads) == 2
