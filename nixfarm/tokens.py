@@ -8,7 +8,7 @@ keeps working on a server that did not revoke it itself.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -49,6 +49,9 @@ class TokenService:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._memo: dict[str, tuple[float, Principal | None]] = {}
+        #: Called with a revoked token's id: whatever remembers tokens it issued
+        #: (the registry's pull tokens) forgets them at once.
+        self.revoke_listeners: list[Callable[[int], None]] = []
 
     async def create(self, name: str, scopes: Iterable[str],
                      expires_at: datetime | None = None) -> tuple[TokenView, str]:
@@ -78,4 +81,6 @@ class TokenService:
         async with self.db.session() as s:
             token = await token_queries.revoke_token(s, token_id)
         self._memo.clear()
+        for listener in self.revoke_listeners:
+            listener(token_id)
         return TokenView.of(token)

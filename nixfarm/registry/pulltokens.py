@@ -151,6 +151,10 @@ class PullTokens:
             self._key = load_key(self.key_path)
         return self._key
 
+    def forget(self, token_id: int) -> None:
+        """The issuing token was revoked here: its pull tokens stop working at once."""
+        self._memo.pop(token_id, None)
+
     def mint(self, token_id: int, seconds: int, now: float | None = None) -> str:
         return mint(self.key, token_id, seconds, now)
 

@@ -70,6 +70,7 @@ def pull_tokens(conn: HTTPConnection) -> PullTokens:
     if not isinstance(found, PullTokens):
         farm = farm_of(conn)
         found = PullTokens(farm.settings.data_dir / pulltokens.KEY_FILE, farm.db)
+        farm.tokens.revoke_listeners.append(found.forget)
         state.pull_tokens = found
     return found
 
