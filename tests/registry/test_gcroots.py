@@ -1,10 +1,8 @@
 """A garbage collection between nix-build and layer writing deletes nothing the image needs.
 
-``nix-store --gc`` collects the whole store, so it must not run on the machine's own
-store, which every other test shares. The scenario below runs in a process of its own
-under bubblewrap, with an empty directory bound over ``/nix``: a store of its own
-(Debian's nix lives in /usr, so it still runs), where the demo packages are built from
-scratch and collected freely. It reports what it saw as JSON; the test asserts.
+The scenario below runs in a private Nix store (tests/fixtures/privatenix.py), where
+the demo packages are built from scratch and collected freely. It reports what it saw
+as JSON; the test asserts.
 
 Run by hand: ``bwrap --dev-bind / / --bind EMPTY_DIR /nix .venv/bin/python -m
 tests.registry.test_gcroots DATA_DIR``.
@@ -14,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -31,17 +27,8 @@ from nixfarm.registry.service import RegistryService
 from nixfarm.registry.sources import PackageSource
 from nixfarm.storage.base import ObjectStore
 from nixfarm.storage.factory import open_store
+from tests.fixtures.privatenix import collect_garbage, existing, run_scenario
 from tests.registry.conftest import demo_settings
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _collect_garbage() -> None:
-    subprocess.run(["nix-store", "--gc"], check=True, capture_output=True, timeout=120)
-
-
-def _existing(paths: list[str]) -> list[str]:
-    return [p for p in paths if os.path.exists(p)]
 
 
 def _layer_problems(store: ObjectStore, image: Image, closure: list[str]) -> list[str]:
@@ -87,13 +74,13 @@ async def scenario(data_dir: Path) -> dict[str, object]:
         paths = sorted(closure.graph)
         report["closure"] = paths
         report["held_during"] = [str(link) for link in builder.roots.held()]
-        _collect_garbage()
-        report["missing_after_gc"] = sorted(set(paths) - set(_existing(paths)))
+        collect_garbage()
+        report["missing_after_gc"] = sorted(set(paths) - set(existing(paths)))
         image = await compose(closure, layers, {}, 94, Platform.for_nix_system(request.system))
         report["layer_problems"] = _layer_problems(store, image, paths)
     report["held_after"] = [str(link) for link in builder.roots.held()]
-    _collect_garbage()
-    report["left_after_second_gc"] = _existing(paths)
+    collect_garbage()
+    report["left_after_second_gc"] = existing(paths)
 
     # A failure while the roots are held removes them too.
     try:
@@ -113,15 +100,7 @@ async def scenario(data_dir: Path) -> dict[str, object]:
 
 def test_gc_between_build_and_layers_keeps_the_closure_and_roots_go_after(
         tmp_path: Path) -> None:
-    private_nix = tmp_path / "nix"
-    private_nix.mkdir()
-    done = subprocess.run(
-        ["bwrap", "--dev-bind", "/", "/", "--bind", str(private_nix), "/nix",
-         "--chdir", str(ROOT), "--die-with-parent",
-         sys.executable, "-m", "tests.registry.test_gcroots", str(tmp_path / "data")],
-        capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
+    report = run_scenario("tests.registry.test_gcroots", tmp_path / "data", tmp_path)
 
     closure = report["closure"]
     assert any(p.endswith("-hello-2.12") for p in closure)
