@@ -49,7 +49,7 @@ _IMMUTABLE = {"Cache-Control": "public, max-age=31536000, immutable"}
 
 
 async def _download(request: Request, download: Download, media_type: str) -> Response:
-    handed = accel(request, download.key, media_type, _IMMUTABLE)
+    handed = accel(request, download.key, download.local_path, media_type, _IMMUTABLE)
     if handed is not None:  # nginx sends it: HEAD, Range and sendfile included
         return handed
     if request.method == "HEAD":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -23,13 +24,12 @@ def edge_of(request: Request) -> EdgeTree | None:
     return edge
 
 
-def accel(request: Request, key: str, media_type: str,
+def accel(request: Request, key: str, local_path: Path | None, media_type: str,
           headers: Mapping[str, str] | None = None) -> Response | None:
     """Let nginx send the stored file ``key`` (sendfile, Range and HEAD included);
-    None when there is no edge, the store is not a filesystem, or the key needs escaping."""
-    farm = farm_of(request)
-    if farm.caches.edge is None or farm.store.local_path(key) is None \
-            or not _PLAIN_KEY.fullmatch(key):
+    None when there is no edge, the file is not local (``local_path``, as the caller
+    already found it), or the key needs escaping."""
+    if edge_of(request) is None or local_path is None or not _PLAIN_KEY.fullmatch(key):
         return None
     return Response(b"", 200, media_type=media_type,
                     headers={**(headers or {}), "X-Accel-Redirect": ACCEL_PREFIX + quote(key)})

@@ -101,7 +101,8 @@ async def blob(request: Request) -> Response:
     headers = {**_API_VERSION, "Docker-Content-Digest": str(found.digest),
                "Cache-Control": _IMMUTABLE}
     if found.local_path is not None:
-        handed = accel(request, found.key, "application/octet-stream", headers)
+        handed = accel(request, found.key, found.local_path, "application/octet-stream",
+                       headers)
         if handed is not None:  # nginx sends it (after the token was checked here)
             return handed
         return FileResponse(found.local_path, media_type="application/octet-stream",
