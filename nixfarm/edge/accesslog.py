@@ -103,10 +103,7 @@ class LogFollower:
             return
         old = current.with_suffix(".log.old")
         current.rename(old)
-        try:
-            os.kill(int(self.layout.pid_file.read_text().strip()), signal.SIGUSR1)
-        except (OSError, ValueError) as e:
-            log.warning("edge: could not ask nginx to reopen its log: %s", e)
+        self.layout.signal_nginx(signal.SIGUSR1, "ask nginx to reopen its log")
         # Workers reopen at once and flush their buffers into the old file as they do;
         # give them a moment, then read the old file to its end.
         await asyncio.sleep(REOPEN_SECONDS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +11,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the lean supervisor imports this module without pydantic
     from nixfarm.config import Settings
+
+log = logging.getLogger(__name__)
 
 #: Under which URL prefix nginx serves stored files the app hands over (X-Accel-Redirect).
 ACCEL_PREFIX = "/_nixfarm/store/"
@@ -51,6 +55,14 @@ class EdgeLayout:
     @property
     def config(self) -> Path:
         return self.run / "nginx.conf"
+
+    def signal_nginx(self, signum: int, why: str) -> None:
+        """Send nginx's master ``signum`` (a reload, a log reopen); a failure is logged
+        (``why`` says what for): the next request still reaches the app."""
+        try:
+            os.kill(int(self.pid_file.read_text().strip()), signum)
+        except (OSError, ValueError) as e:
+            log.warning("edge: could not %s: %s", why, e)
 
     @property
     def pid_file(self) -> Path:

@@ -142,8 +142,4 @@ class EdgeTree:
 
     def reload(self) -> None:
         """Ask nginx to read its configuration (and so the tags map) again."""
-        try:
-            pid = int(self.layout.pid_file.read_text().strip())
-            os.kill(pid, signal.SIGHUP)
-        except (OSError, ValueError) as e:
-            log.warning("edge: could not reload nginx: %s", e)
+        self.layout.signal_nginx(signal.SIGHUP, "reload nginx")
