@@ -68,15 +68,13 @@ async def _ensure_token(farm: Farm, path: Path, name: str, scopes: list[str]) ->
         _write_private(path, secret + "\n")
 
 
-def announce(settings: Settings) -> None:
-    """Tell local clients where the farm listens (read by ``--data-dir``)."""
-    (settings.data_dir / "server.json").write_text(
-        json.dumps({"url": settings.base_url, "pid": os.getpid()}) + "\n")
-
-
-def retract(settings: Settings) -> None:
-    """The farm has stopped: local clients should say so rather than fail to connect."""
-    (settings.data_dir / "server.json").unlink(missing_ok=True)
+def announce(settings: Settings) -> Path:
+    """Tell local clients where the farm listens (read by ``--data-dir``); the file, which
+    the supervisor removes when the farm stops (clients then say so rather than fail
+    to connect)."""
+    path = settings.data_dir / "server.json"
+    path.write_text(json.dumps({"url": settings.base_url, "pid": os.getpid()}) + "\n")
+    return path
 
 
 def prepare_in_child(settings: Settings, demo: bool) -> None:

@@ -75,7 +75,7 @@ def _serve(config_file: Path | None, data_dir: Path | None, listen: str | None,
         store_root = settings.storage_path.resolve() if settings.storage.kind == "fs" else None
         layout.config.write_text(edge_nginx.render(settings, layout, store_root))
         edge_nginx.check(nginx_binary, layout)
-    bootstrap.announce(settings)
+    announced = bootstrap.announce(settings)
     err.print(f"nixfarm listening on {settings.base_url}"
               f"{' (nginx in front)' if nginx_binary else ''}; admin token in "
               f"{settings.data_dir / 'admin.token'}", markup=False)
@@ -84,7 +84,7 @@ def _serve(config_file: Path | None, data_dir: Path | None, listen: str | None,
     plan = {"host": settings.host, "port": settings.port, "workers": workers,
             "nginx": nginx_binary, "run_dir": str(layout.run),
             "app_socket": str(layout.app_socket),
-            "announce": str(settings.data_dir / "server.json")}
+            "announce": str(announced)}
     env = {**os.environ, SETTINGS_VARIABLE: settings.model_dump_json(),
            supervisor.PLAN_VARIABLE: json.dumps(plan)}
     sys.stderr.flush()
