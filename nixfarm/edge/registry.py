@@ -36,27 +36,31 @@ class RegistryEdge:
         #: Tags this process published, so a client nginx cannot answer (an OCI-only
         #: Accept) does not make every request re-read the map.
         self._tags: dict[str, str] = {}
+        #: Manifests (hex digests) published by this process: content-addressed, they
+        #: are never withdrawn, so a request need not look at the tree again.
+        self._manifests: set[str] = set()
         self._last_reload = 0.0
         self._reload_due: asyncio.TimerHandle | None = None
 
-    def manifest(self, body: bytes, media_type: str) -> Digest:
-        """Publish a manifest under its digest; the digest."""
-        digest = Digest.of(body)
+    def manifest(self, body: bytes, media_type: str, digest: Digest) -> None:
+        """Publish a manifest (whose digest the caller knows) under its digest."""
         extension = _EXTENSIONS.get(media_type)
-        if extension is not None:
-            relative = f"registry/manifests/{digest.hex}.{extension}"
-            if not self.tree.has(relative):
-                self.tree.publish(relative, body)
-        return digest
+        if extension is None or digest.hex in self._manifests:
+            return
+        relative = f"registry/manifests/{digest.hex}.{extension}"
+        if not self.tree.has(relative):
+            self.tree.publish(relative, body)
+        self._manifests.add(digest.hex)
 
-    def tag(self, uri: str, docker_manifest: bytes, path_key: str | None) -> None:
+    def tag(self, uri: str, docker_manifest: bytes, digest: Digest,
+            path_key: str | None) -> None:
         """Let nginx answer ``uri`` (a manifest by tag) with ``docker_manifest``;
         ``path_key`` is a path source's current key (other sources' tags never move)."""
         if path_key is not None:
             if self._tags_key is not None and self._tags_key != path_key:
                 self._clear()
             self._tags_key = path_key
-        digest = self.manifest(docker_manifest, DOCKER_MANIFEST)
+        self.manifest(docker_manifest, DOCKER_MANIFEST, digest)
         if self._tags.get(uri) == digest.hex:
             return
         if self.tree.add_tag(uri, digest.hex, reload=False):

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import anyio.to_thread
 
+from nixfarm.oci.digest import Digest
 from nixfarm.oci.manifest import (
     MANIFEST_MEDIA_TYPES,
     OCI_MANIFEST,
@@ -56,6 +57,7 @@ class Image:
     # Rendered manifests by media type: a warm pull should not re-render (~50 us for
     # twenty layers, a quarter of the whole answer).
     _rendered: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
+    _digests: dict[str, Digest] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def compression(self) -> Compression:
@@ -67,6 +69,13 @@ class Image:
             body = self._rendered[media_type] = image_manifest(self.config, self.layers,
                                                                media_type)
         return body
+
+    def digest(self, media_type: str) -> Digest:
+        """The digest of :meth:`manifest` in ``media_type`` (hashed once per image)."""
+        digest = self._digests.get(media_type)
+        if digest is None:
+            digest = self._digests[media_type] = Digest.of(self.manifest(media_type))
+        return digest
 
     @property
     def media_types(self) -> tuple[str, ...]:

@@ -180,18 +180,19 @@ class RegistryService:
             body = await self.manifests.by_digest(digest)
             media_type = manifest_media_type(body)
             if self.edge is not None:
-                self.edge.manifest(body, media_type)
+                self.edge.manifest(body, media_type, digest)
             return ManifestAnswer(body, media_type, digest)
         image, resolved = await self._image(name, reference)
         oci_only = image.compression == "zstd"
         media_type = negotiate(accept, oci_only=oci_only)
-        body = image.manifest(media_type)
+        body, digest = image.manifest(media_type), image.digest(media_type)
         if self.edge is not None:
-            self.edge.manifest(body, media_type)
+            self.edge.manifest(body, media_type, digest)
             if uri is not None and resolved.cache_key is not None and not oci_only:
                 path_key = resolved.cache_key if self._source().kind == "path" else None
-                self.edge.tag(uri, image.manifest(DOCKER_MANIFEST), path_key)
-        return ManifestAnswer(body, media_type, Digest.of(body))
+                self.edge.tag(uri, image.manifest(DOCKER_MANIFEST),
+                              image.digest(DOCKER_MANIFEST), path_key)
+        return ManifestAnswer(body, media_type, digest)
 
     async def blob(self, name: str, digest_text: str) -> BlobAnswer:
         """Where the blob ``digest_text`` is; NotFound(kind="blob") if the store lacks it."""
