@@ -55,8 +55,6 @@ from nixfarm.wire import GcReport
 
 log = logging.getLogger(__name__)
 
-#: The event bus topic: ``{"cache": NAME, "hashes": [...], "nar_files": [...]}``.
-TOPIC = FORGET_TOPIC
 #: A NAR stored more recently than this is never collected: its narinfo may be on its way.
 NAR_GRACE = timedelta(hours=1)
 
@@ -76,8 +74,7 @@ def closure_split(rows: Sequence[retention.PathRow], cutoff: datetime
 
 
 async def collect(caches: CacheService, cache: str, older_than: timedelta, *,
-                  dry_run: bool = False, events: EventBus | None = None,
-                  grace: timedelta = NAR_GRACE) -> GcReport:
+                  dry_run: bool = False, grace: timedelta = NAR_GRACE) -> GcReport:
     """Collect ``cache``'s garbage (or, ``dry_run``, only say what it would be)."""
     if older_than <= timedelta(0):
         raise InvalidInput("older_than must be a positive duration", field="older_than")
@@ -114,7 +111,7 @@ async def collect(caches: CacheService, cache: str, older_than: timedelta, *,
         async with caches.db.session() as s:
             deleted = await retention.delete_paths(s, cache_id, part, cutoff)
         gone += deleted
-        await _forget(caches, events, cache, deleted, [])
+        await caches.forget_everywhere(cache, deleted, [])
 
     freed = 0
     logs_removed = 0
@@ -142,7 +139,7 @@ async def collect(caches: CacheService, cache: str, older_than: timedelta, *,
             freed += nar.file_size
             names.append(nar_key(nar.file_hash, nar.compression).removeprefix("nar/"))
         files += names
-        await _forget(caches, events, cache, [], names)
+        await caches.forget_everywhere(cache, [], names)
 
     # A reader that looked a path up just before its row went may have published its
     # answer for nginx just after it was withdrawn: withdraw everything once more.
@@ -167,16 +164,6 @@ async def _freed_nars(s: AsyncSession, cache_id: int, removed: set[str],
     return freed
 
 
-async def _forget(caches: CacheService, events: EventBus | None, cache: str,
-                  hashes: Sequence[str], nar_files: Sequence[str]) -> None:
-    if not hashes and not nar_files:
-        return
-    caches.forget(cache, hashes, nar_files)
-    if events is not None:
-        message = {"cache": cache, "hashes": list(hashes), "nar_files": list(nar_files)}
-        await events.publish(TOPIC, json.dumps(message).encode())
-
-
 def apply(caches: CacheService, message: bytes) -> None:
     """Apply another server's ``cache.forget`` message; malformed ones are logged, ignored."""
     try:
@@ -186,7 +173,7 @@ def apply(caches: CacheService, message: bytes) -> None:
         if not _all(hashes, is_hash_part) or not _all(files, _is_nar_file):
             raise ValueError("bad hash or NAR file name")
     except (ValueError, KeyError, TypeError, InvalidInput) as e:
-        log.warning("cache gc: ignoring a malformed %s message: %s", TOPIC, e)
+        log.warning("cache gc: ignoring a malformed %s message: %s", FORGET_TOPIC, e)
         return
     caches.forget(cache, hashes, files)
 
@@ -195,11 +182,11 @@ async def follow(caches: CacheService, events: EventBus) -> None:
     """Apply ``cache.forget`` messages as they come, until cancelled (``Farm.background``)."""
     while True:
         try:
-            async with events.subscribe(TOPIC) as subscription:
+            async with events.subscribe(FORGET_TOPIC) as subscription:
                 async for message in subscription:
                     apply(caches, message)
         except Exception as e:  # a lost bus connection: subscribe again, a little later
-            log.warning("cache gc: following %s failed: %s", TOPIC, e)
+            log.warning("cache gc: following %s failed: %s", FORGET_TOPIC, e)
             await asyncio.sleep(1.0)
 
 

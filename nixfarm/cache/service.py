@@ -267,7 +267,7 @@ class CacheService:
             _check_same(nar, info.nar_hash, info.nar_size)
             await self._publish(s, row, nar, info.store_path, info.references,
                                 info.deriver, info.ca)
-        await self._announce(cache, info.store_path.hash_part)
+        await self.forget_everywhere(cache, [info.store_path.hash_part], [])
 
     async def receive_log(self, cache: str, drv: str, body: AsyncIterable[bytes]) -> None:
         _check_drv(drv)
@@ -296,7 +296,7 @@ class CacheService:
         async with self.db.session() as s:
             nar = await _record_nar(s, row, facts, stored)
             await self._publish(s, row, nar, store_path, references, deriver, upload.ca)
-        await self._announce(cache, store_path.hash_part)
+        await self.forget_everywhere(cache, [store_path.hash_part], [])
 
     # -- garbage collection (nixfarm/cache/gc.py) -------------------------------------
 
@@ -323,11 +323,16 @@ class CacheService:
                 for file in files:
                     self.edge.remove(f"cache/{name}/nar/{file}")
 
-    async def _announce(self, cache: str, store_hash: str) -> None:
-        """After a (re-)upload is committed: other servers drop what they remembered or
-        published of the path's narinfo (this one did in ``_publish``)."""
+    async def forget_everywhere(self, cache: str, store_hashes: Sequence[str],
+                                nar_files: Sequence[str]) -> None:
+        """:meth:`forget` here, and tell every other server to (FORGET_TOPIC): after a
+        re-upload or a collection is committed."""
+        if not store_hashes and not nar_files:
+            return
+        self.forget(cache, store_hashes, nar_files)
         if self.events is not None:
-            message = {"cache": cache, "hashes": [store_hash], "nar_files": []}
+            message = {"cache": cache, "hashes": list(store_hashes),
+                       "nar_files": list(nar_files)}
             await self.events.publish(FORGET_TOPIC, json.dumps(message).encode())
 
     # -- shared -----------------------------------------------------------------------
@@ -372,9 +377,9 @@ class CacheService:
             s, cache.id, store_path=store_path.path, nar=nar, references=list(references),
             deriver=deriver, ca=ca, sigs=[key.sign(signed)],
         )
-        self._narinfos.pop((cache.name, store_path.hash_part), None)
-        if self.edge is not None:
-            self.edge.remove(f"cache/{cache.name}/{store_path.hash_part}.narinfo")
+        # What was remembered or published of the path is forgotten once this is
+        # committed (the callers' forget_everywhere): a read between now and the commit
+        # would otherwise remember the old narinfo again.
 
 
 async def _record_nar(s: AsyncSession, cache: Cache, facts: NarFacts, storage_key: str) -> Nar:

@@ -65,7 +65,7 @@ class ManifestCache:
         await self.store.put(blob_key(Digest.of(image.config)), image.config)
         for media_type in image.media_types:
             manifest = image.manifest(media_type)
-            await self.store.put(manifest_key(Digest.of(manifest)), manifest)
+            await self.store.put(manifest_key(image.digest(media_type)), manifest)
         if key is not None:
             record = canonical_json({"config": image.config.decode("ascii"),
                                      "layers": [encode_layer(layer) for layer in image.layers]})

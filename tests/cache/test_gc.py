@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from nixfarm import config
 from nixfarm.cache import gc
-from nixfarm.cache.service import CacheService, PathUpload, listing_key, nar_key
+from nixfarm.cache.service import FORGET_TOPIC, CacheService, PathUpload, listing_key, nar_key
 from nixfarm.db.engine import Database
 from nixfarm.db.models import CachePath, Nar, utcnow
 from nixfarm.edge.layout import EdgeLayout
@@ -224,8 +224,9 @@ async def test_other_servers_forget_through_the_event_bus(env: Env) -> None:
     old_nar = await env.nar_of("main", old)
     await env.age(old)
     bus = MemoryBus()
-    async with bus.subscribe(gc.TOPIC) as subscription:
-        await gc.collect(env.service, "main", MONTH, events=bus)
+    env.service.events = bus
+    async with bus.subscribe(FORGET_TOPIC) as subscription:
+        await gc.collect(env.service, "main", MONTH)
         messages = [await subscription.get(1) for _ in range(2)]
     bodies = [json.loads(m or b"") for m in messages]
     assert bodies == [{"cache": "main", "hashes": [old[11:43]], "nar_files": []},

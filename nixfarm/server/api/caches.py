@@ -97,4 +97,4 @@ async def collect_garbage(request: Request, name: str) -> GcReport:
         raise InvalidInput(f"{field}: {first['msg']}", field=field) from None
     farm = farm_of(request)
     return await gc.collect(farm.caches, name, timedelta(days=body.older_than_days),
-                            dry_run=body.dry_run, events=farm.events)
+                            dry_run=body.dry_run)
