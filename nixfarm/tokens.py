@@ -8,7 +8,7 @@ keeps working on a server that did not revoke it itself.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -43,15 +43,17 @@ class TokenView:
 
 
 _MEMO_SECONDS = 5.0
+#: Tokens looked up by id (the issuers of registry pull tokens) are remembered more
+#: briefly: a revocation through another server takes effect within this.
+_ISSUER_SECONDS = 1.0
+_MEMO_LIMIT = 10_000
 
 
 class TokenService:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._memo: dict[str, tuple[float, Principal | None]] = {}
-        #: Called with a revoked token's id: whatever remembers tokens it issued
-        #: (the registry's pull tokens) forgets them at once.
-        self.revoke_listeners: list[Callable[[int], None]] = []
+        self._by_id: dict[int, tuple[float, Principal | None]] = {}
 
     async def create(self, name: str, scopes: Iterable[str],
                      expires_at: datetime | None = None) -> tuple[TokenView, str]:
@@ -68,9 +70,24 @@ class TokenService:
             token = await token_queries.authenticate(s, secret)
             principal = (Principal(token.id, token.name, tuple(token.scopes))
                          if token is not None else None)
-        if len(self._memo) > 10_000:
+        if len(self._memo) > _MEMO_LIMIT:
             self._memo.clear()
         self._memo[secret] = (now + _MEMO_SECONDS, principal)
+        return principal
+
+    async def by_id(self, token_id: int) -> Principal | None:
+        """The live token with this id (its secret unknown: a pull token's issuer)."""
+        now = time.monotonic()
+        memo = self._by_id.get(token_id)
+        if memo is not None and memo[0] > now:
+            return memo[1]
+        async with self.db.session() as s:
+            token = await token_queries.live_token(s, token_id)
+            principal = (Principal(token.id, token.name, tuple(token.scopes))
+                         if token is not None else None)
+        if len(self._by_id) > _MEMO_LIMIT:
+            self._by_id.clear()
+        self._by_id[token_id] = (now + _ISSUER_SECONDS, principal)
         return principal
 
     async def list(self, include_revoked: bool = False) -> list[TokenView]:
@@ -81,6 +98,5 @@ class TokenService:
         async with self.db.session() as s:
             token = await token_queries.revoke_token(s, token_id)
         self._memo.clear()
-        for listener in self.revoke_listeners:
-            listener(token_id)
+        self._by_id.pop(token_id, None)
         return TokenView.of(token)

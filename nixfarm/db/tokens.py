@@ -58,6 +58,17 @@ async def create_token(
     return token, secret
 
 
+def is_live(token: Token, now: datetime) -> bool:
+    """Not revoked and not expired at ``now``."""
+    return not token.revoked and (token.expires_at is None or token.expires_at > now)
+
+
+async def live_token(session: AsyncSession, token_id: int) -> Token | None:
+    """The token with this id while it is live, or None."""
+    token = await session.get(Token, token_id)
+    return token if token is not None and is_live(token, utcnow()) else None
+
+
 async def authenticate(
     session: AsyncSession, secret: str, now: datetime | None = None
 ) -> Token | None:
@@ -66,9 +77,7 @@ async def authenticate(
         return None
     now = now or utcnow()
     token = await session.scalar(sa.select(Token).where(Token.secret_hash == hash_secret(secret)))
-    if token is None or token.revoked:
-        return None
-    if token.expires_at is not None and token.expires_at <= now:
+    if token is None or not is_live(token, now):
         return None
     if token.last_used_at is None or now - token.last_used_at >= _LAST_USED_RESOLUTION:
         token.last_used_at = now

@@ -41,10 +41,8 @@ import time
 from pathlib import Path
 
 from nixfarm.auth import REGISTRY_PULL, allows
-from nixfarm.db.engine import Database
-from nixfarm.db.models import Token, utcnow
 from nixfarm.errors import ConfigError, Unauthorized
-from nixfarm.tokens import Principal
+from nixfarm.tokens import Principal, TokenService
 
 PREFIX = "nfr_"
 KEY_FILE = "registry-token.key"
@@ -137,13 +135,12 @@ def issuer(key: bytes, token: str, now: float | None = None) -> int:
 
 
 class PullTokens:
-    """Pull tokens signed with the key at ``key_path``; ``db`` holds their issuers."""
+    """Pull tokens signed with the key at ``key_path``; ``tokens`` knows their issuers."""
 
-    def __init__(self, key_path: Path, db: Database) -> None:
+    def __init__(self, key_path: Path, tokens: TokenService) -> None:
         self.key_path = key_path
-        self.db = db
+        self.tokens = tokens
         self._key: bytes | None = None
-        self._memo: dict[int, tuple[float, str | None]] = {}
 
     @property
     def key(self) -> bytes:
@@ -151,35 +148,14 @@ class PullTokens:
             self._key = load_key(self.key_path)
         return self._key
 
-    def forget(self, token_id: int) -> None:
-        """The issuing token was revoked here: its pull tokens stop working at once."""
-        self._memo.pop(token_id, None)
-
     def mint(self, token_id: int, seconds: int, now: float | None = None) -> str:
         return mint(self.key, token_id, seconds, now)
 
     async def verify(self, token: str) -> Principal:
         """Who pulls with ``token``: Unauthorized if tampered, expired, or its issuer is gone."""
         token_id = issuer(self.key, token)
-        name = await self._live_issuer(token_id)
-        if name is None:
+        found = await self.tokens.by_id(token_id)
+        if found is None or not allows(found.scopes, REGISTRY_PULL):
             raise Unauthorized("the token this registry token was issued for is revoked, "
                                "expired or lacks scope 'registry:pull'")
-        return Principal(token_id, name, (REGISTRY_PULL,))
-
-    async def _live_issuer(self, token_id: int) -> str | None:
-        """The issuing token's name while it may pull, else None (memoised briefly)."""
-        now = time.monotonic()
-        memo = self._memo.get(token_id)
-        if memo is not None and memo[0] > now:
-            return memo[1]
-        async with self.db.session() as s:
-            token = await s.get(Token, token_id)
-            live = (token is not None and not token.revoked
-                    and (token.expires_at is None or token.expires_at > utcnow())
-                    and allows(token.scopes, REGISTRY_PULL))
-            name = token.name if live and token is not None else None
-        if len(self._memo) > _MEMO_LIMIT:
-            self._memo.clear()
-        self._memo[token_id] = (now + _MEMO_SECONDS, name)
-        return name
+        return Principal(token_id, found.name, (REGISTRY_PULL,))

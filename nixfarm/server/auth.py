@@ -69,8 +69,7 @@ def pull_tokens(conn: HTTPConnection) -> PullTokens:
     found = getattr(state, "pull_tokens", None)
     if not isinstance(found, PullTokens):
         farm = farm_of(conn)
-        found = PullTokens(farm.settings.data_dir / pulltokens.KEY_FILE, farm.db)
-        farm.tokens.revoke_listeners.append(found.forget)
+        found = PullTokens(farm.settings.data_dir / pulltokens.KEY_FILE, farm.tokens)
         state.pull_tokens = found
     return found
 

@@ -20,7 +20,7 @@ from nixfarm.db.models import utcnow
 from nixfarm.errors import ConfigError, Unauthorized
 from nixfarm.registry import pulltokens
 from nixfarm.registry.pulltokens import PullTokens, issuer, load_key, mint
-from nixfarm.tokens import Principal
+from nixfarm.tokens import Principal, TokenService
 
 KEY = bytes(range(32))
 
@@ -105,7 +105,7 @@ async def test_verify_needs_a_live_issuer_that_may_pull(db: Database, tmp_path: 
             s, "lapsed", ["registry:pull"], expires_at=utcnow() - timedelta(seconds=1))
     path = tmp_path / pulltokens.KEY_FILE
 
-    minter = PullTokens(path, db)
+    minter = PullTokens(path, TokenService(db))
     # Whatever the issuer may do, the pull token may only pull.
     assert await minter.verify(minter.mint(puller.id, 60)) == Principal(
         puller.id, "puller", ("registry:pull",))
@@ -118,7 +118,7 @@ async def test_verify_needs_a_live_issuer_that_may_pull(db: Database, tmp_path: 
     # Another server on the same data dir accepts it and sees the revocation.
     async with db.session() as s:
         await token_queries.revoke_token(s, puller.id)
-    other = PullTokens(path, db)
+    other = PullTokens(path, TokenService(db))
     with pytest.raises(Unauthorized, match="revoked"):
         await other.verify(minter.mint(puller.id, 60))
     assert await other.verify(minter.mint(admin.id, 60)) == Principal(
