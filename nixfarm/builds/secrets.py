@@ -20,7 +20,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import os
 import posixpath
 import uuid as uuidlib
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ from nixfarm.auth import ADMIN
 from nixfarm.db.engine import Database
 from nixfarm.db.models import Secret
 from nixfarm.errors import ConfigError, Conflict, InvalidInput, NotFound
+from nixfarm.keyfile import read_or_create
 from nixfarm.runner.masking import Masker
 from nixfarm.tokens import Principal
 from nixfarm.wire_jobs import SecretCreate, SecretOut, SecretValue
@@ -44,19 +44,8 @@ MAX_SECRET_BYTES = 1024 * 1024
 
 
 def load_key(path: Path) -> bytes:
-    """The server key at ``path``, created (0600) if missing."""
-    try:
-        key = path.read_bytes()
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = nacl.utils.random(nacl.secret.SecretBox.KEY_SIZE)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process won the race: use its key
-            return load_key(path)
-        with os.fdopen(fd, "wb") as f:
-            f.write(fresh)
-        return fresh
+    """The server key at ``path``, created (0600) if missing, whoever creates it first."""
+    key = read_or_create(path, nacl.secret.SecretBox.KEY_SIZE)
     if len(key) != nacl.secret.SecretBox.KEY_SIZE:
         raise ConfigError(f"{path} is not a 32-byte secrets key", key="data_dir")
     return key

@@ -34,52 +34,27 @@ import hashlib
 import hmac
 import json
 import math
-import os
-import secrets
-import tempfile
 import time
 from pathlib import Path
 
 from nixfarm.auth import REGISTRY_PULL, allows
 from nixfarm.errors import ConfigError, Unauthorized
+from nixfarm.keyfile import read_or_create
 from nixfarm.tokens import Principal, TokenService
 
 PREFIX = "nfr_"
 KEY_FILE = "registry-token.key"
 _KEY_BYTES = 32
-_MEMO_SECONDS = 1.0
-_MEMO_LIMIT = 10_000
 
 
 def load_key(path: Path) -> bytes:
     """The signing key at ``path``, created (0600) if missing, whoever creates it first."""
-    try:
-        key = path.read_bytes()
-    except FileNotFoundError:
-        key = _create_key(path)
+    key = read_or_create(path, _KEY_BYTES)
     if len(key) != _KEY_BYTES:
         raise ConfigError(f"{path} is not a {_KEY_BYTES}-byte registry token key; delete it "
                           "to make a new one (tokens already handed out stop working)",
                           key="data_dir")
     return key
-
-
-def _create_key(path: Path) -> bytes:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fresh = secrets.token_bytes(_KEY_BYTES)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(fresh)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(temporary, path)
-        except FileExistsError:  # another process won the race: its key is the key
-            return path.read_bytes()
-        return fresh
-    finally:
-        os.unlink(temporary)
 
 
 def _b64encode(data: bytes) -> str:
