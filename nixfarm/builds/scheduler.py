@@ -168,11 +168,14 @@ class Scheduler:
     async def _take(self, runner: Runner) -> Job | None:
         now = utcnow()
         async with self.db.session() as s:
-            queued = await s.scalars(sa.select(Job).where(Job.status == "queued")
-                                     .order_by(Job.id).limit(_CANDIDATES))
+            # Only jobs this runner can run: jobs waiting for another image or arch,
+            # however many, must not hide the ones behind them.
+            queued = await s.scalars(
+                sa.select(Job)
+                .where(Job.status == "queued", Job.image.in_(runner.images),
+                       sa.or_(Job.arch.is_(None), Job.arch == runner.arch))
+                .order_by(Job.id).limit(_CANDIDATES))
             for job in list(queued):
-                if job.image not in runner.images or job.arch not in (None, runner.arch):
-                    continue
                 if await q.update_job_if(
                         s, job.id, {"status": "queued"}, status="running", runner_id=runner.id,
                         attempts=job.attempts + 1, started_at=now,

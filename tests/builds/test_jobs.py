@@ -76,6 +76,19 @@ async def test_only_one_runner_wins_a_job(db: Database, make_builds: MakeBuilds)
     assert [a.job_id for a in won if a is not None] == [job.id]
 
 
+async def test_jobs_for_other_images_do_not_hide_a_runners_jobs(
+        db: Database, make_builds: MakeBuilds) -> None:
+    builds = make_builds()
+    user, rt, rid = await setup(db, builds)
+    await builds.scheduler.register(rt, RunnerRegister(name="r2", images=["debian/12"]))
+    other = MANIFEST.replace("alpine/edge", "debian/12")
+    for _ in range(30):  # more than a claim looks at in one go
+        await builds.jobs.submit(user, JobSubmit(manifest=other))
+    mine = await builds.jobs.submit(user, JobSubmit(manifest=MANIFEST))
+    assignment = await builds.scheduler.claim(rt, rid, wait=0)
+    assert assignment is not None and assignment.job_id == mine.id
+
+
 async def test_claim_waits_for_a_submit(db: Database, make_builds: MakeBuilds) -> None:
     builds = make_builds()
     user, rt, rid = await setup(db, builds)
