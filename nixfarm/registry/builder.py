@@ -114,24 +114,19 @@ class Builder:
                 kind="package", name=",".join(missing))
         return [(p["name"], tuple(p["paths"])) for p in info["packages"]]
 
-    async def build(self, request: ImageRequest, source: Resolved,
-                    on_line: LineSink | None = None) -> Closure:
-        """Build the image's packages; nothing keeps them from the garbage collector."""
-        return await self._build(request, source, on_line, ["--no-out-link"])
-
     @asynccontextmanager
     async def built(self, request: ImageRequest, source: Resolved,
                     on_line: LineSink | None = None) -> AsyncIterator[Closure]:
         """Build the image's packages and keep their closure alive until the block ends."""
         with self.roots.hold() as link:
-            yield await self._build(request, source, on_line, ["--out-link", str(link)])
+            yield await self._build(request, source, on_line, link)
 
     async def _build(self, request: ImageRequest, source: Resolved, on_line: LineSink | None,
-                     link_args: list[str]) -> Closure:
+                     link: Path) -> Closure:
         deadline = Deadline(self.timeout)
         packages = await self.evaluate(request, source, deadline)
         try:
-            await self._run(["nix-build", *link_args, *self._args(request, source),
+            await self._run(["nix-build", "--out-link", str(link), *self._args(request, source),
                              "-A", "outputs"], deadline, on_line, "Building the image")
         except NixTimeout:
             raise

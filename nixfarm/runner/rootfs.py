@@ -36,7 +36,7 @@ from pathlib import Path
 from nixfarm.config import SourceSettings
 from nixfarm.errors import InvalidInput
 from nixfarm.nix import command as nix_command
-from nixfarm.registry.builder import Builder, Closure
+from nixfarm.registry.builder import Builder
 from nixfarm.registry.names import ImageRequest, host_system
 from nixfarm.registry.sources import PackageSource
 
@@ -72,26 +72,6 @@ async def _request(source: Path | PackageSource, packages: Sequence[str]
     return ImageRequest(name="job", packages=tuple(packages), system=host_system()), source
 
 
-async def build_packages(
-    source: Path | PackageSource,
-    packages: Sequence[str],
-    *,
-    nix_options: Mapping[str, str] | None = None,
-    timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 - the registry's builder's limit
-    on_line: Callable[[str], None] | None = None,
-) -> Closure:
-    """Build ``packages`` (attribute names of ``source``) with the registry's builder.
-
-    Raises InvalidInput for a name that is not an attribute path, NotFound naming
-    every package the source lacks, NixError when a build fails, NixTimeout.
-    """
-    request, source = await _request(source, packages)
-    if not packages:
-        return Closure(packages=(), graph={}, sizes={})
-    resolved = await source.resolve("latest")
-    return await Builder(nix_options or {}, timeout).build(request, resolved, on_line)
-
-
 async def compose_nix_root(
     source: Path | PackageSource,
     packages: Sequence[str],
@@ -101,7 +81,11 @@ async def compose_nix_root(
     timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 - passed to nix.command.run
     on_line: Callable[[str], None] | None = None,
 ) -> RootFS:
-    """Build ``packages`` and return a root for them (made once per set of outputs).
+    """Build ``packages`` (attribute names of ``source``) with the registry's builder and
+    return a root for them (made once per set of outputs).
+
+    Raises InvalidInput for a name that is not an attribute path, NotFound naming
+    every package the source lacks, NixError when a build fails, NixTimeout.
 
     The outputs stay GC roots for as long as the root exists (``nix-<key>.roots/``
     beside it: indirect roots, so deleting the root's directory releases them); they
