@@ -27,10 +27,12 @@ def main() -> None:
     edge = None
     where: dict[str, object] = {"address": plan["host"], "port": plan["port"]}
     if plan.get("nginx"):
+        from nixfarm.edge.layout import EdgeLayout
         from nixfarm.edge.process import NginxProcess
 
-        edge = NginxProcess(plan["nginx"], Path(plan["run_dir"]))
-        socket_path = Path(plan["app_socket"])
+        layout = EdgeLayout(Path(plan["edge_root"]))
+        edge = NginxProcess(plan["nginx"], layout)
+        socket_path = layout.app_socket
         socket_path.unlink(missing_ok=True)
         where = {"uds": socket_path, "uds_permissions": 0o600}
         edge.start_when_listening(socket_path)

@@ -82,8 +82,7 @@ def _serve(config_file: Path | None, data_dir: Path | None, listen: str | None,
     if demo:
         err.print(f"demo cache: {settings.base_url}/cache/{bootstrap.DEMO_CACHE}", markup=False)
     plan = {"host": settings.host, "port": settings.port, "workers": workers,
-            "nginx": nginx_binary, "run_dir": str(layout.run),
-            "app_socket": str(layout.app_socket),
+            "nginx": nginx_binary, "edge_root": str(layout.root),
             "announce": str(announced)}
     env = {**os.environ, SETTINGS_VARIABLE: settings.model_dump_json(),
            supervisor.PLAN_VARIABLE: json.dumps(plan)}

@@ -56,6 +56,10 @@ class EdgeLayout:
     def config(self) -> Path:
         return self.run / "nginx.conf"
 
+    def nginx_args(self) -> list[str]:
+        """The arguments that point nginx at this configuration and prefix."""
+        return ["-c", str(self.config), "-p", str(self.run)]
+
     def signal_nginx(self, signum: int, why: str) -> None:
         """Send nginx's master ``signum`` (a reload, a log reopen); a failure is logged
         (``why`` says what for): the next request still reaches the app."""

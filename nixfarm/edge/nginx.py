@@ -220,8 +220,8 @@ http {{
 
 def check(binary: str, layout: EdgeLayout) -> None:
     """``nginx -t``: a broken configuration stops the start with nginx's own words."""
-    done = subprocess.run([binary, "-t", "-q", "-c", str(layout.config), "-p", str(layout.run)],
-                          capture_output=True, check=False)
+    done = subprocess.run([binary, "-t", "-q", *layout.nginx_args()], capture_output=True,
+                          check=False)
     if done.returncode != 0:
         raise ConfigError(f"nginx refused the edge configuration ({layout.config}): "
                           f"{done.stderr.decode().strip()}", key="edge")

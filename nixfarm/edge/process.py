@@ -1,6 +1,7 @@
 """nginx as a child of the farm's supervising process (see nixfarm/supervisor.py).
 
-Only the standard library: this runs in the lean, long-lived supervisor.
+Only the standard library (and the edge's layout, which needs nothing else): this runs
+in the lean, long-lived supervisor.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+from nixfarm.edge.layout import EdgeLayout
+
 
 def die_with_parent() -> None:
     """Ask the kernel for SIGTERM when this process's parent dies: if the supervisor
@@ -24,11 +27,11 @@ def die_with_parent() -> None:
 
 
 class NginxProcess:
-    """nginx in the foreground, with the configuration in ``run_dir``/nginx.conf."""
+    """nginx in the foreground, with the configuration ``layout`` places."""
 
-    def __init__(self, binary: str, run_dir: Path) -> None:
+    def __init__(self, binary: str, layout: EdgeLayout) -> None:
         self.binary = binary
-        self.run_dir = run_dir
+        self.layout = layout
         self.process: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -52,7 +55,7 @@ class NginxProcess:
             if self._stopping.is_set():
                 return
             self.process = subprocess.Popen(
-                [self.binary, "-c", str(self.run_dir / "nginx.conf"), "-p", str(self.run_dir)],
+                [self.binary, *self.layout.nginx_args()],
                 preexec_fn=die_with_parent,
             )
         self.process.wait()
