@@ -63,7 +63,7 @@ class RegistryEdge:
         self.manifest(docker_manifest, DOCKER_MANIFEST, digest)
         if self._tags.get(uri) == digest.hex:
             return
-        if self.tree.add_tag(uri, digest.hex, reload=False):
+        if self.tree.add_tag(uri, digest.hex):
             self._reload_soon()
         self._tags[uri] = digest.hex
 

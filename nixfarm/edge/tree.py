@@ -91,9 +91,10 @@ class EdgeTree:
         with self._tags_locked():
             return self._read_tags()
 
-    def add_tag(self, uri: str, hex_digest: str, reload: bool = True) -> bool:
+    def add_tag(self, uri: str, hex_digest: str) -> bool:
         """Let nginx answer GET/HEAD ``uri`` with the manifest ``hex_digest`` (published)
-        once it reloads (at once unless ``reload`` is False); False if it already did."""
+        once it next reloads (the caller decides when: :meth:`reload`); False if the map
+        already said so."""
         if not _SAFE.fullmatch(uri) or not re.fullmatch(r"[0-9a-f]{64}", hex_digest):
             raise ValueError(f"refusing to publish tag {uri!r}")
         with self._tags_locked():
@@ -102,8 +103,6 @@ class EdgeTree:
                 return False
             tags[uri] = hex_digest
             self._write_tags(tags)
-        if reload:
-            self.reload()
         return True
 
     def clear_tags(self) -> None:
