@@ -91,6 +91,13 @@ def _publish(request: Request, cache: CacheView, name: str, data: bytes) -> None
         edge.publish(f"cache/{cache.name}/{name}", data)
 
 
+def _link(request: Request, cache: CacheView, name: str, found: Download) -> None:
+    """Like ``_publish`` for a stored file: a hard link, so nginx sends it from now on."""
+    edge = edge_of(request)
+    if edge is not None and not cache.private and found.local_path is not None:
+        edge.link(f"cache/{cache.name}/{name}", found.local_path)
+
+
 async def narinfo(request: Request) -> Response:
     name = request.path_params["name"]
     store_hash = request.path_params["hash"]
@@ -122,8 +129,11 @@ async def narinfo(request: Request) -> Response:
 def _stored_file(param: str, media_type: str,
                  receive: Callable[[CacheService, str, str, AsyncIterable[bytes]], Awaitable[None]],
                  fetch: Callable[[CacheService, str, str], Awaitable[Download]],
+                 published_under: str | None = None,
                  ) -> Callable[[Request], Awaitable[Response]]:
-    """An endpoint for a file of the cache (a NAR, a log): PUT streams it in, GET out."""
+    """An endpoint for a file of the cache (a NAR, a log): PUT streams it in, GET out;
+    with ``published_under`` (a directory of the cache's URL), a public cache's file is
+    also linked there for nginx."""
 
     async def endpoint(request: Request) -> Response:
         name = request.path_params["name"]
@@ -134,18 +144,15 @@ def _stored_file(param: str, media_type: str,
             return _ok()
         cache = await _cache_for(request, write=False)
         found = await fetch(caches, name, request.path_params[param])
-        edge = edge_of(request)
-        if param == "file" and edge is not None and not cache.private \
-                and found.local_path is not None:
-            # A public NAR file: nginx sends it from now on (a hard link to the stored file).
-            edge.link(f"cache/{name}/nar/{request.path_params[param]}", found.local_path)
+        if published_under is not None:
+            _link(request, cache, f"{published_under}/{request.path_params[param]}", found)
         return await _download(request, found, media_type)
 
     return endpoint
 
 
 nar = _stored_file("file", "application/x-nix-nar", CacheService.receive_nar_file,
-                   CacheService.nar)
+                   CacheService.nar, published_under="nar")
 build_log = _stored_file("drv", "text/plain; charset=utf-8", CacheService.receive_log,
                          CacheService.log)
 
