@@ -56,10 +56,12 @@ class CacheView:
     private: bool
     public_key: str
     priority: int
+    #: The database id reads query by (so a read needs no lookup by name).
+    id: int
 
     @classmethod
     def of(cls, cache: Cache) -> CacheView:
-        return cls(cache.name, cache.private, cache.public_key, cache.priority)
+        return cls(cache.name, cache.private, cache.public_key, cache.priority, cache.id)
 
 
 @dataclass(frozen=True)
@@ -129,11 +131,11 @@ class CacheService:
         return CacheView.of(cache)
 
     async def get(self, name: str) -> CacheView:
-        # Every cache-protocol request asks for its cache's settings, and a database
-        # session costs about a millisecond on SQLite: five times a whole narinfo answer
-        # from memory. The settings never change after creation, so remember them
-        # briefly; the bound is for a cache deleted through another server. Misses
-        # are not remembered: a new cache shows at once.
+        # Every cache-protocol request asks for its cache's settings (and its reads for
+        # its id), and a database session costs about a millisecond on SQLite: five
+        # times a whole narinfo answer from memory. The settings never change after
+        # creation, so remember them briefly; the bound is for a cache deleted through
+        # another server. Misses are not remembered: a new cache shows at once.
         now = time.monotonic()
         hit = self._views.get(name)
         if hit is not None and hit[0] > now:
@@ -165,9 +167,9 @@ class CacheService:
         if hit is not None and hit[0] > now:
             self._narinfos.move_to_end((cache, store_hash))
             return hit[1]
+        cache_id = (await self.get(cache)).id
         async with self.db.session() as s:
-            row = await cache_queries.get_cache(s, cache)
-            path = await path_queries.get_path(s, row.id, store_hash)
+            path = await path_queries.get_path(s, cache_id, store_hash)
             if path is None:
                 return None
             text = _render(path).encode()
@@ -179,9 +181,9 @@ class CacheService:
     async def listing(self, cache: str, store_hash: str) -> Download:
         """The ``.ls`` listing of a path's NAR (what ``nix store ls`` reads)."""
         _check_store_hash(store_hash)
+        cache_id = (await self.get(cache)).id
         async with self.db.session() as s:
-            row = await cache_queries.get_cache(s, cache)
-            path = await path_queries.get_path(s, row.id, store_hash)
+            path = await path_queries.get_path(s, cache_id, store_hash)
             file_hash = path.nar.file_hash if path is not None else None
         info = await self.store.stat(listing_key(file_hash)) if file_hash else None
         if info is None:
@@ -198,9 +200,9 @@ class CacheService:
         if hit is not None and hit[0] > now:
             return hit[1]
         file_hash, _ = _parse_nar_file(filename)
+        cache_id = (await self.get(cache)).id
         async with self.db.session() as s:
-            row = await cache_queries.get_cache(s, cache)
-            nar = await path_queries.cache_nar(s, row.id, file_hash)
+            nar = await path_queries.cache_nar(s, cache_id, file_hash)
         if nar is None or nar_key(nar.file_hash, nar.compression) != f"nar/{filename}":
             raise NotFound(f"cache {cache!r} has no NAR file {filename!r}", kind="nar",
                            name=filename)
@@ -213,9 +215,9 @@ class CacheService:
 
     async def log(self, cache: str, drv: str) -> Download:
         _check_drv(drv)
+        cache_id = (await self.get(cache)).id
         async with self.db.session() as s:
-            row = await cache_queries.get_cache(s, cache)
-            log = await path_queries.get_log(s, row.id, drv)
+            log = await path_queries.get_log(s, cache_id, drv)
         if log is None:
             raise NotFound(f"cache {cache!r} has no build log for {drv!r}", kind="log", name=drv)
         return await self._download(log.storage_key, log.size)
@@ -227,9 +229,9 @@ class CacheService:
     async def missing(self, cache: str, store_paths: Sequence[str]) -> list[str]:
         """Those of ``store_paths`` (full paths or basenames) the cache lacks."""
         by_hash = {StorePath.parse(p).hash_part: p for p in store_paths}
+        cache_id = (await self.get(cache)).id
         async with self.db.session() as s:
-            row = await cache_queries.get_cache(s, cache)
-            lacking = await path_queries.missing_hashes(s, row.id, list(by_hash))
+            lacking = await path_queries.missing_hashes(s, cache_id, list(by_hash))
         return [by_hash[h] for h in lacking]
 
     # -- writing: the Nix HTTP binary cache protocol (`nix copy --to http://...`) -----
