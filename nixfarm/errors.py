@@ -7,6 +7,7 @@ OCI ``{"errors": [...]}`` envelope, in one place. The CLI maps them to exit code
 
     NixfarmError
     ├── ConfigError          bad configuration (a key, a value)
+    │   └── PrerequisiteMissing  the host lacks what a part needs (Nix, nginx, ...)
     ├── InvalidInput         a request or file the caller sent is malformed
     │   └── IntegrityError   content does not match the hash/size it claims
     ├── NotFound             a named object does not exist
@@ -39,6 +40,14 @@ class NixfarmError(Exception):
 @dataclass
 class ConfigError(NixfarmError):
     key: str = ""
+
+
+@dataclass
+class PrerequisiteMissing(ConfigError):
+    """The host lacks something a part of the farm needs; ``fix`` is the command that mends it."""
+
+    check: str = ""
+    fix: str = ""
 
 
 @dataclass

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from nixfarm.cli import cache, push, runner, token, up
+from nixfarm.cli import cache, doctor, push, runner, token, up
 from nixfarm.cli import jobs as jobs_cli
 from nixfarm.cli.common import Exit, err, exit_code
 from nixfarm.errors import NixfarmError
@@ -20,6 +20,7 @@ app = typer.Typer(
 )
 app.command("up")(up.up)
 app.command("server")(up.server)
+app.command("doctor")(doctor.doctor)
 app.command("push")(push.push)
 app.command("runner")(runner.runner)
 app.add_typer(cache.app, name="cache")

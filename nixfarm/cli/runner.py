@@ -32,6 +32,7 @@ def runner(
              "(repeatable).")] = None,
 ) -> None:
     """Claim jobs from the farm and run them in sandboxes, until interrupted."""
+    from nixfarm import prerequisites
     from nixfarm.client.api import resolve
     from nixfarm.runner.agent import Agent
     from nixfarm.runner.images import Catalogue, Images
@@ -50,6 +51,8 @@ def runner(
         if not equals or not key.strip():
             raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--nix-option")
         options[key.strip()] = value.strip()
+    prerequisites.require("runner", prerequisites.for_runner(
+        options, uses_nix=nix_daemon or nix_source is not None))
     home = runner_dir(work_dir)
     images = Images(Catalogue(home / "images"), nix_source=nix_source, nix_options=options)
     daemon = NixDaemon(home, options) if nix_daemon else None

@@ -6,11 +6,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from nixfarm.cli.common import err
+
+if TYPE_CHECKING:
+    from nixfarm.config import Settings
 
 DataDirOption = Annotated[Path | None, typer.Option(
     "--data-dir", envvar="NIXFARM_DATA_DIR", help="Where the farm keeps its state.")]
@@ -34,7 +37,7 @@ def up(
         overrides["registry"] = {"source": {"kind": "path", "location": str(demo.path())}}
         # The demo set is built from local files only: asking substituters is wasted time.
         overrides["nix_options"] = {"substituters": ""}
-    _serve(config_file, data_dir, listen, overrides, demo=demo_set, workers=1)
+    _serve("up", config_file, data_dir, listen, overrides, demo=demo_set, workers=1)
 
 
 def server(
@@ -45,23 +48,35 @@ def server(
 ) -> None:
     """Run one server of a scale-out farm (no embedded runner): point several at one
     PostgreSQL (database_url), one S3 bucket (storage) and one Redis (redis_url)."""
-    _serve(config_file, data_dir, listen, {"jobs": {"embedded_runner_slots": 0}},
+    _serve("server", config_file, data_dir, listen, {"jobs": {"embedded_runner_slots": 0}},
            demo=False, workers=workers)
 
 
-def _serve(config_file: Path | None, data_dir: Path | None, listen: str | None,
-           overrides: dict[str, Any], *, demo: bool, workers: int) -> None:
-    # Imported here: every other command starts faster without the server's modules.
-    from nixfarm import bootstrap, config, supervisor
-    from nixfarm.config import SETTINGS_VARIABLE
-    from nixfarm.edge import nginx as edge_nginx
-    from nixfarm.edge.layout import EdgeLayout
+def load_settings(config_file: Path | None, data_dir: Path | None, listen: str | None,
+                  overrides: dict[str, Any]) -> Settings:
+    """The settings of a farm started with these options (``up``, ``server``, ``doctor``)."""
+    from nixfarm import config
 
     if data_dir is not None:
         overrides["data_dir"] = str(data_dir)
     if listen is not None:
         overrides["listen"] = listen
-    settings = config.load(config_file, overrides=overrides)
+    return config.load(config_file, overrides=overrides)
+
+
+def _serve(part: str, config_file: Path | None, data_dir: Path | None, listen: str | None,
+           overrides: dict[str, Any], *, demo: bool, workers: int) -> None:
+    # Imported here: every other command starts faster without the server's modules.
+    from nixfarm import bootstrap, prerequisites, supervisor
+    from nixfarm.config import SETTINGS_VARIABLE
+    from nixfarm.edge import nginx as edge_nginx
+    from nixfarm.edge.layout import EdgeLayout
+
+    settings = load_settings(config_file, data_dir, listen, overrides)
+    # Before anything is written or announced: a farm missing a piece says so now,
+    # not at the first request that needs it.
+    prerequisites.require(part, prerequisites.for_server(
+        settings, runner=settings.jobs.embedded_runner_slots > 0))
     nginx_binary = edge_nginx.binary(settings)
     # The worker learns from the settings whether nginx is in front ("auto" resolved).
     settings = settings.model_copy(update={
