@@ -187,9 +187,8 @@ async def database(settings: Settings) -> Finding:
     """PostgreSQL answers and lets the configured role in (SQLite needs the data dir only)."""
     if not settings.database_url:
         return Finding("database", True, "SQLite in the data directory")
-    from sqlalchemy.ext.asyncio import create_async_engine
-
     from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
 
     from nixfarm.db.engine import async_url
 
