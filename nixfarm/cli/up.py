@@ -67,7 +67,7 @@ def load_settings(config_file: Path | None, data_dir: Path | None, listen: str |
 def _serve(part: str, config_file: Path | None, data_dir: Path | None, listen: str | None,
            overrides: dict[str, Any], *, demo: bool, workers: int) -> None:
     # Imported here: every other command starts faster without the server's modules.
-    from nixfarm import bootstrap, prerequisites, supervisor
+    from nixfarm import bootstrap, farmlock, prerequisites, supervisor
     from nixfarm.config import SETTINGS_VARIABLE
     from nixfarm.edge import nginx as edge_nginx
     from nixfarm.edge.layout import EdgeLayout
@@ -77,6 +77,8 @@ def _serve(part: str, config_file: Path | None, data_dir: Path | None, listen: s
     # not at the first request that needs it.
     prerequisites.require(part, prerequisites.for_server(
         settings, runner=settings.jobs.embedded_runner_slots > 0))
+    farmlock.hold(settings.data_dir)
+    _check_address_free(settings.host, settings.port)
     nginx_binary = edge_nginx.binary(settings)
     # The worker learns from the settings whether nginx is in front ("auto" resolved).
     settings = settings.model_copy(update={
@@ -104,3 +106,25 @@ def _serve(part: str, config_file: Path | None, data_dir: Path | None, listen: s
     sys.stderr.flush()
     # Same process id, without this command's libraries (see nixfarm/supervisor.py).
     os.execve(sys.executable, [sys.executable, "-m", "nixfarm.supervisor"], env)
+
+
+def _check_address_free(host: str, port: int) -> None:
+    """Refuse now, not after announcing, when something else listens on the address
+    (nginx or Granian would fail to bind later, behind a "listening" banner)."""
+    import errno
+    import socket
+
+    from nixfarm.errors import Conflict
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+            if e.errno == errno.EADDRINUSE:
+                raise Conflict(f"{where} is in use by another program; stop it or choose "
+                               "another address with --listen") from None
+            raise Conflict(f"cannot listen on {where}: {e.strerror}; choose another "
+                           "address with --listen") from None

@@ -5,12 +5,13 @@ every check."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.farm import NIXFARM, free_port
+from tests.fixtures.farm import NIXFARM, RunningFarm, free_port
 
 
 def _nixfarm(*args: str, env: dict[str, str] | None = None,
@@ -80,3 +81,40 @@ def test_doctor_prints_every_check_and_fails_on_a_missing_piece(
     failed = [line for line in broken.stdout.splitlines() if line.startswith("FAIL")]
     assert len(failed) == 1 and "nixfarm-no-such-group" in failed[0], broken.stdout
     assert "fix: scripts/setup-nix" in broken.stdout
+
+
+def test_a_second_farm_on_the_same_data_dir_is_refused_and_the_first_keeps_serving(
+        tmp_path: Path) -> None:
+    first = RunningFarm(tmp_path / "data", free_port())
+    first.start()
+    try:
+        assert first.process is not None
+        done = _nixfarm("up", "--data-dir", str(first.data_dir),
+                        "--listen", f"127.0.0.1:{free_port()}")
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.strip() == (f"error: another farm (pid {first.process.pid}) uses "
+                                       f"{first.data_dir}; stop it first, or start this one "
+                                       "with another --data-dir")
+        assert first.get("/healthz").status_code == 200
+        assert (first.data_dir / "server.json").exists()
+    finally:
+        first.stop()
+    # The lock goes with the farm: the same directory starts again at once.
+    again = RunningFarm(first.data_dir, free_port())
+    again.start()
+    again.stop()
+
+
+@pytest.mark.parametrize("edge", ["nginx", "none"])
+def test_an_address_in_use_is_refused_before_announcing(tmp_path: Path, edge: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        data = tmp_path / "data"
+        done = _nixfarm("up", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}",
+                        env={"NIXFARM_EDGE__SERVER": edge})
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip() == (f"error: 127.0.0.1:{port} is in use by another program; "
+                                   "stop it or choose another address with --listen")
+    assert not (data / "server.json").exists()
