@@ -72,6 +72,7 @@ class PristineRoot:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._holder: subprocess.Popen[bytes] | None = None
+        self._spawned: list[subprocess.Popen[bytes]] = []
         self.pid = 0  # the holder's PID 1, as the host sees it
 
     def bootstrap(self, log: Path) -> None:
@@ -158,16 +159,18 @@ class PristineRoot:
         """A long-running script inside the root (it ends with the root)."""
         prelude = "".join(f"export {k}={_quote(v)}\n" for k, v in (env or {}).items())
         with log.open("ab") as out:
-            return subprocess.Popen(self._argv(prelude + script), stdout=out,
-                                    stderr=subprocess.STDOUT)
+            process = subprocess.Popen(self._argv(prelude + script), stdout=out,
+                                       stderr=subprocess.STDOUT)
+        self._spawned.append(process)
+        return process
 
     def close(self) -> None:
         """End every process inside (PID 1 first: the kernel kills the rest)."""
         if self.pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
-        if self._holder is not None:
-            self._holder.wait(30)
+        for process in [*self._spawned, *filter(None, [self._holder])]:
+            process.wait(30)
         self.pid = 0
         # The namespace's last process may take a moment to go; its mounts go with it.
         time.sleep(0.1)

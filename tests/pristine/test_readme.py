@@ -95,7 +95,8 @@ def test_the_readme_works_on_a_pristine_debian_12(root: PristineRoot, tmp_path: 
     readme.step("substitute into a fresh store, signatures required", f"""
         nix-store --store /tmp/fresh-store --option sandbox true -r {hello} {cowsay} \\
           --option substituters {readme.url}/cache/demo --option require-sigs true \\
-          --option trusted-public-keys "$(.venv/bin/nixfarm cache key demo)"
+          --option trusted-public-keys "$(.venv/bin/nixfarm cache key demo)" \\
+          --option narinfo-cache-positive-ttl 0
         test -x /tmp/fresh-store{hello}/bin/hello
         test -x /tmp/fresh-store{cowsay}/bin/cowsay
     """)
