@@ -174,6 +174,11 @@ class JobService:
     async def offered(self) -> tuple[set[str], set[str]]:
         """Images and arches configured or offered by a registered runner."""
         images = set(self.settings.jobs.images)
+        if self.settings.registry.source.kind == "none":
+            # ``nix`` roots are composed from a Nix package source: a server without one
+            # offers it only once a runner that brings its own (--nix-source) registers,
+            # or a job would wait in the queue for a runner that never comes.
+            images.discard("nix")
         arches = set(self.settings.jobs.arches)
         async with self.db.session() as s:
             for runner in await s.scalars(sa.select(Runner)):

@@ -98,6 +98,10 @@ def _serve(part: str, config_file: Path | None, data_dir: Path | None, listen: s
               f"{settings.data_dir / 'admin.token'}", markup=False)
     if demo:
         err.print(f"demo cache: {settings.base_url}/cache/{bootstrap.DEMO_CACHE}", markup=False)
+    if settings.registry.source.kind == "none":
+        err.print("no Nix package source: image pulls and `image: nix` jobs are refused "
+                  "until [registry.source] names one (a nixpkgs path, git repository or "
+                  "channel; see docs/registry.md), or start with --demo", markup=False)
     plan = {"host": settings.host, "port": settings.port, "workers": workers,
             "nginx": nginx_binary, "edge_root": str(layout.root),
             "announce": str(announced)}

@@ -26,12 +26,14 @@ MakeBuilds = Callable[..., BuildServices]
 
 @pytest.fixture
 async def make_builds(db: Database, tmp_path: Path) -> AsyncIterator[MakeBuilds]:
-    """Build services on the test's database; keyword arguments set ``jobs.*``."""
+    """Build services on the test's database; keyword arguments set ``jobs.*``
+    (``registry``: the registry section)."""
     buses: list[MemoryBus] = []
 
-    def make(**jobs: object) -> BuildServices:
+    def make(registry: dict[str, object] | None = None, **jobs: object) -> BuildServices:
         settings = config.load(environ={}, overrides={
-            "data_dir": str(tmp_path), "jobs": {"images": ["nix", "alpine/edge"], **jobs}})
+            "data_dir": str(tmp_path), "jobs": {"images": ["nix", "alpine/edge"], **jobs},
+            "registry": registry or {}})
         store = open_store(settings)
         bus = MemoryBus()
         buses.append(bus)

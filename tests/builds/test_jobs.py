@@ -3,10 +3,13 @@ leases, time limits, cancelling, following."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anyio
 import pytest
 import sqlalchemy as sa
 
+from nixfarm.builds.manifest_errors import ManifestError
 from nixfarm.builds.services import BuildServices
 from nixfarm.db.engine import Database
 from nixfarm.db.models import Job
@@ -223,3 +226,17 @@ async def test_groups(db: Database, make_builds: MakeBuilds) -> None:
     async with db.session() as s:
         assert await s.scalar(sa.select(sa.func.count()).select_from(Job).where(
             Job.group_id == group.id)) == 2
+
+
+async def test_image_nix_needs_a_package_source_or_a_runner_that_brings_one(
+        db: Database, make_builds: MakeBuilds, tmp_path: Path) -> None:
+    nix_job = JobSubmit(manifest="image: nix\npackages: [hello]\ntasks:\n  - t: hello\n")
+    without = make_builds()
+    user = await principal(db, "user", "jobs:submit")
+    with pytest.raises(ManifestError, match=r"image 'nix' is not available on this server"):
+        await without.jobs.submit(user, nix_job)
+    with_source = make_builds(registry={"source": {"kind": "path", "location": str(tmp_path)}})
+    assert (await with_source.jobs.submit(user, nix_job)).image == "nix"
+    runner_token = await principal(db, "runner", "runner")
+    await without.scheduler.register(runner_token, RunnerRegister(name="r", images=["nix"]))
+    assert (await without.jobs.submit(user, nix_job)).image == "nix"

@@ -33,7 +33,12 @@ def runner_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFar
     running = RunningFarm(tmp_path_factory.mktemp("runner-farm") / "data", free_port(),
                           extra_env={"NIXFARM_JOBS__LEASE_SECONDS": str(LEASE),
                                      "NIXFARM_JOBS__EMBEDDED_RUNNER_SLOTS": "0",
-                                     "NIXFARM_NIX_OPTIONS__SUBSTITUTERS": ""})
+                                     "NIXFARM_NIX_OPTIONS__SUBSTITUTERS": "",
+                                     # `image: nix` is offered from submit on, before
+                                     # the tests' runners have registered.
+                                     "NIXFARM_REGISTRY__SOURCE__KIND": "path",
+                                     "NIXFARM_REGISTRY__SOURCE__LOCATION":
+                                         str(nixfarm.demo.path())})
     running.start()
     yield running
     running.stop()
