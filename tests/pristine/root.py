@@ -142,7 +142,7 @@ class PristineRoot:
         children = Path(f"/proc/{self._holder.pid}/task/{self._holder.pid}/children")
         self.pid = int(children.read_text().split()[0])
 
-    def _argv(self, script: str) -> list[str]:
+    def argv(self, script: str) -> list[str]:
         env = [f"{k}={v}" for k, v in self.environment().items()]
         return ["nsenter", "--target", str(self.pid), "--mount", "--pid", "--",
                 "/usr/bin/env", "-i", *env, "/bin/bash", "-euo", "pipefail", "-c", script]
@@ -150,7 +150,7 @@ class PristineRoot:
     def run(self, script: str, timeout: float, env: Mapping[str, str] | None = None) -> Result:
         """A bash script as root inside the root; its exit status and output."""
         prelude = "".join(f"export {k}={_quote(v)}\n" for k, v in (env or {}).items())
-        done = subprocess.run(self._argv(prelude + script), stdout=subprocess.PIPE,
+        done = subprocess.run(self.argv(prelude + script), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, timeout=timeout, check=False)
         return Result(done.returncode, done.stdout.decode(errors="replace"))
 
@@ -159,7 +159,7 @@ class PristineRoot:
         """A long-running script inside the root (it ends with the root)."""
         prelude = "".join(f"export {k}={_quote(v)}\n" for k, v in (env or {}).items())
         with log.open("ab") as out:
-            process = subprocess.Popen(self._argv(prelude + script), stdout=out,
+            process = subprocess.Popen(self.argv(prelude + script), stdout=out,
                                        stderr=subprocess.STDOUT)
         self._spawned.append(process)
         return process
@@ -189,3 +189,36 @@ def pristine_root(path: Path, log: Path) -> Iterator[PristineRoot]:
         yield root
     finally:
         root.close()
+
+
+def main(argv: list[str]) -> int:
+    """``python3 -m tests.pristine.root [--keep DIR] -- COMMAND...``: run COMMAND (as bash)
+    in a checkout of this repository inside a fresh root, e.g. ``scripts/test``; its exit
+    status is this one's. Needs only Python's standard library, debootstrap and root."""
+    import argparse
+    import sys
+    import tempfile
+
+    parser = argparse.ArgumentParser(prog="python3 -m tests.pristine.root")
+    parser.add_argument("--dir", type=Path, help="make the root here and keep it")
+    parser.add_argument("command", nargs="+", help="a bash command run in the checkout")
+    args = parser.parse_args(argv)
+    repo = Path(__file__).resolve().parents[2]
+    base = args.dir or Path(tempfile.mkdtemp(prefix="nixfarm-pristine-", dir="/var/tmp"))
+    base.mkdir(parents=True, exist_ok=True)
+    print(f"pristine root: {base}/root (debootstrap log: {base}/debootstrap.log)", flush=True)
+    try:
+        with pristine_root(base / "root", base / "debootstrap.log") as root:
+            root.copy_in(repo, "/root/nixfarm")
+            done = subprocess.run(root.argv("cd /root/nixfarm\n" + " ".join(args.command)),
+                                  stdout=sys.stdout, stderr=sys.stderr, check=False)
+            return done.returncode
+    finally:
+        if args.dir is None:
+            subprocess.run(["rm", "-rf", "--one-file-system", str(base)], check=False)
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))
