@@ -33,8 +33,8 @@ def _write_private(path: Path, text: str) -> None:
 async def prepare(settings: Settings, demo: bool) -> None:
     # Imported here: ``nixfarm up``'s own process imports this module too, and should
     # not carry the database and services (see ``prepare_in_child``).
-    from nixfarm.auth import ADMIN, RUNNER
     from nixfarm.farm import Farm
+    from nixfarm.scopes import ADMIN, RUNNER
 
     farm = await Farm.open(settings)
     try:

@@ -21,7 +21,6 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nixfarm.cache.compression import EXTENSIONS, compression_of
 from nixfarm.cache.ingest import NarFacts, NarIngest
 from nixfarm.config import Settings
 from nixfarm.db import caches as cache_queries
@@ -32,6 +31,7 @@ from nixfarm.edge.tree import EdgeTree
 from nixfarm.errors import IntegrityError, InvalidInput, NotFound
 from nixfarm.events.base import EventBus
 from nixfarm.nix import nix32
+from nixfarm.nix.compression import EXTENSIONS, compression_of
 from nixfarm.nix.hashes import normalise_hash, parse_hash
 from nixfarm.nix.narinfo import NarInfo, fingerprint
 from nixfarm.nix.signing import SecretKey

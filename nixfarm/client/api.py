@@ -25,7 +25,7 @@ from nixfarm.errors import (
     NotFound,
     Unauthorized,
 )
-from nixfarm.wire import (
+from nixfarm.wire.caches import (
     CacheCreate,
     CacheOut,
     GcReport,

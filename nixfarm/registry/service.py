@@ -30,14 +30,14 @@ from nixfarm.oci.manifest import (
     negotiate,
 )
 from nixfarm.registry import names, sources
-from nixfarm.registry.builder import Builder
+from nixfarm.registry.buildboard import Build, BuildBoard
+from nixfarm.registry.compose import Image, compose
 from nixfarm.registry.flight import SingleFlight
-from nixfarm.registry.images import Image, compose
 from nixfarm.registry.layers import LayerCache, blob_key
 from nixfarm.registry.manifests import ManifestCache
+from nixfarm.registry.nixbuild import NixBuilder
 from nixfarm.registry.popularity import Popularity, PopularitySource
 from nixfarm.registry.sources import PackageSource, Resolved
-from nixfarm.registry.status import Build, BuildBoard
 from nixfarm.storage.base import ObjectStore
 
 log = logging.getLogger("nixfarm.registry")
@@ -73,7 +73,7 @@ class RegistryService:
         self.settings = settings
         self.store = store
         self.source = PackageSource(registry.source) if registry.source.kind != "none" else None
-        self.builder = Builder(settings.nix_options, registry.nix_timeout,
+        self.builder = NixBuilder(settings.nix_options, registry.nix_timeout,
                                settings.data_dir / "registry-gcroots")
         self.popularity = PopularitySource(self.builder, registry.popularity_file)
         self.layers = LayerCache(store, registry.compression)

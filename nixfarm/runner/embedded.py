@@ -12,9 +12,9 @@ from pathlib import Path
 from nixfarm.bootstrap import read_token
 from nixfarm.config import Settings
 from nixfarm.runner.agent import Agent
-from nixfarm.runner.images import Catalogue, Images
 from nixfarm.runner.nixd import NixDaemon
 from nixfarm.runner.protocol import RunnerClient
+from nixfarm.runner.roots import Catalogue, Images
 from nixfarm.runner.workdir import runner_dir
 
 TOKEN_FILE = "runner.token"

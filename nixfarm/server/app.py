@@ -36,7 +36,7 @@ from nixfarm.server.api import secrets as secrets_api
 from nixfarm.server.api import tokens as tokens_api
 from nixfarm.server.drain import DrainMiddleware
 from nixfarm.server.metrics import Metrics, MetricsMiddleware
-from nixfarm.server.web import jobs as jobs_web
+from nixfarm.server.pages import jobs as jobs_web
 
 
 async def health(request: Request) -> Response:

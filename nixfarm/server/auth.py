@@ -11,12 +11,12 @@ import binascii
 
 from starlette.requests import HTTPConnection
 
-from nixfarm.auth import REGISTRY_PULL, allows, cache_scope
 from nixfarm.cache.service import CacheView
 from nixfarm.errors import Forbidden, Unauthorized
 from nixfarm.farm import Farm
 from nixfarm.registry import pulltokens
 from nixfarm.registry.pulltokens import PullTokens
+from nixfarm.scopes import REGISTRY_PULL, allows, cache_scope
 from nixfarm.tokens import Principal
 
 

@@ -20,9 +20,9 @@ from starlette.responses import (
 )
 from starlette.routing import Route
 
-from nixfarm.auth import cache_scope
 from nixfarm.cache.service import CacheService, CacheView, Download
 from nixfarm.errors import InvalidInput, NotFound
+from nixfarm.scopes import cache_scope
 from nixfarm.server.auth import farm_of, readable_cache, require
 from nixfarm.server.body import read_bounded
 from nixfarm.server.edge import accel, edge_of

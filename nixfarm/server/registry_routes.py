@@ -29,10 +29,10 @@ from starlette.responses import (
 )
 from starlette.routing import Route
 
-from nixfarm.auth import REGISTRY_PULL
 from nixfarm.errors import NotFound, Unauthorized
+from nixfarm.registry.buildboard import Build
 from nixfarm.registry.service import RegistryService
-from nixfarm.registry.status import Build
+from nixfarm.scopes import REGISTRY_PULL
 from nixfarm.server.auth import credentials, farm_of, pull_tokens, require, require_pull
 from nixfarm.server.edge import accel
 

@@ -259,7 +259,7 @@ async def test_bad_cutoff_and_unknown_cache_are_refused(env: Env) -> None:
 
 
 def test_closure_split_follows_references_within_the_cache() -> None:
-    from nixfarm.db.retention import PathRow
+    from nixfarm.db.gc import PathRow
 
     now = utcnow()
     old = now - timedelta(days=60)

@@ -3,7 +3,7 @@
 Each rule is a function that returns the value (sometimes normalised: a secret UUID in
 canonical form, a null environment value as "") or raises ``refuse(...)``, a pydantic
 error whose message says what was expected. ``refuse`` can point below the value it
-checks (``at``): ``manifest._problems`` follows that to a line and column.
+checks (``at``): ``loading._problems`` follows that to a line and column.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from pydantic_core import PydanticCustomError
 
-from nixfarm.builds.manifest_errors import PathElement
+from nixfarm.manifest.errors import PathElement
 
 TASK_NAME = re.compile(r"^[a-z0-9_-]+$")
 IMAGE = re.compile(r"^(?:nix|[a-z0-9][a-z0-9._+-]*(?:/[a-z0-9][a-z0-9._+-]*)?)$")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nixfarm.builds.manifest import ManifestError, load_manifest
+from nixfarm.manifest import ManifestError, load_manifest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
