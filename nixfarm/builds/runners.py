@@ -54,14 +54,12 @@ from nixfarm.manifest import load_manifest
 from nixfarm.masking import Masker
 from nixfarm.scopes import ADMIN, cache_scope
 from nixfarm.tokens import Principal, TokenService
-from nixfarm.wire.jobs import (
-    FINAL_STATUSES,
-    ArtifactOut,
+from nixfarm.wire.jobs import FINAL_STATUSES, ArtifactOut, JobOut
+from nixfarm.wire.runners import (
     Assignment,
     CacheGrant,
     FinishRequest,
     HeartbeatResponse,
-    JobOut,
     LogAccepted,
     RunnerOut,
     RunnerRegister,

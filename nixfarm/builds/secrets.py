@@ -38,7 +38,8 @@ from nixfarm.keyfile import read_or_create
 from nixfarm.masking import Masker
 from nixfarm.scopes import ADMIN
 from nixfarm.tokens import Principal
-from nixfarm.wire.jobs import SecretCreate, SecretOut, SecretValue
+from nixfarm.wire.jobs import SecretCreate, SecretOut
+from nixfarm.wire.runners import SecretValue
 
 MAX_SECRET_BYTES = 1024 * 1024
 

@@ -33,9 +33,8 @@ from nixfarm.wire.caches import (
     MissingRequest,
     MissingResponse,
     PathInfo,
-    TokenCreate,
-    TokenOut,
 )
+from nixfarm.wire.tokens import TokenCreate, TokenOut
 
 T = TypeVar("T")
 

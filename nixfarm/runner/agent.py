@@ -42,7 +42,7 @@ from nixfarm.runner.roots import NIX_IMAGE, Images
 from nixfarm.runner.sandbox import BwrapSandbox, Sandbox, SandboxSpec
 from nixfarm.runner.sandbox.base import NixClient
 from nixfarm.runner.steps import JobContext, JobResult, Secret, StepStatus, TaskStatus, run_job
-from nixfarm.wire.jobs import Assignment, FinishRequest, RunnerRegister, TaskReport
+from nixfarm.wire.runners import Assignment, FinishRequest, RunnerRegister, TaskReport
 
 log = logging.getLogger("nixfarm.runner")
 

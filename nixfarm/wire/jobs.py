@@ -1,41 +1,16 @@
-"""Wire models of CI jobs: the jobs API (users, CLI) and the runner protocol.
+"""Wire models of the jobs API (``/api/v1/jobs``, ``/api/v1/job-groups``, secrets and
+the webhook key): what users and the CLI send and get back.
 
-Shared by the server, the CLI and the runner agent. Each model says its route and the
-scope it needs. Field names are the JSON names.
-
-The runner protocol, in order (all under ``/api/v1/runners``, scope ``runner``):
-
-1. ``POST /api/v1/runners`` ``RunnerRegister`` -> ``RunnerOut``: once at start-up
-   (idempotent per token and name); the answer says the lease and heartbeat timing.
-2. ``POST /{runner}/claim`` ``ClaimRequest`` -> 200 ``Assignment`` or 204 after
-   ``wait`` seconds with nothing to do. One long-poll per free slot.
-3. While the job runs, a loop of ``POST /{runner}/jobs/{job}/heartbeat``
-   ``HeartbeatRequest`` -> ``HeartbeatResponse``; the server holds each call up to
-   ``wait`` seconds and answers at once with ``stop: true`` when the job is cancelled
-   or timed out: the runner kills the job's processes and reports ``finish``. A 409
-   answer means the job is no longer this runner's (its lease expired): kill it, and
-   report nothing more.
-4. ``POST /{runner}/jobs/{job}/log?seq=N`` (the setup log: everything before the
-   first task) and ``POST /{runner}/jobs/{job}/tasks/{task}/log?seq=N`` (a task's),
-   body raw bytes (at most ``MAX_LOG_CHUNK``); ``seq`` counts from 0 per log, and a
-   repeated ``seq`` is ignored, so a retry after a timeout is safe. Send whole lines
-   when possible: secret values are masked per chunk. -> ``LogAccepted``.
-5. ``POST /{runner}/jobs/{job}/tasks/{task}`` ``TaskReport``: ``running`` when a task
-   starts, then ``success``/``failed``/``skipped`` with its exit code.
-6. ``PUT /{runner}/jobs/{job}/artifacts/{filename}?path=PATH``, body the file ->
-   ``ArtifactOut``.
-7. ``POST /{runner}/jobs/{job}/finish`` ``FinishRequest`` -> ``JobOut``: the job's
-   result; tasks still pending become ``skipped`` (``complete-build`` is a
-   ``success`` finish with tasks left). A job that already ended (cancelled, timed
-   out, lost) keeps its status.
+Each model says its route and the scope it needs. Field names are the JSON names.
 """
-
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from nixfarm.wire.base import Wire
 
 JobStatus = Literal["pending", "queued", "running", "success", "failed", "timeout", "cancelled"]
 TaskStatus = Literal["pending", "running", "success", "failed", "skipped"]
@@ -43,13 +18,6 @@ Visibility = Literal["public", "unlisted", "private"]
 SecretKind = Literal["ssh_key", "pgp_key", "file"]
 
 FINAL_STATUSES: frozenset[str] = frozenset({"success", "failed", "timeout", "cancelled"})
-#: The log of everything a runner does before the first task.
-SETUP_LOG = "setup"
-MAX_LOG_CHUNK = 1024 * 1024
-
-
-class Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 # --- jobs (users) ----------------------------------------------------------------
@@ -185,125 +153,3 @@ class SecretOut(Wire):
     path: str | None
     mode: int | None
     created_at: datetime
-
-
-# --- the runner protocol -----------------------------------------------------------
-
-
-class RunnerRegister(Wire):
-    """POST /api/v1/runners (runner)."""
-
-    name: str = Field(min_length=1, max_length=100)
-    arch: str = "x86_64"
-    #: Image names this runner can boot (``nix``, ``alpine/3.19``, ...).
-    images: list[str]
-    #: Sandbox kinds it has (``bwrap``, ``vm``).
-    sandboxes: list[str] = []
-    slots: int = Field(default=1, ge=1, le=256)
-    version: str = ""
-
-
-class RunnerOut(Wire):
-    id: int
-    name: str
-    arch: str
-    images: list[str]
-    sandboxes: list[str]
-    slots: int
-    #: A job whose runner is silent this long is taken from it.
-    lease_seconds: float
-    #: How long the server holds a heartbeat; heartbeat again as soon as one returns.
-    heartbeat_wait: float
-    last_seen_at: datetime
-
-
-class ClaimRequest(Wire):
-    """POST /api/v1/runners/ID/claim (runner): 200 ``Assignment`` or 204 after ``wait``."""
-
-    wait: float = Field(default=20.0, ge=0, le=60)
-
-
-class SecretValue(Wire):
-    """A secret as delivered to the one runner running a job that may use it."""
-
-    uuid: str
-    name: str
-    kind: SecretKind
-    path: str | None
-    mode: int | None
-    #: The value, base64.
-    data: str
-
-
-class CacheGrant(Wire):
-    """Where the job pushes its Nix build outputs and logs (``nix copy --to``)."""
-
-    name: str
-    #: ``http://server/cache/NAME``: Nix's cache protocol, the token as basic auth.
-    url: str
-    #: A token that may push to this cache only, and expires with the job.
-    token: str
-    public_key: str
-
-
-class Assignment(Wire):
-    """A claimed job: everything the runner needs, and nothing it may not see."""
-
-    job_id: int
-    #: The manifest, validated, as data (builds.sr.ht shape: tasks as one-key mappings).
-    manifest: dict[str, object]
-    #: The text as submitted, for the record.
-    manifest_text: str
-    image: str
-    arch: str | None
-    tasks: list[str]
-    secrets: list[SecretValue]
-    network: bool
-    #: The job must have finished by then; the server ends it ``timeout`` after.
-    deadline: datetime
-    lease_seconds: float
-    heartbeat_wait: float
-    cache: CacheGrant | None
-    job_url: str
-    #: 1 on the first claim; 2 if the job was re-queued after a runner was lost.
-    attempt: int
-
-
-class HeartbeatRequest(Wire):
-    """POST /api/v1/runners/ID/jobs/JOB/heartbeat (runner)."""
-
-    #: Hold the answer up to this long unless the job must stop (capped by the server).
-    wait: float = Field(default=0.0, ge=0, le=60)
-
-
-class HeartbeatResponse(Wire):
-    #: Kill the job's processes now, then ``finish``.
-    stop: bool
-    #: Why: ``cancelled`` or ``timeout``; null while running.
-    reason: str | None
-    lease_expires_at: datetime
-
-
-class LogAccepted(Wire):
-    log: str
-    seq: int
-    #: False when this ``seq`` was already stored (a retry).
-    stored: bool
-
-
-class TaskReport(Wire):
-    """POST /api/v1/runners/ID/jobs/JOB/tasks/NAME (runner)."""
-
-    status: Literal["running", "success", "failed", "skipped"]
-    exit_code: int | None = None
-
-
-class FinishRequest(Wire):
-    """POST /api/v1/runners/ID/jobs/JOB/finish (runner)."""
-
-    status: Literal["success", "failed"]
-    #: One sentence: what failed (``task 'build' exited with 2``).
-    reason: str | None = None
-    #: The step that failed (boot, environment, secrets, repositories, packages,
-    #: sources, tasks, artifacts, cache push, shutdown).
-    failed_step: str | None = None

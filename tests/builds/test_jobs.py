@@ -12,7 +12,8 @@ from nixfarm.db.engine import Database
 from nixfarm.db.models import Job
 from nixfarm.errors import Conflict, Forbidden, InvalidInput, NotFound
 from nixfarm.tokens import Principal
-from nixfarm.wire.jobs import FinishRequest, JobSubmit, RunnerRegister, TaskReport
+from nixfarm.wire.jobs import JobSubmit
+from nixfarm.wire.runners import FinishRequest, RunnerRegister, TaskReport
 from tests.builds.conftest import MakeBuilds, principal
 
 pytestmark = pytest.mark.anyio

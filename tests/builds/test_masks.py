@@ -14,7 +14,8 @@ from nixfarm.builds.services import BuildServices
 from nixfarm.db.engine import Database
 from nixfarm.masking import MASK
 from nixfarm.tokens import Principal
-from nixfarm.wire.jobs import FinishRequest, JobSubmit, RunnerRegister, SecretCreate, TaskReport
+from nixfarm.wire.jobs import JobSubmit, SecretCreate
+from nixfarm.wire.runners import FinishRequest, RunnerRegister, TaskReport
 from tests.builds.conftest import MakeBuilds, principal
 
 pytestmark = pytest.mark.anyio

@@ -12,7 +12,8 @@ from nixfarm.builds.secrets import masker
 from nixfarm.db.engine import Database
 from nixfarm.db.models import Secret
 from nixfarm.errors import Conflict, InvalidInput, NotFound
-from nixfarm.wire.jobs import JobSubmit, RunnerRegister, SecretCreate
+from nixfarm.wire.jobs import JobSubmit, SecretCreate
+from nixfarm.wire.runners import RunnerRegister
 from tests.builds.conftest import MakeBuilds, principal
 
 pytestmark = pytest.mark.anyio
@@ -71,7 +72,7 @@ async def test_encrypted_at_rest_and_delivered(db: Database, make_builds: MakeBu
 
 def test_server_masks_what_the_runner_masks() -> None:
     from nixfarm.masking import MIN_LENGTH, Masker
-    from nixfarm.wire.jobs import SecretValue
+    from nixfarm.wire.runners import SecretValue
 
     raw = b"ab\nlong-enough-line\n"
     value = SecretValue(uuid="u", name="n", kind="file", path=None, mode=None,

@@ -1,4 +1,4 @@
-"""The runner protocol (see ``nixfarm.wire.jobs`` for the sequence): every route needs
+"""The runner protocol (see ``nixfarm.wire.runners`` for the sequence): every route needs
 a token with the ``runner`` scope, and one that registered the runner in the path."""
 
 from __future__ import annotations
@@ -11,15 +11,14 @@ from nixfarm.builds.runners import RunnerService
 from nixfarm.scopes import ADMIN, RUNNER
 from nixfarm.server.auth import farm_of, require
 from nixfarm.server.body import read_bounded
-from nixfarm.wire.jobs import (
+from nixfarm.wire.jobs import ArtifactOut, JobOut
+from nixfarm.wire.runners import (
     MAX_LOG_CHUNK,
-    ArtifactOut,
     Assignment,
     ClaimRequest,
     FinishRequest,
     HeartbeatRequest,
     HeartbeatResponse,
-    JobOut,
     LogAccepted,
     RunnerOut,
     RunnerRegister,

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 from nixfarm.scopes import ADMIN
 from nixfarm.server.auth import farm_of, principal, require
 from nixfarm.tokens import TokenView
-from nixfarm.wire.caches import TokenCreate, TokenOut, WhoAmI
+from nixfarm.wire.tokens import TokenCreate, TokenOut, WhoAmI
 
 router = APIRouter(prefix="/api/v1", tags=["tokens"])
 
