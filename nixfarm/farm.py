@@ -23,6 +23,8 @@ from nixfarm.edge.layout import EdgeLayout
 from nixfarm.edge.tree import EdgeTree
 from nixfarm.events.base import EventBus
 from nixfarm.events.factory import open_bus
+from nixfarm.registry import pulltokens
+from nixfarm.registry.pulltokens import PullTokens
 from nixfarm.registry.service import RegistryService
 from nixfarm.storage.base import ObjectStore
 from nixfarm.storage.factory import open_store
@@ -36,6 +38,8 @@ class Farm:
     store: ObjectStore
     caches: CacheService
     tokens: TokenService
+    #: Registry pull tokens, minted by ``/registry/token`` (their key is read lazily).
+    pull_tokens: PullTokens
     registry: RegistryService
     events: EventBus
     builds: BuildServices
@@ -52,6 +56,7 @@ class Farm:
             registry = RegistryService(settings, store, edge)  # ConfigError if source is bad
             caches = CacheService(db, store, settings, edge)
             tokens = TokenService(db)
+            pull_tokens = PullTokens(settings.data_dir / pulltokens.KEY_FILE, tokens)
             events = open_bus(settings)
             caches.events = events  # re-uploads tell the other servers
             builds = BuildServices.open(settings, db, store, events, caches, tokens)
@@ -65,6 +70,7 @@ class Farm:
             store=store,
             caches=caches,
             tokens=tokens,
+            pull_tokens=pull_tokens,
             registry=registry,
             events=events,
             builds=builds,

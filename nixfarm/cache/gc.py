@@ -50,6 +50,7 @@ from nixfarm.db import gc as gc_queries
 from nixfarm.db.models import utcnow
 from nixfarm.errors import InvalidInput
 from nixfarm.events.base import EventBus
+from nixfarm.naming import check_cache_name
 from nixfarm.nix.storepath import is_hash_part
 from nixfarm.wire.caches import GcReport
 
@@ -169,7 +170,7 @@ def apply(caches: CacheService, message: bytes) -> None:
     try:
         body = json.loads(message)
         cache, hashes, files = body["cache"], body["hashes"], body["nar_files"]
-        cache_queries.validate_cache_name(cache)
+        check_cache_name(cache)
         if not _all(hashes, is_hash_part) or not _all(files, _is_nar_file):
             raise ValueError("bad hash or NAR file name")
     except (ValueError, KeyError, TypeError, InvalidInput) as e:

@@ -30,6 +30,7 @@ from nixfarm.db.models import Cache, CachePath, Nar
 from nixfarm.edge.tree import EdgeTree
 from nixfarm.errors import IntegrityError, InvalidInput, NotFound
 from nixfarm.events.base import EventBus
+from nixfarm.naming import check_cache_name
 from nixfarm.nix import nix32
 from nixfarm.nix.compression import EXTENSIONS, compression_of
 from nixfarm.nix.hashes import normalise_hash, parse_hash
@@ -121,7 +122,7 @@ class CacheService:
 
     async def create(self, name: str, private: bool = False, priority: int | None = None
                      ) -> CacheView:
-        cache_queries.validate_cache_name(name)
+        check_cache_name(name)
         key = SecretKey.generate(f"{socket.gethostname()}-{name}-1")
         async with self.db.session() as s:
             cache = await cache_queries.create_cache(

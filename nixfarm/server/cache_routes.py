@@ -22,11 +22,11 @@ from starlette.routing import Route
 
 from nixfarm.cache.service import CacheService, CacheView, Download
 from nixfarm.errors import InvalidInput, NotFound
+from nixfarm.metrics import Metrics
 from nixfarm.scopes import cache_scope
 from nixfarm.server.auth import farm_of, readable_cache, require
 from nixfarm.server.body import read_bounded
 from nixfarm.server.edge import accel, edge_of
-from nixfarm.server.metrics import Metrics
 
 _NARINFO_TYPE = "text/x-nix-narinfo"
 _MAX_NARINFO = 1 << 20

@@ -33,7 +33,7 @@ from nixfarm.errors import NotFound, Unauthorized
 from nixfarm.registry.buildboard import Build
 from nixfarm.registry.service import RegistryService
 from nixfarm.scopes import REGISTRY_PULL
-from nixfarm.server.auth import credentials, farm_of, pull_tokens, require, require_pull
+from nixfarm.server.auth import credentials, farm_of, require, require_pull
 from nixfarm.server.edge import accel
 
 _API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
@@ -69,7 +69,7 @@ async def token(request: Request) -> Response:
     who = await require(request, REGISTRY_PULL)
     seconds = farm_of(request).settings.registry.token_seconds
     now = time.time()
-    minted = pull_tokens(request).mint(who.token_id, seconds, now)
+    minted = farm_of(request).pull_tokens.mint(who.token_id, seconds, now)
     issued = datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     return JSONResponse({"token": minted, "access_token": minted, "expires_in": seconds,
                          "issued_at": issued})

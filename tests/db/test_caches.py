@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from nixfarm import naming
 from nixfarm.db import caches, paths
 from nixfarm.db.engine import Database
 from nixfarm.errors import Conflict, InvalidInput, NotFound
@@ -66,7 +67,7 @@ async def test_bad_names_are_invalid(db: Database, name: str) -> None:
 
 @pytest.mark.parametrize("name", ["a", "0", "my-cache.v2_x", "x" * 63])
 def test_good_names(name: str) -> None:
-    assert caches.validate_cache_name(name) == name
+    assert naming.check_cache_name(name) == name
 
 
 async def test_get_missing_is_not_found(db: Database) -> None:

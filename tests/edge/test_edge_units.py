@@ -17,8 +17,8 @@ from nixfarm.edge import registry as registry_edge
 from nixfarm.edge.layout import EdgeLayout
 from nixfarm.edge.tree import EdgeTree
 from nixfarm.errors import ConfigError
+from nixfarm.metrics import Metrics
 from nixfarm.oci.digest import Digest
-from nixfarm.server.metrics import Metrics
 
 
 def _settings(tmp_path: Path, **overrides: object) -> Settings:
