@@ -52,14 +52,3 @@ async def get_cache(session: AsyncSession, name: str) -> Cache:
 async def list_caches(session: AsyncSession) -> list[Cache]:
     """All caches, by name."""
     return list(await session.scalars(sa.select(Cache).order_by(Cache.name)))
-
-
-async def delete_cache(session: AsyncSession, name: str) -> None:
-    """Delete a cache with its paths, NAR memberships and logs (``NotFound`` if none).
-
-    The NAR files themselves stay: other caches may share them, and garbage
-    collection removes the ones nothing refers to.
-    """
-    result = await session.execute(sa.delete(Cache).where(Cache.name == name))
-    if result.rowcount == 0:  # type: ignore[attr-defined]
-        raise NotFound(f"There is no cache named {name!r}.", kind="cache", name=name)
