@@ -1,7 +1,8 @@
 """First steps of a farm before it serves: schema, admin token, demo cache.
 
 Run by ``nixfarm up`` in the parent process before the server starts, so a client
-that sees ``server.json`` can rely on the token in ``admin.token`` being valid.
+that sees ``server.json`` can rely on the token in ``admin.token`` being valid
+(the data directory's files: ``datadir.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nixfarm.config import SETTINGS_VARIABLE, Settings
+from nixfarm.datadir import ADMIN_TOKEN, RUNNER_TOKEN, read_token, write_private
 from nixfarm.errors import ConfigError, NotFound
 
 if TYPE_CHECKING:
@@ -22,26 +24,18 @@ if TYPE_CHECKING:
 DEMO_CACHE = "demo"
 
 
-def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 async def prepare(settings: Settings, demo: bool) -> None:
     # Imported here: ``nixfarm up``'s own process imports this module too, and should
     # not carry the database and services (see ``prepare_in_child``).
-    from nixfarm.auth import ADMIN, RUNNER
     from nixfarm.farm import Farm
+    from nixfarm.scopes import ADMIN, RUNNER
 
     farm = await Farm.open(settings)
     try:
-        await _ensure_token(farm, settings.data_dir / "admin.token", "admin (nixfarm up)",
+        await _ensure_token(farm, settings.data_dir / ADMIN_TOKEN, "admin (nixfarm up)",
                             [ADMIN])
         if settings.jobs.embedded_runner_slots > 0:
-            await _ensure_token(farm, settings.data_dir / "runner.token",
+            await _ensure_token(farm, settings.data_dir / RUNNER_TOKEN,
                                 "embedded runner (nixfarm up)", [RUNNER])
         if demo:
             try:
@@ -52,20 +46,12 @@ async def prepare(settings: Settings, demo: bool) -> None:
         await farm.close()
 
 
-def read_token(path: Path) -> str:
-    """The token in ``path``, or "" when there is none (a small local file: read inline)."""
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        return ""
-
-
 async def _ensure_token(farm: Farm, path: Path, name: str, scopes: list[str]) -> None:
     """Keep the token in ``path`` if it still works, else make and write a new one."""
     existing = read_token(path)
     if not existing or await farm.tokens.authenticate(existing) is None:
         _, secret = await farm.tokens.create(name, scopes)
-        _write_private(path, secret + "\n")
+        write_private(path, secret + "\n")
 
 
 def announce(settings: Settings) -> Path:

@@ -19,10 +19,14 @@ from nixfarm.cache.service import CacheService
 from nixfarm.config import Settings
 from nixfarm.db import engine
 from nixfarm.db.engine import Database
+from nixfarm.edge.cache import CacheEdge
 from nixfarm.edge.layout import EdgeLayout
+from nixfarm.edge.registry import RegistryEdge
 from nixfarm.edge.tree import EdgeTree
 from nixfarm.events.base import EventBus
 from nixfarm.events.factory import open_bus
+from nixfarm.registry import pulltokens
+from nixfarm.registry.pulltokens import PullTokens
 from nixfarm.registry.service import RegistryService
 from nixfarm.storage.base import ObjectStore
 from nixfarm.storage.factory import open_store
@@ -34,8 +38,12 @@ class Farm:
     settings: Settings
     db: Database
     store: ObjectStore
+    #: The tree published for nginx when it is in front of the app, else None.
+    edge: EdgeTree | None
     caches: CacheService
     tokens: TokenService
+    #: Registry pull tokens, minted by ``/registry/token`` (their key is read lazily).
+    pull_tokens: PullTokens
     registry: RegistryService
     events: EventBus
     builds: BuildServices
@@ -49,9 +57,12 @@ class Farm:
             store = open_store(settings)
             # Behind nginx (``nixfarm up`` resolved edge.server), answers are published.
             edge = EdgeTree(EdgeLayout.of(settings)) if settings.edge.server == "nginx" else None
-            registry = RegistryService(settings, store, edge)  # ConfigError if source is bad
-            caches = CacheService(db, store, settings, edge)
+            registry = RegistryService(  # ConfigError if the source is bad
+                settings, store, RegistryEdge(edge) if edge is not None else None)
+            caches = CacheService(db, store, settings,
+                                  CacheEdge(edge) if edge is not None else None)
             tokens = TokenService(db)
+            pull_tokens = PullTokens(settings.data_dir / pulltokens.KEY_FILE, tokens)
             events = open_bus(settings)
             caches.events = events  # re-uploads tell the other servers
             builds = BuildServices.open(settings, db, store, events, caches, tokens)
@@ -63,8 +74,10 @@ class Farm:
             settings=settings,
             db=db,
             store=store,
+            edge=edge,
             caches=caches,
             tokens=tokens,
+            pull_tokens=pull_tokens,
             registry=registry,
             events=events,
             builds=builds,
@@ -76,10 +89,7 @@ class Farm:
         watching a path source while the edge answers its tags, and forgetting what
         another server's cache garbage collection removed)."""
         async with self.builds.background():
-            registry = self.registry
-            watch = None
-            if registry.edge is not None and registry.source is not None:
-                watch = asyncio.create_task(registry.edge.watch(registry.source))
+            watch = asyncio.create_task(self.registry.watch_source())
             collected = asyncio.create_task(gc.follow(self.caches, self.events))
             try:
                 yield
@@ -87,10 +97,9 @@ class Farm:
                 collected.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await collected
-                if watch is not None:
-                    watch.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await watch
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
 
     async def close(self) -> None:
         await self.events.close()

@@ -1,5 +1,3 @@
-"""CI jobs in the style of builds.sr.ht: manifests, jobs, tasks, triggers, secrets.
-
-``manifest`` reads and checks ``.build.yml`` manifests (the models are in
-``manifest_models``, the located YAML loading in ``manifest_yaml``).
-"""
+"""CI jobs in the style of builds.sr.ht: jobs, tasks, logs, artifacts, triggers, secrets,
+and the runner protocol's service (``runners``). Manifests are their own format, in
+``nixfarm.manifest``."""

@@ -17,7 +17,7 @@ from nixfarm.db.engine import Database
 from nixfarm.db.models import Artifact
 from nixfarm.errors import Conflict, InvalidInput, NotFound
 from nixfarm.storage.base import ObjectStore, ObjectStream
-from nixfarm.wire_jobs import ArtifactOut
+from nixfarm.wire.jobs import ArtifactOut
 
 MAX_NAME = 255
 

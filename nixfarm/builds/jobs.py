@@ -7,7 +7,7 @@ Job states and who moves a job between them::
        │                 │ └──lease lost, no task started yet (once)──┘ │
        └──cancel──> cancelled <──cancel──┘        └──time limit──> timeout
 
-Users act through this module; runners through ``scheduler``. Whoever moves a job to
+Users act through this module; runners through ``runners``. Whoever moves a job to
 a final state calls ``ended``, which tells followers and fires the job's triggers in
 the background. Access: a job's owner (the submitting token) and admins may change
 it; anyone may read a public or unlisted job, only they a private one; listings show
@@ -24,11 +24,9 @@ from collections.abc import AsyncGenerator
 import sqlalchemy as sa
 from anyio.abc import TaskGroup
 
-from nixfarm.auth import ADMIN, allows, cache_scope
 from nixfarm.builds import logs as logs_mod
 from nixfarm.builds.artifacts import artifact_out
 from nixfarm.builds.logs import LogService
-from nixfarm.builds.manifest import Manifest, check_supported, load_manifest
 from nixfarm.builds.secrets import SecretService
 from nixfarm.builds.triggers import TriggerService
 from nixfarm.cache.service import CacheService
@@ -38,8 +36,10 @@ from nixfarm.db.engine import Database
 from nixfarm.db.models import Job, Runner, utcnow
 from nixfarm.errors import Conflict, Forbidden, InvalidInput, NotFound
 from nixfarm.events.base import EventBus
+from nixfarm.manifest import Manifest, check_supported, load_manifest
+from nixfarm.scopes import ADMIN, allows, cache_scope
 from nixfarm.tokens import Principal
-from nixfarm.wire_jobs import (
+from nixfarm.wire.jobs import (
     FINAL_STATUSES,
     DeliveryOut,
     JobGroupCreate,

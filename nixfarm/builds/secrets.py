@@ -31,14 +31,15 @@ import nacl.utils
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nixfarm.auth import ADMIN
 from nixfarm.db.engine import Database
 from nixfarm.db.models import Secret
 from nixfarm.errors import ConfigError, Conflict, InvalidInput, NotFound
 from nixfarm.keyfile import read_or_create
-from nixfarm.runner.masking import Masker
+from nixfarm.masking import Masker
+from nixfarm.scopes import ADMIN
 from nixfarm.tokens import Principal
-from nixfarm.wire_jobs import SecretCreate, SecretOut, SecretValue
+from nixfarm.wire.jobs import SecretCreate, SecretOut
+from nixfarm.wire.runners import SecretValue
 
 MAX_SECRET_BYTES = 1024 * 1024
 
@@ -169,6 +170,6 @@ def masker(values: Sequence[SecretValue]) -> Masker:
     """What hides these secrets in a job's log chunks.
 
     The rule (which values, which lines, how short is too short) belongs to
-    ``nixfarm.runner.masking``, so the server masks exactly what the runner does.
+    ``nixfarm.masking``, so the server masks exactly what the runner does.
     """
     return Masker(base64.b64decode(value.data) for value in values)

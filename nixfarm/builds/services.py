@@ -16,7 +16,7 @@ import anyio
 from nixfarm.builds.artifacts import ArtifactService
 from nixfarm.builds.jobs import JobService
 from nixfarm.builds.logs import LogService
-from nixfarm.builds.scheduler import Scheduler
+from nixfarm.builds.runners import RunnerService
 from nixfarm.builds.secrets import SecretService
 from nixfarm.builds.triggers import TriggerService
 from nixfarm.cache.service import CacheService
@@ -36,7 +36,7 @@ class BuildServices:
     triggers: TriggerService
     artifacts: ArtifactService
     jobs: JobService
-    scheduler: Scheduler
+    runners: RunnerService
 
     @classmethod
     def open(cls, settings: Settings, db: Database, store: ObjectStore, bus: EventBus,
@@ -46,14 +46,14 @@ class BuildServices:
         triggers = TriggerService(db, settings.jobs, secrets.webhook_key)
         artifacts = ArtifactService(db, store, settings)
         jobs = JobService(db, settings, bus, logs, secrets, triggers, caches)
-        scheduler = Scheduler(jobs, tokens, artifacts)
-        return cls(secrets, logs, triggers, artifacts, jobs, scheduler)
+        runners = RunnerService(jobs, tokens, artifacts)
+        return cls(secrets, logs, triggers, artifacts, jobs, runners)
 
     @asynccontextmanager
     async def background(self) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tasks:
             self.jobs.attach(tasks)
-            tasks.start_soon(self.scheduler.reap_forever)
+            tasks.start_soon(self.runners.reap_forever)
             try:
                 yield
             finally:

@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from nixfarm.config import JobSettings
 from nixfarm.db.engine import Database
 from nixfarm.db.models import Trigger, TriggerDelivery
-from nixfarm.wire_jobs import JobOut
+from nixfarm.wire.jobs import JobOut
 
 log = logging.getLogger("nixfarm.builds.triggers")
 

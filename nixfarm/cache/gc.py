@@ -46,12 +46,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from nixfarm.cache.service import _NAR_FILE, FORGET_TOPIC, CacheService, listing_key, nar_key
 from nixfarm.db import caches as cache_queries
-from nixfarm.db import retention
+from nixfarm.db import gc as gc_queries
 from nixfarm.db.models import utcnow
 from nixfarm.errors import InvalidInput
 from nixfarm.events.base import EventBus
+from nixfarm.naming import check_cache_name
 from nixfarm.nix.storepath import is_hash_part
-from nixfarm.wire import GcReport
+from nixfarm.wire.caches import GcReport
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ log = logging.getLogger(__name__)
 NAR_GRACE = timedelta(hours=1)
 
 
-def closure_split(rows: Sequence[retention.PathRow], cutoff: datetime
+def closure_split(rows: Sequence[gc_queries.PathRow], cutoff: datetime
                   ) -> tuple[set[str], set[str]]:
     """(kept, removed) store hashes of a cache's paths, by the rule in the module doc."""
     by_hash = {row.store_hash: row for row in rows}
@@ -83,7 +84,7 @@ async def collect(caches: CacheService, cache: str, older_than: timedelta, *,
     nar_before = min(cutoff, now - grace)
     async with caches.db.session() as s:
         cache_id = (await cache_queries.get_cache(s, cache)).id
-        rows = await retention.path_rows(s, cache_id)
+        rows = await gc_queries.path_rows(s, cache_id)
     kept, removed = closure_split(rows, cutoff)
     by_hash = {row.store_hash: row for row in rows}
     old_kept = sum(1 for h in kept if by_hash[h].created_at < cutoff)
@@ -95,10 +96,10 @@ async def collect(caches: CacheService, cache: str, older_than: timedelta, *,
     # What would go, computed before anything is written (so a dry run is the same).
     async with caches.db.session() as s:
         logs: list[tuple[int, int]] = []
-        for part in retention.chunks(drvs):
+        for part in gc_queries.chunks(drvs):
             logs += [(entry.id, entry.size) for entry in
-                     await retention.old_logs(s, cache_id, part, cutoff)]
-        candidates = removed_nars | set(await retention.orphan_nars(s, cache_id, nar_before))
+                     await gc_queries.old_logs(s, cache_id, part, cutoff)]
+        candidates = removed_nars | set(await gc_queries.orphan_nars(s, cache_id, nar_before))
         nars = await _freed_nars(s, cache_id, removed, sorted(candidates), nar_before)
     if dry_run:
         return GcReport(cache=cache, dry_run=True, cutoff=cutoff, paths_removed=len(removed),
@@ -107,29 +108,29 @@ async def collect(caches: CacheService, cache: str, older_than: timedelta, *,
                         bytes_freed=sum(n.file_size for n in nars) + sum(size for _, size in logs))
 
     gone: list[str] = []
-    for part in retention.chunks(sorted(removed)):
+    for part in gc_queries.chunks(sorted(removed)):
         async with caches.db.session() as s:
-            deleted = await retention.delete_paths(s, cache_id, part, cutoff)
+            deleted = await gc_queries.delete_paths(s, cache_id, part, cutoff)
         gone += deleted
         await caches.forget_everywhere(cache, deleted, [])
 
     freed = 0
     logs_removed = 0
-    for log_part in retention.chunks(logs):
+    for log_part in gc_queries.chunks(logs):
         async with caches.db.session() as s:
-            deleted_logs = await retention.delete_logs(s, [i for i, _ in log_part], cutoff)
+            deleted_logs = await gc_queries.delete_logs(s, [i for i, _ in log_part], cutoff)
         for key, size in deleted_logs:
             await caches.store.delete(key)
             freed += size
         logs_removed += len(deleted_logs)
 
     files: list[str] = []
-    for nar_part in retention.chunks(nars):
+    for nar_part in gc_queries.chunks(nars):
         async with caches.db.session() as s:
-            deleted_nars = await retention.delete_unused_nars(s, [n.id for n in nar_part])
+            deleted_nars = await gc_queries.delete_unused_nars(s, [n.id for n in nar_part])
         async with caches.db.session() as s:
             # The same file uploaded again since: its new row names the same object.
-            back = await retention.stored_file_hashes(s, [n.file_hash for n in deleted_nars])
+            back = await gc_queries.stored_file_hashes(s, [n.file_hash for n in deleted_nars])
         names = []
         for nar in deleted_nars:
             if nar.file_hash in back:
@@ -152,15 +153,15 @@ async def collect(caches: CacheService, cache: str, older_than: timedelta, *,
 
 
 async def _freed_nars(s: AsyncSession, cache_id: int, removed: set[str],
-                      candidates: Sequence[int], before: datetime) -> list[retention.NarRow]:
+                      candidates: Sequence[int], before: datetime) -> list[gc_queries.NarRow]:
     """Those candidates whose every user is a removed path of this cache."""
-    freed: list[retention.NarRow] = []
-    for part in retention.chunks(candidates):
-        users = await retention.nar_users(s, part)
+    freed: list[gc_queries.NarRow] = []
+    for part in gc_queries.chunks(candidates):
+        users = await gc_queries.nar_users(s, part)
         needed = {n for n, c, h in users if c != cache_id or h not in removed}
         unused = [n for n in part if n not in needed]
         if unused:
-            freed += await retention.nars_before(s, unused, before)
+            freed += await gc_queries.nars_before(s, unused, before)
     return freed
 
 
@@ -169,7 +170,7 @@ def apply(caches: CacheService, message: bytes) -> None:
     try:
         body = json.loads(message)
         cache, hashes, files = body["cache"], body["hashes"], body["nar_files"]
-        cache_queries.validate_cache_name(cache)
+        check_cache_name(cache)
         if not _all(hashes, is_hash_part) or not _all(files, _is_nar_file):
             raise ValueError("bad hash or NAR file name")
     except (ValueError, KeyError, TypeError, InvalidInput) as e:

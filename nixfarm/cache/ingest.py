@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import anyio.to_thread
 
-from nixfarm.cache.compression import decompressor
+from nixfarm.nix.compression import decompressor
 from nixfarm.nix.hashes import format_hash
 from nixfarm.nix.narparse import NarValidator, render_listing
 from nixfarm.storage.base import ObjectWriter

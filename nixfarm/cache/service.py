@@ -17,26 +17,26 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nixfarm.cache.compression import EXTENSIONS, compression_of
 from nixfarm.cache.ingest import NarFacts, NarIngest
+from nixfarm.cache.publishing import CachePublisher
 from nixfarm.config import Settings
 from nixfarm.db import caches as cache_queries
 from nixfarm.db import paths as path_queries
 from nixfarm.db.engine import Database
 from nixfarm.db.models import Cache, CachePath, Nar
-from nixfarm.edge.tree import EdgeTree
 from nixfarm.errors import IntegrityError, InvalidInput, NotFound
 from nixfarm.events.base import EventBus
+from nixfarm.naming import check_cache_name
 from nixfarm.nix import nix32
+from nixfarm.nix.compression import EXTENSIONS, compression_of
 from nixfarm.nix.hashes import normalise_hash, parse_hash
 from nixfarm.nix.narinfo import NarInfo, fingerprint
 from nixfarm.nix.signing import SecretKey
-from nixfarm.nix.storepath import STORE_DIR, StorePath, is_hash_part
-from nixfarm.storage.base import ObjectStore
+from nixfarm.nix.storepath import DRV_BASENAME, STORE_DIR, StorePath, is_hash_part
+from nixfarm.storage.base import Download, ObjectStore
 
 _NAR_FILE = re.compile(f"([{nix32.ALPHABET}]{{52}})\\.nar(\\.[a-z0-9]+)?")
 # How long a cache's settings are remembered (see CacheService.get).
@@ -65,16 +65,6 @@ class CacheView:
 
 
 @dataclass(frozen=True)
-class Download:
-    """Where a reader gets a stored file: a local path (sendfile), a URL, or the store."""
-
-    key: str
-    size: int
-    local_path: Path | None
-    url: str | None
-
-
-@dataclass(frozen=True)
 class PathUpload:
     """What ``nixfarm push`` says about a store path it uploads (from the Nix database)."""
 
@@ -100,12 +90,12 @@ def _basename(path: str) -> str:
 
 class CacheService:
     def __init__(self, db: Database, store: ObjectStore, settings: Settings,
-                 edge: EdgeTree | None = None) -> None:
+                 publisher: CachePublisher | None = None) -> None:
         self.db = db
         self.store = store
         self.settings = settings
-        #: Where public answers are published for nginx (None without the edge).
-        self.edge = edge
+        #: Where public caches' answers are published (None without a front server).
+        self.publisher = publisher
         #: Set by the farm: how other servers hear of re-uploads (see FORGET_TOPIC).
         self.events: EventBus | None = None
         # Rendered narinfos, with when they expire. A store path's narinfo only changes
@@ -121,7 +111,7 @@ class CacheService:
 
     async def create(self, name: str, private: bool = False, priority: int | None = None
                      ) -> CacheView:
-        cache_queries.validate_cache_name(name)
+        check_cache_name(name)
         key = SecretKey.generate(f"{socket.gethostname()}-{name}-1")
         async with self.db.session() as s:
             cache = await cache_queries.create_cache(
@@ -155,12 +145,30 @@ class CacheService:
             return {"paths": await path_queries.count_paths(s, cache.id)}
 
     def cache_info(self, cache: CacheView) -> str:
-        return f"StoreDir: {STORE_DIR}\nWantMassQuery: 1\nPriority: {cache.priority}\n"
+        text = f"StoreDir: {STORE_DIR}\nWantMassQuery: 1\nPriority: {cache.priority}\n"
+        # A cache never changes its visibility, and its settings never change.
+        if self.publisher is not None and not cache.private:
+            self.publisher.cache_info(cache.name, text.encode())
+        return text
+
+    async def _publisher_for(self, cache: str) -> CachePublisher | None:
+        """Where answers of ``cache`` are published: None for a private cache, or when
+        there is no front server."""
+        if self.publisher is None or (await self.get(cache)).private:
+            return None
+        return self.publisher
 
     # -- reading --------------------------------------------------------------------
 
     async def narinfo(self, cache: str, store_hash: str) -> bytes | None:
-        """The rendered narinfo, or None when the cache has no such path."""
+        """The rendered narinfo, or None when the cache has no such path; a public
+        cache's is published as it is given."""
+        body = await self._narinfo(cache, store_hash)
+        if body is not None and (publisher := await self._publisher_for(cache)):
+            publisher.narinfo(cache, store_hash, body)
+        return body
+
+    async def _narinfo(self, cache: str, store_hash: str) -> bytes | None:
         _check_store_hash(store_hash)
         now = time.monotonic()
         hit = self._narinfos.get((cache, store_hash))
@@ -192,6 +200,14 @@ class CacheService:
         return await self._download(info.key, info.size)
 
     async def nar(self, cache: str, filename: str) -> Download:
+        """Where the NAR file ``filename`` of the cache is; a public cache's local file
+        is published as it is given."""
+        found = await self._nar(cache, filename)
+        if found.local_path is not None and (publisher := await self._publisher_for(cache)):
+            publisher.nar_file(cache, filename, found.local_path)
+        return found
+
+    async def _nar(self, cache: str, filename: str) -> Download:
         # A NAR file is content-addressed and stays in a cache once uploaded, so where
         # it is stored can be remembered (briefly, for a cache deleted elsewhere): a
         # download then starts without a database session. Misses are not remembered.
@@ -303,27 +319,15 @@ class CacheService:
     # -- garbage collection (nixfarm/cache/gc.py) -------------------------------------
 
     def forget(self, cache: str, store_hashes: Sequence[str], nar_files: Sequence[str]) -> None:
-        """Drop what this process remembers or published of removed paths and NAR files.
-
-        ``nar_files`` are ``<filehash>.nar[.ext]`` names; a NAR file may have been linked
-        for nginx under every public cache it was in, so each cache directory is swept.
-        """
+        """Drop what this process remembers or published of removed paths and NAR files
+        (``<filehash>.nar[.ext]`` names)."""
         for store_hash in store_hashes:
             self._narinfos.pop((cache, store_hash), None)
-            if self.edge is not None:
-                self.edge.remove(f"cache/{cache}/{store_hash}.narinfo")
-        if not nar_files:
-            return
         files = set(nar_files)
         for key in [k for k in self._nars if k[1] in files]:
             self._nars.pop(key, None)
-        if self.edge is not None:
-            published = self.edge.path("cache")
-            names = [d.name for d in published.iterdir()
-                     if d.is_dir() and not d.name.startswith(".")] if published.is_dir() else []
-            for name in names:
-                for file in files:
-                    self.edge.remove(f"cache/{name}/nar/{file}")
+        if self.publisher is not None:
+            self.publisher.withdraw(cache, store_hashes, nar_files)
 
     async def forget_everywhere(self, cache: str, store_hashes: Sequence[str],
                                 nar_files: Sequence[str]) -> None:
@@ -442,6 +446,6 @@ def _check_store_hash(store_hash: str) -> None:
 
 
 def _check_drv(drv: str) -> None:
-    if not path_queries.DRV_BASENAME.fullmatch(drv):
+    if not DRV_BASENAME.fullmatch(drv):
         raise InvalidInput(f"{drv!r} is not a derivation's basename (<hash>-<name>.drv)",
                            field="drv")

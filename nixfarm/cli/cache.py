@@ -11,7 +11,7 @@ from rich.table import Table
 
 from nixfarm.cli.common import DataDir, Token, Url, out, with_client
 from nixfarm.client.api import Client
-from nixfarm.wire import CacheOut, GcReport
+from nixfarm.wire.caches import CacheOut, GcReport
 
 app = typer.Typer(help="Signed Nix binary caches.", no_args_is_help=True)
 

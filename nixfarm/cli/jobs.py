@@ -8,12 +8,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from nixfarm.builds.manifest import load_manifest
 from nixfarm.cli.common import DataDir, Exit, Token, Url, err, out, with_client
 from nixfarm.client.api import Client
 from nixfarm.client.jobs import JobsClient
 from nixfarm.errors import InvalidInput
-from nixfarm.wire_jobs import FINAL_STATUSES, JobSubmit, SecretKind, SecretOut, Visibility
+from nixfarm.manifest import load_manifest
+from nixfarm.wire.jobs import FINAL_STATUSES, JobSubmit, SecretKind, SecretOut, Visibility
 
 manifest_app = typer.Typer(help="Build manifests (.build.yml).", no_args_is_help=True)
 secret_app = typer.Typer(help="Secrets for jobs: SSH keys, PGP keys, files.",

@@ -35,9 +35,9 @@ def runner(
     from nixfarm import prerequisites
     from nixfarm.client.api import resolve
     from nixfarm.runner.agent import Agent
-    from nixfarm.runner.images import Catalogue, Images
     from nixfarm.runner.nixd import NixDaemon
     from nixfarm.runner.protocol import RunnerClient
+    from nixfarm.runner.roots import Catalogue, Images
     from nixfarm.runner.workdir import runner_dir
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

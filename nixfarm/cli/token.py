@@ -9,7 +9,7 @@ from rich.table import Table
 
 from nixfarm.cli.common import DataDir, Token, Url, out, with_client
 from nixfarm.client.api import Client
-from nixfarm.wire import TokenOut
+from nixfarm.wire.tokens import TokenOut
 
 app = typer.Typer(help="API tokens and their scopes.", no_args_is_help=True)
 

@@ -25,7 +25,7 @@ from nixfarm.errors import (
     NotFound,
     Unauthorized,
 )
-from nixfarm.wire import (
+from nixfarm.wire.caches import (
     CacheCreate,
     CacheOut,
     GcReport,
@@ -33,9 +33,8 @@ from nixfarm.wire import (
     MissingRequest,
     MissingResponse,
     PathInfo,
-    TokenCreate,
-    TokenOut,
 )
+from nixfarm.wire.tokens import TokenCreate, TokenOut
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ import httpx
 
 from nixfarm.client.api import Client, raise_for
 from nixfarm.errors import NixfarmError
-from nixfarm.wire_jobs import JobOut, JobPage, JobSubmit, SecretCreate, SecretKind, SecretOut
+from nixfarm.wire.jobs import JobOut, JobPage, JobSubmit, SecretCreate, SecretKind, SecretOut
 
 
 class JobsClient:

@@ -16,12 +16,12 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 import anyio.to_thread
 
-from nixfarm.cache.compression import compressor
 from nixfarm.client.api import Client
 from nixfarm.errors import InvalidInput, NixError
 from nixfarm.nix import command
+from nixfarm.nix.compression import compressor
 from nixfarm.nix.storepath import STORE_DIR
-from nixfarm.wire import PathInfo
+from nixfarm.wire.caches import PathInfo
 
 _CHUNK = 1 << 20
 

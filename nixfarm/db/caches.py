@@ -1,32 +1,14 @@
-"""Queries on binary caches (the ``caches`` table).
-
-A cache name appears in URLs (``/cache/<name>/...``) and in token scopes
-(``cache:<name>:push``), so it is restricted to a URL- and scope-safe alphabet.
-"""
+"""Queries on binary caches (the ``caches`` table); names follow ``nixfarm.naming``."""
 
 from __future__ import annotations
-
-import re
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nixfarm.db.models import Cache
 from nixfarm.db.upsert import insert
-from nixfarm.errors import Conflict, InvalidInput, NotFound
-
-CACHE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
-
-
-def validate_cache_name(name: str) -> str:
-    """Return ``name`` if it is a valid cache name, else raise ``InvalidInput``."""
-    if not CACHE_NAME.fullmatch(name):
-        raise InvalidInput(
-            f"Cache name {name!r} must be 1-63 characters of a-z, 0-9, '.', '_' or '-', "
-            "starting with a letter or digit.",
-            field="name",
-        )
-    return name
+from nixfarm.errors import Conflict, NotFound
+from nixfarm.naming import check_cache_name
 
 
 async def create_cache(
@@ -38,7 +20,7 @@ async def create_cache(
     priority: int = 40,
 ) -> Cache:
     """Create a cache; ``Conflict`` if one of that name exists."""
-    validate_cache_name(name)
+    check_cache_name(name)
     # ON CONFLICT rather than look-then-insert: of two concurrent creates, exactly one
     # gets the row back and the other sees None, without an error to recover from.
     stmt = (
@@ -70,14 +52,3 @@ async def get_cache(session: AsyncSession, name: str) -> Cache:
 async def list_caches(session: AsyncSession) -> list[Cache]:
     """All caches, by name."""
     return list(await session.scalars(sa.select(Cache).order_by(Cache.name)))
-
-
-async def delete_cache(session: AsyncSession, name: str) -> None:
-    """Delete a cache with its paths, NAR memberships and logs (``NotFound`` if none).
-
-    The NAR files themselves stay: other caches may share them, and garbage
-    collection removes the ones nothing refers to.
-    """
-    result = await session.execute(sa.delete(Cache).where(Cache.name == name))
-    if result.rowcount == 0:  # type: ignore[attr-defined]
-        raise NotFound(f"There is no cache named {name!r}.", kind="cache", name=name)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,15 +25,12 @@ from nixfarm.db.models import BuildLog, CacheNar, CachePath, Nar, utcnow
 from nixfarm.db.upsert import insert
 from nixfarm.errors import IntegrityError, InvalidInput
 from nixfarm.nix import nix32
-
-#: Nix's compression names, as in a narinfo's ``Compression:`` line.
-COMPRESSIONS = frozenset({"none", "xz", "bzip2", "zstd", "br", "gzip"})
+from nixfarm.nix.compression import EXTENSIONS
+from nixfarm.nix.storepath import DRV_BASENAME
 
 _NIX32 = nix32.ALPHABET
 _HASH = re.compile(f"sha256:[{_NIX32}]{{52}}")
 _STORE_PATH = re.compile(f"/.+/([{_NIX32}]{{32}})-[A-Za-z0-9+._?=-]+")
-#: A derivation's basename, ``<hash>-<name>.drv``: what build logs are filed under.
-DRV_BASENAME = re.compile(f"[{_NIX32}]{{32}}-[A-Za-z0-9+._?=-]+\\.drv")
 
 # Bound parameters per IN (...) query: well under SQLite's 32766 and PostgreSQL's
 # 65535, and large enough that a 10,000-path closure takes a handful of queries.
@@ -79,7 +75,7 @@ async def add_nar(
     """
     _check_hash(file_hash, "file_hash")
     _check_hash(nar_hash, "nar_hash")
-    if compression not in COMPRESSIONS:
+    if compression not in EXTENSIONS:
         raise InvalidInput(f"Unknown compression {compression!r}.", field="compression")
     stmt = (
         insert(session, Nar)
@@ -126,34 +122,6 @@ async def cache_nar(session: AsyncSession, cache_id: int, file_hash: str) -> Nar
         .where(CacheNar.cache_id == cache_id, Nar.file_hash == file_hash)
     )
     return await session.scalar(stmt)
-
-
-async def cache_has_nar(session: AsyncSession, cache_id: int, file_hash: str) -> bool:
-    return await cache_nar(session, cache_id, file_hash) is not None
-
-
-async def unreferenced_nars(
-    session: AsyncSession, older_than: datetime, limit: int = 1000
-) -> list[Nar]:
-    """NARs no path in any cache refers to, stored before ``older_than``.
-
-    The age bound leaves time for an upload's narinfo to follow its NAR.
-    """
-    used = sa.select(CachePath.id).where(CachePath.nar_id == Nar.id)
-    stmt = (
-        sa.select(Nar)
-        .where(~used.exists(), Nar.created_at < older_than)
-        .order_by(Nar.id)
-        .limit(limit)
-    )
-    return list(await session.scalars(stmt))
-
-
-async def delete_nars(session: AsyncSession, nar_ids: Sequence[int]) -> None:
-    """Forget these NARs and their cache memberships (not their stored files)."""
-    for start in range(0, len(nar_ids), _CHUNK):
-        chunk = nar_ids[start : start + _CHUNK]
-        await session.execute(sa.delete(Nar).where(Nar.id.in_(chunk)))
 
 
 # -- store paths -----------------------------------------------------------------------
@@ -228,32 +196,9 @@ async def missing_hashes(session: AsyncSession, cache_id: int, hashes: Sequence[
     return [h for h in wanted if h not in present]
 
 
-async def list_paths(
-    session: AsyncSession, cache_id: int, *, after: str | None = None, limit: int = 100
-) -> list[CachePath]:
-    """A page of a cache's paths by store hash; pass the last hash as ``after`` to go on.
-
-    Keyset pagination: each page is an index range scan, however deep.
-    """
-    stmt = sa.select(CachePath).where(CachePath.cache_id == cache_id)
-    if after is not None:
-        stmt = stmt.where(CachePath.store_hash > after)
-    stmt = stmt.order_by(CachePath.store_hash).limit(limit)
-    return list(await session.scalars(stmt))
-
-
 async def count_paths(session: AsyncSession, cache_id: int) -> int:
     stmt = sa.select(sa.func.count()).where(CachePath.cache_id == cache_id)
     return await session.scalar(stmt) or 0
-
-
-async def delete_path(session: AsyncSession, cache_id: int, store_hash: str) -> bool:
-    """Remove a path from a cache; False if it was not there. Its NAR stays."""
-    stmt = sa.delete(CachePath).where(
-        CachePath.cache_id == cache_id, CachePath.store_hash == store_hash
-    )
-    result = await session.execute(stmt)
-    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 # -- build logs ------------------------------------------------------------------------

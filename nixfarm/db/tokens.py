@@ -18,9 +18,9 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nixfarm.auth import parse_scope
 from nixfarm.db.models import Token, utcnow
 from nixfarm.errors import InvalidInput, NotFound
+from nixfarm.scopes import parse_scope
 
 PREFIX = "nf_"
 # last_used_at is for humans ("used 3 minutes ago"); writing it on every request

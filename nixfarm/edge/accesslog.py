@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from nixfarm.edge.layout import EdgeLayout
-from nixfarm.server.metrics import Metrics, route_label
+from nixfarm.metrics import Metrics, route_label
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,10 @@ from pathlib import Path
 from nixfarm.config import Settings
 from nixfarm.edge.layout import ACCEL_PREFIX, EdgeLayout
 from nixfarm.errors import ConfigError
+from nixfarm.naming import CACHE_NAME_PATTERN
 
 _NIX32 = "[0-9a-df-np-sv-z]"
-_CACHE = "/cache/[a-z0-9][a-z0-9._-]{0,62}"
+_CACHE = f"/cache/{CACHE_NAME_PATTERN}"
 _COMPONENT = "[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 # An OCI name as names.check_name accepts it: components, at most 255 characters in
 # all and 128 in each (the lookaheads), so nginx never answers for a name the app

@@ -1,27 +1,23 @@
 """What the registry publishes for nginx: manifests by digest, and stable tags.
 
-A tag is published only when the source says it cannot move (a cache key) and the
-image can be described in Docker schema 2 (not zstd layers): nginx answers it for
-clients whose first Accept header names Docker schema 2 (see nginx.py). A path
-source's key follows its content, so :meth:`RegistryEdge.watch` re-hashes the tree
-while tags are published and withdraws them all when it changes.
+Manifests go under ``registry/manifests/<hex>.docker|oci`` of the published tree; tags
+into nginx's tag map, which nginx answers for clients whose first Accept header names
+Docker schema 2 (see nginx.py). Which tags may be published, and when they must be
+withdrawn, is the registry's decision (``registry/publishing.py``); this module only
+keeps nginx's reloads for new tags down to one a second. Implements
+``nixfarm.registry.publishing.RegistryPublisher``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 
 from nixfarm.edge.tree import EdgeTree
 from nixfarm.oci.digest import Digest
 from nixfarm.oci.manifest import DOCKER_MANIFEST, OCI_MANIFEST
-from nixfarm.registry.sources import PATH_RECHECK_SECONDS, PackageSource
-
-log = logging.getLogger(__name__)
 
 _EXTENSIONS = {DOCKER_MANIFEST: "docker", OCI_MANIFEST: "oci"}
-
 
 #: nginx reloads (new workers; old ones linger while their connections stay open) at
 #: most this often for new tags; withdrawals reload at once.
@@ -31,8 +27,6 @@ RELOAD_SECONDS = 1.0
 class RegistryEdge:
     def __init__(self, tree: EdgeTree) -> None:
         self.tree = tree
-        #: The source key the published tags were computed under.
-        self._tags_key: str | None = None
         #: Tags this process published, so a client nginx cannot answer (an OCI-only
         #: Accept) does not make every request re-read the map.
         self._tags: dict[str, str] = {}
@@ -52,14 +46,8 @@ class RegistryEdge:
             self.tree.publish(relative, body)
         self._manifests.add(digest.hex)
 
-    def tag(self, uri: str, docker_manifest: bytes, digest: Digest,
-            path_key: str | None) -> None:
-        """Let nginx answer ``uri`` (a manifest by tag) with ``docker_manifest``;
-        ``path_key`` is a path source's current key (other sources' tags never move)."""
-        if path_key is not None:
-            if self._tags_key is not None and self._tags_key != path_key:
-                self._clear()
-            self._tags_key = path_key
+    def tag(self, uri: str, docker_manifest: bytes, digest: Digest) -> None:
+        """Let nginx answer ``uri`` (a manifest by tag) with ``docker_manifest``."""
         self.manifest(docker_manifest, DOCKER_MANIFEST, digest)
         if self._tags.get(uri) == digest.hex:
             return
@@ -67,7 +55,7 @@ class RegistryEdge:
             self._reload_soon()
         self._tags[uri] = digest.hex
 
-    def _clear(self) -> None:
+    def withdraw_tags(self) -> None:
         self._tags.clear()
         self.tree.clear_tags()  # reloads nginx at once
         self._last_reload = time.monotonic()
@@ -87,21 +75,3 @@ class RegistryEdge:
         self._reload_due = None
         self._last_reload = time.monotonic()
         self.tree.reload()
-
-    async def watch(self, source: PackageSource) -> None:
-        """Withdraw published tags when a path source's content changes (runs forever)."""
-        if source.kind != "path":
-            return
-        while True:
-            await asyncio.sleep(PATH_RECHECK_SECONDS)
-            if self._tags_key is None:
-                continue
-            try:
-                key = (await source.resolve("latest")).cache_key
-            except Exception as e:
-                log.warning("edge: could not check the package source: %s", e)
-                key = None
-            if key != self._tags_key:
-                log.info("edge: the package source changed; published tags withdrawn")
-                self._clear()
-                self._tags_key = None

@@ -23,6 +23,8 @@ MAX_NAME_LENGTH = 211
 
 _HASH_RE = re.compile(f"[{ALPHABET}]{{{HASH_LENGTH}}}")
 _NAME_RE = re.compile(r"[A-Za-z0-9+\-._?=]+")
+#: A derivation's basename, ``<hash>-<name>.drv``: what build logs are filed under.
+DRV_BASENAME = re.compile(f"[{ALPHABET}]{{{HASH_LENGTH}}}-[A-Za-z0-9+._?=-]+\\.drv")
 
 
 def is_hash_part(text: str) -> bool:

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from nixfarm.errors import InvalidInput, NotFound
 from nixfarm.oci.digest import Digest
 from nixfarm.oci.manifest import canonical_json
-from nixfarm.registry.images import Image
+from nixfarm.registry.compose import Image
 from nixfarm.registry.layers import blob_key, decode_layer, encode_layer
 from nixfarm.storage.base import ObjectStore
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 from nixfarm.errors import ConfigError, NixError
 from nixfarm.oci.manifest import canonical_json
-from nixfarm.registry.builder import Builder
 from nixfarm.registry.grouping import popularity_from_graph
+from nixfarm.registry.nixbuild import NixBuilder
 from nixfarm.registry.sources import Resolved
 
 log = logging.getLogger("nixfarm.registry")
@@ -62,7 +62,7 @@ def load_file(path: Path) -> Popularity:
 class PopularitySource:
     """Popularity for a resolved source: the configured file, or computed once per source."""
 
-    def __init__(self, builder: Builder, file: str) -> None:
+    def __init__(self, builder: NixBuilder, file: str) -> None:
         self._builder = builder
         self._file = load_file(Path(file)) if file else None
         self._computed: dict[str, asyncio.Task[Popularity]] = {}

@@ -37,9 +37,9 @@ import math
 import time
 from pathlib import Path
 
-from nixfarm.auth import REGISTRY_PULL, allows
 from nixfarm.errors import ConfigError, Unauthorized
 from nixfarm.keyfile import read_or_create
+from nixfarm.scopes import REGISTRY_PULL, allows
 from nixfarm.tokens import Principal, TokenService
 
 PREFIX = "nfr_"

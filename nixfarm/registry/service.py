@@ -14,12 +14,9 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NoReturn
 
 from nixfarm.config import Settings
-from nixfarm.edge.registry import RegistryEdge
-from nixfarm.edge.tree import EdgeTree
 from nixfarm.errors import ConfigError, NixError, NixfarmError, NixTimeout, NotFound
 from nixfarm.oci.digest import Digest
 from nixfarm.oci.manifest import (
@@ -30,15 +27,16 @@ from nixfarm.oci.manifest import (
     negotiate,
 )
 from nixfarm.registry import names, sources
-from nixfarm.registry.builder import Builder
+from nixfarm.registry.buildboard import Build, BuildBoard
+from nixfarm.registry.compose import Image, compose
 from nixfarm.registry.flight import SingleFlight
-from nixfarm.registry.images import Image, compose
 from nixfarm.registry.layers import LayerCache, blob_key
 from nixfarm.registry.manifests import ManifestCache
+from nixfarm.registry.nixbuild import NixBuilder
 from nixfarm.registry.popularity import Popularity, PopularitySource
+from nixfarm.registry.publishing import Publication, RegistryPublisher
 from nixfarm.registry.sources import PackageSource, Resolved
-from nixfarm.registry.status import Build, BuildBoard
-from nixfarm.storage.base import ObjectStore
+from nixfarm.storage.base import Download, ObjectStore
 
 log = logging.getLogger("nixfarm.registry")
 
@@ -56,33 +54,30 @@ class ManifestAnswer:
 
 @dataclass(frozen=True)
 class BlobAnswer:
-    """Where a blob is: a local file, a presigned URL, or only the store (``key``)."""
+    """A blob's digest and where it is stored."""
 
     digest: Digest
-    key: str
-    size: int
-    local_path: Path | None = None
-    url: str | None = None
+    file: Download
 
 
 class RegistryService:
     def __init__(self, settings: Settings, store: ObjectStore,
-                 edge: EdgeTree | None = None) -> None:
+                 publisher: RegistryPublisher | None = None) -> None:
         registry = settings.registry
         sources.check(registry.source)  # a broken source stops the server at start-up
         self.settings = settings
         self.store = store
         self.source = PackageSource(registry.source) if registry.source.kind != "none" else None
-        self.builder = Builder(settings.nix_options, registry.nix_timeout,
+        self.builder = NixBuilder(settings.nix_options, registry.nix_timeout,
                                settings.data_dir / "registry-gcroots")
         self.popularity = PopularitySource(self.builder, registry.popularity_file)
         self.layers = LayerCache(store, registry.compression)
         self.manifests = ManifestCache(store)
         self.builds = BuildBoard()
         self._flight: SingleFlight[Image] = SingleFlight()
-        # nginx may answer pulls itself only when pulls need no token.
-        self.edge = RegistryEdge(edge) if edge is not None and not registry.require_auth \
-            else None
+        # Answers are published only when pulls need no token.
+        self.published = Publication(publisher) if publisher is not None \
+            and not registry.require_auth else None
 
     def _source(self) -> PackageSource:
         if self.source is None:
@@ -179,19 +174,19 @@ class RegistryService:
             digest = Digest.parse(reference)
             body = await self.manifests.by_digest(digest)
             media_type = manifest_media_type(body)
-            if self.edge is not None:
-                self.edge.manifest(body, media_type, digest)
+            if self.published is not None:
+                self.published.manifest(body, media_type, digest)
             return ManifestAnswer(body, media_type, digest)
         image, resolved = await self._image(name, reference)
         oci_only = image.compression == "zstd"
         media_type = negotiate(accept, oci_only=oci_only)
         body, digest = image.manifest(media_type), image.digest(media_type)
-        if self.edge is not None:
-            self.edge.manifest(body, media_type, digest)
+        if self.published is not None:
+            self.published.manifest(body, media_type, digest)
             if uri is not None and resolved.cache_key is not None and not oci_only:
                 path_key = resolved.cache_key if self._source().kind == "path" else None
-                self.edge.tag(uri, image.manifest(DOCKER_MANIFEST),
-                              image.digest(DOCKER_MANIFEST), path_key)
+                self.published.tag(uri, image.manifest(DOCKER_MANIFEST),
+                                   image.digest(DOCKER_MANIFEST), path_key)
         return ManifestAnswer(body, media_type, digest)
 
     async def blob(self, name: str, digest_text: str) -> BlobAnswer:
@@ -202,11 +197,17 @@ class RegistryService:
         local = self.store.local_path(key)
         if local is not None:
             try:
-                return BlobAnswer(digest, key, local.stat().st_size, local_path=local)
+                return BlobAnswer(digest, Download(key, local.stat().st_size, local, None))
             except FileNotFoundError:
                 pass
         info = await self.store.stat(key)
         if info is None:
             raise NotFound(f"No blob has digest {digest}.", kind="blob", name=str(digest))
         url = await self.store.presigned_url(key, self.settings.storage.presign_seconds)
-        return BlobAnswer(digest, key, info.size, url=url)
+        return BlobAnswer(digest, Download(key, info.size, None, url))
+
+    async def watch_source(self) -> None:
+        """While tags are published, withdraw them when a path source's content changes
+        (runs until cancelled; returns at once when there is nothing to watch)."""
+        if self.published is not None and self.source is not None:
+            await self.published.watch(self.source)

@@ -32,17 +32,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from nixfarm.builds.manifest import manifest_from_data
 from nixfarm.errors import NixfarmError
+from nixfarm.manifest import manifest_from_data
 from nixfarm.runner.cachepush import pusher
-from nixfarm.runner.images import NIX_IMAGE, Images
 from nixfarm.runner.logship import LogShipper
 from nixfarm.runner.nixd import NixDaemon
 from nixfarm.runner.protocol import LeaseLost, RunnerClient
+from nixfarm.runner.roots import NIX_IMAGE, Images
 from nixfarm.runner.sandbox import BwrapSandbox, Sandbox, SandboxSpec
 from nixfarm.runner.sandbox.base import NixClient
 from nixfarm.runner.steps import JobContext, JobResult, Secret, StepStatus, TaskStatus, run_job
-from nixfarm.wire_jobs import Assignment, FinishRequest, RunnerRegister, TaskReport
+from nixfarm.wire.runners import Assignment, FinishRequest, RunnerRegister, TaskReport
 
 log = logging.getLogger("nixfarm.runner")
 

@@ -33,7 +33,7 @@ from nixfarm.nix import command
 from nixfarm.nix.storepath import STORE_DIR, StorePath
 from nixfarm.runner.sandbox.base import BUILD_HOME
 from nixfarm.runner.steps import CachePusher, JobContext
-from nixfarm.wire_jobs import CacheGrant
+from nixfarm.wire.runners import CacheGrant
 
 #: How deep under the home ``result*`` links are looked for (``~/src/result`` is 2).
 SEARCH_DEPTH = 4

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nixfarm.bootstrap import read_token
 from nixfarm.config import Settings
+from nixfarm.datadir import RUNNER_TOKEN, read_token
 from nixfarm.runner.agent import Agent
-from nixfarm.runner.images import Catalogue, Images
 from nixfarm.runner.nixd import NixDaemon
 from nixfarm.runner.protocol import RunnerClient
+from nixfarm.runner.roots import Catalogue, Images
 from nixfarm.runner.workdir import runner_dir
-
-TOKEN_FILE = "runner.token"
 
 
 def images_for(settings: Settings, built_dir: Path) -> Images:
@@ -32,7 +30,7 @@ def images_for(settings: Settings, built_dir: Path) -> Images:
 
 async def serve(settings: Settings) -> None:
     """Run the embedded runner until cancelled (a no-op without its token)."""
-    token = read_token(settings.data_dir / TOKEN_FILE)
+    token = read_token(settings.data_dir / RUNNER_TOKEN)
     slots = settings.jobs.embedded_runner_slots
     if slots <= 0 or not token:
         return

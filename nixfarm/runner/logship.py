@@ -15,7 +15,7 @@ import logging
 
 from nixfarm.errors import NixfarmError
 from nixfarm.runner.protocol import LeaseLost, RunnerClient
-from nixfarm.wire_jobs import MAX_LOG_CHUNK
+from nixfarm.wire.runners import MAX_LOG_CHUNK
 
 log = logging.getLogger("nixfarm.runner")
 

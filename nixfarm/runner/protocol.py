@@ -1,4 +1,4 @@
-"""The runner's side of the runner protocol (see ``nixfarm.wire_jobs``): HTTP calls only.
+"""The runner's side of the runner protocol (see ``nixfarm.wire.runners``): HTTP calls only.
 
 A runner never touches the database or the event bus: everything goes through these
 calls, with a token that has the ``runner`` scope.
@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from nixfarm.client.api import raise_for
 from nixfarm.errors import Conflict, NixfarmError
-from nixfarm.wire_jobs import (
+from nixfarm.wire.runners import (
     Assignment,
     ClaimRequest,
     FinishRequest,

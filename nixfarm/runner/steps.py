@@ -36,11 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
-from nixfarm.builds.manifest import Manifest, Source
 from nixfarm.errors import NixfarmError
+from nixfarm.manifest import Manifest, Source
+from nixfarm.masking import Masker
 from nixfarm.nix import command
-from nixfarm.runner.images import NIX_IMAGE, Images, PreparedImage
-from nixfarm.runner.masking import Masker
+from nixfarm.runner.roots import NIX_IMAGE, Images, PreparedImage
 from nixfarm.runner.sandbox.base import (
     BUILD_HOME,
     NixClient,

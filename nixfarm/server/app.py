@@ -27,6 +27,7 @@ from nixfarm.edge.layout import EdgeLayout
 from nixfarm.edge.process import die_with_parent
 from nixfarm.errors import NixfarmError
 from nixfarm.farm import Farm
+from nixfarm.metrics import Metrics
 from nixfarm.runner import embedded as embedded_runner
 from nixfarm.server import cache_routes, errors, registry_routes
 from nixfarm.server.api import caches as caches_api
@@ -35,8 +36,8 @@ from nixfarm.server.api import runners as runners_api
 from nixfarm.server.api import secrets as secrets_api
 from nixfarm.server.api import tokens as tokens_api
 from nixfarm.server.drain import DrainMiddleware
-from nixfarm.server.metrics import Metrics, MetricsMiddleware
-from nixfarm.server.web import jobs as jobs_web
+from nixfarm.server.metering import MetricsMiddleware, exposition
+from nixfarm.server.pages import jobs as jobs_web
 
 
 async def health(request: Request) -> Response:
@@ -89,7 +90,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(jobs_web.router)
     # The Nix cache and registry protocols are the hot paths: match them first.
     app.router.routes[0:0] = [*cache_routes.routes, *registry_routes.routes]
-    app.router.routes.append(Route("/metrics", metrics.exposition, methods=["GET"]))
+    app.router.routes.append(Route("/metrics", exposition, methods=["GET"]))
     app.router.routes.append(Route("/healthz", health, methods=["GET"]))
     app.add_exception_handler(NixfarmError, errors.handle)
     app.add_middleware(DrainMiddleware)

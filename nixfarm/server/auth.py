@@ -11,12 +11,11 @@ import binascii
 
 from starlette.requests import HTTPConnection
 
-from nixfarm.auth import REGISTRY_PULL, allows, cache_scope
 from nixfarm.cache.service import CacheView
 from nixfarm.errors import Forbidden, Unauthorized
 from nixfarm.farm import Farm
 from nixfarm.registry import pulltokens
-from nixfarm.registry.pulltokens import PullTokens
+from nixfarm.scopes import REGISTRY_PULL, allows, cache_scope
 from nixfarm.tokens import Principal
 
 
@@ -63,17 +62,6 @@ async def require(conn: HTTPConnection, scope: str) -> Principal:
     return who
 
 
-def pull_tokens(conn: HTTPConnection) -> PullTokens:
-    """The app's pull-token minter and verifier, made on first use (its key lazily too)."""
-    state = conn.app.state
-    found = getattr(state, "pull_tokens", None)
-    if not isinstance(found, PullTokens):
-        farm = farm_of(conn)
-        found = PullTokens(farm.settings.data_dir / pulltokens.KEY_FILE, farm.tokens)
-        state.pull_tokens = found
-    return found
-
-
 async def require_pull(conn: HTTPConnection) -> Principal:
     """A registry puller: a nixfarm token with registry:pull, or a pull token.
 
@@ -82,7 +70,7 @@ async def require_pull(conn: HTTPConnection) -> Principal:
     """
     secret = credentials(conn)
     if secret is not None and pulltokens.is_pull_token(secret):
-        return await pull_tokens(conn).verify(secret)
+        return await farm_of(conn).pull_tokens.verify(secret)
     return await require(conn, REGISTRY_PULL)
 
 

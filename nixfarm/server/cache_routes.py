@@ -11,22 +11,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, Awaitable, Callable
 
 from starlette.requests import Request
-from starlette.responses import (
-    FileResponse,
-    PlainTextResponse,
-    RedirectResponse,
-    Response,
-    StreamingResponse,
-)
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from nixfarm.auth import cache_scope
-from nixfarm.cache.service import CacheService, CacheView, Download
+from nixfarm.cache.service import CacheService, CacheView
 from nixfarm.errors import InvalidInput, NotFound
+from nixfarm.metrics import Metrics
+from nixfarm.scopes import cache_scope
 from nixfarm.server.auth import farm_of, readable_cache, require
 from nixfarm.server.body import read_bounded
-from nixfarm.server.edge import accel, edge_of
-from nixfarm.server.metrics import Metrics
+from nixfarm.server.downloads import send
+from nixfarm.storage.base import Download
 
 _NARINFO_TYPE = "text/x-nix-narinfo"
 _MAX_NARINFO = 1 << 20
@@ -45,31 +40,6 @@ async def _cache_for(request: Request, write: bool) -> CacheView:
     return cache
 
 
-_IMMUTABLE = {"Cache-Control": "public, max-age=31536000, immutable"}
-
-
-async def _download(request: Request, download: Download, media_type: str) -> Response:
-    handed = accel(request, download.key, download.local_path, media_type, _IMMUTABLE)
-    if handed is not None:  # nginx sends it: HEAD, Range and sendfile included
-        return handed
-    if request.method == "HEAD":
-        # Answered here even for S3: a presigned URL is signed for GET, and a HEAD
-        # following the redirect would fail, so `nix copy` would upload again.
-        return Response(None, 200, media_type=media_type,
-                        headers={"Content-Length": str(download.size)})
-    if download.url is not None:
-        return RedirectResponse(download.url, 307)
-    if download.local_path is not None:
-        # FileResponse answers Range itself, and under Granian hands the file to the
-        # server (pathsend) instead of reading it through Python.
-        return FileResponse(download.local_path, media_type=media_type, headers=_IMMUTABLE)
-    # Opened before the status line: a file gone from the store is a 404, not a 200
-    # with a broken body.
-    chunks = await farm_of(request).store.get(download.key)
-    return StreamingResponse(chunks, media_type=media_type,
-                             headers={"Content-Length": str(download.size)})
-
-
 async def _read_small(request: Request, limit: int) -> bytes:
     return await read_bounded(request, limit, f"the request body is larger than {limit} bytes")
 
@@ -79,23 +49,7 @@ async def cache_info(request: Request) -> Response:
     if request.method == "PUT":
         return _ok()  # our nix-cache-info is derived from the cache's settings
     text = farm_of(request).caches.cache_info(cache)
-    _publish(request, cache, "nix-cache-info", text.encode())
     return PlainTextResponse(text, media_type="text/x-nix-cache-info")
-
-
-def _publish(request: Request, cache: CacheView, name: str, data: bytes) -> None:
-    """Let nginx give a public cache's answer from now on (a cache never changes its
-    visibility, and what is published is what any client would get)."""
-    edge = edge_of(request)
-    if edge is not None and not cache.private:
-        edge.publish(f"cache/{cache.name}/{name}", data)
-
-
-def _link(request: Request, cache: CacheView, name: str, found: Download) -> None:
-    """Like ``_publish`` for a stored file: a hard link, so nginx sends it from now on."""
-    edge = edge_of(request)
-    if edge is not None and not cache.private and found.local_path is not None:
-        edge.link(f"cache/{cache.name}/{name}", found.local_path)
 
 
 async def narinfo(request: Request) -> Response:
@@ -112,14 +66,13 @@ async def narinfo(request: Request) -> Response:
             raise InvalidInput("the narinfo is not UTF-8 text", field="body") from None
         await farm.caches.receive_narinfo(name, store_hash, decoded)
         return _ok()
-    cache = await _cache_for(request, write=False)
+    await _cache_for(request, write=False)
     body = await farm.caches.narinfo(name, store_hash)
     if body is None:
         metrics.cache_lookups.labels(name, "miss").inc()
         raise NotFound(f"cache {name!r} has no store path with hash {store_hash}",
                        kind="path", name=store_hash)
     metrics.cache_lookups.labels(name, "hit").inc()
-    _publish(request, cache, f"{store_hash}.narinfo", body)
     if request.method == "HEAD":
         return Response(None, 200, media_type=_NARINFO_TYPE,
                         headers={"Content-Length": str(len(body))})
@@ -129,11 +82,8 @@ async def narinfo(request: Request) -> Response:
 def _stored_file(param: str, media_type: str,
                  receive: Callable[[CacheService, str, str, AsyncIterable[bytes]], Awaitable[None]],
                  fetch: Callable[[CacheService, str, str], Awaitable[Download]],
-                 published_under: str | None = None,
                  ) -> Callable[[Request], Awaitable[Response]]:
-    """An endpoint for a file of the cache (a NAR, a log): PUT streams it in, GET out;
-    with ``published_under`` (a directory of the cache's URL), a public cache's file is
-    also linked there for nginx."""
+    """An endpoint for a file of the cache (a NAR, a log): PUT streams it in, GET out."""
 
     async def endpoint(request: Request) -> Response:
         name = request.path_params["name"]
@@ -142,17 +92,15 @@ def _stored_file(param: str, media_type: str,
             await _cache_for(request, write=True)
             await receive(caches, name, request.path_params[param], request.stream())
             return _ok()
-        cache = await _cache_for(request, write=False)
+        await _cache_for(request, write=False)
         found = await fetch(caches, name, request.path_params[param])
-        if published_under is not None:
-            _link(request, cache, f"{published_under}/{request.path_params[param]}", found)
-        return await _download(request, found, media_type)
+        return await send(request, found, media_type)
 
     return endpoint
 
 
 nar = _stored_file("file", "application/x-nix-nar", CacheService.receive_nar_file,
-                   CacheService.nar, published_under="nar")
+                   CacheService.nar)
 build_log = _stored_file("drv", "text/plain; charset=utf-8", CacheService.receive_log,
                          CacheService.log)
 
@@ -167,7 +115,7 @@ async def listing(request: Request) -> Response:
     await _cache_for(request, write=False)
     found = await farm_of(request).caches.listing(request.path_params["name"],
                                                   request.path_params["hash"])
-    return await _download(request, found, "application/json")
+    return await send(request, found, "application/json")
 
 
 async def unknown(request: Request) -> Response:

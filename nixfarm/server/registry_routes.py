@@ -20,24 +20,21 @@ from datetime import UTC, datetime
 
 from starlette.requests import Request
 from starlette.responses import (
-    FileResponse,
     HTMLResponse,
     JSONResponse,
-    RedirectResponse,
     Response,
     StreamingResponse,
 )
 from starlette.routing import Route
 
-from nixfarm.auth import REGISTRY_PULL
 from nixfarm.errors import NotFound, Unauthorized
+from nixfarm.registry.buildboard import Build
 from nixfarm.registry.service import RegistryService
-from nixfarm.registry.status import Build
-from nixfarm.server.auth import credentials, farm_of, pull_tokens, require, require_pull
-from nixfarm.server.edge import accel
+from nixfarm.scopes import REGISTRY_PULL
+from nixfarm.server.auth import credentials, farm_of, require, require_pull
+from nixfarm.server.downloads import send
 
 _API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
-_IMMUTABLE = "public, max-age=31536000, immutable"
 
 
 def _registry(request: Request) -> RegistryService:
@@ -69,7 +66,7 @@ async def token(request: Request) -> Response:
     who = await require(request, REGISTRY_PULL)
     seconds = farm_of(request).settings.registry.token_seconds
     now = time.time()
-    minted = pull_tokens(request).mint(who.token_id, seconds, now)
+    minted = farm_of(request).pull_tokens.mint(who.token_id, seconds, now)
     issued = datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     return JSONResponse({"token": minted, "access_token": minted, "expires_in": seconds,
                          "issued_at": issued})
@@ -96,29 +93,11 @@ async def manifest(request: Request) -> Response:
 
 async def blob(request: Request) -> Response:
     await _check_access(request)
-    registry = _registry(request)
-    found = await registry.blob(request.path_params["name"], request.path_params["digest"])
-    headers = {**_API_VERSION, "Docker-Content-Digest": str(found.digest),
-               "Cache-Control": _IMMUTABLE}
-    if found.local_path is not None:
-        handed = accel(request, found.key, found.local_path, "application/octet-stream",
-                       headers)
-        if handed is not None:  # nginx sends it (after the token was checked here)
-            return handed
-        return FileResponse(found.local_path, media_type="application/octet-stream",
-                            headers=headers)
-    if request.method == "HEAD":
-        headers["Content-Length"] = str(found.size)
-        return Response(b"", 200, media_type="application/octet-stream", headers=headers)
-    if found.url is not None:
-        return RedirectResponse(found.url, 307, headers=headers)
-
-    async def body() -> AsyncIterator[bytes]:
-        async for chunk in await registry.store.get(found.key):
-            yield chunk
-
-    headers["Content-Length"] = str(found.size)
-    return StreamingResponse(body(), media_type="application/octet-stream", headers=headers)
+    found = await _registry(request).blob(request.path_params["name"],
+                                          request.path_params["digest"])
+    # Sent by nginx when it is in front: after the token was checked here.
+    return await send(request, found.file, "application/octet-stream",
+                      {**_API_VERSION, "Docker-Content-Digest": str(found.digest)})
 
 
 async def unsupported(request: Request) -> Response:

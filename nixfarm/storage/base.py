@@ -121,6 +121,17 @@ class ObjectInfo:
     size: int
 
 
+@dataclass(frozen=True)
+class Download:
+    """Where a reader gets a stored object: a local file (sent with sendfile or handed
+    to nginx), a presigned URL (a redirect), or only the store (streamed)."""
+
+    key: str
+    size: int
+    local_path: Path | None
+    url: str | None
+
+
 class ObjectWriter(Protocol):
     """A new object being written; it has no key (and is invisible) until ``commit``.
 

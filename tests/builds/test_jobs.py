@@ -1,4 +1,4 @@
-"""The job service and the scheduler on SQLite and PostgreSQL: lifecycle, claims,
+"""The job service and the runner service on SQLite and PostgreSQL: lifecycle, claims,
 leases, time limits, cancelling, following."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from nixfarm.db.engine import Database
 from nixfarm.db.models import Job
 from nixfarm.errors import Conflict, Forbidden, InvalidInput, NotFound
 from nixfarm.tokens import Principal
-from nixfarm.wire_jobs import FinishRequest, JobSubmit, RunnerRegister, TaskReport
+from nixfarm.wire.jobs import JobSubmit
+from nixfarm.wire.runners import FinishRequest, RunnerRegister, TaskReport
 from tests.builds.conftest import MakeBuilds, principal
 
 pytestmark = pytest.mark.anyio
@@ -32,7 +33,7 @@ async def setup(db: Database, builds: BuildServices,
                 ) -> tuple[Principal, Principal, int]:
     user = await principal(db, "user", "jobs:submit")
     runner_token = await principal(db, "runner", "runner")
-    runner = await builds.scheduler.register(
+    runner = await builds.runners.register(
         runner_token, RunnerRegister(name="r1", images=["alpine/edge"]))
     return user, runner_token, runner.id
 
@@ -42,22 +43,22 @@ async def test_lifecycle(db: Database, make_builds: MakeBuilds) -> None:
     user, rt, rid = await setup(db, builds)
     job = await builds.jobs.submit(user, JobSubmit(manifest=MANIFEST, tags=["a"], note="n"))
     assert job.status == "queued" and [t.status for t in job.tasks] == ["pending"] * 2
-    assignment = await builds.scheduler.claim(rt, rid, wait=0)
+    assignment = await builds.runners.claim(rt, rid, wait=0)
     assert assignment is not None and assignment.job_id == job.id
     assert assignment.tasks == ["build", "test"] and assignment.attempt == 1
-    assert await builds.scheduler.claim(rt, rid, wait=0) is None
-    await builds.scheduler.report_task(rt, rid, job.id, "build", TaskReport(status="running"))
-    await builds.scheduler.log(rt, rid, job.id, "build", 0, b"hello\n")
-    await builds.scheduler.report_task(rt, rid, job.id, "build",
+    assert await builds.runners.claim(rt, rid, wait=0) is None
+    await builds.runners.report_task(rt, rid, job.id, "build", TaskReport(status="running"))
+    await builds.runners.log(rt, rid, job.id, "build", 0, b"hello\n")
+    await builds.runners.report_task(rt, rid, job.id, "build",
                                        TaskReport(status="success", exit_code=0))
     # complete-build: success with a task left; it is skipped.
-    done = await builds.scheduler.finish(rt, rid, job.id, FinishRequest(status="success"))
+    done = await builds.runners.finish(rt, rid, job.id, FinishRequest(status="success"))
     assert done.status == "success" and done.runner == "r1"
     assert [t.status for t in done.tasks] == ["success", "skipped"]
     where = await builds.logs.locate(job.id, "build", 0, None)
     assert b"".join([c async for c in builds.logs.stream(where)]) == b"hello\n"
     with pytest.raises(Conflict):  # the job is over: the runner holds it no more
-        await builds.scheduler.heartbeat(rt, rid, job.id, 0)
+        await builds.runners.heartbeat(rt, rid, job.id, 0)
     page = await builds.jobs.search(user, tag="a")
     assert [j.id for j in page.jobs] == [job.id]
     assert (await builds.jobs.search(user, tag="b")).jobs == []
@@ -66,12 +67,12 @@ async def test_lifecycle(db: Database, make_builds: MakeBuilds) -> None:
 async def test_only_one_runner_wins_a_job(db: Database, make_builds: MakeBuilds) -> None:
     builds = make_builds()
     user, rt, rid = await setup(db, builds)
-    other = await builds.scheduler.register(rt, RunnerRegister(name="r2", images=["alpine/edge"]))
+    other = await builds.runners.register(rt, RunnerRegister(name="r2", images=["alpine/edge"]))
     job = await builds.jobs.submit(user, JobSubmit(manifest=MANIFEST))
     won = []
 
     async def claim(runner_id: int) -> None:
-        won.append(await builds.scheduler.claim(rt, runner_id, wait=0.3))
+        won.append(await builds.runners.claim(rt, runner_id, wait=0.3))
 
     async with anyio.create_task_group() as tg:
         for runner_id in (rid, other.id, rid, other.id):
@@ -83,12 +84,12 @@ async def test_jobs_for_other_images_do_not_hide_a_runners_jobs(
         db: Database, make_builds: MakeBuilds) -> None:
     builds = make_builds()
     user, rt, rid = await setup(db, builds)
-    await builds.scheduler.register(rt, RunnerRegister(name="r2", images=["debian/12"]))
+    await builds.runners.register(rt, RunnerRegister(name="r2", images=["debian/12"]))
     other = MANIFEST.replace("alpine/edge", "debian/12")
     for _ in range(30):  # more than a claim looks at in one go
         await builds.jobs.submit(user, JobSubmit(manifest=other))
     mine = await builds.jobs.submit(user, JobSubmit(manifest=MANIFEST))
-    assignment = await builds.scheduler.claim(rt, rid, wait=0)
+    assignment = await builds.runners.claim(rt, rid, wait=0)
     assert assignment is not None and assignment.job_id == mine.id
 
 
@@ -98,7 +99,7 @@ async def test_claim_waits_for_a_submit(db: Database, make_builds: MakeBuilds) -
     got = []
 
     async def claim() -> None:
-        got.append(await builds.scheduler.claim(rt, rid, wait=10))
+        got.append(await builds.runners.claim(rt, rid, wait=10))
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(claim)
@@ -114,15 +115,15 @@ async def test_lost_runner_requeues_once_then_fails(db: Database,
     builds = make_builds(lease_seconds=0.2)
     user, rt, rid = await setup(db, builds)
     job = await builds.jobs.submit(user, JobSubmit(manifest=MANIFEST))
-    assert await builds.scheduler.claim(rt, rid, wait=0) is not None
+    assert await builds.runners.claim(rt, rid, wait=0) is not None
     await anyio.sleep(0.3)
-    assert await builds.scheduler.reap() == []
+    assert await builds.runners.reap() == []
     assert (await builds.jobs.get(user, job.id)).status == "queued"
-    second = await builds.scheduler.claim(rt, rid, wait=0)
+    second = await builds.runners.claim(rt, rid, wait=0)
     assert second is not None and second.attempt == 2
-    await builds.scheduler.report_task(rt, rid, job.id, "build", TaskReport(status="running"))
+    await builds.runners.report_task(rt, rid, job.id, "build", TaskReport(status="running"))
     await anyio.sleep(0.3)
-    assert await builds.scheduler.reap() == [job.id]
+    assert await builds.runners.reap() == [job.id]
     lost = await builds.jobs.get(user, job.id)
     assert (lost.status, lost.reason) == ("failed", "runner lost")
     assert [t.status for t in lost.tasks] == ["failed", "skipped"]
@@ -132,10 +133,10 @@ async def test_time_limit(db: Database, make_builds: MakeBuilds) -> None:
     builds = make_builds(timeout_minutes=0.005)  # 0.3 s
     user, rt, rid = await setup(db, builds)
     job = await builds.jobs.submit(user, JobSubmit(manifest=MANIFEST))
-    await builds.scheduler.claim(rt, rid, wait=0)
+    await builds.runners.claim(rt, rid, wait=0)
     await anyio.sleep(0.4)
-    assert await builds.scheduler.reap() == [job.id]
-    beat = await builds.scheduler.heartbeat(rt, rid, job.id, 0)
+    assert await builds.runners.reap() == [job.id]
+    beat = await builds.runners.heartbeat(rt, rid, job.id, 0)
     assert beat.stop and beat.reason == "timeout"
     assert (await builds.jobs.get(user, job.id)).status == "timeout"
 
@@ -144,11 +145,11 @@ async def test_cancel_wakes_the_heartbeat(db: Database, make_builds: MakeBuilds)
     builds = make_builds(lease_seconds=30)
     user, rt, rid = await setup(db, builds)
     job = await builds.jobs.submit(user, JobSubmit(manifest=MANIFEST))
-    await builds.scheduler.claim(rt, rid, wait=0)
+    await builds.runners.claim(rt, rid, wait=0)
     answers = []
 
     async def beat() -> None:
-        answers.append(await builds.scheduler.heartbeat(rt, rid, job.id, wait=10))
+        answers.append(await builds.runners.heartbeat(rt, rid, job.id, wait=10))
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(beat)
@@ -183,7 +184,7 @@ async def test_who_may_do_what(db: Database, make_builds: MakeBuilds) -> None:
     # Another token's runner cannot act as this one.
     other = await principal(db, "other runner", "runner")
     with pytest.raises(Forbidden):
-        await builds.scheduler.claim(other, rid, wait=0)
+        await builds.runners.claim(other, rid, wait=0)
     with pytest.raises(InvalidInput, match="oauth"):
         await builds.jobs.submit(user, JobSubmit(manifest=MANIFEST + "oauth: x\n"))
 
@@ -192,8 +193,8 @@ async def test_follow_replays_then_streams(db: Database, make_builds: MakeBuilds
     builds = make_builds()
     user, rt, rid = await setup(db, builds)
     job = await builds.jobs.submit(user, JobSubmit(manifest=MANIFEST))
-    await builds.scheduler.claim(rt, rid, wait=0)
-    await builds.scheduler.log(rt, rid, job.id, None, 0, b"booting\n")
+    await builds.runners.claim(rt, rid, wait=0)
+    await builds.runners.log(rt, rid, job.id, None, 0, b"booting\n")
     seen: list[tuple[str, dict[str, object]]] = []
 
     async def follow() -> None:
@@ -203,16 +204,16 @@ async def test_follow_replays_then_streams(db: Database, make_builds: MakeBuilds
     async with anyio.create_task_group() as tg:
         tg.start_soon(follow)
         await anyio.sleep(0.1)
-        await builds.scheduler.log(rt, rid, job.id, None, 0, b"booting\n")  # a retry
-        await builds.scheduler.log(rt, rid, job.id, "build", 0, b"compiling\n")
-        await builds.scheduler.finish(rt, rid, job.id, FinishRequest(status="failed"))
+        await builds.runners.log(rt, rid, job.id, None, 0, b"booting\n")  # a retry
+        await builds.runners.log(rt, rid, job.id, "build", 0, b"compiling\n")
+        await builds.runners.finish(rt, rid, job.id, FinishRequest(status="failed"))
     logs = [(e["task"], e["text"]) for kind, e in seen if kind == "log"]
     assert logs == [(None, "booting\n"), ("build", "compiling\n")]
     assert seen[-1] == ("end", {"status": "failed"})
 
 
 async def test_groups(db: Database, make_builds: MakeBuilds) -> None:
-    from nixfarm.wire_jobs import JobGroupCreate
+    from nixfarm.wire.jobs import JobGroupCreate
 
     builds = make_builds()
     user, _, _ = await setup(db, builds)

@@ -1,4 +1,4 @@
-"""The scheduler's per-job log maskers: every way a job ends drops its entry, and
+"""The runner service's per-job log maskers: every way a job ends drops its entry, and
 until then the job's log chunks are masked (on SQLite and PostgreSQL)."""
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import pytest
 
 from nixfarm.builds.services import BuildServices
 from nixfarm.db.engine import Database
-from nixfarm.runner.masking import MASK
+from nixfarm.masking import MASK
 from nixfarm.tokens import Principal
-from nixfarm.wire_jobs import FinishRequest, JobSubmit, RunnerRegister, SecretCreate, TaskReport
+from nixfarm.wire.jobs import JobSubmit, SecretCreate
+from nixfarm.wire.runners import FinishRequest, RunnerRegister, TaskReport
 from tests.builds.conftest import MakeBuilds, principal
 
 pytestmark = pytest.mark.anyio
@@ -44,33 +45,33 @@ class Running:
 
     async def log(self, seq: int, data: bytes) -> bytes:
         """The task's whole log as stored, after the runner logged ``data``."""
-        await self.builds.scheduler.log(self.runner, self.runner_id, self.job_id, "build",
+        await self.builds.runners.log(self.runner, self.runner_id, self.job_id, "build",
                                         seq, data)
         where = await self.builds.logs.locate(self.job_id, "build", 0, None)
         return b"".join([c async for c in self.builds.logs.stream(where)])
 
     async def finish(self, status: str) -> None:
-        await self.builds.scheduler.finish(self.runner, self.runner_id, self.job_id,
+        await self.builds.runners.finish(self.runner, self.runner_id, self.job_id,
                                            FinishRequest.model_validate({"status": status}))
 
     async def start_task(self) -> None:
-        await self.builds.scheduler.report_task(self.runner, self.runner_id, self.job_id,
+        await self.builds.runners.report_task(self.runner, self.runner_id, self.job_id,
                                                 "build", TaskReport(status="running"))
 
 
 async def claimed(db: Database, builds: BuildServices) -> Running:
-    """A job with a secret, claimed by a runner: the scheduler holds its masker."""
+    """A job with a secret, claimed by a runner: the runner service holds its masker."""
     user = await principal(db, "user", "jobs:submit")
     await builds.secrets.create(user, SecretCreate.model_validate(
         {"name": "token", "kind": "file", "data": base64.b64encode(TOKEN).decode(),
          "path": "~/.token"}))
     job = await builds.jobs.submit(user, JobSubmit(manifest=MANIFEST))
     rt = await principal(db, "runner", "runner")
-    runner = await builds.scheduler.register(rt, RunnerRegister(name="r",
+    runner = await builds.runners.register(rt, RunnerRegister(name="r",
                                                                 images=["alpine/edge"]))
-    assert await builds.scheduler.claim(rt, runner.id, wait=0) is not None
+    assert await builds.runners.claim(rt, runner.id, wait=0) is not None
     running = Running(builds, user, rt, runner.id, job.id)
-    assert job.id in builds.scheduler._masks
+    assert job.id in builds.runners._masks
     assert await running.log(0, b"token: " + TOKEN + b"\n") == f"token: {MASK}\n".encode()
     return running
 
@@ -89,7 +90,7 @@ async def failed(job: Running) -> str:
 
 async def cancelled_then_confirmed(job: Running) -> str:
     await job.builds.jobs.cancel(job.user, job.job_id)
-    assert job.job_id in job.builds.scheduler._masks  # the runner is still stopping
+    assert job.job_id in job.builds.runners._masks  # the runner is still stopping
     await job.finish("failed")
     return "cancelled"
 
@@ -97,20 +98,20 @@ async def cancelled_then_confirmed(job: Running) -> str:
 async def cancelled_never_confirmed(job: Running) -> str:
     await job.builds.jobs.cancel(job.user, job.job_id)
     await anyio.sleep(LEASE + 0.1)
-    await job.builds.scheduler.reap()
+    await job.builds.runners.reap()
     return "cancelled"
 
 
 async def lost_and_requeued(job: Running) -> str:
     await anyio.sleep(LEASE + 0.1)
-    assert await job.builds.scheduler.reap() == []
+    assert await job.builds.runners.reap() == []
     return "queued"
 
 
 async def lost_and_failed(job: Running) -> str:
     await job.start_task()
     await anyio.sleep(LEASE + 0.1)
-    assert await job.builds.scheduler.reap() == [job.job_id]
+    assert await job.builds.runners.reap() == [job.job_id]
     return "failed"
 
 
@@ -118,17 +119,17 @@ async def timed_out(job: Running, confirm: bool) -> str:
     await job.start_task()
     # Past the time limit, the lease still renewed.
     await anyio.sleep(LEASE * 0.6)
-    await job.builds.scheduler.heartbeat(job.runner, job.runner_id, job.job_id, 0)
+    await job.builds.runners.heartbeat(job.runner, job.runner_id, job.job_id, 0)
     await anyio.sleep(LEASE * 0.6)
-    assert await job.builds.scheduler.reap() == [job.job_id]
+    assert await job.builds.runners.reap() == [job.job_id]
     # The runner is told to stop and still sends logs meanwhile: masked.
-    assert job.job_id in job.builds.scheduler._masks
+    assert job.job_id in job.builds.runners._masks
     assert await job.log(1, TOKEN + b"\n") == f"token: {MASK}\n{MASK}\n".encode()
     if confirm:
         await job.finish("failed")
     else:
         await anyio.sleep(LEASE + 0.1)
-        assert await job.builds.scheduler.reap() == []
+        assert await job.builds.runners.reap() == []
     return "timeout"
 
 
@@ -155,7 +156,7 @@ async def test_every_ending_drops_the_masker(db: Database, make_builds: MakeBuil
     builds = make_builds(lease_seconds=LEASE, **limit)
     job = await claimed(db, builds)
     assert await ending(job) == await job.status()
-    assert builds.scheduler._masks == {}
+    assert builds.runners._masks == {}
 
 
 async def test_a_job_ended_on_another_server_is_dropped(db: Database,
@@ -165,10 +166,10 @@ async def test_a_job_ended_on_another_server_is_dropped(db: Database,
     # Log chunks reach the other server too (a load balancer): it builds its own masker.
     elsewhere = Running(there, job.user, job.runner, job.runner_id, job.job_id)
     assert await elsewhere.log(1, TOKEN) == f"token: {MASK}\n{MASK}".encode()
-    assert job.job_id in there.scheduler._masks
-    assert await there.scheduler.reap() == []
-    assert job.job_id in there.scheduler._masks  # still running: kept
+    assert job.job_id in there.runners._masks
+    assert await there.runners.reap() == []
+    assert job.job_id in there.runners._masks  # still running: kept
     await job.finish("success")
-    assert here.scheduler._masks == {}
-    assert await there.scheduler.reap() == []
-    assert there.scheduler._masks == {}
+    assert here.runners._masks == {}
+    assert await there.runners.reap() == []
+    assert there.runners._masks == {}

@@ -12,7 +12,8 @@ from nixfarm.builds.secrets import masker
 from nixfarm.db.engine import Database
 from nixfarm.db.models import Secret
 from nixfarm.errors import Conflict, InvalidInput, NotFound
-from nixfarm.wire_jobs import JobSubmit, RunnerRegister, SecretCreate
+from nixfarm.wire.jobs import JobSubmit, SecretCreate
+from nixfarm.wire.runners import RunnerRegister
 from tests.builds.conftest import MakeBuilds, principal
 
 pytestmark = pytest.mark.anyio
@@ -50,15 +51,15 @@ async def test_encrypted_at_rest_and_delivered(db: Database, make_builds: MakeBu
     job = await builds.jobs.submit(user, JobSubmit(manifest=manifest.replace(
         f"  - {created.uuid}\n", "")))
     rt = await principal(db, "runner", "runner")
-    runner = await builds.scheduler.register(rt, RunnerRegister(name="r",
+    runner = await builds.runners.register(rt, RunnerRegister(name="r",
                                                                 images=["alpine/edge"]))
-    assignment = await builds.scheduler.claim(rt, runner.id, wait=0)
+    assignment = await builds.runners.claim(rt, runner.id, wait=0)
     assert assignment is not None
     (secret,) = assignment.secrets
     assert base64.b64decode(secret.data) == VALUE and secret.path == "~/.key"
     # Masked in logs: the whole value and its long lines.
     chunk = VALUE + b"then c2VjcmV0LWtleS1tYXRlcmlhbA== again\n"
-    await builds.scheduler.log(rt, runner.id, job.id, "a", 0, chunk)
+    await builds.runners.log(rt, runner.id, job.id, "a", 0, chunk)
     where = await builds.logs.locate(job.id, "a", 0, None)
     text = b"".join([c async for c in builds.logs.stream(where)])
     assert b"c2VjcmV0" not in text and text.count(b"********") == 2
@@ -70,8 +71,8 @@ async def test_encrypted_at_rest_and_delivered(db: Database, make_builds: MakeBu
 
 
 def test_server_masks_what_the_runner_masks() -> None:
-    from nixfarm.runner.masking import MIN_LENGTH, Masker
-    from nixfarm.wire_jobs import SecretValue
+    from nixfarm.masking import MIN_LENGTH, Masker
+    from nixfarm.wire.runners import SecretValue
 
     raw = b"ab\nlong-enough-line\n"
     value = SecretValue(uuid="u", name="n", kind="file", path=None, mode=None,

@@ -21,6 +21,7 @@ from nixfarm.cache import gc
 from nixfarm.cache.service import FORGET_TOPIC, CacheService, PathUpload, listing_key, nar_key
 from nixfarm.db.engine import Database
 from nixfarm.db.models import CachePath, Nar, utcnow
+from nixfarm.edge.cache import CacheEdge
 from nixfarm.edge.layout import EdgeLayout
 from nixfarm.edge.tree import EdgeTree
 from nixfarm.errors import InvalidInput
@@ -90,7 +91,7 @@ async def env(db: Database, tmp_path: Path) -> Env:
     store = FilesystemStore(tmp_path / "store")
     layout = EdgeLayout(tmp_path / "edge")
     layout.reset()
-    service = CacheService(db, store, settings, EdgeTree(layout))
+    service = CacheService(db, store, settings, CacheEdge(EdgeTree(layout)))
     await service.create("main")
     await service.create("other")
     return Env(service, store, EdgeTree(layout), tmp_path)
@@ -259,7 +260,7 @@ async def test_bad_cutoff_and_unknown_cache_are_refused(env: Env) -> None:
 
 
 def test_closure_split_follows_references_within_the_cache() -> None:
-    from nixfarm.db.retention import PathRow
+    from nixfarm.db.gc import PathRow
 
     now = utcnow()
     old = now - timedelta(days=60)

@@ -17,8 +17,8 @@ from nixfarm.edge import registry as registry_edge
 from nixfarm.edge.layout import EdgeLayout
 from nixfarm.edge.tree import EdgeTree
 from nixfarm.errors import ConfigError
+from nixfarm.metrics import Metrics
 from nixfarm.oci.digest import Digest
-from nixfarm.server.metrics import Metrics
 
 
 def _settings(tmp_path: Path, **overrides: object) -> Settings:
@@ -169,11 +169,11 @@ async def test_new_tags_reload_nginx_at_most_once_a_second(tmp_path: Path,
     edge = registry_edge.RegistryEdge(tree)
     manifest = b'{"schemaVersion":2}'
     for name in ("a", "b", "c"):
-        edge.tag(f"/v2/{name}/manifests/latest", manifest, Digest.of(manifest), None)
+        edge.tag(f"/v2/{name}/manifests/latest", manifest, Digest.of(manifest))
     assert len(reloads) == 1  # the first at once, the others wait
     assert len(tree.tags()) == 3  # but the map already holds all three
     await anyio.sleep(0.5)
     assert len(reloads) == 2 and reloads[1] - reloads[0] >= 0.25
-    edge.tag("/v2/a/manifests/latest", manifest, Digest.of(manifest), None)  # known
+    edge.tag("/v2/a/manifests/latest", manifest, Digest.of(manifest))  # known
     await anyio.sleep(0.5)
     assert len(reloads) == 2

@@ -20,9 +20,9 @@ import anyio
 
 from nixfarm.oci.manifest import Platform
 from nixfarm.registry import names
-from nixfarm.registry.builder import Builder
-from nixfarm.registry.images import Image, compose
+from nixfarm.registry.compose import Image, compose
 from nixfarm.registry.layers import LayerCache, blob_key
+from nixfarm.registry.nixbuild import NixBuilder
 from nixfarm.registry.service import RegistryService
 from nixfarm.registry.sources import PackageSource
 from nixfarm.storage.base import ObjectStore
@@ -64,7 +64,7 @@ async def scenario(data_dir: Path) -> dict[str, object]:
     """Build, collect garbage, write the layers; then the same without roots. In a private /nix."""
     settings = demo_settings(data_dir)
     store = open_store(settings)
-    builder = Builder(settings.nix_options, 120, data_dir / "registry-gcroots")
+    builder = NixBuilder(settings.nix_options, 120, data_dir / "registry-gcroots")
     layers = LayerCache(store, "gzip")
     request = names.parse("hello/tree")
     resolved = await PackageSource(settings.registry.source).resolve("latest")

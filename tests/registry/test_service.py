@@ -12,7 +12,7 @@ import pytest
 import nixfarm.demo
 from nixfarm.errors import ConfigError, NotFound
 from nixfarm.oci.manifest import DOCKER_MANIFEST, OCI_MANIFEST
-from nixfarm.registry.images import customisation
+from nixfarm.registry.compose import customisation
 from nixfarm.registry.service import RegistryService
 from nixfarm.storage.factory import open_store
 from tests.registry.conftest import demo_settings

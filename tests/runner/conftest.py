@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 import nixfarm.demo
-from nixfarm.runner.images import Catalogue, Images
+from nixfarm.runner.roots import Catalogue, Images
 
 NIX_OPTIONS = {"substituters": ""}
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 
 from nixfarm import demo
-from nixfarm.runner.rootfs import compose_nix_root
+from nixfarm.runner.nixroot import compose_nix_root
 from tests.fixtures.privatenix import collect_garbage, existing, run_scenario
 
 OPTIONS = {"substituters": "", "sandbox": "true"}

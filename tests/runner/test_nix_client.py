@@ -12,8 +12,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from nixfarm.runner.images import Images
 from nixfarm.runner.nixd import NixDaemon, answers
+from nixfarm.runner.roots import Images
 from nixfarm.runner.sandbox.base import NixClient, SandboxSpec
 from nixfarm.runner.sandbox.bwrap import BwrapSandbox
 

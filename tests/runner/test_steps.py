@@ -9,8 +9,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from nixfarm.builds.manifest import load_manifest
-from nixfarm.runner.images import Images
+from nixfarm.manifest import load_manifest
+from nixfarm.runner.roots import Images
 from nixfarm.runner.sandbox import BwrapSandbox, SandboxSpec
 from nixfarm.runner.steps import STEPS, JobContext, Recorder, Secret, run_job
 from tests.runner.test_sandbox import sandbox_pids

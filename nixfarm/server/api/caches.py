@@ -8,12 +8,12 @@ from datetime import timedelta
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
-from nixfarm.auth import ADMIN, allows, cache_scope
 from nixfarm.cache import gc
 from nixfarm.cache.service import CacheView, PathUpload
 from nixfarm.errors import InvalidInput
+from nixfarm.scopes import ADMIN, allows, cache_scope
 from nixfarm.server.auth import farm_of, principal, readable_cache, require
-from nixfarm.wire import (
+from nixfarm.wire.caches import (
     CacheCreate,
     CacheOut,
     GcReport,

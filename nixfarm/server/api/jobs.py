@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response, StreamingResponse
 
-from nixfarm.auth import JOBS_SUBMIT
 from nixfarm.builds.services import BuildServices
 from nixfarm.errors import InvalidInput
+from nixfarm.scopes import JOBS_SUBMIT
 from nixfarm.server.auth import farm_of, principal, require
-from nixfarm.wire_jobs import (
+from nixfarm.wire.jobs import (
     JobGroupCreate,
     JobGroupOut,
     JobOut,
@@ -197,6 +197,6 @@ async def cancel_group(request: Request, group_id: int) -> JobGroupOut:
 
 @router.get("/webhook-key")
 async def webhook_key(request: Request) -> WebhookKey:
-    """The key your jobs' webhooks are signed with (see ``wire_jobs.WebhookKey``)."""
+    """The key your jobs' webhooks are signed with (see ``wire.jobs.WebhookKey``)."""
     who = await require(request, JOBS_SUBMIT)
     return WebhookKey(key=builds(request).secrets.webhook_key(who.token_id).hex())

@@ -1,4 +1,4 @@
-"""The runner protocol (see ``nixfarm.wire_jobs`` for the sequence): every route needs
+"""The runner protocol (see ``nixfarm.wire.runners`` for the sequence): every route needs
 a token with the ``runner`` scope, and one that registered the runner in the path."""
 
 from __future__ import annotations
@@ -7,19 +7,18 @@ import anyio
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from nixfarm.auth import ADMIN, RUNNER
-from nixfarm.builds.scheduler import Scheduler
+from nixfarm.builds.runners import RunnerService
+from nixfarm.scopes import ADMIN, RUNNER
 from nixfarm.server.auth import farm_of, require
 from nixfarm.server.body import read_bounded
-from nixfarm.wire_jobs import (
+from nixfarm.wire.jobs import ArtifactOut, JobOut
+from nixfarm.wire.runners import (
     MAX_LOG_CHUNK,
-    ArtifactOut,
     Assignment,
     ClaimRequest,
     FinishRequest,
     HeartbeatRequest,
     HeartbeatResponse,
-    JobOut,
     LogAccepted,
     RunnerOut,
     RunnerRegister,
@@ -29,19 +28,19 @@ from nixfarm.wire_jobs import (
 router = APIRouter(prefix="/api/v1/runners", tags=["runners"])
 
 
-def scheduler(request: Request) -> Scheduler:
-    return farm_of(request).builds.scheduler
+def service(request: Request) -> RunnerService:
+    return farm_of(request).builds.runners
 
 
 @router.post("", status_code=201)
 async def register(request: Request, body: RunnerRegister) -> RunnerOut:
-    return await scheduler(request).register(await require(request, RUNNER), body)
+    return await service(request).register(await require(request, RUNNER), body)
 
 
 @router.get("")
 async def list_runners(request: Request) -> list[RunnerOut]:
     await require(request, ADMIN)
-    return await scheduler(request).runners()
+    return await service(request).runners()
 
 
 async def _watch_hang_up(request: Request, gone: anyio.Event) -> None:
@@ -59,7 +58,7 @@ async def claim(request: Request, runner_id: int, body: ClaimRequest) -> Respons
     gone = anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(_watch_hang_up, request, gone)
-        assignment = await scheduler(request).claim(who, runner_id, body.wait, gone.is_set)
+        assignment = await service(request).claim(who, runner_id, body.wait, gone.is_set)
         tg.cancel_scope.cancel()
     if assignment is None:
         return Response(status_code=204)
@@ -70,7 +69,7 @@ async def claim(request: Request, runner_id: int, body: ClaimRequest) -> Respons
 async def heartbeat(request: Request, runner_id: int, job_id: int,
                     body: HeartbeatRequest) -> HeartbeatResponse:
     who = await require(request, RUNNER)
-    return await scheduler(request).heartbeat(who, runner_id, job_id, body.wait)
+    return await service(request).heartbeat(who, runner_id, job_id, body.wait)
 
 
 async def _chunk(request: Request) -> bytes:
@@ -83,7 +82,7 @@ async def setup_log(request: Request, runner_id: int, job_id: int,
                     seq: int = Query(ge=0)) -> LogAccepted:
     """Append chunk ``seq`` (raw bytes) to the setup log."""
     who = await require(request, RUNNER)
-    return await scheduler(request).log(who, runner_id, job_id, None, seq,
+    return await service(request).log(who, runner_id, job_id, None, seq,
                                         await _chunk(request))
 
 
@@ -92,7 +91,7 @@ async def task_log(request: Request, runner_id: int, job_id: int, task: str,
                    seq: int = Query(ge=0)) -> LogAccepted:
     """Append chunk ``seq`` (raw bytes) to a task's log."""
     who = await require(request, RUNNER)
-    return await scheduler(request).log(who, runner_id, job_id, task, seq,
+    return await service(request).log(who, runner_id, job_id, task, seq,
                                         await _chunk(request))
 
 
@@ -100,7 +99,7 @@ async def task_log(request: Request, runner_id: int, job_id: int, task: str,
 async def report_task(request: Request, runner_id: int, job_id: int, task: str,
                       body: TaskReport) -> Response:
     who = await require(request, RUNNER)
-    await scheduler(request).report_task(who, runner_id, job_id, task, body)
+    await service(request).report_task(who, runner_id, job_id, task, body)
     return Response(status_code=204)
 
 
@@ -108,11 +107,11 @@ async def report_task(request: Request, runner_id: int, job_id: int, task: str,
 async def upload_artifact(request: Request, runner_id: int, job_id: int, name: str,
                           path: str = Query(min_length=1)) -> ArtifactOut:
     who = await require(request, RUNNER)
-    return await scheduler(request).artifact(who, runner_id, job_id, name, path,
+    return await service(request).artifact(who, runner_id, job_id, name, path,
                                              request.stream())
 
 
 @router.post("/{runner_id}/jobs/{job_id}/finish")
 async def finish(request: Request, runner_id: int, job_id: int, body: FinishRequest) -> JobOut:
     who = await require(request, RUNNER)
-    return await scheduler(request).finish(who, runner_id, job_id, body)
+    return await service(request).finish(who, runner_id, job_id, body)

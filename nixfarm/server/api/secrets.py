@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from nixfarm.auth import JOBS_SUBMIT
+from nixfarm.scopes import JOBS_SUBMIT
 from nixfarm.server.auth import farm_of, require
-from nixfarm.wire_jobs import SecretCreate, SecretOut
+from nixfarm.wire.jobs import SecretCreate, SecretOut
 
 router = APIRouter(prefix="/api/v1/secrets", tags=["secrets"])
 

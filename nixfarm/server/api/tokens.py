@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from nixfarm.auth import ADMIN
+from nixfarm.scopes import ADMIN
 from nixfarm.server.auth import farm_of, principal, require
 from nixfarm.tokens import TokenView
-from nixfarm.wire import TokenCreate, TokenOut, WhoAmI
+from nixfarm.wire.tokens import TokenCreate, TokenOut, WhoAmI
 
 router = APIRouter(prefix="/api/v1", tags=["tokens"])
 

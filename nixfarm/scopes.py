@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from nixfarm.db.caches import CACHE_NAME
 from nixfarm.errors import InvalidInput
+from nixfarm.naming import CACHE_NAME
 
 ADMIN = "admin"
 JOBS_SUBMIT = "jobs:submit"

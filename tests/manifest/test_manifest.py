@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from nixfarm.builds.manifest import (
+from nixfarm.errors import InvalidInput
+from nixfarm.manifest import (
     MAX_MANIFEST_BYTES,
     MAX_TASKS,
     Manifest,
@@ -19,7 +20,6 @@ from nixfarm.builds.manifest import (
     load_manifest,
     manifest_from_data,
 )
-from nixfarm.errors import InvalidInput
 
 FIXTURES = Path(__file__).parent / "fixtures"
 IMAGES = ["alpine/3.19", "alpine/edge", "archlinux", "debian/bookworm", "nix"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nixfarm.auth import allows, cache_scope, parse_scope
 from nixfarm.errors import InvalidInput
+from nixfarm.scopes import allows, cache_scope, parse_scope
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Build manifests: the builds.sr.ht ``.build.yml`` format, plus a Nix cache.
+"""Loading a manifest: text (or data) to a checked ``Manifest``, problems located.
 
     manifest = load_manifest(text)          # ManifestError: every problem, located
     check_supported(manifest, images, arches)   # ManifestError: what we don't run
@@ -10,9 +10,9 @@ directory). ``check_supported`` checks the manifest against this server: a job a
 for ``oauth``, an image or arch we don't have, is refused at submit time, never run
 without what it asked for.
 
-How a problem gets its line and column: ``manifest_yaml`` turns the text into data
+How a problem gets its line and column: ``parsing`` turns the text into data
 and a table of spots (key path -> line and column of the key and of its value);
-pydantic validates the data (``manifest_models``) and reports error locations as key
+pydantic validates the data (``models``) and reports error locations as key
 paths; each path is looked up in the table, falling back to its nearest written
 ancestor for a key that is missing. Task entries are written ``- name: script`` but
 validated as ``Task(name, script)``, so their paths are mapped back first (aliases).
@@ -26,24 +26,10 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from nixfarm.builds.manifest_errors import ManifestError, Problem, format_path
-from nixfarm.builds.manifest_models import MAX_TASKS, Manifest, Source, Task, Trigger
-from nixfarm.builds.manifest_values import AT, describe
-from nixfarm.builds.manifest_yaml import MAX_MANIFEST_BYTES, Path, Spot, load_located
-
-__all__ = [
-    "MAX_MANIFEST_BYTES",
-    "MAX_TASKS",
-    "Manifest",
-    "ManifestError",
-    "Problem",
-    "Source",
-    "Task",
-    "Trigger",
-    "check_supported",
-    "load_manifest",
-    "manifest_from_data",
-]
+from nixfarm.manifest.errors import ManifestError, Problem, format_path
+from nixfarm.manifest.models import Manifest, Trigger
+from nixfarm.manifest.parsing import Path, Spot, load_located
+from nixfarm.manifest.values import AT, describe
 
 _REQUIRED = {
     "image": "an image such as alpine/edge or nix",

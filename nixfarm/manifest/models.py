@@ -1,11 +1,11 @@
 """The manifest's data model: pydantic models with the rules of each key.
 
 One rule set, whether a manifest arrives as YAML text or as data: the rules for single
-values are in ``manifest_values``, the ones that relate keys to each other (unique
+values are in ``values``, the ones that relate keys to each other (unique
 task names, what each trigger takes, tasks or a shell) are here. Validators raise
 ``values.refuse(...)``: a message saying what was expected, and optionally a path below
 the checked value (a webhook trigger's stray ``to``, the second of two equal task
-names) that ``manifest._problems`` follows to a line and column.
+names) that ``loading._problems`` follows to a line and column.
 
 A manifest dumps (``model_dump()``) back into the builds.sr.ht shape: tasks as
 one-key mappings, sources as their strings; dump and validate round-trip.
@@ -29,10 +29,10 @@ from pydantic import (
     model_validator,
 )
 
-from nixfarm.builds import manifest_values as values
-from nixfarm.builds.manifest_errors import PathElement
-from nixfarm.builds.manifest_sources import Scm, parse_source
-from nixfarm.builds.manifest_yaml import Path, Spot
+from nixfarm.manifest import values
+from nixfarm.manifest.errors import PathElement
+from nixfarm.manifest.parsing import Path, Spot
+from nixfarm.manifest.sources import Scm, parse_source
 
 MAX_TASKS = 100
 MAX_TASK_NAME = 128

@@ -1,4 +1,4 @@
-from nixfarm.runner.masking import MASK, MIN_LENGTH, Masker, needles
+from nixfarm.masking import MASK, MIN_LENGTH, Masker, needles
 
 KEY = "-----BEGIN KEY-----\nAAAAB3NzaC1yc2EAAAADAQAB\nZm9vYmFyYmF6cXV4\n-----END KEY-----\n"
 

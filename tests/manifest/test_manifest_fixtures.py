@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nixfarm.builds.manifest import ManifestError, load_manifest
+from nixfarm.manifest import ManifestError, load_manifest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -73,7 +73,7 @@ REFUSED = {
         "\n"
         "  oauth: line 5, column 8: expected a string, got a list"
         "\n"
-        "  cache: line 6, column 8: cache name 'My Cache' must match ^[a-z0-9][a-z0-9._-]{0,63}$"
+        "  cache: line 6, column 8: cache name 'My Cache' must match ^[a-z0-9][a-z0-9._-]{0,62}$"
     ),
     "bad/bad-secrets.yml": (
         "Invalid manifest bad-secrets.yml (2 problems):"

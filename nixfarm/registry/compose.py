@@ -35,9 +35,9 @@ from nixfarm.oci.manifest import (
     image_config,
     image_manifest,
 )
-from nixfarm.registry.builder import Closure
 from nixfarm.registry.grouping import group_layers
 from nixfarm.registry.layers import LayerCache
+from nixfarm.registry.nixbuild import Closure
 
 _FORCED_DIRS = {"bin", "etc", "usr", "usr/bin", "sbin"}
 _SKIPPED_TOP = {"nix-support"}

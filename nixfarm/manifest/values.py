@@ -3,7 +3,7 @@
 Each rule is a function that returns the value (sometimes normalised: a secret UUID in
 canonical form, a null environment value as "") or raises ``refuse(...)``, a pydantic
 error whose message says what was expected. ``refuse`` can point below the value it
-checks (``at``): ``manifest._problems`` follows that to a line and column.
+checks (``at``): ``loading._problems`` follows that to a line and column.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 
 from pydantic_core import PydanticCustomError
 
-from nixfarm.builds.manifest_errors import PathElement
+from nixfarm.manifest.errors import PathElement
+from nixfarm.naming import CACHE_NAME, CACHE_NAME_PATTERN
 
 TASK_NAME = re.compile(r"^[a-z0-9_-]+$")
 IMAGE = re.compile(r"^(?:nix|[a-z0-9][a-z0-9._+-]*(?:/[a-z0-9][a-z0-9._+-]*)?)$")
@@ -26,7 +27,6 @@ ARCH = re.compile(r"^[a-z0-9_]{1,32}$")
 PACKAGE = re.compile(r"^[^\s\-][^\s]*$")
 REPOSITORY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-CACHE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 # The worker sets these itself, after the manifest's environment; a manifest that sets
 # them would be silently overridden, so it is refused instead.
 RESERVED_ENV = frozenset({"CI_NAME", "JOB_ID", "JOB_URL"})
@@ -138,8 +138,8 @@ def artifact(value: str) -> str:
 
 
 def cache_name(value: str) -> str:
-    if not CACHE_NAME.match(value):
-        raise refuse(f"cache name {value!r} must match ^[a-z0-9][a-z0-9._-]{{0,63}}$")
+    if not CACHE_NAME.fullmatch(value):
+        raise refuse(f"cache name {value!r} must match ^{CACHE_NAME_PATTERN}$")
     return value
 
 

@@ -1,59 +1,26 @@
-"""Prometheus metrics: requests, latencies, bytes served, cache hits and misses.
+"""Counting every answer of the app into the metrics (``nixfarm.metrics``).
 
 An ASGI middleware (not Starlette's BaseHTTPMiddleware, which would buffer and hide
-the ``http.response.pathsend`` extension the file responses use). Each app gets its
-own registry so tests can build many apps in one process.
+the ``http.response.pathsend`` extension the file responses use).
 """
 
 from __future__ import annotations
 
-import re
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-# Few, fixed route labels: label values must not grow with the URLs clients send.
-_ROUTES = [
-    (re.compile(r"^/cache/[^/]+/[^/]+\.narinfo$"), "cache_narinfo"),
-    (re.compile(r"^/cache/[^/]+/nar/"), "cache_nar"),
-    (re.compile(r"^/cache/[^/]+/log/"), "cache_log"),
-    (re.compile(r"^/cache/"), "cache_other"),
-    (re.compile(r"^/api/"), "api"),
-    (re.compile(r"^/v2/"), "registry"),
-    (re.compile(r"^/(metrics|healthz)$"), "ops"),
-]
+from nixfarm.metrics import Metrics, route_label
 
 
-def route_label(path: str) -> str:
-    for pattern, label in _ROUTES:
-        if pattern.match(path):
-            return label
-    return "web"
-
-
-class Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter("nixfarm_http_requests_total", "HTTP requests answered",
-                                ["route", "method", "status"], registry=self.registry)
-        self.latency = Histogram("nixfarm_http_request_seconds",
-                                 "Time to the start of the response", ["route"],
-                                 registry=self.registry,
-                                 buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25,
-                                          .5, 1, 2.5, 5, 10))
-        self.bytes_served = Counter("nixfarm_http_response_bytes_total",
-                                    "Response body bytes sent", ["route"],
-                                    registry=self.registry)
-        self.cache_lookups = Counter("nixfarm_cache_narinfo_lookups_total",
-                                     "narinfo lookups by result", ["cache", "result"],
-                                     registry=self.registry)
-
-    def exposition(self, request: Request) -> Response:
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+def exposition(request: Request) -> Response:
+    """``GET /metrics``: the app's metrics in Prometheus' text format."""
+    metrics: Metrics = request.app.state.metrics
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 class MetricsMiddleware:

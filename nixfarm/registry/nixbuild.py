@@ -65,7 +65,7 @@ class Deadline:
         return remaining
 
 
-class Builder:
+class NixBuilder:
     """Runs image.nix for image requests; ``nix_options`` are passed to every command.
 
     ``roots_dir`` is where ``built`` keeps its GC roots (a directory of the system's

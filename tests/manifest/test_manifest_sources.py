@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nixfarm.builds.manifest_sources import ParsedSource, Scm, parse_source
+from nixfarm.manifest.sources import ParsedSource, Scm, parse_source
 
 
 @pytest.mark.parametrize(

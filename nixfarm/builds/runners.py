@@ -44,37 +44,35 @@ from datetime import timedelta
 import anyio
 import sqlalchemy as sa
 
-from nixfarm.auth import ADMIN, cache_scope
 from nixfarm.builds import secrets as secrets_mod
 from nixfarm.builds.artifacts import ArtifactService
 from nixfarm.builds.jobs import QUEUED_TOPIC, JobService, control_topic
-from nixfarm.builds.manifest import load_manifest
 from nixfarm.db import jobs as q
 from nixfarm.db.models import Job, Runner, Task, utcnow
 from nixfarm.errors import Conflict, Forbidden, InvalidInput, NotFound
-from nixfarm.runner.masking import Masker
+from nixfarm.manifest import load_manifest
+from nixfarm.masking import Masker
+from nixfarm.scopes import ADMIN, cache_scope
 from nixfarm.tokens import Principal, TokenService
-from nixfarm.wire_jobs import (
-    FINAL_STATUSES,
-    ArtifactOut,
+from nixfarm.wire.jobs import FINAL_STATUSES, ArtifactOut, JobOut
+from nixfarm.wire.runners import (
     Assignment,
     CacheGrant,
     FinishRequest,
     HeartbeatResponse,
-    JobOut,
     LogAccepted,
     RunnerOut,
     RunnerRegister,
     TaskReport,
 )
 
-log = logging.getLogger("nixfarm.builds.scheduler")
+log = logging.getLogger("nixfarm.builds.runners")
 
 RUNNER_LOST = "runner lost"
 _CANDIDATES = 20
 
 
-class Scheduler:
+class RunnerService:
     def __init__(self, jobs: JobService, tokens: TokenService,
                  artifacts: ArtifactService) -> None:
         self.jobs = jobs

@@ -15,7 +15,7 @@ itself holds no package data and is shared by every job asking for the same outp
     root = await compose_nix_root(source, ["hello"], cache_dir, nix_options=...)
     SandboxSpec(rootfs=root.root, store_paths=root.store_paths)
 
-Building is the registry's code (``nixfarm.registry.builder``): the same package
+Building is the registry's code (``nixfarm.registry.nixbuild``): the same package
 lookup (a missing package is named in the error), the same time limit, the same
 closure query. Only the root that is made of the outputs differs: the registry packs
 layers, a job gets this forest.
@@ -36,8 +36,8 @@ from pathlib import Path
 from nixfarm.config import SourceSettings
 from nixfarm.errors import InvalidInput
 from nixfarm.nix import command as nix_command
-from nixfarm.registry.builder import Builder
 from nixfarm.registry.names import ImageRequest, host_system
+from nixfarm.registry.nixbuild import NixBuilder
 from nixfarm.registry.sources import PackageSource
 
 PASSWD = (
@@ -96,7 +96,7 @@ async def compose_nix_root(
     if not packages:
         return RootFS(root=await _empty_root(cache_dir))
     resolved = await source.resolve("latest")
-    builder = Builder(nix_options or {}, timeout, cache_dir / "gcroots")
+    builder = NixBuilder(nix_options or {}, timeout, cache_dir / "gcroots")
     async with builder.built(request, resolved, on_line) as built:
         outputs = built.roots
         closure = sorted(built.graph)
@@ -111,7 +111,7 @@ async def compose_nix_root(
     return RootFS(root=root, store_paths=tuple(closure), outputs=tuple(outputs))
 
 
-async def _keep(roots_dir: Path, outputs: Sequence[str], builder: Builder) -> None:
+async def _keep(roots_dir: Path, outputs: Sequence[str], builder: NixBuilder) -> None:
     """Make ``outputs`` indirect GC roots under ``roots_dir`` (idempotent)."""
     await asyncio.to_thread(roots_dir.mkdir, parents=True, exist_ok=True)
     for index, output in enumerate(outputs):

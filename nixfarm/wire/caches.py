@@ -1,17 +1,16 @@
-"""Wire models of the JSON API, shared by the server and the CLI.
+"""Wire models of the caches API (``/api/v1/caches``) and of ``nixfarm push``.
 
-Each model says which route uses it. Field names are the JSON names.
+Shared by the server, the CLI and the runner's cache push. Each model says which route
+uses it. Field names are the JSON names.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-
-class Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from nixfarm.wire.base import Wire
 
 
 class CacheCreate(Wire):
@@ -56,34 +55,6 @@ class PathInfo(Wire):
     deriver: str | None = None
     ca: str | None = None
     compression: str = "zstd"
-
-
-class TokenCreate(Wire):
-    """POST /api/v1/tokens (admin)."""
-
-    name: str
-    scopes: list[str]
-    expires_at: datetime | None = None
-
-
-class TokenOut(Wire):
-    """GET /api/v1/tokens (admin); ``secret`` only in the answer to its creation."""
-
-    id: int
-    name: str
-    scopes: list[str]
-    created_at: datetime
-    expires_at: datetime | None
-    revoked: bool
-    last_used_at: datetime | None
-    secret: str | None = None
-
-
-class WhoAmI(Wire):
-    """GET /api/v1/whoami."""
-
-    name: str | None
-    scopes: list[str]
 
 
 class GcRequest(Wire):

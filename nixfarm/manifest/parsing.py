@@ -2,7 +2,7 @@
 
 Manifests are parsed in two stages. Here, the text becomes plain Python data (dicts,
 lists, str, int, float, bool, None) plus a table from key path (``("tasks", 1)``) to
-the line and column of that key and of its value. ``manifest.py`` then validates the
+the line and column of that key and of its value. ``loading`` then validates the
 data with pydantic and uses the table to pin each error to the text.
 
 We build the data ourselves from ruamel.yaml's node graph instead of letting a loader
@@ -31,7 +31,7 @@ from ruamel.yaml.events import CollectionEndEvent, CollectionStartEvent
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
 
-from nixfarm.builds.manifest_errors import ManifestError, PathElement, Problem, format_path
+from nixfarm.manifest.errors import ManifestError, PathElement, Problem, format_path
 
 MAX_MANIFEST_BYTES = 128 * 1024
 MAX_NODES = 100_000

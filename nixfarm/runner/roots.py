@@ -3,7 +3,7 @@
 Two kinds of image:
 
 - ``nix``: a root composed from the manifest's ``packages`` out of the server's Nix
-  package source (``rootfs.compose_nix_root``); the sandbox binds the closure.
+  package source (``nixroot.compose_nix_root``); the sandbox binds the closure.
 - catalogue images, ``<distro>/<release>`` for an arch, from ``nixfarm/images/``
   (see its README): each has an ``image.toml`` and a ``genimg`` that builds its root
   directory. Roots are built once, on first use, into ``built_dir`` and reused; two
@@ -26,7 +26,7 @@ from nixfarm.config import SourceSettings
 from nixfarm.errors import NotFound
 from nixfarm.nix import command
 from nixfarm.registry.sources import PackageSource
-from nixfarm.runner.rootfs import DEFAULT_TIMEOUT, compose_nix_root
+from nixfarm.runner.nixroot import DEFAULT_TIMEOUT, compose_nix_root
 
 CATALOGUE = Path(__file__).resolve().parent.parent / "images"
 NIX_IMAGE = "nix"

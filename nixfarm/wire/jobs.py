@@ -1,0 +1,155 @@
+"""Wire models of the jobs API (``/api/v1/jobs``, ``/api/v1/job-groups``, secrets and
+the webhook key): what users and the CLI send and get back.
+
+Each model says its route and the scope it needs. Field names are the JSON names.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from nixfarm.wire.base import Wire
+
+JobStatus = Literal["pending", "queued", "running", "success", "failed", "timeout", "cancelled"]
+TaskStatus = Literal["pending", "running", "success", "failed", "skipped"]
+Visibility = Literal["public", "unlisted", "private"]
+SecretKind = Literal["ssh_key", "pgp_key", "file"]
+
+FINAL_STATUSES: frozenset[str] = frozenset({"success", "failed", "timeout", "cancelled"})
+
+
+# --- jobs (users) ----------------------------------------------------------------
+
+
+class JobSubmit(Wire):
+    """POST /api/v1/jobs (jobs:submit)."""
+
+    manifest: str = Field(description="The manifest's YAML text.")
+    tags: list[str] = Field(default=[], max_length=20)
+    note: str | None = Field(default=None, max_length=4096)
+    #: False: the job waits as ``pending`` until ``POST /api/v1/jobs/ID/start``.
+    execute: bool = True
+    visibility: Visibility = "unlisted"
+    #: False: the manifest's ``secrets`` are not delivered to this job.
+    secrets: bool = True
+
+
+class TaskOut(Wire):
+    name: str
+    status: TaskStatus
+    exit_code: int | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    #: GET: the task's log as text/plain (Range supported).
+    log_url: str
+
+
+class ArtifactOut(Wire):
+    name: str
+    path: str
+    size: int
+    url: str
+    created_at: datetime
+
+
+class DeliveryOut(Wire):
+    attempt: int
+    ok: bool
+    detail: str
+    created_at: datetime
+
+
+class TriggerOut(Wire):
+    action: Literal["email", "webhook"]
+    condition: Literal["success", "failure", "always"]
+    status: Literal["pending", "delivered", "failed", "skipped"]
+    details: dict[str, str]
+    deliveries: list[DeliveryOut] = []
+
+
+class JobOut(Wire):
+    """GET /api/v1/jobs/ID; also the body of a webhook trigger."""
+
+    id: int
+    status: JobStatus
+    owner: str
+    image: str
+    arch: str | None
+    note: str | None
+    tags: list[str]
+    visibility: Visibility
+    reason: str | None
+    group_id: int | None
+    runner: str | None
+    created_at: datetime
+    queued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    url: str
+    setup_log_url: str
+    tasks: list[TaskOut]
+    artifacts: list[ArtifactOut] = []
+    triggers: list[TriggerOut] = []
+
+
+class JobPage(Wire):
+    """GET /api/v1/jobs?status=&tag=&mine=&limit=&before= (newest first)."""
+
+    jobs: list[JobOut]
+    #: Pass as ``before`` to get the next page; null on the last one.
+    next_before: int | None
+
+
+class JobGroupCreate(Wire):
+    """POST /api/v1/job-groups (jobs:submit): group pending jobs the caller owns."""
+
+    job_ids: list[int] = Field(min_length=1, max_length=100)
+    note: str | None = None
+    execute: bool = True
+
+
+class JobGroupOut(Wire):
+    id: int
+    note: str | None
+    created_at: datetime
+    jobs: list[JobOut]
+
+
+class WebhookKey(Wire):
+    """GET /api/v1/webhook-key (jobs:submit): the caller's webhook signing key.
+
+    A webhook trigger's POST carries ``X-Payload-Nonce`` and ``X-Payload-Signature``:
+    base64 of HMAC-SHA256(key, body + nonce), the key being the hex-decoded ``key``.
+    """
+
+    key: str
+    algorithm: Literal["hmac-sha256"] = "hmac-sha256"
+
+
+# --- secrets ---------------------------------------------------------------------
+
+
+class SecretCreate(Wire):
+    """POST /api/v1/secrets (jobs:submit)."""
+
+    name: str = Field(min_length=3, max_length=512)
+    kind: SecretKind
+    #: The value, base64.
+    data: str
+    #: For ``file``: where it goes in the sandbox (``~/`` is the build user's home).
+    path: str | None = None
+    #: For ``file``: its mode, e.g. 0o600 (as a number).
+    mode: int | None = None
+
+
+class SecretOut(Wire):
+    """GET /api/v1/secrets; DELETE /api/v1/secrets/UUID-OR-NAME. Never the value."""
+
+    uuid: str
+    name: str
+    kind: SecretKind
+    path: str | None
+    mode: int | None
+    created_at: datetime

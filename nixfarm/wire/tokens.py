@@ -1,0 +1,38 @@
+"""Wire models of the tokens API (``/api/v1/tokens``, ``/api/v1/whoami``).
+
+Field names are the JSON names.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from nixfarm.wire.base import Wire
+
+
+class TokenCreate(Wire):
+    """POST /api/v1/tokens (admin)."""
+
+    name: str
+    scopes: list[str]
+    expires_at: datetime | None = None
+
+
+class TokenOut(Wire):
+    """GET /api/v1/tokens (admin); ``secret`` only in the answer to its creation."""
+
+    id: int
+    name: str
+    scopes: list[str]
+    created_at: datetime
+    expires_at: datetime | None
+    revoked: bool
+    last_used_at: datetime | None
+    secret: str | None = None
+
+
+class WhoAmI(Wire):
+    """GET /api/v1/whoami."""
+
+    name: str | None
+    scopes: list[str]
