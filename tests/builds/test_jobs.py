@@ -9,11 +9,11 @@ import anyio
 import pytest
 import sqlalchemy as sa
 
-from nixfarm.builds.manifest_errors import ManifestError
 from nixfarm.builds.services import BuildServices
 from nixfarm.db.engine import Database
 from nixfarm.db.models import Job
 from nixfarm.errors import Conflict, Forbidden, InvalidInput, NotFound
+from nixfarm.manifest.errors import ManifestError
 from nixfarm.tokens import Principal
 from nixfarm.wire.jobs import JobSubmit
 from nixfarm.wire.runners import FinishRequest, RunnerRegister, TaskReport
@@ -239,5 +239,5 @@ async def test_image_nix_needs_a_package_source_or_a_runner_that_brings_one(
     with_source = make_builds(registry={"source": {"kind": "path", "location": str(tmp_path)}})
     assert (await with_source.jobs.submit(user, nix_job)).image == "nix"
     runner_token = await principal(db, "runner", "runner")
-    await without.scheduler.register(runner_token, RunnerRegister(name="r", images=["nix"]))
+    await without.runners.register(runner_token, RunnerRegister(name="r", images=["nix"]))
     assert (await without.jobs.submit(user, nix_job)).image == "nix"
