@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from nixfarm.config import SETTINGS_VARIABLE, Settings
 from nixfarm.datadir import ADMIN_TOKEN, RUNNER_TOKEN, read_token, write_private
-from nixfarm.errors import ConfigError, NotFound
+from nixfarm.errors import NotFound
 
 if TYPE_CHECKING:
     from nixfarm.farm import Farm
@@ -63,22 +63,39 @@ def announce(settings: Settings) -> Path:
     return path
 
 
-def prepare_in_child(settings: Settings, demo: bool) -> None:
-    """``prepare`` in a child process, which exits afterwards.
+def prepare_in_child(settings: Settings, demo: bool) -> int:
+    """``prepare`` in a child process, which exits afterwards; its exit status (0: done).
 
     The server's supervising process lives as long as the farm; the database, Alembic
     and every service module that preparing loads would stay in its memory for
-    nothing (about 50 MB), so that work happens in a process of its own.
+    nothing (about 50 MB), so that work happens in a process of its own. A failure
+    there is told in one sentence on stderr, by the child itself.
     """
     env = {**os.environ, SETTINGS_VARIABLE: settings.model_dump_json()}
     args = [sys.executable, "-m", "nixfarm.bootstrap", *(["--demo"] if demo else [])]
-    if subprocess.run(args, env=env, check=False).returncode != 0:
-        raise ConfigError(f"preparing the farm in {settings.data_dir} failed (see above)",
-                          key="data_dir")
+    return subprocess.run(args, env=env, check=False).returncode
+
+
+def _prepare_here() -> int:
+    import anyio
+
+    from nixfarm.cli.common import exit_code
+    from nixfarm.errors import NixfarmError
+
+    settings = Settings.model_validate_json(os.environ[SETTINGS_VARIABLE])
+    try:
+        anyio.run(prepare, settings, "--demo" in sys.argv[1:])
+    except NixfarmError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return exit_code(e)
+    except Exception as e:  # the database or the disk failed in a way no check foresaw
+        cause = str(getattr(e, "orig", None) or e).strip().splitlines()
+        print(f"error: preparing the farm in {settings.data_dir} failed: "
+              f"{type(e).__name__}: {cause[0] if cause else 'no message'} "
+              "(nixfarm doctor checks the host)", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    import anyio
-
-    anyio.run(prepare, Settings.model_validate_json(os.environ[SETTINGS_VARIABLE]),
-              "--demo" in sys.argv[1:])
+    sys.exit(_prepare_here())

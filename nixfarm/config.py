@@ -115,6 +115,21 @@ class JobSettings(Section):
     embedded_runner_slots: int = 2
 
 
+class KeySettings(Section):
+    """Keys every server of a farm must share (checked against fingerprints the database
+    keeps). Each is the base64 of its 32 bytes, or a file holding them; by default a
+    file in the data directory, made by the farm's first server."""
+
+    #: Seals job secrets at rest and signs webhooks (base64; wins over the file).
+    secrets: str = ""
+    #: The file of the secrets key; empty means DATA_DIR/secrets.key.
+    secrets_file: str = ""
+    #: Signs the registry's short-lived pull tokens (base64; wins over the file).
+    registry_token: str = ""
+    #: The file of the registry token key; empty means DATA_DIR/registry-token.key.
+    registry_token_file: str = ""
+
+
 class Settings(Section):
     data_dir: Path = Path("./data")
     listen: str = "127.0.0.1:8080"
@@ -131,6 +146,7 @@ class Settings(Section):
     registry: RegistrySettings = RegistrySettings()
     jobs: JobSettings = JobSettings()
     edge: EdgeSettings = EdgeSettings()
+    keys: KeySettings = KeySettings()
 
     @field_validator("listen")
     @classmethod

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import anyio.to_thread
 
+from nixfarm import farmkeys
 from nixfarm.builds.services import BuildServices
 from nixfarm.cache import gc
 from nixfarm.cache.service import CacheService
@@ -25,7 +26,6 @@ from nixfarm.edge.registry import RegistryEdge
 from nixfarm.edge.tree import EdgeTree
 from nixfarm.events.base import EventBus
 from nixfarm.events.factory import open_bus
-from nixfarm.registry import pulltokens
 from nixfarm.registry.pulltokens import PullTokens
 from nixfarm.registry.service import RegistryService
 from nixfarm.storage.base import ObjectStore
@@ -42,7 +42,7 @@ class Farm:
     edge: EdgeTree | None
     caches: CacheService
     tokens: TokenService
-    #: Registry pull tokens, minted by ``/registry/token`` (their key is read lazily).
+    #: Registry pull tokens, minted by ``/registry/token``.
     pull_tokens: PullTokens
     registry: RegistryService
     events: EventBus
@@ -62,10 +62,12 @@ class Farm:
             caches = CacheService(db, store, settings,
                                   CacheEdge(edge) if edge is not None else None)
             tokens = TokenService(db)
-            pull_tokens = PullTokens(settings.data_dir / pulltokens.KEY_FILE, tokens)
+            keys = await farmkeys.load(settings, db)  # ConfigError if not the farm's
+            pull_tokens = PullTokens(keys.registry_token, tokens)
             events = open_bus(settings)
             caches.events = events  # re-uploads tell the other servers
-            builds = BuildServices.open(settings, db, store, events, caches, tokens)
+            builds = BuildServices.open(settings, db, store, events, caches, tokens,
+                                        keys.secrets)
         except BaseException:
             # Whatever failed to open, the database connection does not outlive it.
             await db.close()

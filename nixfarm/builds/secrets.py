@@ -1,9 +1,9 @@
 """Job secrets: SSH keys, PGP keys and files, encrypted at rest with the server's key.
 
-The server key is 32 random bytes in ``DATA_DIR/secrets.key`` (mode 0600), created on
-first start. Each secret's value is sealed with NaCl's SecretBox (XSalsa20-Poly1305,
-random nonce): a copied database without the key file reveals names, never values.
-Servers sharing a database (scale-out) must share that file.
+The server key is 32 random bytes every server of the farm shares (``[keys] secrets``,
+by default ``DATA_DIR/secrets.key``, mode 0600; nixfarm/farmkeys.py checks that they
+do). Each secret's value is sealed with NaCl's SecretBox (XSalsa20-Poly1305, random
+nonce): a copied database without the key reveals names, never values.
 
 A secret belongs to the token that created it; a job may use its owner's secrets (an
 admin's job may use any), named in the manifest by UUID or by name and resolved at
@@ -23,7 +23,6 @@ import hmac
 import posixpath
 import uuid as uuidlib
 from collections.abc import Sequence
-from pathlib import Path
 
 import nacl.exceptions
 import nacl.secret
@@ -34,7 +33,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from nixfarm.db.engine import Database
 from nixfarm.db.models import Secret
 from nixfarm.errors import ConfigError, Conflict, InvalidInput, NotFound
-from nixfarm.keyfile import read_or_create
 from nixfarm.masking import Masker
 from nixfarm.scopes import ADMIN
 from nixfarm.tokens import Principal
@@ -42,14 +40,6 @@ from nixfarm.wire.jobs import SecretCreate, SecretOut
 from nixfarm.wire.runners import SecretValue
 
 MAX_SECRET_BYTES = 1024 * 1024
-
-
-def load_key(path: Path) -> bytes:
-    """The server key at ``path``, created (0600) if missing, whoever creates it first."""
-    key = read_or_create(path, nacl.secret.SecretBox.KEY_SIZE)
-    if len(key) != nacl.secret.SecretBox.KEY_SIZE:
-        raise ConfigError(f"{path} is not a 32-byte secrets key", key="data_dir")
-    return key
 
 
 def _out(secret: Secret) -> SecretOut:
@@ -75,9 +65,9 @@ def _check_placement(body: SecretCreate) -> tuple[str | None, int | None]:
 
 
 class SecretService:
-    def __init__(self, db: Database, key_file: Path) -> None:
+    def __init__(self, db: Database, key: bytes) -> None:
         self.db = db
-        self._key = load_key(key_file)
+        self._key = key
         self._box = nacl.secret.SecretBox(self._key)
 
     def webhook_key(self, owner_id: int) -> bytes:

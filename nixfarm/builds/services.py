@@ -26,8 +26,6 @@ from nixfarm.events.base import EventBus
 from nixfarm.storage.base import ObjectStore
 from nixfarm.tokens import TokenService
 
-SECRETS_KEY_FILE = "secrets.key"
-
 
 @dataclass
 class BuildServices:
@@ -40,8 +38,8 @@ class BuildServices:
 
     @classmethod
     def open(cls, settings: Settings, db: Database, store: ObjectStore, bus: EventBus,
-             caches: CacheService, tokens: TokenService) -> BuildServices:
-        secrets = SecretService(db, settings.data_dir / SECRETS_KEY_FILE)
+             caches: CacheService, tokens: TokenService, secrets_key: bytes) -> BuildServices:
+        secrets = SecretService(db, secrets_key)
         logs = LogService(store, bus)
         triggers = TriggerService(db, settings.jobs, secrets.webhook_key)
         artifacts = ArtifactService(db, store, settings)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from nixfarm.cli.common import err
+from nixfarm.cli.common import Exit, err
 
 if TYPE_CHECKING:
     from nixfarm.config import Settings
@@ -85,7 +85,9 @@ def _serve(part: str, config_file: Path | None, data_dir: Path | None, listen: s
         "data_dir": settings.data_dir.resolve(),
         "edge": settings.edge.model_copy(update={"server": "nginx" if nginx_binary else "none"}),
     })
-    bootstrap.prepare_in_child(settings, demo)
+    failed = bootstrap.prepare_in_child(settings, demo)
+    if failed:
+        raise Exit(failed)  # the child said why, in one sentence
     layout = EdgeLayout.of(settings)
     if nginx_binary is not None:
         layout.reset()

@@ -358,3 +358,18 @@ class Secret(Base):
     #: nonce + ciphertext, as ``nacl.secret.SecretBox.encrypt`` returns it.
     ciphertext: Mapped[bytes] = mapped_column(sa.LargeBinary)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FarmKey(Base):
+    """What every server of the farm must hold the same key for: its fingerprint only.
+
+    The keys themselves (the secrets key, the registry token key) never enter the
+    database: a copied database must not decrypt secrets. The fingerprint lets a server
+    that starts with a different key, or none, refuse instead of making its own."""
+
+    __tablename__ = "farm_keys"
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    #: SHA-256 of a domain string and the key, hex.
+    fingerprint: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

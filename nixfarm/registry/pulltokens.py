@@ -11,12 +11,9 @@ token that can only pull, and only for ``registry.token_seconds`` (300 s by defa
         mac     = base64url(HMAC-SHA256(key, "nfr_" + payload))
 
 The ``nfr_`` prefix tells it apart from a nixfarm token (``nf_``) without any lookup;
-the MAC covers the prefix too. The key is 32 random bytes in
-``DATA_DIR/registry-token.key`` (0600), made by whichever process first needs it, so
-servers sharing a data dir accept each other's tokens. Two processes may race to make
-it: each writes a complete temporary file and hard-links it to the final name, which
-fails instead of overwriting, so exactly one key wins and nobody reads a half-written
-file; the losers read the winner's.
+the MAC covers the prefix too. The key is 32 random bytes every server of the farm
+shares (``[keys] registry_token``; nixfarm/farmkeys.py), so each accepts the others'
+tokens.
 
 Verifying checks, in order: the MAC (in constant time), the expiry (wall clock, since a
 token minted by one server is checked by another), then the issuing token, which must
@@ -35,26 +32,12 @@ import hmac
 import json
 import math
 import time
-from pathlib import Path
 
-from nixfarm.errors import ConfigError, Unauthorized
-from nixfarm.keyfile import read_or_create
+from nixfarm.errors import Unauthorized
 from nixfarm.scopes import REGISTRY_PULL, allows
 from nixfarm.tokens import Principal, TokenService
 
 PREFIX = "nfr_"
-KEY_FILE = "registry-token.key"
-_KEY_BYTES = 32
-
-
-def load_key(path: Path) -> bytes:
-    """The signing key at ``path``, created (0600) if missing, whoever creates it first."""
-    key = read_or_create(path, _KEY_BYTES)
-    if len(key) != _KEY_BYTES:
-        raise ConfigError(f"{path} is not a {_KEY_BYTES}-byte registry token key; delete it "
-                          "to make a new one (tokens already handed out stop working)",
-                          key="data_dir")
-    return key
 
 
 def _b64encode(data: bytes) -> str:
@@ -110,18 +93,12 @@ def issuer(key: bytes, token: str, now: float | None = None) -> int:
 
 
 class PullTokens:
-    """Pull tokens signed with the key at ``key_path``; ``tokens`` knows their issuers."""
+    """Pull tokens signed with ``key`` (the farm's, see nixfarm/farmkeys.py); ``tokens``
+    knows their issuers."""
 
-    def __init__(self, key_path: Path, tokens: TokenService) -> None:
-        self.key_path = key_path
+    def __init__(self, key: bytes, tokens: TokenService) -> None:
+        self.key = key
         self.tokens = tokens
-        self._key: bytes | None = None
-
-    @property
-    def key(self) -> bytes:
-        if self._key is None:
-            self._key = load_key(self.key_path)
-        return self._key
 
     def mint(self, token_id: int, seconds: int, now: float | None = None) -> str:
         return mint(self.key, token_id, seconds, now)

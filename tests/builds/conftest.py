@@ -39,7 +39,7 @@ async def make_builds(db: Database, tmp_path: Path) -> AsyncIterator[MakeBuilds]
         buses.append(bus)
         tokens = TokenService(db)
         return BuildServices.open(settings, db, store, bus, CacheService(db, store, settings),
-                                  tokens)
+                                  tokens, bytes(range(32)))
 
     yield make
     for bus in buses:

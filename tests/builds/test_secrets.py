@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import stat
 
 import pytest
 import sqlalchemy as sa
@@ -29,8 +28,6 @@ def body(name: str, **extra: object) -> SecretCreate:
 
 async def test_encrypted_at_rest_and_delivered(db: Database, make_builds: MakeBuilds) -> None:
     builds = make_builds()
-    key_file = builds.jobs.settings.data_dir / "secrets.key"
-    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     user = await principal(db, "user", "jobs:submit")
     created = await builds.secrets.create(user, body("deploy-key"))
     assert created.mode == 0o600

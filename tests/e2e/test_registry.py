@@ -15,8 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from nixfarm.farmkeys import DEFAULT_FILES, REGISTRY_TOKEN
 from nixfarm.oci.manifest import DOCKER_MANIFEST, OCI_MANIFEST
-from nixfarm.registry.pulltokens import KEY_FILE, load_key, mint
+from nixfarm.registry.pulltokens import mint
 from tests.fixtures.farm import NIXFARM, RunningFarm, free_port
 
 TIMEOUT = 5  # seconds: the registry's Nix time limit in these farms
@@ -276,7 +277,7 @@ def _check_pull_tokens(farm: RunningFarm, puller: dict[str, object]) -> None:
     assert json.loads(inspected.stdout)["Architecture"] == "amd64"
 
     # Minted with the farm's own key, but expired: refused, and so is a tampered one.
-    key = load_key(farm.data_dir / KEY_FILE)
+    key = (farm.data_dir / DEFAULT_FILES[REGISTRY_TOKEN]).read_bytes()
     expired = mint(key, int(str(puller["id"])), 1, now=time.time() - 5)
     _refused(farm, "/v2/hello/manifests/latest", expired, "expired")
     _refused(farm, "/v2/", expired, "expired")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -26,6 +25,7 @@ import httpx
 import pytest
 
 import nixfarm.demo
+from nixfarm.registry.pulltokens import mint
 from tests.fixtures.farm import NIXFARM, RunningFarm, free_port
 from tests.fixtures.jobs import Follower, RunnerProcesses, wait_job
 from tests.fixtures.nixenv import Nix
@@ -39,6 +39,7 @@ class Pair:
     b: RunningFarm
     bucket: str
     runner_token: str
+    env: dict[str, str]
 
 
 @pytest.fixture(scope="module")
@@ -61,19 +62,18 @@ def pair(tmp_path_factory: pytest.TempPathFactory, postgres_url: str, s3_server:
             "NIXFARM_NIX_OPTIONS__SUBSTITUTERS": "",
             "NIXFARM_REGISTRY__SOURCE__KIND": "path",
             "NIXFARM_REGISTRY__SOURCE__LOCATION": str(nixfarm.demo.path()),
+            # The keys every server shares, given as configuration (docs/setup.md).
+            "NIXFARM_KEYS__SECRETS": base64.b64encode(os.urandom(32)).decode(),
+            "NIXFARM_KEYS__REGISTRY_TOKEN": base64.b64encode(os.urandom(32)).decode(),
         }
         a = RunningFarm(root / "a", free_port(), extra_env=env, command="server")
         b = RunningFarm(root / "b", free_port(), extra_env=env, command="server")
         try:
             a.start()
-            # Secrets are sealed with DATA_DIR/secrets.key: servers sharing a database
-            # share that file (an operator copies it, as here).
-            b.data_dir.mkdir(parents=True)
-            shutil.copy2(a.data_dir / "secrets.key", b.data_dir / "secrets.key")
             b.start()
             token = a.cli("token", "create", "--name", "runner", "--scope",
                           "runner").stdout.strip()
-            yield Pair(a, b, bucket, token)
+            yield Pair(a, b, bucket, token, env)
         finally:
             b.stop()
             a.stop()
@@ -278,3 +278,32 @@ def test_an_image_built_through_a_is_served_by_b_from_the_manifest_cache(pair: P
         assert r.status_code == 307, (layer, r.status_code)
         assert f"/{pair.bucket}/farm/" in r.headers["location"]
 
+
+
+def test_a_pull_token_minted_by_a_is_accepted_by_another_server(pair: Pair,
+                                                                 tmp_path: Path) -> None:
+    # A third server of the farm that asks every pull for a token (same database, keys).
+    c = RunningFarm(tmp_path / "c", free_port(), command="server",
+                    extra_env={**pair.env, "NIXFARM_REGISTRY__REQUIRE_AUTH": "true"})
+    c.start()
+    try:
+        minted = pair.a.get("/registry/token", token="", auth=("x", pair.a.token))
+        assert minted.status_code == 200, minted.text
+        assert c.get("/v2/", token=minted.json()["token"]).status_code == 200
+        assert c.get("/v2/", token="").status_code == 401
+        other_key = mint(os.urandom(32), 1, 60)  # the right shape, another farm's key
+        assert c.get("/v2/", token=other_key).status_code == 401
+    finally:
+        c.stop()
+
+
+def test_a_server_with_another_secrets_key_refuses_to_start(pair: Pair, tmp_path: Path) -> None:
+    env = {**pair.env, "NIXFARM_KEYS__SECRETS": base64.b64encode(bytes(32)).decode()}
+    done = subprocess.run(
+        [NIXFARM, "server", "--data-dir", str(tmp_path / "c"),
+         "--listen", f"127.0.0.1:{free_port()}"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    assert done.returncode == 2, done.stderr
+    message = done.stderr.strip()
+    assert len(message.splitlines()) == 1, message
+    assert "the secrets key in keys.secrets" in message and "is not this farm's" in message

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import stat
-import subprocess
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -19,41 +16,10 @@ from nixfarm.db.engine import Database
 from nixfarm.db.models import utcnow
 from nixfarm.errors import ConfigError, Unauthorized
 from nixfarm.registry import pulltokens
-from nixfarm.registry.pulltokens import PullTokens, issuer, load_key, mint
+from nixfarm.registry.pulltokens import PullTokens, issuer, mint
 from nixfarm.tokens import Principal, TokenService
 
 KEY = bytes(range(32))
-
-
-def test_the_key_is_made_once_0600_and_shared(tmp_path: Path) -> None:
-    path = tmp_path / "data" / pulltokens.KEY_FILE
-    key = load_key(path)
-    assert len(key) == 32
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert load_key(path) == key
-    assert [p.name for p in path.parent.iterdir()] == [pulltokens.KEY_FILE]
-
-
-def test_processes_racing_to_make_the_key_all_get_the_same_one(tmp_path: Path) -> None:
-    path = tmp_path / pulltokens.KEY_FILE
-    program = ("import sys, time; from pathlib import Path; "
-               "from nixfarm.registry.pulltokens import load_key; "
-               "time.sleep(max(0.0, float(sys.argv[2]) - time.time())); "
-               "print(load_key(Path(sys.argv[1])).hex())")
-    start = time.time() + 1.0  # every process is up and waiting by then
-    racers = [subprocess.Popen([sys.executable, "-c", program, str(path), str(start)],
-                               stdout=subprocess.PIPE, text=True) for _ in range(8)]
-    keys = {racer.communicate(timeout=60)[0].strip() for racer in racers}
-    assert all(racer.returncode == 0 for racer in racers)
-    assert keys == {path.read_bytes().hex()}
-    assert [p.name for p in tmp_path.iterdir()] == [pulltokens.KEY_FILE]  # no temp files
-
-
-def test_a_damaged_key_file_is_a_config_error(tmp_path: Path) -> None:
-    path = tmp_path / pulltokens.KEY_FILE
-    path.write_bytes(b"short")
-    with pytest.raises(ConfigError, match="32-byte"):
-        load_key(path)
 
 
 def _claims(token: str) -> dict[str, object]:
@@ -103,9 +69,7 @@ async def test_verify_needs_a_live_issuer_that_may_pull(db: Database, tmp_path: 
         cache_only, _ = await token_queries.create_token(s, "cache", ["cache:demo:pull"])
         lapsed, _ = await token_queries.create_token(
             s, "lapsed", ["registry:pull"], expires_at=utcnow() - timedelta(seconds=1))
-    path = tmp_path / pulltokens.KEY_FILE
-
-    minter = PullTokens(path, TokenService(db))
+    minter = PullTokens(KEY, TokenService(db))
     # Whatever the issuer may do, the pull token may only pull.
     assert await minter.verify(minter.mint(puller.id, 60)) == Principal(
         puller.id, "puller", ("registry:pull",))
@@ -118,7 +82,7 @@ async def test_verify_needs_a_live_issuer_that_may_pull(db: Database, tmp_path: 
     # Another server on the same data dir accepts it and sees the revocation.
     async with db.session() as s:
         await token_queries.revoke_token(s, puller.id)
-    other = PullTokens(path, TokenService(db))
+    other = PullTokens(KEY, TokenService(db))
     with pytest.raises(Unauthorized, match="revoked"):
         await other.verify(minter.mint(puller.id, 60))
     assert await other.verify(minter.mint(admin.id, 60)) == Principal(
