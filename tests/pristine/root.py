@@ -171,6 +171,9 @@ class PristineRoot:
                 os.kill(self.pid, signal.SIGKILL)
         for process in [*self._spawned, *filter(None, [self._holder])]:
             process.wait(30)
+            for pipe in (process.stdout, process.stderr):
+                if pipe is not None:
+                    pipe.close()
         self.pid = 0
         # The namespace's last process may take a moment to go; its mounts go with it.
         time.sleep(0.1)

@@ -75,8 +75,8 @@ def test_the_readme_works_on_a_pristine_debian_12(root: PristineRoot, tmp_path: 
     # "Start": the first command. setup in the foreground, then the farm in the background.
     readme.step("scripts/setup", "scripts/setup", timeout=1200)
     farm_log = tmp_path / "farm.log"
-    root.spawn(f"cd {CHECKOUT}\n.venv/bin/nixfarm up --demo", farm_log, readme.env)
-    _wait_until_up(readme, farm_log)
+    farm = root.spawn(f"cd {CHECKOUT}\n.venv/bin/nixfarm up --demo", farm_log, readme.env)
+    _wait_until_up(readme, farm, farm_log)
 
     # "Use the cache".
     hello = readme.step("build hello from the demo set",
@@ -125,14 +125,16 @@ def test_the_readme_works_on_a_pristine_debian_12(root: PristineRoot, tmp_path: 
     assert "Hello, world!" in followed, followed
 
 
-def _wait_until_up(readme: Readme, log: Path) -> None:
+def _wait_until_up(readme: Readme, farm: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and farm.poll() is None:
         try:
             if httpx.get(f"{readme.url}/healthz", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.5)
-    pytest.fail("README step 'nixfarm up --demo' did not answer in 120 s on a pristine "
-                f"Debian 12:\n{log.read_text()[-6000:]}", pytrace=False)
+    what = (f"exited with {farm.returncode}" if farm.poll() is not None
+            else "did not answer in 120 s")
+    pytest.fail(f"README step 'nixfarm up --demo' {what} on a pristine Debian 12:\n"
+                f"{log.read_text()[-6000:]}", pytrace=False)
