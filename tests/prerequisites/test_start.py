@@ -118,3 +118,28 @@ def test_an_address_in_use_is_refused_before_announcing(tmp_path: Path, edge: st
     assert done.stderr.strip() == (f"error: 127.0.0.1:{port} is in use by another program; "
                                    "stop it or choose another address with --listen")
     assert not (data / "server.json").exists()
+
+
+def test_a_read_only_data_dir_is_one_sentence(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    # Root ignores file modes: make the directory really read-only, in a mount
+    # namespace of the command's own.
+    script = (f"mount --bind -o ro {data} {data} && exec {NIXFARM} up --data-dir {data} "
+              f"--listen 127.0.0.1:{free_port()}")
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=120)
+    _one_sentence(done, f"cannot write to the data directory {data}", "Read-only file system",
+                  "--data-dir")
+
+
+@pytest.mark.postgres
+def test_a_missing_postgresql_role_is_one_sentence(tmp_path: Path, postgres_url: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(postgres_url).set(username="nixfarm_nobody", password=None)
+    done = _nixfarm("server", "--data-dir", str(tmp_path / "data"),
+                    "--listen", f"127.0.0.1:{free_port()}",
+                    env={"NIXFARM_DATABASE_URL": url.render_as_string(hide_password=False)})
+    _one_sentence(done, "nixfarm server cannot start", 'role "nixfarm_nobody" does not exist',
+                  "database_url")
