@@ -36,6 +36,8 @@ ROOT_CA = "/etc/nixfarm-host-ca.pem"
 _CA_VARIABLES = ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
                  "NIX_SSL_CERT_FILE", "GIT_SSL_CAINFO")
 _PIP_CONFIG = (Path("/etc/pip.conf"), Path("/etc/xdg/pip"))
+ROOT_BUILD_UID = 40001
+ROOT_BUILD_GID = 40000
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 _HOLDER = r"""
@@ -104,7 +106,11 @@ class PristineRoot:
     def environment(self) -> dict[str, str]:
         """A login-like environment with the host's registry settings."""
         env = {"HOME": "/root", "PATH": PATH, "LANG": "C.UTF-8", "TERM": "dumb",
-               "USER": "root", "LOGNAME": "root", "DEBIAN_FRONTEND": "noninteractive"}
+               "USER": "root", "LOGNAME": "root", "DEBIAN_FRONTEND": "noninteractive",
+               # The root shares the host's kernel: Nix kills every process of a build
+               # user when a build ends, so the host's Nix and the root's must not share
+               # build uids, or each kills the other's builds.
+               "SETUP_NIX_FIRST_UID": str(ROOT_BUILD_UID), "SETUP_NIX_GID": str(ROOT_BUILD_GID)}
         env |= {k: v for k, v in os.environ.items() if k.startswith("PIP_")}
         if (self.path / ROOT_CA.lstrip("/")).exists():
             env |= dict.fromkeys(_CA_VARIABLES, ROOT_CA)

@@ -10,7 +10,7 @@ shows the output that broke.
 
 This is the check that a green CI run means a new machine works: it depends on nothing
 installed on the CI machine by hand. It runs after the rest of the suite (``scripts/test``
-passes ``--pristine``), and takes a few minutes: set NIXFARM_SKIP_PRISTINE=1 to skip it
+passes ``--pristine``), and takes a few minutes: set SKIP_PRISTINE_STAGE=1 to skip it
 while iterating locally.
 """
 
