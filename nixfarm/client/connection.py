@@ -88,7 +88,8 @@ class Connection:
         await self.http.aclose()
 
     def _unavailable(self, error: httpx.TransportError) -> Unavailable:
-        return Unavailable(f"cannot reach the server at {self.url}: {error}", url=self.url)
+        why = str(error) or type(error).__name__  # some say nothing ("RemoteProtocolError")
+        return Unavailable(f"cannot reach the server at {self.url}: {why}", url=self.url)
 
     async def send(self, method: str, path: str, body: BaseModel | None = None,
                    **kwargs: Any) -> httpx.Response:
