@@ -5,6 +5,9 @@
   tries until the call goes through (or, for a log chunk, until ``give_up_after``).
 - :func:`deliveries` — a job's webhooks and emails, as the operator configured them
   (``jobs.trigger_attempts``, ``jobs.trigger_retry_seconds``).
+- :func:`reconnects` — a client following a stream (a job's events) whose connection
+  broke: it connects again, for as long as the server has been silent less than
+  RECONNECT_GIVE_UP seconds.
 
 Run a call under a policy with :func:`retried`, which keeps the call's type.
 """
@@ -19,6 +22,7 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception,
+    retry_if_exception_type,
     retry_if_result,
     stop_after_attempt,
     stop_after_delay,
@@ -27,7 +31,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from nixfarm.errors import Conflict, NixfarmError
+from nixfarm.errors import Conflict, NixfarmError, Unavailable
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -69,6 +73,25 @@ def runner_calls(what: str, log: logging.Logger,
         wait=wait_exponential_jitter(multiplier=RUNNER_FIRST_PAUSE, max=RUNNER_LONGEST_PAUSE,
                                      jitter=0.5),
         stop=stop_never if give_up_after is None else stop_after_delay(give_up_after),
+        before_sleep=_log_failure(what, log),
+        reraise=True,
+    )
+
+
+#: How long a follower keeps reconnecting to a server it has not heard from.
+RECONNECT_GIVE_UP = 60.0
+
+
+def reconnects(what: str, log: logging.Logger, silent_for: Callable[[], float]
+               ) -> AsyncRetrying:
+    """A stream that broke (``Unavailable``) is opened again, after the runner's pauses,
+    until ``silent_for()`` (seconds since the server was last heard) passes
+    RECONNECT_GIVE_UP; then the last error is raised. Failures are logged as warnings."""
+    return AsyncRetrying(
+        retry=retry_if_exception_type(Unavailable),
+        wait=wait_exponential_jitter(multiplier=RUNNER_FIRST_PAUSE, max=RUNNER_LONGEST_PAUSE,
+                                     jitter=0.5),
+        stop=lambda state: silent_for() > RECONNECT_GIVE_UP,
         before_sleep=_log_failure(what, log),
         reraise=True,
     )

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar, cast
 
 import httpx
+from httpx_sse import EventSource, ServerSentEvent
 from pydantic import BaseModel, TypeAdapter
 
 from nixfarm.errors import (
@@ -109,6 +110,17 @@ class Connection:
                    **kwargs: Any) -> T:
         """:meth:`send`, its answer decoded as ``model``."""
         return decode(await self.send(method, path, body, **kwargs), model)
+
+    @asynccontextmanager
+    async def events(self, path: str, last_event_id: str = "", **kwargs: Any
+                     ) -> AsyncIterator[AsyncIterator[ServerSentEvent]]:
+        """The Server-Sent Events at ``path``, from after ``last_event_id`` if given; the
+        connection breaking while they are read raises ``Unavailable``."""
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
+        async with self.stream("GET", path, headers=headers, **kwargs) as response:
+            yield EventSource(response).aiter_sse()
 
     @asynccontextmanager
     async def stream(self, method: str, path: str, **kwargs: Any

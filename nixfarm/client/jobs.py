@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import base64
-import json
+import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 
 from nixfarm.client.api import Client
+from nixfarm.errors import Unavailable
+from nixfarm.retries import reconnects
 from nixfarm.wire.jobs import JobOut, JobPage, JobSubmit, SecretCreate, SecretKind, SecretOut
+
+log = logging.getLogger("nixfarm.client")
 
 
 class JobsClient:
@@ -38,16 +43,25 @@ class JobsClient:
                 yield chunk
 
     async def follow(self, job_id: int) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        """The job's Server-Sent Events until its end: (event, data)."""
+        """The job's Server-Sent Events until its end: (event, data).
+
+        A connection that breaks is made again from the last event's id (``reconnects``),
+        so a line is neither lost nor repeated.
+        """
         timeout = httpx.Timeout(None, connect=10.0)
-        async with self.connection.stream("GET", f"/api/v1/jobs/{job_id}/events",
-                                          timeout=timeout) as response:
-            kind = ""
-            async for line in response.aiter_lines():
-                if line.startswith("event: "):
-                    kind = line[7:]
-                elif line.startswith("data: "):
-                    yield kind, json.loads(line[6:])
+        path = f"/api/v1/jobs/{job_id}/events"
+        last_id, heard = "", time.monotonic()
+        policy = reconnects(f"following job {job_id}", log, lambda: time.monotonic() - heard)
+        async for attempt in policy:
+            with attempt:
+                async with self.connection.events(path, last_id, timeout=timeout) as events:
+                    async for event in events:
+                        heard, last_id = time.monotonic(), event.id or last_id
+                        yield event.event, event.json()
+                        if event.event == "end":
+                            return
+                raise Unavailable(f"the server ended job {job_id}'s events before its end",
+                                  url=self.connection.url)
 
     async def create_secret(self, name: str, kind: SecretKind, data: bytes, path: str | None,
                             mode: int | None) -> SecretOut:

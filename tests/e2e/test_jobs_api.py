@@ -29,6 +29,8 @@ import httpx
 import pytest
 from aiosmtpd.controller import Controller
 
+from nixfarm.client.api import Client, Endpoint
+from nixfarm.client.jobs import JobsClient
 from nixfarm.errors import Unavailable
 from nixfarm.runner.logship import LogShipper
 from nixfarm.runner.protocol import LeaseLost, RunnerClient
@@ -392,6 +394,54 @@ def test_log_chunks_outlive_a_server_that_stops_answering(
     anyio.run(refused)
     log = jobs_farm.get(f"/api/v1/jobs/{job_id}/log").text
     assert log == "".join(line + "\n" for line in lines)  # each line once, in order
+
+
+def test_a_follower_resumes_where_its_connection_broke(
+        jobs_farm: RunningFarm, new_runner: NewRunner,
+        flaky_proxy: Callable[[int], FlakyProxy]) -> None:
+    runner = new_runner()
+    job_id = submit(jobs_farm, manifest(runner.image, {"build": "make"}))["id"]
+    assert runner.claim() is not None
+    proxy = flaky_proxy(jobs_farm.port)
+    runner.log(job_id, None, 0, "setting up\n")
+    runner.task(job_id, "build", "running")
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    async def follow() -> None:
+        async with Client(Endpoint(proxy.url, jobs_farm.token)) as client:
+            async for event in JobsClient(client).follow(job_id):
+                seen.append(event)
+
+    def texts() -> list[str]:
+        return [d["text"] for k, d in seen if k == "log" and d["task"] == "build"]
+
+    follower = threading.Thread(target=anyio.run, args=(follow,))
+    follower.start()
+    lines = [f"line {n}\n" for n in range(15)]
+    for seq, line in enumerate(lines[:5]):
+        runner.log(job_id, "build", seq, line)
+    wait_for(lambda: len(texts()) == 5, 10, "the first lines")
+    proxy.drop_next(2)
+    proxy.cut()  # mid-log: what is sent now reaches the follower only once it reconnects
+    for seq, line in enumerate(lines[5:10], start=5):
+        runner.log(job_id, "build", seq, line)
+    wait_for(lambda: proxy.dropped == 2, 10, "the follower to try again")
+    for seq, line in enumerate(lines[10:], start=10):
+        runner.log(job_id, "build", seq, line)
+    runner.task(job_id, "build", "success", 0)
+    runner.finish(job_id, "success")
+    follower.join(30)
+    assert not follower.is_alive()
+    assert texts() == lines  # each line once, in order, across the reconnection
+    assert [d["text"] for k, d in seen if k == "log" and d["task"] is None] == ["setting up\n"]
+    assert seen[-1] == ("end", {"status": "success"})
+    # The ids are byte offsets: a follower resuming from one gets only what follows.
+    tail = jobs_farm.get(f"/api/v1/jobs/{job_id}/tasks/build/log/events",
+                         headers={"Last-Event-ID": str(len("".join(lines[:12])))})
+    assert [json.loads(line[6:])["text"] for line in tail.text.splitlines()
+            if line.startswith("data: ") and '"text"' in line] == lines[12:]
+    bad = jobs_farm.get(f"/api/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "7"})
+    assert bad.status_code == 400 and "Last-Event-ID" in bad.text
 
 
 def test_silent_runner_loses_its_job(jobs_farm: RunningFarm, new_runner: NewRunner) -> None:
