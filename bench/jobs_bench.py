@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import statistics
 import subprocess
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from httpx_sse import connect_sse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -135,16 +135,12 @@ class Api:
 
     def events(self, job_id: int) -> Iterator[tuple[float, str, dict[str, Any]]]:
         """The job's SSE events as (arrival time.time(), type, data), until ``end``."""
-        with self.client.stream("GET", f"/api/v1/jobs/{job_id}/events") as r:
-            r.raise_for_status()
-            kind = ""
-            for line in r.iter_lines():
-                if line.startswith("event: "):
-                    kind = line[7:]
-                elif line.startswith("data: "):
-                    yield time.time(), kind, json.loads(line[6:])
-                    if kind == "end":
-                        return
+        with connect_sse(self.client, "GET", f"/api/v1/jobs/{job_id}/events") as source:
+            source.response.raise_for_status()
+            for event in source.iter_sse():
+                yield time.time(), event.event, event.json()
+                if event.event == "end":
+                    return
 
     def logs(self, job: dict[str, Any]) -> str:
         urls = [job["setup_log_url"], *(t["log_url"] for t in job["tasks"])]

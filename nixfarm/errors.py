@@ -16,7 +16,8 @@ OCI ``{"errors": [...]}`` envelope, in one place. The CLI maps them to exit code
     ├── Conflict             the object exists / the state forbids the change
     ├── NixError             a nix command failed (which derivation, why)
     │   └── NixTimeout       a nix command ran out of time
-    └── StorageError         the object store failed
+    ├── StorageError         the object store failed
+    └── Unavailable          a client got no answer from the server (or a proxy's 502-504)
 """
 
 from __future__ import annotations
@@ -98,3 +99,10 @@ class NixTimeout(NixError):
 @dataclass
 class StorageError(NixfarmError):
     key: str = ""
+
+
+@dataclass
+class Unavailable(NixfarmError):
+    """The server could not be reached, or did not answer in time: worth trying again."""
+
+    url: str = ""

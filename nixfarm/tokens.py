@@ -2,15 +2,19 @@
 
 Every authenticated request would otherwise cost a database round trip; a token's
 validity is remembered for a few seconds, which bounds how long a revoked token
-keeps working on a server that did not revoke it itself.
+keeps working on a server that did not revoke it itself. Like every memo in nixfarm
+it is a ``cachetools.TTLCache``: least recently used out when full, everything out
+after its time.
 """
 
 from __future__ import annotations
 
-import time
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+
+from cachetools import TTLCache
 
 from nixfarm.db import tokens as token_queries
 from nixfarm.db.engine import Database
@@ -52,8 +56,10 @@ _MEMO_LIMIT = 10_000
 class TokenService:
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._memo: dict[str, tuple[float, Principal | None]] = {}
-        self._by_id: dict[int, tuple[float, Principal | None]] = {}
+        self._memo: TTLCache[str, Principal | None] = TTLCache(
+            maxsize=_MEMO_LIMIT, ttl=_MEMO_SECONDS)
+        self._by_id: TTLCache[int, Principal | None] = TTLCache(
+            maxsize=_MEMO_LIMIT, ttl=_ISSUER_SECONDS)
 
     async def create(self, name: str, scopes: Iterable[str],
                      expires_at: datetime | None = None) -> tuple[TokenView, str]:
@@ -62,32 +68,24 @@ class TokenService:
             return TokenView.of(token), secret
 
     async def authenticate(self, secret: str) -> Principal | None:
-        now = time.monotonic()
-        memo = self._memo.get(secret)
-        if memo is not None and memo[0] > now:
-            return memo[1]
+        with contextlib.suppress(KeyError):  # one lookup: `in` then `[]` could straddle expiry
+            return self._memo[secret]
         async with self.db.session() as s:
             token = await token_queries.authenticate(s, secret)
             principal = (Principal(token.id, token.name, tuple(token.scopes))
                          if token is not None else None)
-        if len(self._memo) > _MEMO_LIMIT:
-            self._memo.clear()
-        self._memo[secret] = (now + _MEMO_SECONDS, principal)
+        self._memo[secret] = principal
         return principal
 
     async def by_id(self, token_id: int) -> Principal | None:
         """The live token with this id (its secret unknown: a pull token's issuer)."""
-        now = time.monotonic()
-        memo = self._by_id.get(token_id)
-        if memo is not None and memo[0] > now:
-            return memo[1]
+        with contextlib.suppress(KeyError):
+            return self._by_id[token_id]
         async with self.db.session() as s:
             token = await token_queries.live_token(s, token_id)
             principal = (Principal(token.id, token.name, tuple(token.scopes))
                          if token is not None else None)
-        if len(self._by_id) > _MEMO_LIMIT:
-            self._by_id.clear()
-        self._by_id[token_id] = (now + _ISSUER_SECONDS, principal)
+        self._by_id[token_id] = principal
         return principal
 
     async def list(self, include_revoked: bool = False) -> list[TokenView]:

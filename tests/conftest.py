@@ -13,6 +13,7 @@ pytest_plugins = [
     "tests.fixtures.nixenv",
     "tests.fixtures.jobs",
     "tests.fixtures.redis",
+    "tests.fixtures.proxy",
 ]
 
 

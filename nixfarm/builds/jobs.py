@@ -327,16 +327,19 @@ class JobService:
             log.exception("triggers of job %d failed", view.id)
 
     async def follow(self, who: Principal | None, job_id: int, task: str | None = None,
-                     only_task: bool = False, heartbeat: float = 15.0
+                     only_task: bool = False, heartbeat: float = 15.0,
+                     positions: logs_mod.Positions | None = None
                      ) -> AsyncGenerator[tuple[str, dict[str, object]], None]:
         """The job's events: stored log chunks, then live ones, task and job changes.
 
         Yields ``(event, data)``: ``log`` {task, seq, text}, ``task`` {name, status},
         ``job`` {status, reason}, ``ping`` {} every ``heartbeat`` seconds of silence,
         and last ``end`` {status}. With ``only_task``, logs of ``task`` alone (None:
-        the setup log).
+        the setup log). ``positions`` (where a resumed follower was, see
+        ``logs.Positions``) is advanced past each log event before it is yielded.
         """
         job = await self._readable(who, job_id)
+        positions = positions if positions is not None else logs_mod.Positions()
         async with self.bus.subscribe(logs_mod.job_topic(job_id)) as sub:
             view = await self.view(job_id)
             names: list[str | None] = [None, *(t.name for t in view.tasks)]
@@ -345,10 +348,21 @@ class JobService:
                     raise NotFound(f"Job {job_id} has no task {task!r}.", kind="task",
                                    name=task)
                 names = [task]
+            positions.start(names)
             sent: dict[str | None, int] = {}
-            async for event in self.logs.replay(job.id, names):
-                sent[event["task"]] = int(event["seq"]) + 1
-                yield "log", event
+
+            async def stored(name: str | None) -> AsyncGenerator[tuple[str, dict[str, object]]]:
+                # What the store has of a log past the follower's position.
+                async for chunk in self.logs.replay(job.id, name, positions.offsets[name]):
+                    sent[name] = chunk.seq + 1
+                    if chunk.data is not None:
+                        positions.offsets[name] = chunk.end
+                        yield "log", {"task": name, "seq": chunk.seq,
+                                      "text": chunk.data.decode(errors="replace")}
+
+            for name in names:
+                async for event in stored(name):
+                    yield event
             yield "job", {"status": view.status, "reason": view.reason}
             status = view.status
             while status not in FINAL_STATUSES:
@@ -363,7 +377,12 @@ class JobService:
                     name, seq = event["task"], int(event["seq"])
                     if name not in names or seq < sent.get(name, 0):
                         continue
+                    if seq > sent.get(name, 0):  # a live message was lost: the store has it
+                        async for missed in stored(name):
+                            yield missed
+                        continue
                     sent[name] = seq + 1
+                    positions.offsets[name] += int(event.pop("size"))
                 elif kind == "task" and only_task:
                     continue
                 elif kind == "job":

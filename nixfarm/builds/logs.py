@@ -13,16 +13,19 @@ Following: a follower subscribes to the job's topic on the event bus *first*, th
 replays the stored chunks, then forwards live ones, dropping any ``seq`` it has already
 sent. Subscribing first means a chunk stored during the replay is seen either in the
 listing or on the bus (or both, and deduplicated), never neither. A live message lost
-(a slow follower's queue overflowed) is not recovered: followers are for watching,
-the stored log is the record.
+(a slow follower's queue overflowed) shows as a gap in ``seq``, filled from the store.
+
+A follower knows how far it is in each log, in bytes (:class:`Positions`): that is the
+id of each Server-Sent Event, and a follower that reconnects with it (``Last-Event-ID``)
+is replayed only what comes after, so nothing is sent twice or skipped.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from nixfarm.errors import InvalidInput
 from nixfarm.events.base import EventBus
@@ -39,6 +42,47 @@ def job_topic(job_id: int) -> str:
 
 def log_prefix(job_id: int, task: str | None) -> str:
     return f"jobs/{job_id}/setup/" if task is None else f"jobs/{job_id}/tasks/{task}/"
+
+
+class Positions:
+    """How far a follower has read each log of its stream, as byte offsets.
+
+    Written (the event id) as the offsets joined by commas in the stream's log order:
+    the setup log, then each task in the manifest's order; a one-log stream's id is
+    that log's byte offset. Made from the ``Last-Event-ID`` a follower resumes with
+    (None: from the start), checked against the stream's logs by :meth:`start`.
+    """
+
+    def __init__(self, resume: str | None = None) -> None:
+        self._resume = resume
+        self.offsets: dict[str | None, int] = {}
+
+    def start(self, logs: Sequence[str | None]) -> None:
+        """Begin ``logs`` where ``resume`` says; InvalidInput if it names no position."""
+        offsets = [0] * len(logs)
+        if self._resume:
+            text = self._resume.strip()
+            if not re.fullmatch(r"[0-9]{1,15}(,[0-9]{1,15})*", text) \
+                    or text.count(",") != len(logs) - 1:
+                raise InvalidInput(
+                    f"Last-Event-ID {self._resume!r} is not a position in this stream: it "
+                    f"takes {len(logs)} byte offset(s) joined by commas", field="last-event-id")
+            offsets = [int(part) for part in text.split(",")]
+        self.offsets = dict(zip(logs, offsets, strict=True))
+
+    def __str__(self) -> str:
+        return ",".join(str(offset) for offset in self.offsets.values())
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A stored chunk of a log, as a replay from a byte offset sees it."""
+
+    seq: int
+    #: The byte offset just past the chunk in its log.
+    end: int
+    #: Its bytes from the offset on; None when it ends before the offset (not read).
+    data: bytes | None
 
 
 @dataclass(frozen=True)
@@ -64,7 +108,7 @@ class LogService:
         if await self.store.stat(key) is not None:
             return False
         await self.store.put(key, data)
-        await self.publish(job_id, {"type": "log", "task": task, "seq": seq,
+        await self.publish(job_id, {"type": "log", "task": task, "seq": seq, "size": len(data),
                                     "text": data.decode(errors="replace")})
         return True
 
@@ -95,11 +139,21 @@ class LogService:
             async for data in stream:
                 yield data
 
-    async def replay(self, job_id: int, logs: Sequence[str | None]
-                     ) -> AsyncIterator[dict[str, Any]]:
-        """Every stored chunk of ``logs`` as a log event, log by log, in order."""
-        for task in logs:
-            for info in await self.chunks(job_id, task):
-                data = await self.store.read(info.key)
-                yield {"type": "log", "task": task, "seq": int(info.key.rsplit("/", 1)[1]),
-                       "text": data.decode(errors="replace")}
+    async def replay(self, job_id: int, task: str | None, since: int = 0
+                     ) -> AsyncIterator[Chunk]:
+        """Every stored chunk of a log in order, read from byte ``since`` on."""
+        end = 0
+        for info in await self.chunks(job_id, task):
+            start, end = end, end + info.size
+            seq = int(info.key.rsplit("/", 1)[1])
+            if end <= since and info.size:
+                yield Chunk(seq, end, None)
+                continue
+            offset = max(since - start, 0)
+            data = b"" if offset >= info.size else await self._read(info.key, offset)
+            yield Chunk(seq, end, data)
+
+    async def _read(self, key: str, offset: int) -> bytes:
+        if offset == 0:
+            return await self.store.read(key)
+        return b"".join([part async for part in self.store.get(key, offset, None)])

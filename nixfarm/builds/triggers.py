@@ -3,7 +3,8 @@
 When a job reaches a final status, each of its triggers either matches (``always``;
 ``success`` for a successful job; ``failure`` for anything else: failed, timeout,
 cancelled) and is delivered, or is marked ``skipped``. A delivery is tried up to
-``jobs.trigger_attempts`` times with doubling pauses; every attempt is recorded
+``jobs.trigger_attempts`` times with doubling pauses (``retries.deliveries``); every
+attempt is recorded
 (``trigger_deliveries``) and the trigger ends ``delivered`` or ``failed``. Nothing
 here touches the job's own status: a receiver that is down never fails a build.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
 import logging
 import secrets
 import smtplib
@@ -37,6 +39,7 @@ import sqlalchemy as sa
 from nixfarm.config import JobSettings
 from nixfarm.db.engine import Database
 from nixfarm.db.models import Trigger, TriggerDelivery
+from nixfarm.retries import deliveries, retried
 from nixfarm.wire.jobs import JobOut
 
 log = logging.getLogger("nixfarm.builds.triggers")
@@ -75,10 +78,10 @@ class TriggerService:
 
     async def _deliver(self, trigger_id: int, action: str, details: dict[str, str],
                        job: JobOut, owner_id: int) -> None:
-        attempts = max(1, self.settings.trigger_attempts)
-        pause = self.settings.trigger_retry_seconds
-        ok = False
-        for attempt in range(1, attempts + 1):
+        numbers = itertools.count(1)
+
+        async def attempt() -> bool:
+            number = next(numbers)
             try:
                 if action == "webhook":
                     ok, detail = await self._webhook(details["url"], job, owner_id)
@@ -87,15 +90,15 @@ class TriggerService:
             except Exception as e:  # any failure of the receiver is recorded, not raised
                 ok, detail = False, f"{type(e).__name__}: {e}"
             async with self.db.session() as s:
-                s.add(TriggerDelivery(trigger_id=trigger_id, attempt=attempt, ok=ok,
+                s.add(TriggerDelivery(trigger_id=trigger_id, attempt=number, ok=ok,
                                       detail=detail[:2000]))
-            if ok:
-                break
-            log.warning("trigger %d of job %d, attempt %d failed: %s",
-                        trigger_id, job.id, attempt, detail)
-            if attempt < attempts:
-                await anyio.sleep(pause)
-                pause *= 2
+            if not ok:
+                log.warning("trigger %d of job %d, attempt %d failed: %s",
+                            trigger_id, job.id, number, detail)
+            return ok
+
+        policy = deliveries(self.settings.trigger_attempts, self.settings.trigger_retry_seconds)
+        ok = await retried(policy, attempt)
         async with self.db.session() as s:
             await s.execute(sa.update(Trigger).where(Trigger.id == trigger_id)
                             .values(status="delivered" if ok else "failed"))

@@ -10,14 +10,14 @@ lying client leaves nothing a reader can see. Access control is the caller's job
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
-import time
-from collections import OrderedDict
 from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass
 
+from cachetools import TTLCache
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nixfarm.cache.ingest import NarFacts, NarIngest
@@ -43,6 +43,9 @@ _NAR_FILE = re.compile(f"([{nix32.ALPHABET}]{{52}})\\.nar(\\.[a-z0-9]+)?")
 _VIEW_SECONDS = 10.0
 #: How long a rendered narinfo is served from memory before it is read again.
 _NARINFO_SECONDS = 60.0
+#: How many narinfos, NAR locations and caches' settings are remembered (least
+#: recently used out first).
+_MEMO_ENTRIES = 4096
 #: Event bus topic telling every server to forget remembered or published answers:
 #: ``{"cache": NAME, "hashes": [...], "nar_files": [...]}`` (a re-upload, a collection).
 FORGET_TOPIC = "cache.forget"
@@ -98,14 +101,15 @@ class CacheService:
         self.publisher = publisher
         #: Set by the farm: how other servers hear of re-uploads (see FORGET_TOPIC).
         self.events: EventBus | None = None
-        # Rendered narinfos, with when they expire. A store path's narinfo only changes
-        # when it is re-uploaded: through this process (invalidated on write) or through
-        # another server (hence the time bound). Misses are never cached, so uploads
-        # show at once.
-        self._narinfos: OrderedDict[tuple[str, str], tuple[float, bytes]] = OrderedDict()
-        self._narinfo_limit = 4096
-        self._views: dict[str, tuple[float, CacheView]] = {}
-        self._nars: dict[tuple[str, str], tuple[float, Download]] = {}
+        # Rendered narinfos. A store path's narinfo only changes when it is re-uploaded:
+        # through this process (invalidated on write) or through another server (hence
+        # the time bound). Misses are never cached, so uploads show at once.
+        self._narinfos: TTLCache[tuple[str, str], bytes] = TTLCache(
+            maxsize=_MEMO_ENTRIES, ttl=_NARINFO_SECONDS)
+        self._views: TTLCache[str, CacheView] = TTLCache(maxsize=_MEMO_ENTRIES,
+                                                         ttl=_VIEW_SECONDS)
+        self._nars: TTLCache[tuple[str, str], Download] = TTLCache(maxsize=_MEMO_ENTRIES,
+                                                                   ttl=_VIEW_SECONDS)
 
     # -- caches ---------------------------------------------------------------------
 
@@ -126,13 +130,11 @@ class CacheService:
         # times a whole narinfo answer from memory. The settings never change after
         # creation, so remember them briefly; the bound is for a cache deleted through
         # another server. Misses are not remembered: a new cache shows at once.
-        now = time.monotonic()
-        hit = self._views.get(name)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        with contextlib.suppress(KeyError):  # one lookup: `in` then `[]` could straddle expiry
+            return self._views[name]
         async with self.db.session() as s:
             view = CacheView.of(await cache_queries.get_cache(s, name))
-        self._views[name] = (now + _VIEW_SECONDS, view)
+        self._views[name] = view
         return view
 
     async def all(self) -> list[CacheView]:
@@ -170,20 +172,15 @@ class CacheService:
 
     async def _narinfo(self, cache: str, store_hash: str) -> bytes | None:
         _check_store_hash(store_hash)
-        now = time.monotonic()
-        hit = self._narinfos.get((cache, store_hash))
-        if hit is not None and hit[0] > now:
-            self._narinfos.move_to_end((cache, store_hash))
-            return hit[1]
+        with contextlib.suppress(KeyError):
+            return self._narinfos[cache, store_hash]
         cache_id = (await self.get(cache)).id
         async with self.db.session() as s:
             path = await path_queries.get_path(s, cache_id, store_hash)
             if path is None:
                 return None
             text = _render(path).encode()
-        self._narinfos[(cache, store_hash)] = (now + _NARINFO_SECONDS, text)
-        if len(self._narinfos) > self._narinfo_limit:
-            self._narinfos.popitem(last=False)
+        self._narinfos[cache, store_hash] = text
         return text
 
     async def listing(self, cache: str, store_hash: str) -> Download:
@@ -211,10 +208,8 @@ class CacheService:
         # A NAR file is content-addressed and stays in a cache once uploaded, so where
         # it is stored can be remembered (briefly, for a cache deleted elsewhere): a
         # download then starts without a database session. Misses are not remembered.
-        now = time.monotonic()
-        hit = self._nars.get((cache, filename))
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        with contextlib.suppress(KeyError):
+            return self._nars[cache, filename]
         file_hash, _ = _parse_nar_file(filename)
         cache_id = (await self.get(cache)).id
         async with self.db.session() as s:
@@ -224,9 +219,7 @@ class CacheService:
                            name=filename)
         download = await self._download(nar.storage_key, nar.file_size)
         if download.url is None:  # presigned URLs expire: never remembered
-            if len(self._nars) > self._narinfo_limit:
-                self._nars.clear()
-            self._nars[(cache, filename)] = (now + _VIEW_SECONDS, download)
+            self._nars[cache, filename] = download
         return download
 
     async def log(self, cache: str, drv: str) -> Download:

@@ -3,84 +3,74 @@
 from __future__ import annotations
 
 import base64
-import json
+import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 
-from nixfarm.client.api import Client, raise_for
-from nixfarm.errors import NixfarmError
+from nixfarm.client.api import Client
+from nixfarm.errors import Unavailable
+from nixfarm.retries import reconnects
 from nixfarm.wire.jobs import JobOut, JobPage, JobSubmit, SecretCreate, SecretKind, SecretOut
+
+log = logging.getLogger("nixfarm.client")
 
 
 class JobsClient:
     def __init__(self, client: Client) -> None:
-        self.client = client
-
-    async def _json(self, method: str, path: str, model: Any, body: Any = None,
-                    **kwargs: Any) -> Any:
-        return await self.client._call(method, path, model, body, **kwargs)
+        self.connection = client.connection
 
     async def submit(self, body: JobSubmit) -> JobOut:
-        result: JobOut = await self._json("POST", "/api/v1/jobs", JobOut, body)
-        return result
+        return await self.connection.call("POST", "/api/v1/jobs", JobOut, body)
 
     async def get(self, job_id: int) -> JobOut:
-        result: JobOut = await self._json("GET", f"/api/v1/jobs/{job_id}", JobOut)
-        return result
+        return await self.connection.call("GET", f"/api/v1/jobs/{job_id}", JobOut)
 
     async def page(self, status: str | None, mine: bool, limit: int) -> JobPage:
         params: dict[str, Any] = {"limit": limit, "mine": mine}
         if status:
             params["status"] = status
-        result: JobPage = await self._json("GET", "/api/v1/jobs", JobPage, params=params)
-        return result
+        return await self.connection.call("GET", "/api/v1/jobs", JobPage, params=params)
 
     async def cancel(self, job_id: int) -> JobOut:
-        result: JobOut = await self._json("POST", f"/api/v1/jobs/{job_id}/cancel", JobOut)
-        return result
+        return await self.connection.call("POST", f"/api/v1/jobs/{job_id}/cancel", JobOut)
 
     async def log(self, url: str) -> AsyncIterator[bytes]:
-        try:
-            async with self.client.http.stream("GET", url) as response:
-                if not response.is_success:
-                    await response.aread()
-                    raise_for(response)
-                async for chunk in response.aiter_bytes():
-                    yield chunk
-        except httpx.TransportError as e:
-            raise NixfarmError(f"reading the log failed: {e}") from None
+        async with self.connection.stream("GET", url) as response:
+            async for chunk in response.aiter_bytes():
+                yield chunk
 
     async def follow(self, job_id: int) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        """The job's Server-Sent Events until its end: (event, data)."""
+        """The job's Server-Sent Events until its end: (event, data).
+
+        A connection that breaks is made again from the last event's id (``reconnects``),
+        so a line is neither lost nor repeated.
+        """
         timeout = httpx.Timeout(None, connect=10.0)
-        try:
-            async with self.client.http.stream(
-                    "GET", f"/api/v1/jobs/{job_id}/events", timeout=timeout) as response:
-                if not response.is_success:
-                    await response.aread()
-                    raise_for(response)
-                kind = ""
-                async for line in response.aiter_lines():
-                    if line.startswith("event: "):
-                        kind = line[7:]
-                    elif line.startswith("data: "):
-                        yield kind, json.loads(line[6:])
-        except httpx.TransportError as e:
-            raise NixfarmError(f"following job {job_id} failed: {e}") from None
+        path = f"/api/v1/jobs/{job_id}/events"
+        last_id, heard = "", time.monotonic()
+        policy = reconnects(f"following job {job_id}", log, lambda: time.monotonic() - heard)
+        async for attempt in policy:
+            with attempt:
+                async with self.connection.events(path, last_id, timeout=timeout) as events:
+                    async for event in events:
+                        heard, last_id = time.monotonic(), event.id or last_id
+                        yield event.event, event.json()
+                        if event.event == "end":
+                            return
+                raise Unavailable(f"the server ended job {job_id}'s events before its end",
+                                  url=self.connection.url)
 
     async def create_secret(self, name: str, kind: SecretKind, data: bytes, path: str | None,
                             mode: int | None) -> SecretOut:
         body = SecretCreate(name=name, kind=kind, data=base64.b64encode(data).decode(),
                             path=path, mode=mode)
-        result: SecretOut = await self._json("POST", "/api/v1/secrets", SecretOut, body)
-        return result
+        return await self.connection.call("POST", "/api/v1/secrets", SecretOut, body)
 
     async def secrets(self) -> list[SecretOut]:
-        result: list[SecretOut] = await self._json("GET", "/api/v1/secrets", list[SecretOut])
-        return result
+        return await self.connection.call("GET", "/api/v1/secrets", list[SecretOut])
 
     async def delete_secret(self, ident: str) -> SecretOut:
-        result: SecretOut = await self._json("DELETE", f"/api/v1/secrets/{ident}", SecretOut)
-        return result
+        return await self.connection.call("DELETE", f"/api/v1/secrets/{ident}", SecretOut)

@@ -1,6 +1,7 @@
 """nginx's configuration for the edge, and running nginx next to the app.
 
-The configuration is rendered from the settings at every start. Each location that
+The configuration is rendered from the settings at every start, from the Jinja2
+template ``nginx.conf.j2`` beside this module. Each location that
 may answer without the app is a regular expression as strict as the app's own
 validation (cache names, nix32 hashes, OCI name components and digests), tries the
 published tree for GET and HEAD only (``$nf_www`` is an empty directory for other
@@ -9,13 +10,17 @@ methods, so a PUT always reaches the app), and falls back to ``@app``.
 
 from __future__ import annotations
 
+import functools
 import grp
 import os
 import pwd
 import re
 import shutil
 import subprocess
+from importlib import resources
 from pathlib import Path
+
+import jinja2
 
 from nixfarm.config import Settings
 from nixfarm.edge.layout import ACCEL_PREFIX, EdgeLayout
@@ -30,9 +35,8 @@ _COMPONENT = "[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 # would refuse.
 _NAME = f"(?=[^?]{{1,255}}/(?:manifests|blobs)/)(?![^?]*[^/]{{129}}){_COMPONENT}(?:/{_COMPONENT})*"
 _TAG = "[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
-_IMMUTABLE = 'add_header Cache-Control "public, max-age=31536000, immutable";'
-_REGISTRY_HEADERS = "add_header Docker-Distribution-API-Version registry/2.0;"
-_STATIC = "set $nf_kind static;\n            access_log {access};"
+#: The template beside this module (package data).
+TEMPLATE = "nginx.conf.j2"
 
 
 def binary(settings: Settings) -> str | None:
@@ -75,148 +79,32 @@ def render(settings: Settings, layout: EdgeLayout, store_root: Path | None) -> s
     _check_path(layout.root, "data_dir")
     if store_root is not None:
         _check_path(store_root, "storage.path")
-    # Buffered: one write per 64 KiB or per second, not a system call per request.
-    access = f"{layout.access_log} nixfarm buffer=64k flush=1s"
-    static = _STATIC.format(access=access)
-    www, empty, run = layout.www, layout.empty, layout.run
-    workers = settings.edge.workers or "auto"
-    registry_public = not settings.registry.require_auth
-    parts = [f"""
-{_user()}
-worker_processes {workers};
-daemon off;
-pid {layout.pid_file};
-error_log stderr warn;
-events {{ worker_connections 4096; }}
-http {{
-    types {{ }}
-    default_type application/octet-stream;
-    sendfile on;
-    tcp_nopush on;
-    tcp_nodelay on;
-    server_tokens off;
-    keepalive_requests 100000;
-    client_body_temp_path {run}/temp/body;
-    proxy_temp_path {run}/temp/proxy;
-    fastcgi_temp_path {run}/temp/fastcgi;
-    uwsgi_temp_path {run}/temp/uwsgi;
-    scgi_temp_path {run}/temp/scgi;
-    access_log off;
-    log_format nixfarm
-        '$nf_kind $request_method $status $body_bytes_sent $request_time $request_uri';
-    # No open_file_cache: a withdrawn answer (a re-upload, a changed source) must stop
-    # being served at once, not when nginx next checks its cached descriptor.
+    return _template().render(
+        user=_user(),
+        workers=settings.edge.workers or "auto",
+        layout=layout,
+        store=store_root or layout.empty,
+        listen=_listen(settings),
+        # Buffered: one write per 64 KiB or per second, not a system call per request.
+        access=f"{layout.access_log} nixfarm buffer=64k flush=1s",
+        accel_prefix=ACCEL_PREFIX,
+        cache=_CACHE,
+        nix32=_NIX32,
+        name=_NAME,
+        tag=_TAG,
+        registry_public=not settings.registry.require_auth,
+        blobs=store_root is not None,
+    )
 
-    upstream nixfarm_app {{
-        server unix:{layout.app_socket};
-        keepalive 64;
-    }}
 
-    map $request_method $nf_www {{ GET {www}; HEAD {www}; default {empty}; }}
-    map $request_method $nf_store {{
-        GET {store_root or empty}; HEAD {store_root or empty}; default {empty};
-    }}
-    # nginx 1.22 sees only the first Accept header. It answers a tag only when there is
-    # none, or the first names Docker schema 2 without q-values: then the app's
-    # negotiation (which prefers Docker on a tie) gives Docker whatever else is sent.
-    map $http_accept $nf_docker {{
-        default 0;
-        "" 1;
-        "~q=" 0;
-        "~application/vnd\\.docker\\.distribution\\.manifest\\.v2\\+json" 1;
-    }}
-    map $uri $nf_tag {{
-        default "";
-        include {layout.tags_map};
-    }}
-    map "$nf_docker$nf_tag" $nf_tag_hex {{
-        default "";
-        "~^1(?<h>[0-9a-f]{{64}})$" $h;
-    }}
-
-    server {{
-        listen {_listen(settings)} backlog=4096;
-        client_max_body_size 0;
-        # The buffer an unbuffered upload passes through: at the default 16 KiB, nginx
-        # relayed NAR uploads at ~60 MB/s; at 1 MiB they go as fast as without nginx.
-        client_body_buffer_size 1m;
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-        proxy_set_header Host $http_host;
-        proxy_set_header X-Forwarded-For $remote_addr;
-        proxy_set_header X-Forwarded-Proto $scheme;
-        # Uploads and live logs stream through, never buffered to disk.
-        proxy_request_buffering off;
-        proxy_buffering off;
-        proxy_max_temp_file_size 0;
-        proxy_read_timeout 1d;
-        proxy_send_timeout 1d;
-
-        location / {{ proxy_pass http://nixfarm_app; }}
-        location @app {{ proxy_pass http://nixfarm_app; }}
-
-        location {ACCEL_PREFIX} {{
-            internal;
-            alias {store_root or empty}/;
-            set $nf_kind accel;
-            access_log {access};
-        }}
-
-        location ~ "^{_CACHE}/nix-cache-info$" {{
-            root $nf_www;
-            default_type text/x-nix-cache-info;
-            {static}
-            try_files $uri @app;
-        }}
-        location ~ "^{_CACHE}/{_NIX32}{{32}}\\.narinfo$" {{
-            root $nf_www;
-            default_type text/x-nix-narinfo;
-            {static}
-            try_files $uri @app;
-        }}
-        location ~ "^{_CACHE}/nar/{_NIX32}{{52}}\\.nar(\\.[a-z0-9]+)?$" {{
-            root $nf_www;
-            default_type application/x-nix-nar;
-            {_IMMUTABLE}
-            {static}
-            try_files $uri @app;
-        }}
-"""]
-    if registry_public:
-        parts.append(f"""
-        location ~ "^/v2/{_NAME}/manifests/sha256:(?<nf_digest>[0-9a-f]{{64}})$" {{
-            root $nf_www;
-            types {{
-                application/vnd.docker.distribution.manifest.v2+json docker;
-                application/vnd.oci.image.manifest.v1+json oci;
-            }}
-            {_REGISTRY_HEADERS}
-            add_header Docker-Content-Digest sha256:$nf_digest;
-            {static}
-            try_files /registry/manifests/$nf_digest.docker /registry/manifests/$nf_digest.oci @app;
-        }}
-        location ~ "^/v2/{_NAME}/manifests/{_TAG}$" {{
-            root $nf_www;
-            types {{ application/vnd.docker.distribution.manifest.v2+json docker; }}
-            {_REGISTRY_HEADERS}
-            add_header Docker-Content-Digest sha256:$nf_tag_hex;
-            {static}
-            try_files /registry/manifests/$nf_tag_hex.docker @app;
-        }}
-""")
-        if store_root is not None:
-            parts.append(f"""
-        location ~ "^/v2/{_NAME}/blobs/sha256:(?<nf_blob>[0-9a-f]{{64}})$" {{
-            root $nf_store;
-            {_REGISTRY_HEADERS}
-            add_header Docker-Content-Digest sha256:$nf_blob;
-            {_IMMUTABLE}
-            {static}
-            try_files /registry/blobs/sha256/$nf_blob @app;
-        }}
-""")
-    parts.append("    }\n}\n")
-    return "".join(parts)
+@functools.cache
+def _template() -> jinja2.Template:
+    # Not HTML: nothing is escaped (the values are checked above), and undefined
+    # names are errors rather than empty strings in nginx's configuration.
+    environment = jinja2.Environment(autoescape=False, keep_trailing_newline=True,
+                                     trim_blocks=True, undefined=jinja2.StrictUndefined)
+    source = resources.files("nixfarm.edge").joinpath(TEMPLATE).read_text()
+    return environment.from_string(source)
 
 
 def check(binary: str, layout: EdgeLayout) -> None:

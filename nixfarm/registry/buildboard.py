@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
+
+from cachetools import LRUCache
 
 MAX_BUILDS = 100
 MAX_LINES = 20_000
@@ -70,19 +71,19 @@ class Build:
 
 class BuildBoard:
     def __init__(self) -> None:
-        self._builds: OrderedDict[str, Build] = OrderedDict()
+        # The last builds (one looked at recently stays a little longer).
+        self._builds: LRUCache[str, Build] = LRUCache(maxsize=MAX_BUILDS)
         self.started = 0
 
     def start(self, image: str) -> Build:
         build = Build(id=uuid.uuid4().hex[:12], image=image)
         self._builds[build.id] = build
         self.started += 1
-        while len(self._builds) > MAX_BUILDS:
-            self._builds.popitem(last=False)
         return build
 
     def get(self, build_id: str) -> Build | None:
         return self._builds.get(build_id)
 
     def recent(self) -> list[Build]:
-        return list(reversed(self._builds.values()))
+        """The remembered builds, the last started first."""
+        return sorted(self._builds.values(), key=lambda build: build.started, reverse=True)

@@ -15,7 +15,8 @@ manifest whether or not the image is still in any cache and whatever its tag was
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
+
+from cachetools import LRUCache
 
 from nixfarm.errors import InvalidInput, NotFound
 from nixfarm.oci.digest import Digest
@@ -36,20 +37,13 @@ def manifest_key(digest: Digest) -> str:
 class ManifestCache:
     def __init__(self, store: ObjectStore, memory_entries: int = MEMORY_ENTRIES) -> None:
         self.store = store
-        self._memory: OrderedDict[str, Image] = OrderedDict()
-        self._entries = memory_entries
-
-    def _remember(self, key: str, image: Image) -> None:
-        self._memory[key] = image
-        self._memory.move_to_end(key)
-        while len(self._memory) > self._entries:
-            self._memory.popitem(last=False)
+        # Keys are content addresses: an entry never goes stale, so no time bound.
+        self._memory: LRUCache[str, Image] = LRUCache(maxsize=memory_entries)
 
     async def get(self, key: str) -> Image | None:
         """The image cached under ``key``, from memory or storage; None if neither has it."""
         image = self._memory.get(key)
         if image is not None:
-            self._memory.move_to_end(key)
             return image
         try:
             record = json.loads(await self.store.read(IMAGE_PREFIX + key + ".json"))
@@ -57,7 +51,7 @@ class ManifestCache:
             return None
         image = Image(layers=tuple(decode_layer(layer) for layer in record["layers"]),
                       config=record["config"].encode("ascii"))
-        self._remember(key, image)
+        self._memory[key] = image
         return image
 
     async def put(self, key: str | None, image: Image) -> None:
@@ -70,7 +64,7 @@ class ManifestCache:
             record = canonical_json({"config": image.config.decode("ascii"),
                                      "layers": [encode_layer(layer) for layer in image.layers]})
             await self.store.put(IMAGE_PREFIX + key + ".json", record)
-            self._remember(key, image)
+            self._memory[key] = image
 
     async def by_digest(self, digest: Digest) -> bytes:
         """The manifest with ``digest``; NotFound(kind="manifest") if none was ever served."""

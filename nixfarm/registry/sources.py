@@ -23,11 +23,11 @@ import hashlib
 import os
 import re
 import stat
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio.to_thread
+from cachetools import TTLCache
 
 from nixfarm.config import SourceSettings
 from nixfarm.errors import ConfigError
@@ -99,7 +99,8 @@ class PackageSource:
     def __init__(self, settings: SourceSettings) -> None:
         self.settings = settings
         self._hashes = _FileHashes()
-        self._recent: tuple[float, str] | None = None  # (when, content hash) of a path
+        # The path's content hash, re-computed at most every PATH_RECHECK_SECONDS.
+        self._recent: TTLCache[str, str] = TTLCache(maxsize=1, ttl=PATH_RECHECK_SECONDS)
 
     @property
     def kind(self) -> str:
@@ -118,11 +119,12 @@ class PackageSource:
         """What ``tag`` means in this source, with its cache key if it cannot move."""
         location = self.settings.location
         if self.kind == "path":
-            now = time.monotonic()
-            if self._recent is None or now - self._recent[0] > PATH_RECHECK_SECONDS:
+            try:
+                key = self._recent[location]
+            except KeyError:  # one lookup: `in` then `[]` could straddle expiry
                 key = await anyio.to_thread.run_sync(content_hash, Path(location), self._hashes)
-                self._recent = (now, key)
-            return Resolved(self._spec(), f"path:{self._recent[1]}", f"path:{location}")
+                self._recent[location] = key
+            return Resolved(self._spec(), f"path:{key}", f"path:{location}")
         if self.kind == "git":
             if _COMMIT.fullmatch(tag):
                 return Resolved(self._spec(rev=tag), f"git:{location}:{tag}",

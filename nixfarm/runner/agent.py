@@ -27,13 +27,14 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from nixfarm.errors import NixfarmError
 from nixfarm.manifest import manifest_from_data
+from nixfarm.retries import retried, runner_calls
 from nixfarm.runner.cachepush import pusher
 from nixfarm.runner.logship import LogShipper
 from nixfarm.runner.nixd import NixDaemon
@@ -91,7 +92,7 @@ class Agent:
 
     async def serve(self) -> None:
         """Register, then claim and run jobs until cancelled."""
-        await self._retrying(self.register)
+        await retried(runner_calls(f"runner {self.name}: registering", log), self.register)
         try:
             async with asyncio.TaskGroup() as group:
                 for slot in range(self.slots):
@@ -112,25 +113,11 @@ class Agent:
                 log_line(f"This runner has no Nix for jobs: {e.message}")
                 return None
 
-    async def _retrying(self, call: Callable[[], Awaitable[object]]) -> None:
-        delay = 0.5
-        while True:
-            try:
-                await call()
-                return
-            except NixfarmError as e:
-                log.warning("runner %s: %s; retrying in %.1f s", self.name, e.message, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-
     async def _slot(self, slot: int) -> None:
         while True:
-            try:
-                assignment = await self.client.claim(self.claim_wait)
-            except NixfarmError as e:
-                log.warning("runner %s slot %d: claim failed: %s", self.name, slot, e.message)
-                await asyncio.sleep(2.0)
-                continue
+            assignment = await retried(
+                runner_calls(f"runner {self.name} slot {slot}: claim", log),
+                self.client.claim, self.claim_wait)
             if assignment is not None:
                 await self.execute(assignment)
 
@@ -210,15 +197,12 @@ class Agent:
                           stop_reason: list[str]) -> None:
         while not job.done():
             try:
-                answer = await self.client.heartbeat(a.job_id, a.heartbeat_wait)
+                answer = await retried(runner_calls(f"job {a.job_id}: heartbeat", log),
+                                       self.client.heartbeat, a.job_id, a.heartbeat_wait)
             except LeaseLost:
                 stop_reason.append("lost")
                 job.cancel()
                 return
-            except NixfarmError as e:
-                log.warning("job %d: heartbeat failed: %s", a.job_id, e.message)
-                await asyncio.sleep(1.0)
-                continue
             if answer.stop:
                 stop_reason.append(answer.reason or "stopped")
                 job.cancel()

@@ -24,9 +24,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import httpx
-
-from nixfarm.client.api import Client, Endpoint, raise_for
+from nixfarm.client.api import Client, Endpoint
 from nixfarm.client.push import push
 from nixfarm.errors import InvalidInput, NixfarmError, NotFound
 from nixfarm.nix import command
@@ -114,11 +112,7 @@ async def _push_log(client: Client, cache: str, drv: str) -> bool:
                 yield chunk
 
         name = drv.rsplit("/", 1)[-1]
-        try:
-            response = await client.http.put(f"/cache/{cache}/log/{name}", content=body())
-        except httpx.TransportError as e:
-            raise NixfarmError(f"cannot upload the log of {drv}: {e}") from None
-        raise_for(response)
+        await client.connection.send("PUT", f"/cache/{cache}/log/{name}", content=body())
         if await process.wait() != 0:
             raise NixfarmError(f"nix-store --read-log {drv} failed midway")
         return True

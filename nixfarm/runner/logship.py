@@ -14,6 +14,7 @@ import contextlib
 import logging
 
 from nixfarm.errors import NixfarmError
+from nixfarm.retries import retried, runner_calls
 from nixfarm.runner.protocol import LeaseLost, RunnerClient
 from nixfarm.wire.runners import MAX_LOG_CHUNK
 
@@ -52,27 +53,20 @@ class LogShipper:
 
     async def _send(self, task: str | None, data: bytes) -> None:
         # Retried until the server takes it (the same seq: never doubled) or the job is
-        # no longer ours; only a server gone for GIVE_UP seconds ends the job's log, and
-        # then loudly.
+        # no longer ours, however many attempts that takes; only a server gone for
+        # GIVE_UP seconds ends the job's log, and then loudly.
         seq = self._seq.get(task, 0)
-        waited, attempt = 0.0, 0
-        while True:
-            try:
-                await self._client.log(self._job_id, task, seq, data)
-                break
-            except LeaseLost:
-                raise
-            except NixfarmError as e:
-                attempt += 1
-                if waited >= GIVE_UP:
-                    log.error("job %s: log chunk %d of %s lost after %d attempts: %s",
-                              self._job_id, seq, task or "setup", attempt, e.message)
-                    raise
-                log.warning("job %s: sending log failed (attempt %d): %s", self._job_id,
-                            attempt, e.message)
-                pause = min(0.5 * attempt, 5.0)
-                await asyncio.sleep(pause)
-                waited += pause
+        name = task or "setup"
+        policy = runner_calls(f"job {self._job_id}: log chunk {seq} of {name}", log,
+                              give_up_after=GIVE_UP)
+        try:
+            await retried(policy, self._client.log, self._job_id, task, seq, data)
+        except LeaseLost:
+            raise
+        except NixfarmError as e:
+            log.error("job %s: log chunk %d of %s lost after %.0f s of failures: %s",
+                      self._job_id, seq, name, GIVE_UP, e.message)
+            raise
         self._seq[task] = seq + 1
 
     async def flush(self) -> None:

@@ -1,21 +1,24 @@
 """The runner's side of the runner protocol (see ``nixfarm.wire.runners``): HTTP calls only.
 
 A runner never touches the database or the event bus: everything goes through these
-calls, with a token that has the ``runner`` scope.
+calls, with a token that has the ``runner`` scope, over the clients' one
+:class:`~nixfarm.client.connection.Connection`. A 409 on a call about a job the runner
+holds means the server took the job back: ``LeaseLost``. Anywhere else a 409 is the
+plain ``Conflict`` it is.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import httpx
 from pydantic import BaseModel
 
-from nixfarm.client.api import raise_for
-from nixfarm.errors import Conflict, NixfarmError
+from nixfarm.client.connection import Connection, decode
+from nixfarm.errors import Conflict
 from nixfarm.wire.runners import (
     Assignment,
     ClaimRequest,
@@ -28,8 +31,6 @@ from nixfarm.wire.runners import (
     TaskReport,
 )
 
-M = TypeVar("M", bound=BaseModel)
-
 
 class LeaseLost(Conflict):
     """The server gave the job to no one else's care but ours no longer (HTTP 409)."""
@@ -37,57 +38,45 @@ class LeaseLost(Conflict):
 
 class RunnerClient:
     def __init__(self, url: str, token: str) -> None:
-        self.url = url.rstrip("/")
-        self.http = httpx.AsyncClient(
-            base_url=self.url, headers={"Authorization": f"Bearer {token}"},
-            timeout=httpx.Timeout(90.0, connect=10.0))
+        self.connection = Connection(url, token, timeout=90.0)
+        self.url = self.connection.url
         self.runner_id = 0
 
     async def close(self) -> None:
-        await self.http.aclose()
-
-    async def _call(self, method: str, path: str, model: type[M] | None,
-                    body: BaseModel | None = None, **kwargs: Any) -> M | None:
-        try:
-            response = await self.http.request(
-                method, path, content=body.model_dump_json() if body else kwargs.pop("content",
-                                                                                   None),
-                headers={"Content-Type": "application/json"} if body else None, **kwargs)
-        except httpx.TransportError as e:
-            raise NixfarmError(f"cannot reach the server at {self.url}: {e}") from None
-        if response.status_code == 409:
-            raise LeaseLost(response.text)
-        raise_for(response)
-        if model is None or response.status_code == 204:
-            return None
-        return model.model_validate_json(response.content)
+        await self.connection.close()
 
     def _job(self, job_id: int) -> str:
         return f"/api/v1/runners/{self.runner_id}/jobs/{job_id}"
 
+    async def _on_job(self, job_id: int, method: str, path: str, body: BaseModel | None = None,
+                      **kwargs: Any) -> httpx.Response:
+        """A call about a job this runner holds: a 409 is ``LeaseLost``."""
+        try:
+            return await self.connection.send(method, self._job(job_id) + path, body, **kwargs)
+        except Conflict as e:
+            raise LeaseLost(e.message) from None
+
     async def register(self, body: RunnerRegister) -> RunnerOut:
-        out = await self._call("POST", "/api/v1/runners", RunnerOut, body)
-        assert out is not None
+        out = await self.connection.call("POST", "/api/v1/runners", RunnerOut, body)
         self.runner_id = out.id
         return out
 
     async def claim(self, wait: float) -> Assignment | None:
-        return await self._call("POST", f"/api/v1/runners/{self.runner_id}/claim", Assignment,
-                                ClaimRequest(wait=wait))
+        response = await self.connection.send(
+            "POST", f"/api/v1/runners/{self.runner_id}/claim", ClaimRequest(wait=wait))
+        return None if response.status_code == 204 else decode(response, Assignment)
 
     async def heartbeat(self, job_id: int, wait: float) -> HeartbeatResponse:
-        out = await self._call("POST", f"{self._job(job_id)}/heartbeat", HeartbeatResponse,
-                               HeartbeatRequest(wait=wait))
-        assert out is not None
-        return out
+        response = await self._on_job(job_id, "POST", "/heartbeat", HeartbeatRequest(wait=wait))
+        return decode(response, HeartbeatResponse)
 
-    async def log(self, job_id: int, task: str | None, seq: int, data: bytes) -> None:
+    async def log(self, job_id: int, task: str | None, seq: int, data: bytes) -> LogAccepted:
         where = f"/tasks/{task}/log" if task else "/log"
-        await self._call("POST", f"{self._job(job_id)}{where}", LogAccepted,
-                         content=data, params={"seq": seq})
+        response = await self._on_job(job_id, "POST", where, content=data, params={"seq": seq})
+        return decode(response, LogAccepted)
 
     async def task(self, job_id: int, name: str, report: TaskReport) -> None:
-        await self._call("POST", f"{self._job(job_id)}/tasks/{name}", None, report)
+        await self._on_job(job_id, "POST", f"/tasks/{name}", report)
 
     async def artifact(self, job_id: int, path: str, file: Path) -> None:
         async def chunks() -> AsyncIterator[bytes]:
@@ -95,9 +84,8 @@ class RunnerClient:
                 while data := await f.read(1 << 20):
                     yield data
 
-        await self._call("PUT", f"{self._job(job_id)}/artifacts/{file.name}", None,
-                         content=chunks(), params={"path": path},
-                         timeout=httpx.Timeout(None, connect=10.0))
+        await self._on_job(job_id, "PUT", f"/artifacts/{file.name}", content=chunks(),
+                           params={"path": path}, timeout=httpx.Timeout(None, connect=10.0))
 
     async def finish(self, job_id: int, body: FinishRequest) -> None:
-        await self._call("POST", f"{self._job(job_id)}/finish", None, body)
+        await self._on_job(job_id, "POST", "/finish", body)

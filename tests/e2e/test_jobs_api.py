@@ -15,6 +15,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import threading
 import time
 import uuid
@@ -23,12 +24,19 @@ from email import message_from_bytes
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from aiosmtpd.controller import Controller
 
+from nixfarm.client.api import Client, Endpoint
+from nixfarm.client.jobs import JobsClient
+from nixfarm.errors import Unavailable
+from nixfarm.runner.logship import LogShipper
+from nixfarm.runner.protocol import LeaseLost, RunnerClient
 from tests.fixtures.farm import RunningFarm, free_port
 from tests.fixtures.jobs import Follower, Received
+from tests.fixtures.proxy import FlakyProxy
 
 LEASE = 2.0
 TIMEOUT_MINUTES = 0.1  # 6 s
@@ -325,6 +333,115 @@ triggers:
     deliveries = job["triggers"][0]["deliveries"]
     assert [d["attempt"] for d in deliveries] == [1, 2, 3]
     assert all(not d["ok"] and d["detail"] == "HTTP 500" for d in deliveries)
+
+
+def test_log_chunks_outlive_a_server_that_stops_answering(
+        jobs_farm: RunningFarm, new_runner: NewRunner,
+        flaky_proxy: Callable[[int], FlakyProxy], caplog: pytest.LogCaptureFixture) -> None:
+    runner = new_runner()
+    job_id = submit(jobs_farm, manifest(runner.image, {"build": "make"}))["id"]
+    assert runner.claim() is not None
+    proxy = flaky_proxy(jobs_farm.port)
+    token = runner.http.headers["authorization"].removeprefix("Bearer ")
+    lines = [f"line {n}" for n in range(200)]
+    # The test holds the lease on its own connection while the shipper's are dropped.
+    stop = threading.Event()
+
+    def keep_lease() -> None:
+        while not stop.wait(0.5):
+            runner.heartbeat(job_id)
+
+    beats = threading.Thread(target=keep_lease)
+    beats.start()
+
+    async def ship() -> None:
+        client = RunnerClient(proxy.url, token)
+        client.runner_id = runner.id
+        shipper = LogShipper(client, job_id)
+        shipper.start()
+        for line in lines[:100]:
+            shipper.line(None, line)
+        await shipper.flush()
+        proxy.drop_next(3)
+        proxy.cut()  # the pooled connection too: the next chunk needs a new one
+        for line in lines[100:]:
+            shipper.line(None, line)
+        await shipper.close()
+        await client.close()
+
+    try:
+        with caplog.at_level(logging.WARNING, "nixfarm.runner"):
+            anyio.run(ship)
+    finally:
+        stop.set()
+        beats.join()
+    assert proxy.dropped == 3
+    retried = [r.getMessage() for r in caplog.records if "log chunk 1 of setup" in r.message]
+    assert len(retried) == 3 and "(attempt 3): cannot reach the server" in retried[-1]
+    runner.finish(job_id, "success")
+
+    async def refused() -> None:
+        client = RunnerClient(jobs_farm.url, token)
+        client.runner_id = runner.id
+        with pytest.raises(LeaseLost):  # a call about a job no longer held
+            await client.heartbeat(job_id, 0.0)
+        await client.close()
+        nowhere = RunnerClient(f"http://127.0.0.1:{free_port()}", token)
+        with pytest.raises(Unavailable, match="cannot reach the server"):
+            await nowhere.claim(0.0)
+        await nowhere.close()
+
+    anyio.run(refused)
+    log = jobs_farm.get(f"/api/v1/jobs/{job_id}/log").text
+    assert log == "".join(line + "\n" for line in lines)  # each line once, in order
+
+
+def test_a_follower_resumes_where_its_connection_broke(
+        jobs_farm: RunningFarm, new_runner: NewRunner,
+        flaky_proxy: Callable[[int], FlakyProxy]) -> None:
+    runner = new_runner()
+    job_id = submit(jobs_farm, manifest(runner.image, {"build": "make"}))["id"]
+    assert runner.claim() is not None
+    proxy = flaky_proxy(jobs_farm.port)
+    runner.log(job_id, None, 0, "setting up\n")
+    runner.task(job_id, "build", "running")
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    async def follow() -> None:
+        async with Client(Endpoint(proxy.url, jobs_farm.token)) as client:
+            async for event in JobsClient(client).follow(job_id):
+                seen.append(event)
+
+    def texts() -> list[str]:
+        return [d["text"] for k, d in seen if k == "log" and d["task"] == "build"]
+
+    follower = threading.Thread(target=anyio.run, args=(follow,))
+    follower.start()
+    lines = [f"line {n}\n" for n in range(15)]
+    for seq, line in enumerate(lines[:5]):
+        runner.log(job_id, "build", seq, line)
+    wait_for(lambda: len(texts()) == 5, 10, "the first lines")
+    proxy.drop_next(2)
+    proxy.cut()  # mid-log: what is sent now reaches the follower only once it reconnects
+    for seq, line in enumerate(lines[5:10], start=5):
+        runner.log(job_id, "build", seq, line)
+    wait_for(lambda: proxy.dropped == 2, 10, "the follower to try again")
+    for seq, line in enumerate(lines[10:], start=10):
+        runner.log(job_id, "build", seq, line)
+    runner.task(job_id, "build", "success", 0)
+    runner.finish(job_id, "success")
+    follower.join(30)
+    assert not follower.is_alive()
+    assert texts() == lines  # each line once, in order, across the reconnection
+    assert [d["text"] for k, d in seen if k == "log" and d["task"] is None] == ["setting up\n"]
+    assert seen[-1] == ("end", {"status": "success"})
+    # The ids are byte offsets: a follower resuming from one gets only what follows.
+    tail = jobs_farm.get(f"/api/v1/jobs/{job_id}/tasks/build/log/events",
+                         headers={"Last-Event-ID": str(len("".join(lines[:12])))})
+    assert [json.loads(line[6:])["text"] for line in tail.text.splitlines()
+            if line.startswith("data: ") and '"text"' in line] == lines[12:]
+    bad = jobs_farm.get(f"/api/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "7"})
+    assert bad.status_code == 400 and "Last-Event-ID" in bad.text
 
 
 def test_silent_runner_loses_its_job(jobs_farm: RunningFarm, new_runner: NewRunner) -> None:

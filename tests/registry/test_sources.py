@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import anyio
 import pytest
 
 from nixfarm.config import SourceSettings
@@ -35,15 +36,16 @@ def test_content_hash_follows_content_not_times(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_path_source_is_keyed_by_content(tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_path_source_is_keyed_by_content(tmp_path: Path) -> None:
     root = _tree(tmp_path / "src")
     source = PackageSource(SourceSettings(kind="path", location=str(root)))
     first = await source.resolve("latest")
     assert first.cache_key is not None
     assert (await source.resolve("other")).cache_key == first.cache_key
     (root / "default.nix").write_text("{ x = 1; }\n")
-    monkeypatch.setattr(sources, "PATH_RECHECK_SECONDS", 0.0)
+    # Remembered for PATH_RECHECK_SECONDS (a warm pull does not walk the tree), then seen.
+    assert (await source.resolve("latest")).cache_key == first.cache_key
+    await anyio.sleep(sources.PATH_RECHECK_SECONDS + 0.1)
     assert (await source.resolve("latest")).cache_key != first.cache_key
 
 

@@ -3,7 +3,9 @@ plain text with Range, and followed live as Server-Sent Events.
 
 Reading a job needs no token when it is public or unlisted; changing one needs its
 owner's token or an admin's. SSE streams send ``event: log|task|job|ping|end`` with a
-JSON ``data:`` line each (see ``JobService.follow``) and close after ``end``.
+JSON ``data:`` line each (see ``JobService.follow``) and close after ``end``. Each event's
+``id:`` is how far the stream is in its logs, in bytes (``builds.logs.Positions``): a
+follower that reconnects with it as ``Last-Event-ID`` gets only what comes after.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import re
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Query, Request
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.responses import Response, StreamingResponse
 
+from nixfarm.builds.logs import Positions
 from nixfarm.builds.services import BuildServices
 from nixfarm.errors import InvalidInput
 from nixfarm.scopes import JOBS_SUBMIT
@@ -123,23 +127,22 @@ async def task_log(request: Request, job_id: int, task: str) -> Response:
 
 async def _sse(request: Request, job_id: int, task: str | None, only: bool) -> Response:
     services = builds(request)
-    events = services.jobs.follow(await principal(request), job_id, task, only)
+    positions = Positions(request.headers.get("last-event-id"))
+    events = services.jobs.follow(await principal(request), job_id, task, only,
+                                  positions=positions)
     first = await anext(events)  # NotFound and friends before the 200 goes out
 
-    async def body() -> AsyncIterator[bytes]:
+    async def body() -> AsyncIterator[ServerSentEvent]:
+        # Each event is sent before the next is read: ``positions`` is still its own.
         try:
-            yield _event(*first)
-            async for event in events:
-                yield _event(*event)
+            kind, data = first
+            yield ServerSentEvent(json.dumps(data), event=kind, id=str(positions))
+            async for kind, data in events:
+                yield ServerSentEvent(json.dumps(data), event=kind, id=str(positions))
         finally:
             await events.aclose()
 
-    return StreamingResponse(body(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-
-def _event(kind: str, data: dict[str, object]) -> bytes:
-    return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+    return EventSourceResponse(body(), headers={"Cache-Control": "no-cache"}, sep="\n")
 
 
 @router.get("/jobs/{job_id}/events", response_class=Response)
