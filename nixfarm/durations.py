@@ -35,30 +35,37 @@ def parse_duration(text: str, *, field: str = "duration") -> timedelta:
         if match is None or match.end() == position:
             raise InvalidInput(
                 f"{text!r} is not a duration: write a number and a unit, e.g. {EXAMPLES}",
-                field=field)
+                field=field,
+            )
         number, unit = float(match.group(1)), match.group(2).lower()
         if unit == "m":
             raise InvalidInput(
                 f"{text!r} is ambiguous: 'm' could mean minutes or months; write "
-                f"{match.group(1)}min for minutes, or days (30d) for a month", field=field)
+                f"{match.group(1)}min for minutes, or days (30d) for a month",
+                field=field,
+            )
         if unit in _WITHOUT_LENGTH:
             raise InvalidInput(
-                f"{text!r}: months and years have no fixed length; write days instead "
-                "(30d, 365d)", field=field)
+                f"{text!r}: months and years have no fixed length; write days instead (30d, 365d)",
+                field=field,
+            )
         if not unit:
             raise InvalidInput(
                 f"{text!r} has no unit: write e.g. {match.group(1)}d or {match.group(1)}h "
-                f"({EXAMPLES})", field=field)
+                f"({EXAMPLES})",
+                field=field,
+            )
         if unit not in _UNITS:
             raise InvalidInput(
                 f"{text!r}: unknown unit {match.group(2)!r}; use s, min, h, d or w "
-                f"(e.g. {EXAMPLES})", field=field)
+                f"(e.g. {EXAMPLES})",
+                field=field,
+            )
         seconds += number * _UNITS[unit]
         parts += 1
         position = match.end()
     if parts == 0:
-        raise InvalidInput(f"expected a duration such as {EXAMPLES}, got nothing",
-                           field=field)
+        raise InvalidInput(f"expected a duration such as {EXAMPLES}, got nothing", field=field)
     try:
         return timedelta(seconds=seconds)
     except OverflowError:
