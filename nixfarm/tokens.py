@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from cachetools import TTLCache
 
 from nixfarm.db import tokens as token_queries
 from nixfarm.db.engine import Database
-from nixfarm.db.models import Token
+from nixfarm.db.models import Token, utcnow
+from nixfarm.errors import InvalidInput
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,16 @@ class TokenService:
 
     async def create(self, name: str, scopes: Iterable[str],
                      expires_at: datetime | None = None) -> tuple[TokenView, str]:
+        """A new token and its secret; ``InvalidInput`` for a time of expiry already past
+        (a token dead at birth is a mistake, most often a wrong year or time zone)."""
+        if expires_at is not None:
+            # A time without a zone is read as UTC, the zone every timestamp here is in.
+            if expires_at.tzinfo is None:
+                expires_at = expires_at.replace(tzinfo=UTC)
+            if expires_at <= utcnow():
+                raise InvalidInput(
+                    f"expires_at {expires_at.isoformat()} is in the past; a token must expire "
+                    "in the future (or not at all).", field="expires_at")
         async with self.db.session() as s:
             token, secret = await token_queries.create_token(s, name, scopes, expires_at)
             return TokenView.of(token), secret
