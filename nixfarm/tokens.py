@@ -47,6 +47,21 @@ class TokenView:
                    token.expires_at, token.revoked, token.last_used_at)
 
 
+def future_expiry(expires_at: datetime | None) -> datetime | None:
+    """A time of expiry a user asked for, in UTC; ``InvalidInput`` if it is already past
+    (a token dead at birth is a mistake, most often a wrong year or time zone)."""
+    if expires_at is None:
+        return None
+    # A time without a zone is read as UTC, the zone every timestamp here is in.
+    if expires_at.tzinfo is None:
+        expires_at = expires_at.replace(tzinfo=UTC)
+    if expires_at <= utcnow():
+        raise InvalidInput(
+            f"expires_at {expires_at.isoformat()} is in the past; a token must expire "
+            "in the future (or not at all).", field="expires_at")
+    return expires_at
+
+
 _MEMO_SECONDS = 5.0
 #: Tokens looked up by id (the issuers of registry pull tokens) are remembered more
 #: briefly: a revocation through another server takes effect within this.
@@ -64,16 +79,6 @@ class TokenService:
 
     async def create(self, name: str, scopes: Iterable[str],
                      expires_at: datetime | None = None) -> tuple[TokenView, str]:
-        """A new token and its secret; ``InvalidInput`` for a time of expiry already past
-        (a token dead at birth is a mistake, most often a wrong year or time zone)."""
-        if expires_at is not None:
-            # A time without a zone is read as UTC, the zone every timestamp here is in.
-            if expires_at.tzinfo is None:
-                expires_at = expires_at.replace(tzinfo=UTC)
-            if expires_at <= utcnow():
-                raise InvalidInput(
-                    f"expires_at {expires_at.isoformat()} is in the past; a token must expire "
-                    "in the future (or not at all).", field="expires_at")
         async with self.db.session() as s:
             token, secret = await token_queries.create_token(s, name, scopes, expires_at)
             return TokenView.of(token), secret
