@@ -177,14 +177,43 @@ def test_private_cache_needs_a_pull_token(farm: RunningFarm, nix: Nix) -> None:
     cache, key = farm.create_cache(private=True)
     hello = nix.build("hello")
     farm.cli("push", "--cache", cache, hello)
-    narinfo = f"/cache/{cache}/{Path(hello).name[:32]}.narinfo"
-    for path in (f"/cache/{cache}/nix-cache-info", narinfo):
-        r = farm.get(path, token="")
-        assert r.status_code == 401 and "WWW-Authenticate" in r.headers
+    hash_part = Path(hello).name[:32]
+    narinfo = f"/cache/{cache}/{hash_part}.narinfo"
     assert cache not in farm.get("/api/v1/caches", token="").text
     puller = farm.cli("token", "create", "--scope", f"cache:{cache}:pull").stdout.strip()
     assert farm.get(narinfo, token=puller).status_code == 200
     assert farm.request("PUT", narinfo, token=puller, content=b"").status_code == 403
+
+    # Without a token that may read it, a private cache answers as a missing one: same
+    # status, same body, for every path and method, so its existence does not leak.
+    other = farm.cli("token", "create", "--scope", "cache:elsewhere:pull").stdout.strip()
+    missing = "no-such-cache"
+    for method, path in (("GET", "/nix-cache-info"), ("GET", f"/{hash_part}.narinfo"),
+                         ("HEAD", f"/{hash_part}.narinfo"), ("PUT", f"/{hash_part}.narinfo"),
+                         ("GET", f"/nar/{'0' * 52}.nar.xz"), ("PUT", f"/log/{'0' * 32}-x.drv"),
+                         ("GET", "/anything/else")):
+        for token, auth in (("", None), ("nf_unknown", None), (other, None),
+                            ("", ("user", "nf_unknown"))):
+            answers = []
+            for name in (cache, missing):
+                r = farm.request(method, f"/cache/{name}{path}", token=token, auth=auth,
+                                 content=b"x" if method == "PUT" else None)
+                answers.append((r.status_code, r.text.replace(name, "NAME"),
+                                "www-authenticate" in r.headers))
+            assert answers[0] == answers[1], (method, path, token, answers)
+            assert answers[0][0] == 404, (method, path, token, answers)
+    for suffix in ("", "/missing", "/gc"):
+        answers = []
+        for name in (cache, missing):
+            method = "GET" if not suffix else "POST"
+            for token in ("", other):
+                r = farm.request(method, f"/api/v1/caches/{name}{suffix}", token=token,
+                                 json={"paths": []} if suffix == "/missing" else None)
+                answers.append((r.status_code, r.text.replace(name, "NAME")))
+        assert answers[:2] == answers[2:], (suffix, answers)
+    assert farm.get(f"/api/v1/caches/{cache}", token="").status_code == 404
+    # A token that may read it gets the usual distinctions: 200 to read, 403 to push.
+    assert farm.get(f"/api/v1/caches/{cache}", token=puller).status_code == 200
 
     denied = nix.substitute(nix.fresh_store("anon"), hello, f"{farm.url}/cache/{cache}", key,
                             check=False)
