@@ -177,7 +177,8 @@ def secret_create(
     file: Annotated[Path, typer.Argument(help="The file holding the value.")],
     kind: Annotated[str, typer.Option(help="file, ssh_key or pgp_key.")] = "file",
     path: Annotated[str | None, typer.Option(
-        help="For a file secret: where it goes in the sandbox (~/... or /...).")] = None,
+        help="For a file secret: where it goes in the sandbox, '~/...' (quoted: ~ is the "
+             "build user's home, not yours) or /....")] = None,
     mode: Annotated[str | None, typer.Option(help="For a file secret: octal mode.")] = None,
     url: Url = None, token: Token = None, data_dir: DataDir = None,
 ) -> None:
