@@ -4,8 +4,9 @@ Sources, later ones winning: built-in defaults, a TOML file, then ``NIXFARM_*``
 environment variables, where ``__`` separates sections (``NIXFARM_STORAGE__KIND=s3``).
 The file is ``--config FILE`` or ``NIXFARM_CONFIG``; without either, ``nixfarm.toml`` in
 the data directory if there is one (``DEFAULT_FILE``). The data directory is
-``--data-dir``, ``NIXFARM_DATA_DIR`` or ``./data`` (relative to the working directory). Unknown keys and bad values are
-``ConfigError``s that name the key, so a typo never silently falls back to a default.
+``--data-dir``, ``NIXFARM_DATA_DIR`` or ``./data`` (relative to the working directory).
+Unknown keys and bad values are ``ConfigError``s that name the key, so a typo never
+silently falls back to a default.
 """
 
 from __future__ import annotations

@@ -210,6 +210,9 @@ triggers:
     condition: success
     to: Dev <dev@example.org>
   - action: email
+    condition: success
+    cc: List <list@example.org>
+  - action: email
     condition: failure
     to: nobody@example.org
 """)
@@ -286,19 +289,22 @@ triggers:
     assert headers["x-payload-signature"] == expected.decode()
     assert json.loads(body)["id"] == job_id and json.loads(body)["status"] == "success"
     _, box = mailbox
-    wait_for(lambda: box.messages, 10, "the email")
-    (rcpt, raw), = box.messages
-    assert rcpt == ["dev@example.org"]
-    mail = message_from_bytes(raw)
+    wait_for(lambda: len(box.messages) == 2, 10, "the emails")
+    by_rcpt = {tuple(rcpt): message_from_bytes(raw) for rcpt, raw in box.messages}
+    assert sorted(by_rcpt) == [("dev@example.org",), ("list@example.org",)]
+    mail = by_rcpt["dev@example.org",]
     assert mail["Subject"] == f"[nixfarm] job #{job_id} success"
     assert mail["From"] == "farm@example.org"
+    # A trigger with only cc (as builds.sr.ht allows) mails its cc.
+    cc_only = by_rcpt["list@example.org",]
+    assert cc_only["Cc"] == "List <list@example.org>" and cc_only["To"] is None
 
     def triggers_settled() -> list[dict[str, Any]] | None:
         triggers: list[dict[str, Any]] = jobs_farm.get(f"/api/v1/jobs/{job_id}").json()["triggers"]
         return triggers if all(t["status"] != "pending" for t in triggers) else None
 
     triggers = wait_for(triggers_settled, 10, "triggers to be delivered")
-    assert [t["status"] for t in triggers] == ["delivered", "delivered", "skipped"]
+    assert [t["status"] for t in triggers] == ["delivered", "delivered", "delivered", "skipped"]
 
     # Listing and filters.
     page = jobs_farm.get("/api/v1/jobs", params={"tag": "main", "status": "success"}).json()
