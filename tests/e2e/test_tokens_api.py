@@ -68,3 +68,15 @@ def test_the_last_admin_token_cannot_be_revoked(farm: RunningFarm) -> None:
     assert farm.request("DELETE", f"/api/v1/tokens/{own['id']}").status_code == 409
     # Revoking the lapsed one is fine: it is not what keeps the farm open.
     assert farm.request("DELETE", f"/api/v1/tokens/{lapsing['id']}").status_code == 200
+
+
+def test_cli_expiry_reads_durations(farm: RunningFarm) -> None:
+    secret = farm.cli("token", "create", "--scope", "runner", "--name", "week",
+                      "--expires-in", "2w").stdout.strip()
+    [week] = [t for t in farm.get("/api/v1/tokens").json() if t["name"] == "week"]
+    left = datetime.fromisoformat(week["expires_at"]) - datetime.now(UTC)
+    assert timedelta(days=13, hours=23) < left <= timedelta(weeks=2)
+    assert farm.get("/api/v1/whoami", token=secret).json()["name"] == "week"
+    ambiguous = farm.cli("token", "create", "--scope", "runner", "--expires-in", "1m",
+                         check=False)
+    assert ambiguous.returncode == 2 and "write 1min for minutes" in ambiguous.stderr
