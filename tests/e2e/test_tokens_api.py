@@ -71,12 +71,12 @@ def test_the_last_admin_token_cannot_be_revoked(farm: RunningFarm) -> None:
 
 
 def test_cli_expiry_reads_durations(farm: RunningFarm) -> None:
-    secret = farm.cli("token", "create", "--scope", "runner", "--name", "week",
-                      "--expires-in", "2w").stdout.strip()
+    secret = farm.cli(
+        "token", "create", "--scope", "runner", "--name", "week", "--expires-in", "2w"
+    ).stdout.strip()
     [week] = [t for t in farm.get("/api/v1/tokens").json() if t["name"] == "week"]
     left = datetime.fromisoformat(week["expires_at"]) - datetime.now(UTC)
     assert timedelta(days=13, hours=23) < left <= timedelta(weeks=2)
     assert farm.get("/api/v1/whoami", token=secret).json()["name"] == "week"
-    ambiguous = farm.cli("token", "create", "--scope", "runner", "--expires-in", "1m",
-                         check=False)
+    ambiguous = farm.cli("token", "create", "--scope", "runner", "--expires-in", "1m", check=False)
     assert ambiguous.returncode == 2 and "write 1min for minutes" in ambiguous.stderr
