@@ -183,20 +183,28 @@ class BwrapSandbox:
         args_file = self.state_dir / "args"
         args_file.write_bytes(b"\0".join(a.encode() for a in args))
         args_fd = os.open(args_file, os.O_RDONLY)
-        try:
+        assert self.confinement is not None
+        prefix = self.confinement.prefix()
+
+        async def spawn() -> None:
             # Arguments through a file: pid 1's command line shows no host paths.
             self._bwrap = await asyncio.create_subprocess_exec(
-                *self.confinement.prefix(), *self._as_host_user(), self._tools["bwrap"],
+                *prefix, *self._as_host_user(), self._tools["bwrap"],
                 "--args", str(args_fd), "--", "/bin/sh", "-c", "echo ready; read _",
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 pass_fds=(args_fd, info_write),
                 env=self._environment(None), start_new_session=True,
             )  # fmt: skip
+
+        try:
+            # A cancel while spawning must not leave a bwrap that shutdown cannot see.
+            await uncancelled(spawn())
         finally:
             os.close(args_fd)
             os.close(info_write)
         try:
+            assert self._bwrap is not None
             assert self._bwrap.stdout is not None and self._bwrap.stderr is not None
             ready = await asyncio.wait_for(self._bwrap.stdout.readline(), BOOT_TIMEOUT)
             if ready != b"ready\n":
@@ -429,28 +437,31 @@ class BwrapSandbox:
         await uncancelled(self._reap())
 
     async def _reap(self) -> None:
-        if self._bwrap is not None:
-            try:
-                await asyncio.wait_for(self._bwrap.wait(), 5.0)
-            except TimeoutError:
-                kill_group(self._bwrap)
-                await self._bwrap.wait()
-        for process in self._running:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(process.wait(), 5.0)
-        # Without cgroups, the pid namespace is how we know everyone is gone.
-        deadline = time.monotonic() + 5.0
-        while self._pid_namespace and (left := namespace_members(self._pid_namespace)):
-            if time.monotonic() > deadline:
-                raise SandboxError(f"Processes {sorted(left)} outlived the sandbox.", self.name)
-            for pid in left:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            await asyncio.sleep(0.01)
-        if self.confinement is not None:
-            await asyncio.to_thread(self.confinement.remove)
-        if self.state_dir is not None:
-            await asyncio.to_thread(remove_tree, self.state_dir)
+        # The state (the job's home, secrets included) goes whatever else fails.
+        try:
+            if self._bwrap is not None:
+                try:
+                    await asyncio.wait_for(self._bwrap.wait(), 5.0)
+                except TimeoutError:
+                    kill_group(self._bwrap)
+                    await self._bwrap.wait()
+            for process in self._running:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(process.wait(), 5.0)
+            # Without cgroups, the pid namespace is how we know everyone is gone.
+            deadline = time.monotonic() + 5.0
+            while self._pid_namespace and (left := namespace_members(self._pid_namespace)):
+                if time.monotonic() > deadline:
+                    raise SandboxError(f"Processes {sorted(left)} outlived the sandbox.", self.name)
+                for pid in left:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                await asyncio.sleep(0.01)
+            if self.confinement is not None:
+                await asyncio.to_thread(self.confinement.remove)
+        finally:
+            if self.state_dir is not None:
+                await asyncio.to_thread(remove_tree, self.state_dir)
 
     async def __aenter__(self) -> Self:
         await self.boot()
