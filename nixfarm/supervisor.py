@@ -22,15 +22,14 @@ of the farm at once. So the supervisor takes both signals over::
 Workers and nginx run in process groups of their own, so a terminal's Ctrl-C (sent to
 its foreground group) reaches only the supervisor. Each worker watches a pipe whose
 write end only the supervisor holds: end-of-file means the supervisor is gone, even
-killed with SIGKILL, and the worker kills everything it started and exits. And the
-supervisor is a child subreaper: what a killed worker leaves behind becomes its child,
-and is killed with the rest at the end.
+killed with SIGKILL, and the worker kills everything it started and exits. While
+the farm stops, the supervisor keeps noting the processes under it: what a worker
+killed for lingering leaves behind (re-parented away from us) is killed at the end.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import select
 import signal
@@ -52,8 +51,6 @@ WORKER_KILL_AFTER = 5
 #: Seconds nginx gets to finish its transfers once the workers are gone.
 NGINX_GRACE = 2.0
 
-_PR_SET_CHILD_SUBREAPER = 36
-
 #: In a worker: the write end of the supervisor's "drained" pipe, until used.
 _drained_fd: int | None = None
 
@@ -69,9 +66,10 @@ def report_drained() -> None:
             os.close(fd)
 
 
-def descendants(pid: int) -> list[int]:
-    """The living processes under ``pid`` (children first), from /proc."""
-    children: dict[int, list[int]] = {}
+def descendants(pid: int) -> dict[int, bytes]:
+    """The living processes under ``pid``, each with its start time (which tells it
+    from a later process given the same pid), from /proc."""
+    children: dict[int, list[tuple[int, bytes]]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -81,20 +79,31 @@ def descendants(pid: int) -> list[int]:
         except (OSError, IndexError):
             continue  # gone meanwhile
         if fields[0] != b"Z":  # a zombie is dead already; its parent reaps it
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found: list[int] = []
+            children.setdefault(int(fields[1]), []).append((int(entry.name), fields[19]))
+    found: dict[int, bytes] = {}
     todo = [pid]
     while todo:
-        for child in children.get(todo.pop(), ()):
-            found.append(child)
+        for child, started in children.get(todo.pop(), ()):
+            found[child] = started
             todo.append(child)
     return found
 
 
-def kill_descendants(pid: int) -> None:
-    """SIGKILL every process under ``pid`` (a few passes: some may fork meanwhile)."""
-    for _ in range(5):
+def _started(pid: int) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def kill_descendants(pid: int, also: dict[int, bytes] | None = None) -> None:
+    """SIGKILL every process under ``pid``, and those of ``also`` still alive (a few
+    passes: some may fork meanwhile)."""
+    for attempt in range(5):
         found = descendants(pid)
+        if attempt == 0 and also:
+            found.update((p, t) for p, t in also.items() if _started(p) == t)
         if not found:
             return
         for child in found:
@@ -149,6 +158,8 @@ class _Stopper:
         self.grace = grace
         self.announce = announce
         self.stopping = False
+        #: The processes seen under the supervisor since the farm began to stop.
+        self.seen: dict[int, bytes] = {}
 
     def take_signals(self) -> None:
         # Granian's startup hook: after Granian installed its own handlers.
@@ -175,6 +186,9 @@ class _Stopper:
             if ready:
                 drained += len(os.read(self.pipes.drained_read, 64))
         self.server.signal_handler_interrupt()  # Granian stops the workers now
+        while True:  # until the process exits: see the module doc
+            self.seen.update(descendants(os.getpid()))
+            time.sleep(0.2)
 
     def _now(self, signum: int) -> None:
         _say("stopping at once")
@@ -191,8 +205,6 @@ def main() -> None:
     from granian.constants import Interfaces
 
     plan = json.loads(os.environ.pop(PLAN_VARIABLE))
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1)
     pipes = _Pipes()
     multiprocessing.util.register_after_fork(pipes, _in_worker)
     edge = None
@@ -208,6 +220,7 @@ def main() -> None:
         where = {"uds": socket_path, "uds_permissions": 0o600}
         edge.start_when_listening(socket_path)
     announce = Path(plan["announce"])
+    stopper: _Stopper | None = None
     try:
         server = Granian(
             "nixfarm.server.app:from_environment",
@@ -222,12 +235,13 @@ def main() -> None:
             workers_kill_timeout=WORKER_KILL_AFTER,
         )
         stopper = _Stopper(server, pipes, float(plan.get("grace", 0.0)), announce)
-        server.on_startup(stopper.take_signals)
+        stopper.take_signals()  # a signal while Granian starts: it stops once started
+        server.on_startup(stopper.take_signals)  # again: Granian's startup takes them
         server.serve()
     finally:
         if edge is not None:
             edge.stop(NGINX_GRACE)
-        kill_descendants(os.getpid())
+        kill_descendants(os.getpid(), stopper.seen if stopper is not None else None)
         announce.unlink(missing_ok=True)  # local clients: the farm stopped
 
 
