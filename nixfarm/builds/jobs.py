@@ -43,6 +43,7 @@ from nixfarm.scopes import ADMIN, allows, cache_scope
 from nixfarm.tokens import Principal
 from nixfarm.wire.jobs import (
     FINAL_STATUSES,
+    MAX_PAGE,
     DeliveryOut,
     JobGroupCreate,
     JobGroupOut,
@@ -55,7 +56,6 @@ from nixfarm.wire.jobs import (
 
 log = logging.getLogger("nixfarm.builds.jobs")
 
-MAX_PAGE = 200
 #: Bus topic waking runners' long-polls when a job is queued.
 QUEUED_TOPIC = "jobs.queued"
 

@@ -8,12 +8,32 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from nixfarm.cli.common import DataDir, Exit, Token, Url, err, out, with_client
+from nixfarm.cli.common import (
+    DataDir,
+    Exit,
+    JobNumber,
+    JsonOut,
+    Token,
+    Url,
+    err,
+    out,
+    print_json,
+    whole_number,
+    with_client,
+)
 from nixfarm.client.api import Client
 from nixfarm.client.jobs import JobsClient
-from nixfarm.errors import InvalidInput
+from nixfarm.errors import Conflict, InvalidInput
 from nixfarm.manifest import load_manifest
-from nixfarm.wire.jobs import FINAL_STATUSES, JobSubmit, SecretKind, SecretOut, Visibility
+from nixfarm.wire.jobs import (
+    FINAL_STATUSES,
+    MAX_PAGE,
+    JobStatus,
+    JobSubmit,
+    SecretKind,
+    SecretOut,
+    Visibility,
+)
 
 manifest_app = typer.Typer(help="Build manifests (.build.yml).", no_args_is_help=True)
 secret_app = typer.Typer(help="Secrets for jobs: SSH keys, PGP keys, files.",
@@ -95,29 +115,34 @@ def submit(
 
 
 def jobs(
-    status: Annotated[str | None, typer.Option(help="Only jobs with this status.")] = None,
+    status: Annotated[JobStatus | None, typer.Option(
+        help="Only jobs with this status.", show_default=False)] = None,
     mine: Annotated[bool, typer.Option("--mine", help="Only your own jobs.")] = False,
-    limit: Annotated[int, typer.Option(help="At most this many.")] = 20,
+    limit: Annotated[int, typer.Option(help=f"At most this many (1 to {MAX_PAGE}).",
+                                       metavar="N", parser=whole_number(1, MAX_PAGE))] = 20,
+    json_out: JsonOut = False,
     url: Url = None, token: Token = None, data_dir: DataDir = None,
 ) -> None:
     """List recent jobs, newest first."""
-    async def work(c: Client) -> list[list[str]]:
-        page = await JobsClient(c).page(status, mine, limit)
-        return [[str(j.id), j.status, j.image, ",".join(j.tags), j.owner,
-                 j.created_at.strftime("%Y-%m-%d %H:%M:%S")] for j in page.jobs]
-
+    page = with_client(url, token, data_dir,
+                       lambda c: JobsClient(c).page(status, mine, limit))
+    if json_out:
+        print_json(page.jobs)
+        return
     table = Table("id", "status", "image", "tags", "owner", "created", box=None)
-    for row in with_client(url, token, data_dir, work):
-        table.add_row(*row)
+    for j in page.jobs:
+        table.add_row(str(j.id), j.status, j.image, ",".join(j.tags), j.owner,
+                      j.created_at.strftime("%Y-%m-%d %H:%M:%S"))
     out.print(table)
 
 
 def logs(
-    job: int,
+    job: JobNumber,
     follow: Follow = False,
     url: Url = None, token: Token = None, data_dir: DataDir = None,
 ) -> None:
-    """Print a job's logs (setup, then each task); -f follows them live."""
+    """Print a job's logs (setup, then each task); -f follows them live and, as
+    submit --follow, exits 1 unless the job succeeds."""
     async def work(c: Client) -> tuple[str, str | None]:
         client = JobsClient(c)
         if follow:
@@ -131,16 +156,31 @@ def logs(
         return view.status, view.reason
 
     status, reason = with_client(url, token, data_dir, work)
-    if follow or status in FINAL_STATUSES:
+    if follow:
+        _finish(status, job, reason)
+    elif status in FINAL_STATUSES:
         err.print(f"job {job} {status}" + (f": {reason}" if reason else ""), markup=False)
 
 
-def cancel(job: int, url: Url = None, token: Token = None, data_dir: DataDir = None) -> None:
-    """Cancel a job; a running one is stopped on its runner."""
-    async def work(c: Client) -> str:
-        return (await JobsClient(c).cancel(job)).status
+def cancel(job: JobNumber, url: Url = None, token: Token = None,
+           data_dir: DataDir = None) -> None:
+    """Cancel a job; a running one is stopped on its runner. A job that already ended
+    is left as it is, and that is no error (exit 0): it is not running either way."""
+    async def work(c: Client) -> tuple[str, bool]:
+        client = JobsClient(c)
+        try:
+            return (await client.cancel(job)).status, True
+        except Conflict:
+            view = await client.get(job)
+            if view.status not in FINAL_STATUSES:
+                raise
+            return view.status, False
 
-    out.print(f"job {job} {with_client(url, token, data_dir, work)}", markup=False)
+    status, cancelled = with_client(url, token, data_dir, work)
+    if cancelled:
+        out.print(f"job {job} {status}", markup=False)
+    else:
+        out.print(f"job {job} already ended: {status}", markup=False)
 
 
 @secret_app.command("create")

@@ -6,6 +6,7 @@ import sys
 from typing import Annotated
 
 import typer
+from typer._click.exceptions import ClickException
 
 from nixfarm.cli import cache, doctor, push, runner, token, up, use
 from nixfarm.cli import jobs as jobs_cli
@@ -52,11 +53,28 @@ app.add_typer(jobs_cli.secret_app, name="secret")
 
 
 def main() -> None:
-    # Typer itself answers usage errors (exit 2) and exits 0 on success.
+    # Not standalone: usage errors come here, to be said in one sentence, as others are.
     try:
-        app()
+        code = app(standalone_mode=False)
     except Exit as e:
         sys.exit(e.code)
     except NixfarmError as e:
         err.print(f"error: {e.message}", markup=False)
         sys.exit(exit_code(e))
+    except ClickException as e:
+        if type(e).__name__ != "NoArgsIsHelpError":  # the help was the answer
+            err.print(f"error: {usage_error(e)}", markup=False)
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        err.print("aborted", markup=False)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def usage_error(error: ClickException) -> str:
+    """Click's message, and where the usage is explained."""
+    # The value checks typer makes with pydantic prefix their messages so.
+    message = error.format_message().replace("Value error, ", "").rstrip(".")
+    ctx = getattr(error, "ctx", None)
+    where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+    return f"{message}{where}"

@@ -23,6 +23,8 @@ SecretKind = Literal["ssh_key", "pgp_key", "file"]
 FINAL_STATUSES: frozenset[str] = frozenset(
     {"success", "failed", "timeout", "cancelled", "interrupted"})
 JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
+#: The most jobs one page of ``GET /api/v1/jobs`` lists.
+MAX_PAGE = 200
 
 
 # --- jobs (users) ----------------------------------------------------------------
