@@ -37,15 +37,17 @@ JsonOut = Annotated[bool, typer.Option(
 _MAX_ID = 2**63 - 1
 
 
-def _job_number(text: str) -> int:
+def _job_number(value: str | int) -> int:
+    text = str(value)
     if not text.isdigit() or not 0 < int(text) <= _MAX_ID:
         raise typer.BadParameter(f"{text!r} is not a job number (a whole number, like 42)")
     return int(text)
 
 
-def whole_number(lowest: int, highest: int) -> Callable[[str], int]:
+def whole_number(lowest: int, highest: int) -> Callable[[str | int], int]:
     """A parser of whole numbers from ``lowest`` to ``highest``, saying so otherwise."""
-    def parse(text: str) -> int:
+    def parse(value: str | int) -> int:
+        text = str(value)  # the default comes as it is
         if not text.strip().isdigit() or not lowest <= int(text) <= highest:
             raise typer.BadParameter(f"{text!r} is not a whole number from {lowest} to "
                                      f"{highest}")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from nixfarm.cli.common import (
@@ -27,6 +28,7 @@ from nixfarm.errors import Conflict, InvalidInput
 from nixfarm.manifest import load_manifest
 from nixfarm.wire.jobs import (
     FINAL_STATUSES,
+    JOB_STATUSES,
     MAX_PAGE,
     JobStatus,
     JobSubmit,
@@ -59,8 +61,8 @@ def check(file: Path) -> None:
               markup=False)
 
 
-async def _follow(jobs: JobsClient, job_id: int) -> str:
-    """Print the job's logs as they come; its final status."""
+async def _follow(jobs: JobsClient, job_id: int, to: Console = out) -> str:
+    """Print the job's logs as they come (to ``to``); its final status."""
     current: object = ()
     status = ""
     async for kind, data in jobs.follow(job_id):
@@ -68,8 +70,10 @@ async def _follow(jobs: JobsClient, job_id: int) -> str:
             if data["task"] != current:
                 current = data["task"]
                 header = "setup" if current is None else f"task {current}"
-                out.print(f"[#{job_id} {header}]", markup=False)
-            out.out(data["text"], end="", highlight=False)
+                to.print(f"[#{job_id} {header}]", markup=False)
+            to.out(data["text"], end="", highlight=False)
+        elif kind == "job" and data.get("status") == "queued" and data.get("reason"):
+            err.print(f"job {job_id}: {data['reason']}", markup=False)  # an interruption
         elif kind == "end":
             status = str(data["status"])
     if not status:
@@ -90,6 +94,9 @@ def submit(
     note: Annotated[str | None, typer.Option(help="A note shown with the job.")] = None,
     visibility: Annotated[str, typer.Option(help="public, unlisted or private.")] = "unlisted",
     execute: Annotated[bool, typer.Option(help="Queue now (--no-execute: pending).")] = True,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="Print the job as JSON (with --follow: as it ended, after its "
+                       "log) instead of its id and URL.")] = False,
     url: Url = None, token: Token = None, data_dir: DataDir = None,
 ) -> None:
     """Submit a manifest; print the job's id and URL (and, with --follow, its log)."""
@@ -103,11 +110,18 @@ def submit(
         jobs = JobsClient(c)
         job = await jobs.submit(JobSubmit(manifest=text, tags=tag or [], note=note,
                                           execute=execute, visibility=vis))
-        out.print(f"{job.id} {job.url}", markup=False)
+        if not json_out:
+            out.print(f"{job.id} {job.url}", markup=False)
         if not follow:
+            if json_out:
+                print_json(job)
             return job.id, "", None
-        status = await _follow(jobs, job.id)
-        return job.id, status, (await jobs.get(job.id)).reason
+        # The log goes to stderr when stdout is for the JSON document.
+        status = await _follow(jobs, job.id, err if json_out else out)
+        ended = await jobs.get(job.id)
+        if json_out:
+            print_json(ended)
+        return job.id, status, ended.reason
 
     job_id, status, reason = with_client(url, token, data_dir, work)
     if follow:
@@ -116,7 +130,8 @@ def submit(
 
 def jobs(
     status: Annotated[JobStatus | None, typer.Option(
-        help="Only jobs with this status.", show_default=False)] = None,
+        help=f"Only jobs with this status: {', '.join(JOB_STATUSES)}.",
+        show_default=False)] = None,
     mine: Annotated[bool, typer.Option("--mine", help="Only your own jobs.")] = False,
     limit: Annotated[int, typer.Option(help=f"At most this many (1 to {MAX_PAGE}).",
                                        metavar="N", parser=whole_number(1, MAX_PAGE))] = 20,
@@ -212,13 +227,18 @@ def secret_create(
 
 
 @secret_app.command("list")
-def secret_list(url: Url = None, token: Token = None, data_dir: DataDir = None) -> None:
+def secret_list(json_out: JsonOut = False, url: Url = None, token: Token = None,
+                data_dir: DataDir = None) -> None:
     """List your secrets (never their values)."""
     async def work(c: Client) -> list[SecretOut]:
         return await JobsClient(c).secrets()
 
+    secrets = with_client(url, token, data_dir, work)
+    if json_out:
+        print_json(secrets)
+        return
     table = Table("uuid", "name", "kind", "path", "mode", box=None)
-    for s in with_client(url, token, data_dir, work):
+    for s in secrets:
         table.add_row(s.uuid, s.name, s.kind, s.path or "",
                       f"{s.mode:o}" if s.mode is not None else "")
     out.print(table)

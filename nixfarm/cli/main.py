@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from typer._click.exceptions import ClickException
@@ -52,10 +52,58 @@ app.add_typer(jobs_cli.manifest_app, name="manifest")
 app.add_typer(jobs_cli.secret_app, name="secret")
 
 
+#: Metavars by parameter name, where the name in capitals would not say it best.
+_METAVARS = {"data_dir": "DIR", "config_file": "FILE", "listen": "HOST:PORT",
+             "older_than": "AGE", "scope": "SCOPE"}
+
+
+def _plain_help(command: Any) -> None:
+    """Help that speaks of values, not Python types: JOB, PATH..., [a|b], no
+    ``<list[str]>`` nor ``{job}`` (typer's defaults), and nothing after a flag."""
+    for param in command.params:
+        if param.param_type_name == "argument":
+            # typer writes a required one {name} in the usage, its type beside it.
+            name = param.metavar or param.name.upper()
+            if param.nargs != 1 and not name.endswith("..."):
+                name = name.removesuffix("S") + "..."
+            param.metavar = name
+            param._usage_display_name = lambda name=name, p=param: (
+                name if p.required else f"[{name}]")
+            param.display_type_rich = lambda ctx: None
+            continue
+        if param.metavar is not None:
+            continue
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+            continue
+        described = getattr(param, "type_descriptor", None)
+        choices = [str(c) for c in (described.choices or ())] if described else []
+        if described is not None and described.is_choice and len("|".join(choices)) <= 24:
+            param.metavar = "[" + "|".join(choices) + "]"
+            continue
+        name = _METAVARS.get(param.name, param.name.upper().replace("_", "-"))
+        if getattr(param, "multiple", False):
+            name = name.removesuffix("S")
+        param.metavar = name
+    help_option = command.get_help_option
+
+    def flag_help(ctx: Any) -> Any:
+        option = help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = flag_help
+    for sub in getattr(command, "commands", {}).values():
+        _plain_help(sub)
+
+
 def main() -> None:
+    command = typer.main.get_command(app)
+    _plain_help(command)
     # Not standalone: usage errors come here, to be said in one sentence, as others are.
     try:
-        code = app(standalone_mode=False)
+        code = command.main(prog_name="nixfarm", standalone_mode=False)
     except Exit as e:
         sys.exit(e.code)
     except NixfarmError as e:

@@ -631,7 +631,8 @@ def test_cli(jobs_farm: RunningFarm, new_runner: NewRunner, tmp_path: Path,
     new_id = submitted.split()[0]
     assert cli("cancel", new_id)[0] == 0
     assert jobs_farm.get(f"/api/v1/jobs/{new_id}").json()["status"] == "cancelled"
-    assert cli("cancel", new_id)[0] == 1  # already ended
+    code, said, _ = cli("cancel", new_id)  # already ended: no error, and it says so
+    assert code == 0 and said.strip() == f"job {new_id} already ended: cancelled"
 
     secret_file = tmp_path / "id_ed25519"
     secret_file.write_text("not really a key\n")
