@@ -181,7 +181,11 @@ class Agent:
             if not await self._unless_stopping(claim):
                 return
             assignment = claim.result()
-            if assignment is not None:
+            if assignment is not None and self._stopping.is_set():
+                # Claimed as the runner began to stop: handed back unstarted.
+                await self._finish(assignment, JobResult(
+                    "interrupted", "", f"runner {self.name} stopped before it began"))
+            elif assignment is not None:
                 await self.execute(assignment)
 
     async def execute(self, a: Assignment) -> JobResult | None:
