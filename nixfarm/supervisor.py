@@ -241,7 +241,8 @@ def main() -> None:
     finally:
         if edge is not None:
             edge.stop(NGINX_GRACE)
-        kill_descendants(os.getpid(), stopper.seen if stopper is not None else None)
+        # A copy: the drain thread may still be adding to it.
+        kill_descendants(os.getpid(), dict(stopper.seen) if stopper is not None else None)
         announce.unlink(missing_ok=True)  # local clients: the farm stopped
 
 
