@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from nixfarm.errors import ConfigError
 
@@ -121,6 +121,9 @@ class JobSettings(Section):
     smtp_password: str = ""
     #: Job slots of the runner ``nixfarm up`` embeds in the server; 0: none.
     embedded_runner_slots: int = 2
+    #: When the farm is stopped (SIGTERM, Ctrl-C): seconds its running jobs get to end
+    #: on their own before they are interrupted (and queued again once).
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
 
 
 class KeySettings(Section):

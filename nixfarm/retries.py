@@ -5,6 +5,9 @@
   tries until the call goes through (or, for a log chunk, until ``give_up_after``).
 - :func:`deliveries` — a job's webhooks and emails, as the operator configured them
   (``jobs.trigger_attempts``, ``jobs.trigger_retry_seconds``).
+- :func:`uploads` — a client's idempotent transfer (``nixfarm push``'s PUT of a
+  path, its question about what is missing) that got no answer or stalled: tried
+  UPLOAD_ATTEMPTS times in all, pausing 1, 2, 4... seconds, then the last error.
 - :func:`reconnects` — a client following a stream (a job's events) whose connection
   broke: it connects again, for as long as the server has been silent less than
   RECONNECT_GIVE_UP seconds.
@@ -73,6 +76,24 @@ def runner_calls(what: str, log: logging.Logger,
         wait=wait_exponential_jitter(multiplier=RUNNER_FIRST_PAUSE, max=RUNNER_LONGEST_PAUSE,
                                      jitter=0.5),
         stop=stop_never if give_up_after is None else stop_after_delay(give_up_after),
+        before_sleep=_log_failure(what, log),
+        reraise=True,
+    )
+
+
+#: How many times an idempotent transfer is tried before it fails.
+UPLOAD_ATTEMPTS = 3
+
+
+def uploads(what: str, log: logging.Logger, attempts: int = UPLOAD_ATTEMPTS) -> AsyncRetrying:
+    """An idempotent transfer that got no answer (``Unavailable``: refused, reset,
+    stalled past its timeout, a proxy's 502-504) is tried again, ``attempts`` times
+    in all, after pauses of 1, 2, 4... seconds (with jitter); then the last error is
+    raised. Each failure is logged as a warning naming ``what``."""
+    return AsyncRetrying(
+        retry=retry_if_exception_type(Unavailable),
+        wait=wait_exponential_jitter(initial=1.0, max=10.0, jitter=0.5),
+        stop=stop_after_attempt(attempts),
         before_sleep=_log_failure(what, log),
         reraise=True,
     )

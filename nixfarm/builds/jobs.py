@@ -5,6 +5,8 @@ Job states and who moves a job between them::
     pending ──start──> queued ──claim──> running ──finish──> success | failed
        │                 │ ^               │ │ └──lease lost──> failed ("runner lost")
        │                 │ └──lease lost, no task started yet (once)──┘ │
+       │                 │ └──interrupted (runner stopped; once)──┘     │
+       │                 │             interrupted a second time──> interrupted
        └──cancel──> cancelled <──cancel──┘        └──time limit──> timeout
 
 Users act through this module; runners through ``runners``. Whoever moves a job to
@@ -41,6 +43,7 @@ from nixfarm.scopes import ADMIN, allows, cache_scope
 from nixfarm.tokens import Principal
 from nixfarm.wire.jobs import (
     FINAL_STATUSES,
+    MAX_PAGE,
     DeliveryOut,
     JobGroupCreate,
     JobGroupOut,
@@ -53,7 +56,6 @@ from nixfarm.wire.jobs import (
 
 log = logging.getLogger("nixfarm.builds.jobs")
 
-MAX_PAGE = 200
 #: Bus topic waking runners' long-polls when a job is queued.
 QUEUED_TOPIC = "jobs.queued"
 
@@ -270,6 +272,8 @@ class JobService:
             running = not done and await q.update_job_if(
                 s, job_id, {"status": "running"}, status="cancelled", reason=reason,
                 finished_at=now, stop_requested=True)
+            if running:  # what ran shows "cancelled" now, not what the kill makes of it
+                await q.settle_tasks(s, job_id, "cancelled", now)
         if running:
             await self.bus.publish(control_topic(job_id), b"stop")
         if not done and not running:

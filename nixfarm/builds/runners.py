@@ -24,6 +24,15 @@ Expiry. ``reap`` runs every quarter lease (at most every second) on every server
 
 Each of these is a conditional UPDATE too, so reapers on several servers agree.
 
+Interruptions. A runner that is stopped (its farm or host shuts down) gives its
+running jobs a grace period, then ends them and reports ``interrupted``. A runner
+that registers again after a crash holds nothing any more, so the jobs still on it
+are settled the same way at once, and so are, when the farm starts, the jobs the
+embedded runner of ``nixfarm up`` held when the farm stopped: neither waits for the
+lease. An interrupted job goes back to the queue if that was its first run (a job
+runs at most ``MAX_RUNS`` times), and ends ``interrupted`` otherwise. Its log goes
+on: the re-run's chunks follow the first run's (``Assignment.resume_logs``).
+
 Masks. Each server keeps, per job it has seen running, the ``Masker`` for that job's
 log chunks (building one decrypts the job's secrets). An entry must go when no
 runner holds the job any more, however that happened: the runner finished it (any
@@ -39,7 +48,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import anyio
 import sqlalchemy as sa
@@ -47,6 +56,7 @@ import sqlalchemy as sa
 from nixfarm.builds import secrets as secrets_mod
 from nixfarm.builds.artifacts import ArtifactService
 from nixfarm.builds.jobs import QUEUED_TOPIC, JobService, control_topic
+from nixfarm.datadir import RUNNER_TOKEN, read_token
 from nixfarm.db import jobs as q
 from nixfarm.db.models import Job, Runner, Task, utcnow
 from nixfarm.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -70,6 +80,8 @@ log = logging.getLogger("nixfarm.builds.runners")
 
 RUNNER_LOST = "runner lost"
 _CANDIDATES = 20
+#: How many times a job may run: one re-run after an interruption or a lost boot.
+MAX_RUNS = 2
 
 
 class RunnerService:
@@ -83,6 +95,8 @@ class RunnerService:
         self.artifacts = artifacts
         self._runner_tokens: dict[int, int] = {}
         self._masks: dict[int, Masker] = {}
+        #: Jobs started before this moment ran in a previous life of this process.
+        self._started = utcnow()
 
     @property
     def lease(self) -> timedelta:
@@ -115,7 +129,82 @@ class RunnerService:
             await s.flush()
         self._runner_tokens[runner.id] = who.token_id
         log.info("runner %d (%s) registered: %s", runner.id, body.name, ", ".join(body.images))
+        # A runner that registers holds no job: any still on it were cut off by a restart.
+        await self._settle_runner(runner.id, f"runner {body.name} restarted while the job ran")
         return self._runner_out(runner)
+
+    async def _settle_runner(self, runner_id: int, why: str,
+                             started_before: datetime | None = None) -> None:
+        """Settle at once the jobs the server still has on a runner that holds none."""
+        async with self.db.session() as s:
+            stmt = sa.select(Job).where(
+                Job.runner_id == runner_id,
+                sa.or_(Job.status == "running", Job.stop_requested.is_(True)))
+            if started_before is not None:
+                stmt = stmt.where(Job.started_at < started_before)
+            held = list(await s.scalars(stmt))
+        for job in held:
+            if job.status == "running":
+                await self._interrupt(job.id, runner_id, why)
+            else:  # stopped (cancelled, timed out): the runner will never confirm it
+                async with self.db.session() as s:
+                    if await q.update_job_if(s, job.id, {"runner_id": runner_id,
+                                                         "stop_requested": True},
+                                             stop_requested=False, lease_expires_at=None):
+                        await q.settle_tasks(s, job.id, _task_end(job.status), utcnow())
+                self._masks.pop(job.id, None)
+
+    async def settle_previous_run(self) -> None:
+        """The jobs this farm's embedded runner held when the farm last stopped (a
+        crash, a kill) are settled now rather than when their leases expire."""
+        if self.settings.jobs.embedded_runner_slots <= 0:
+            return
+        secret = read_token(self.settings.data_dir / RUNNER_TOKEN)
+        who = await self.tokens.authenticate(secret) if secret else None
+        if who is None:
+            return
+        async with self.db.session() as s:
+            runner_ids = list(await s.scalars(
+                sa.select(Runner.id).where(Runner.token_id == who.token_id)))
+        for runner_id in runner_ids:
+            await self._settle_runner(runner_id, "the farm stopped while the job ran",
+                                      started_before=self._started)
+
+    async def _interrupt(self, job_id: int, runner_id: int, why: str) -> str | None:
+        """End a run its runner cut off: the job is queued again after its first run,
+        and ends ``interrupted`` after its last. The job's new status, or None when it
+        was no longer running on that runner."""
+        now = utcnow()
+        where = {"status": "running", "runner_id": runner_id}
+        async with self.db.session() as s:
+            job = await q.get_job(s, job_id)
+            if job.attempts < MAX_RUNS:
+                status = "queued"
+                reason = f"interrupted ({why}); queued again"
+                done = await q.update_job_if(
+                    s, job_id, where, status=status, reason=reason, runner_id=None,
+                    lease_expires_at=None, started_at=None, queued_at=now,
+                    stop_requested=False)
+                if done:
+                    await q.reset_tasks(s, job_id)
+            else:
+                status = "interrupted"
+                reason = f"{why}; interrupted in its run {job.attempts} of {MAX_RUNS}"
+                done = await q.update_job_if(s, job_id, where, status=status, reason=reason,
+                                             finished_at=now, lease_expires_at=None)
+                if done:
+                    await q.settle_tasks(s, job_id, "interrupted", now)
+        if not done:
+            return None
+        self._masks.pop(job_id, None)
+        log.warning("job %d interrupted on runner %d (%s): %s", job_id, runner_id, why, status)
+        if status == "queued":
+            await self.jobs.logs.publish(job_id, {"type": "job", "status": status,
+                                                  "reason": reason})
+            await self.bus.publish(QUEUED_TOPIC, str(job_id).encode())
+        else:
+            await self.jobs.ended(job_id)
+        return status
 
     async def runners(self) -> list[RunnerOut]:
         async with self.db.session() as s:
@@ -197,13 +286,20 @@ class RunnerService:
                 expires_at=deadline + self.lease)
             grant = CacheGrant(name=cache.name, token=secret, public_key=cache.public_key,
                                url=f"{self.settings.base_url}/cache/{cache.name}")
+        resume: dict[str, int] = {}
+        if job.attempts > 1:
+            for task in [None, *(t.name for t in manifest.tasks)]:
+                chunks = await self.jobs.logs.chunks(job.id, task)
+                if chunks:
+                    resume[task or ""] = int(chunks[-1].key.rsplit("/", 1)[1]) + 1
         return Assignment(
             job_id=job.id, manifest=manifest.model_dump(mode="json", exclude_defaults=True),
             manifest_text=job.manifest, image=job.image, arch=job.arch,
             tasks=[t.name for t in manifest.tasks], secrets=secrets,
             network=self.settings.jobs.network, deadline=deadline,
             lease_seconds=self.settings.jobs.lease_seconds, heartbeat_wait=self.heartbeat_wait,
-            cache=grant, job_url=self.jobs.job_url(job.id), attempt=job.attempts)
+            cache=grant, job_url=self.jobs.job_url(job.id), attempt=job.attempts,
+            resume_logs=resume)
 
     # --- while running -------------------------------------------------------------
 
@@ -251,7 +347,9 @@ class RunnerService:
 
     async def report_task(self, who: Principal, runner_id: int, job_id: int, name: str,
                           body: TaskReport) -> None:
-        await self._held(who, runner_id, job_id)
+        job = await self._held(who, runner_id, job_id)
+        if job.status in FINAL_STATUSES:
+            return  # cancelled or timed out: its tasks were settled then, and stay so
         now = utcnow()
         async with self.db.session() as s:
             task = await q.get_task(s, job_id, name)
@@ -273,22 +371,28 @@ class RunnerService:
     async def finish(self, who: Principal, runner_id: int, job_id: int,
                      body: FinishRequest) -> JobOut:
         await self._held(who, runner_id, job_id)
+        # Interrupted: queued again or ended (None: it ended otherwise meanwhile).
+        why = body.reason or "its runner stopped"
+        if body.status == "interrupted" and await self._interrupt(job_id, runner_id,
+                                                                  why) is not None:
+            return await self.jobs.view(job_id)
         now = utcnow()
         reason = body.reason
         if body.failed_step and body.status == "failed":
             reason = f"{body.failed_step} failed" + (f": {reason}" if reason else "")
+        status = "failed" if body.status == "interrupted" else body.status
         async with self.db.session() as s:
             ended = await q.update_job_if(
                 s, job_id, {"status": "running", "runner_id": runner_id},
-                status=body.status, reason=reason, finished_at=now, lease_expires_at=None)
+                status=status, reason=reason, finished_at=now, lease_expires_at=None)
             # Cancelled or timed out meanwhile: the runner has stopped, as asked.
             await q.update_job_if(s, job_id, {"runner_id": runner_id}, stop_requested=False,
                                   lease_expires_at=None)
-            await q.settle_tasks(s, job_id, "success" if body.status == "success" else "failed",
-                                 now)
+            final = (await q.get_job(s, job_id)).status
+            await q.settle_tasks(s, job_id, _task_end(final), now)
         self._masks.pop(job_id, None)
         if ended:
-            log.info("job %d ended %s on runner %d", job_id, body.status, runner_id)
+            log.info("job %d ended %s on runner %d", job_id, status, runner_id)
             await self.jobs.ended(job_id)
         return await self.jobs.view(job_id)
 
@@ -313,7 +417,7 @@ class RunnerService:
                             s, job.id, {"stop_requested": True,
                                         "lease_expires_at": job.lease_expires_at},
                             stop_requested=False, lease_expires_at=None):
-                        await q.settle_tasks(s, job.id, "failed", now)
+                        await q.settle_tasks(s, job.id, _task_end(job.status), now)
                         released.append(job.id)
                     continue
                 if lease_over:
@@ -358,12 +462,23 @@ class RunnerService:
 
     async def reap_forever(self) -> None:
         interval = min(1.0, self.settings.jobs.lease_seconds / 4)
+        try:
+            await self.settle_previous_run()
+        except Exception:  # the leases will settle them, later
+            log.exception("settling the jobs of the farm's previous run failed")
         while True:
             try:
                 await self.reap()
             except Exception:  # a failing pass (database restart) must not stop the next
                 log.exception("lease expiry pass failed")
             await anyio.sleep(interval)
+
+
+def _task_end(job_status: str) -> str:
+    """What a task still running becomes when its job ends with ``job_status``."""
+    if job_status in ("success", "cancelled", "interrupted"):
+        return job_status
+    return "failed"
 
 
 def _duration(limit: timedelta) -> str:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from nixfarm.cli.common import DataDir, Token, Url, out, with_client
+from nixfarm.cli.common import DataDir, JsonOut, Token, Url, out, print_json, with_client
 from nixfarm.client.api import Client
 from nixfarm.durations import EXAMPLES, parse_duration
 from nixfarm.errors import InvalidInput
@@ -42,24 +42,34 @@ def create(
 
 
 @app.command("list")
-def list_(url: Url = None, token: Token = None, data_dir: DataDir = None) -> None:
+def list_(json_out: JsonOut = False, url: Url = None, token: Token = None,
+          data_dir: DataDir = None) -> None:
     """List the caches you can see."""
     async def work(c: Client) -> list[CacheOut]:
         return await c.caches()
 
+    caches = with_client(url, token, data_dir, work)
+    if json_out:
+        print_json(caches)
+        return
     table = Table("name", "visibility", "url", box=None)
-    for cache in with_client(url, token, data_dir, work):
+    for cache in caches:
         table.add_row(cache.name, "private" if cache.private else "public", cache.url)
     out.print(table)
 
 
 @app.command()
-def info(name: str, url: Url = None, token: Token = None, data_dir: DataDir = None) -> None:
+def info(name: str, json_out: JsonOut = False, url: Url = None, token: Token = None,
+         data_dir: DataDir = None) -> None:
     """Show a cache: URL, visibility, public key, size."""
     async def work(c: Client) -> CacheOut:
         return await c.cache(name)
 
-    _show(with_client(url, token, data_dir, work))
+    cache = with_client(url, token, data_dir, work)
+    if json_out:
+        print_json(cache)
+        return
+    _show(cache)
 
 
 @app.command()

@@ -30,6 +30,43 @@ DataDir = Annotated[str | None, typer.Option(
     help="Data dir of an embedded farm: its URL and admin token are used.")]
 
 
+JsonOut = Annotated[bool, typer.Option(
+    "--json", help="Print JSON (one document) instead of a table.")]
+
+#: The largest job number (the database's 64-bit ids).
+_MAX_ID = 2**63 - 1
+
+
+def _job_number(value: str | int) -> int:
+    text = str(value)
+    if not text.isdigit() or not 0 < int(text) <= _MAX_ID:
+        raise typer.BadParameter(f"{text!r} is not a job number (a whole number, like 42)")
+    return int(text)
+
+
+def whole_number(lowest: int, highest: int) -> Callable[[str | int], int]:
+    """A parser of whole numbers from ``lowest`` to ``highest``, saying so otherwise."""
+    def parse(value: str | int) -> int:
+        text = str(value)  # the default comes as it is
+        if not text.strip().isdigit() or not lowest <= int(text) <= highest:
+            raise typer.BadParameter(f"{text!r} is not a whole number from {lowest} to "
+                                     f"{highest}")
+        return int(text)
+
+    return parse
+
+
+JobNumber = Annotated[int, typer.Argument(
+    metavar="JOB", parser=_job_number, help="The job's number.", show_default=False)]
+
+
+def print_json(value: object) -> None:
+    """``value`` (wire models, lists of them, plain data) as JSON on stdout."""
+    from pydantic import TypeAdapter
+
+    out.out(TypeAdapter(type(value)).dump_json(value, indent=2).decode(), highlight=False)
+
+
 class Exit(Exception):
     """Raised by commands to end with a code after printing an error."""
 

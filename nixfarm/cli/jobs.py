@@ -6,15 +6,31 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
-from nixfarm.cli.common import DataDir, Exit, Token, Url, err, out, with_client
+from nixfarm.cli.common import (
+    DataDir,
+    Exit,
+    JobNumber,
+    JsonOut,
+    Token,
+    Url,
+    err,
+    out,
+    print_json,
+    whole_number,
+    with_client,
+)
 from nixfarm.client.api import Client
 from nixfarm.client.jobs import JobsClient
-from nixfarm.errors import InvalidInput
+from nixfarm.errors import Conflict, InvalidInput
 from nixfarm.manifest import load_manifest
 from nixfarm.wire.jobs import (
     FINAL_STATUSES,
+    JOB_STATUSES,
+    MAX_PAGE,
+    JobStatus,
     JobSubmit,
     ManifestChecked,
     SecretKind,
@@ -66,8 +82,8 @@ def check(file: Path, url: Url = None, token: Token = None, data_dir: DataDir = 
               markup=False)
 
 
-async def _follow(jobs: JobsClient, job_id: int) -> str:
-    """Print the job's logs as they come; its final status."""
+async def _follow(jobs: JobsClient, job_id: int, to: Console = out) -> str:
+    """Print the job's logs as they come (to ``to``); its final status."""
     current: object = ()
     status = ""
     async for kind, data in jobs.follow(job_id):
@@ -75,8 +91,10 @@ async def _follow(jobs: JobsClient, job_id: int) -> str:
             if data["task"] != current:
                 current = data["task"]
                 header = "setup" if current is None else f"task {current}"
-                out.print(f"[#{job_id} {header}]", markup=False)
-            out.out(data["text"], end="", highlight=False)
+                to.print(f"[#{job_id} {header}]", markup=False)
+            to.out(data["text"], end="", highlight=False)
+        elif kind == "job" and data.get("status") == "queued" and data.get("reason"):
+            err.print(f"job {job_id}: {data['reason']}", markup=False)  # an interruption
         elif kind == "end":
             status = str(data["status"])
     if not status:
@@ -97,6 +115,9 @@ def submit(
     note: Annotated[str | None, typer.Option(help="A note shown with the job.")] = None,
     visibility: Annotated[str, typer.Option(help="public, unlisted or private.")] = "unlisted",
     execute: Annotated[bool, typer.Option(help="Queue now (--no-execute: pending).")] = True,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="Print the job as JSON (with --follow: as it ended, after its "
+                       "log) instead of its id and URL.")] = False,
     url: Url = None, token: Token = None, data_dir: DataDir = None,
 ) -> None:
     """Submit a manifest; print the job's id and URL (and, with --follow, its log)."""
@@ -111,11 +132,18 @@ def submit(
         job = await jobs.submit(JobSubmit(manifest=text, tags=tag or [], note=note,
                                           execute=execute, visibility=vis))
         _warn(job.warnings)
-        out.print(f"{job.id} {job.url}", markup=False)
+        if not json_out:
+            out.print(f"{job.id} {job.url}", markup=False)
         if not follow:
+            if json_out:
+                print_json(job)
             return job.id, "", None
-        status = await _follow(jobs, job.id)
-        return job.id, status, (await jobs.get(job.id)).reason
+        # The log goes to stderr when stdout is for the JSON document.
+        status = await _follow(jobs, job.id, err if json_out else out)
+        ended = await jobs.get(job.id)
+        if json_out:
+            print_json(ended)
+        return job.id, status, ended.reason
 
     job_id, status, reason = with_client(url, token, data_dir, work)
     if follow:
@@ -123,29 +151,35 @@ def submit(
 
 
 def jobs(
-    status: Annotated[str | None, typer.Option(help="Only jobs with this status.")] = None,
+    status: Annotated[JobStatus | None, typer.Option(
+        help=f"Only jobs with this status: {', '.join(JOB_STATUSES)}.",
+        show_default=False)] = None,
     mine: Annotated[bool, typer.Option("--mine", help="Only your own jobs.")] = False,
-    limit: Annotated[int, typer.Option(help="At most this many.")] = 20,
+    limit: Annotated[int, typer.Option(help=f"At most this many (1 to {MAX_PAGE}).",
+                                       metavar="N", parser=whole_number(1, MAX_PAGE))] = 20,
+    json_out: JsonOut = False,
     url: Url = None, token: Token = None, data_dir: DataDir = None,
 ) -> None:
     """List recent jobs, newest first."""
-    async def work(c: Client) -> list[list[str]]:
-        page = await JobsClient(c).page(status, mine, limit)
-        return [[str(j.id), j.status, j.image, ",".join(j.tags), j.owner,
-                 j.created_at.strftime("%Y-%m-%d %H:%M:%S")] for j in page.jobs]
-
+    page = with_client(url, token, data_dir,
+                       lambda c: JobsClient(c).page(status, mine, limit))
+    if json_out:
+        print_json(page.jobs)
+        return
     table = Table("id", "status", "image", "tags", "owner", "created", box=None)
-    for row in with_client(url, token, data_dir, work):
-        table.add_row(*row)
+    for j in page.jobs:
+        table.add_row(str(j.id), j.status, j.image, ",".join(j.tags), j.owner,
+                      j.created_at.strftime("%Y-%m-%d %H:%M:%S"))
     out.print(table)
 
 
 def logs(
-    job: int,
+    job: JobNumber,
     follow: Follow = False,
     url: Url = None, token: Token = None, data_dir: DataDir = None,
 ) -> None:
-    """Print a job's logs (setup, then each task); -f follows them live."""
+    """Print a job's logs (setup, then each task); -f follows them live and, as
+    submit --follow, exits 1 unless the job succeeds."""
     async def work(c: Client) -> tuple[str, str | None]:
         client = JobsClient(c)
         if follow:
@@ -159,16 +193,31 @@ def logs(
         return view.status, view.reason
 
     status, reason = with_client(url, token, data_dir, work)
-    if follow or status in FINAL_STATUSES:
+    if follow:
+        _finish(status, job, reason)
+    elif status in FINAL_STATUSES:
         err.print(f"job {job} {status}" + (f": {reason}" if reason else ""), markup=False)
 
 
-def cancel(job: int, url: Url = None, token: Token = None, data_dir: DataDir = None) -> None:
-    """Cancel a job; a running one is stopped on its runner."""
-    async def work(c: Client) -> str:
-        return (await JobsClient(c).cancel(job)).status
+def cancel(job: JobNumber, url: Url = None, token: Token = None,
+           data_dir: DataDir = None) -> None:
+    """Cancel a job; a running one is stopped on its runner. A job that already ended
+    is left as it is, and that is no error (exit 0): it is not running either way."""
+    async def work(c: Client) -> tuple[str, bool]:
+        client = JobsClient(c)
+        try:
+            return (await client.cancel(job)).status, True
+        except Conflict:
+            view = await client.get(job)
+            if view.status not in FINAL_STATUSES:
+                raise
+            return view.status, False
 
-    out.print(f"job {job} {with_client(url, token, data_dir, work)}", markup=False)
+    status, cancelled = with_client(url, token, data_dir, work)
+    if cancelled:
+        out.print(f"job {job} {status}", markup=False)
+    else:
+        out.print(f"job {job} already ended: {status}", markup=False)
 
 
 @secret_app.command("create")
@@ -201,13 +250,18 @@ def secret_create(
 
 
 @secret_app.command("list")
-def secret_list(url: Url = None, token: Token = None, data_dir: DataDir = None) -> None:
+def secret_list(json_out: JsonOut = False, url: Url = None, token: Token = None,
+                data_dir: DataDir = None) -> None:
     """List your secrets (never their values)."""
     async def work(c: Client) -> list[SecretOut]:
         return await JobsClient(c).secrets()
 
+    secrets = with_client(url, token, data_dir, work)
+    if json_out:
+        print_json(secrets)
+        return
     table = Table("uuid", "name", "kind", "path", "mode", box=None)
-    for s in with_client(url, token, data_dir, work):
+    for s in secrets:
         table.add_row(s.uuid, s.name, s.kind, s.path or "",
                       f"{s.mode:o}" if s.mode is not None else "")
     out.print(table)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer._click.exceptions import ClickException
 
 from nixfarm.cli import cache, doctor, push, runner, token, up, use
 from nixfarm.cli import jobs as jobs_cli
@@ -51,12 +52,77 @@ app.add_typer(jobs_cli.manifest_app, name="manifest")
 app.add_typer(jobs_cli.secret_app, name="secret")
 
 
+#: Metavars by parameter name, where the name in capitals would not say it best.
+_METAVARS = {"data_dir": "DIR", "config_file": "FILE", "listen": "HOST:PORT",
+             "older_than": "AGE", "scope": "SCOPE"}
+
+
+def _plain_help(command: Any) -> None:
+    """Help that speaks of values, not Python types: JOB, PATH..., [a|b], no
+    ``<list[str]>`` nor ``{job}`` (typer's defaults), and nothing after a flag."""
+    for param in command.params:
+        if param.param_type_name == "argument":
+            # typer writes a required one {name} in the usage, its type beside it.
+            name = param.metavar or param.name.upper()
+            if param.nargs != 1 and not name.endswith("..."):
+                name = name.removesuffix("S") + "..."
+            param.metavar = name
+            param._usage_display_name = lambda name=name, p=param: (
+                name if p.required else f"[{name}]")
+            param.display_type_rich = lambda ctx: None
+            continue
+        if param.metavar is not None:
+            continue
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+            continue
+        described = getattr(param, "type_descriptor", None)
+        choices = [str(c) for c in (described.choices or ())] if described else []
+        if described is not None and described.is_choice and len("|".join(choices)) <= 24:
+            param.metavar = "[" + "|".join(choices) + "]"
+            continue
+        name = _METAVARS.get(param.name, param.name.upper().replace("_", "-"))
+        if getattr(param, "multiple", False):
+            name = name.removesuffix("S")
+        param.metavar = name
+    help_option = command.get_help_option
+
+    def flag_help(ctx: Any) -> Any:
+        option = help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = flag_help
+    for sub in getattr(command, "commands", {}).values():
+        _plain_help(sub)
+
+
 def main() -> None:
-    # Typer itself answers usage errors (exit 2) and exits 0 on success.
+    command = typer.main.get_command(app)
+    _plain_help(command)
+    # Not standalone: usage errors come here, to be said in one sentence, as others are.
     try:
-        app()
+        code = command.main(prog_name="nixfarm", standalone_mode=False)
     except Exit as e:
         sys.exit(e.code)
     except NixfarmError as e:
         err.print(f"error: {e.message}", markup=False)
         sys.exit(exit_code(e))
+    except ClickException as e:
+        if type(e).__name__ != "NoArgsIsHelpError":  # the help was the answer
+            err.print(f"error: {usage_error(e)}", markup=False)
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        err.print("aborted", markup=False)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def usage_error(error: ClickException) -> str:
+    """Click's message, and where the usage is explained."""
+    # The value checks typer makes with pydantic prefix their messages so.
+    message = error.format_message().replace("Value error, ", "").rstrip(".")
+    ctx = getattr(error, "ctx", None)
+    where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+    return f"{message}{where}"

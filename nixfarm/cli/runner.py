@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import signal
 import socket
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from nixfarm.cli.common import DataDir, Token, Url, run
+from nixfarm.cli.common import DataDir, Token, Url, err, run
+from nixfarm.supervisor import kill_descendants
 
 DEFAULT_WORK_DIR = Path("/var/lib/nixfarm-runner")
 
@@ -30,6 +34,10 @@ def runner(
     local_source: Annotated[list[Path] | None, typer.Option(
         help="A directory whose git repositories jobs may clone as file:// sources "
              "(repeatable).")] = None,
+    shutdown_grace: Annotated[float, typer.Option(
+        help="On SIGTERM or Ctrl-C: seconds running jobs get to end before they are "
+             "interrupted (and queued again once); a second signal stops at once.",
+        min=0)] = 30.0,
 ) -> None:
     """Claim jobs from the farm and run them in sandboxes, until interrupted."""
     from nixfarm import prerequisites
@@ -59,10 +67,25 @@ def runner(
 
     async def work() -> None:
         client = RunnerClient(endpoint.url, endpoint.token or "")
+        agent = Agent(client, images, name=name or socket.gethostname(), slots=slots,
+                      work_root=home / "jobs", nix=daemon,
+                      local_sources=list(local_source or []))
+        stops: list[asyncio.Task[None]] = []
+
+        def on_signal(signum: int) -> None:
+            if stops:  # the second: nothing waits any more
+                err.print("nixfarm runner: stopping at once", markup=False)
+                kill_descendants(os.getpid())
+                os._exit(128 + signum)
+            err.print(f"nixfarm runner: stopping; running jobs get up to {shutdown_grace:g} "
+                      "s to end (signal again to stop at once)", markup=False)
+            stops.append(asyncio.create_task(agent.stop(shutdown_grace)))
+
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_signal, signum)
         try:
-            await Agent(client, images, name=name or socket.gethostname(), slots=slots,
-                        work_root=home / "jobs", nix=daemon,
-                        local_sources=list(local_source or [])).serve()
+            await agent.serve()
         finally:
             await client.close()
 

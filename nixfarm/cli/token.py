@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from nixfarm.cli.common import DataDir, Token, Url, out, with_client
+from nixfarm.cli.common import DataDir, JsonOut, Token, Url, out, print_json, with_client
 from nixfarm.client.api import Client
 from nixfarm.durations import EXAMPLES, parse_duration
 from nixfarm.errors import InvalidInput
@@ -44,13 +44,18 @@ def create(
 
 
 @app.command("list")
-def list_(url: Url = None, token: Token = None, data_dir: DataDir = None) -> None:
+def list_(json_out: JsonOut = False, url: Url = None, token: Token = None,
+          data_dir: DataDir = None) -> None:
     """List tokens (never their secrets)."""
     async def work(c: Client) -> list[TokenOut]:
         return await c.tokens()
 
+    tokens = with_client(url, token, data_dir, work)
+    if json_out:
+        print_json(tokens)
+        return
     table = Table("id", "name", "scopes", "created", "last used", box=None)
-    for t in with_client(url, token, data_dir, work):
+    for t in tokens:
         table.add_row(str(t.id), t.name, " ".join(t.scopes), f"{t.created_at:%Y-%m-%d %H:%M}",
                       f"{t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "never")
     out.print(table)

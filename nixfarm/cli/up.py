@@ -110,7 +110,7 @@ def _serve(part: str, config_file: Path | None, data_dir: Path | None, listen: s
                   "channel; see docs/registry.md), or start with --demo", markup=False)
     plan = {"host": settings.host, "port": settings.port, "workers": workers,
             "nginx": nginx_binary, "edge_root": str(layout.root),
-            "announce": str(announced)}
+            "announce": str(announced), "grace": settings.jobs.shutdown_grace_seconds}
     env = {**os.environ, SETTINGS_VARIABLE: settings.model_dump_json(),
            supervisor.PLAN_VARIABLE: json.dumps(plan)}
     sys.stderr.flush()

@@ -92,13 +92,17 @@ class Client:
             GcRequest(older_than_days=older_than_days, dry_run=dry_run),
             timeout=httpx.Timeout(None, connect=10.0))
 
-    async def upload_path(self, cache: str, info: PathInfo, body: AsyncIterable[bytes]) -> None:
+    async def upload_path(self, cache: str, info: PathInfo, body: AsyncIterable[bytes],
+                          stall: float | None = None) -> None:
+        """PUT a path's NAR (idempotent). ``stall``: seconds the transfer may make no
+        progress (the server neither reads nor answers) before it fails ``Unavailable``;
+        None: no limit."""
         basename = info.store_path.rsplit("/", 1)[-1]
         await self.connection.send(
             "PUT", f"/api/v1/caches/{cache}/paths/{basename}", content=body,
             headers={"X-Nixfarm-Path-Info": info.model_dump_json(),
                      "Content-Type": "application/x-nix-nar"},
-            timeout=httpx.Timeout(None, connect=10.0))
+            timeout=httpx.Timeout(stall, connect=10.0))
 
     async def create_token(self, name: str, scopes: list[str],
                            expires_at: datetime | None = None) -> TokenOut:

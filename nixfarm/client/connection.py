@@ -56,7 +56,13 @@ def raise_for(response: httpx.Response) -> None:
         error = response.json()["error"]
         kind, message = str(error["type"]), str(error["message"])
     except (ValueError, KeyError, TypeError):
-        kind, message = "", response.text.strip() or response.reason_phrase
+        # Not ours (a proxy's error page, say): one line of plain text at most, never
+        # a page of HTML in a terminal or a runner's log.
+        text = response.text.strip()
+        plain = response.headers.get("content-type", "").startswith("text/plain")
+        kind = ""
+        message = text if plain and text and "\n" not in text and len(text) <= 300 \
+            else response.reason_phrase or "no explanation"
     cls = _ERRORS.get(kind) or _BY_STATUS.get(response.status_code, NixfarmError)
     raise cls(f"the server refused: {message} (HTTP {response.status_code})")
 

@@ -6,22 +6,33 @@
 
 A path is uploaded only after the paths it references, so a reader never finds a
 path in the cache whose references are not (yet) there.
+
+A transfer that stalls (the server neither reads nor answers for ``stall`` seconds)
+or breaks is tried again from the start (a PUT of a path is idempotent), as
+``retries.uploads`` says; then the push fails, naming the path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import anyio.to_thread
 
 from nixfarm.client.api import Client
-from nixfarm.errors import InvalidInput, NixError
+from nixfarm.errors import InvalidInput, NixError, Unavailable
 from nixfarm.nix import command
 from nixfarm.nix.compression import compressor
 from nixfarm.nix.storepath import STORE_DIR
+from nixfarm.retries import retried, uploads
 from nixfarm.wire.caches import PathInfo
+
+log = logging.getLogger("nixfarm.push")
+
+#: Seconds a transfer may make no progress before it is given up (and tried again).
+STALL_SECONDS = 60.0
 
 _CHUNK = 1 << 20
 
@@ -74,15 +85,20 @@ async def _nar_chunks(path: str, compression: str, level: int | None,
 async def push(client: Client, cache: str, args: Sequence[str], *, compression: str = "zstd",
                level: int | None = None, jobs: int = 4,
                on_plan: Callable[[int, int, int], None] | None = None,
-               progress: Progress | None = None) -> list[str]:
+               progress: Progress | None = None,
+               on_path: Callable[[str, bool], None] | None = None,
+               stall: float = STALL_SECONDS) -> list[str]:
     """Push the closures of ``args``; returns the store paths uploaded.
 
     ``on_plan(closure_size, missing_count, missing_nar_bytes)`` is called once the
-    work is known; ``progress(nar_bytes)`` as NAR bytes are sent.
+    work is known; ``progress(nar_bytes)`` as NAR bytes are sent (negative when a
+    failed attempt's bytes are taken back); ``on_path(path, done)`` when a path's
+    upload starts and ends.
     """
     roots = [store_path_of(a) for a in args]
     closure = await command.query_closure(roots)
-    missing = await client.missing(cache, closure)
+    missing = await retried(uploads("asking the cache what is missing", log),
+                            client.missing, cache, closure)
     infos = {i.path: i for i in await command.path_info(missing)} if missing else {}
     if on_plan:
         on_plan(len(closure), len(missing), sum(i.nar_size for i in infos.values()))
@@ -100,7 +116,30 @@ async def push(client: Client, cache: str, args: Sequence[str], *, compression: 
                             references=[r.rsplit("/", 1)[-1] for r in info.references],
                             deriver=info.deriver.rsplit("/", 1)[-1] if info.deriver else None,
                             ca=info.ca, compression=compression)
-            await client.upload_path(cache, wire, _nar_chunks(path, compression, level, tick))
+            if on_path:
+                on_path(path, False)
+
+            async def attempt() -> None:
+                sent = 0
+
+                def count(n: int) -> None:
+                    nonlocal sent
+                    sent += n
+                    tick(n)
+
+                try:
+                    await client.upload_path(
+                        cache, wire, _nar_chunks(path, compression, level, count), stall)
+                except BaseException:
+                    tick(-sent)  # the next attempt sends it all again
+                    raise
+
+            try:
+                await retried(uploads(f"uploading {path}", log), attempt)
+            except Unavailable as e:
+                raise Unavailable(f"uploading {path} failed: {e.message}", url=e.url) from None
+            if on_path:
+                on_path(path, True)
         done[path].set()
 
     try:

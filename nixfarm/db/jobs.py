@@ -183,6 +183,14 @@ async def settle_tasks(session: AsyncSession, job_id: int, running_to: str,
         .execution_options(synchronize_session=False))
 
 
+async def reset_tasks(session: AsyncSession, job_id: int) -> None:
+    """A job queued again: its tasks are pending again, as before its first run."""
+    await session.execute(
+        sa.update(Task).where(Task.job_id == job_id)
+        .values(status="pending", exit_code=None, started_at=None, finished_at=None)
+        .execution_options(synchronize_session=False))
+
+
 async def get_task(session: AsyncSession, job_id: int, name: str) -> Task:
     task = await session.scalar(sa.select(Task).where(Task.job_id == job_id, Task.name == name))
     if task is None:

@@ -57,6 +57,9 @@ class NginxProcess:
             self.process = subprocess.Popen(
                 [self.binary, *self.layout.nginx_args()],
                 preexec_fn=die_with_parent,
+                # Not in the terminal's foreground group: a Ctrl-C is the supervisor's
+                # to handle, and nginx stops last, once the workers are done.
+                process_group=0,
             )
         self.process.wait()
 

@@ -12,6 +12,13 @@ gets a ``cache push`` step that pushes with the grant's token (``cachepush``).
 Without a working daemon, Nix jobs run without Nix and cache jobs are refused at
 boot, saying why.
 
+Stopping (``stop``, on SIGTERM or SIGINT): the agent claims no more jobs, gives the
+running ones ``grace`` seconds to end on their own, then kills them, writes
+"interrupted" at the end of their logs and reports them ``interrupted`` (the server
+queues a job again once). ``serve`` returns when every job is reported. Cancelling
+``serve`` instead stops at once, reporting nothing: the server settles those jobs
+when the runner registers again.
+
 The agent knows the server only through its HTTP API (``protocol.py``) and a token
 with the ``runner`` scope; the database and the event bus are out of its reach. A
 job the server takes back (409: lease lost) is killed and reported no further.
@@ -31,6 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 from nixfarm.errors import NixfarmError
 from nixfarm.manifest import manifest_from_data
@@ -46,6 +54,13 @@ from nixfarm.runner.steps import JobContext, JobResult, Secret, StepStatus, Task
 from nixfarm.wire.runners import Assignment, FinishRequest, RunnerRegister, TaskReport
 
 log = logging.getLogger("nixfarm.runner")
+T = TypeVar("T")
+
+#: The last line of an interrupted job's log (of the task that was running).
+INTERRUPTED_LINE = ("nixfarm: interrupted: the runner was stopped (shut down) while this "
+                    "job ran")
+#: The stop reason of a job its runner ended because the runner is stopping.
+INTERRUPTED = "interrupted"
 
 
 @dataclass
@@ -53,6 +68,8 @@ class _HttpReporter:
     client: RunnerClient
     job_id: int
     shipper: LogShipper
+    #: The task running now (None: none), whose log an interruption is written to.
+    current: str | None = None
 
     async def step(self, name: str, status: StepStatus) -> None:
         pass  # steps show in the setup log; the server tracks tasks and the job
@@ -60,6 +77,7 @@ class _HttpReporter:
     async def task(self, name: str, status: TaskStatus, exit_code: int | None = None) -> None:
         if status == "pending":
             return
+        self.current = name if status == "running" else None
         # The task's log lines so far go before its state changes: a follower sees
         # the whole output of a task before it is marked done.
         await self.shipper.flush()
@@ -83,6 +101,10 @@ class Agent:
     #: Roots under which ``file://`` sources may be cloned from.
     local_sources: Sequence[Path] = ()
     _nix_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
+    #: Per job running: its task, and the list its stop reason goes into.
+    _running: dict[int, tuple[asyncio.Task[JobResult], list[str]]] = field(
+        default_factory=dict, init=False, repr=False)
 
     async def register(self) -> None:
         out = await self.client.register(RunnerRegister(
@@ -91,8 +113,11 @@ class Agent:
         log.info("runner %s registered as %d with %d slot(s)", self.name, out.id, self.slots)
 
     async def serve(self) -> None:
-        """Register, then claim and run jobs until cancelled."""
-        await retried(runner_calls(f"runner {self.name}: registering", log), self.register)
+        """Register, then claim and run jobs until stopped (``stop``) or cancelled."""
+        registering = asyncio.ensure_future(
+            retried(runner_calls(f"runner {self.name}: registering", log), self.register))
+        if not await self._unless_stopping(registering):
+            return
         try:
             async with asyncio.TaskGroup() as group:
                 for slot in range(self.slots):
@@ -100,6 +125,41 @@ class Agent:
         finally:
             if self.nix is not None:
                 await self.nix.stop()
+
+    async def stop(self, grace: float) -> None:
+        """Claim nothing more; give the running jobs ``grace`` seconds, then interrupt
+        them (see the module doc). ``serve`` returns once they are reported."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        if self._running:
+            log.warning("runner %s stopping: %d job(s) running get %g s to finish",
+                        self.name, len(self._running), grace)
+        jobs = [job for job, _ in self._running.values()]
+        if jobs:
+            await asyncio.wait(jobs, timeout=grace)
+        for job_id, (job, stop_reason) in list(self._running.items()):
+            if job.done():
+                continue  # ended in time: reported as it ended
+            log.warning("job %d: interrupted, the runner stops", job_id)
+            stop_reason.append(INTERRUPTED)
+            job.cancel()
+
+    async def _unless_stopping(self, call: asyncio.Future[T]) -> bool:
+        """Await ``call`` unless the agent is stopped first (then it is cancelled)."""
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        either: list[asyncio.Future[Any]] = [call, stopping]
+        try:
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not call.done():
+            call.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await call
+            return False
+        call.result()  # its error, if any
+        return True
 
     async def nix_client(self, log_line: Callable[[str], None]) -> NixClient | None:
         """The Nix client for a sandbox, starting the daemon on first use."""
@@ -114,36 +174,53 @@ class Agent:
                 return None
 
     async def _slot(self, slot: int) -> None:
-        while True:
-            assignment = await retried(
+        while not self._stopping.is_set():
+            claim = asyncio.ensure_future(retried(
                 runner_calls(f"runner {self.name} slot {slot}: claim", log),
-                self.client.claim, self.claim_wait)
-            if assignment is not None:
+                self.client.claim, self.claim_wait))
+            if not await self._unless_stopping(claim):
+                return
+            assignment = claim.result()
+            if assignment is not None and self._stopping.is_set():
+                # Claimed as the runner began to stop: handed back unstarted.
+                await self._finish(assignment, JobResult(
+                    "interrupted", "", f"runner {self.name} stopped before it began"))
+            elif assignment is not None:
                 await self.execute(assignment)
 
     async def execute(self, a: Assignment) -> JobResult | None:
         """Run one job to its end and report it; None when the lease was lost."""
-        shipper = LogShipper(self.client, a.job_id)
+        shipper = LogShipper(self.client, a.job_id, start={
+            (name or None): seq for name, seq in a.resume_logs.items()})
         shipper.start()
+        reporter = _HttpReporter(self.client, a.job_id, shipper)
         stop_reason: list[str] = []
         work_dir = Path(tempfile.mkdtemp(prefix=f"job-{a.job_id}-", dir=self._work_root()))
-        job = asyncio.create_task(self._run(a, shipper, work_dir))
+        job = asyncio.create_task(self._run(a, reporter, work_dir))
+        self._running[a.job_id] = (job, stop_reason)
         beat = asyncio.create_task(self._heartbeats(a, job, stop_reason))
         result: JobResult | None = None
-        lost = False
+        lost = abandoned = False
         try:
             result = await job
         except asyncio.CancelledError:
             if not stop_reason:
-                raise  # the agent itself is stopping
+                abandoned = True
+                raise  # the agent itself is stopping, at once
         except LeaseLost:
             lost = True
         finally:
+            self._running.pop(a.job_id, None)
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError, LeaseLost):
                 await beat
-            with contextlib.suppress(NixfarmError):
-                await shipper.close()
+            if abandoned:
+                await shipper.abandon()
+            else:
+                if stop_reason and stop_reason[0] == INTERRUPTED:
+                    shipper.line(reporter.current, INTERRUPTED_LINE)
+                with contextlib.suppress(NixfarmError):
+                    await shipper.close()
             shutil.rmtree(work_dir, ignore_errors=True)
         if stop_reason and stop_reason[0] == "lost":
             lost = True
@@ -151,15 +228,20 @@ class Agent:
             log.warning("job %d: lease lost; dropped", a.job_id)
             return None
         if result is None:
-            # Stopped by the server (cancelled or out of time): it keeps that status.
-            result = JobResult("failed", "", stop_reason[0] if stop_reason else "stopped")
+            if stop_reason and stop_reason[0] == INTERRUPTED:
+                result = JobResult("interrupted", "", f"runner {self.name} stopped")
+            else:
+                # Stopped by the server (cancelled or out of time): it keeps that status.
+                result = JobResult("failed", "", stop_reason[0] if stop_reason else "stopped")
         await self._finish(a, result)
         return result
 
     async def _finish(self, a: Assignment, result: JobResult) -> None:
-        status = "success" if result.status == "success" else "failed"
+        status: Literal["success", "failed", "interrupted"] = (
+            result.status if result.status in ("success", "interrupted") else "failed")
         reason = None if status == "success" else (result.message or result.status)
-        body = FinishRequest(status=status, reason=reason, failed_step=result.step or None)
+        step = result.step if status == "failed" else None
+        body = FinishRequest(status=status, reason=reason, failed_step=step or None)
         with contextlib.suppress(LeaseLost):
             await self.client.finish(a.job_id, body)
 
@@ -167,7 +249,11 @@ class Agent:
         self.work_root.mkdir(parents=True, exist_ok=True)
         return self.work_root
 
-    async def _run(self, a: Assignment, shipper: LogShipper, work_dir: Path) -> JobResult:
+    async def _run(self, a: Assignment, reporter: _HttpReporter, work_dir: Path) -> JobResult:
+        shipper = reporter.shipper
+        if a.attempt > 1:
+            shipper.line(None, f"nixfarm: run {a.attempt} of this job (the previous one was "
+                               "cut off)")
         manifest = manifest_from_data(a.manifest)
         nix_client = None
         if manifest.image == NIX_IMAGE:
@@ -178,7 +264,7 @@ class Agent:
             images=self.images,
             new_sandbox=self.new_sandbox,
             log=shipper.line,
-            report=_HttpReporter(self.client, a.job_id, shipper),
+            report=reporter,
             work_dir=work_dir,
             # By UUID, as builds.sr.ht names ~/.ssh/<uuid>: a UUID is always a file name.
             secrets=[Secret(name=s.uuid, kind=s.kind, value=base64.b64decode(s.data),

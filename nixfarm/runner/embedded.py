@@ -3,12 +3,19 @@
 It is an ordinary runner: it talks to its own server over HTTP with the runner token
 ``nixfarm up`` left in ``DATA_DIR/runner.token``, so the one-process farm and the
 scale-out farm run jobs through the same code.
+
+When the supervisor asks the farm to stop (``supervisor.DRAIN_SIGNAL``), the runner
+stops as any runner does (``Agent.stop``, with ``jobs.shutdown_grace_seconds``) while
+the server still answers it, then tells the supervisor it is done.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 
+from nixfarm import supervisor
 from nixfarm.config import Settings
 from nixfarm.datadir import RUNNER_TOKEN, read_token
 from nixfarm.runner.agent import Agent
@@ -33,9 +40,12 @@ async def serve(settings: Settings) -> None:
     token = read_token(settings.data_dir / RUNNER_TOKEN)
     slots = settings.jobs.embedded_runner_slots
     if slots <= 0 or not token:
-        return
+        return  # nothing to drain: the supervisor's default answer stands
     host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     client = RunnerClient(f"http://{host}:{settings.port}", token)
+    stopping = asyncio.Event()
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        asyncio.get_running_loop().add_signal_handler(supervisor.DRAIN_SIGNAL, stopping.set)
     try:
         home = runner_dir(settings.data_dir / "runner")
         agent = Agent(client, images_for(settings, home / "images"),
@@ -43,6 +53,18 @@ async def serve(settings: Settings) -> None:
                       # Short long-polls: the server drains open requests before it
                       # stops, and our own claims would hold its shutdown up.
                       claim_wait=2.0, nix=NixDaemon(home, dict(settings.nix_options)))
-        await agent.serve()
+        serving = asyncio.create_task(agent.serve())
+        asked = asyncio.create_task(stopping.wait())
+        try:
+            await asyncio.wait([serving, asked], return_when=asyncio.FIRST_COMPLETED)
+            if asked.done():
+                await agent.stop(settings.jobs.shutdown_grace_seconds)
+            await serving
+        finally:
+            asked.cancel()
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
     finally:
+        supervisor.report_drained()
         await client.close()

@@ -2,9 +2,10 @@
 
 Lines are buffered per log (the setup log and each task's) and sent by one
 background task every ``interval`` seconds, or at once when a buffer reaches
-``MAX_LOG_CHUNK``. Chunks of one log go in order with consecutive ``seq`` numbers;
-a failed send is retried with the same ``seq`` (the server ignores duplicates), so a
-line is neither lost nor doubled. ``close`` sends what is left.
+``MAX_LOG_CHUNK``. Chunks of one log go in order with consecutive ``seq`` numbers
+(from where an earlier run of the job left them, ``start``); a failed send is retried
+with the same ``seq`` (the server ignores duplicates), so a line is neither lost nor
+doubled. ``close`` sends what is left; ``abandon`` drops it (the farm stops at once).
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ GIVE_UP = 300.0
 
 
 class LogShipper:
-    def __init__(self, client: RunnerClient, job_id: int, interval: float = 0.1) -> None:
+    def __init__(self, client: RunnerClient, job_id: int, interval: float = 0.1,
+                 start: dict[str | None, int] | None = None) -> None:
         self._client = client
         self._job_id = job_id
         self._interval = interval
         self._buffers: dict[str | None, bytearray] = {}
         self._order: list[str | None] = []
-        self._seq: dict[str | None, int] = {}
+        self._seq: dict[str | None, int] = dict(start or {})
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -101,3 +103,12 @@ class LogShipper:
                 await self._task
         with contextlib.suppress(LeaseLost):
             await self.flush()
+
+    async def abandon(self) -> None:
+        """Stop at once, sending nothing more: the server may be gone, and the job is
+        settled without its runner (when the runner registers again)."""
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, NixfarmError):
+                await self._task

@@ -167,7 +167,10 @@ class NixDaemon:
             self._process = await asyncio.create_subprocess_exec(
                 "setpriv", "--pdeathsig", "KILL", "--", daemon, *args,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                env={**os.environ, "NIX_DAEMON_SOCKET_PATH": str(path)})
+                env={**os.environ, "NIX_DAEMON_SOCKET_PATH": str(path)},
+                # Not in a terminal's foreground group: a Ctrl-C to the runner is for
+                # the runner to handle (its jobs' grace), not for the daemon to die of.
+                process_group=0)
         finally:
             log_file.close()
         deadline = asyncio.get_running_loop().time() + START_TIMEOUT

@@ -52,7 +52,7 @@ from nixfarm.runner.shielding import uncancelled
 
 StepStatus = Literal["running", "success", "failed", "skipped"]
 TaskStatus = Literal["pending", "running", "success", "failed", "skipped"]
-JobStatus = Literal["success", "failed", "timeout", "cancelled"]
+JobStatus = Literal["success", "failed", "timeout", "cancelled", "interrupted"]
 
 #: (task name, or None for the setup log; one line, no newline)
 LogSink = Callable[[str | None, str], None]

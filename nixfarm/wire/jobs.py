@@ -6,18 +6,25 @@ Each model says its route and the scope it needs. Field names are the JSON names
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field
 
 from nixfarm.wire.base import Wire
 
-JobStatus = Literal["pending", "queued", "running", "success", "failed", "timeout", "cancelled"]
-TaskStatus = Literal["pending", "running", "success", "failed", "skipped"]
+JobStatus = Literal["pending", "queued", "running", "success", "failed", "timeout", "cancelled",
+                    "interrupted"]
+#: A task that was running when its job was cancelled or interrupted shows that.
+TaskStatus = Literal["pending", "running", "success", "failed", "skipped", "cancelled",
+                     "interrupted"]
 Visibility = Literal["public", "unlisted", "private"]
 SecretKind = Literal["ssh_key", "pgp_key", "file"]
 
-FINAL_STATUSES: frozenset[str] = frozenset({"success", "failed", "timeout", "cancelled"})
+FINAL_STATUSES: frozenset[str] = frozenset(
+    {"success", "failed", "timeout", "cancelled", "interrupted"})
+JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
+#: The most jobs one page of ``GET /api/v1/jobs`` lists.
+MAX_PAGE = 200
 
 
 # --- jobs (users) ----------------------------------------------------------------

@@ -24,7 +24,12 @@ In order (all under ``/api/v1/runners``, scope ``runner``):
 7. ``POST /{runner}/jobs/{job}/finish`` ``FinishRequest`` -> ``JobOut``: the job's
    result; tasks still pending become ``skipped`` (``complete-build`` is a
    ``success`` finish with tasks left). A job that already ended (cancelled, timed
-   out, lost) keeps its status.
+   out, lost) keeps its status. ``interrupted``: the runner stopped (its host shuts
+   down) and ended the job after a grace period; the server queues it again if this was
+   its first run, and ends it ``interrupted`` otherwise.
+
+A runner that registers again (it restarted) holds no job: the jobs the server still
+has on it are settled at once, as ``interrupted`` ones.
 """
 
 from __future__ import annotations
@@ -116,8 +121,12 @@ class Assignment(Wire):
     heartbeat_wait: float
     cache: CacheGrant | None
     job_url: str
-    #: 1 on the first claim; 2 if the job was re-queued after a runner was lost.
+    #: 1 on the first claim; 2 if the job was re-queued (a runner lost before any
+    #: task, or an interrupted run).
     attempt: int
+    #: A re-run's logs go on after the first run's: the next ``seq`` of each log that
+    #: has chunks (the setup log as "", tasks by name); absent ones start at 0.
+    resume_logs: dict[str, int] = {}
 
 
 class HeartbeatRequest(Wire):
@@ -152,7 +161,7 @@ class TaskReport(Wire):
 class FinishRequest(Wire):
     """POST /api/v1/runners/ID/jobs/JOB/finish (runner)."""
 
-    status: Literal["success", "failed"]
+    status: Literal["success", "failed", "interrupted"]
     #: One sentence: what failed (``task 'build' exited with 2``).
     reason: str | None = None
     #: The step that failed (boot, environment, secrets, repositories, packages,

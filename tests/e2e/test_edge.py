@@ -8,7 +8,6 @@ nginx answers still shows in /metrics; and nginx dies with the farm.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
@@ -24,6 +23,7 @@ import pytest
 
 from nixfarm import demo
 from nixfarm.oci.manifest import DOCKER_MANIFEST, OCI_MANIFEST
+from nixfarm.supervisor import descendants
 from tests.fixtures.farm import NIXFARM, RunningFarm, free_port
 from tests.fixtures.nixenv import NIX_COMMAND, Nix
 
@@ -253,9 +253,11 @@ def test_nginx_and_the_worker_stop_with_the_farm_even_when_it_is_killed(
     while not pid_file.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     master = int(pid_file.read_text())
-    group = [pid for pid in _group(farm.process.pid) if pid != farm.process.pid]
+    # Under the supervisor, each in a process group of its own (a terminal's Ctrl-C is
+    # the supervisor's alone to handle).
+    group = list(descendants(farm.process.pid))
     assert master in group and len(group) >= 3  # nginx's master and worker, Granian's worker
-    os.kill(farm.process.pid, signal.SIGKILL)  # the supervisor only, not its group
+    os.kill(farm.process.pid, signal.SIGKILL)  # the supervisor only
     farm.process.wait()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(_alive(pid) for pid in group):
@@ -263,16 +265,6 @@ def test_nginx_and_the_worker_stop_with_the_farm_even_when_it_is_killed(
     assert not [pid for pid in group if _alive(pid)], "left running"
     with socket.socket() as s:
         s.bind(("127.0.0.1", farm.port))  # the port is free again
-
-
-def _group(pgid: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if os.getpgid(int(entry.name)) == pgid:
-                    pids.append(int(entry.name))
-    return pids
 
 
 def _alive(pid: int) -> bool:

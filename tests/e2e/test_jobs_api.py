@@ -94,9 +94,13 @@ class Runner:
             token = r.json()["secret"]
         self.http = httpx.Client(base_url=farm.url, timeout=30,
                                  headers={"Authorization": f"Bearer {token}"})
+        self.name = f"runner-{uuid.uuid4().hex[:6]}"
+        self.register()
+
+    def register(self) -> None:
+        """Register (again: as a runner does when it restarts)."""
         r = self.http.post("/api/v1/runners", json={
-            "name": f"runner-{uuid.uuid4().hex[:6]}", "images": [self.image],
-            "sandboxes": ["bwrap"], "slots": 1})
+            "name": self.name, "images": [self.image], "sandboxes": ["bwrap"], "slots": 1})
         assert r.status_code == 201, r.text
         self.id = r.json()["id"]
         assert r.json()["lease_seconds"] == LEASE
@@ -516,9 +520,48 @@ def test_cancel_reaches_the_runner(jobs_farm: RunningFarm, new_runner: NewRunner
     assert at - cancelled_at < 2.0
     final = runner.finish(job_id, "failed", reason="killed")
     assert final["status"] == "cancelled"
-    assert final["tasks"][0]["status"] == "failed"
+    assert final["tasks"][0]["status"] == "cancelled"  # not what the kill made of it
     again = jobs_farm.request("POST", f"/api/v1/jobs/{job_id}/cancel")
     assert again.status_code == 409
+
+
+def test_an_interrupted_job_runs_again_once_with_its_log_going_on(
+        jobs_farm: RunningFarm, new_runner: NewRunner) -> None:
+    runner = new_runner()
+    job_id = submit(jobs_farm, manifest(runner.image, {"long": "sleep 100"}))["id"]
+    first = runner.claim()
+    assert first is not None and first["attempt"] == 1 and first["resume_logs"] == {}
+    runner.log(job_id, None, 0, "booted\n")
+    runner.task(job_id, "long", "running")
+    runner.log(job_id, "long", 0, "first run\n")
+    runner.log(job_id, "long", 1, "interrupted\n")
+    # The runner stops (its host shuts down): queued again, tasks pending again.
+    again = runner.finish(job_id, "interrupted", reason="runner x stopped")
+    assert again["status"] == "queued" and "interrupted" in again["reason"]
+    assert [t["status"] for t in again["tasks"]] == ["pending"]
+    second = runner.claim()
+    assert second is not None and second["attempt"] == 2
+    assert second["resume_logs"] == {"": 1, "long": 2}  # the re-run's logs go on after
+    runner.task(job_id, "long", "running")
+    runner.log(job_id, "long", 2, "second run\n")
+    # Interrupted again: it stays so, and so does its task.
+    ended = runner.finish(job_id, "interrupted", reason="runner x stopped")
+    assert ended["status"] == "interrupted" and ended["finished_at"] is not None
+    assert [t["status"] for t in ended["tasks"]] == ["interrupted"]
+    log = jobs_farm.get(f"/api/v1/jobs/{job_id}/tasks/long/log").text
+    assert log == "first run\ninterrupted\nsecond run\n"
+
+
+def test_a_runner_registering_again_has_its_jobs_settled_at_once(
+        jobs_farm: RunningFarm, new_runner: NewRunner) -> None:
+    runner = new_runner()
+    job_id = submit(jobs_farm, manifest(runner.image, {"long": "sleep 100"}))["id"]
+    assert runner.claim() is not None
+    runner.task(job_id, "long", "running")
+    runner.register()  # it restarted: whatever it ran is gone, long before the lease
+    job = jobs_farm.get(f"/api/v1/jobs/{job_id}").json()
+    assert job["status"] == "queued" and "restarted" in job["reason"], job
+    assert runner.claim() is not None  # and it runs again
 
 
 def test_job_time_limit(jobs_farm: RunningFarm, new_runner: NewRunner) -> None:
@@ -637,7 +680,8 @@ def test_cli(jobs_farm: RunningFarm, new_runner: NewRunner, tmp_path: Path,
     new_id = submitted.split()[0]
     assert cli("cancel", new_id)[0] == 0
     assert jobs_farm.get(f"/api/v1/jobs/{new_id}").json()["status"] == "cancelled"
-    assert cli("cancel", new_id)[0] == 1  # already ended
+    code, said, _ = cli("cancel", new_id)  # already ended: no error, and it says so
+    assert code == 0 and said.strip() == f"job {new_id} already ended: cancelled"
 
     secret_file = tmp_path / "id_ed25519"
     secret_file.write_text("not really a key\n")

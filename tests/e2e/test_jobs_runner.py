@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 import nixfarm.demo
+from nixfarm.runner.agent import INTERRUPTED_LINE
 from tests.fixtures.farm import RunningFarm, free_port
 from tests.fixtures.jobs import Follower, Received, RunnerProcesses, wait_job
 from tests.fixtures.nixenv import Nix
@@ -217,6 +218,32 @@ def test_a_killed_runner_loses_its_job_and_another_takes_the_next(
     with httpx.Client() as c:
         assert "Hello, world!" in c.get(done["tasks"][0]["log_url"], headers={
             "Authorization": f"Bearer {runner_farm.token}"}).text
+
+
+def test_a_stopped_runner_interrupts_its_job_which_runs_again_on_another(
+        runner_farm: RunningFarm, start_runner: StartRunner) -> None:
+    first = start_runner("--shutdown-grace", "1")
+    tag = str(700000 + int(uuid.uuid4().int % 90000))
+    job = submit(runner_farm, f"image: nix\npackages: [coreutils]\ntasks:\n"
+                              f"  - wait: |\n      echo started\n      sleep {tag}\n")
+    wait_started(runner_farm, job)
+    stopped = time.monotonic()
+    first.send_signal(signal.SIGTERM)  # as systemd does with KillMode=mixed
+    assert first.wait(30) == 0
+    assert time.monotonic() - stopped < 1 + 8
+    view = runner_farm.get(f"/api/v1/jobs/{job['id']}").json()
+    assert view["status"] == "queued" and "interrupted" in view["reason"], view
+    log = runner_farm.get(job["tasks"][0]["log_url"]).text
+    assert "started" in log and log.endswith(f"{INTERRUPTED_LINE}\n"), log
+    assert subprocess.run(["pgrep", "-f", f"sleep {tag}"]).returncode != 0
+
+    start_runner()
+    wait_job(runner_farm, job["id"], {"running"})
+    deadline = time.monotonic() + 60
+    while "run 2 of this job" not in runner_farm.get(job["setup_log_url"]).text:
+        assert time.monotonic() < deadline, "the job did not run again"
+        time.sleep(0.2)
+    runner_farm.request("POST", f"/api/v1/jobs/{job['id']}/cancel")
 
 
 JOB_NIX = """\
