@@ -38,7 +38,7 @@ from typing import Literal, Protocol
 
 from nixfarm.errors import NixfarmError
 from nixfarm.manifest import Manifest, Source
-from nixfarm.masking import Masker
+from nixfarm.masking import LineMasker, Masker
 from nixfarm.nix import command
 from nixfarm.runner.roots import NIX_IMAGE, Images, PreparedImage
 from nixfarm.runner.sandbox.base import (
@@ -129,13 +129,12 @@ class JobContext:
     completed_early: bool = False
     tasks: dict[str, TaskStatus] = field(default_factory=dict)
     masker: Masker = field(init=False)
+    #: Takes a line of the setup log (masked on the way; see ``masking.LineMasker``).
+    setup: LineMasker = field(init=False)
 
     def __post_init__(self) -> None:
         self.masker = Masker(s.value for s in self.secrets)
-
-    def setup(self, line: str) -> None:
-        """A line of the setup log, masked."""
-        self.log(None, self.masker.line(line))
+        self.setup = self.masker.lines(lambda text: self.log(None, text))
 
     def box(self) -> Sandbox:
         if self.sandbox is None:
@@ -307,9 +306,10 @@ async def tasks(ctx: JobContext) -> None:
         ctx.tasks[task.name] = "running"
         await ctx.report.task(task.name, "running")
 
-        def line(text: str, name: str = task.name) -> None:
-            ctx.log(name, ctx.masker.line(text))
+        def out(text: str, name: str = task.name) -> None:
+            ctx.log(name, text)
 
+        line = ctx.masker.lines(out)
         try:
             status = await box.run(["/bin/sh", path], line)
         except SandboxTimeout as e:

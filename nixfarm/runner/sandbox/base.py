@@ -55,14 +55,19 @@ class NixClient:
 
     Each file is bound read-only at its own path; ``links`` are symlinks
     (path, target) such as /usr/bin/nix-build -> nix; the daemon's ``socket`` appears
-    at /nix/var/nix/daemon-socket/socket and ``config`` as /etc/nix/nix.conf. The
-    store inside stays the job's closure: what the daemon builds is not visible.
+    at /nix/var/nix/daemon-socket/socket and ``config`` as /etc/nix/nix.conf, through
+    a proxy of the job's own (``runner.nixproxy``) that lets it use only its own
+    paths. The store inside stays the job's closure: what the daemon builds is not
+    visible.
     """
 
     socket: Path
     files: tuple[str, ...] = ()
     links: tuple[tuple[str, str], ...] = ()
     config: str = ""
+    #: The daemon for jobs without network: it runs in a network namespace of its own,
+    #: so their fixed-output derivations cannot reach anything. None: ``socket``.
+    offline_socket: Path | None = None
 
 
 @dataclass(frozen=True)

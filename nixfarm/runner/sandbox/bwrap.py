@@ -23,7 +23,8 @@ The user namespace maps only uid 1000 to that user; there is no root inside. Wit
 join all of the sandbox's namespaces from one user namespace.
 
 A Nix client (``spec.nix_client``): the host's Nix binaries and the shared libraries
-they load are bound read-only at their own paths, the runner's nix-daemon socket at
+they load are bound read-only at their own paths, the job's own socket in front of
+the runner's nix-daemon (``runner.nixproxy``: only the job's own store paths) at
 /nix/var/nix/daemon-socket/socket, and a small /etc/nix/nix.conf; ``NIX_REMOTE=daemon``.
 Those paths cross directories of the image (/usr, /etc, /nix), and a read-only bind
 of the image at / leaves no room for new mount points in them. So then / is a
@@ -56,6 +57,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+from nixfarm.runner.nixproxy import NixProxy, StoreView
 from nixfarm.runner.sandbox.base import (
     BUILD_GID,
     BUILD_HOME,
@@ -122,6 +124,8 @@ class BwrapSandbox:
         self._tools = {t: _tool(t) for t in ("bwrap", "nsenter", "setpriv")}
         self.state_dir: Path | None = None
         self.confinement: Confinement | None = None
+        #: The job's Nix socket (with a Nix client): its ``view`` is what the job may use.
+        self.nix_proxy: NixProxy | None = None
         self.init_pid = 0  # host pid of the sandbox's pid 1
         self._bwrap: asyncio.subprocess.Process | None = None
         self._running: set[asyncio.subprocess.Process] = set()
@@ -178,6 +182,14 @@ class BwrapSandbox:
         self.confinement = confine(
             self.name, self._spec, prefer=self._limits_kind, cgroup_parent=self._cgroup_parent
         )
+        client = self._spec.nix_client
+        if client is not None:
+            upstream = client.socket
+            if not self._spec.network and client.offline_socket is not None:
+                upstream = client.offline_socket
+            self.nix_proxy = NixProxy(self.state_dir / "nix.sock", upstream,
+                                      StoreView(self._spec.store_paths), job=self.name)
+            await self.nix_proxy.start(uid=self.host_uid)
         info_read, info_write = os.pipe()
         args = self._bwrap_args(home, info_write)
         args_file = self.state_dir / "args"
@@ -259,7 +271,8 @@ class BwrapSandbox:
         added = {path: ["--ro-bind", path, path] for path in client.files}
         added |= {path: ["--symlink", target, path] for path, target in client.links}
         added[NIX_CONF] = ["--ro-bind", str(config), NIX_CONF]
-        added[DAEMON_SOCKET] = ["--bind", str(client.socket), DAEMON_SOCKET]
+        assert self.nix_proxy is not None
+        added[DAEMON_SOCKET] = ["--bind", str(self.nix_proxy.path), DAEMON_SOCKET]
         args = ["--tmpfs", "/"]
         args += _merged(self._spec.rootfs, "", set(added), self.name)
         for path in sorted(added):
@@ -447,6 +460,8 @@ class BwrapSandbox:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             await asyncio.sleep(0.01)
+        if self.nix_proxy is not None:
+            await self.nix_proxy.stop()
         if self.confinement is not None:
             await asyncio.to_thread(self.confinement.remove)
         if self.state_dir is not None:
