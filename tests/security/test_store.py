@@ -40,7 +40,7 @@ def added_by(tenant: Tenant, content: str) -> str:
     assert job["status"] == "success", log
     (path,) = set(re.findall(r"^ADDED (/nix/store/\S+)$", log, re.M))
     assert host_valid(path)
-    return path
+    return str(path)
 
 
 def test_a_job_cannot_delete_collect_or_list_the_store(alice: Tenant, mallory: Tenant) -> None:
@@ -66,10 +66,10 @@ def test_a_job_cannot_delete_collect_or_list_the_store(alice: Tenant, mallory: T
 
 READ_NIX = """\
 { bb, p }:
-let sh = "${builtins.storePath bb}/bin/sh"; in
+let b = builtins.storePath bb; in
 derivation {
-  name = "peek"; system = builtins.currentSystem; builder = sh;
-  args = [ "-c" "${builtins.storePath bb}/bin/cat ${builtins.storePath p}; ${builtins.storePath bb}/bin/mkdir $out" ];
+  name = "peek"; system = builtins.currentSystem; builder = "${b}/bin/sh";
+  args = [ "-c" "${b}/bin/cat ${builtins.storePath p}; ${b}/bin/mkdir $out" ];
 }
 """
 
