@@ -22,9 +22,9 @@ from nixfarm.wire.jobs import ArtifactOut
 MAX_NAME = 255
 
 
-def artifact_out(artifact: Artifact, base_url: str) -> ArtifactOut:
-    """The API view of ``artifact``, served at ``base_url``."""
-    url = f"{base_url}/api/v1/jobs/{artifact.job_id}/artifacts/{artifact.name}"
+def artifact_out(artifact: Artifact, base_url: str, query: str = "") -> ArtifactOut:
+    """The API view of ``artifact``, served at ``base_url`` (``query``: its job's key)."""
+    url = f"{base_url}/api/v1/jobs/{artifact.job_id}/artifacts/{artifact.name}{query}"
     return ArtifactOut(name=artifact.name, path=artifact.path, size=artifact.size, url=url,
                        created_at=artifact.created_at)
 

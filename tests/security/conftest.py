@@ -153,4 +153,5 @@ def mallory(offline_farm: RunningFarm) -> Tenant:
 
 
 def anonymous(farm: RunningFarm, path: str, **params: str) -> httpx.Response:
-    return farm.get(path, "", params=params)
+    """GET ``path`` (its own query kept) with no token."""
+    return farm.get(path, "", params=params) if params else farm.get(path, "")
