@@ -43,6 +43,7 @@ from nixfarm.runner.roots import NIX_IMAGE, Images
 from nixfarm.runner.sandbox import BwrapSandbox, Sandbox, SandboxSpec
 from nixfarm.runner.sandbox.base import NixClient
 from nixfarm.runner.steps import JobContext, JobResult, Secret, StepStatus, TaskStatus, run_job
+from nixfarm.runner.workdir import sweep
 from nixfarm.wire.runners import Assignment, FinishRequest, RunnerRegister, TaskReport
 
 log = logging.getLogger("nixfarm.runner")
@@ -92,6 +93,7 @@ class Agent:
 
     async def serve(self) -> None:
         """Register, then claim and run jobs until cancelled."""
+        await asyncio.to_thread(sweep, self.work_root)  # what a killed predecessor left
         await retried(runner_calls(f"runner {self.name}: registering", log), self.register)
         try:
             async with asyncio.TaskGroup() as group:

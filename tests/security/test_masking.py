@@ -15,7 +15,8 @@ def test_a_secret_split_by_the_line_cut_is_masked(alice: Tenant) -> None:
     # The cut falls 1, 7 and len-1 bytes into the value; and once on a line of its own.
     cuts = [1, 7, len(value) - 1]
     script = "set +x\n" + "".join(
-        f"head -c {MAX_LINE - at} /dev/zero | tr '\\0' x; cat ~/secret; sleep 0.3; echo\n" for at in cuts)
+        f"head -c {MAX_LINE - at} /dev/zero | tr '\\0' x; cat ~/secret; sleep 0.3; echo\n"
+        for at in cuts)
     script += "cat ~/secret; echo\n"
     job = alice.wait(alice.submit({"print": script}, f"secrets: [{secret}]\n"))
     log = alice.logs(job)

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -173,7 +174,7 @@ class BwrapSandbox:
                 raise SandboxError(f"Store path {path} is not on this host.", sandbox=self.name)
 
     async def _start(self) -> None:
-        self.state_dir = Path(tempfile.mkdtemp(prefix="nixfarm-sandbox-", dir=self._state_root))
+        self.state_dir = Path(tempfile.mkdtemp(prefix=_PREFIX, dir=self._state_root))
         self.state_dir.chmod(0o711)  # the host uid must reach home/, nothing more
         home = self.state_dir / "home"
         home.mkdir(mode=0o700)
@@ -182,6 +183,7 @@ class BwrapSandbox:
         self.confinement = confine(
             self.name, self._spec, prefer=self._limits_kind, cgroup_parent=self._cgroup_parent
         )
+        _write_owner(self.state_dir, self.confinement)
         client = self._spec.nix_client
         if client is not None:
             upstream = client.socket
@@ -478,6 +480,54 @@ class BwrapSandbox:
         tb: TracebackType | None,
     ) -> None:
         await uncancelled(self.shutdown())
+
+
+OWNER = "owner.json"
+_PREFIX = "nixfarm-sandbox-"
+
+
+def _started(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot), or "" if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _write_owner(state_dir: Path, confinement: Confinement) -> None:
+    """Who owns the sandbox: a runner started after this one was killed reaps it."""
+    (state_dir / OWNER).write_text(json.dumps({
+        "pid": os.getpid(), "started": _started(os.getpid()), "kind": confinement.kind,
+        "groups": [str(g) for g in confinement.groups]}))
+
+
+def sweep(state_root: Path | None = None) -> list[Path]:
+    """Remove what sandboxes of runners that are gone left (``state_root``: where they
+    were made, the temporary directory by default): their processes, cgroups and
+    state directories, the build user's home with the job's secrets among them.
+
+    A sandbox whose runner still runs (the same pid, started at the same time) is
+    left alone, so runners sharing a host do not reap each other. Returns the state
+    directories removed.
+    """
+    removed = []
+    root = state_root or Path(tempfile.gettempdir())
+    for state_dir in sorted(root.glob(_PREFIX + "*")):
+        try:
+            owner = json.loads((state_dir / OWNER).read_text())
+            pid, started = int(owner["pid"]), str(owner["started"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # being made right now, or not ours to judge
+        if _started(pid) == started:
+            continue
+        groups = [Path(g) for g in owner.get("groups", [])]
+        confinement = Confinement(owner.get("kind", "rlimit"), groups=groups)
+        confinement.kill()
+        with contextlib.suppress(SandboxError):
+            confinement.remove()
+        remove_tree(state_dir)
+        removed.append(state_dir)
+    return removed
 
 
 def _merged(root: Path, directory: str, added: set[str], name: str) -> list[str]:
