@@ -29,7 +29,7 @@ def lone_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runnin
 
 def sandbox_groups(pid: int) -> set[Path]:
     """The nixfarm-* cgroups beside the group of process ``pid`` that hold no process."""
-    found = set()
+    found: set[Path] = set()
     for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
         _, controllers, path = line.split(":", 2)
         for controller in controllers.split(","):
