@@ -60,6 +60,7 @@ from nixfarm.wire.runners import (
     CacheGrant,
     FinishRequest,
     HeartbeatResponse,
+    JobLimits,
     LogAccepted,
     RunnerOut,
     RunnerRegister,
@@ -203,7 +204,11 @@ class RunnerService:
             tasks=[t.name for t in manifest.tasks], secrets=secrets,
             network=self.settings.jobs.network, deadline=deadline,
             lease_seconds=self.settings.jobs.lease_seconds, heartbeat_wait=self.heartbeat_wait,
-            cache=grant, job_url=self.jobs.job_url(job.id), attempt=job.attempts)
+            cache=grant, job_url=self.jobs.job_url(job.id), attempt=job.attempts,
+            limits=JobLimits(home_bytes=self.settings.jobs.home_bytes,
+                             log_bytes=self.settings.jobs.log_bytes,
+                             artifacts=self.settings.jobs.artifacts,
+                             artifact_bytes=self.settings.jobs.artifact_bytes))
 
     # --- while running -------------------------------------------------------------
 

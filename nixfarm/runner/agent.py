@@ -192,6 +192,8 @@ class Agent:
             local_sources=self.local_sources,
             nix_client=nix_client,
             push_cache=pusher(a.cache) if a.cache is not None and nix_client else None,
+            home_size=a.limits.home_bytes, log_limit=a.limits.log_bytes,
+            max_artifacts=a.limits.artifacts, artifact_limit=a.limits.artifact_bytes,
         )
         return await run_job(ctx)
 

@@ -97,6 +97,15 @@ class CacheGrant(Wire):
     public_key: str
 
 
+class JobLimits(Wire):
+    """A job's quotas (``jobs.*`` of the farm's settings), enforced by the runner."""
+
+    home_bytes: int = 1024**3
+    log_bytes: int = 64 * 1024**2
+    artifacts: int = 8
+    artifact_bytes: int = 1024**3
+
+
 class Assignment(Wire):
     """A claimed job: everything the runner needs, and nothing it may not see."""
 
@@ -118,6 +127,7 @@ class Assignment(Wire):
     job_url: str
     #: 1 on the first claim; 2 if the job was re-queued after a runner was lost.
     attempt: int
+    limits: JobLimits = JobLimits()
 
 
 class HeartbeatRequest(Wire):

@@ -90,6 +90,9 @@ class SandboxSpec:
     process_limit: int | None = 512
     #: Bytes of the in-memory /tmp.
     tmp_size: int = 512 * 1024**2
+    #: Bytes of the build user's home, an in-memory file system too (None: a host
+    #: directory, not limited). Both count against ``memory_limit`` as they fill.
+    home_size: int | None = 1024**3
     #: Environment of every command (over HOME, USER, PATH, ... which it may replace).
     environment: Mapping[str, str] = field(default_factory=dict)
     #: Seconds the sandbox may live after boot: commands still running then are killed.

@@ -4,8 +4,9 @@ Boot starts ``bwrap --unshare-all`` (``--share-net`` when the job has network) o
 image root, read-only, with nothing else of the host but the job's Nix closure (each
 store path bound read-only at its own path on an otherwise empty /nix/store), a
 minimal /dev (null, zero, full, random, urandom, tty; no devpts), a fresh /proc, a
-size-limited tmpfs /tmp, and the job's home: a host directory bound at /home/build,
-the only writable place that outlives a command. Inside, everything runs as
+size-limited tmpfs /tmp, and the job's home at /home/build: another size-limited
+tmpfs (``spec.home_size``; or a host directory, unlimited, when that is None), the
+only writable place that outlives a command. Inside, everything runs as
 ``build`` (uid 1000). bwrap's pid 1 reaps; its one child is ``/bin/sh`` waiting on a
 pipe from us, so the sandbox ends when we close it, when we die (also
 ``--die-with-parent``), or when we kill pid 1.
@@ -250,7 +251,10 @@ class BwrapSandbox:
             args += ["--symlink", target, f"/dev/{name}"]  # fmt: skip
         args += ["--size", str(64 * 1024**2), "--tmpfs", "/dev/shm"]
         args += ["--size", str(spec.tmp_size), "--perms", "1777", "--tmpfs", "/tmp"]
-        args += ["--bind", str(home), BUILD_HOME]
+        if spec.home_size is None:
+            args += ["--bind", str(home), BUILD_HOME]
+        else:  # a quota: the job cannot fill the runner's disk
+            args += ["--size", str(spec.home_size), "--perms", "0700", "--tmpfs", BUILD_HOME]
         if spec.store_paths:
             args += ["--tmpfs", "/nix/store"]
             for path in spec.store_paths:
@@ -412,13 +416,15 @@ class BwrapSandbox:
             status = await asyncio.wait_for(work, budget)
         except TimeoutError:
             kill_group(process)
+            await uncancelled(_drain(process))
             raise SandboxTimeout(
                 f"{' '.join(argv)[:200]} did not finish within {budget:g} seconds.",
                 sandbox=self.name,
                 seconds=budget or 0.0,
             ) from None
-        except BaseException:  # cancelled: the command goes with its caller
+        except BaseException:  # cancelled, or a line callback said stop: the command goes
             kill_group(process)
+            await uncancelled(_drain(process))
             raise
         finally:
             await uncancelled(process.wait())
@@ -480,6 +486,18 @@ class BwrapSandbox:
         tb: TracebackType | None,
     ) -> None:
         await uncancelled(self.shutdown())
+
+
+async def _drain(process: asyncio.subprocess.Process, seconds: float = 5.0) -> None:
+    """Read a killed command's pipes to their end: asyncio's ``wait()`` returns only once
+    they are closed, and a full pipe nobody reads any more is never seen to close."""
+    async def drain(stream: asyncio.StreamReader | None) -> None:
+        while stream is not None and await stream.read(1 << 16):
+            pass
+
+    with contextlib.suppress(TimeoutError, ConnectionError):
+        await asyncio.wait_for(asyncio.gather(drain(process.stdout), drain(process.stderr)),
+                               seconds)
 
 
 OWNER = "owner.json"
