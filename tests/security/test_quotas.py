@@ -31,7 +31,8 @@ def user(small_farm: RunningFarm) -> Tenant:
 
 
 def test_the_home_is_limited(user: Tenant) -> None:
-    job, log = user.run({"fill": "df -k ~ | tail -1\ndd if=/dev/zero of=$HOME/big bs=1048576 count=64\n"})
+    job, log = user.run({"fill": "df -k ~ | tail -1\n"
+                                 "dd if=/dev/zero of=$HOME/big bs=1048576 count=64\n"})
     assert job["status"] == "failed", log
     assert "No space left on device" in log
     # df shows the home's own file system, 32 MiB.
