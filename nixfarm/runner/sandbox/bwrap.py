@@ -1,6 +1,6 @@
 """The bubblewrap sandbox: one long-lived bwrap per job, commands entered with nsenter.
 
-Boot starts ``bwrap --unshare-all`` (``--share-net`` when the job has network) on the
+Boot starts ``bwrap --unshare-all`` on the
 image root, read-only, with nothing else of the host but the job's Nix closure (each
 store path bound read-only at its own path on an otherwise empty /nix/store), a
 minimal /dev (null, zero, full, random, urandom, tty; no devpts), a fresh /proc, a
@@ -34,6 +34,14 @@ its place, except that directories on the way to a client file are made afresh
 and their entries bound one level further down, and so on; the new root is
 remounted read-only last. Without a Nix client the image is bound at / as before.
 
+Network: the sandbox always has a network namespace of its own. Without network it
+holds only a loopback; with network, ``slirp4netns`` (user-mode networking, run by
+the runner, ended with the sandbox) adds tap0 with outbound connections only: the
+host's loopback is not mapped (``--disable-host-loopback``), so the runner's local
+services, and abstract Unix sockets (per network namespace), stay out of reach.
+/etc/resolv.conf then names slirp4netns's DNS forwarder. After boot, the sandbox's
+user namespace gets ``user.max_user_namespaces = 0``: no nested user namespaces.
+
 Files move in and out by running ``cat``/``tar`` inside (``put``/``get``): the host
 never follows a path the job could have pointed at a host file with a symlink.
 
@@ -51,6 +59,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 import uuid
@@ -95,6 +104,20 @@ NIX_CONF = "/etc/nix/nix.conf"
 _GET = 'if [ -d "$1" ]; then cd "$1" && exec tar -cf - .; else exec cat -- "$1"; fi'
 
 
+#: slirp4netns's DNS forwarder, as the sandbox sees it.
+SLIRP_DNS = "10.0.2.3"
+# Joins the user namespace $1 (as its owner or root: all capabilities in it) and sets
+# its limit of further user namespaces to 0; Python 3.11 has no os.setns.
+_LIMIT_USERNS = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.setns(os.open(sys.argv[1], os.O_RDONLY), 0x10000000) != 0:
+    sys.exit("setns: " + os.strerror(ctypes.get_errno()))
+with open("/proc/sys/user/max_user_namespaces", "w") as limit:
+    limit.write("0\\n")
+"""
+
+
 def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
@@ -131,6 +154,7 @@ class BwrapSandbox:
         self.init_pid = 0  # host pid of the sandbox's pid 1
         self._bwrap: asyncio.subprocess.Process | None = None
         self._running: set[asyncio.subprocess.Process] = set()
+        self._slirp: asyncio.subprocess.Process | None = None
         self._deadline: float | None = None
         self._pid_namespace = ""
         self._closed = False
@@ -223,6 +247,9 @@ class BwrapSandbox:
                 )
             self.init_pid = int((await read_info(info_read))["child-pid"])
             self._pid_namespace = os.readlink(f"/proc/{self.init_pid}/ns/pid")
+            await self._no_nested_user_namespaces()
+            if self._spec.network:
+                await self._connect_network()
         except TimeoutError:
             raise SandboxError(
                 f"bubblewrap did not start within {BOOT_TIMEOUT:g} seconds.", sandbox=self.name
@@ -232,7 +259,7 @@ class BwrapSandbox:
 
     def _bwrap_args(self, home: Path, info_fd: int) -> list[str]:
         spec = self._spec
-        args = ["--unshare-all", *(["--share-net"] if spec.network else [])]
+        args = ["--unshare-all"]  # the network too: with network, slirp4netns connects it
         args += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
         args += ["--uid", str(BUILD_UID), "--gid", str(BUILD_GID), "--hostname", "nixfarm"]
         if spec.nix_client is None:
@@ -262,7 +289,10 @@ class BwrapSandbox:
             args += ["--remount-ro", "/nix/store"]
         resolv = spec.rootfs / "etc/resolv.conf"
         if spec.network and resolv.is_file() and not resolv.is_symlink():
-            args += ["--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf"]
+            assert self.state_dir is not None
+            (self.state_dir / "resolv.conf").write_text(f"nameserver {SLIRP_DNS}\n")
+            (self.state_dir / "resolv.conf").chmod(0o644)
+            args += ["--ro-bind", str(self.state_dir / "resolv.conf"), "/etc/resolv.conf"]
         if spec.nix_client is not None:
             args += ["--remount-ro", "/"]
         args += ["--chdir", BUILD_HOME, "--info-fd", str(info_fd)]
@@ -284,6 +314,52 @@ class BwrapSandbox:
         for path in sorted(added):
             args += added[path]
         return args
+
+    async def _no_nested_user_namespaces(self) -> None:
+        """Set user.max_user_namespaces to 0 in the sandbox's user namespace: nothing in
+        it may make another (bwrap's --disable-userns would put the sandbox in a nested
+        namespace, which nsenter could not then join with the others)."""
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _LIMIT_USERNS, f"/proc/{self.init_pid}/ns/user",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        output, _ = await process.communicate()
+        if process.returncode != 0:
+            raise SandboxError("Cannot forbid user namespaces in the sandbox: "
+                               f"{output.decode(errors='replace').strip()}", sandbox=self.name)
+
+    async def _connect_network(self) -> None:
+        """User-mode networking (slirp4netns) for the sandbox's own network namespace:
+        outbound connections only, and not to the host's loopback (10.0.2.2 is not
+        mapped to it), so no service listening there on the runner is reachable."""
+        slirp = shutil.which("slirp4netns")
+        if slirp is None:
+            raise SandboxError("Jobs with network need slirp4netns (Debian's slirp4netns "
+                               "package), which is not installed.", sandbox=self.name)
+        ready_read, ready_write = os.pipe()
+        try:
+            self._slirp = await asyncio.create_subprocess_exec(
+                self._tools["setpriv"], "--pdeathsig", "KILL", "--", slirp, "--configure",
+                "--mtu=65520", "--disable-host-loopback", "--enable-sandbox",
+                f"--ready-fd={ready_write}", "--netns-type=path",
+                f"/proc/{self.init_pid}/ns/net", "tap0",
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, pass_fds=(ready_write,),
+                start_new_session=True)
+        finally:
+            os.close(ready_write)
+        try:
+            ready = await asyncio.wait_for(asyncio.to_thread(os.read, ready_read, 1),
+                                           BOOT_TIMEOUT)
+        except TimeoutError:
+            ready = b""
+        finally:
+            os.close(ready_read)
+        if ready != b"1":
+            kill_group(self._slirp)
+            assert self._slirp.stdout is not None
+            said = (await self._slirp.stdout.read()).decode(errors="replace").strip()
+            raise SandboxError(f"slirp4netns did not connect the sandbox: {said or 'no word'}",
+                               sandbox=self.name)
 
     def _as_host_user(self) -> list[str]:
         if not self._root_runner:
@@ -307,8 +383,7 @@ class BwrapSandbox:
         if self._bwrap is None or self.confinement is None or self._closed:
             raise SandboxError("The sandbox is not running.", sandbox=self.name)
         inner = list(argv) if cwd == BUILD_HOME else ["/bin/sh", "-c", _IN_DIR, "sh", cwd, *argv]
-        # With network the sandbox shares the host's net namespace: nothing to join.
-        namespaces = ["-U", "-m", "-p", "-i", "-u", *([] if self._spec.network else ["-n"])]
+        namespaces = ["-U", "-m", "-p", "-i", "-u", "-n"]
         return [*self.confinement.prefix(), *self._as_host_user(), self._tools["nsenter"],
                 "-t", str(self.init_pid), *namespaces,
                 "--preserve-credentials", "--root", "--wd", "--", *inner]  # fmt: skip
@@ -445,6 +520,8 @@ class BwrapSandbox:
                 os.kill(self.init_pid, signal.SIGKILL)
         for process in self._running:
             kill_group(process)
+        if self._slirp is not None:
+            kill_group(self._slirp)
         if self.confinement is not None:
             self.confinement.kill()
         await uncancelled(self._reap())
@@ -456,7 +533,7 @@ class BwrapSandbox:
             except TimeoutError:
                 kill_group(self._bwrap)
                 await self._bwrap.wait()
-        for process in self._running:
+        for process in [*self._running, *([self._slirp] if self._slirp else [])]:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(process.wait(), 5.0)
         # Without cgroups, the pid namespace is how we know everyone is gone.
