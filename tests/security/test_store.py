@@ -169,3 +169,18 @@ def test_fixed_output_builds_of_a_job_without_network_have_none(
     assert got == [], got
     interfaces = re.findall(r"^\s*([\w-]+):\s+\d", log, re.M)
     assert interfaces and set(interfaces) <= {"lo"}, log
+
+
+def test_cache_push_takes_only_the_jobs_own_paths(alice: Tenant, mallory: Tenant) -> None:
+    farm = mallory.farm
+    victim = added_by(alice, f"alice-pushed-{uuid.uuid4().hex}")
+    cache, _ = farm.create_cache()
+    pusher = farm.cli("token", "create", "--name", f"pusher-{uuid.uuid4().hex[:6]}",
+                      "--scope", "jobs:submit", "--scope", f"cache:{cache}:push"
+                      ).stdout.strip()
+    thief = Tenant(farm, "thief", pusher)
+    job, log = thief.run({"link": f"ln -s {victim} result\n"}, f"cache: {cache}\n")
+    assert job["status"] == "failed", log
+    assert f"points at {victim}, which is not a store path of this job" in job["reason"]
+    narinfo = farm.get(f"/cache/{cache}/{victim.split('/')[3][:32]}.narinfo")
+    assert narinfo.status_code == 404
