@@ -7,7 +7,8 @@ and passes on only what a build needs, for paths in the job's *view*:
 - the view starts as the job's image closure (what the sandbox binds);
 - a path the job adds (``AddToStore``, ``AddTextToStore``) joins it: the proxy
   computes its store path from the bytes as they pass, as the daemon will;
-- a derivation the job adds brings its outputs (read from the derivation's text);
+- a derivation the job adds brings its outputs (read from the derivation's text, and
+  taken once the daemon has registered it: it checks they are the derivation's own);
 - the references of a path added must already be in the view, and so must every
   path the job asks to build, realise, root, read as a NAR or query in depth.
 
@@ -87,24 +88,56 @@ class _Closed(Exception):
 
 class StoreView:
     """The store paths one job may see (see the module docstring). Shared by the
-    job's connections."""
+    job's connections.
+
+    A derivation's outputs are taken from its text only once the daemon has
+    registered it (it checks the outputs are the derivation's own before it does):
+    until then they wait in ``pending``, so a forged ``.drv`` text naming another
+    tenant's path as its output opens nothing.
+    """
 
     def __init__(self, paths: Iterable[str] = ()) -> None:
         self.paths: set[str] = set(paths)
-
-    def __contains__(self, path: object) -> bool:
-        return path in self.paths
+        #: output -> the derivation naming it, not yet known to be valid
+        self.pending: dict[str, str] = {}
 
     def add(self, path: str) -> None:
         self.paths.add(path)
 
-    def check(self, path: str, why: str) -> None:
-        """Raise Refused unless ``path`` (a store path, maybe ``!outputs``) is in view."""
+    def add_derivation(self, drv: str, outputs: Iterable[str]) -> None:
+        self.paths.add(drv)
+        for output in outputs:
+            if output not in self.paths:
+                self.pending.setdefault(output, drv)
+
+    async def sees(self, path: str) -> bool:
+        """Whether ``path`` (a store path, maybe ``!outputs``) is in the view."""
         base = path.split("!", 1)[0]
-        if base not in self.paths:
-            raise Refused(f"{base} is not a store path of this job ({why}): a job may use "
-                          "its image's closure, what it added and what its derivations "
-                          "build.")
+        if base in self.paths:
+            return True
+        drv = self.pending.get(base)
+        if drv is None or not await _valid(drv):
+            return False
+        for output, owner in list(self.pending.items()):
+            if owner == drv:
+                self.paths.add(output)
+                del self.pending[output]
+        return True
+
+    async def check(self, path: str, why: str) -> None:
+        """Raise Refused unless ``path`` is in the view."""
+        if not await self.sees(path):
+            raise Refused(f"{path.split('!', 1)[0]} is not a store path of this job ({why}): "
+                          "a job may use its image's closure, what it added and what its "
+                          "derivations build.")
+
+
+async def _valid(path: str) -> bool:
+    """Whether ``path`` is valid in the runner's store (asked as the runner)."""
+    process = await asyncio.create_subprocess_exec(
+        "nix-store", "--check-validity", path, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    return await process.wait() == 0
 
 
 def store_path(kind: str, digest: bytes, name: str) -> str:
@@ -301,7 +334,7 @@ class NixProxy:
         name = OPS.get(op, str(op))
         if op in (1, 26, 10, 11, 33, 38, 22, 41, 28):  # one store path
             path = await client.text()
-            if path in view:
+            if await view.sees(path):
                 return None
             if op == 1:  # IsValidPath: not for this job
                 return last + _u64(0)
@@ -311,7 +344,7 @@ class NixProxy:
                 return last + _u64(1)
             if op == 33:  # QueryValidDerivers: none
                 return last + _u64(0)
-            view.check(path, name)
+            await view.check(path, name)
         if op == 12:  # AddIndirectRoot: the link is in the sandbox; not the daemon's
             await client.text()
             return last + _u64(1)
@@ -327,7 +360,7 @@ class NixProxy:
             return last + _string(found.encode())
         if op in (31, 32):  # QueryValidPaths / QuerySubstitutablePaths
             client.copy.clear()
-            paths = [p for p in await client.strings() if p in view]
+            paths = [p for p in await client.strings() if await view.sees(p)]
             substitute = await client.u64() if op == 31 and minor >= 27 else None
             client.copy += _u64(op) + _u64(len(paths)) + b"".join(
                 _string(p.encode()) for p in paths)
@@ -337,12 +370,12 @@ class NixProxy:
         if op == 30:  # QuerySubstitutablePathInfos: only of paths in view
             count = await client.u64()
             for _ in range(count):
-                view.check(await client.text(), name)
+                await view.check(await client.text(), name)
                 await client.string()
             return None
         if op in (9, 46, 40):  # BuildPaths, BuildPathsWithResults, QueryMissing
             for path in await client.strings():
-                view.check(path, name)
+                await view.check(path, name)
             if op != 40 and await client.u64() != 0:
                 raise Refused(f"{name} may only build normally (no repair or check)")
             return None
@@ -354,7 +387,7 @@ class NixProxy:
             text = await client.string()
             refs = await client.strings()
             for ref in refs:
-                view.check(ref, f"a reference of {suffix}")
+                await view.check(ref, f"a reference of {suffix}")
             self._added(added_path(suffix, "text:sha256",
                                    {"sha256": hashlib.sha256(text).digest()}, refs), text)
             return None
@@ -367,7 +400,7 @@ class NixProxy:
         if await client.u64():
             raise Refused("AddToStore may not repair paths")
         for ref in refs:
-            self.view.check(ref, f"a reference of {name}")
+            await self.view.check(ref, f"a reference of {name}")
         up.write(bytes(client.copy))
         client.copy.clear()
         hashes = {a: hashlib.new(a) for a in ("sha256", "sha1", "sha512", "md5")}
@@ -387,10 +420,10 @@ class NixProxy:
         self._added(path, bytes(drv) if drv is not None else None)
 
     def _added(self, path: str, text: bytes | None) -> None:
-        self.view.add(path)
         if text is not None and path.endswith(".drv"):
-            for output in derivation_outputs(text):
-                self.view.add(output)
+            self.view.add_derivation(path, derivation_outputs(text))
+        else:
+            self.view.add(path)
 
 
 async def _set_options(client: _Reader, minor: int) -> None:

@@ -184,3 +184,24 @@ def test_cache_push_takes_only_the_jobs_own_paths(alice: Tenant, mallory: Tenant
     assert f"points at {victim}, which is not a store path of this job" in job["reason"]
     narinfo = farm.get(f"/cache/{cache}/{victim.split('/')[3][:32]}.narinfo")
     assert narinfo.status_code == 404
+
+
+def test_a_forged_derivation_does_not_open_another_tenants_path(alice: Tenant,
+                                                              mallory: Tenant) -> None:
+    secret = f"alice-forged-{uuid.uuid4().hex}"
+    victim = added_by(alice, secret)
+    # A .drv text naming her path as its output: the daemon refuses to register it,
+    # and the proxy must not take the output from the text alone.
+    forged = (f'builtins.toFile "forged.drv" '
+              f'"Derive([(\\"out\\",\\"{victim}\\",\\"\\",\\"\\")],[],[],'
+              f'\\"x86_64-linux\\",\\"/bin/sh\\",[],[])"')
+    script = (f"cat > forged.nix <<'EOF'\n{forged}\nEOF\n"
+              + attempt("forge", "nix-instantiate --eval --read-write-mode forged.nix")
+              + f"cat > read.nix <<'EOF'\n{READ_NIX}EOF\n{BUSYBOX}\n"
+              + attempt("build", f'nix-build read.nix --argstr bb "$bb" --argstr p {victim}')
+              + attempt("valid", f"nix-store --check-validity {victim}"))
+    job, log = mallory.run({"forge": script})
+    assert job["status"] == "success", log
+    found = statuses(log)
+    assert found["forge"] != 0 and found["build"] != 0 and found["valid"] != 0, log
+    assert secret not in log
