@@ -115,14 +115,16 @@ class StoreView:
         base = path.split("!", 1)[0]
         if base in self.paths:
             return True
-        drv = self.pending.get(base)
-        if drv is None or not await _valid(drv):
+        if base not in self.pending:
             return False
-        for output, owner in list(self.pending.items()):
-            if owner == drv:
+        # Every derivation waiting is checked at once: one nix-store for a whole build.
+        drvs = sorted(set(self.pending.values()))
+        invalid = await _invalid(drvs)
+        for output, drv in list(self.pending.items()):
+            if drv not in invalid:
                 self.paths.add(output)
                 del self.pending[output]
-        return True
+        return base in self.paths
 
     async def check(self, path: str, why: str) -> None:
         """Raise Refused unless ``path`` is in the view."""
@@ -132,12 +134,16 @@ class StoreView:
                           "derivations build.")
 
 
-async def _valid(path: str) -> bool:
-    """Whether ``path`` is valid in the runner's store (asked as the runner)."""
+async def _invalid(paths: list[str]) -> set[str]:
+    """Which of ``paths`` are not valid in the runner's store (asked as the runner)."""
     process = await asyncio.create_subprocess_exec(
-        "nix-store", "--check-validity", path, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-    return await process.wait() == 0
+        "nix-store", "--check-validity", "--print-invalid", *paths,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL)
+    out, _ = await process.communicate()
+    if process.returncode != 0:
+        return set(paths)  # cannot tell: none of them counts
+    return set(out.decode().split())
 
 
 def store_path(kind: str, digest: bytes, name: str) -> str:
