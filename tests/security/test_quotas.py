@@ -3,8 +3,10 @@ by the farm's settings, and a job that hits one says so in its result."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from tests.fixtures.farm import RunningFarm
@@ -59,3 +61,37 @@ def test_artifacts_are_limited_in_size_and_number(user: Tenant) -> None:
     job, log = user.run({"many": "touch a b c"}, "artifacts:\n  - a\n  - b\n  - c\n")
     assert job["status"] == "failed", log
     assert "the job names 3 artifacts; this farm keeps at most 2 per job" in job["reason"]
+
+
+def test_the_server_holds_the_artifact_quotas_for_any_runner(small_farm: RunningFarm,
+                                                             user: Tenant) -> None:
+    """A runner that ignored them (old, buggy) still cannot store more."""
+    image = f"t{uuid.uuid4().hex[:8]}/quota"
+    token = small_farm.cli("token", "create", "--name", f"proto-{uuid.uuid4().hex[:6]}",
+                           "--scope", "runner").stdout.strip()
+    with httpx.Client(base_url=small_farm.url, timeout=60,
+                      headers={"Authorization": f"Bearer {token}"}) as runner:
+        r = runner.post("/api/v1/runners", json={
+            "name": f"proto-{uuid.uuid4().hex[:6]}", "images": [image],
+            "sandboxes": ["bwrap"], "slots": 1})
+        assert r.status_code == 201, r.text
+        rid = r.json()["id"]
+        manifest = f"image: {image}\ntasks:\n  - t: |\n      true\n"
+        r = small_farm.request("POST", "/api/v1/jobs", user.token, json={"manifest": manifest})
+        assert r.status_code == 201, r.text
+        job_id = r.json()["id"]
+        r = runner.post(f"/api/v1/runners/{rid}/claim", json={"wait": 10})
+        assert r.status_code == 200 and r.json()["job_id"] == job_id, r.text
+        base = f"/api/v1/runners/{rid}/jobs/{job_id}/artifacts"
+        r = runner.put(f"{base}/big.bin", params={"path": "big.bin"},
+                       content=b"\0" * (2 * MIB))
+        assert r.status_code in (400, 422), r.text
+        assert f"artifact big.bin is more than {MIB} bytes" in r.text
+        for name in ("a", "b"):
+            r = runner.put(f"{base}/{name}", params={"path": name}, content=b"x")
+            assert r.status_code == 201, r.text
+        r = runner.put(f"{base}/c", params={"path": "c"}, content=b"x")
+        assert r.status_code in (400, 422), r.text
+        assert "already has 2 artifacts; this farm keeps at most 2 per job" in r.text
+        runner.post(f"/api/v1/runners/{rid}/jobs/{job_id}/finish",
+                    json={"status": "failed", "reason": "test over"})
