@@ -103,6 +103,13 @@ class JobSettings(Section):
     timeout_minutes: float = 45.0
     lease_seconds: float = 30.0
     network: bool = True
+    #: Quotas of one job (docs/security.md): its home (a tmpfs: it counts against the
+    #: job's memory too), its log (all tasks together; Hydra's maxLogSize), and its
+    #: artifacts (builds.sr.ht: 8 files of at most 1 GiB each).
+    home_bytes: int = 1024**3
+    log_bytes: int = 64 * 1024**2
+    artifacts: int = 8
+    artifact_bytes: int = 1024**3
     #: Images and arches a manifest may ask for even before a runner offering them has
     #: registered; registered runners add theirs.
     images: tuple[str, ...] = ("nix",)

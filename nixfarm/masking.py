@@ -13,9 +13,11 @@ time and a key printed whole is many lines. Surrounding whitespace is trimmed (a
 file ends in a newline; ``echo $TOKEN`` prints none). Candidates shorter than
 ``MIN_LENGTH`` bytes are left alone.
 
-Three ways in: ``line(text)`` for text already split into lines (the sandbox gives
-lines); ``feed(chunk)``/``flush()`` for a raw text stream whose chunk boundaries may
-fall inside a secret; and ``chunk(data)`` for bytes masked one chunk at a time (the
+Four ways in: ``line(text)`` for text already split into lines; ``lines(out)`` for
+the sandbox's lines, of which over-long ones arrive cut in pieces (``piece``): a value
+printed across a cut is held back and masked whole, whatever the cut;
+``feed(chunk)``/``flush()`` for a raw text stream whose chunk boundaries may fall
+inside a secret; and ``chunk(data)`` for bytes masked one chunk at a time (the
 server, whose chunks are stored by sequence number and may be retried, so it keeps no
 state between them). ``feed`` returns only what is safe to show: it holds back the
 longest tail of the text that could still become a secret with the next chunk (a tail
@@ -28,7 +30,7 @@ any position a whole value wins over one of its lines.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 MASK = "********"
 
@@ -91,7 +93,7 @@ class Masker:
         if self._pattern is None:
             return chunk
         text = self.line(self._held + chunk)
-        keep = self._partial_tail(text)
+        keep = self.partial_tail(text)
         self._held = text[len(text) - keep :] if keep else ""
         return text[: len(text) - keep]
 
@@ -100,7 +102,11 @@ class Masker:
         held, self._held = self._held, ""
         return held
 
-    def _partial_tail(self, text: str) -> int:
+    def lines(self, out: Callable[[str], None]) -> LineMasker:
+        """A line callback for a sandbox that masks before passing lines to ``out``."""
+        return LineMasker(self, out)
+
+    def partial_tail(self, text: str) -> int:
         """Length of the longest tail of ``text`` that begins some secret."""
         longest = 0
         for needle in self._text:
@@ -110,3 +116,31 @@ class Masker:
                     break
         return longest
 
+
+
+class LineMasker:
+    """Lines of one stream, masked; pieces of a cut line are masked as one line.
+
+    The sandbox cuts lines longer than it will pass whole (``processes.MAX_LINE``) and
+    hands over the pieces with ``piece``, the end of the line with a call: the longest
+    tail of a piece that could begin a secret is held back and prepended to what comes
+    next, so a value printed across the cut is still masked (``Masker.feed``'s rule).
+    Each piece is passed on as a line of its own, as before.
+    """
+
+    def __init__(self, masker: Masker, out: Callable[[str], None]) -> None:
+        self._masker = masker
+        self._out = out
+        self._held = ""
+
+    def __call__(self, line: str) -> None:
+        held, self._held = self._held, ""
+        self._out(self._masker.line(held + line))
+
+    def piece(self, text: str) -> None:
+        """A piece of a line that was cut; the rest follows (``piece`` or a call)."""
+        text = self._masker.line(self._held + text)
+        keep = self._masker.partial_tail(text)
+        self._held = text[len(text) - keep :] if keep else ""
+        if len(text) > keep:
+            self._out(text[: len(text) - keep])

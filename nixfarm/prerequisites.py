@@ -147,10 +147,12 @@ async def nginx(settings: Settings) -> Finding:
 async def bubblewrap() -> Finding:
     """bubblewrap makes the namespaces a job's sandbox needs, as the unprivileged host
     user the sandbox runs as (nobody when the runner is root)."""
-    missing = [t for t in ("bwrap", "nsenter", "setpriv") if shutil.which(t) is None]
+    missing = [t for t in ("bwrap", "nsenter", "setpriv", "slirp4netns")
+               if shutil.which(t) is None]
     if missing:
         return Finding("bubblewrap", False, f"{', '.join(missing)} not installed",
-                       "apt-get install bubblewrap util-linux (scripts/setup installs them)")
+                       "apt-get install bubblewrap util-linux slirp4netns (scripts/setup installs "
+                       "them)")
     who = (["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups"]
            if os.geteuid() == 0 else ["setpriv"])
     code, out = await _run(

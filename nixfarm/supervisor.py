@@ -217,7 +217,8 @@ def main() -> None:
         edge = NginxProcess(plan["nginx"], layout)
         socket_path = layout.app_socket
         socket_path.unlink(missing_ok=True)
-        where = {"uds": socket_path, "uds_permissions": 0o600}
+        # 0660: the run directory is setgid nixfarm-www, nginx's workers (hardening.py).
+        where = {"uds": socket_path, "uds_permissions": 0o660}
         edge.start_when_listening(socket_path)
     announce = Path(plan["announce"])
     stopper: _Stopper | None = None

@@ -8,7 +8,7 @@ file's base name, unique per job (the manifest checks that too).
 from __future__ import annotations
 
 import posixpath
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
 
 import sqlalchemy as sa
 
@@ -22,9 +22,9 @@ from nixfarm.wire.jobs import ArtifactOut
 MAX_NAME = 255
 
 
-def artifact_out(artifact: Artifact, base_url: str) -> ArtifactOut:
-    """The API view of ``artifact``, served at ``base_url``."""
-    url = f"{base_url}/api/v1/jobs/{artifact.job_id}/artifacts/{artifact.name}"
+def artifact_out(artifact: Artifact, base_url: str, query: str = "") -> ArtifactOut:
+    """The API view of ``artifact``, served at ``base_url`` (``query``: its job's key)."""
+    url = f"{base_url}/api/v1/jobs/{artifact.job_id}/artifacts/{artifact.name}{query}"
     return ArtifactOut(name=artifact.name, path=artifact.path, size=artifact.size, url=url,
                        created_at=artifact.created_at)
 
@@ -46,16 +46,32 @@ class ArtifactService:
         if posixpath.basename(path) != name:
             raise InvalidInput(f"artifact {name!r} must be named after its path {path!r}",
                                field="path")
+        limits = self.settings.jobs
         async with self.db.session() as s:
             if await s.scalar(sa.select(Artifact.id).where(
                     Artifact.job_id == job_id, Artifact.name == name)) is not None:
                 raise Conflict(f"job {job_id} already has an artifact {name!r}")
+            # The runner enforces the quotas; the server holds them too, for any runner.
+            count = await s.scalar(sa.select(sa.func.count(Artifact.id)).where(
+                Artifact.job_id == job_id)) or 0
+            if count >= limits.artifacts:
+                raise InvalidInput(f"job {job_id} already has {count} artifacts; this farm "
+                                   f"keeps at most {limits.artifacts} per job", field="name")
             artifact = Artifact(job_id=job_id, name=name, path=path, size=0, storage_key="")
             s.add(artifact)
             await s.flush()
             artifact.storage_key = f"jobs/{job_id}/artifacts/{artifact.id}"
+        async def capped() -> AsyncIterator[bytes]:
+            size = 0
+            async for chunk in body:
+                size += len(chunk)
+                if size > limits.artifact_bytes:
+                    raise InvalidInput(f"artifact {name} is more than {limits.artifact_bytes} "
+                                       "bytes, this farm's limit", field="size")
+                yield chunk
+
         try:
-            info = await self.store.put(artifact.storage_key, body)
+            info = await self.store.put(artifact.storage_key, capped())
         except BaseException:
             async with self.db.session() as s:
                 await s.execute(sa.delete(Artifact).where(Artifact.id == artifact.id))

@@ -11,14 +11,19 @@ Job states and who moves a job between them::
 
 Users act through this module; runners through ``runners``. Whoever moves a job to
 a final state calls ``ended``, which tells followers and fires the job's triggers in
-the background. Access: a job's owner (the submitting token) and admins may change
-it; anyone may read a public or unlisted job, only they a private one; listings show
-a caller their own jobs and everyone's public ones.
+the background. Access (docs/security.md): a job's owner (the submitting token) and
+admins may change it and read it; anyone may read a public job; an unlisted one is
+read with its key (``?key=``, a capability the farm derives from the job's id: ids
+are sequential and guessable, keys are not); a private one (the default) by its
+owner and admins alone. Whoever may not read a job is told it does not exist. Logs,
+events and artifacts follow their job. Listings show a caller their own jobs and
+everyone's public ones; the URLs of an unlisted job carry its key.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import logging
 from collections.abc import AsyncGenerator
@@ -69,8 +74,14 @@ def is_admin(who: Principal | None) -> bool:
     return who is not None and ADMIN in who.scopes
 
 
-def may_read(who: Principal | None, job: Job) -> bool:
-    return job.visibility != "private" or may_change(who, job)
+def may_read(who: Principal | None, job: Job, key: str | None = None,
+             job_key: str | None = None) -> bool:
+    """Whether ``who`` (with ``key``, from the URL) may read ``job`` (whose key, when
+    unlisted, is ``job_key``)."""
+    if job.visibility == "public" or may_change(who, job):
+        return True
+    return (job.visibility == "unlisted" and key is not None and job_key is not None
+            and hmac.compare_digest(key.encode(), job_key.encode()))
 
 
 def may_change(who: Principal | None, job: Job) -> bool:
@@ -116,20 +127,23 @@ class JobService:
         out = []
         for job in jobs:
             api = self._api(job.id)
+            key = self.secrets.job_key(job.id) if job.visibility == "unlisted" else None
+            query = f"?key={key}" if key else ""
             artifacts, triggers = extra.get(job.id, ([], []))
             out.append(JobOut(
                 id=job.id, status=job.status, owner=job.owner_name,
                 image=job.image, arch=job.arch, note=job.note, tags=tags[job.id],
-                visibility=job.visibility, reason=job.reason,
+                visibility=job.visibility, key=key, reason=job.reason,
                 group_id=job.group_id, runner=runners.get(job.runner_id or 0),
                 created_at=job.created_at, queued_at=job.queued_at,
                 started_at=job.started_at, finished_at=job.finished_at,
-                url=self.job_url(job.id), setup_log_url=f"{api}/log",
+                url=self.job_url(job.id) + query, setup_log_url=f"{api}/log{query}",
                 tasks=[TaskOut(name=t.name, status=t.status,
                                exit_code=t.exit_code, started_at=t.started_at,
                                finished_at=t.finished_at,
-                               log_url=f"{api}/tasks/{t.name}/log") for t in tasks[job.id]],
-                artifacts=[artifact_out(a, self.settings.base_url) for a in artifacts],
+                               log_url=f"{api}/tasks/{t.name}/log{query}")
+                       for t in tasks[job.id]],
+                artifacts=[artifact_out(a, self.settings.base_url, query) for a in artifacts],
                 triggers=[TriggerOut(
                     action=t.action, condition=t.condition,
                     status="pending" if t.status == "sending" else t.status,
@@ -148,10 +162,12 @@ class JobService:
     async def _view(self, job: Job) -> JobOut:
         return (await self._views([job], full=True))[0]
 
-    async def _readable(self, who: Principal | None, job_id: int) -> Job:
+    async def _readable(self, who: Principal | None, job_id: int, key: str | None = None
+                        ) -> Job:
         async with self.db.session() as s:
             job = await q.get_job(s, job_id)
-        if not may_read(who, job):
+        job_key = self.secrets.job_key(job.id) if job.visibility == "unlisted" else None
+        if not may_read(who, job, key, job_key):
             # A private job's existence is not revealed to others.
             raise NotFound(f"There is no job {job_id}.", kind="job", name=str(job_id))
         return job
@@ -224,11 +240,13 @@ class JobService:
         view = await self.view(job.id)
         return view.model_copy(update={"warnings": [str(w) for w in manifest.warnings]})
 
-    async def get(self, who: Principal | None, job_id: int) -> JobOut:
-        return await self._view(await self._readable(who, job_id))
+    async def get(self, who: Principal | None, job_id: int, key: str | None = None) -> JobOut:
+        """The job, if ``who`` (with the unlisted job's ``key``) may read it; else NotFound."""
+        return await self._view(await self._readable(who, job_id, key))
 
-    async def manifest(self, who: Principal | None, job_id: int) -> str:
-        return (await self._readable(who, job_id)).manifest
+    async def manifest(self, who: Principal | None, job_id: int, key: str | None = None
+                       ) -> str:
+        return (await self._readable(who, job_id, key)).manifest
 
     async def search(self, who: Principal | None, *, status: str | None = None,
                    tag: str | None = None, mine: bool = False, limit: int = 50,
@@ -343,7 +361,7 @@ class JobService:
 
     async def follow(self, who: Principal | None, job_id: int, task: str | None = None,
                      only_task: bool = False, heartbeat: float = 15.0,
-                     positions: logs_mod.Positions | None = None
+                     positions: logs_mod.Positions | None = None, key: str | None = None
                      ) -> AsyncGenerator[tuple[str, dict[str, object]], None]:
         """The job's events: stored log chunks, then live ones, task and job changes.
 
@@ -353,7 +371,7 @@ class JobService:
         the setup log). ``positions`` (where a resumed follower was, see
         ``logs.Positions``) is advanced past each log event before it is yielded.
         """
-        job = await self._readable(who, job_id)
+        job = await self._readable(who, job_id, key)
         positions = positions if positions is not None else logs_mod.Positions()
         async with self.bus.subscribe(logs_mod.job_topic(job_id)) as sub:
             view = await self.view(job_id)

@@ -70,6 +70,7 @@ from nixfarm.wire.runners import (
     CacheGrant,
     FinishRequest,
     HeartbeatResponse,
+    JobLimits,
     LogAccepted,
     RunnerOut,
     RunnerRegister,
@@ -299,7 +300,11 @@ class RunnerService:
             network=self.settings.jobs.network, deadline=deadline,
             lease_seconds=self.settings.jobs.lease_seconds, heartbeat_wait=self.heartbeat_wait,
             cache=grant, job_url=self.jobs.job_url(job.id), attempt=job.attempts,
-            resume_logs=resume)
+            resume_logs=resume,
+            limits=JobLimits(home_bytes=self.settings.jobs.home_bytes,
+                             log_bytes=self.settings.jobs.log_bytes,
+                             artifacts=self.settings.jobs.artifacts,
+                             artifact_bytes=self.settings.jobs.artifact_bytes))
 
     # --- while running -------------------------------------------------------------
 

@@ -70,6 +70,12 @@ class SecretService:
         self._key = key
         self._box = nacl.secret.SecretBox(self._key)
 
+    def job_key(self, job_id: int) -> str:
+        """The capability that reads unlisted job ``job_id`` (``?key=`` in its URLs):
+        128 bits no one can guess, and nothing to store (the farm's key makes it)."""
+        digest = hmac.new(self._key, b"job:%d" % job_id, hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest[:16]).decode().rstrip("=")
+
     def webhook_key(self, owner_id: int) -> bytes:
         """The HMAC key webhooks of ``owner_id``'s jobs are signed with."""
         return hmac.new(self._key, b"webhook:%d" % owner_id, hashlib.sha256).digest()

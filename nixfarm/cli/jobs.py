@@ -113,7 +113,7 @@ def submit(
     follow: Follow = False,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Repeat for several.")] = None,
     note: Annotated[str | None, typer.Option(help="A note shown with the job.")] = None,
-    visibility: Annotated[str, typer.Option(help="public, unlisted or private.")] = "unlisted",
+    visibility: Annotated[str, typer.Option(help="public, unlisted or private.")] = "private",
     execute: Annotated[bool, typer.Option(help="Queue now (--no-execute: pending).")] = True,
     json_out: Annotated[bool, typer.Option(
         "--json", help="Print the job as JSON (with --follow: as it ended, after its "

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -16,10 +17,53 @@ from nixfarm.cli.common import DataDir, Token, Url, err, run
 from nixfarm.supervisor import kill_descendants
 
 DEFAULT_WORK_DIR = Path("/var/lib/nixfarm-runner")
+#: Where the runner takes its token from, when not from --token-file.
+TOKEN_VARIABLE = "NIXFARM_RUNNER_TOKEN"
+
+
+def _hide_token_from_argv() -> None:
+    """Start again without ``--token`` on the command line (see ``runner``)."""
+    args = sys.argv[1:]
+    kept: list[str] = []
+    token: str | None = None
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--token" and index + 1 < len(args):
+            token, index = args[index + 1], index + 2
+            continue
+        if arg.startswith("--token="):
+            token = arg.split("=", 1)[1]
+        else:
+            kept.append(arg)
+        index += 1
+    if token is None:
+        return
+    err.print("warning: --token puts the runner's token where every local user can read it "
+              f"(/proc/PID/cmdline); use --token-file or {TOKEN_VARIABLE}. Restarting "
+              "without it.", markup=False)
+    os.environ[TOKEN_VARIABLE] = token
+    os.execv(sys.executable, [sys.executable, sys.argv[0], *kept])
+
+
+def _read_token(token_file: Path | None, given: str | None) -> str | None:
+    if token_file is not None:
+        try:
+            text = token_file.read_text().strip()
+        except OSError as e:
+            raise typer.BadParameter(f"cannot read {token_file}: {e.strerror}",
+                                     param_hint="--token-file") from None
+        if not text:
+            raise typer.BadParameter(f"{token_file} is empty", param_hint="--token-file")
+        return text
+    return os.environ.pop(TOKEN_VARIABLE, None) or given
 
 
 def runner(
     url: Url = None, token: Token = None, data_dir: DataDir = None,
+    token_file: Annotated[Path | None, typer.Option(
+        help=f"A file holding the runner's token (or set {TOKEN_VARIABLE}); --token works "
+             "but is taken off the command line at once.")] = None,
     name: Annotated[str, typer.Option(help="How the farm lists this runner.")] = "",
     slots: Annotated[int, typer.Option(help="Jobs run at once.", min=1)] = 1,
     work_dir: Annotated[Path, typer.Option(
@@ -40,6 +84,11 @@ def runner(
         min=0)] = 30.0,
 ) -> None:
     """Claim jobs from the farm and run them in sandboxes, until interrupted."""
+    # A token on the command line is in /proc/PID/cmdline for every local user to
+    # read: the runner starts itself again with it in its environment instead (only
+    # root and its own user may read /proc/PID/environ).
+    _hide_token_from_argv()
+    token = _read_token(token_file, token)
     from nixfarm import prerequisites
     from nixfarm.client.api import resolve
     from nixfarm.runner.agent import Agent
@@ -52,7 +101,8 @@ def runner(
     logging.getLogger("httpx").setLevel(logging.WARNING)
     endpoint = resolve(url, token, data_dir)
     if endpoint.token is None:
-        raise typer.BadParameter("a runner token is needed (scope: runner)", param_hint="--token")
+        raise typer.BadParameter(f"a runner token is needed (scope: runner): --token-file or "
+                                 f"{TOKEN_VARIABLE}", param_hint="--token-file")
     options: dict[str, str] = {}
     for item in nix_option or []:
         key, equals, value = item.partition("=")

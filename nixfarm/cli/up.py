@@ -71,7 +71,7 @@ def load_settings(config_file: Path | None, data_dir: Path | None, listen: str |
 def _serve(part: str, config_file: Path | None, data_dir: Path | None, listen: str | None,
            overrides: dict[str, Any], *, demo: bool, workers: int) -> None:
     # Imported here: every other command starts faster without the server's modules.
-    from nixfarm import bootstrap, farmlock, prerequisites, supervisor
+    from nixfarm import bootstrap, farmlock, hardening, prerequisites, supervisor
     from nixfarm.config import SETTINGS_VARIABLE
     from nixfarm.edge import nginx as edge_nginx
     from nixfarm.edge.layout import EdgeLayout
@@ -93,11 +93,12 @@ def _serve(part: str, config_file: Path | None, data_dir: Path | None, listen: s
     if failed:
         raise Exit(failed)  # the child said why, in one sentence
     layout = EdgeLayout.of(settings)
+    store_root = settings.storage_path.resolve() if settings.storage.kind == "fs" else None
     if nginx_binary is not None:
         layout.reset()
-        store_root = settings.storage_path.resolve() if settings.storage.kind == "fs" else None
         layout.config.write_text(edge_nginx.render(settings, layout, store_root))
         edge_nginx.check(nginx_binary, layout)
+    hardening.protect(settings.data_dir, store_root, layout.run if nginx_binary else None)
     announced = bootstrap.announce(settings)
     err.print(f"nixfarm listening on {settings.base_url}"
               f"{' (nginx in front)' if nginx_binary else ''}; admin token in "

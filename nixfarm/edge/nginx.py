@@ -22,6 +22,7 @@ from pathlib import Path
 
 import jinja2
 
+from nixfarm import hardening
 from nixfarm.config import Settings
 from nixfarm.edge.layout import ACCEL_PREFIX, EdgeLayout
 from nixfarm.errors import ConfigError
@@ -58,11 +59,15 @@ def _listen(settings: Settings) -> str:
     return f"[{host}]:{settings.port}" if ":" in host else f"{host}:{settings.port}"
 
 
-def _user() -> str:
-    # Run as root, nginx would hand requests to workers running as nobody, who cannot
-    # read the data directory; give them the farm's own user instead.
+def _user(data_dir: Path) -> str:
+    # Run as root, nginx's workers run as nixfarm-www, which may pass the data
+    # directory's gate to what they serve (see nixfarm/hardening.py); without that
+    # user, as the farm's own (root: a warning says so at start).
     if os.geteuid() != 0:
         return ""
+    www = hardening.www_user(data_dir)
+    if www is not None:
+        return f"user {www[0]} {www[1]};"
     return f"user {pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name};"
 
 
@@ -80,7 +85,7 @@ def render(settings: Settings, layout: EdgeLayout, store_root: Path | None) -> s
     if store_root is not None:
         _check_path(store_root, "storage.path")
     return _template().render(
-        user=_user(),
+        user=_user(settings.data_dir),
         workers=settings.edge.workers or "auto",
         layout=layout,
         store=store_root or layout.empty,

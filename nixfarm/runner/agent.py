@@ -51,6 +51,7 @@ from nixfarm.runner.roots import NIX_IMAGE, Images
 from nixfarm.runner.sandbox import BwrapSandbox, Sandbox, SandboxSpec
 from nixfarm.runner.sandbox.base import NixClient
 from nixfarm.runner.steps import JobContext, JobResult, Secret, StepStatus, TaskStatus, run_job
+from nixfarm.runner.workdir import sweep
 from nixfarm.wire.runners import Assignment, FinishRequest, RunnerRegister, TaskReport
 
 log = logging.getLogger("nixfarm.runner")
@@ -114,6 +115,7 @@ class Agent:
 
     async def serve(self) -> None:
         """Register, then claim and run jobs until stopped (``stop``) or cancelled."""
+        await asyncio.to_thread(sweep, self.work_root)  # what a killed predecessor left
         registering = asyncio.ensure_future(
             retried(runner_calls(f"runner {self.name}: registering", log), self.register))
         if not await self._unless_stopping(registering):
@@ -276,6 +278,8 @@ class Agent:
             local_sources=self.local_sources,
             nix_client=nix_client,
             push_cache=pusher(a.cache) if a.cache is not None and nix_client else None,
+            home_size=a.limits.home_bytes, log_limit=a.limits.log_bytes,
+            max_artifacts=a.limits.artifacts, artifact_limit=a.limits.artifact_bytes,
         )
         return await run_job(ctx)
 

@@ -4,8 +4,9 @@ What counts as the job's outputs: the targets of the ``result*`` symlinks that
 ``nix-build`` left in the build user's home (a few directories deep). They are read
 inside the sandbox, with the build user's view (``find`` and ``readlink``), so the
 host never follows a link the job made. Each target must be a store path, top level,
-valid in the host's store (where the runner's nix-daemon built it), or the step
-fails, naming the link; links out of the store are skipped (and said so).
+valid in the host's store (where the runner's nix-daemon built it) and one of the
+job's own paths (in its Nix proxy's view), or the step fails, naming the link;
+links out of the store are skipped (and said so).
 
 Then, with the job's grant (a token that may push to that one cache):
 
@@ -58,6 +59,12 @@ async def job_outputs(ctx: JobContext) -> list[str]:
         except InvalidInput:
             raise InvalidInput(f"{link} points at {target!r}, which is not a top-level "
                                "store path", field="result") from None
+        # A link may name any path of the host's store; only the job's own are pushed
+        # (what its Nix socket let it add or build: see ``nixproxy``).
+        proxy = getattr(ctx.box(), "nix_proxy", None)
+        if proxy is not None and not await proxy.view.sees(str(path)):
+            raise InvalidInput(f"{link} points at {path}, which is not a store path of this "
+                               "job", field="result")
         outputs[str(path)] = None
     return list(outputs)
 

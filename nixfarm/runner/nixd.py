@@ -11,16 +11,23 @@ what it is given to the host's store and builds in Nix's own sandbox, as one of 
 that is just "nobody": the sandbox's host uid is not a trusted user, so it cannot
 turn the Nix sandbox off, add unsigned paths or pick its own substituters.
 
-The daemon: if one already answers on the system socket and the sandbox's host
-user can reach it, it is used as it is configured. Otherwise the runner starts its
-own ``nix-daemon`` on a private socket in its work directory, with the sandbox on
-(``sandbox-fallback = false``: no silent unsandboxed builds) and the runner's Nix
-options (``substituters``, ...); ``setpriv --pdeathsig`` ends it with the runner,
-however the runner ends.
+The daemons: a root runner starts two ``nix-daemon``s of its own, on private
+sockets in its work directory, with the sandbox on (``sandbox-fallback = false``: no
+silent unsandboxed builds), the runner's Nix options (``substituters``, ...) and
+``trusted-users`` empty; ``setpriv --pdeathsig`` ends them with the runner, however
+the runner ends. One serves jobs with network; the other runs in a network namespace
+of its own (``unshare --net``: only a loopback that is down), for jobs without: a
+fixed-output derivation is built with its daemon's network, so a job without
+network gets none there either (and no substitution over the network). A runner
+that is not root uses the system's daemon, if the sandbox's user can reach it.
 
-What the client cannot do: read store paths it was not given (the results of its
-own builds included: they live in the host's store, outside the sandbox). The
-runner reads those, for ``cache push``.
+Jobs never reach a daemon directly: each sandbox gets a socket of its own, a proxy
+(``nixproxy``) that lets the job use only its own store paths (its closure, what it
+added, what its derivations build) and refuses garbage collection, deleting paths,
+listing the store or its roots. What the client cannot do in the sandbox: read
+store paths from the disk (the results of its own builds included: they live in the
+host's store, outside the sandbox); it can dump its own with ``nix-store --dump``.
+The runner reads them, for ``cache push``.
 """
 
 from __future__ import annotations
@@ -109,7 +116,7 @@ def client_files(nix: str = "nix") -> tuple[tuple[str, ...], tuple[tuple[str, st
 
 
 class NixDaemon:
-    """The runner's nix-daemon (see the module docstring); ``client()`` for sandboxes."""
+    """The runner's nix-daemons (see the module docstring); ``client()`` for sandboxes."""
 
     def __init__(self, state_dir: Path, options: Mapping[str, str] | None = None,
                  *, system_socket: Path = SYSTEM_SOCKET) -> None:
@@ -117,55 +124,84 @@ class NixDaemon:
         self.options = dict(options or {})
         self.system_socket = system_socket
         self.socket: Path | None = None
+        #: The daemon of jobs without network (in a network namespace of its own).
+        self.offline_socket: Path | None = None
         self._process: asyncio.subprocess.Process | None = None
+        self._offline: asyncio.subprocess.Process | None = None
         self._client: NixClient | None = None
 
     @property
     def pid(self) -> int | None:
-        """The pid of the daemon we started, if it runs."""
+        """The pid of the daemon we started (for jobs with network), if it runs."""
         process = self._process
         return process.pid if process is not None and process.returncode is None else None
 
+    @property
+    def offline_pid(self) -> int | None:
+        """The pid of the daemon we started for jobs without network, if it runs."""
+        process = self._offline
+        return process.pid if process is not None and process.returncode is None else None
+
+    def _running(self) -> bool:
+        return all(p is None or p.returncode is None for p in (self._process, self._offline))
+
     async def start(self) -> NixClient:
-        """Find or start the daemon; raises NixfarmError saying why it cannot."""
+        """Find or start the daemons; raises NixfarmError saying why it cannot."""
         if self._client is not None:
-            if self._process is None or self._process.returncode is None:
+            if self._running():
                 return self._client
-            log.warning("nix-daemon exited with %d; starting another", self._process.returncode)
-            self._process = None
+            log.warning("a nix-daemon of the runner exited; starting them again")
+            await self.stop()
         files, links = await asyncio.to_thread(client_files)
-        if await asyncio.to_thread(self._system_usable):
-            self.socket = self.system_socket
+        if os.geteuid() != 0 and await asyncio.to_thread(self._system_usable):
+            # Not root: we cannot start a daemon that builds as nixbld users. The
+            # system's is used as it is configured (see docs/security.md for what
+            # then does not hold).
+            self.socket, self.offline_socket = self.system_socket, None
             log.info("using the nix-daemon on %s", self.socket)
         else:
-            self.socket = await self._spawn()
+            # A daemon of our own: one with the runner's network, for jobs with network,
+            # and one in an empty network namespace for the others (their fixed-output
+            # derivations are built with the daemon's network), which cannot
+            # substitute over the network either.
+            self._process, self.socket = await self._spawn("nix-daemon", self.options, False)
+            try:
+                self._offline, self.offline_socket = await self._spawn(
+                    "nix-daemon-offline", {**self.options, "substituters": ""}, True)
+            except BaseException:
+                await self.stop()
+                raise
         self._client = NixClient(socket=self.socket, files=files, links=links,
-                                 config=CLIENT_CONFIG)
+                                 config=CLIENT_CONFIG, offline_socket=self.offline_socket)
         return self._client
 
     def _system_usable(self) -> bool:
         return reachable_by_others(self.system_socket) and answers(self.system_socket)
 
-    async def _spawn(self) -> Path:
+    async def _spawn(self, name: str, options: Mapping[str, str], offline: bool
+                     ) -> tuple[asyncio.subprocess.Process, Path]:
         if os.geteuid() != 0:
             raise NixfarmError("Only a root runner can start a nix-daemon for jobs, and no "
                                f"daemon usable by jobs answers on {self.system_socket}.")
         daemon = shutil.which("nix-daemon")
         if daemon is None:
             raise NixfarmError("nix-daemon is not installed on this runner.")
-        directory = self.state_dir / "nix-daemon"
+        directory = self.state_dir / name
         directory.mkdir(parents=True, exist_ok=True)
-        directory.chmod(0o755)  # the sandbox's host user must reach the socket
+        directory.chmod(0o700)  # only the runner's proxies connect (``nixproxy``)
         path = directory / "socket"
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-        # The runner's options come first: nothing in them may turn Nix's sandbox off.
-        options = {**self.options, "sandbox": "true", "sandbox-fallback": "false"}
+        # The runner's options come first: nothing in them may turn Nix's sandbox off,
+        # and the daemon trusts no one: its only client, the runner's proxy, is root.
+        options = {**options, "sandbox": "true", "sandbox-fallback": "false",
+                   "trusted-users": ""}
         args = [a for key, value in options.items() for a in ("--option", key, value)]
+        netns = ["unshare", "--net", "--"] if offline else []
         log_file = (directory / "daemon.log").open("ab")
         try:
-            self._process = await asyncio.create_subprocess_exec(
-                "setpriv", "--pdeathsig", "KILL", "--", daemon, *args,
+            process = await asyncio.create_subprocess_exec(
+                "setpriv", "--pdeathsig", "KILL", "--", *netns, daemon, *args,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
                 env={**os.environ, "NIX_DAEMON_SOCKET_PATH": str(path)},
                 # Not in a terminal's foreground group: a Ctrl-C to the runner is for
@@ -175,24 +211,31 @@ class NixDaemon:
             log_file.close()
         deadline = asyncio.get_running_loop().time() + START_TIMEOUT
         while not (path.exists() and await asyncio.to_thread(answers, path)):
-            if self._process.returncode is not None or (
+            if process.returncode is not None or (
                     asyncio.get_running_loop().time() > deadline):
-                await self.stop()
+                await _end(process)
                 tail = (directory / "daemon.log").read_text(errors="replace")[-500:].strip()
                 raise NixfarmError(f"nix-daemon did not start on {path}: {tail or 'no word'}")
             await asyncio.sleep(0.05)
-        log.info("started nix-daemon (pid %d) on %s", self._process.pid, path)
-        return path
+        log.info("started %s (pid %d) on %s", name, process.pid, path)
+        return process, path
 
     async def stop(self) -> None:
-        """Stop the daemon we started (a system one is left alone). Idempotent."""
-        process, self._process = self._process, None
+        """Stop the daemons we started (a system one is left alone). Idempotent."""
+        processes = (self._process, self._offline)
+        self._process = self._offline = None
         self._client = None
-        if process is None or process.returncode is not None:
-            return
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), 5.0)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        for process in processes:
+            if process is not None:
+                await _end(process)
+
+
+async def _end(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is not None:
+        return
+    process.terminate()
+    try:
+        await asyncio.wait_for(process.wait(), 5.0)
+    except TimeoutError:
+        process.kill()
+        await process.wait()

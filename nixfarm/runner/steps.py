@@ -38,7 +38,7 @@ from typing import Literal, Protocol
 
 from nixfarm.errors import NixfarmError
 from nixfarm.manifest import Manifest, Source
-from nixfarm.masking import Masker
+from nixfarm.masking import LineMasker, Masker
 from nixfarm.nix import command
 from nixfarm.runner.roots import NIX_IMAGE, Images, PreparedImage
 from nixfarm.runner.sandbox.base import (
@@ -86,6 +86,13 @@ class Reporter(Protocol):
         """``path`` (as in the manifest) was copied out to the host ``file``."""
 
 
+@dataclass
+class LogLimitExceeded(NixfarmError):
+    """The job's logs reached ``JobContext.log_limit``: the task printing is killed."""
+
+    limit: int = 0
+
+
 @dataclass(frozen=True)
 class Secret:
     """A secret the job may use, decrypted; ``name`` is its UUID or name."""
@@ -123,19 +130,44 @@ class JobContext:
     push_cache: CachePusher | None = None
     #: Nix for ``image: nix`` jobs (``nix-build`` through the runner's daemon).
     nix_client: NixClient | None = None
+    #: Quotas (``wire.runners.JobLimits``): bytes of the home, of all logs together
+    #: (None: no limit), artifacts and bytes of each.
+    home_size: int | None = 1024**3
+    log_limit: int | None = 64 * 1024**2
+    max_artifacts: int = 8
+    artifact_limit: int = 1024**3
     # Filled in by the steps:
     image: PreparedImage | None = None
     sandbox: Sandbox | None = None
     completed_early: bool = False
     tasks: dict[str, TaskStatus] = field(default_factory=dict)
     masker: Masker = field(init=False)
+    #: Takes a line of the setup log (masked on the way; see ``masking.LineMasker``).
+    setup: LineMasker = field(init=False)
+
+    logged: int = field(default=0, init=False)
+    log_cut: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.masker = Masker(s.value for s in self.secrets)
+        self.setup = self.masker.lines(lambda text: self.logged_line(None, text))
 
-    def setup(self, line: str) -> None:
-        """A line of the setup log, masked."""
-        self.log(None, self.masker.line(line))
+    def logged_line(self, task: str | None, text: str) -> None:
+        """A masked line to the log, within ``log_limit``: the line that would pass it
+        is replaced by a note saying where the log was cut, LogLimitExceeded is raised
+        (from a sandbox's line callback, that kills the command printing), and every
+        line after it is dropped."""
+        if self.log_cut:
+            return
+        size = len(text.encode(errors="replace")) + 1
+        if self.log_limit is not None and self.logged + size > self.log_limit:
+            self.log_cut = True
+            self.log(task, f"[nixfarm] log limit exceeded: the job's logs reached "
+                           f"{self.log_limit} bytes; the log is cut here")
+            raise LogLimitExceeded(f"log limit exceeded ({self.log_limit} bytes)",
+                                   limit=self.log_limit)
+        self.logged += size
+        self.log(task, text)
 
     def box(self) -> Sandbox:
         if self.sandbox is None:
@@ -170,7 +202,7 @@ async def boot(ctx: JobContext) -> None:
         raise _fail("boot", f"cannot prepare image {m.image}: {e.message}") from e
     spec = SandboxSpec(
         rootfs=ctx.image.root, store_paths=ctx.image.store_paths, network=ctx.network,
-        memory_limit=ctx.memory_limit, cpu_limit=ctx.cpu_limit,
+        memory_limit=ctx.memory_limit, cpu_limit=ctx.cpu_limit, home_size=ctx.home_size,
         process_limit=ctx.process_limit, timeout=ctx.timeout,
         nix_client=ctx.nix_client if ctx.image.package_manager == NIX_IMAGE else None,
     )  # fmt: skip
@@ -307,16 +339,18 @@ async def tasks(ctx: JobContext) -> None:
         ctx.tasks[task.name] = "running"
         await ctx.report.task(task.name, "running")
 
-        def line(text: str, name: str = task.name) -> None:
-            ctx.log(name, ctx.masker.line(text))
+        def out(text: str, name: str = task.name) -> None:
+            ctx.logged_line(name, text)
 
+        line = ctx.masker.lines(out)
         try:
             status = await box.run(["/bin/sh", path], line)
-        except SandboxTimeout as e:
+        except (SandboxTimeout, LogLimitExceeded) as e:
             await _finish_task(ctx, task.name, "failed", None)
             await _skip_tasks(ctx, index + 1)
             message = f"step 'tasks' failed: {e.message}"
-            raise StepFailed(message, step="tasks", timed_out=True) from e
+            timed_out = isinstance(e, SandboxTimeout)
+            raise StepFailed(message, step="tasks", timed_out=timed_out) from e
         completed = await box.run(["test", "-e", COMPLETE_MARKER], lambda _: None) == 0
         if status == 0 or completed:
             await _finish_task(ctx, task.name, "success", status)
@@ -342,6 +376,9 @@ async def _skip_tasks(ctx: JobContext, start: int) -> None:
 
 
 async def artifacts(ctx: JobContext) -> None:
+    if len(ctx.manifest.artifacts) > ctx.max_artifacts:
+        raise _fail("artifacts", f"the job names {len(ctx.manifest.artifacts)} artifacts; "
+                                 f"this farm keeps at most {ctx.max_artifacts} per job")
     for artifact in ctx.manifest.artifacts:
         inside = _home_path(artifact)
         if not inside.startswith("/"):
@@ -353,6 +390,10 @@ async def artifacts(ctx: JobContext) -> None:
             size = await ctx.box().get(inside, out / name)
         except NixfarmError as e:
             raise _fail("artifacts", e.message) from e
+        if size > ctx.artifact_limit:
+            await asyncio.to_thread((out / name).unlink)
+            raise _fail("artifacts", f"artifact {artifact} is {size} bytes; this farm keeps "
+                                     f"artifacts of at most {ctx.artifact_limit} bytes")
         ctx.setup(f"Artifact {artifact}: {size} bytes")
         await ctx.report.artifact(artifact, out / name, size)
 

@@ -1,4 +1,4 @@
-"""Where a runner keeps image roots and job files.
+"""Where a runner keeps image roots and job files, and sweeping up after a killed one.
 
 Sandboxes run as an unprivileged host user (nobody, when the runner is root), which
 must be able to reach the image roots: every directory above them must be
@@ -9,10 +9,16 @@ runner works under ``/var/tmp`` instead, in a directory named after the preferre
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import stat
 import tempfile
 from pathlib import Path
+
+from nixfarm.runner.sandbox import bwrap
+from nixfarm.runner.sandbox.processes import remove_tree
+
+log = logging.getLogger("nixfarm.runner")
 
 
 def _searchable(path: Path) -> bool:
@@ -36,3 +42,19 @@ def runner_dir(preferred: Path) -> Path:
     preferred.mkdir(parents=True, exist_ok=True)
     preferred.chmod(0o755)
     return preferred
+
+
+def sweep(work_root: Path) -> None:
+    """Before claiming work: remove what a runner killed outright (SIGKILL, a crash,
+    a power cut) left behind: the job directories in ``work_root`` (artifacts on
+    their way out) and its sandboxes' processes, cgroups and homes (``bwrap.sweep``).
+
+    One runner per ``work_root``: a job directory there is never another live
+    runner's. Sandboxes are judged by their owner's pid, so runners may share /tmp.
+    """
+    if work_root.is_dir():
+        for leftover in sorted(work_root.glob("job-*")):
+            log.warning("removing %s, left by a runner that did not stop", leftover)
+            remove_tree(leftover)
+    for state_dir in bwrap.sweep():
+        log.warning("removed sandbox %s, left by a runner that did not stop", state_dir)

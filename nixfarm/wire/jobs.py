@@ -38,7 +38,9 @@ class JobSubmit(Wire):
     note: str | None = Field(default=None, max_length=4096)
     #: False: the job waits as ``pending`` until ``POST /api/v1/jobs/ID/start``.
     execute: bool = True
-    visibility: Visibility = "unlisted"
+    #: private: the owner and admins alone; unlisted: whoever has the job's URL (it
+    #: carries a key); public: anyone, and listed.
+    visibility: Visibility = "private"
     #: False: the manifest's ``secrets`` are not delivered to this job.
     secrets: bool = True
 
@@ -87,6 +89,8 @@ class JobOut(Wire):
     note: str | None
     tags: list[str]
     visibility: Visibility
+    #: An unlisted job's key: its URLs carry it (``?key=``); reading needs it.
+    key: str | None = None
     reason: str | None
     group_id: int | None
     runner: str | None

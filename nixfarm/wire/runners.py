@@ -102,6 +102,15 @@ class CacheGrant(Wire):
     public_key: str
 
 
+class JobLimits(Wire):
+    """A job's quotas (``jobs.*`` of the farm's settings), enforced by the runner."""
+
+    home_bytes: int = 1024**3
+    log_bytes: int = 64 * 1024**2
+    artifacts: int = 8
+    artifact_bytes: int = 1024**3
+
+
 class Assignment(Wire):
     """A claimed job: everything the runner needs, and nothing it may not see."""
 
@@ -127,6 +136,7 @@ class Assignment(Wire):
     #: A re-run's logs go on after the first run's: the next ``seq`` of each log that
     #: has chunks (the setup log as "", tasks by name); absent ones start at 0.
     resume_logs: dict[str, int] = {}
+    limits: JobLimits = JobLimits()
 
 
 class HeartbeatRequest(Wire):

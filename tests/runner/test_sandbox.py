@@ -86,10 +86,20 @@ async def test_put_and_get(demo_root: Path, tmp_path: Path) -> None:
         assert not (tmp_path / "shadow").exists()
 
 
+def host_address() -> str:
+    """An address of this host that is not loopback (where outbound traffic can go)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # no packet is sent: it only picks a route
+        address: str = probe.getsockname()[0]
+    assert not address.startswith("127."), "this host has no address but loopback"
+    return address
+
+
 @pytest.fixture
 def host_server() -> Iterator[int]:
+    """A TCP server on every address of the host, loopback included."""
     server = socket.socket()
-    server.bind(("127.0.0.1", 0))
+    server.bind(("0.0.0.0", 0))
     server.listen()
 
     def serve() -> None:
@@ -107,15 +117,24 @@ def host_server() -> Iterator[int]:
 
 
 async def test_network_off_and_on(demo_root: Path, host_server: int) -> None:
-    probe = f"echo | nc -w 2 127.0.0.1 {host_server}"
+    loopback = f"echo | nc -w 2 127.0.0.1 {host_server}"
     async with BwrapSandbox(SandboxSpec(rootfs=demo_root, network=False)) as box:
-        status, lines = await output(box, probe)
+        status, lines = await output(box, loopback)
         assert status != 0 and "hello from the host" not in lines
         status, lines = await output(box, "cat /proc/net/dev | tail -n +3 | cut -d: -f1")
         assert [line.strip() for line in lines] == ["lo"]
     async with BwrapSandbox(SandboxSpec(rootfs=demo_root, network=True)) as box:
-        status, lines = await output(box, probe)
+        # Out, to the host's own address: yes; to its loopback, by either name: no.
+        status, lines = await output(box, f"echo | nc -w 2 {host_address()} {host_server}")
         assert lines == ["hello from the host"]
+        for target in ("127.0.0.1", "10.0.2.2"):
+            status, lines = await output(box, f"echo | nc -w 2 {target} {host_server}")
+            assert status != 0 and "hello from the host" not in lines, target
+        status, lines = await output(box, "cat /proc/net/dev | tail -n +3 | cut -d: -f1")
+        assert sorted(line.strip() for line in lines) == ["lo", "tap0"]
+        # And no user namespaces inside: nothing to rearrange the sandbox with.
+        status, lines = await output(box, "unshare -U true")
+        assert status != 0 and "No space left on device" in " ".join(lines), lines
 
 
 def processes_of(uid: int) -> int:

@@ -55,14 +55,19 @@ class NixClient:
 
     Each file is bound read-only at its own path; ``links`` are symlinks
     (path, target) such as /usr/bin/nix-build -> nix; the daemon's ``socket`` appears
-    at /nix/var/nix/daemon-socket/socket and ``config`` as /etc/nix/nix.conf. The
-    store inside stays the job's closure: what the daemon builds is not visible.
+    at /nix/var/nix/daemon-socket/socket and ``config`` as /etc/nix/nix.conf, through
+    a proxy of the job's own (``runner.nixproxy``) that lets it use only its own
+    paths. The store inside stays the job's closure: what the daemon builds is not
+    visible.
     """
 
     socket: Path
     files: tuple[str, ...] = ()
     links: tuple[tuple[str, str], ...] = ()
     config: str = ""
+    #: The daemon for jobs without network: it runs in a network namespace of its own,
+    #: so their fixed-output derivations cannot reach anything. None: ``socket``.
+    offline_socket: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,9 @@ class SandboxSpec:
     process_limit: int | None = 512
     #: Bytes of the in-memory /tmp.
     tmp_size: int = 512 * 1024**2
+    #: Bytes of the build user's home, an in-memory file system too (None: a host
+    #: directory, not limited). Both count against ``memory_limit`` as they fill.
+    home_size: int | None = 1024**3
     #: Environment of every command (over HOME, USER, PATH, ... which it may replace).
     environment: Mapping[str, str] = field(default_factory=dict)
     #: Seconds the sandbox may live after boot: commands still running then are killed.

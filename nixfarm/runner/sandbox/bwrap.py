@@ -1,11 +1,12 @@
 """The bubblewrap sandbox: one long-lived bwrap per job, commands entered with nsenter.
 
-Boot starts ``bwrap --unshare-all`` (``--share-net`` when the job has network) on the
+Boot starts ``bwrap --unshare-all`` on the
 image root, read-only, with nothing else of the host but the job's Nix closure (each
 store path bound read-only at its own path on an otherwise empty /nix/store), a
 minimal /dev (null, zero, full, random, urandom, tty; no devpts), a fresh /proc, a
-size-limited tmpfs /tmp, and the job's home: a host directory bound at /home/build,
-the only writable place that outlives a command. Inside, everything runs as
+size-limited tmpfs /tmp, and the job's home at /home/build: another size-limited
+tmpfs (``spec.home_size``; or a host directory, unlimited, when that is None), the
+only writable place that outlives a command. Inside, everything runs as
 ``build`` (uid 1000). bwrap's pid 1 reaps; its one child is ``/bin/sh`` waiting on a
 pipe from us, so the sandbox ends when we close it, when we die (also
 ``--die-with-parent``), or when we kill pid 1.
@@ -23,7 +24,8 @@ The user namespace maps only uid 1000 to that user; there is no root inside. Wit
 join all of the sandbox's namespaces from one user namespace.
 
 A Nix client (``spec.nix_client``): the host's Nix binaries and the shared libraries
-they load are bound read-only at their own paths, the runner's nix-daemon socket at
+they load are bound read-only at their own paths, the job's own socket in front of
+the runner's nix-daemon (``runner.nixproxy``: only the job's own store paths) at
 /nix/var/nix/daemon-socket/socket, and a small /etc/nix/nix.conf; ``NIX_REMOTE=daemon``.
 Those paths cross directories of the image (/usr, /etc, /nix), and a read-only bind
 of the image at / leaves no room for new mount points in them. So then / is a
@@ -31,6 +33,14 @@ tmpfs instead: each entry of the image is bound (or, for a symlink, recreated) a
 its place, except that directories on the way to a client file are made afresh
 and their entries bound one level further down, and so on; the new root is
 remounted read-only last. Without a Nix client the image is bound at / as before.
+
+Network: the sandbox always has a network namespace of its own. Without network it
+holds only a loopback; with network, ``slirp4netns`` (user-mode networking, run by
+the runner, ended with the sandbox) adds tap0 with outbound connections only: the
+host's loopback is not mapped (``--disable-host-loopback``), so the runner's local
+services, and abstract Unix sockets (per network namespace), stay out of reach.
+/etc/resolv.conf then names slirp4netns's DNS forwarder. After boot, the sandbox's
+user namespace gets ``user.max_user_namespaces = 0``: no nested user namespaces.
 
 Files move in and out by running ``cat``/``tar`` inside (``put``/``get``): the host
 never follows a path the job could have pointed at a host file with a symlink.
@@ -45,9 +55,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 import uuid
@@ -56,6 +68,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+from nixfarm.runner.nixproxy import NixProxy, StoreView
 from nixfarm.runner.sandbox.base import (
     BUILD_GID,
     BUILD_HOME,
@@ -91,6 +104,20 @@ NIX_CONF = "/etc/nix/nix.conf"
 _GET = 'if [ -d "$1" ]; then cd "$1" && exec tar -cf - .; else exec cat -- "$1"; fi'
 
 
+#: slirp4netns's DNS forwarder, as the sandbox sees it.
+SLIRP_DNS = "10.0.2.3"
+# Joins the user namespace $1 (as its owner or root: all capabilities in it) and sets
+# its limit of further user namespaces to 0; Python 3.11 has no os.setns.
+_LIMIT_USERNS = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.setns(os.open(sys.argv[1], os.O_RDONLY), 0x10000000) != 0:
+    sys.exit("setns: " + os.strerror(ctypes.get_errno()))
+with open("/proc/sys/user/max_user_namespaces", "w") as limit:
+    limit.write("0\\n")
+"""
+
+
 def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
@@ -122,9 +149,12 @@ class BwrapSandbox:
         self._tools = {t: _tool(t) for t in ("bwrap", "nsenter", "setpriv")}
         self.state_dir: Path | None = None
         self.confinement: Confinement | None = None
+        #: The job's Nix socket (with a Nix client): its ``view`` is what the job may use.
+        self.nix_proxy: NixProxy | None = None
         self.init_pid = 0  # host pid of the sandbox's pid 1
         self._bwrap: asyncio.subprocess.Process | None = None
         self._running: set[asyncio.subprocess.Process] = set()
+        self._slirp: asyncio.subprocess.Process | None = None
         self._deadline: float | None = None
         self._pid_namespace = ""
         self._closed = False
@@ -169,7 +199,7 @@ class BwrapSandbox:
                 raise SandboxError(f"Store path {path} is not on this host.", sandbox=self.name)
 
     async def _start(self) -> None:
-        self.state_dir = Path(tempfile.mkdtemp(prefix="nixfarm-sandbox-", dir=self._state_root))
+        self.state_dir = Path(tempfile.mkdtemp(prefix=_PREFIX, dir=self._state_root))
         self.state_dir.chmod(0o711)  # the host uid must reach home/, nothing more
         home = self.state_dir / "home"
         home.mkdir(mode=0o700)
@@ -178,6 +208,15 @@ class BwrapSandbox:
         self.confinement = confine(
             self.name, self._spec, prefer=self._limits_kind, cgroup_parent=self._cgroup_parent
         )
+        _write_owner(self.state_dir, self.confinement)
+        client = self._spec.nix_client
+        if client is not None:
+            upstream = client.socket
+            if not self._spec.network and client.offline_socket is not None:
+                upstream = client.offline_socket
+            self.nix_proxy = NixProxy(self.state_dir / "nix.sock", upstream,
+                                      StoreView(self._spec.store_paths), job=self.name)
+            await self.nix_proxy.start(uid=self.host_uid)
         info_read, info_write = os.pipe()
         args = self._bwrap_args(home, info_write)
         args_file = self.state_dir / "args"
@@ -216,6 +255,9 @@ class BwrapSandbox:
                 )
             self.init_pid = int((await read_info(info_read))["child-pid"])
             self._pid_namespace = os.readlink(f"/proc/{self.init_pid}/ns/pid")
+            await self._no_nested_user_namespaces()
+            if self._spec.network:
+                await self._connect_network()
         except TimeoutError:
             raise SandboxError(
                 f"bubblewrap did not start within {BOOT_TIMEOUT:g} seconds.", sandbox=self.name
@@ -225,7 +267,7 @@ class BwrapSandbox:
 
     def _bwrap_args(self, home: Path, info_fd: int) -> list[str]:
         spec = self._spec
-        args = ["--unshare-all", *(["--share-net"] if spec.network else [])]
+        args = ["--unshare-all"]  # the network too: with network, slirp4netns connects it
         args += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
         args += ["--uid", str(BUILD_UID), "--gid", str(BUILD_GID), "--hostname", "nixfarm"]
         if spec.nix_client is None:
@@ -244,7 +286,10 @@ class BwrapSandbox:
             args += ["--symlink", target, f"/dev/{name}"]  # fmt: skip
         args += ["--size", str(64 * 1024**2), "--tmpfs", "/dev/shm"]
         args += ["--size", str(spec.tmp_size), "--perms", "1777", "--tmpfs", "/tmp"]
-        args += ["--bind", str(home), BUILD_HOME]
+        if spec.home_size is None:
+            args += ["--bind", str(home), BUILD_HOME]
+        else:  # a quota: the job cannot fill the runner's disk
+            args += ["--size", str(spec.home_size), "--perms", "0700", "--tmpfs", BUILD_HOME]
         if spec.store_paths:
             args += ["--tmpfs", "/nix/store"]
             for path in spec.store_paths:
@@ -252,7 +297,10 @@ class BwrapSandbox:
             args += ["--remount-ro", "/nix/store"]
         resolv = spec.rootfs / "etc/resolv.conf"
         if spec.network and resolv.is_file() and not resolv.is_symlink():
-            args += ["--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf"]
+            assert self.state_dir is not None
+            (self.state_dir / "resolv.conf").write_text(f"nameserver {SLIRP_DNS}\n")
+            (self.state_dir / "resolv.conf").chmod(0o644)
+            args += ["--ro-bind", str(self.state_dir / "resolv.conf"), "/etc/resolv.conf"]
         if spec.nix_client is not None:
             args += ["--remount-ro", "/"]
         args += ["--chdir", BUILD_HOME, "--info-fd", str(info_fd)]
@@ -267,12 +315,59 @@ class BwrapSandbox:
         added = {path: ["--ro-bind", path, path] for path in client.files}
         added |= {path: ["--symlink", target, path] for path, target in client.links}
         added[NIX_CONF] = ["--ro-bind", str(config), NIX_CONF]
-        added[DAEMON_SOCKET] = ["--bind", str(client.socket), DAEMON_SOCKET]
+        assert self.nix_proxy is not None
+        added[DAEMON_SOCKET] = ["--bind", str(self.nix_proxy.path), DAEMON_SOCKET]
         args = ["--tmpfs", "/"]
         args += _merged(self._spec.rootfs, "", set(added), self.name)
         for path in sorted(added):
             args += added[path]
         return args
+
+    async def _no_nested_user_namespaces(self) -> None:
+        """Set user.max_user_namespaces to 0 in the sandbox's user namespace: nothing in
+        it may make another (bwrap's --disable-userns would put the sandbox in a nested
+        namespace, which nsenter could not then join with the others)."""
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _LIMIT_USERNS, f"/proc/{self.init_pid}/ns/user",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        output, _ = await process.communicate()
+        if process.returncode != 0:
+            raise SandboxError("Cannot forbid user namespaces in the sandbox: "
+                               f"{output.decode(errors='replace').strip()}", sandbox=self.name)
+
+    async def _connect_network(self) -> None:
+        """User-mode networking (slirp4netns) for the sandbox's own network namespace:
+        outbound connections only, and not to the host's loopback (10.0.2.2 is not
+        mapped to it), so no service listening there on the runner is reachable."""
+        slirp = shutil.which("slirp4netns")
+        if slirp is None:
+            raise SandboxError("Jobs with network need slirp4netns (Debian's slirp4netns "
+                               "package), which is not installed.", sandbox=self.name)
+        ready_read, ready_write = os.pipe()
+        try:
+            self._slirp = await asyncio.create_subprocess_exec(
+                self._tools["setpriv"], "--pdeathsig", "KILL", "--", slirp, "--configure",
+                "--mtu=65520", "--disable-host-loopback", "--enable-sandbox",
+                f"--ready-fd={ready_write}", "--netns-type=path",
+                f"/proc/{self.init_pid}/ns/net", "tap0",
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, pass_fds=(ready_write,),
+                start_new_session=True)
+        finally:
+            os.close(ready_write)
+        try:
+            ready = await asyncio.wait_for(asyncio.to_thread(os.read, ready_read, 1),
+                                           BOOT_TIMEOUT)
+        except TimeoutError:
+            ready = b""
+        finally:
+            os.close(ready_read)
+        if ready != b"1":
+            kill_group(self._slirp)
+            assert self._slirp.stdout is not None
+            said = (await self._slirp.stdout.read()).decode(errors="replace").strip()
+            raise SandboxError(f"slirp4netns did not connect the sandbox: {said or 'no word'}",
+                               sandbox=self.name)
 
     def _as_host_user(self) -> list[str]:
         if not self._root_runner:
@@ -296,8 +391,7 @@ class BwrapSandbox:
         if self._bwrap is None or self.confinement is None or self._closed:
             raise SandboxError("The sandbox is not running.", sandbox=self.name)
         inner = list(argv) if cwd == BUILD_HOME else ["/bin/sh", "-c", _IN_DIR, "sh", cwd, *argv]
-        # With network the sandbox shares the host's net namespace: nothing to join.
-        namespaces = ["-U", "-m", "-p", "-i", "-u", *([] if self._spec.network else ["-n"])]
+        namespaces = ["-U", "-m", "-p", "-i", "-u", "-n"]
         return [*self.confinement.prefix(), *self._as_host_user(), self._tools["nsenter"],
                 "-t", str(self.init_pid), *namespaces,
                 "--preserve-credentials", "--root", "--wd", "--", *inner]  # fmt: skip
@@ -405,13 +499,15 @@ class BwrapSandbox:
             status = await asyncio.wait_for(work, budget)
         except TimeoutError:
             kill_group(process)
+            await uncancelled(_drain(process))
             raise SandboxTimeout(
                 f"{' '.join(argv)[:200]} did not finish within {budget:g} seconds.",
                 sandbox=self.name,
                 seconds=budget or 0.0,
             ) from None
-        except BaseException:  # cancelled: the command goes with its caller
+        except BaseException:  # cancelled, or a line callback said stop: the command goes
             kill_group(process)
+            await uncancelled(_drain(process))
             raise
         finally:
             await uncancelled(process.wait())
@@ -432,6 +528,8 @@ class BwrapSandbox:
                 os.kill(self.init_pid, signal.SIGKILL)
         for process in self._running:
             kill_group(process)
+        if self._slirp is not None:
+            kill_group(self._slirp)
         if self.confinement is not None:
             self.confinement.kill()
         await uncancelled(self._reap())
@@ -445,7 +543,7 @@ class BwrapSandbox:
                 except TimeoutError:
                     kill_group(self._bwrap)
                     await self._bwrap.wait()
-            for process in self._running:
+            for process in [*self._running, *([self._slirp] if self._slirp else [])]:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(process.wait(), 5.0)
             # Without cgroups, the pid namespace is how we know everyone is gone.
@@ -457,6 +555,8 @@ class BwrapSandbox:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
                 await asyncio.sleep(0.01)
+            if self.nix_proxy is not None:
+                await self.nix_proxy.stop()
             if self.confinement is not None:
                 await asyncio.to_thread(self.confinement.remove)
         finally:
@@ -474,6 +574,66 @@ class BwrapSandbox:
         tb: TracebackType | None,
     ) -> None:
         await uncancelled(self.shutdown())
+
+
+async def _drain(process: asyncio.subprocess.Process, seconds: float = 5.0) -> None:
+    """Read a killed command's pipes to their end: asyncio's ``wait()`` returns only once
+    they are closed, and a full pipe nobody reads any more is never seen to close."""
+    async def drain(stream: asyncio.StreamReader | None) -> None:
+        while stream is not None and await stream.read(1 << 16):
+            pass
+
+    with contextlib.suppress(TimeoutError, ConnectionError):
+        await asyncio.wait_for(asyncio.gather(drain(process.stdout), drain(process.stderr)),
+                               seconds)
+
+
+OWNER = "owner.json"
+_PREFIX = "nixfarm-sandbox-"
+
+
+def _started(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot), or "" if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _write_owner(state_dir: Path, confinement: Confinement) -> None:
+    """Who owns the sandbox: a runner started after this one was killed reaps it."""
+    (state_dir / OWNER).write_text(json.dumps({
+        "pid": os.getpid(), "started": _started(os.getpid()), "kind": confinement.kind,
+        "groups": [str(g) for g in confinement.groups]}))
+
+
+def sweep(state_root: Path | None = None) -> list[Path]:
+    """Remove what sandboxes of runners that are gone left (``state_root``: where they
+    were made, the temporary directory by default): their processes, cgroups and
+    state directories, the build user's home with the job's secrets among them.
+
+    A sandbox whose runner still runs (the same pid, started at the same time) is
+    left alone, so runners sharing a host do not reap each other. Returns the state
+    directories removed.
+    """
+    removed = []
+    root = state_root or Path(tempfile.gettempdir())
+    for state_dir in sorted(root.glob(_PREFIX + "*")):
+        try:
+            owner = json.loads((state_dir / OWNER).read_text())
+            pid, started = int(owner["pid"]), str(owner["started"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # being made right now, or not ours to judge
+        if _started(pid) == started:
+            continue
+        groups = [Path(g) for g in owner.get("groups", [])]
+        confinement = Confinement(owner.get("kind", "rlimit"), groups=groups)
+        confinement.kill()
+        with contextlib.suppress(SandboxError):
+            confinement.remove()
+        remove_tree(state_dir)
+        removed.append(state_dir)
+    return removed
 
 
 def _merged(root: Path, directory: str, added: set[str], name: str) -> list[str]:

@@ -24,10 +24,16 @@ MAX_LINE = 65536
 
 
 class Lines:
-    """Splits a byte stream into lines for a callback; over-long lines are cut."""
+    """Splits a byte stream into lines for a callback; over-long lines are cut.
+
+    The pieces of a cut line go to the callback's ``piece`` method when it has one
+    (``masking.LineMasker``: it must see them as one line to mask a secret printed
+    across the cut), else to the callback itself, each as a line.
+    """
 
     def __init__(self, on_line: LineCallback) -> None:
         self._on_line = on_line
+        self._on_piece: LineCallback = getattr(on_line, "piece", on_line)
         self._partial = b""
 
     def feed(self, data: bytes) -> None:
@@ -35,7 +41,7 @@ class Lines:
         for line in lines:
             self._emit(line)
         while len(self._partial) > MAX_LINE:
-            self._emit(self._partial[:MAX_LINE])
+            self._on_piece(self._decode(self._partial[:MAX_LINE]))
             self._partial = self._partial[MAX_LINE:]
 
     def close(self) -> None:
@@ -44,7 +50,11 @@ class Lines:
             self._partial = b""
 
     def _emit(self, line: bytes) -> None:
-        self._on_line(line.decode(errors="replace").removesuffix("\r"))
+        self._on_line(self._decode(line).removesuffix("\r"))
+
+    @staticmethod
+    def _decode(data: bytes) -> str:
+        return data.decode(errors="replace")
 
 
 async def feed_stdin(process: asyncio.subprocess.Process, data: bytes | None) -> None:

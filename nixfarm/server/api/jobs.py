@@ -1,11 +1,14 @@
 """CI jobs over the JSON API: submit, list, inspect, start, cancel, groups; logs as
 plain text with Range, and followed live as Server-Sent Events.
 
-Reading a job needs no token when it is public or unlisted; changing one needs its
-owner's token or an admin's. SSE streams send ``event: log|task|job|ping|end`` with a
-JSON ``data:`` line each (see ``JobService.follow``) and close after ``end``. Each event's
-``id:`` is how far the stream is in its logs, in bytes (``builds.logs.Positions``): a
-follower that reconnects with it as ``Last-Event-ID`` gets only what comes after.
+Reading a job needs no token when it is public, or an unlisted job's key (``?key=``,
+in the URLs the API gives out); a private one, its owner's token or an admin's (see
+``builds.jobs``). Changing one needs its owner's token or an admin's.
+
+SSE streams send ``event: log|task|job|ping|end`` with a JSON ``data:`` line each (see
+``JobService.follow``) and close after ``end``. Each event's ``id:`` is how far the
+stream is in its logs, in bytes (``builds.logs.Positions``): a follower that
+reconnects with it as ``Last-Event-ID`` gets only what comes after.
 """
 
 from __future__ import annotations
@@ -72,14 +75,18 @@ async def list_jobs(
                                              mine=mine, limit=limit, before=before)
 
 
+#: An unlisted job's key, as its URLs carry it.
+Key = Query(None, max_length=64, description="An unlisted job's key.")
+
+
 @router.get("/jobs/{job_id}")
-async def get_job(request: Request, job_id: int) -> JobOut:
-    return await builds(request).jobs.get(await principal(request), job_id)
+async def get_job(request: Request, job_id: int, key: str | None = Key) -> JobOut:
+    return await builds(request).jobs.get(await principal(request), job_id, key)
 
 
 @router.get("/jobs/{job_id}/manifest")
-async def get_manifest(request: Request, job_id: int) -> Response:
-    text = await builds(request).jobs.manifest(await principal(request), job_id)
+async def get_manifest(request: Request, job_id: int, key: str | None = Key) -> Response:
+    text = await builds(request).jobs.manifest(await principal(request), job_id, key)
     return Response(text, media_type="text/yaml; charset=utf-8")
 
 
@@ -93,9 +100,9 @@ async def cancel(request: Request, job_id: int) -> JobOut:
     return await builds(request).jobs.cancel(await require(request, JOBS_SUBMIT), job_id)
 
 
-async def _log(request: Request, job_id: int, task: str | None) -> Response:
+async def _log(request: Request, job_id: int, task: str | None, key: str | None) -> Response:
     services = builds(request)
-    view = await services.jobs.get(await principal(request), job_id)
+    view = await services.jobs.get(await principal(request), job_id, key)
     if task is not None and task not in {t.name for t in view.tasks}:
         raise InvalidInput(f"job {job_id} has no task {task!r}", field="task")
     start, end, partial = 0, None, False
@@ -126,22 +133,24 @@ async def _log(request: Request, job_id: int, task: str | None) -> Response:
 
 
 @router.get("/jobs/{job_id}/log", response_class=Response)
-async def setup_log(request: Request, job_id: int) -> Response:
+async def setup_log(request: Request, job_id: int, key: str | None = Key) -> Response:
     """The setup log (everything before the first task), text/plain; Range supported."""
-    return await _log(request, job_id, None)
+    return await _log(request, job_id, None, key)
 
 
 @router.get("/jobs/{job_id}/tasks/{task}/log", response_class=Response)
-async def task_log(request: Request, job_id: int, task: str) -> Response:
+async def task_log(request: Request, job_id: int, task: str, key: str | None = Key
+                   ) -> Response:
     """A task's log, text/plain; Range supported."""
-    return await _log(request, job_id, task)
+    return await _log(request, job_id, task, key)
 
 
-async def _sse(request: Request, job_id: int, task: str | None, only: bool) -> Response:
+async def _sse(request: Request, job_id: int, task: str | None, only: bool,
+               key: str | None) -> Response:
     services = builds(request)
     positions = Positions(request.headers.get("last-event-id"))
     events = services.jobs.follow(await principal(request), job_id, task, only,
-                                  positions=positions)
+                                  positions=positions, key=key)
     first = await anext(events)  # NotFound and friends before the 200 goes out
 
     async def body() -> AsyncIterator[ServerSentEvent]:
@@ -158,25 +167,27 @@ async def _sse(request: Request, job_id: int, task: str | None, only: bool) -> R
 
 
 @router.get("/jobs/{job_id}/events", response_class=Response)
-async def job_events(request: Request, job_id: int) -> Response:
+async def job_events(request: Request, job_id: int, key: str | None = Key) -> Response:
     """Every log, task and status change of the job, live (text/event-stream)."""
-    return await _sse(request, job_id, None, False)
+    return await _sse(request, job_id, None, False, key)
 
 
 @router.get("/jobs/{job_id}/log/events", response_class=Response)
-async def setup_log_events(request: Request, job_id: int) -> Response:
-    return await _sse(request, job_id, None, True)
+async def setup_log_events(request: Request, job_id: int, key: str | None = Key) -> Response:
+    return await _sse(request, job_id, None, True, key)
 
 
 @router.get("/jobs/{job_id}/tasks/{task}/log/events", response_class=Response)
-async def task_log_events(request: Request, job_id: int, task: str) -> Response:
-    return await _sse(request, job_id, task, True)
+async def task_log_events(request: Request, job_id: int, task: str,
+                          key: str | None = Key) -> Response:
+    return await _sse(request, job_id, task, True, key)
 
 
 @router.get("/jobs/{job_id}/artifacts/{name}", response_class=Response)
-async def artifact(request: Request, job_id: int, name: str) -> Response:
+async def artifact(request: Request, job_id: int, name: str, key: str | None = Key
+                   ) -> Response:
     services = builds(request)
-    await services.jobs.get(await principal(request), job_id)
+    await services.jobs.get(await principal(request), job_id, key)
     info, stream = await services.artifacts.open(job_id, name)
     return StreamingResponse(stream, media_type="application/octet-stream", headers={
         "Content-Length": str(info.size),

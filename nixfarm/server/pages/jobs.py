@@ -21,6 +21,6 @@ async def jobs_page(request: Request, before: int | None = None) -> Response:
 
 
 @router.get("/jobs/{job_id}")
-async def job_page(request: Request, job_id: int) -> Response:
-    job = await farm_of(request).builds.jobs.get(await principal(request), job_id)
+async def job_page(request: Request, job_id: int, key: str | None = None) -> Response:
+    job = await farm_of(request).builds.jobs.get(await principal(request), job_id, key)
     return templates.TemplateResponse(request, "job.html", {"job": job})

