@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from nixfarm.wire.base import Wire
+from nixfarm.wire.base import Id, Wire
 
 JobStatus = Literal["pending", "queued", "running", "success", "failed", "timeout", "cancelled"]
 TaskStatus = Literal["pending", "running", "success", "failed", "skipped"]
@@ -105,7 +105,7 @@ class JobPage(Wire):
 class JobGroupCreate(Wire):
     """POST /api/v1/job-groups (jobs:submit): group pending jobs the caller owns."""
 
-    job_ids: list[int] = Field(min_length=1, max_length=100)
+    job_ids: list[Id] = Field(min_length=1, max_length=100)
     note: str | None = None
     execute: bool = True
 

@@ -23,7 +23,7 @@ from nixfarm.wire.caches import (
     PathInfo,
 )
 
-router = APIRouter(prefix="/api/v1/caches", tags=["caches"])
+router = APIRouter(prefix="/v1/caches", tags=["caches"])
 
 
 def _out(request: Request, cache: CacheView, paths: int | None = None) -> CacheOut:

@@ -23,6 +23,7 @@ from nixfarm.builds.services import BuildServices
 from nixfarm.errors import InvalidInput
 from nixfarm.scopes import JOBS_SUBMIT
 from nixfarm.server.auth import farm_of, principal, require
+from nixfarm.wire.base import Id
 from nixfarm.wire.jobs import (
     JobGroupCreate,
     JobGroupOut,
@@ -33,7 +34,7 @@ from nixfarm.wire.jobs import (
     WebhookKey,
 )
 
-router = APIRouter(prefix="/api/v1", tags=["jobs"])
+router = APIRouter(prefix="/v1", tags=["jobs"])
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
@@ -54,34 +55,34 @@ async def list_jobs(
     tag: str | None = None,
     mine: bool = False,
     limit: int = Query(50, ge=1, le=200),
-    before: int | None = None,
+    before: Id | None = None,
 ) -> JobPage:
     return await builds(request).jobs.search(await principal(request), status=status, tag=tag,
                                              mine=mine, limit=limit, before=before)
 
 
 @router.get("/jobs/{job_id}")
-async def get_job(request: Request, job_id: int) -> JobOut:
+async def get_job(request: Request, job_id: Id) -> JobOut:
     return await builds(request).jobs.get(await principal(request), job_id)
 
 
 @router.get("/jobs/{job_id}/manifest")
-async def get_manifest(request: Request, job_id: int) -> Response:
+async def get_manifest(request: Request, job_id: Id) -> Response:
     text = await builds(request).jobs.manifest(await principal(request), job_id)
     return Response(text, media_type="text/yaml; charset=utf-8")
 
 
 @router.post("/jobs/{job_id}/start")
-async def start(request: Request, job_id: int) -> JobOut:
+async def start(request: Request, job_id: Id) -> JobOut:
     return await builds(request).jobs.start(await require(request, JOBS_SUBMIT), job_id)
 
 
 @router.post("/jobs/{job_id}/cancel")
-async def cancel(request: Request, job_id: int) -> JobOut:
+async def cancel(request: Request, job_id: Id) -> JobOut:
     return await builds(request).jobs.cancel(await require(request, JOBS_SUBMIT), job_id)
 
 
-async def _log(request: Request, job_id: int, task: str | None) -> Response:
+async def _log(request: Request, job_id: Id, task: str | None) -> Response:
     services = builds(request)
     view = await services.jobs.get(await principal(request), job_id)
     if task is not None and task not in {t.name for t in view.tasks}:
@@ -114,18 +115,18 @@ async def _log(request: Request, job_id: int, task: str | None) -> Response:
 
 
 @router.get("/jobs/{job_id}/log", response_class=Response)
-async def setup_log(request: Request, job_id: int) -> Response:
+async def setup_log(request: Request, job_id: Id) -> Response:
     """The setup log (everything before the first task), text/plain; Range supported."""
     return await _log(request, job_id, None)
 
 
 @router.get("/jobs/{job_id}/tasks/{task}/log", response_class=Response)
-async def task_log(request: Request, job_id: int, task: str) -> Response:
+async def task_log(request: Request, job_id: Id, task: str) -> Response:
     """A task's log, text/plain; Range supported."""
     return await _log(request, job_id, task)
 
 
-async def _sse(request: Request, job_id: int, task: str | None, only: bool) -> Response:
+async def _sse(request: Request, job_id: Id, task: str | None, only: bool) -> Response:
     services = builds(request)
     positions = Positions(request.headers.get("last-event-id"))
     events = services.jobs.follow(await principal(request), job_id, task, only,
@@ -146,23 +147,23 @@ async def _sse(request: Request, job_id: int, task: str | None, only: bool) -> R
 
 
 @router.get("/jobs/{job_id}/events", response_class=Response)
-async def job_events(request: Request, job_id: int) -> Response:
+async def job_events(request: Request, job_id: Id) -> Response:
     """Every log, task and status change of the job, live (text/event-stream)."""
     return await _sse(request, job_id, None, False)
 
 
 @router.get("/jobs/{job_id}/log/events", response_class=Response)
-async def setup_log_events(request: Request, job_id: int) -> Response:
+async def setup_log_events(request: Request, job_id: Id) -> Response:
     return await _sse(request, job_id, None, True)
 
 
 @router.get("/jobs/{job_id}/tasks/{task}/log/events", response_class=Response)
-async def task_log_events(request: Request, job_id: int, task: str) -> Response:
+async def task_log_events(request: Request, job_id: Id, task: str) -> Response:
     return await _sse(request, job_id, task, True)
 
 
 @router.get("/jobs/{job_id}/artifacts/{name}", response_class=Response)
-async def artifact(request: Request, job_id: int, name: str) -> Response:
+async def artifact(request: Request, job_id: Id, name: str) -> Response:
     services = builds(request)
     await services.jobs.get(await principal(request), job_id)
     info, stream = await services.artifacts.open(job_id, name)
@@ -183,17 +184,17 @@ async def create_group(request: Request, body: JobGroupCreate) -> JobGroupOut:
 
 
 @router.get("/job-groups/{group_id}")
-async def get_group(request: Request, group_id: int) -> JobGroupOut:
+async def get_group(request: Request, group_id: Id) -> JobGroupOut:
     return await builds(request).jobs.group(await principal(request), group_id)
 
 
 @router.post("/job-groups/{group_id}/start")
-async def start_group(request: Request, group_id: int) -> JobGroupOut:
+async def start_group(request: Request, group_id: Id) -> JobGroupOut:
     return await builds(request).jobs.start_group(await require(request, JOBS_SUBMIT), group_id)
 
 
 @router.post("/job-groups/{group_id}/cancel")
-async def cancel_group(request: Request, group_id: int) -> JobGroupOut:
+async def cancel_group(request: Request, group_id: Id) -> JobGroupOut:
     return await builds(request).jobs.cancel_group(await require(request, JOBS_SUBMIT),
                                                    group_id)
 
