@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -67,11 +68,19 @@ async def to_registry(request: Request) -> Response:
     return RedirectResponse("/v2/", 308)
 
 
-def protocol(path: str, routes: list[BaseRoute],
-             handlers: Mapping[type[Exception], Handler]) -> Mount:
-    """The routes of one protocol under ``path``, its errors answered by ``handlers``."""
-    return Mount(path, routes=routes, middleware=[Middleware(ExceptionMiddleware,
-                                                             handlers=handlers)])
+class Protocol(Mount):
+    """The routes of one protocol under ``path``, its errors answered by ``handlers``.
+
+    Everything under ``path`` is the protocol's, whatever its characters: Starlette's
+    own mount pattern (``.*``) stops at a newline, and a ``%0A`` in a URL would then
+    fall through to no protocol at all.
+    """
+
+    def __init__(self, path: str, routes: list[BaseRoute],
+                 handlers: Mapping[int | type[Exception], Handler]) -> None:
+        super().__init__(path, routes=routes, middleware=[
+            Middleware(ExceptionMiddleware, handlers=handlers)])
+        self.path_regex = re.compile(self.path_regex.pattern, re.DOTALL)
 
 
 def api_routes() -> list[BaseRoute]:
@@ -127,7 +136,7 @@ def create_app(settings: Settings) -> FastAPI:
     # The OpenAPI document and the docs are the API's own routes (under /api), not
     # FastAPI's, which would live outside the API's error handling.
     app = FastAPI(title="nixfarm", version=__version__, openapi_url=None, docs_url=None,
-                  redoc_url=None, lifespan=lifespan)
+                  redoc_url=None, lifespan=lifespan, exception_handlers=errors.PLAIN)
     app.state.metrics = metrics
     app.state.settings = settings
     api = api_routes()
@@ -140,15 +149,15 @@ def create_app(settings: Settings) -> FastAPI:
     pages.include_router(jobs_web.router)
     app.router.routes[:] = [
         # The Nix cache and registry protocols are the hot paths: matched first.
-        protocol("/cache", cache_routes.routes, errors.PLAIN),
-        protocol("/v2", registry_routes.oci_routes, errors.OCI),
+        Protocol("/cache", cache_routes.routes, errors.PLAIN),
+        Protocol("/v2", registry_routes.oci_routes, errors.OCI),
         Route("/v2", to_registry, methods=["GET", "HEAD"]),
-        protocol("/registry", registry_routes.board_routes, errors.PLAIN),
-        protocol("/api", [*api, Route("/v1/openapi.json", openapi_json, methods=["GET"]),
+        Protocol("/registry", registry_routes.board_routes, errors.PLAIN),
+        Protocol("/api", [*api, Route("/v1/openapi.json", openapi_json, methods=["GET"]),
                           *apidocs.routes("/v1/openapi.json")], errors.JSON_API),
         Route("/metrics", exposition, methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),
-        protocol("", list(pages.routes), errors.PLAIN),
+        Protocol("", list(pages.routes), errors.PLAIN),
     ]
     app.add_middleware(DrainMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

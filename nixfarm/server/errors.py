@@ -17,7 +17,8 @@ in the protocol's shape that leaks nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
@@ -196,11 +197,11 @@ def _status_response(response: Response, exc: HTTPException) -> Response:
     return response
 
 
-Handler = Callable[[Request, Exception], Awaitable[Response]]
+Handler = Callable[[Request, Any], Coroutine[Any, Any, Response]]
 
 
 def _handlers(render: Callable[[Request, NixfarmError], Response],
-              internal: Callable[[Request], Response]) -> Mapping[type[Exception], Handler]:
+              internal: Callable[[Request], Response]) -> dict[int | type[Exception], Handler]:
     """The exception handlers of one protocol, given how it renders an error."""
 
     async def nixfarm_error(request: Request, exc: Exception) -> Response:

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from nixfarm.wire.base import Id, Wire
+from nixfarm.wire.values import Base64Text
 
 JobStatus = Literal["pending", "queued", "running", "success", "failed", "timeout", "cancelled"]
 TaskStatus = Literal["pending", "running", "success", "failed", "skipped"]
@@ -137,7 +138,7 @@ class SecretCreate(Wire):
     name: str = Field(min_length=3, max_length=512)
     kind: SecretKind
     #: The value, base64.
-    data: str
+    data: Base64Text
     #: For ``file``: where it goes in the sandbox (``~/`` is the build user's home).
     path: str | None = None
     #: For ``file``: its mode, e.g. 0o600 (as a number).
