@@ -166,3 +166,16 @@ def test_openapi_documents_the_error_answers(api_farm: RunningFarm) -> None:
     assert "422" not in operation["responses"]
     error = operation["responses"]["404"]["content"]["application/json"]["schema"]
     assert error == {"$ref": "#/components/schemas/ErrorOut"}
+
+
+@pytest.mark.parametrize(("args", "names"), [
+    (("jobs", "--limit", "0"), "limit"),
+    (("jobs", "--status", "nonsense"), "status"),
+])
+def test_the_cli_says_bad_input_in_one_sentence(api_farm: RunningFarm, args: tuple[str, ...],
+                                                 names: str) -> None:
+    """What the API refuses as bad input, the CLI reports as bad input: exit 2."""
+    done = api_farm.cli(*args, check=False)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and names in lines[0] and "detail" not in lines[0]
