@@ -15,6 +15,7 @@ would revoke the admin token the run uses (its ids are tried with ids beyond int
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -179,3 +180,19 @@ def test_the_cli_says_bad_input_in_one_sentence(api_farm: RunningFarm, args: tup
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and names in lines[0] and "detail" not in lines[0]
+
+
+def test_the_api_docs_need_nothing_from_outside(api_farm: RunningFarm) -> None:
+    """/api/docs names only the farm's own URLs (Swagger UI from the package), and each
+    of them answers: the page works on a machine without a CDN."""
+    page = api_farm.get("/api/docs", token="")
+    assert page.status_code == 200 and "SwaggerUIBundle" in page.text
+    urls = re.findall(r"""(?:src|href)="([^"]+)"|url: '([^']+)'""", page.text)
+    named = [a or b for a, b in urls]
+    assert len(named) >= 4, named  # the script, the stylesheet, the icon, the document
+    for url in named:
+        assert url.startswith("/") and not url.startswith("//"), url
+        answer = api_farm.get(url, token="")
+        assert answer.status_code == 200, url
+        assert len(answer.content) > 1000, url
+    assert "/api/v1/openapi.json" in named
