@@ -68,7 +68,7 @@ async def to_registry(request: Request) -> Response:
     return RedirectResponse("/v2/", 308)
 
 
-class Protocol(Mount):
+class ProtocolMount(Mount):
     """The routes of one protocol under ``path``, its errors answered by ``handlers``.
 
     Everything under ``path`` is the protocol's, whatever its characters: Starlette's
@@ -145,19 +145,17 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse(openapi(app, api))
 
     app.openapi = lambda: openapi(app, api)  # type: ignore[method-assign]
-    pages = APIRouter()
-    pages.include_router(jobs_web.router)
     app.router.routes[:] = [
         # The Nix cache and registry protocols are the hot paths: matched first.
-        Protocol("/cache", cache_routes.routes, errors.PLAIN),
-        Protocol("/v2", registry_routes.oci_routes, errors.OCI),
+        ProtocolMount("/cache", cache_routes.routes, errors.PLAIN),
+        ProtocolMount("/v2", registry_routes.oci_routes, errors.OCI),
         Route("/v2", to_registry, methods=["GET", "HEAD"]),
-        Protocol("/registry", registry_routes.board_routes, errors.PLAIN),
-        Protocol("/api", [*api, Route("/v1/openapi.json", openapi_json, methods=["GET"]),
+        ProtocolMount("/registry", registry_routes.board_routes, errors.PLAIN),
+        ProtocolMount("/api", [*api, Route("/v1/openapi.json", openapi_json, methods=["GET"]),
                           *apidocs.routes("/v1/openapi.json")], errors.JSON_API),
         Route("/metrics", exposition, methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),
-        Protocol("", list(pages.routes), errors.PLAIN),
+        ProtocolMount("", list(jobs_web.router.routes), errors.PLAIN),  # web pages
     ]
     app.add_middleware(DrainMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
