@@ -10,7 +10,7 @@ from datetime import datetime
 
 from pydantic import Field
 
-from nixfarm.wire.base import Wire
+from nixfarm.wire.base import Int32, Wire
 from nixfarm.wire.values import Compression, NarHash, StorePathText
 
 
@@ -19,7 +19,7 @@ class CacheCreate(Wire):
 
     name: str
     private: bool = False
-    priority: int | None = None
+    priority: Int32 | None = None
 
 
 class CacheOut(Wire):
@@ -51,7 +51,7 @@ class PathInfo(Wire):
 
     store_path: StorePathText
     nar_hash: NarHash
-    nar_size: int = Field(ge=0)
+    nar_size: int = Field(ge=0, le=2**63 - 1)
     references: list[StorePathText] = []
     deriver: StorePathText | None = None
     ca: str | None = None

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from nixfarm.wire.base import Id, Wire
+from nixfarm.wire.base import Id, Int32, Wire
 from nixfarm.wire.values import Base64Text
 
 JobStatus = Literal["pending", "queued", "running", "success", "failed", "timeout", "cancelled"]
@@ -142,7 +142,7 @@ class SecretCreate(Wire):
     #: For ``file``: where it goes in the sandbox (``~/`` is the build user's home).
     path: str | None = None
     #: For ``file``: its mode, e.g. 0o600 (as a number).
-    mode: int | None = None
+    mode: Int32 | None = None
 
 
 class SecretOut(Wire):

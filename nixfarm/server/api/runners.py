@@ -14,7 +14,7 @@ from nixfarm.builds.runners import RunnerService
 from nixfarm.scopes import ADMIN, RUNNER
 from nixfarm.server.auth import farm_of, require
 from nixfarm.server.body import read_bounded
-from nixfarm.wire.base import Id
+from nixfarm.wire.base import MAX_INT, Id
 from nixfarm.wire.jobs import ArtifactOut, JobOut
 from nixfarm.wire.runners import (
     MAX_LOG_CHUNK,
@@ -88,7 +88,7 @@ async def _chunk(request: Request) -> bytes:
 
 @router.post("/{runner_id}/jobs/{job_id}/log")
 async def setup_log(request: Request, runner_id: Id, job_id: Id,
-                    seq: int = Query(ge=0)) -> LogAccepted:
+                    seq: int = Query(ge=0, le=MAX_INT)) -> LogAccepted:
     """Append chunk ``seq`` (raw bytes) to the setup log."""
     who = await require(request, RUNNER)
     return await service(request).log(who, runner_id, job_id, None, seq,
@@ -97,7 +97,7 @@ async def setup_log(request: Request, runner_id: Id, job_id: Id,
 
 @router.post("/{runner_id}/jobs/{job_id}/tasks/{task}/log")
 async def task_log(request: Request, runner_id: Id, job_id: Id, task: str,
-                   seq: int = Query(ge=0)) -> LogAccepted:
+                   seq: int = Query(ge=0, le=MAX_INT)) -> LogAccepted:
     """Append chunk ``seq`` (raw bytes) to a task's log."""
     who = await require(request, RUNNER)
     return await service(request).log(who, runner_id, job_id, task, seq,
