@@ -1,9 +1,12 @@
 """One typed, frozen settings object, loaded once.
 
-Sources, later ones winning: built-in defaults, a TOML file (``--config`` or
-``NIXFARM_CONFIG``), then ``NIXFARM_*`` environment variables, where ``__`` separates
-sections (``NIXFARM_STORAGE__KIND=s3``). Unknown keys and bad values are
-``ConfigError``s that name the key, so a typo never silently falls back to a default.
+Sources, later ones winning: built-in defaults, a TOML file, then ``NIXFARM_*``
+environment variables, where ``__`` separates sections (``NIXFARM_STORAGE__KIND=s3``).
+The file is ``--config FILE`` or ``NIXFARM_CONFIG``; without either, ``nixfarm.toml`` in
+the data directory if there is one (``DEFAULT_FILE``). The data directory is
+``--data-dir``, ``NIXFARM_DATA_DIR`` or ``./data`` (relative to the working directory).
+Unknown keys and bad values are ``ConfigError``s that name the key, so a typo never
+silently falls back to a default.
 """
 
 from __future__ import annotations
@@ -20,6 +23,11 @@ from nixfarm.errors import ConfigError
 
 #: How ``nixfarm up`` hands its validated settings (JSON) to the server's worker.
 SETTINGS_VARIABLE = "_NIXFARM_SETTINGS"
+
+#: The configuration file read from the data directory when none is named.
+DEFAULT_FILE = "nixfarm.toml"
+#: The data directory when none is named, relative to the working directory.
+DEFAULT_DATA_DIR = Path("./data")
 
 # Variables the CLI reads for itself; they are not settings of the server.
 CLI_VARIABLES = frozenset({"NIXFARM_URL", "NIXFARM_TOKEN", "NIXFARM_CONFIG"})
@@ -131,7 +139,7 @@ class KeySettings(Section):
 
 
 class Settings(Section):
-    data_dir: Path = Path("./data")
+    data_dir: Path = DEFAULT_DATA_DIR
     listen: str = "127.0.0.1:8080"
     #: The URL clients reach the server at; derived from ``listen`` when empty.
     public_url: str = ""
@@ -229,6 +237,12 @@ def load(
     environ = os.environ if environ is None else environ
     if path is None and environ.get("NIXFARM_CONFIG"):
         path = Path(environ["NIXFARM_CONFIG"])
+    implicit = False
+    if path is None:
+        data_dir = Path(str((overrides or {}).get("data_dir") or environ.get("NIXFARM_DATA_DIR")
+                            or DEFAULT_DATA_DIR))
+        if (data_dir / DEFAULT_FILE).is_file():
+            path, implicit = data_dir / DEFAULT_FILE, True
     tree: dict[str, Any] = {}
     origin = "configuration"
     if path is not None:
@@ -240,6 +254,11 @@ def load(
             raise ConfigError(f"configuration file {path} does not exist", key="") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {e}", key="") from None
+        if implicit and "data_dir" in tree:
+            # The file was found through the data directory: it cannot name another one.
+            raise ConfigError(f"{path} sets data_dir, but it was read because it is in that "
+                              "data directory; remove the key, or pass the file with --config",
+                              key="data_dir")
     tree = _merge(tree, _env_tree(environ))
     tree = _merge(tree, overrides or {})
     try:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from cachetools import TTLCache
 
 from nixfarm.db import tokens as token_queries
 from nixfarm.db.engine import Database
-from nixfarm.db.models import Token
+from nixfarm.db.models import Token, utcnow
+from nixfarm.errors import InvalidInput
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,21 @@ class TokenView:
     def of(cls, token: Token) -> TokenView:
         return cls(token.id, token.name, tuple(token.scopes), token.created_at,
                    token.expires_at, token.revoked, token.last_used_at)
+
+
+def future_expiry(expires_at: datetime | None) -> datetime | None:
+    """A time of expiry a user asked for, in UTC; ``InvalidInput`` if it is already past
+    (a token dead at birth is a mistake, most often a wrong year or time zone)."""
+    if expires_at is None:
+        return None
+    # A time without a zone is read as UTC, the zone every timestamp here is in.
+    if expires_at.tzinfo is None:
+        expires_at = expires_at.replace(tzinfo=UTC)
+    if expires_at <= utcnow():
+        raise InvalidInput(
+            f"expires_at {expires_at.isoformat()} is in the past; a token must expire "
+            "in the future (or not at all).", field="expires_at")
+    return expires_at
 
 
 _MEMO_SECONDS = 5.0

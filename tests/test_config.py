@@ -62,3 +62,25 @@ def test_unreadable_files_are_clear(tmp_path: Path) -> None:
     bad.write_text("listen = \n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         config.load(bad, environ={})
+
+
+def test_the_data_directory_holds_the_default_file(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    # No file named, none in the data directory: defaults.
+    assert config.load(environ={"NIXFARM_DATA_DIR": str(data)}).port == 8080
+    (data / config.DEFAULT_FILE).write_text('listen = "127.0.0.1:9100"\n')
+    assert config.load(environ={"NIXFARM_DATA_DIR": str(data)}).port == 9100
+    assert config.load(environ={}, overrides={"data_dir": str(data)}).port == 9100
+    # A file named explicitly wins; the data directory's is not read then.
+    named = tmp_path / "named.toml"
+    named.write_text('listen = "127.0.0.1:9200"\n')
+    assert config.load(named, environ={"NIXFARM_DATA_DIR": str(data)}).port == 9200
+    assert config.load(environ={"NIXFARM_DATA_DIR": str(data),
+                                "NIXFARM_CONFIG": str(named)}).port == 9200
+    # It cannot move the data directory it was found in.
+    (data / config.DEFAULT_FILE).write_text('data_dir = "/elsewhere"\n')
+    with pytest.raises(ConfigError) as refused:
+        config.load(environ={"NIXFARM_DATA_DIR": str(data)})
+    assert refused.value.key == "data_dir" and "pass the file with --config" in str(refused.value)
+    assert config.DEFAULT_DATA_DIR == Path("./data") == config.Settings().data_dir

@@ -162,14 +162,25 @@ class JobService:
 
     # --- users -------------------------------------------------------------------
 
-    async def check(self, who: Principal, text: str) -> Manifest:
-        """Validate ``text`` as this server would run it for ``who``; ManifestError if not."""
+    async def check(self, who: Principal, text: str, *, secrets: bool = True) -> Manifest:
+        """Validate ``text`` as this server would run it for ``who``; ManifestError if not.
+
+        The one decision submit and ``POST /api/v1/manifests/check`` share: a check says
+        what a submit would, refusals that depend on the server (oauth, shell, an image
+        no runner offers, a cache the token may not push to, a secret it may not use)
+        included."""
+        return (await self._decide(who, text, secrets))[0]
+
+    async def _decide(self, who: Principal, text: str, secrets: bool
+                      ) -> tuple[Manifest, list[str]]:
+        """The checked manifest and the UUIDs of its secrets (none when not ``secrets``)."""
         manifest = load_manifest(text)
         images, arches = await self.offered()
         caches = [c.name for c in await self.caches.all()
                   if allows(who.scopes, cache_scope(c.name, "push"))]
         check_supported(manifest, images, arches, caches=caches)
-        return manifest
+        secret_ids = await self.secrets.resolve(who, manifest.secrets) if secrets else []
+        return manifest, secret_ids
 
     async def offered(self) -> tuple[set[str], set[str]]:
         """Images and arches configured or offered by a registered runner."""
@@ -188,12 +199,11 @@ class JobService:
 
     async def submit(self, who: Principal, body: JobSubmit, group_id: int | None = None
                      ) -> JobOut:
-        manifest = await self.check(who, body.manifest)
+        manifest, secret_ids = await self._decide(who, body.manifest, body.secrets)
         for tag in body.tags:
             if not tag or len(tag) > 128 or not tag.isprintable():
                 raise InvalidInput(f"tag {tag!r} must be 1-128 printable characters",
                                    field="tags")
-        secret_ids = await self.secrets.resolve(who, manifest.secrets) if body.secrets else []
         triggers = [(t.action, t.condition,
                      {k: v for k, v in t.model_dump(exclude={"action", "condition"}).items()
                       if v is not None}) for t in manifest.triggers]
@@ -209,7 +219,8 @@ class JobService:
         if body.execute:
             await self.bus.publish(QUEUED_TOPIC, str(job.id).encode())
         log.info("job %d submitted by %s (%s)", job.id, who.name, job.status)
-        return await self.view(job.id)
+        view = await self.view(job.id)
+        return view.model_copy(update={"warnings": [str(w) for w in manifest.warnings]})
 
     async def get(self, who: Principal | None, job_id: int) -> JobOut:
         return await self._view(await self._readable(who, job_id))

@@ -122,7 +122,8 @@ class TriggerService:
             return False, "no SMTP server is configured (jobs.smtp_host)"
         message = EmailMessage()
         message["From"] = cfg.smtp_from
-        message["To"] = details["to"]
+        if details.get("to"):  # builds.sr.ht takes to, cc or both
+            message["To"] = details["to"]
         if details.get("cc"):
             message["Cc"] = details["cc"]
         if details.get("in_reply_to"):
@@ -134,7 +135,7 @@ class TriggerService:
         lines += [f"  {t.status:8} {t.name}" for t in job.tasks]
         message.set_content("\n".join(lines) + "\n")
         recipients = [a for _, a in getaddresses(
-            [details["to"], details.get("cc", "")]) if a]
+            [details.get("to", ""), details.get("cc", "")]) if a]
         with smtplib.SMTP(cfg.smtp_host, cfg.smtp_port,
                           timeout=cfg.trigger_timeout_seconds) as smtp:
             if cfg.smtp_starttls:

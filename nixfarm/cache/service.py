@@ -27,7 +27,7 @@ from nixfarm.db import caches as cache_queries
 from nixfarm.db import paths as path_queries
 from nixfarm.db.engine import Database
 from nixfarm.db.models import Cache, CachePath, Nar
-from nixfarm.errors import IntegrityError, InvalidInput, NotFound
+from nixfarm.errors import Conflict, IntegrityError, InvalidInput, NotFound
 from nixfarm.events.base import EventBus
 from nixfarm.naming import check_cache_name
 from nixfarm.nix import nix32
@@ -267,15 +267,29 @@ class CacheService:
         if not info.url.startswith("nar/") or match is None:
             raise InvalidInput(f"narinfo URL {info.url!r} is not nar/<filehash>.nar[.ext]",
                                field="URL")
-        file_hash = info.file_hash or f"sha256:{match.group(1)}"
+        file_hash = _normal_hash(f"sha256:{match.group(1)}", "URL")
+        if info.file_hash is not None and info.file_hash != file_hash:
+            raise InvalidInput(
+                f"narinfo FileHash {info.file_hash} is not the hash its URL {info.url} "
+                "names", field="FileHash")
+        if compression_of(info.url) != info.compression:
+            raise InvalidInput(
+                f"narinfo Compression {info.compression} does not fit its URL {info.url}",
+                field="Compression")
         async with self.db.session() as s:
             row = await cache_queries.get_cache(s, cache)
-            nar = await path_queries.cache_nar(s, row.id, _normal_hash(file_hash, "FileHash"))
+            nar = await path_queries.cache_nar(s, row.id, file_hash)
             if nar is None:
                 raise InvalidInput(
                     f"narinfo for {info.store_path.basename} names NAR {info.url}, which "
                     f"was not uploaded to cache {cache!r}", field="URL")
+            if info.file_size is not None and info.file_size != nar.file_size:
+                raise IntegrityError(
+                    f"the narinfo claims FileSize {info.file_size}, but its NAR file has "
+                    f"{nar.file_size} bytes", field="FileSize", expected=str(nar.file_size),
+                    actual=str(info.file_size))
             _check_same(nar, info.nar_hash, info.nar_size)
+            await _check_closure(s, row, info.store_path, info.references)
             await self._publish(s, row, nar, info.store_path, info.references,
                                 info.deriver, info.ca)
         await self.forget_everywhere(cache, [info.store_path.hash_part], [])
@@ -302,6 +316,8 @@ class CacheService:
             raise InvalidInput(f"unsupported compression {compression!r}", field="compression")
         async with self.db.session() as s:
             row = await cache_queries.get_cache(s, cache)
+            # Before the NAR is stored: a refused path leaves nothing behind.
+            await _check_closure(s, row, store_path, references)
         facts, stored = await self._ingest(body, compression, expected_nar=(nar_hash,
                                                                             upload.nar_size))
         async with self.db.session() as s:
@@ -390,6 +406,25 @@ async def _record_nar(s: AsyncSession, cache: Cache, facts: NarFacts, storage_ke
     )
     await path_queries.link_nar_to_cache(s, cache.id, nar.id)
     return nar
+
+
+async def _check_closure(s: AsyncSession, cache: Cache, store_path: StorePath,
+                         references: Sequence[str]) -> None:
+    """``Conflict`` naming the references (basenames) the cache lacks, but the path itself.
+
+    A narinfo is the promise that its whole closure can be substituted from here; Nix
+    uploads references first (``nix copy``, ``nixfarm push``), so a missing one means an
+    upload out of order or a cache that lost a path, and serving it would fail later.
+    """
+    others = {StorePath.parse(f"{STORE_DIR}/{r}").hash_part: r for r in references
+              if r != store_path.basename}
+    lacking = await path_queries.missing_hashes(s, cache.id, list(others))
+    if lacking:
+        names = ", ".join(others[h] for h in lacking[:5])
+        more = f" and {len(lacking) - 5} more" if len(lacking) > 5 else ""
+        raise Conflict(
+            f"{store_path.basename} references {names}{more}, which cache {cache.name!r} "
+            "does not have; upload references first")
 
 
 def _render(path: CachePath) -> str:

@@ -3,7 +3,6 @@ garbage."""
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 import typer
@@ -11,6 +10,8 @@ from rich.table import Table
 
 from nixfarm.cli.common import DataDir, Token, Url, out, with_client
 from nixfarm.client.api import Client
+from nixfarm.durations import EXAMPLES, parse_duration
+from nixfarm.errors import InvalidInput
 from nixfarm.wire.caches import CacheOut, GcReport
 
 app = typer.Typer(help="Signed Nix binary caches.", no_args_is_help=True)
@@ -70,20 +71,16 @@ def key(name: str, url: Url = None, token: Token = None, data_dir: DataDir = Non
     print(with_client(url, token, data_dir, work).public_key)
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([dhm])")
-_DAYS_PER_UNIT = {"d": 1.0, "h": 1 / 24, "m": 1 / (24 * 60)}
 _MAX_DAYS = 36500
 
 
-def parse_duration(text: str) -> float:
-    """``30d``, ``12h`` or ``90m`` as a number of days; ``typer.BadParameter`` otherwise."""
-    match = _DURATION.fullmatch(text.strip())
-    if match is None:
-        raise typer.BadParameter(
-            f"{text!r} is not a duration: write a number and d, h or m (30d, 12h, 90m)")
-    days = float(match.group(1)) * _DAYS_PER_UNIT[match.group(2)]
+def older_than_days(text: str) -> float:
+    """``--older-than`` as a number of days (what the API takes); ``InvalidInput`` if bad."""
+    duration = parse_duration(text, field="older_than")
+    days = duration.total_seconds() / 86400
     if not 0 < days <= _MAX_DAYS:
-        raise typer.BadParameter(f"{text!r} must be more than 0 and at most {_MAX_DAYS}d")
+        raise InvalidInput(f"--older-than {text!r} must be more than 0 and at most "
+                           f"{_MAX_DAYS}d", field="older_than")
     return days
 
 
@@ -100,13 +97,13 @@ def _size(n: int) -> str:
 def gc(
     name: str,
     older_than: Annotated[str, typer.Option(
-        "--older-than", help="Remove paths uploaded longer ago than this (30d, 12h, 90m), "
-        "unless a newer path needs them.")],
+        "--older-than", help=f"Remove paths uploaded longer ago than this ({EXAMPLES}; "
+        "'m' is refused: minutes or months?), unless a newer path needs them.")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report.")] = False,
     url: Url = None, token: Token = None, data_dir: DataDir = None,
 ) -> None:
     """Collect garbage: old paths nothing newer needs, their logs and NAR files (admin)."""
-    days = parse_duration(older_than)
+    days = older_than_days(older_than)
 
     async def work(c: Client) -> GcReport:
         return await c.collect_garbage(name, days, dry_run)

@@ -13,7 +13,14 @@ from nixfarm.client.api import Client
 from nixfarm.client.jobs import JobsClient
 from nixfarm.errors import InvalidInput
 from nixfarm.manifest import load_manifest
-from nixfarm.wire.jobs import FINAL_STATUSES, JobSubmit, SecretKind, SecretOut, Visibility
+from nixfarm.wire.jobs import (
+    FINAL_STATUSES,
+    JobSubmit,
+    ManifestChecked,
+    SecretKind,
+    SecretOut,
+    Visibility,
+)
 
 manifest_app = typer.Typer(help="Build manifests (.build.yml).", no_args_is_help=True)
 secret_app = typer.Typer(help="Secrets for jobs: SSH keys, PGP keys, files.",
@@ -31,11 +38,31 @@ def _read(path: Path) -> str:
         raise InvalidInput(f"{path} is not UTF-8 text", field="file") from None
 
 
+def _warn(warnings: list[str]) -> None:
+    for warning in warnings:
+        err.print(f"warning: {warning}", markup=False)
+
+
 @manifest_app.command("check")
-def check(file: Path) -> None:
-    """Validate a manifest locally, without submitting it."""
-    manifest = load_manifest(_read(file), name=str(file))
-    out.print(f"{file}: valid ({len(manifest.tasks)} tasks, image {manifest.image})",
+def check(file: Path, url: Url = None, token: Token = None, data_dir: DataDir = None) -> None:
+    """Check a manifest as the server would at submit, without submitting it: the same
+    refusals (oauth, shell, an image no runner offers...) and warnings. Without a server
+    (--url, --data-dir), its format only."""
+    text = _read(file)
+    if not url and not data_dir:
+        manifest = load_manifest(text, name=str(file))
+        _warn([str(w) for w in manifest.warnings])
+        out.print(f"{file}: valid format ({len(manifest.tasks)} tasks, image "
+                  f"{manifest.image}); not checked against a server (pass --url or "
+                  "--data-dir to hear what submit would say)", markup=False)
+        return
+
+    async def work(c: Client) -> ManifestChecked:
+        return await JobsClient(c).check(text)
+
+    checked = with_client(url, token, data_dir, work)
+    _warn(checked.warnings)
+    out.print(f"{file}: valid ({len(checked.tasks)} tasks, image {checked.image})",
               markup=False)
 
 
@@ -83,6 +110,7 @@ def submit(
         jobs = JobsClient(c)
         job = await jobs.submit(JobSubmit(manifest=text, tags=tag or [], note=note,
                                           execute=execute, visibility=vis))
+        _warn(job.warnings)
         out.print(f"{job.id} {job.url}", markup=False)
         if not follow:
             return job.id, "", None
@@ -149,7 +177,8 @@ def secret_create(
     file: Annotated[Path, typer.Argument(help="The file holding the value.")],
     kind: Annotated[str, typer.Option(help="file, ssh_key or pgp_key.")] = "file",
     path: Annotated[str | None, typer.Option(
-        help="For a file secret: where it goes in the sandbox (~/... or /...).")] = None,
+        help="For a file secret: where it goes in the sandbox, '~/...' (quoted: ~ is the "
+             "build user's home, not yours) or /....")] = None,
     mode: Annotated[str | None, typer.Option(help="For a file secret: octal mode.")] = None,
     url: Url = None, token: Token = None, data_dir: DataDir = None,
 ) -> None:

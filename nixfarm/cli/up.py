@@ -16,10 +16,14 @@ if TYPE_CHECKING:
     from nixfarm.config import Settings
 
 DataDirOption = Annotated[Path | None, typer.Option(
-    "--data-dir", envvar="NIXFARM_DATA_DIR", help="Where the farm keeps its state.")]
+    "--data-dir", envvar="NIXFARM_DATA_DIR", show_default=False,
+    help="Where the farm keeps its state (default: ./data, relative to the directory "
+         "nixfarm is started in).")]
 ListenOption = Annotated[str | None, typer.Option(help="HOST:PORT to listen on.")]
 ConfigOption = Annotated[Path | None, typer.Option(
-    "--config", help="A TOML configuration file (see docs/config.example.toml).")]
+    "--config", envvar="NIXFARM_CONFIG", show_default=False,
+    help="A TOML configuration file (default: DATA_DIR/nixfarm.toml if it exists); every "
+         "key is in docs/config.example.toml.")]
 
 
 def up(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -99,9 +100,10 @@ class Client:
                      "Content-Type": "application/x-nix-nar"},
             timeout=httpx.Timeout(None, connect=10.0))
 
-    async def create_token(self, name: str, scopes: list[str]) -> TokenOut:
-        return await self.connection.call("POST", "/api/v1/tokens", TokenOut,
-                                          TokenCreate(name=name, scopes=scopes))
+    async def create_token(self, name: str, scopes: list[str],
+                           expires_at: datetime | None = None) -> TokenOut:
+        return await self.connection.call("POST", "/api/v1/tokens", TokenOut, TokenCreate(
+            name=name, scopes=scopes, expires_at=expires_at))
 
     async def tokens(self) -> list[TokenOut]:
         return await self.connection.call("GET", "/api/v1/tokens", list[TokenOut])

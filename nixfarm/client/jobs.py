@@ -13,7 +13,16 @@ import httpx
 from nixfarm.client.api import Client
 from nixfarm.errors import Unavailable
 from nixfarm.retries import reconnects
-from nixfarm.wire.jobs import JobOut, JobPage, JobSubmit, SecretCreate, SecretKind, SecretOut
+from nixfarm.wire.jobs import (
+    JobOut,
+    JobPage,
+    JobSubmit,
+    ManifestCheck,
+    ManifestChecked,
+    SecretCreate,
+    SecretKind,
+    SecretOut,
+)
 
 log = logging.getLogger("nixfarm.client")
 
@@ -24,6 +33,11 @@ class JobsClient:
 
     async def submit(self, body: JobSubmit) -> JobOut:
         return await self.connection.call("POST", "/api/v1/jobs", JobOut, body)
+
+    async def check(self, manifest: str) -> ManifestChecked:
+        """What a submit of ``manifest`` would say (InvalidInput: its refusal)."""
+        return await self.connection.call("POST", "/api/v1/manifests/check", ManifestChecked,
+                                          ManifestCheck(manifest=manifest))
 
     async def get(self, job_id: int) -> JobOut:
         return await self.connection.call("GET", f"/api/v1/jobs/{job_id}", JobOut)

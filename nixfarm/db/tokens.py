@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nixfarm.db.models import Token, utcnow
-from nixfarm.errors import InvalidInput, NotFound
-from nixfarm.scopes import parse_scope
+from nixfarm.errors import Conflict, InvalidInput, NotFound
+from nixfarm.scopes import ADMIN, parse_scope
 
 PREFIX = "nf_"
 # last_used_at is for humans ("used 3 minutes ago"); writing it on every request
@@ -100,8 +100,21 @@ async def get_token(session: AsyncSession, token_id: int) -> Token:
 
 
 async def revoke_token(session: AsyncSession, token_id: int) -> Token:
-    """Revoke a token for good (idempotent); ``NotFound`` if there is none."""
+    """Revoke a token for good (idempotent); ``NotFound`` if there is none.
+
+    The last live admin token is not revoked (``Conflict``): without one, nobody could
+    create tokens again. Concurrent revocations of the last two are serialised by
+    locking the live admin rows (PostgreSQL; SQLite has one writer anyway).
+    """
     token = await get_token(session, token_id)
+    if not token.revoked and ADMIN in token.scopes and is_live(token, utcnow()):
+        admins = [t for t in await session.scalars(
+            sa.select(Token).where(Token.revoked.is_(False)).with_for_update())
+            if ADMIN in t.scopes and is_live(t, utcnow())]
+        if [t.id for t in admins] == [token.id]:
+            raise Conflict(
+                f"token {token_id} ({token.name}) is the last admin token: revoking it would "
+                "leave nobody able to manage the farm; create another admin token first")
     token.revoked = True
     await session.flush()
     return token

@@ -58,9 +58,12 @@ class ManifestError(InvalidInput):
     """
 
     problems: list[Problem] = field(default_factory=list)
+    #: What was found but does not stop the manifest (unknown keys), for the record.
+    warnings: list[Problem] = field(default_factory=list)
 
     @classmethod
-    def of(cls, problems: Sequence[Problem], *, name: str = "") -> ManifestError:
+    def of(cls, problems: Sequence[Problem], *, name: str = "",
+           warnings: Sequence[Problem] = ()) -> ManifestError:
         """Build the error and its message; ``name`` (a file name) prefixes the message."""
         ordered = sorted(problems, key=lambda p: (p.line, p.column, p.path, p.message))
         subject = f"Invalid manifest {name}" if name else "Invalid manifest"
@@ -69,4 +72,5 @@ class ManifestError(InvalidInput):
         else:
             lines = "\n".join(f"  {p}" for p in ordered)
             message = f"{subject} ({len(ordered)} problems):\n{lines}"
-        return cls(message, field=ordered[0].path if ordered else "", problems=list(ordered))
+        return cls(message, field=ordered[0].path if ordered else "", problems=list(ordered),
+                   warnings=list(warnings))

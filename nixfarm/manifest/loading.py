@@ -4,11 +4,15 @@
     check_supported(manifest, images, arches)   # ManifestError: what we don't run
 
 ``load_manifest`` checks the format: it refuses a manifest builds.sr.ht would refuse,
-and also what builds.sr.ht would accept and then silently drop or fail on later
-(unknown keys, environment values it cannot export, two sources cloned into one
-directory). ``check_supported`` checks the manifest against this server: a job asking
-for ``oauth``, an image or arch we don't have, is refused at submit time, never run
-without what it asked for.
+and also what builds.sr.ht would accept and then fail on later (environment values it
+cannot export, two sources cloned into one directory). Unknown top-level keys are
+ignored, as builds.sr.ht ignores them, but each one is a *warning* (``Manifest.warnings``,
+"did you mean 'environment'?" for a near miss) that submit and ``manifest check`` show;
+``submitter`` (read by git.sr.ht when it submits, not by the build) is ignored quietly.
+``check_supported`` checks the manifest against this server: a job asking for
+``oauth``, an image or arch we don't have, is refused at submit time, never run without
+what it asked for. The server's ``JobService.check`` calls both, for submit and for
+``POST /api/v1/manifests/check`` alike, so a check says what a submit would.
 
 How a problem gets its line and column: ``parsing`` turns the text into data
 and a table of spots (key path -> line and column of the key and of its value);
@@ -20,6 +24,7 @@ validated as ``Task(name, script)``, so their paths are mapped back first (alias
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -30,6 +35,9 @@ from nixfarm.manifest.errors import ManifestError, Problem, format_path
 from nixfarm.manifest.models import Manifest, Trigger
 from nixfarm.manifest.parsing import Path, Spot, load_located
 from nixfarm.manifest.values import AT, describe
+
+#: Keys builds.sr.ht manifests carry for other services: ignored without a warning.
+QUIET_KEYS = frozenset({"submitter"})
 
 _REQUIRED = {
     "image": "an image such as alpine/edge or nix",
@@ -76,7 +84,7 @@ def check_supported(
         line, column = (spot.value.line, spot.value.column) if spot else (0, 0)
         problems.append(Problem(key, line, column, message))
 
-    if manifest.oauth is not None:
+    if manifest.oauth:
         refuse(
             "oauth", "oauth is not supported: nixfarm gives jobs no OAuth tokens; remove the key"
         )
@@ -100,17 +108,35 @@ def check_supported(
     if manifest.cache is not None and caches is not None and manifest.cache not in caches:
         refuse("cache", f"there is no cache named {manifest.cache!r} that this job may push to")
     if problems:
-        raise ManifestError.of(problems, name=name)
+        raise ManifestError.of(problems, name=name, warnings=manifest.warnings)
 
 
 def _listing(names: Collection[str]) -> str:
     return ", ".join(sorted(names)) or "none"
 
 
+def _unknown_keys(data: dict[str, Any], spots: dict[Path, Spot]) -> list[Problem]:
+    """Drop the top-level keys the manifest does not know from ``data``; a warning each."""
+    known = list(Manifest.model_fields)
+    warnings = []
+    for key in [k for k in data if k not in Manifest.model_fields]:
+        del data[key]
+        if key in QUIET_KEYS:
+            continue
+        spot = spots.get((key,))
+        line, column = (spot.key.line, spot.key.column) if spot else (0, 0)
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        warnings.append(Problem(format_path((key,)), line, column,
+                                f"unknown key {key!r} is ignored{hint}"))
+    return warnings
+
+
 def _validate(
     data: dict[str, Any], spots: dict[Path, Spot], found: list[Problem], name: str
 ) -> Manifest:
     problems = list(found)
+    warnings = _unknown_keys(data, spots)
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as e:
@@ -125,9 +151,10 @@ def _validate(
                 for s in seen
             ):
                 problems.append(problem)
-        raise ManifestError.of(problems, name=name) from None
+        raise ManifestError.of(problems, name=name, warnings=warnings) from None
     if problems:
-        raise ManifestError.of(problems, name=name)
+        raise ManifestError.of(problems, name=name, warnings=warnings)
+    manifest.warn(warnings)
     return manifest
 
 

@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from nixfarm.manifest import values
-from nixfarm.manifest.errors import PathElement
+from nixfarm.manifest.errors import PathElement, Problem
 from nixfarm.manifest.parsing import Path, Spot
 from nixfarm.manifest.sources import Scm, parse_source
 
@@ -139,9 +139,11 @@ class Trigger(_Model):
                     f"{', '.join(('action', 'condition', *own))}",
                     key,
                 )
-        required = own[0]
-        if getattr(self, required) is None:
-            raise values.refuse(f"{self._kind} trigger needs {required!r}", required)
+        # builds.sr.ht mails an email trigger's to and cc alike: either will do.
+        required = ("to", "cc") if self.action == "email" else ("url",)
+        if all(getattr(self, key) is None for key in required):
+            needs = " or ".join(repr(key) for key in required)
+            raise values.refuse(f"{self._kind} trigger needs {needs}", required[0])
         return self
 
 
@@ -158,6 +160,7 @@ def _unique(items: list[str], what: str, key: Any = lambda v: v) -> None:
 
 _Items = Field(max_length=MAX_ITEMS)
 EnvValue = values.EnvValue
+_EnvInput = str | int | float | bool | list[str | int | float | bool] | None
 
 
 class Manifest(_Model):
@@ -182,7 +185,7 @@ class Manifest(_Model):
             Annotated[str, AfterValidator(values.env_name)],
             Annotated[
                 values.EnvValue,
-                PlainValidator(values.env_value, json_schema_input_type=values.EnvValue),
+                PlainValidator(values.env_value, json_schema_input_type=_EnvInput),
             ],
         ],
         _Items,
@@ -205,6 +208,8 @@ class Manifest(_Model):
 
     # Where each key path was written, when the manifest came from text.
     _spots: dict[Path, Spot] = PrivateAttr(default_factory=dict)
+    # What loading found but let pass (unknown keys): see ``warnings``.
+    _warnings: list[Problem] = PrivateAttr(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod
@@ -214,6 +219,12 @@ class Manifest(_Model):
         if isinstance(data, dict):
             return {k: v for k, v in data.items() if v is not None or k == "image"}
         return data
+
+    @field_validator("oauth")
+    @classmethod
+    def _empty_oauth_is_none(cls, value: str | None) -> str | None:
+        # builds.sr.ht grants OAuth only for a non-empty oauth: "oauth: ''" asks nothing.
+        return value if value and value.strip() else None
 
     @field_validator("sources")
     @classmethod
@@ -269,6 +280,15 @@ class Manifest(_Model):
     def spot(self, *path: PathElement) -> Spot | None:
         """Where ``path`` was written in the manifest's text, if it came from text."""
         return self._spots.get(path)
+
+    @property
+    def warnings(self) -> list[Problem]:
+        """What loading let pass but the author should hear of (unknown keys, ignored)."""
+        return list(self._warnings)
+
+    def warn(self, warnings: list[Problem]) -> None:
+        """Remember what loading let pass (see ``warnings``)."""
+        self._warnings = list(warnings)
 
     def locate(self, spots: dict[Path, Spot]) -> None:
         """Remember where the manifest's keys were written (see ``spot``)."""

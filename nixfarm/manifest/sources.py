@@ -6,7 +6,9 @@ builds.sr.ht packs all of it into one string, and its worker reads it in this or
 
 1. ``#ref`` — everything after the ``#`` is a branch, tag or commit to check out.
 2. ``directory::`` — clone into that directory of the build user's home instead of the
-   URL's last path component (with ``.git`` dropped for git, as ``git clone`` does).
+   URL's last path component (with ``.git`` dropped for git, as ``git clone`` does). It
+   may be nested (``vendor/lib::...``) but must stay inside the home: no absolute path,
+   no ``..``.
 3. ``scm+`` — ``git+https://...`` or ``hg+ssh://...`` pick the version control system;
    without a prefix it is git.
 
@@ -128,9 +130,13 @@ def _url_path(url: str) -> str:
 
 
 def _check_directory(directory: str, spec: str) -> None:
-    if "/" in directory or "\\" in directory or directory in (".", ".."):
+    # A nested directory (vendor/lib::url) is fine, as in builds.sr.ht; it must stay in
+    # the build user's home, so no absolute path and no '..', and name it one way only.
+    parts = directory.split("/")
+    if directory.startswith("/") or "\\" in directory or any(
+            part in ("", ".", "..") for part in parts):
         raise ValueError(
-            f"directory {directory!r} in {spec!r} must be a single name (no '/', not '.' or '..')"
-        )
-    if directory.startswith("-"):
+            f"directory {directory!r} in {spec!r} must be a relative path inside the build "
+            "directory (no leading '/', no '.' or '..', no empty parts)")
+    if any(part.startswith("-") for part in parts):
         raise ValueError(f"directory {directory!r} must not start with '-'")

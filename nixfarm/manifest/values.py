@@ -97,24 +97,39 @@ def env_name(value: str) -> str:
     return value
 
 
-EnvValue = str | int | float | bool | list[str]
+EnvValue = str | list[str]
+
+
+def _env_text(value: Any, *at: PathElement) -> str:
+    # builds.sr.ht's worker gets the manifest as JSON, so a number reaches it as a
+    # float64 that it writes with Go's shortest form; written here the way people
+    # read numbers: 10 stays 10 (not 10.0), 1.5 stays 1.5, booleans are true/false.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise refuse(f"expected a finite number, got {value}", *at)
+        return str(int(value)) if value.is_integer() and abs(value) < 1e21 else repr(value)
+    if isinstance(value, str):
+        return value
+    raise refuse(f"expected a string or a number, got {describe(value)}", *at)
 
 
 def env_value(value: Any) -> EnvValue:
-    # builds.sr.ht exports strings, numbers, booleans and lists of strings (as a bash
-    # array); null becomes the empty string. Anything else it silently drops: refused.
+    # builds.sr.ht exports strings, numbers, booleans and lists of them (as a bash
+    # array); null becomes the empty string. Numbers and booleans become their text
+    # here, so that the job sees what the manifest says whoever reads it. Anything
+    # else builds.sr.ht silently drops: refused.
     if value is None:
         return ""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise refuse(f"expected a finite number, got {value}")
-    if isinstance(value, str | int | float | bool):
-        return value
     if isinstance(value, list):
-        for index, item in enumerate(value):
-            if not isinstance(item, str):
-                raise refuse(f"expected a string, got {describe(item)}", index)
-        return list(value)
-    raise refuse(f"expected a string, number, boolean or list of strings, got {describe(value)}")
+        return [_env_text(item, index) for index, item in enumerate(value)]
+    if isinstance(value, dict):
+        raise refuse(
+            f"expected a string, number, boolean or list of them, got {describe(value)}")
+    return _env_text(value)
 
 
 def secret(value: str) -> str:

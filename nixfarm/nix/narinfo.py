@@ -6,7 +6,9 @@ Deriver, System, Sig..., CA), references and signatures sorted, and an empty ref
 list as ``References: `` with its trailing space; :meth:`NarInfo.render` reproduces
 that exactly. On input, like Nix, unknown keys are ignored (newer Nix versions add
 some), ``Compression`` defaults to ``bzip2`` and ``Deriver: unknown-deriver`` means
-none.
+none. Every known key is checked for its syntax (hashes, sizes, basenames, a CA that
+Nix can read, signatures of 64 bytes) and a bad one is refused naming the key: a
+cache must never serve a narinfo that Nix then fails on.
 
 What a signature covers is not the file but the *fingerprint*
 ``1;<store path>;<nar hash>;<nar size>;<references as full paths, comma-joined>``:
@@ -16,10 +18,12 @@ stays valid.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass, field
 
 from nixfarm.errors import InvalidInput
-from nixfarm.nix.hashes import normalise_hash
+from nixfarm.nix.hashes import DIGEST_SIZES, normalise_hash, parse_hash
 from nixfarm.nix.storepath import STORE_DIR, StorePath
 
 _SINGLE_KEYS = frozenset(
@@ -28,6 +32,9 @@ _SINGLE_KEYS = frozenset(
         "References", "Deriver", "System", "CA",
     }
 )  # fmt: skip
+
+
+_SIGNATURE_BYTES = 64
 
 
 def _bad(key: str, reason: str) -> InvalidInput:
@@ -45,6 +52,51 @@ def _hash(key: str, value: str) -> str:
         return normalise_hash(value)
     except InvalidInput as exc:
         raise _bad(key, f"is not a sha256 hash ({exc})") from exc
+
+
+def _content_address(value: str) -> str:
+    # What Nix writes: text:sha256:<hash> (a derivation or text file) or
+    # fixed:[r:]<algo>:<hash> (a fixed-output path, r: for recursive); Nix reads the
+    # hash in base16, nix32 or base64, told apart by length.
+    kind, _, rest = value.partition(":")
+    algos: tuple[str, ...]
+    if kind == "text":
+        algos = ("sha256",)
+    elif kind == "fixed":
+        rest = rest.removeprefix("r:")
+        algos = tuple(DIGEST_SIZES)
+    else:
+        raise _bad("CA", f"is not a content address (text:sha256:HASH or "
+                         f"fixed:[r:]ALGO:HASH): {value!r}")
+    algo = rest.partition(":")[0]
+    if algo not in algos:
+        raise _bad("CA", f"names hash algorithm {algo!r}; expected {' or '.join(algos)}: "
+                         f"{value!r}")
+    try:
+        parse_hash(rest, algo)
+    except InvalidInput as exc:
+        raise _bad("CA", f"holds a malformed {algo} hash ({exc}): {value!r}") from exc
+    return value
+
+
+def _signature(value: str) -> str:
+    name, sep, body = value.partition(":")
+    if not sep or not name or any(c.isspace() for c in name):
+        raise _bad("Sig", f"is not KEYNAME:BASE64SIGNATURE: {value!r}")
+    try:
+        signature = base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        raise _bad("Sig", f"holds malformed base64: {value!r}") from None
+    if len(signature) != _SIGNATURE_BYTES:
+        raise _bad("Sig", f"holds {len(signature)} bytes, an Ed25519 signature has "
+                          f"{_SIGNATURE_BYTES}: {value!r}")
+    return value
+
+
+def _no_space(key: str, value: str) -> str:
+    if not value or any(c.isspace() for c in value):
+        raise _bad(key, f"must be one word: {value!r}")
+    return value
 
 
 def _basename(key: str, value: str) -> str:
@@ -95,7 +147,7 @@ class NarInfo:
                     raise InvalidInput(f"narinfo line {number} is not 'Key: value'.", "narinfo")
             if key == "Sig":
                 if value not in sigs:
-                    sigs.append(value)
+                    sigs.append(_signature(value))
             elif key in _SINGLE_KEYS:
                 if key in values:
                     raise _bad(key, "appears twice")
@@ -117,13 +169,18 @@ class NarInfo:
             deriver = None
         else:
             deriver = _basename("Deriver", deriver)
+            if not deriver.endswith(".drv"):
+                raise _bad("Deriver", f"must name a derivation (<hash>-<name>.drv), not "
+                                      f"{deriver!r}")
         ca = values.get("CA") or None
-        if ca is not None and not ca.startswith(("fixed:", "text:")):
-            raise _bad("CA", f"is not a content address: {ca!r}")
+        if ca is not None:
+            _content_address(ca)
+        if values.get("System"):
+            _no_space("System", values["System"])
         return cls(
             store_path=store_path,
-            url=values["URL"],
-            compression=values.get("Compression") or "bzip2",
+            url=_no_space("URL", values["URL"]),
+            compression=_no_space("Compression", values.get("Compression") or "bzip2"),
             file_hash=values["FileHash"] if values.get("FileHash") else None,
             file_size=_size("FileSize", values["FileSize"]) if "FileSize" in values else None,
             nar_hash=values["NarHash"],

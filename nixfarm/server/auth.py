@@ -12,7 +12,7 @@ import binascii
 from starlette.requests import HTTPConnection
 
 from nixfarm.cache.service import CacheView
-from nixfarm.errors import Forbidden, Unauthorized
+from nixfarm.errors import Forbidden, NotFound, Unauthorized
 from nixfarm.farm import Farm
 from nixfarm.registry import pulltokens
 from nixfarm.scopes import REGISTRY_PULL, allows, cache_scope
@@ -74,9 +74,35 @@ async def require_pull(conn: HTTPConnection) -> Principal:
     return await require(conn, REGISTRY_PULL)
 
 
+def unknown_cache(name: str) -> NotFound:
+    """The answer for a cache that is missing, or private to the caller: the same words,
+    so that a private cache's existence is not revealed (as attic answers)."""
+    return NotFound(f"There is no cache named {name!r} (a private cache needs a token "
+                    f"with scope 'cache:{name}:pull').", kind="cache", name=name)
+
+
 async def readable_cache(conn: HTTPConnection, name: str) -> CacheView:
-    """The cache called ``name`` if the caller may read it: a private one needs pull."""
-    cache = await farm_of(conn).caches.get(name)
+    """The cache called ``name`` if the caller may read it: a private one needs pull.
+
+    A private cache the caller may not read (no token, an unknown one, one without
+    pull) is ``unknown_cache``, a 404 like a missing one; a caller who may read it gets
+    the usual 401/403 for what it may not do next (``writable_cache``).
+    """
+    try:
+        cache = await farm_of(conn).caches.get(name)
+    except NotFound:
+        raise unknown_cache(name) from None
     if cache.private:
-        await require(conn, cache_scope(name, "pull"))
+        try:
+            await require(conn, cache_scope(name, "pull"))
+        except (Unauthorized, Forbidden):
+            raise unknown_cache(name) from None
+    return cache
+
+
+async def writable_cache(conn: HTTPConnection, name: str) -> CacheView:
+    """The cache called ``name`` if the caller may push to it: 404 as ``readable_cache``
+    when it may not even read it, then 401/403 without push."""
+    cache = await readable_cache(conn, name)
+    await require(conn, cache_scope(name, "push"))
     return cache

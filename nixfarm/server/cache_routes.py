@@ -17,8 +17,7 @@ from starlette.routing import BaseRoute, Route
 from nixfarm.cache.service import CacheService, CacheView
 from nixfarm.errors import InvalidInput, NotFound
 from nixfarm.metrics import Metrics
-from nixfarm.scopes import cache_scope
-from nixfarm.server.auth import farm_of, readable_cache, require
+from nixfarm.server.auth import farm_of, readable_cache, writable_cache
 from nixfarm.server.body import read_bounded
 from nixfarm.server.downloads import send
 from nixfarm.storage.base import Download
@@ -32,12 +31,12 @@ def _ok() -> Response:
 
 
 async def _cache_for(request: Request, write: bool) -> CacheView:
+    # A private cache the caller may not read answers 404 like a missing one, for
+    # reads and writes alike: its existence is not revealed (see server/auth.py).
     name = request.path_params["name"]
     if not write:
         return await readable_cache(request, name)
-    cache = await farm_of(request).caches.get(name)
-    await require(request, cache_scope(name, "push"))
-    return cache
+    return await writable_cache(request, name)
 
 
 async def _read_small(request: Request, limit: int) -> bytes:

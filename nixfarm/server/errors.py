@@ -141,7 +141,9 @@ def oci(request: Request, error: NixfarmError) -> Response:
     if isinstance(error, Unauthorized):
         # The token flow docker, podman and skopeo follow: they fetch a token from the
         # realm with the user's credentials, then retry with it as a bearer token.
-        realm = str(request.base_url).rstrip("/") + "/registry/token"
+        # The configured URL, never the request's Host header: a client must not be
+        # sent to fetch tokens, with the user's credentials, from a host an attacker named.
+        realm = request.app.state.farm.settings.base_url + "/registry/token"
         challenge = f'Bearer realm="{realm}",service="nixfarm"'
         repository = request.path_params.get("name")
         if repository:

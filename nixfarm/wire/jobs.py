@@ -93,6 +93,25 @@ class JobOut(Wire):
     tasks: list[TaskOut]
     artifacts: list[ArtifactOut] = []
     triggers: list[TriggerOut] = []
+    #: Only in the answer to a submit: what the manifest has that is ignored (unknown
+    #: keys), one line each with its key, line and column.
+    warnings: list[str] = []
+
+
+class ManifestCheck(Wire):
+    """POST /api/v1/manifests/check (jobs:submit): is this manifest one the server would
+    run for this token? A refusal is the 400 a submit would get, word for word."""
+
+    manifest: str = Field(description="The manifest's YAML text.")
+
+
+class ManifestChecked(Wire):
+    """The answer to POST /api/v1/manifests/check when a submit would be accepted."""
+
+    image: str
+    tasks: list[str]
+    #: What a submit would warn of (unknown keys, ignored).
+    warnings: list[str] = []
 
 
 class JobPage(Wire):

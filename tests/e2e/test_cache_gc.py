@@ -87,7 +87,10 @@ def test_gc_removes_old_paths_nginx_stops_serving_them_and_kept_closures_substit
 def test_gc_usage_errors_and_permissions(farm: RunningFarm) -> None:
     name, _ = farm.create_cache()
     bad = farm.cli("cache", "gc", name, "--older-than", "30x", check=False)
-    assert bad.returncode == 2 and "d, h or m" in bad.stderr
+    assert bad.returncode == 2 and "unknown unit 'x'" in bad.stderr
+    ambiguous = farm.cli("cache", "gc", name, "--older-than", "1m", check=False)
+    assert ambiguous.returncode == 2 and "write 1min for minutes" in ambiguous.stderr
+    assert farm.cli("cache", "gc", name, "--older-than", "2w", "--dry-run").returncode == 0
     unknown = farm.cli("cache", "gc", "no-such-cache", "--older-than", "1h", check=False)
     assert unknown.returncode == 2 and "no-such-cache" in unknown.stderr
 

@@ -5,6 +5,7 @@ Every refusal must be a clear 4xx and leave the cache exactly as it was.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import lzma
@@ -109,6 +110,74 @@ def test_nix_protocol_upload_by_hand_then_bad_uploads_change_nothing(
     assert _paths(farm, cache) == 1
 
 
+def test_every_narinfo_field_is_checked_and_closures_are_complete(
+        farm: RunningFarm, tmp_path: Path) -> None:
+    cache, _ = farm.create_cache()
+    nar = _nar(tmp_path, b"a field-checked path\n")
+    xz = lzma.compress(nar)
+    url = f"nar/{_h(xz)}.nar.xz"
+    assert farm.request("PUT", f"/cache/{cache}/{url}", content=xz).status_code == 200
+    good = _narinfo(nar, xz, url, "xz")
+    put = f"/cache/{cache}/{FAKE.split('/')[-1][:32]}.narinfo"
+    dep = "/nix/store/1b72lzcq7vbmslgfga36vwxlaz4wml4z-dep-1.0"
+    sig = "key-1:" + base64.b64encode(bytes(64)).decode()
+    for change, field, status in (
+            (("References: \n", "References: 5rl3hy8x0f0f0nn8jcf13zkxd1n19q-x\n"),
+             "References", 400),
+            (("References: \n", "References: 0c0d9lfs2m2r7bsn5pw1c5fg5wgn0zbf-sample-1.0 "
+              f"{dep.split('/')[-1]}\n"), dep.split("/")[-1], 409),
+            ((None, "CA: fixed:r:sha256:xyz\n"), "CA", 400),
+            ((None, "CA: fixed:r:sha1024:" + "0" * 52 + "\n"), "CA", 400),
+            ((None, "CA: source:sha256:" + _h(nar) + "\n"), "CA", 400),
+            ((None, "Sig: key-1:c2lnbmF0dXJl\n"), "Sig", 400),
+            ((None, "Sig: " + sig.replace("key-1:", "key 1:") + "\n"), "Sig", 400),
+            ((None, "Deriver: 0c0d9lfs2m2r7bsn5pw1c5fg5wgn0zbf-sample-1.0\n"), "Deriver", 400),
+            (("Compression: xz", "Compression: bzip2"), "Compression", 400),
+            (("Compression: xz", "Compression: x z"), "Compression", 400),
+            ((f"FileSize: {len(xz)}", f"FileSize: {len(xz) + 1}"), "FileSize", 400),
+            ((f"FileHash: sha256:{_h(xz)}", f"FileHash: sha256:{_h(nar)}"), "FileHash", 400),
+            ((f"NarSize: {len(nar)}", f"NarSize: {len(nar) - 1}"), "NarSize", 400),
+            (("URL: nar/", "URL: nar/ "), "URL", 400),
+    ):
+        old, new = change
+        text = good + new if old is None else good.replace(old, new)
+        assert text != good
+        r = farm.request("PUT", put, content=text)
+        assert r.status_code == status and field in r.text, (change, r.status_code, r.text)
+        assert "\n" not in r.text.strip()
+    assert _paths(farm, cache) == 0
+    # What Nix writes for content-addressed paths is accepted (and signatures are kept
+    # out: the cache signs with its own key), and a path may reference itself.
+    for ca in (f"fixed:r:sha256:{_h(nar)}", f"text:sha256:{_h(nar)}",
+               f"fixed:sha1:{'0' * 40}", f"fixed:r:sha256:{hashlib.sha256(nar).hexdigest()}"):
+        own = "References: 0c0d9lfs2m2r7bsn5pw1c5fg5wgn0zbf-sample-1.0\n"
+        text = good.replace("References: \n", own) + f"Sig: {sig}\nCA: {ca}\n"
+        r = farm.request("PUT", put, content=text)
+        assert r.status_code == 200, (ca, r.text)
+        assert f"CA: {ca}\n" in farm.get(put).text
+        assert sig not in farm.get(put).text
+    # Once its reference is in, the path that needed it goes in too.
+    dep_nar = _nar(tmp_path, b"the dependency\n")
+    dep_url = f"nar/{_h(dep_nar)}.nar"
+    assert farm.request("PUT", f"/cache/{cache}/{dep_url}", content=dep_nar).status_code == 200
+    user = "/nix/store/2b72lzcq7vbmslgfga36vwxlaz4wml4z-user-1.0"
+    user_put = f"/cache/{cache}/{user.split('/')[-1][:32]}.narinfo"
+    user_text = _narinfo(dep_nar, dep_nar, dep_url, "none", path=user).replace(
+        "References: \n", f"References: {FAKE.split('/')[-1]}\n")
+    assert farm.request("PUT", user_put, content=user_text).status_code == 200, user_text
+    assert _paths(farm, cache) == 2
+    # nixfarm push's endpoint holds paths to the same rule, before storing anything.
+    before = _stored(farm)
+    other_nar = _nar(tmp_path, b"pushed out of order\n")
+    info = {"store_path": dep, "nar_hash": "sha256:" + _h(other_nar),
+            "nar_size": len(other_nar), "compression": "none",
+            "references": ["3b72lzcq7vbmslgfga36vwxlaz4wml4z-missing-1.0"]}
+    r = farm.request("PUT", f"/api/v1/caches/{cache}/paths/{dep.split('/')[-1]}",
+                     content=other_nar, headers={"X-Nixfarm-Path-Info": json.dumps(info)})
+    assert r.status_code == 409 and "4z-missing-1.0" in r.json()["error"]["message"], r.text
+    assert _stored(farm) == before
+
+
 def test_truncated_and_lying_pushes_are_refused(farm: RunningFarm, tmp_path: Path) -> None:
     cache, _ = farm.create_cache()
     nar = _nar(tmp_path)
@@ -177,14 +246,43 @@ def test_private_cache_needs_a_pull_token(farm: RunningFarm, nix: Nix) -> None:
     cache, key = farm.create_cache(private=True)
     hello = nix.build("hello")
     farm.cli("push", "--cache", cache, hello)
-    narinfo = f"/cache/{cache}/{Path(hello).name[:32]}.narinfo"
-    for path in (f"/cache/{cache}/nix-cache-info", narinfo):
-        r = farm.get(path, token="")
-        assert r.status_code == 401 and "WWW-Authenticate" in r.headers
+    hash_part = Path(hello).name[:32]
+    narinfo = f"/cache/{cache}/{hash_part}.narinfo"
     assert cache not in farm.get("/api/v1/caches", token="").text
     puller = farm.cli("token", "create", "--scope", f"cache:{cache}:pull").stdout.strip()
     assert farm.get(narinfo, token=puller).status_code == 200
     assert farm.request("PUT", narinfo, token=puller, content=b"").status_code == 403
+
+    # Without a token that may read it, a private cache answers as a missing one: same
+    # status, same body, for every path and method, so its existence does not leak.
+    other = farm.cli("token", "create", "--scope", "cache:elsewhere:pull").stdout.strip()
+    missing = "no-such-cache"
+    for method, path in (("GET", "/nix-cache-info"), ("GET", f"/{hash_part}.narinfo"),
+                         ("HEAD", f"/{hash_part}.narinfo"), ("PUT", f"/{hash_part}.narinfo"),
+                         ("GET", f"/nar/{'0' * 52}.nar.xz"), ("PUT", f"/log/{'0' * 32}-x.drv"),
+                         ("GET", "/anything/else")):
+        for token, auth in (("", None), ("nf_unknown", None), (other, None),
+                            ("", ("user", "nf_unknown"))):
+            answers = []
+            for name in (cache, missing):
+                r = farm.request(method, f"/cache/{name}{path}", token=token, auth=auth,
+                                 content=b"x" if method == "PUT" else None)
+                answers.append((r.status_code, r.text.replace(name, "NAME"),
+                                "www-authenticate" in r.headers))
+            assert answers[0] == answers[1], (method, path, token, answers)
+            assert answers[0][0] == 404, (method, path, token, answers)
+    for suffix in ("", "/missing", "/gc"):
+        api_answers = []
+        for name in (cache, missing):
+            method = "GET" if not suffix else "POST"
+            for token in ("", other):
+                r = farm.request(method, f"/api/v1/caches/{name}{suffix}", token=token,
+                                 json={"paths": []} if suffix == "/missing" else None)
+                api_answers.append((r.status_code, r.text.replace(name, "NAME")))
+        assert api_answers[:2] == api_answers[2:], (suffix, api_answers)
+    assert farm.get(f"/api/v1/caches/{cache}", token="").status_code == 404
+    # A token that may read it gets the usual distinctions: 200 to read, 403 to push.
+    assert farm.get(f"/api/v1/caches/{cache}", token=puller).status_code == 200
 
     denied = nix.substitute(nix.fresh_store("anon"), hello, f"{farm.url}/cache/{cache}", key,
                             check=False)

@@ -113,13 +113,13 @@ def test_a_private_cache_is_never_published(edge: RunningFarm, nix: Nix) -> None
     out = _push(edge, nix, cache, "hello")
     url = _narinfo_url(edge, cache, out)
     for _ in range(2):
-        assert edge.get(url, token="").status_code == 401
+        assert edge.get(url, token="").status_code == 404  # as a missing cache
         allowed = edge.get(url)
         assert allowed.status_code == 200 and not _published(allowed)
     assert not (edge.data_dir / "edge" / "www" / "cache" / cache).exists()
     nar = next(line.split(": ")[1] for line in allowed.text.splitlines()
                if line.startswith("URL: "))
-    assert edge.get(f"/cache/{cache}/{nar}", token="").status_code == 401
+    assert edge.get(f"/cache/{cache}/{nar}", token="").status_code == 404
     # Sent by nginx (X-Accel-Redirect) once the app checked the token: Range works.
     full = edge.get(f"/cache/{cache}/{nar}")
     part = edge.get(f"/cache/{cache}/{nar}", headers={"Range": "bytes=0-9"})

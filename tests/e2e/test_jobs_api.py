@@ -210,6 +210,9 @@ triggers:
     condition: success
     to: Dev <dev@example.org>
   - action: email
+    condition: success
+    cc: List <list@example.org>
+  - action: email
     condition: failure
     to: nobody@example.org
 """)
@@ -286,19 +289,22 @@ triggers:
     assert headers["x-payload-signature"] == expected.decode()
     assert json.loads(body)["id"] == job_id and json.loads(body)["status"] == "success"
     _, box = mailbox
-    wait_for(lambda: box.messages, 10, "the email")
-    (rcpt, raw), = box.messages
-    assert rcpt == ["dev@example.org"]
-    mail = message_from_bytes(raw)
+    wait_for(lambda: len(box.messages) == 2, 10, "the emails")
+    by_rcpt = {tuple(rcpt): message_from_bytes(raw) for rcpt, raw in box.messages}
+    assert sorted(by_rcpt) == [("dev@example.org",), ("list@example.org",)]
+    mail = by_rcpt["dev@example.org",]
     assert mail["Subject"] == f"[nixfarm] job #{job_id} success"
     assert mail["From"] == "farm@example.org"
+    # A trigger with only cc (as builds.sr.ht allows) mails its cc.
+    cc_only = by_rcpt["list@example.org",]
+    assert cc_only["Cc"] == "List <list@example.org>" and cc_only["To"] is None
 
     def triggers_settled() -> list[dict[str, Any]] | None:
         triggers: list[dict[str, Any]] = jobs_farm.get(f"/api/v1/jobs/{job_id}").json()["triggers"]
         return triggers if all(t["status"] != "pending" for t in triggers) else None
 
     triggers = wait_for(triggers_settled, 10, "triggers to be delivered")
-    assert [t["status"] for t in triggers] == ["delivered", "delivered", "skipped"]
+    assert [t["status"] for t in triggers] == ["delivered", "delivered", "delivered", "skipped"]
 
     # Listing and filters.
     page = jobs_farm.get("/api/v1/jobs", params={"tag": "main", "status": "success"}).json()
@@ -654,3 +660,68 @@ def test_web_pages(jobs_farm: RunningFarm, new_runner: NewRunner) -> None:
     assert 'id="log-webtask"' in page.text and f"/api/v1/jobs/{job['id']}/events" in page.text
     assert "&lt;b&gt;shown escaped&lt;/b&gt;" in page.text
     jobs_farm.request("POST", f"/api/v1/jobs/{job['id']}/cancel")
+
+
+MANIFEST_FIXTURES = Path(__file__).parents[1] / "manifest" / "fixtures"
+
+
+def test_manifest_check_says_what_submit_says(
+        jobs_farm: RunningFarm, new_runner: NewRunner, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """One decision for both: real public manifests, ours, and refusals that depend on
+    the server (oauth, shell, an image no runner offers, a secret) get the same answer
+    from ``POST /api/v1/manifests/check`` as from a submit, warnings included."""
+    runner = new_runner("alpine/edge")
+    texts = {p.name: p.read_text() for p in sorted(MANIFEST_FIXTURES.glob("*/*.yml"))}
+    texts |= {
+        "oauth": "image: alpine/edge\noauth: 'git.sr.ht/REPOSITORIES:RO'\ntasks:\n  - a: b\n",
+        "shell": "image: alpine/edge\nshell: true\n",
+        "no runner": "image: nobody/offers\ntasks:\n  - a: b\n",
+        "secret": "image: alpine/edge\nsecrets: [no-such-secret]\ntasks:\n  - a: b\n",
+        "typo": manifest(runner.image, {"a": "true"}, "enviroment:\n  A: 1\n"),
+    }
+    accepted = []
+    for name, text in texts.items():
+        checked = jobs_farm.request("POST", "/api/v1/manifests/check", json={"manifest": text})
+        submitted = jobs_farm.request("POST", "/api/v1/jobs",
+                                      json={"manifest": text, "execute": False})
+        if submitted.status_code == 201:
+            accepted.append(name)
+            assert checked.status_code == 200, (name, checked.text)
+            assert checked.json()["warnings"] == submitted.json()["warnings"], name
+            jobs_farm.request("POST", f"/api/v1/jobs/{submitted.json()['id']}/cancel")
+        else:
+            assert (checked.status_code, checked.json()) == (
+                submitted.status_code, submitted.json()), name
+    assert "as-people-write.yml" in accepted and "typo" in accepted
+    assert {"oauth", "shell", "no runner", "secret"}.isdisjoint(accepted)
+    assert len(accepted) >= 5  # real manifests on alpine/edge among them
+
+    # The CLI: check and submit print the same warnings (stderr), and the same refusal.
+    def cli(*args: str) -> tuple[int, str, str]:
+        return run_cli(jobs_farm, capsys, monkeypatch, *args)
+
+    people = MANIFEST_FIXTURES / "good" / "as-people-write.yml"
+    warning = ("warning: enviroment: line 10, column 1: unknown key 'enviroment' is "
+               "ignored; did you mean 'environment'?")
+    code, stdout, stderr = cli("manifest", "check", str(people))
+    assert code == 0 and warning in stderr.splitlines(), stderr
+    assert stdout.strip() == f"{people}: valid (1 tasks, image alpine/edge)"
+    code, stdout, stderr = cli("submit", str(people), "--no-execute")
+    assert code == 0 and warning in stderr.splitlines(), stderr
+    jobs_farm.request("POST", f"/api/v1/jobs/{stdout.split()[0]}/cancel")
+    oauth = tmp_path / "oauth.yml"
+    oauth.write_text(texts["oauth"])
+    check_code, _, check_err = cli("manifest", "check", str(oauth))
+    submit_code, _, submit_err = cli("submit", str(oauth), "--no-execute")
+    assert check_code == submit_code == 2
+    assert check_err == submit_err and "oauth is not supported" in check_err
+    # Without a server, the format only, and it says so.
+    monkeypatch.delenv("NIXFARM_URL")
+    monkeypatch.setattr("sys.argv", ["nixfarm", "manifest", "check", str(oauth)])
+    from nixfarm.cli.main import main
+
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code in (0, None)
+    assert "not checked against a server" in capsys.readouterr().out

@@ -23,6 +23,7 @@ import nixfarm.demo
 from tests.fixtures.farm import RunningFarm, free_port
 from tests.fixtures.jobs import Follower, Received, RunnerProcesses, wait_job
 from tests.fixtures.nixenv import Nix
+from tests.fixtures.processes import running
 
 LEASE = 3.0
 SECRET = "correct-horse-battery-staple-42"
@@ -188,7 +189,7 @@ def test_cancel_kills_the_running_job(runner_farm: RunningFarm,
     assert runner_farm.request("POST", f"/api/v1/jobs/{job['id']}/cancel").status_code == 200
     done = wait_job(runner_farm, job["id"], {"cancelled"}, 10)
     assert done["status"] == "cancelled"
-    while subprocess.run(["pgrep", "-f", f"sleep {tag}"], capture_output=True).returncode == 0:
+    while running(f"sleep {tag}"):
         assert time.monotonic() - asked < 2.0, "the job's processes outlived the cancel"
         time.sleep(0.05)
 
@@ -206,7 +207,7 @@ def test_a_killed_runner_loses_its_job_and_another_takes_the_next(
     assert time.monotonic() - killed < LEASE + 3
     assert lost["reason"] == "runner lost"
     # --die-with-parent: the sandbox went with its runner.
-    assert subprocess.run(["pgrep", "-f", f"sleep {tag}"]).returncode != 0
+    assert not running(f"sleep {tag}")
 
     start_runner()
     job = submit(runner_farm, "image: nix\npackages: [hello]\ntasks:\n  - hi: hello\n")

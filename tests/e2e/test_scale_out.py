@@ -30,6 +30,7 @@ from tests.fixtures.farm import NIXFARM, RunningFarm, free_port
 from tests.fixtures.jobs import Follower, RunnerProcesses, wait_job
 from tests.fixtures.nixenv import Nix
 from tests.fixtures.postgres import scratch_database
+from tests.fixtures.processes import running
 from tests.fixtures.s3 import S3Server
 
 
@@ -247,7 +248,7 @@ def test_a_cancel_through_b_stops_a_job_on_a_runner_of_a(
     asked = time.monotonic()
     assert pair.b.request("POST", f"/api/v1/jobs/{job['id']}/cancel").status_code == 200
     assert wait_job(pair.a, job["id"], {"cancelled"}, 10)["status"] == "cancelled"
-    while subprocess.run(["pgrep", "-f", f"sleep {tag}"], capture_output=True).returncode == 0:
+    while running(f"sleep {tag}"):
         assert time.monotonic() - asked < 3.0, "the job's processes outlived the cancel"
         time.sleep(0.05)
 

@@ -53,14 +53,15 @@ def test_every_key_of_the_full_fixture() -> None:
         ("git", "git@git.sr.ht:~example/private-repo", None, "private-repo"),
         ("git", "ssh://git@example.org/vendor.git", "main", "vendored"),
     ]
-    # YAML 1.1 scalars, as builds.sr.ht reads them: yes is true, 0755 is octal.
+    # YAML 1.1 scalars, as builds.sr.ht reads them: yes is true, 0755 is octal; each
+    # becomes the text the job sees.
     assert m.environment == {
         "GREETING": "hello world",
-        "JOBS": 4,
-        "RATIO": 0.5,
-        "VERBOSE": True,
-        "DEBUG": False,
-        "MODE": 0o755,
+        "JOBS": "4",
+        "RATIO": "0.5",
+        "VERBOSE": "true",
+        "DEBUG": "false",
+        "MODE": "493",
         "TARGETS": ["x86_64", "aarch64"],
         "EMPTY": "",
     }
@@ -96,7 +97,7 @@ def test_defaults_and_nulls() -> None:
 
 def test_anchors_and_merge_keys() -> None:
     m = fixture("good/anchors.yml")
-    assert m.environment == {"CC": "clang", "OPTIMIZE": True}
+    assert m.environment == {"CC": "clang", "OPTIMIZE": "true"}
     assert [(t.action, t.condition, t.to) for t in m.triggers] == [
         ("email", "failure", "dev@example.org"),
         ("email", "success", "dev@example.org"),
@@ -173,6 +174,41 @@ def test_oauth_is_refused() -> None:
         "Invalid manifest oauth.yml: oauth: line 3, column 8: oauth is not supported: "
         "nixfarm gives jobs no OAuth tokens; remove the key"
     )
+
+
+def test_manifests_as_people_write_them() -> None:
+    m = fixture("good/as-people-write.yml")
+    # Unknown keys are ignored, as builds.sr.ht ignores them, each with a warning at its
+    # key; a near miss gets its correction. submitter (git.sr.ht's) passes quietly.
+    assert [str(w) for w in m.warnings] == [
+        "site: line 9, column 1: unknown key 'site' is ignored",
+        "enviroment: line 10, column 1: unknown key 'enviroment' is ignored; "
+        "did you mean 'environment'?",
+    ]
+    assert m.oauth is None  # oauth: "" asks for nothing
+    check_supported(m, IMAGES, ARCHES)  # so the server has nothing to refuse
+    # Numbers are exported as their text, in lists too (yes is YAML 1.1's true).
+    assert m.environment == {"PORT": "8080", "RATIO": "1.5",
+                             "VERSIONS": ["3", "3.11", "edge", "true"]}
+    assert [s.directory for s in m.sources] == ["vendor/lib", "app"]
+    [trigger] = m.triggers
+    assert (trigger.to, trigger.cc) == (None, "Dev List <dev@lists.example.org>")
+    assert manifest_from_data(m.model_dump()) == m  # what the runner gets back
+
+
+def test_unknown_keys_elsewhere_and_refusals_keep_their_warnings() -> None:
+    with pytest.raises(ManifestError) as caught:
+        load_manifest("imgae: alpine/edge\ntasks:\n  - a: b\n")
+    assert caught.value.message == (
+        "Invalid manifest: image: line 1, column 1: missing key 'image'; "
+        "expected an image such as alpine/edge or nix")
+    assert [str(w) for w in caught.value.warnings] == [
+        "imgae: line 1, column 1: unknown key 'imgae' is ignored; did you mean 'image'?"]
+    # A webhook trigger with only cc, and an email trigger with neither: refused.
+    with pytest.raises(ManifestError) as caught:
+        load_manifest("image: nix\ntasks:\n  - a: b\ntriggers:\n"
+                      "  - {action: email, condition: always}\n")
+    assert "an email trigger needs 'to' or 'cc'" in caught.value.message
 
 
 def test_unavailable_image_arch_shell_and_cache_are_refused_together() -> None:

@@ -34,9 +34,9 @@ REFUSED = {
         "\n"
         "  environment.JOB_ID: line 5, column 3: JOB_ID is set by the build server and cannot be overridden"
         "\n"
-        "  environment.NESTED: line 7, column 5: expected a string, number, boolean or list of strings, got a mapping"
+        "  environment.NESTED: line 7, column 5: expected a string, number, boolean or list of them, got a mapping"
         "\n"
-        "  environment.MIXED[1]: line 8, column 14: expected a string, got the number 1"
+        "  environment.MIXED[1]: line 8, column 14: expected a string or a number, got a mapping"
         "\n"
         "  environment.NAN: line 9, column 8: expected a finite number, got nan"
     ),
@@ -95,7 +95,7 @@ REFUSED = {
         "\n"
         "  sources[4]: line 7, column 5: URL '-upload-pack=evil' must not start with '-'"
         "\n"
-        "  sources[5]: line 8, column 5: directory '../escape' in '../escape::https://example.org/repo' must be a single name (no '/', not '.' or '..')"
+        "  sources[5]: line 8, column 5: directory '../escape' in '../escape::https://example.org/repo' must be a relative path inside the build directory (no leading '/', no '.' or '..', no empty parts)"
         "\n"
         "  sources[6]: line 9, column 5: expected a repository URL such as https://git.sr.ht/~user/repo or git@host:path, got '/srv/git/repo'"
         "\n"
@@ -112,7 +112,7 @@ REFUSED = {
         "\n"
         "  triggers[1].condition: line 8, column 16: expected 'success', 'failure' or 'always', got the string 'sometimes'"
         "\n"
-        "  triggers[2].to: line 10, column 5: an email trigger needs 'to'"
+        "  triggers[2].to: line 10, column 5: an email trigger needs 'to' or 'cc'"
         "\n"
         "  triggers[3].to: line 14, column 9: 'not an address' is not a list of email addresses (Name <user@example.org>, ...)"
         "\n"
@@ -163,22 +163,9 @@ REFUSED = {
     ),
     "bad/tasks-mapping.yml": "Invalid manifest tasks-mapping.yml: tasks: line 3, column 3: expected a list, got a mapping",
     "bad/two-documents.yml": "Invalid manifest two-documents.yml: line 4, column 1: YAML syntax error: expected a single document in the stream, but found another document",
-    "bad/unknown-key.yml": "Invalid manifest unknown-key.yml: artefacts: line 4, column 1: unknown key 'artefacts'; expected one of image, arch, packages, repositories, sources, environment, secrets, tasks, triggers, artifacts, shell, oauth, cache",
-    "real/arctica-greeter.build.yml": (
-        "Invalid manifest arctica-greeter.build.yml (6 problems):"
-        "\n"
-        "  image: line 4, column 1: missing key 'image'; expected an image such as alpine/edge or nix"
-        "\n"
-        "  requires: line 4, column 1: unknown key 'requires'; expected one of image, arch, packages, repositories, sources, environment, secrets, tasks, triggers, artifacts, shell, oauth, cache"
-        "\n"
-        "  variables: line 80, column 1: unknown key 'variables'; expected one of image, arch, packages, repositories, sources, environment, secrets, tasks, triggers, artifacts, shell, oauth, cache"
-        "\n"
-        "  before_scripts: line 98, column 1: unknown key 'before_scripts'; expected one of image, arch, packages, repositories, sources, environment, secrets, tasks, triggers, artifacts, shell, oauth, cache"
-        "\n"
-        "  build_scripts: line 137, column 1: unknown key 'build_scripts'; expected one of image, arch, packages, repositories, sources, environment, secrets, tasks, triggers, artifacts, shell, oauth, cache"
-        "\n"
-        "  after_scripts: line 170, column 1: unknown key 'after_scripts'; expected one of image, arch, packages, repositories, sources, environment, secrets, tasks, triggers, artifacts, shell, oauth, cache"
-    ),
+    # A GitLab CI file: no image. Its keys are unknown to builds.sr.ht, which ignores them
+    # (warnings here), and refuses it for the missing image alone.
+    "real/arctica-greeter.build.yml": "Invalid manifest arctica-greeter.build.yml: image: line 4, column 1: missing key 'image'; expected an image such as alpine/edge or nix",
 }
 
 

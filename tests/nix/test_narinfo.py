@@ -116,6 +116,16 @@ def test_reads_nixs_quirks() -> None:
         ("References: 0rv", "References: ../0rv", "References"),
         ("Deriver: n28", "Deriver: ../n28", "Deriver"),
         ("URL: nar/", "URL: a\nURL: nar/", "URL"),
+        ("URL: nar/", "URL: n ar/", "URL"),
+        ("Compression: xz", "Compression: x z", "Compression"),
+        ("-probe-top.drv", "-probe-top", "Deriver"),
+        ("\nSig: ", "\nSig: nokey\nSig: ", "Sig"),
+        ("\nSig: ", "\nSig: k:c2ln\nSig: ", "Sig"),
+        ("\nSig: ", "\nSig: k:***\nSig: ", "Sig"),
+        ("\nSig: ", "\nCA: fixed:r:sha256:xyz\nSig: ", "CA"),
+        ("\nSig: ", "\nCA: fixed:r:sha256\nSig: ", "CA"),
+        ("\nSig: ", "\nCA: text:sha1:" + "0" * 40 + "\nSig: ", "CA"),
+        ("\nSig: ", "\nCA: nar:sha256:" + "0" * 52 + "\nSig: ", "CA"),
     ],
 )
 def test_names_the_bad_key(old: str, new: str, key: str) -> None:
@@ -124,6 +134,18 @@ def test_names_the_bad_key(old: str, new: str, key: str) -> None:
         NarInfo.parse(TOP.replace(old, new, 1))
     assert caught.value.field == key
     assert key in caught.value.message
+
+
+@pytest.mark.parametrize("ca", [
+    "fixed:r:sha256:15rl3hy8x0f0f0nn8jcf13zkxd1n19qpl3f05fqgx6s8sfm3370n",
+    "fixed:sha256:15rl3hy8x0f0f0nn8jcf13zkxd1n19qpl3f05fqgx6s8sfm3370n",
+    "text:sha256:15rl3hy8x0f0f0nn8jcf13zkxd1n19qpl3f05fqgx6s8sfm3370n",
+    "fixed:sha1:" + "ab" * 20,
+    "fixed:r:sha512:" + "A" * 86 + "==",
+])
+def test_accepts_the_content_addresses_nix_writes(ca: str) -> None:
+    info = NarInfo.parse(TOP + f"CA: {ca}\n")
+    assert info.ca == ca and info.render().endswith(f"CA: {ca}\n")
 
 
 def test_rejects_garbage_lines() -> None:

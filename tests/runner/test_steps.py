@@ -153,3 +153,30 @@ async def test_cancelling_a_job_kills_it_and_cleans_up(images: Images, tmp_path:
     assert isinstance(box, BwrapSandbox) and box.state_dir is not None
     assert not box.state_dir.exists()
     assert not sandbox_pids("sleep 1000")
+
+
+async def test_nested_clone_directory_and_numbers_in_the_environment(
+    images: Images, tmp_path: Path
+) -> None:
+    # What real builds.sr.ht manifests do: clone into vendor/lib, export numbers.
+    repo = git_repo(tmp_path / "lib")
+    manifest = f"""
+image: demo/latest
+sources:
+  - vendor/lib::file://{repo}
+environment:
+  PORT: 8080
+  RATIO: 1.5
+  VERSIONS: [3, 3.11]
+tasks:
+  - show: |
+      cat vendor/lib/README
+      echo "port $PORT ratio $RATIO versions $VERSIONS"
+"""
+    ctx = context(images, tmp_path, manifest, local_sources=[tmp_path])
+    result = await run_job(ctx)
+    logs = ctx.logs  # type: ignore[attr-defined]
+    assert result.status == "success", (result, logs)
+    lines = [line for task, line in logs if task == "show"]
+    assert "from the repository" in lines
+    assert "port 8080 ratio 1.5 versions 3 3.11" in lines

@@ -31,6 +31,8 @@ from nixfarm.wire.jobs import (
     JobPage,
     JobStatus,
     JobSubmit,
+    ManifestCheck,
+    ManifestChecked,
     WebhookKey,
 )
 
@@ -46,6 +48,16 @@ def builds(request: Request) -> BuildServices:
 async def submit(request: Request, body: JobSubmit) -> JobOut:
     who = await require(request, JOBS_SUBMIT)
     return await builds(request).jobs.submit(who, body)
+
+
+@router.post("/manifests/check")
+async def check_manifest(request: Request, body: ManifestCheck) -> ManifestChecked:
+    """What a submit of this manifest would say, without submitting it: 400 with the same
+    problems, or the image, task names and warnings."""
+    who = await require(request, JOBS_SUBMIT)
+    manifest = await builds(request).jobs.check(who, body.manifest)
+    return ManifestChecked(image=manifest.image, tasks=[t.name for t in manifest.tasks],
+                           warnings=[str(w) for w in manifest.warnings])
 
 
 @router.get("/jobs")

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 
 from nixfarm.scopes import ADMIN
 from nixfarm.server.auth import farm_of, principal, require
-from nixfarm.tokens import TokenView
+from nixfarm.tokens import TokenView, future_expiry
 from nixfarm.wire.base import Id
 from nixfarm.wire.tokens import TokenCreate, TokenOut, WhoAmI
 
@@ -22,7 +22,8 @@ def _out(token: TokenView, secret: str | None = None) -> TokenOut:
 @router.post("/tokens", status_code=201)
 async def create_token(request: Request, body: TokenCreate) -> TokenOut:
     await require(request, ADMIN)
-    token, secret = await farm_of(request).tokens.create(body.name, body.scopes, body.expires_at)
+    token, secret = await farm_of(request).tokens.create(body.name, body.scopes,
+                                                         future_expiry(body.expires_at))
     return _out(token, secret)
 
 
