@@ -14,7 +14,6 @@ database's in ``test_ids_beyond_the_database_are_bad_input``).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from collections.abc import Iterator
@@ -33,7 +32,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.fixtures.farm import RunningFarm, free_port
+from tests.fixtures.farm import RunningFarm, running_farm
 
 #: Examples per operation; FUZZ_EXAMPLES=200 for a deeper run by hand.
 _EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "6"))
@@ -46,18 +45,10 @@ _MAX_WAIT = 0.5
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def api_farm(request: pytest.FixtureRequest,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
-    # No embedded runner: a job the fuzzer manages to submit stays queued, nothing runs.
-    env = {"NIXFARM_JOBS__EMBEDDED_RUNNER_SLOTS": "0"}
-    with contextlib.ExitStack() as stack:
-        if request.param == "postgres":  # it refuses what SQLite takes (a NUL in text)
-            from tests.fixtures.postgres import scratch_database
-
-            server = request.getfixturevalue("postgres_url")
-            env["NIXFARM_DATABASE_URL"] = stack.enter_context(scratch_database(server))
-        running = RunningFarm(tmp_path_factory.mktemp("fuzz") / "data", free_port(),
-                              extra_env=env)
-        running.start()
-        stack.callback(running.stop)
+    """On PostgreSQL too: it refuses what SQLite takes (a NUL in text, a number past its
+    integer). No embedded runner: a job the fuzzer manages to submit stays queued."""
+    with running_farm(request.param, request, tmp_path_factory.mktemp("fuzz") / "data",
+                      {"NIXFARM_JOBS__EMBEDDED_RUNNER_SLOTS": "0"}) as running:
         yield running
 
 
