@@ -39,23 +39,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (
     NIX,
     Nginx,
-    NixfarmServer,
     Row,
     RssSampler,
     Sweep,
     build_bench_closure,
     closure_of,
     curl_sweep,
+    group_of,
     group_rss_mib,
     machine,
     nix_env,
+    nixfarm_up,
     socket_sweep,
     table,
     temp_dir,
     timed,
+    timed_cli,
     write_json,
     wrk,
 )
+from tests.fixtures.farm import RunningFarm
 
 CACHE = "bench"
 MEMORY_GOAL_MIB = 250
@@ -69,7 +72,7 @@ def _narinfo_fields(text: str) -> dict[str, str]:
     return dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
 
 
-def _nixfarm_nars(server: NixfarmServer, closure: list[str]) -> tuple[list[str], int]:
+def _nixfarm_nars(server: RunningFarm, closure: list[str]) -> tuple[list[str], int]:
     """The NAR URL paths nixfarm's narinfos name, and their total FileSize."""
     urls, total = [], 0
     with httpx.Client(base_url=server.url) as http:
@@ -111,22 +114,22 @@ def _median_by(results: list[Any], key: Any) -> Any:
     return sorted(results, key=key)[len(results) // 2]
 
 
-def upload_phase(closure_path: str, work: Path, env: dict[str, str], server: NixfarmServer
+def upload_phase(closure_path: str, work: Path, env: dict[str, str], server: RunningFarm
                  ) -> tuple[dict[str, Any], Path]:
     xz_root = work / "filecache-xz"
     zstd_root = work / "filecache-zstd"
     copy_xz = timed(["nix", *NIX, "copy", "--to", f"file://{xz_root}", closure_path], env)
     copy_zstd = timed(["nix", *NIX, "copy", "--to", f"file://{zstd_root}?compression=zstd",
                        closure_path], env)
-    server.cli("cache", "create", CACHE)
-    with RssSampler(server.pgid) as rss:
-        push = server.cli("push", "--cache", CACHE, closure_path)
+    timed_cli(server, "cache", "create", CACHE)
+    with RssSampler(group_of(server)) as rss:
+        push = timed_cli(server, "push", "--cache", CACHE, closure_path)
     shutil.rmtree(zstd_root)
     return {"nix_copy_xz_s": copy_xz, "nix_copy_zstd_s": copy_zstd, "nixfarm_push_s": push,
             "push_rss": rss.summary()}, xz_root
 
 
-def serve_phase(server: NixfarmServer, nginx: Nginx, closure: list[str], xz_root: Path,
+def serve_phase(server: RunningFarm, nginx: Nginx, closure: list[str], xz_root: Path,
                 work: Path, runs: int, seconds: float, sweep_bytes: int) -> dict[str, Any]:
     farm_urls, farm_bytes = _nixfarm_nars(server, closure)
     nginx_urls, nginx_bytes = _file_cache_nars(xz_root, closure)
@@ -173,13 +176,13 @@ def serve_phase(server: NixfarmServer, nginx: Nginx, closure: list[str], xz_root
     return result
 
 
-def memory_phase(server: NixfarmServer, closure_path: str, work: Path) -> dict[str, Any]:
+def memory_phase(server: RunningFarm, closure_path: str, work: Path) -> dict[str, Any]:
     closure = closure_of(closure_path)
-    idle = group_rss_mib(server.pgid)
-    with RssSampler(server.pgid) as ingest:
-        push = server.cli("push", "--cache", CACHE, closure_path)
+    idle = group_rss_mib(group_of(server))
+    with RssSampler(group_of(server)) as ingest:
+        push = timed_cli(server, "push", "--cache", CACHE, closure_path)
     urls, total = _nixfarm_nars(server, closure)
-    with RssSampler(server.pgid) as serve:
+    with RssSampler(group_of(server)) as serve:
         sweep = curl_sweep([server.url + u for u in urls], 4, work)
     return {"idle_before_mib": round(idle, 1), "push_s": push, "ingest": ingest.summary(),
             "serve": serve.summary(), "serve_sweep": sweep, "file_bytes": total}
@@ -274,8 +277,7 @@ def main() -> int:
                 log(f"building {args.memory_size_mb} MiB closure")
                 big, _ = build_bench_closure(args.memory_size_mb, args.count, seed + "-mem",
                                              work / "result-big", env)
-            server = NixfarmServer(work / "farm")
-            with server.running():
+            with nixfarm_up(work / "farm") as server:
                 log("upload: nix copy (xz, zstd), nixfarm push")
                 up, xz_root = upload_phase(small, work, env, server)
                 nginx = Nginx(xz_root, work / "nginx")

@@ -27,6 +27,8 @@ from typing import Any
 
 import httpx
 
+from tests.fixtures.farm import RunningFarm, free_port
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = REPO / ".venv" / "bin"
 NIXFARM = str(BIN / "nixfarm")
@@ -55,13 +57,6 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(),
         "load_avg_at_start": os.getloadavg(),
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager
@@ -137,47 +132,30 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], log: Path, seconds: f
     raise RuntimeError(f"server did not answer {url} in {seconds} s")
 
 
-@dataclass
-class NixfarmServer:
-    """A real ``nixfarm up`` (Granian, SQLite, filesystem store) in its own session."""
+@contextlib.contextmanager
+def nixfarm_up(data_dir: Path, *args: str, env: Mapping[str, str] | None = None
+               ) -> Iterator[RunningFarm]:
+    """A real ``nixfarm up`` (Granian, nginx, SQLite, filesystem store) in its own
+    session: the tests' ``RunningFarm``, started with ``args`` and the extra ``env``, and
+    stopped (its whole process group) however the benchmark ends."""
+    farm = RunningFarm(data_dir, free_port(), extra_env=dict(env or {}))
+    farm.start(*args)
+    try:
+        yield farm
+    finally:
+        farm.stop()
 
-    data_dir: Path
-    port: int = field(default_factory=free_port)
-    extra_env: dict[str, str] = field(default_factory=dict)
-    process: subprocess.Popen[bytes] | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+def timed_cli(farm: RunningFarm, *args: str) -> float:
+    """Run a ``nixfarm`` command against ``farm``; its wall time."""
+    env = {**os.environ, "NIXFARM_URL": farm.url, "NIXFARM_TOKEN": farm.token}
+    return timed([NIXFARM, *args], env)
 
-    @property
-    def token(self) -> str:
-        return (self.data_dir / "admin.token").read_text().strip()
 
-    @property
-    def pgid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def cli(self, *args: str) -> float:
-        """Run a ``nixfarm`` command against this server; its wall time."""
-        env = {**os.environ, "NIXFARM_URL": self.url, "NIXFARM_TOKEN": self.token}
-        return timed([NIXFARM, *args], env)
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[NixfarmServer]:
-        log = self.data_dir.with_suffix(".log")
-        with log.open("ab") as sink:
-            self.process = subprocess.Popen(
-                [NIXFARM, "up", "--data-dir", str(self.data_dir),
-                 "--listen", f"127.0.0.1:{self.port}"],
-                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
-                env={**os.environ, **self.extra_env})
-        try:
-            _wait_http(f"{self.url}/healthz", self.process, log)
-            yield self
-        finally:
-            _stop_group(self.process)
+def group_of(farm: RunningFarm) -> int:
+    """The process group of ``farm`` (its supervisor, worker and nginx)."""
+    assert farm.process is not None
+    return farm.process.pid
 
 
 _NGINX_CONF = """\

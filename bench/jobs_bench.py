@@ -48,9 +48,8 @@ from bench.common import (
     NIXFARM,
     Row,
     _stop_group,
-    _wait_http,
-    free_port,
     machine,
+    nixfarm_up,
     table,
     temp_dir,
     write_json,
@@ -68,40 +67,31 @@ def percentile(values: list[float], p: float) -> float:
 
 
 @contextlib.contextmanager
-def farm(work: Path, slots: int, standalone: bool
-         ) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
+def farm(work: Path, slots: int, standalone: bool) -> Iterator[tuple[str, str]]:
     """``nixfarm up --demo`` with a runner of ``slots`` slots: the embedded one, or a
     separate ``nixfarm runner`` process (``standalone``). Yields (url, admin token)."""
-    port = free_port()
-    data = work / "data"
-    log = work / "server.log"
-    env = {**os.environ, "NIXFARM_JOBS__EMBEDDED_RUNNER_SLOTS": "0" if standalone else str(slots),
+    env = {"NIXFARM_JOBS__EMBEDDED_RUNNER_SLOTS": "0" if standalone else str(slots),
            "NIXFARM_NIX_OPTIONS__SUBSTITUTERS": "", "XDG_CACHE_HOME": str(work / "xdg")}
-    with log.open("ab") as sink:
-        process = subprocess.Popen(
-            [NIXFARM, "up", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}", "--demo"],
-            stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     runner: subprocess.Popen[bytes] | None = None
-    try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_http(f"{url}/healthz", process, log, seconds=60)
-        token = (data / "admin.token").read_text().strip()
-        if standalone:
-            cli_env = {**env, "NIXFARM_URL": url, "NIXFARM_TOKEN": token}
-            runner_token = subprocess.run(
-                [NIXFARM, "token", "create", "--name", "bench-runner", "--scope", "runner"],
-                env=cli_env, check=True, capture_output=True, text=True).stdout.strip()
-            with (work / "runner.log").open("ab") as sink:
-                runner = subprocess.Popen(
-                    [NIXFARM, "runner", "--url", url, "--token", runner_token,
-                     "--name", "bench", "--slots", str(slots), "--work-dir", str(work / "runner"),
-                     "--nix-source", str(DEMO)],
-                    stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-        yield url, token, process
-    finally:
-        if runner is not None:
-            _stop_group(runner)
-        _stop_group(process)
+    with nixfarm_up(work / "data", "--demo", env=env) as server:
+        try:
+            if standalone:
+                cli_env = {**os.environ, **env, "NIXFARM_URL": server.url,
+                           "NIXFARM_TOKEN": server.token}
+                runner_token = subprocess.run(
+                    [NIXFARM, "token", "create", "--name", "bench-runner", "--scope", "runner"],
+                    env=cli_env, check=True, capture_output=True, text=True).stdout.strip()
+                with (work / "runner.log").open("ab") as sink:
+                    runner = subprocess.Popen(
+                        [NIXFARM, "runner", "--url", server.url, "--token", runner_token,
+                         "--name", "bench", "--slots", str(slots),
+                         "--work-dir", str(work / "runner"), "--nix-source", str(DEMO)],
+                        stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+                        env={**os.environ, **env})
+            yield server.url, server.token
+        finally:
+            if runner is not None:
+                _stop_group(runner)
 
 
 class Api:
@@ -303,7 +293,7 @@ def main() -> int:
     load = LoadSampler()
     load.start()
     with (temp_dir("nixfarm-jobs-bench-") as work,
-          farm(work, args.slots, args.standalone) as (url, token, _)):
+          farm(work, args.slots, args.standalone) as (url, token)):
         api = Api(url, token)
         try:
             start = time.monotonic()

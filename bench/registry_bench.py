@@ -38,18 +38,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
     DEMO,
-    NIXFARM,
     Nginx,
     Row,
     RssSampler,
-    _stop_group,
-    _wait_http,
     build_bench_closure,
     closure_of,
     curl_sweep,
-    free_port,
+    group_of,
     machine,
     nix_env,
+    nixfarm_up,
     table,
     temp_dir,
     write_json,
@@ -100,22 +98,13 @@ def _source(work: Path, seeds: dict[str, tuple[int, int, str]]) -> Path:
 
 
 @contextlib.contextmanager
-def registry_server(work: Path, source: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def registry_server(work: Path, source: Path) -> Iterator[tuple[str, int]]:
+    """A farm whose registry builds from ``source``; (its URL, its process group)."""
     config = work / "nixfarm.toml"
     config.write_text(f'[nix_options]\nsubstituters = ""\n\n[registry]\nnix_timeout = 900\n\n'
                       f'[registry.source]\nkind = "path"\nlocation = "{source}"\n')
-    port = free_port()
-    log = work / "server.log"
-    with log.open("ab") as sink:
-        process = subprocess.Popen(
-            [NIXFARM, "up", "--data-dir", str(work / "data"), "--listen", f"127.0.0.1:{port}",
-             "--config", str(config)], stdout=sink, stderr=subprocess.STDOUT,
-            start_new_session=True)
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/healthz", process, log)
-        yield f"http://127.0.0.1:{port}", process
-    finally:
-        _stop_group(process)
+    with nixfarm_up(work / "data", "--config", str(config)) as server:
+        yield server.url, group_of(server)
 
 
 CONTAINERS_ACCEPT = (
@@ -168,8 +157,8 @@ def reuse_phase(url: str) -> dict[str, Any]:
             "layers_reused": sum(1 for layer in big if layer["digest"] in had)}
 
 
-def memory_phase(url: str, process: subprocess.Popen[bytes], work: Path) -> dict[str, Any]:
-    with RssSampler(process.pid) as sampler:
+def memory_phase(url: str, group: int, work: Path) -> dict[str, Any]:
+    with RssSampler(group) as sampler:
         manifest = _manifest(url, "large").json()
         curl_sweep([f"{url}/v2/large/blobs/{layer['digest']}" for layer in manifest["layers"]],
                    4, work)
@@ -194,10 +183,10 @@ def main() -> int:
                  "large": (args.memory_size_mb, 40, f"m{tag}"),
                  **{f"p{i}": (4, 3, f"p{i}{tag}") for i in range(1, 6)}}
         source = _source(work, seeds)
-        with registry_server(work, source) as (url, process):
+        with registry_server(work, source) as (url, group):
             serve = serve_phase(url, work)
             reuse = reuse_phase(url)
-            memory = memory_phase(url, process, work)
+            memory = memory_phase(url, group, work)
     mib = layers["bytes"] / 2**20
     rows = [
         Row("closure to gzip layers + digests", "MiB/s", mib / layers["nixfarm_s"],

@@ -79,8 +79,7 @@ def prepare_in_child(settings: Settings, demo: bool) -> int:
 def _prepare_here() -> int:
     import anyio
 
-    from nixfarm.cli.common import exit_code
-    from nixfarm.errors import NixfarmError
+    from nixfarm.errors import NixfarmError, exit_code
 
     settings = Settings.model_validate_json(os.environ[SETTINGS_VARIABLE])
     try:

@@ -3,7 +3,8 @@
 Every failure a caller can act on is one of these classes. They carry structured
 fields (what was wrong, with which object), never pre-formatted HTTP responses:
 ``nixfarm.server.errors`` maps them to status codes, the Nix cache answers and the
-OCI ``{"errors": [...]}`` envelope, in one place. The CLI maps them to exit codes.
+OCI ``{"errors": [...]}`` envelope, in one place. ``exit_code`` maps them to the exit
+codes of the CLI and of the farm's own processes.
 
     NixfarmError
     ├── ConfigError          bad configuration (a key, a value)
@@ -106,3 +107,14 @@ class Unavailable(NixfarmError):
     """The server could not be reached, or did not answer in time: worth trying again."""
 
     url: str = ""
+
+
+def exit_code(error: NixfarmError) -> int:
+    """The exit status a command ends with for ``error`` (docs/design.md): 2 for bad
+    usage or bad input (what the caller can fix by asking differently), 1 when the
+    operation failed."""
+    if isinstance(error, IntegrityError):
+        return 1
+    if isinstance(error, InvalidInput | NotFound | ConfigError):
+        return 2
+    return 1

@@ -40,30 +40,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from nixfarm.draining import DRAIN_SIGNAL, report_drained, set_drained_pipe
+
 #: The environment variable carrying the supervisor's instructions (JSON).
 PLAN_VARIABLE = "_NIXFARM_SUPERVISOR"
-#: What the supervisor sends a worker to have its runner stop (see the module doc).
-DRAIN_SIGNAL = signal.SIGUSR1
 #: Seconds beyond the jobs' grace that interrupted jobs get to be reported.
 DRAIN_MARGIN = 5.0
 #: Seconds a drained worker gets to stop before it is killed.
 WORKER_KILL_AFTER = 5
 #: Seconds nginx gets to finish its transfers once the workers are gone.
 NGINX_GRACE = 2.0
-
-#: In a worker: the write end of the supervisor's "drained" pipe, until used.
-_drained_fd: int | None = None
-
-
-def report_drained() -> None:
-    """In a worker: tell the supervisor this worker has nothing left to finish. Once;
-    a no-op in a process the supervisor did not start."""
-    global _drained_fd
-    fd, _drained_fd = _drained_fd, None
-    if fd is not None:
-        with contextlib.suppress(OSError):
-            os.write(fd, b".")
-            os.close(fd)
 
 
 def descendants(pid: int) -> dict[int, bytes]:
@@ -124,11 +110,10 @@ class _Pipes:
 
 def _in_worker(pipes: _Pipes) -> None:
     """Run in each worker right after Granian forks it (see the module doc)."""
-    global _drained_fd
     os.setpgid(0, 0)  # out of the terminal's foreground group: Ctrl-C is not for us
     os.close(pipes.alive_write)
     os.close(pipes.drained_read)
-    _drained_fd = pipes.drained_write
+    set_drained_pipe(pipes.drained_write)
     # Without a runner to stop (nixfarm server), a worker is drained at once; the
     # embedded runner puts its own handler in place of this one.
     signal.signal(DRAIN_SIGNAL, lambda signum, frame: report_drained())
@@ -248,8 +233,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    # Run as nixfarm.supervisor, not __main__: the workers' modules (the embedded
-    # runner's report_drained) must see the globals that _in_worker sets.
+    # Run as nixfarm.supervisor, not __main__: one copy of this module's globals for
+    # the workers' hooks and the code they call.
     from nixfarm import supervisor
 
     supervisor.main()

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from nixfarm.client.api import Client, resolve
-from nixfarm.errors import ConfigError, IntegrityError, InvalidInput, NixfarmError, NotFound
+from nixfarm.errors import NixfarmError, exit_code
 
 T = TypeVar("T")
 
@@ -72,14 +72,6 @@ class Exit(Exception):
 
     def __init__(self, code: int) -> None:
         self.code = code
-
-
-def exit_code(error: NixfarmError) -> int:
-    if isinstance(error, IntegrityError):
-        return 1
-    if isinstance(error, InvalidInput | NotFound | ConfigError):
-        return 2
-    return 1
 
 
 def run(work: Callable[[], Awaitable[T]]) -> T:

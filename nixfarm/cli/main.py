@@ -10,8 +10,8 @@ from typer._click.exceptions import ClickException
 
 from nixfarm.cli import cache, doctor, push, runner, token, up, use
 from nixfarm.cli import jobs as jobs_cli
-from nixfarm.cli.common import Exit, err, exit_code, out
-from nixfarm.errors import NixfarmError
+from nixfarm.cli.common import Exit, err, out
+from nixfarm.errors import NixfarmError, exit_code
 
 app = typer.Typer(
     name="nixfarm",

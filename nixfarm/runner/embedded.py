@@ -4,7 +4,7 @@ It is an ordinary runner: it talks to its own server over HTTP with the runner t
 ``nixfarm up`` left in ``DATA_DIR/runner.token``, so the one-process farm and the
 scale-out farm run jobs through the same code.
 
-When the supervisor asks the farm to stop (``supervisor.DRAIN_SIGNAL``), the runner
+When the supervisor asks the farm to stop (``draining.DRAIN_SIGNAL``), the runner
 stops as any runner does (``Agent.stop``, with ``jobs.shutdown_grace_seconds``) while
 the server still answers it, then tells the supervisor it is done.
 """
@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-from nixfarm import supervisor
+from nixfarm import draining
 from nixfarm.config import Settings
 from nixfarm.datadir import RUNNER_TOKEN, read_token
 from nixfarm.runner.agent import Agent
@@ -45,7 +45,7 @@ async def serve(settings: Settings) -> None:
     client = RunnerClient(f"http://{host}:{settings.port}", token)
     stopping = asyncio.Event()
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-        asyncio.get_running_loop().add_signal_handler(supervisor.DRAIN_SIGNAL, stopping.set)
+        asyncio.get_running_loop().add_signal_handler(draining.DRAIN_SIGNAL, stopping.set)
     try:
         home = runner_dir(settings.data_dir / "runner")
         agent = Agent(client, images_for(settings, home / "images"),
@@ -66,5 +66,5 @@ async def serve(settings: Settings) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await serving
     finally:
-        supervisor.report_drained()
+        draining.report_drained()
         await client.close()

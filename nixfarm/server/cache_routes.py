@@ -12,7 +12,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from nixfarm.cache.service import CacheService, CacheView
 from nixfarm.errors import InvalidInput, NotFound
@@ -125,11 +125,12 @@ async def unknown(request: Request) -> Response:
 
 _READ_WRITE = ["GET", "HEAD", "PUT"]
 
-routes = [
-    Route("/cache/{name}/nix-cache-info", cache_info, methods=_READ_WRITE),
-    Route("/cache/{name}/{hash}.narinfo", narinfo, methods=_READ_WRITE),
-    Route("/cache/{name}/{hash}.ls", listing, methods=_READ_WRITE),
-    Route("/cache/{name}/nar/{file}", nar, methods=_READ_WRITE),
-    Route("/cache/{name}/log/{drv}", build_log, methods=_READ_WRITE),
-    Route("/cache/{name}/{rest:path}", unknown, methods=_READ_WRITE),
+#: Relative to ``/cache`` (the Nix cache protocol's mount).
+routes: list[BaseRoute] = [
+    Route("/{name}/nix-cache-info", cache_info, methods=_READ_WRITE),
+    Route("/{name}/{hash}.narinfo", narinfo, methods=_READ_WRITE),
+    Route("/{name}/{hash}.ls", listing, methods=_READ_WRITE),
+    Route("/{name}/nar/{file}", nar, methods=_READ_WRITE),
+    Route("/{name}/log/{drv}", build_log, methods=_READ_WRITE),
+    Route("/{name}/{rest:path}", unknown, methods=_READ_WRITE),
 ]

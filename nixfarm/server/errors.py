@@ -1,15 +1,27 @@
-"""Where errors become HTTP answers: the one place status codes are decided.
+"""Where errors become HTTP answers: the one place status codes and shapes are decided.
 
-The Nix cache protocol gets plain text (Nix prints the body of a failed request),
-the JSON API gets ``{"error": {...}}``, the OCI registry its ``{"errors": [...]}``
-envelope. Unexpected exceptions are logged with their traceback and answered with
-a bare 500 that leaks nothing.
+Each protocol is a ``Mount`` of its own in ``server/app.py`` and gets its own set of
+exception handlers from here, so the route decides the shape, never the URL text:
+
+- the JSON API (``/api``, :data:`JSON_API`) answers ``{"error": {"type", "message",
+  ...}}``; FastAPI's request validation becomes the same shape, a 400 ``InvalidInput``
+  whose one-sentence message names the field (never FastAPI's 422 ``{"detail": ...}``);
+- the OCI registry (``/v2``, :data:`OCI`) answers its ``{"errors": [...]}`` envelope;
+- the Nix cache protocol, the registry's token and build pages, and the web pages
+  (:data:`PLAIN`) answer plain text: Nix prints the body of a failed request.
+
+Unexpected exceptions are logged here with their traceback and answered with a 500
+in the protocol's shape that leaks nothing.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
 
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
@@ -25,6 +37,7 @@ from nixfarm.errors import (
     StorageError,
     Unauthorized,
 )
+from nixfarm.wire.errors import ErrorOut
 
 log = logging.getLogger("nixfarm.server")
 
@@ -140,11 +153,101 @@ def oci(request: Request, error: NixfarmError) -> Response:
     return JSONResponse(body, status, headers=headers)
 
 
-async def handle(request: Request, exc: Exception) -> Response:
-    """Starlette exception handler: the protocol is chosen by the URL."""
-    assert isinstance(exc, NixfarmError)
-    if request.url.path.startswith("/api/"):
-        return as_json(exc)
-    if request.url.path == "/v2" or request.url.path.startswith("/v2/"):
-        return oci(request, exc)
-    return plain(exc)
+# --- what FastAPI and Starlette raise themselves ----------------------------------------
+
+_LOCATIONS = {"query": "query parameter", "path": "path parameter", "header": "header",
+              "cookie": "cookie", "body": "field"}
+
+
+def invalid_request(exc: RequestValidationError) -> InvalidInput:
+    """FastAPI's validation error as one sentence naming the first bad field."""
+    problems = list(exc.errors())
+    if not problems:
+        return InvalidInput("the request is not valid", field="body")
+    first = problems[0]
+    where, *rest = [str(part) for part in first.get("loc", ("body",))] or ["body"]
+    name = ".".join(rest)
+    why = str(first.get("msg", "is not valid")).removeprefix("Value error, ")
+    why = why[:1].lower() + why[1:]
+    if first.get("type") == "json_invalid":
+        message, name = f"the request body is not valid JSON: {why}", "body"
+    elif name:
+        message = f"{_LOCATIONS.get(where, where)} {name!r}: {why}"
+    else:
+        message, name = f"the request body: {why}", "body"
+    if len(problems) > 1:
+        message += f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})"
+    return InvalidInput(message, field=name)
+
+
+def from_http(request: Request, exc: HTTPException) -> NixfarmError:
+    """A 404 or 405 of the router (no such route, method) in the error tree's words."""
+    if exc.status_code == 404:
+        return NotFound(f"there is nothing at {request.url.path}", kind="route",
+                        name=request.url.path)
+    if exc.status_code == 405:
+        return InvalidInput(f"{request.method} is not allowed on {request.url.path}",
+                            field="method")
+    return InvalidInput(str(exc.detail), field="request")
+
+
+def _status_response(response: Response, exc: HTTPException) -> Response:
+    """Keep the router's own status (405) and headers (``Allow``) on a mapped answer."""
+    response.status_code = exc.status_code
+    for name, value in (exc.headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+Handler = Callable[[Request, Any], Coroutine[Any, Any, Response]]
+
+
+def _handlers(render: Callable[[Request, NixfarmError], Response],
+              internal: Callable[[Request], Response]) -> dict[int | type[Exception], Handler]:
+    """The exception handlers of one protocol, given how it renders an error."""
+
+    async def nixfarm_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, NixfarmError)
+        return render(request, exc)
+
+    async def validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return render(request, invalid_request(exc))
+
+    async def http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return _status_response(render(request, from_http(request, exc)), exc)
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return internal(request)
+
+    return {NixfarmError: nixfarm_error, RequestValidationError: validation,
+            HTTPException: http, Exception: unexpected}
+
+
+#: The JSON API's handlers (``/api``).
+JSON_API = _handlers(lambda request, e: as_json(e), lambda request: JSONResponse(
+    {"error": {"type": "InternalError", "message": "internal server error"}}, 500))
+#: The OCI registry's handlers (``/v2``).
+OCI = _handlers(oci, lambda request: JSONResponse(
+    {"errors": [{"code": "UNKNOWN", "message": "internal server error", "detail": {}}]}, 500))
+#: Plain text: the Nix cache protocol, the registry's token and build pages, web pages.
+PLAIN = _handlers(lambda request, e: plain(e),
+                  lambda request: PlainTextResponse("internal server error\n", 500))
+
+
+# --- what the OpenAPI document says of errors ------------------------------------------
+
+
+_MEANINGS = {
+    400: "Bad input: the message names the field.",
+    401: "No token, or a token that is unknown, revoked or expired.",
+    403: "The token lacks the scope this needs.",
+    404: "No such object (or one the token may not see).",
+    409: "The object exists, or its state forbids the change.",
+}
+#: The error answers every JSON API route may give, for the OpenAPI document.
+API_RESPONSES: dict[int | str, dict[str, object]] = {
+    status: {"model": ErrorOut, "description": meaning} for status, meaning in _MEANINGS.items()
+}

@@ -25,7 +25,7 @@ from starlette.responses import (
     Response,
     StreamingResponse,
 )
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from nixfarm.errors import NotFound, Unauthorized
 from nixfarm.registry.buildboard import Build
@@ -167,16 +167,18 @@ async def build_page(request: Request) -> Response:
 
 _READ = ["GET", "HEAD"]
 
-routes = [
-    Route("/v2", base, methods=_READ),
-    Route("/v2/", base, methods=_READ),
-    Route("/v2/{name:path}/tags/list", tags, methods=_READ),
-    Route("/v2/{name:path}/manifests/{reference}", manifest, methods=_READ),
-    Route("/v2/{name:path}/blobs/{digest}", blob, methods=_READ),
-    Route("/v2/{rest:path}", unsupported,
-          methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),
-    Route("/registry/token", token, methods=["GET"]),
-    Route("/registry/builds", builds, methods=["GET"]),
-    Route("/registry/builds/{id}", build_page, methods=["GET"]),
-    Route("/registry/builds/{id}/log", build_log, methods=["GET"]),
+#: Relative to ``/v2`` (the OCI protocol's mount).
+oci_routes: list[BaseRoute] = [
+    Route("/", base, methods=_READ),
+    Route("/{name:path}/tags/list", tags, methods=_READ),
+    Route("/{name:path}/manifests/{reference}", manifest, methods=_READ),
+    Route("/{name:path}/blobs/{digest}", blob, methods=_READ),
+    Route("/{rest:path}", unsupported, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),
+]
+#: Relative to ``/registry``: the token endpoint and the build board (plain-text errors).
+board_routes: list[BaseRoute] = [
+    Route("/token", token, methods=["GET"]),
+    Route("/builds", builds, methods=["GET"]),
+    Route("/builds/{id}", build_page, methods=["GET"]),
+    Route("/builds/{id}/log", build_log, methods=["GET"]),
 ]

@@ -10,7 +10,8 @@ from datetime import datetime
 
 from pydantic import Field
 
-from nixfarm.wire.base import Wire
+from nixfarm.wire.base import Int32, Wire
+from nixfarm.wire.values import Compression, NarHash, StorePathText
 
 
 class CacheCreate(Wire):
@@ -18,7 +19,7 @@ class CacheCreate(Wire):
 
     name: str
     private: bool = False
-    priority: int | None = None
+    priority: Int32 | None = None
 
 
 class CacheOut(Wire):
@@ -35,11 +36,11 @@ class CacheOut(Wire):
 class MissingRequest(Wire):
     """POST /api/v1/caches/NAME/missing (cache push): which of these does the cache lack?"""
 
-    paths: list[str] = Field(max_length=100_000)
+    paths: list[StorePathText] = Field(max_length=100_000)
 
 
 class MissingResponse(Wire):
-    missing: list[str]
+    missing: list[StorePathText]
 
 
 class PathInfo(Wire):
@@ -48,13 +49,13 @@ class PathInfo(Wire):
     The body is the path's NAR, compressed as ``compression`` says.
     """
 
-    store_path: str
-    nar_hash: str
-    nar_size: int
-    references: list[str] = []
-    deriver: str | None = None
+    store_path: StorePathText
+    nar_hash: NarHash
+    nar_size: int = Field(ge=0, le=2**63 - 1)
+    references: list[StorePathText] = []
+    deriver: StorePathText | None = None
     ca: str | None = None
-    compression: str = "zstd"
+    compression: Compression = "zstd"
 
 
 class GcRequest(Wire):

@@ -10,7 +10,8 @@ from typing import Literal, get_args
 
 from pydantic import Field
 
-from nixfarm.wire.base import Wire
+from nixfarm.wire.base import Id, Int32, Wire
+from nixfarm.wire.values import Base64Text
 
 JobStatus = Literal["pending", "queued", "running", "success", "failed", "timeout", "cancelled",
                     "interrupted"]
@@ -135,7 +136,7 @@ class JobPage(Wire):
 class JobGroupCreate(Wire):
     """POST /api/v1/job-groups (jobs:submit): group pending jobs the caller owns."""
 
-    job_ids: list[int] = Field(min_length=1, max_length=100)
+    job_ids: list[Id] = Field(min_length=1, max_length=100)
     note: str | None = None
     execute: bool = True
 
@@ -167,11 +168,11 @@ class SecretCreate(Wire):
     name: str = Field(min_length=3, max_length=512)
     kind: SecretKind
     #: The value, base64.
-    data: str
+    data: Base64Text
     #: For ``file``: where it goes in the sandbox (``~/`` is the build user's home).
     path: str | None = None
     #: For ``file``: its mode, e.g. 0o600 (as a number).
-    mode: int | None = None
+    mode: Int32 | None = None
 
 
 class SecretOut(Wire):

@@ -39,7 +39,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from nixfarm.wire.base import Wire
+from nixfarm.wire.base import Int32, Wire
 from nixfarm.wire.jobs import SecretKind
 
 #: The largest log chunk a runner may send at once.
@@ -165,7 +165,7 @@ class TaskReport(Wire):
     """POST /api/v1/runners/ID/jobs/JOB/tasks/NAME (runner)."""
 
     status: Literal["running", "success", "failed", "skipped"]
-    exit_code: int | None = None
+    exit_code: Int32 | None = None
 
 
 class FinishRequest(Wire):

@@ -22,8 +22,9 @@ from nixfarm.wire.caches import (
     MissingResponse,
     PathInfo,
 )
+from nixfarm.wire.values import StorePathText
 
-router = APIRouter(prefix="/api/v1/caches", tags=["caches"])
+router = APIRouter(prefix="/v1/caches", tags=["caches"])
 
 
 def _out(request: Request, cache: CacheView, paths: int | None = None) -> CacheOut:
@@ -62,7 +63,7 @@ async def missing(request: Request, name: str, body: MissingRequest) -> MissingR
 
 
 @router.put("/{name}/paths/{basename}", status_code=201)
-async def upload_path(request: Request, name: str, basename: str) -> dict[str, str]:
+async def upload_path(request: Request, name: str, basename: StorePathText) -> dict[str, str]:
     """Upload one store path: its compressed NAR as the body, its metadata as a header."""
     await require(request, cache_scope(name, "push"))
     header = request.headers.get("x-nixfarm-path-info")

@@ -26,6 +26,7 @@ from nixfarm.builds.services import BuildServices
 from nixfarm.errors import InvalidInput
 from nixfarm.scopes import JOBS_SUBMIT
 from nixfarm.server.auth import farm_of, principal, require
+from nixfarm.wire.base import Id
 from nixfarm.wire.jobs import (
     JobGroupCreate,
     JobGroupOut,
@@ -38,7 +39,7 @@ from nixfarm.wire.jobs import (
     WebhookKey,
 )
 
-router = APIRouter(prefix="/api/v1", tags=["jobs"])
+router = APIRouter(prefix="/v1", tags=["jobs"])
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
@@ -69,7 +70,7 @@ async def list_jobs(
     tag: str | None = None,
     mine: bool = False,
     limit: int = Query(50, ge=1, le=200),
-    before: int | None = None,
+    before: Id | None = None,
 ) -> JobPage:
     return await builds(request).jobs.search(await principal(request), status=status, tag=tag,
                                              mine=mine, limit=limit, before=before)
@@ -80,27 +81,27 @@ Key = Query(None, max_length=64, description="An unlisted job's key.")
 
 
 @router.get("/jobs/{job_id}")
-async def get_job(request: Request, job_id: int, key: str | None = Key) -> JobOut:
+async def get_job(request: Request, job_id: Id, key: str | None = Key) -> JobOut:
     return await builds(request).jobs.get(await principal(request), job_id, key)
 
 
 @router.get("/jobs/{job_id}/manifest")
-async def get_manifest(request: Request, job_id: int, key: str | None = Key) -> Response:
+async def get_manifest(request: Request, job_id: Id, key: str | None = Key) -> Response:
     text = await builds(request).jobs.manifest(await principal(request), job_id, key)
     return Response(text, media_type="text/yaml; charset=utf-8")
 
 
 @router.post("/jobs/{job_id}/start")
-async def start(request: Request, job_id: int) -> JobOut:
+async def start(request: Request, job_id: Id) -> JobOut:
     return await builds(request).jobs.start(await require(request, JOBS_SUBMIT), job_id)
 
 
 @router.post("/jobs/{job_id}/cancel")
-async def cancel(request: Request, job_id: int) -> JobOut:
+async def cancel(request: Request, job_id: Id) -> JobOut:
     return await builds(request).jobs.cancel(await require(request, JOBS_SUBMIT), job_id)
 
 
-async def _log(request: Request, job_id: int, task: str | None, key: str | None) -> Response:
+async def _log(request: Request, job_id: Id, task: str | None, key: str | None) -> Response:
     services = builds(request)
     view = await services.jobs.get(await principal(request), job_id, key)
     if task is not None and task not in {t.name for t in view.tasks}:
@@ -133,19 +134,19 @@ async def _log(request: Request, job_id: int, task: str | None, key: str | None)
 
 
 @router.get("/jobs/{job_id}/log", response_class=Response)
-async def setup_log(request: Request, job_id: int, key: str | None = Key) -> Response:
+async def setup_log(request: Request, job_id: Id, key: str | None = Key) -> Response:
     """The setup log (everything before the first task), text/plain; Range supported."""
     return await _log(request, job_id, None, key)
 
 
 @router.get("/jobs/{job_id}/tasks/{task}/log", response_class=Response)
-async def task_log(request: Request, job_id: int, task: str, key: str | None = Key
+async def task_log(request: Request, job_id: Id, task: str, key: str | None = Key
                    ) -> Response:
     """A task's log, text/plain; Range supported."""
     return await _log(request, job_id, task, key)
 
 
-async def _sse(request: Request, job_id: int, task: str | None, only: bool,
+async def _sse(request: Request, job_id: Id, task: str | None, only: bool,
                key: str | None) -> Response:
     services = builds(request)
     positions = Positions(request.headers.get("last-event-id"))
@@ -167,24 +168,24 @@ async def _sse(request: Request, job_id: int, task: str | None, only: bool,
 
 
 @router.get("/jobs/{job_id}/events", response_class=Response)
-async def job_events(request: Request, job_id: int, key: str | None = Key) -> Response:
+async def job_events(request: Request, job_id: Id, key: str | None = Key) -> Response:
     """Every log, task and status change of the job, live (text/event-stream)."""
     return await _sse(request, job_id, None, False, key)
 
 
 @router.get("/jobs/{job_id}/log/events", response_class=Response)
-async def setup_log_events(request: Request, job_id: int, key: str | None = Key) -> Response:
+async def setup_log_events(request: Request, job_id: Id, key: str | None = Key) -> Response:
     return await _sse(request, job_id, None, True, key)
 
 
 @router.get("/jobs/{job_id}/tasks/{task}/log/events", response_class=Response)
-async def task_log_events(request: Request, job_id: int, task: str,
+async def task_log_events(request: Request, job_id: Id, task: str,
                           key: str | None = Key) -> Response:
     return await _sse(request, job_id, task, True, key)
 
 
 @router.get("/jobs/{job_id}/artifacts/{name}", response_class=Response)
-async def artifact(request: Request, job_id: int, name: str, key: str | None = Key
+async def artifact(request: Request, job_id: Id, name: str, key: str | None = Key
                    ) -> Response:
     services = builds(request)
     await services.jobs.get(await principal(request), job_id, key)
@@ -206,17 +207,17 @@ async def create_group(request: Request, body: JobGroupCreate) -> JobGroupOut:
 
 
 @router.get("/job-groups/{group_id}")
-async def get_group(request: Request, group_id: int) -> JobGroupOut:
+async def get_group(request: Request, group_id: Id) -> JobGroupOut:
     return await builds(request).jobs.group(await principal(request), group_id)
 
 
 @router.post("/job-groups/{group_id}/start")
-async def start_group(request: Request, group_id: int) -> JobGroupOut:
+async def start_group(request: Request, group_id: Id) -> JobGroupOut:
     return await builds(request).jobs.start_group(await require(request, JOBS_SUBMIT), group_id)
 
 
 @router.post("/job-groups/{group_id}/cancel")
-async def cancel_group(request: Request, group_id: int) -> JobGroupOut:
+async def cancel_group(request: Request, group_id: Id) -> JobGroupOut:
     return await builds(request).jobs.cancel_group(await require(request, JOBS_SUBMIT),
                                                    group_id)
 

@@ -3,6 +3,9 @@ a token with the ``runner`` scope, and one that registered the runner in the pat
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import anyio
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
@@ -11,6 +14,7 @@ from nixfarm.builds.runners import RunnerService
 from nixfarm.scopes import ADMIN, RUNNER
 from nixfarm.server.auth import farm_of, require
 from nixfarm.server.body import read_bounded
+from nixfarm.wire.base import MAX_INT, Id
 from nixfarm.wire.jobs import ArtifactOut, JobOut
 from nixfarm.wire.runners import (
     MAX_LOG_CHUNK,
@@ -25,7 +29,7 @@ from nixfarm.wire.runners import (
     TaskReport,
 )
 
-router = APIRouter(prefix="/api/v1/runners", tags=["runners"])
+router = APIRouter(prefix="/v1/runners", tags=["runners"])
 
 
 def service(request: Request) -> RunnerService:
@@ -53,20 +57,25 @@ async def _watch_hang_up(request: Request, gone: anyio.Event) -> None:
 
 @router.post("/{runner_id}/claim", response_model=Assignment,
              responses={204: {"description": "Nothing to do within `wait` seconds."}})
-async def claim(request: Request, runner_id: int, body: ClaimRequest) -> Response | Assignment:
+async def claim(request: Request, runner_id: Id, body: ClaimRequest) -> Response | Assignment:
     who = await require(request, RUNNER)
     gone = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(_watch_hang_up, request, gone)
+    # A plain task, not a task group: an error of the claim (another runner's id) must
+    # reach the error handlers as itself, not wrapped in an ExceptionGroup.
+    watcher = asyncio.create_task(_watch_hang_up(request, gone))
+    try:
         assignment = await service(request).claim(who, runner_id, body.wait, gone.is_set)
-        tg.cancel_scope.cancel()
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
     if assignment is None:
         return Response(status_code=204)
     return assignment
 
 
 @router.post("/{runner_id}/jobs/{job_id}/heartbeat")
-async def heartbeat(request: Request, runner_id: int, job_id: int,
+async def heartbeat(request: Request, runner_id: Id, job_id: Id,
                     body: HeartbeatRequest) -> HeartbeatResponse:
     who = await require(request, RUNNER)
     return await service(request).heartbeat(who, runner_id, job_id, body.wait)
@@ -78,8 +87,8 @@ async def _chunk(request: Request) -> bytes:
 
 
 @router.post("/{runner_id}/jobs/{job_id}/log")
-async def setup_log(request: Request, runner_id: int, job_id: int,
-                    seq: int = Query(ge=0)) -> LogAccepted:
+async def setup_log(request: Request, runner_id: Id, job_id: Id,
+                    seq: int = Query(ge=0, le=MAX_INT)) -> LogAccepted:
     """Append chunk ``seq`` (raw bytes) to the setup log."""
     who = await require(request, RUNNER)
     return await service(request).log(who, runner_id, job_id, None, seq,
@@ -87,8 +96,8 @@ async def setup_log(request: Request, runner_id: int, job_id: int,
 
 
 @router.post("/{runner_id}/jobs/{job_id}/tasks/{task}/log")
-async def task_log(request: Request, runner_id: int, job_id: int, task: str,
-                   seq: int = Query(ge=0)) -> LogAccepted:
+async def task_log(request: Request, runner_id: Id, job_id: Id, task: str,
+                   seq: int = Query(ge=0, le=MAX_INT)) -> LogAccepted:
     """Append chunk ``seq`` (raw bytes) to a task's log."""
     who = await require(request, RUNNER)
     return await service(request).log(who, runner_id, job_id, task, seq,
@@ -96,7 +105,7 @@ async def task_log(request: Request, runner_id: int, job_id: int, task: str,
 
 
 @router.post("/{runner_id}/jobs/{job_id}/tasks/{task}", status_code=204)
-async def report_task(request: Request, runner_id: int, job_id: int, task: str,
+async def report_task(request: Request, runner_id: Id, job_id: Id, task: str,
                       body: TaskReport) -> Response:
     who = await require(request, RUNNER)
     await service(request).report_task(who, runner_id, job_id, task, body)
@@ -104,7 +113,7 @@ async def report_task(request: Request, runner_id: int, job_id: int, task: str,
 
 
 @router.put("/{runner_id}/jobs/{job_id}/artifacts/{name}", status_code=201)
-async def upload_artifact(request: Request, runner_id: int, job_id: int, name: str,
+async def upload_artifact(request: Request, runner_id: Id, job_id: Id, name: str,
                           path: str = Query(min_length=1)) -> ArtifactOut:
     who = await require(request, RUNNER)
     return await service(request).artifact(who, runner_id, job_id, name, path,
@@ -112,6 +121,6 @@ async def upload_artifact(request: Request, runner_id: int, job_id: int, name: s
 
 
 @router.post("/{runner_id}/jobs/{job_id}/finish")
-async def finish(request: Request, runner_id: int, job_id: int, body: FinishRequest) -> JobOut:
+async def finish(request: Request, runner_id: Id, job_id: Id, body: FinishRequest) -> JobOut:
     who = await require(request, RUNNER)
     return await service(request).finish(who, runner_id, job_id, body)

@@ -8,7 +8,7 @@ from nixfarm.scopes import JOBS_SUBMIT
 from nixfarm.server.auth import farm_of, require
 from nixfarm.wire.jobs import SecretCreate, SecretOut
 
-router = APIRouter(prefix="/api/v1/secrets", tags=["secrets"])
+router = APIRouter(prefix="/v1/secrets", tags=["secrets"])
 
 
 @router.post("", status_code=201)

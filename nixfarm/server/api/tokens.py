@@ -7,9 +7,10 @@ from fastapi import APIRouter, Request
 from nixfarm.scopes import ADMIN
 from nixfarm.server.auth import farm_of, principal, require
 from nixfarm.tokens import TokenView, future_expiry
+from nixfarm.wire.base import Id
 from nixfarm.wire.tokens import TokenCreate, TokenOut, WhoAmI
 
-router = APIRouter(prefix="/api/v1", tags=["tokens"])
+router = APIRouter(prefix="/v1", tags=["tokens"])
 
 
 def _out(token: TokenView, secret: str | None = None) -> TokenOut:
@@ -33,7 +34,7 @@ async def list_tokens(request: Request, include_revoked: bool = False) -> list[T
 
 
 @router.delete("/tokens/{token_id}")
-async def revoke_token(request: Request, token_id: int) -> TokenOut:
+async def revoke_token(request: Request, token_id: Id) -> TokenOut:
     await require(request, ADMIN)
     return _out(await farm_of(request).tokens.revoke(token_id))
 
