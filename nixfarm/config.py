@@ -113,6 +113,9 @@ class JobSettings(Section):
     smtp_password: str = ""
     #: Job slots of the runner ``nixfarm up`` embeds in the server; 0: none.
     embedded_runner_slots: int = 2
+    #: The sandbox of that runner's jobs: ``bwrap`` (a container) or ``vm`` (a qemu
+    #: virtual machine, see docs/vm.md).
+    embedded_runner_sandbox: Literal["bwrap", "vm"] = "bwrap"
 
 
 class KeySettings(Section):

@@ -30,6 +30,8 @@ def runner(
     local_source: Annotated[list[Path] | None, typer.Option(
         help="A directory whose git repositories jobs may clone as file:// sources "
              "(repeatable).")] = None,
+    sandbox: Annotated[str, typer.Option(
+        help="Where jobs run: bwrap (a container) or vm (a qemu virtual machine).")] = "bwrap",
 ) -> None:
     """Claim jobs from the farm and run them in sandboxes, until interrupted."""
     from nixfarm import prerequisites
@@ -38,6 +40,7 @@ def runner(
     from nixfarm.runner.nixd import NixDaemon
     from nixfarm.runner.protocol import RunnerClient
     from nixfarm.runner.roots import Catalogue, Images
+    from nixfarm.runner.sandbox.choice import choose
     from nixfarm.runner.workdir import runner_dir
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -58,10 +61,13 @@ def runner(
     daemon = NixDaemon(home, options) if nix_daemon else None
 
     async def work() -> None:
+        choice = await choose(sandbox, home)  # a SandboxError is the run's error
         client = RunnerClient(endpoint.url, endpoint.token or "")
         try:
             await Agent(client, images, name=name or socket.gethostname(), slots=slots,
                         work_root=home / "jobs", nix=daemon,
+                        new_sandbox=choice.new_sandbox, sandbox_kind=choice.kind,
+                        accelerator=choice.accelerator,
                         local_sources=list(local_source or [])).serve()
         finally:
             await client.close()

@@ -93,6 +93,12 @@ class VmSandbox:
     def spec(self) -> SandboxSpec:
         return self._spec
 
+    @property
+    def description(self) -> str:
+        """How it runs, for the job's log: "a VM (kvm), booted in 0.9 s"."""
+        accel = self.accelerator.describe() if self.accelerator else "not probed yet"
+        return f"a VM ({accel}), booted in {self.boot_seconds:.1f} s"
+
     # --- boot ------------------------------------------------------------------
 
     async def boot(self) -> None:
