@@ -23,6 +23,7 @@ import contextlib
 import os
 import shlex
 import shutil
+import signal
 import socket
 import stat
 import tempfile
@@ -272,7 +273,7 @@ class VmSandbox:
                 sandbox=self.name, seconds=budget or 0.0) from None
         finally:
             on_output.close()
-            for suffix in ("sh", "in", "pid", "status"):
+            for suffix in ("sh", "in"):
                 with contextlib.suppress(OSError):
                     (xfer / f"{run_id}.{suffix}").unlink()
         return status, xfer / f"{run_id}.out"
@@ -325,17 +326,29 @@ class VmSandbox:
         if self._closed:
             return
         self._closed = True
-        # Nothing in the guest is worth a clean power-off: it all goes.
+        # Nothing in the guest is worth a clean power-off: it all goes. bwrap runs
+        # qemu and virtiofsd in sessions of their own: they are killed by pid.
+        doomed = set().union(*(_descendants(p.pid) for p in self._processes))
         for process in self._processes:
             kill_group(process)
-        await uncancelled(self._reap())
+        for pid in doomed:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        await uncancelled(self._reap(doomed))
 
-    async def _reap(self) -> None:
+    async def _reap(self, doomed: set[int]) -> None:
         for process in self._processes:
             try:
                 await asyncio.wait_for(process.wait(), 10.0)
             except TimeoutError:
                 kill_group(process)
+        for _ in range(500):  # up to ~10 s: SIGKILL is quick, but not instant
+            left = await asyncio.to_thread(_alive, doomed)
+            if not left:
+                break
+            await asyncio.sleep(0.02)
+        if left:
+            raise SandboxError(f"Processes {sorted(left)} outlived the VM.", sandbox=self.name)
         if self._channel is not None:
             await self._channel.close()
         if self.state_dir is not None:
@@ -352,6 +365,33 @@ class VmSandbox:
         tb: TracebackType | None,
     ) -> None:
         await uncancelled(self.shutdown())
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid``, from /proc/PID/task/*/children."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{parent}/task"):
+                with contextlib.suppress(OSError):
+                    text = Path(f"/proc/{parent}/task/{task}/children").read_text()
+                    for child in map(int, text.split()):
+                        if child not in found:
+                            found.add(child)
+                            todo.append(child)
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    """Those of ``pids`` still running (zombies are dead: their parent reaps them)."""
+    living = set()
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError):
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                living.add(pid)
+    return living
 
 
 def _copy_out(source: Path, dest: Path, name: str) -> int:

@@ -11,14 +11,14 @@ and what ``get`` copies out.
       stop ID                               fatal MESSAGE    (boot failed; it powers off)
       poweroff                              done ID STATUS
 
-    output port, guest -> host: task output as it is written, then "\\nTOKEN\\n"
+    output port, guest -> host: task output as it is written, then "\\0TOKEN\\n"
 
 ``run`` starts ``xfer/ID.sh`` as UID (stdin ``xfer/ID.in`` when present) in its own
 session; its stdout and stderr stream to the output port (with CAPTURE=1 stdout
 goes to ``xfer/ID.out`` instead). When everything holding that output has closed
-it, the agent writes the run's TOKEN, framed by newlines, then ``done``. TOKEN is
-random per run and never shown to the task, so output cannot end a run early;
-the newline before it is ours, not the task's. One run streams at a time (the
+it, the agent writes the run's TOKEN (after a NUL, before a newline), then
+``done``. TOKEN is random per run and never shown to the task, so output cannot
+end a run early. One run streams at a time (the
 output port is one stream); ``stop`` kills a run's process group.
 """
 
@@ -31,6 +31,7 @@ import socket
 from collections.abc import Callable
 
 from nixfarm.runner.sandbox.base import SandboxError
+from nixfarm.runner.shielding import uncancelled
 
 #: Called with output bytes as they arrive.
 OutputCallback = Callable[[bytes], None]
@@ -40,7 +41,7 @@ class _Output:
     """One run's output: bytes before its end marker go to ``feed``."""
 
     def __init__(self, token: str, feed: OutputCallback) -> None:
-        self.marker = f"\n{token}\n".encode()
+        self.marker = f"\0{token}\n".encode()
         self.feed = feed
         self.ended = asyncio.Event()
         self._held = b""
@@ -55,10 +56,13 @@ class _Output:
                 self.feed(data[:at])
             self.ended.set()
             return data[at + len(self.marker) :]
-        keep = len(self.marker) - 1  # a marker may be cut between two reads
-        self._held = data[-keep:]
+        # A marker may be cut between two reads: hold back only a tail that could
+        # be its start (it begins with NUL, rare in output), so lines go at once.
+        keep = next((n for n in range(min(len(data), len(self.marker) - 1), 0, -1)
+                     if self.marker.startswith(data[-n:])), 0)  # fmt: skip
+        self._held = data[len(data) - keep :]
         if len(data) > keep:
-            self.feed(data[:-keep])
+            self.feed(data[: len(data) - keep])
         return b""
 
 
@@ -113,11 +117,13 @@ class AgentChannel:
                 await self._send(f"run {run_id} {uid} {int(capture)} {token}")
                 if on_started is not None:
                     on_started()
-                status = await done
+                # Shielded: a cancelled caller must not cancel ``done``, which
+                # ``_stop`` still waits on.
+                status = await asyncio.shield(done)
                 await output.ended.wait()
                 return status
             except BaseException:
-                await self._stop(run_id, done, output)
+                await uncancelled(self._stop(run_id, done, output))
                 raise
             finally:
                 self._done.pop(run_id, None)
@@ -129,7 +135,7 @@ class AgentChannel:
         with contextlib.suppress(OSError, SandboxError):
             await self._send(f"stop {run_id}")
         # Its end is awaited (briefly), so that its output is not taken for the next run's.
-        with contextlib.suppress(TimeoutError, SandboxError, asyncio.CancelledError):
+        with contextlib.suppress(TimeoutError, SandboxError):
             async with asyncio.timeout(5.0):
                 await asyncio.shield(done)
                 await output.ended.wait()
