@@ -16,12 +16,17 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="session")
-def vm_dir() -> Path:
-    # Kept between runs (the kernel is ~27 MB from Debian's registry); reachable by
-    # the unprivileged user qemu runs as.
+def runner_home() -> Path:
+    """A runner directory kept between runs (the kernel is ~27 MB from Debian's
+    registry), reachable by the unprivileged user qemu runs as."""
     path = Path(tempfile.gettempdir()) / f"nixfarm-test-vm-{os.getuid()}"
     path.mkdir(mode=0o755, exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def vm_dir(runner_home: Path) -> Path:
+    return runner_home / "vm"
 
 
 @pytest.fixture(scope="session")
