@@ -1,0 +1,89 @@
+"""The VM benchmark: from "start a sandbox" to the first line of a task.
+
+    .venv/bin/python bench/vm_bench.py [--runs 5]
+
+Each run starts a sandbox on the demo catalogue image, runs ``echo first`` in it and
+stops the clock when that line arrives; then it shuts the sandbox down. The vm
+sandbox (``nixfarm.runner.sandbox.vm``: qemu microvm, our initramfs, the guest agent)
+and the bwrap sandbox (its baseline, the floor of a container on the same kernel)
+are measured in alternation, ``--runs`` times each, in the same process. The kernel
+and initramfs are made first (not timed: a runner makes them once, at start), so
+the VM figure is a cold boot of a new VM: qemu start, guest kernel, init, agent.
+The accelerator is the runner's (``vm.accel``); under TCG the goal is < 3 s.
+
+Results: a Markdown table on stdout and JSON in ``bench/out/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import Row, machine, table, write_json
+from nixfarm.runner.roots import Catalogue
+from nixfarm.runner.sandbox import BwrapSandbox, Sandbox, SandboxSpec
+from nixfarm.runner.sandbox.vm import VmSandbox
+from nixfarm.runner.vm.accel import probe
+from nixfarm.runner.vm.kernel import boot_files
+from nixfarm.runner.workdir import runner_dir
+
+
+async def first_line(box: Sandbox) -> tuple[float, float]:
+    """Seconds to boot ``box``, and from the start to ``echo first``'s line."""
+    started = time.monotonic()
+    arrived: list[float] = []
+    try:
+        await box.boot()
+        booted = time.monotonic() - started
+        await box.run(["/bin/sh", "-c", "echo first"], lambda _: arrived.append(time.monotonic()))
+    finally:
+        await box.shutdown()
+    return booted, arrived[0] - started
+
+
+async def main(runs: int) -> int:
+    home = runner_dir(Path(tempfile.gettempdir()) / "nixfarm-vm-bench")
+    catalogue = Catalogue(home / "images")
+    root = await catalogue.root(catalogue.find("demo/latest"))
+    spec = SandboxSpec(rootfs=root, memory_limit=512 * 1024**2)
+    accel_started = time.monotonic()
+    accel = await probe(fresh=True)
+    accel_seconds = time.monotonic() - accel_started
+    await boot_files(home / "vm")
+    vm: list[tuple[float, float]] = []
+    bwrap: list[tuple[float, float]] = []
+    for _ in range(runs):
+        vm.append(await first_line(VmSandbox(spec, vm_dir=home / "vm", accelerator=accel)))
+        bwrap.append(await first_line(BwrapSandbox(spec)))
+    vm_first = statistics.median(t for _, t in vm)
+    bwrap_first = statistics.median(t for _, t in bwrap)
+    goal = 3.0 if accel.name == "tcg" else 1.0
+    rows = [
+        Row(f"start to first task line ({accel.name})", "s", vm_first, bwrap_first, "bwrap",
+            goal=f"< {goal:g} s", passed=vm_first < goal),
+        Row(f"boot to agent ready ({accel.name})", "s", statistics.median(b for b, _ in vm),
+            statistics.median(b for b, _ in bwrap), "bwrap"),
+        Row("accelerator probe", "s", accel_seconds, None, "", goal="< 1 s",
+            passed=accel_seconds < 1.0),
+    ]
+    print(f"accelerator: {accel.describe()}; {runs} runs each, medians")
+    print(table(rows))
+    print("vm runs (boot, first line):", [(round(b, 2), round(f, 2)) for b, f in vm])
+    print("bwrap runs (boot, first line):", [(round(b, 3), round(f, 3)) for b, f in bwrap])
+    path = write_json("vm", {"machine": machine(), "accelerator": accel.describe(),
+                             "vm": vm, "bwrap": bwrap, "rows": rows})  # fmt: skip
+    print(f"JSON: {path}")
+    return 0 if all(r.passed is not False for r in rows) else 1
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    sys.exit(asyncio.run(main(parser.parse_args().runs)))
