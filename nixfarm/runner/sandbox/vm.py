@@ -98,7 +98,13 @@ class VmSandbox:
     def description(self) -> str:
         """How it runs, for the job's log: "a VM (kvm), booted in 0.9 s"."""
         accel = self.accelerator.describe() if self.accelerator else "not probed yet"
-        return f"a VM ({accel}), booted in {self.boot_seconds:.1f} s"
+        return (f"a VM ({accel}), booted in {self.boot_seconds:.1f} s "
+                f"({self.guest_seconds:.1f} s of them in the guest)")
+
+    @property
+    def guest_seconds(self) -> float:
+        """The guest's uptime when its agent was ready: kernel and init, by its clock."""
+        return self._channel.guest_uptime if self._channel else 0.0
 
     # --- boot ------------------------------------------------------------------
 
@@ -179,10 +185,9 @@ class VmSandbox:
                 await self._channel.ready()
         except (TimeoutError, SandboxError) as e:
             why = str(e.message) if isinstance(e, SandboxError) else "no answer"
-            raise SandboxError(
-                f"The VM did not boot within {BOOT_TIMEOUT:g} seconds ({why})"
-                if isinstance(e, TimeoutError) else f"The VM did not boot: {why}"
-                + self._console_tail(), sandbox=self.name) from None  # fmt: skip
+            message = (f"The VM did not boot within {BOOT_TIMEOUT:g} seconds ({why})."
+                       if isinstance(e, TimeoutError) else f"The VM did not boot: {why}")
+            raise SandboxError(message + self._console_tail(), sandbox=self.name) from None
 
     def _console_tail(self) -> str:
         assert self.state_dir is not None
@@ -216,7 +221,8 @@ class VmSandbox:
         process = await asyncio.create_subprocess_exec(
             *self._as_host_user(groups), "bwrap", *argv,
             stdin=asyncio.subprocess.DEVNULL, stdout=log.fileno(), stderr=log.fileno(),
-            pass_fds=tuple(fds), start_new_session=True, env={"PATH": "/usr/bin:/bin"},
+            pass_fds=tuple(fds), start_new_session=True,
+            env={"PATH": "/usr/bin:/bin"},
         )  # fmt: skip
         self._processes.append(process)
 

@@ -7,7 +7,7 @@ of the job's state shared with the guest (virtiofs): a task's script, its stdin,
 and what ``get`` copies out.
 
     control port, host -> guest           guest -> host
-      run ID UID CAPTURE TOKEN              ready            (once, at boot)
+      run ID UID CAPTURE TOKEN              ready UPTIME     (once, at boot)
       stop ID                               fatal MESSAGE    (boot failed; it powers off)
       poweroff                              done ID STATUS
 
@@ -82,6 +82,8 @@ class AgentChannel:
         self._lock = asyncio.Lock()
         self._next_id = 0
         self._gone: str | None = None
+        #: The guest's uptime when its agent said ``ready`` (kernel and init time).
+        self.guest_uptime = 0.0
 
     async def open(self) -> None:
         reader, self._writer = await asyncio.open_unix_connection(sock=self._control_socket)
@@ -167,6 +169,8 @@ class AgentChannel:
         while line := await reader.readline():
             word, _, rest = line.decode(errors="replace").strip().partition(" ")
             if word == "ready" and not self._ready.done():
+                with contextlib.suppress(ValueError):
+                    self.guest_uptime = float(rest)
                 self._ready.set_result(None)
             elif word == "fatal":
                 self._fail(f"the guest failed to boot: {rest}")

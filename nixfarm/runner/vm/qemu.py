@@ -60,10 +60,13 @@ def host_dirs() -> list[str]:
 
 
 def bwrap(*, network: bool, extra: Sequence[str] = ()) -> list[str]:
-    """bwrap's options for one of the VM's processes (the program follows ``--``)."""
+    """bwrap's options for one of the VM's processes (the program follows ``--``).
+
+    /var/tmp is where qemu keeps a disk image's snapshot (the job's writes).
+    """
     return ["--unshare-all", *(["--share-net"] if network else []), "--die-with-parent",
             "--new-session", *host_dirs(), "--dev", "/dev", "--proc", "/proc",
-            "--tmpfs", "/tmp", "--chdir", "/", *extra]  # fmt: skip
+            "--tmpfs", "/tmp", "--tmpfs", "/var/tmp", "--chdir", "/", *extra]  # fmt: skip
 
 
 def virtiofsd_bwrap(spec: SandboxSpec, xfer: Path) -> list[str]:
@@ -96,7 +99,9 @@ def qemu_args(spec: SandboxSpec, accel: Accelerator, fds: Fds,
     """qemu's command line for ``spec`` (see the module docstring)."""
     memory = max((spec.memory_limit or DEFAULT_MEMORY) // 1024**2, 128)
     vcpus = max(1, math.ceil(spec.cpu_limit)) if spec.cpu_limit else 1
-    cmdline = ["console=ttyS0", "quiet", "panic=-1",
+    # No PCI bus and no keyboard controller on a microvm: don't look for them.
+    cmdline = ["console=ttyS0", "quiet", "panic=-1", "pci=off", "i8042.noaux", "i8042.nokbd",
+               "i8042.nopnp", "random.trust_cpu=on",
                "nixfarm.root=" + ("disk" if isinstance(spec.image, DiskImage) else "share"),
                f"nixfarm.net={int(spec.network)}", f"nixfarm.tmp={spec.tmp_size}"]  # fmt: skip
     if accel.name == "tcg" and tsc_khz:

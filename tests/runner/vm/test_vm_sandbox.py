@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import socket
 import tarfile
@@ -17,7 +18,13 @@ import anyio
 import pytest
 
 from nixfarm.runner.roots import Images, PreparedImage
-from nixfarm.runner.sandbox import NixClosure, SandboxError, SandboxSpec, SandboxTimeout
+from nixfarm.runner.sandbox import (
+    DiskImage,
+    NixClosure,
+    SandboxError,
+    SandboxSpec,
+    SandboxTimeout,
+)
 from nixfarm.runner.sandbox.vm import VmSandbox
 from tests.runner.vm.conftest import alive, descendants
 
@@ -160,3 +167,19 @@ async def test_network_and_nothing_left_after_shutdown(
     await asyncio.sleep(0)
     assert not alive(processes)
     assert not vm.state_dir.exists()
+
+
+async def test_a_disk_image_boots_and_the_job_never_writes_it(
+        demo_root: Path, vm_dir: Path, state_root: Path, tmp_path: Path) -> None:
+    disk = tmp_path / "root.img"
+    await anyio.run_process(["mkfs.ext4", "-q", "-d", str(demo_root), str(disk), "32M"])
+    before = hashlib.sha256(disk.read_bytes()).hexdigest()
+    spec = SandboxSpec(DiskImage(disk, "raw"), memory_limit=256 * 1024**2)
+    async with VmSandbox(spec, vm_dir=vm_dir, state_root=state_root) as vm:
+        await vm.put("/etc/written-by-the-job", b"root's file\n", owner=0)
+        status, lines = await output(
+            vm, "id -u; hello; cat /etc/written-by-the-job; stat -c %U /etc/written-by-the-job;"
+                "touch /etc/by-build")
+        assert status != 0  # build may not write /etc: the last command fails
+        assert lines[:4] == ["1000", "Hello, world!", "root's file", "root"], lines
+    assert hashlib.sha256(disk.read_bytes()).hexdigest() == before
