@@ -43,6 +43,9 @@ def runner(
     from nixfarm.runner.sandbox.choice import choose
     from nixfarm.runner.workdir import runner_dir
 
+    if sandbox not in ("bwrap", "vm"):
+        raise typer.BadParameter(f"{sandbox!r} is not a sandbox: bwrap or vm",
+                                 param_hint="--sandbox")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     endpoint = resolve(url, token, data_dir)

@@ -247,13 +247,27 @@ class VmSandbox:
         return self._channel, self.state_dir / "xfer"
 
     def _write(self, path: Path, data: bytes | Path) -> None:
-        # The host writes, virtiofsd (the host user) must read it for the guest.
-        if isinstance(data, Path):
-            shutil.copyfile(data, path)
-        else:
-            path.write_bytes(data)
-        if self._root_runner:
-            os.chown(path, self.host_uid, self.host_uid)
+        """Write a file of xfer/ for the guest (virtiofsd, the host user, reads it).
+
+        The guest's root can put anything in xfer/, a symlink to a host file at the
+        name we are about to write included: whatever is there goes first, and the
+        file is created anew, never followed.
+        """
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise SandboxError(f"Cannot hand {path.name} to the VM: {e.strerror}.",
+                               sandbox=self.name) from e
+        with os.fdopen(fd, "wb") as out:
+            if isinstance(data, Path):
+                with data.open("rb") as source:
+                    shutil.copyfileobj(source, out, 1024 * 1024)
+            else:
+                out.write(data)
+            if self._root_runner:
+                os.fchown(fd, self.host_uid, self.host_uid)
 
     async def _run(self, argv: Sequence[str], on_output: Lines, *, uid: int = BUILD_UID,
                    env: Mapping[str, str] | None = None, cwd: str = BUILD_HOME,

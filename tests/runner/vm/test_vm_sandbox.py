@@ -25,6 +25,7 @@ from nixfarm.runner.sandbox import (
     SandboxSpec,
     SandboxTimeout,
 )
+from nixfarm.runner.sandbox.processes import Lines
 from nixfarm.runner.sandbox.vm import VmSandbox
 from tests.runner.vm.conftest import alive, descendants
 
@@ -113,6 +114,23 @@ async def test_put_and_get(box: VmSandbox, tmp_path: Path) -> None:
     assert not (tmp_path / "missing").exists()
     with pytest.raises(SandboxError, match="Cannot write /nix/store/x"):
         await box.put("/nix/store/x", b"")
+
+
+async def test_the_guests_root_cannot_make_the_host_write_through_xfer(
+        box: VmSandbox, tmp_path: Path) -> None:
+    # The guest's root owns the exchange directory: it plants symlinks to a host file
+    # at the names the next runs will use. The host replaces them, never follows.
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    plant = " ".join(f"ln -sf {victim} $X/{n}.sh; ln -sf {victim} $X/{n}.in;"
+                     for n in range(1, 200))  # fmt: skip
+    lines: list[str] = []
+    status, _ = await box._run(["/run/nixfarm/sh", "-c", f"X=/run/nixfarm/private/share/xfer; "
+                                f"{plant} ls $X | wc -l"], Lines(lines.append), uid=0)
+    assert status == 0 and int(lines[0]) >= 398, lines
+    status, lines = await output(box, "cat", stdin=b"through stdin\n")
+    assert (status, lines) == (0, ["through stdin"])
+    assert victim.read_text() == "untouched\n"
 
 
 async def test_a_command_past_its_time_is_killed_and_the_vm_lives_on(box: VmSandbox) -> None:
