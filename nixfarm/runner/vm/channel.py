@@ -77,7 +77,7 @@ class AgentChannel:
         self._output_writer: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._ready: asyncio.Future[None] | None = None
-        self._done: dict[int, asyncio.Future[int]] = {}
+        self._done: dict[str, asyncio.Future[int]] = {}
         self._current: _Output | None = None
         self._lock = asyncio.Lock()
         self._next_id = 0
@@ -102,11 +102,13 @@ class AgentChannel:
         assert self._ready is not None
         await asyncio.shield(self._ready)
 
-    def new_id(self) -> int:
+    def new_id(self) -> str:
+        """A new run's id, also the name of its files in xfer/: not guessable, so the
+        guest cannot have put anything at that name before the host writes it."""
         self._next_id += 1
-        return self._next_id
+        return f"{self._next_id}-{secrets.token_hex(8)}"
 
-    async def run(self, run_id: int, uid: int, capture: bool, feed: OutputCallback,
+    async def run(self, run_id: str, uid: int, capture: bool, feed: OutputCallback,
                   on_started: Callable[[], None] | None = None) -> int:
         """Start run ``run_id`` (its files are in place) and return its exit status
         once its output has ended. Cancelled: the run is stopped, then this raises."""
@@ -131,7 +133,7 @@ class AgentChannel:
                 self._done.pop(run_id, None)
                 self._current = None
 
-    async def _stop(self, run_id: int, done: asyncio.Future[int], output: _Output) -> None:
+    async def _stop(self, run_id: str, done: asyncio.Future[int], output: _Output) -> None:
         if self._gone is not None:
             return
         with contextlib.suppress(OSError, SandboxError):
@@ -176,7 +178,7 @@ class AgentChannel:
                 self._fail(f"the guest failed to boot: {rest}")
             elif word == "done":
                 run_id, _, status = rest.partition(" ")
-                waiting = self._done.get(int(run_id)) if run_id.isdigit() else None
+                waiting = self._done.get(run_id)
                 if waiting is not None and not waiting.done():
                     waiting.set_result(int(status) if status.isdigit() else 255)
         self._fail("the VM stopped")

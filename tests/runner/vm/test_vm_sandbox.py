@@ -119,7 +119,8 @@ async def test_put_and_get(box: VmSandbox, tmp_path: Path) -> None:
 async def test_the_guests_root_cannot_make_the_host_write_through_xfer(
         box: VmSandbox, tmp_path: Path) -> None:
     # The guest's root owns the exchange directory: it plants symlinks to a host file
-    # at the names the next runs will use. The host replaces them, never follows.
+    # at names runs could have. Runs' names cannot be guessed, and the host would
+    # replace such a link, never follow it.
     victim = tmp_path / "victim"
     victim.write_text("untouched\n")
     plant = " ".join(f"ln -sf {victim} $X/{n}.sh; ln -sf {victim} $X/{n}.in;"
