@@ -56,6 +56,8 @@ NOBODY = 65534
 #: Seconds from qemu's start to the agent's ``ready`` (TCG on a busy machine is slow).
 BOOT_TIMEOUT = 120.0
 STATE_PREFIX = "nixfarm-vm-"
+#: What an image's root must hold: a shell, the build user, its home's mount point.
+_REQUIRED = ("bin/sh", "etc/passwd", "home/build", "tmp", "dev")
 _PUT = 'mkdir -p "$(dirname "$1")" && cat > "$1" && chmod "$2" "$1"'
 _GET = 'if [ -d "$1" ]; then cd "$1" && exec tar -cf - .; else exec cat -- "$1"; fi'
 
@@ -120,6 +122,7 @@ class VmSandbox:
         if not os.access(qemu.VIRTIOFSD, os.X_OK):
             raise SandboxError(f"The vm sandbox needs {qemu.VIRTIOFSD} (qemu-system-x86).",
                                sandbox=self.name)
+        await asyncio.to_thread(self._check_image)
         try:
             self.boot_files = await boot_files(self._vm_dir)
         except KernelError as e:
@@ -136,6 +139,24 @@ class VmSandbox:
         self.boot_seconds = time.monotonic() - started
         if self._spec.timeout is not None:
             self._deadline = time.monotonic() + self._spec.timeout
+
+    def _check_image(self) -> None:
+        """What the guest's init and agent need of the image, said before booting."""
+        image = self._spec.image
+        if isinstance(image, DiskImage):
+            if not image.path.is_file():
+                raise SandboxError(f"There is no disk image {image.path}.", sandbox=self.name)
+            return
+        root = self._spec.rootfs
+        missing = [p for p in _REQUIRED if not os.path.lexists(root / p)]
+        if missing:
+            raise SandboxError(f"Image root {root} lacks {', '.join('/' + m for m in missing)}.",
+                               sandbox=self.name)
+        for path in self._spec.store_paths:
+            if not path.startswith("/nix/store/") or "/" in path[len("/nix/store/") :]:
+                raise SandboxError(f"{path!r} is not a store path.", sandbox=self.name)
+            if not os.path.lexists(path):
+                raise SandboxError(f"Store path {path} is not on this host.", sandbox=self.name)
 
     async def _start(self, boot: BootFiles, accel: Accelerator) -> None:
         self.state_dir = Path(tempfile.mkdtemp(prefix=STATE_PREFIX, dir=self._state_root))

@@ -11,6 +11,8 @@ from pathlib import Path
 import anyio
 import pytest
 
+from nixfarm.runner.sandbox import DiskImage, NixClosure, SandboxError, SandboxSpec
+from nixfarm.runner.sandbox.vm import VmSandbox
 from nixfarm.runner.vm import accel
 from nixfarm.runner.vm.cpio import CpioWriter
 from nixfarm.runner.vm.kernel import MODULES, boot_files
@@ -80,3 +82,20 @@ async def test_the_accelerator_is_known_in_well_under_a_second() -> None:
     assert (await accel.probe()) == forced  # remembered
     # The probe's boot sector does run where the accelerator works.
     assert await accel.boots("qemu-system-x86_64", "tcg", 20.0)
+
+
+@pytest.mark.anyio
+async def test_an_image_the_guest_cannot_use_is_refused_before_booting(
+        tmp_path: Path, vm_dir: Path) -> None:
+    (tmp_path / "bin").mkdir()
+    with pytest.raises(SandboxError, match=r"lacks /bin/sh, /etc/passwd, /home/build, /tmp"):
+        await VmSandbox(SandboxSpec(rootfs=tmp_path), vm_dir=vm_dir).boot()
+    closure = SandboxSpec(NixClosure(tmp_path, ("/nix/store/x/y",)))
+    (tmp_path / "bin/sh").touch()
+    for name in ("etc", "home/build", "tmp", "dev"):
+        (tmp_path / name).mkdir(parents=True)
+    (tmp_path / "etc/passwd").touch()
+    with pytest.raises(SandboxError, match="'/nix/store/x/y' is not a store path"):
+        await VmSandbox(closure, vm_dir=vm_dir).boot()
+    with pytest.raises(SandboxError, match="There is no disk image"):
+        await VmSandbox(SandboxSpec(DiskImage(tmp_path / "none.img")), vm_dir=vm_dir).boot()
