@@ -40,7 +40,7 @@ from nixfarm.runner.sandbox.vm import VmSandbox
 from nixfarm.runner.vm.accel import probe
 from nixfarm.runner.vm.cpio import CpioWriter
 from nixfarm.runner.vm.kernel import BUSYBOX, boot_files
-from nixfarm.runner.vm.qemu import host_tsc_khz
+from nixfarm.runner.vm.qemu import KERNEL_OPTIONS, host_tsc_khz
 from nixfarm.runner.workdir import runner_dir
 
 
@@ -76,8 +76,7 @@ async def bare_boot(kernel: Path, accel: str, scratch: Path) -> float:
         "qemu-system-x86_64", "-M", f"microvm,accel={accel}", "-cpu", "max", "-m", "512",
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "none",
         "-kernel", str(kernel), "-initrd", str(initrd),
-        "-append", f"console=ttyS0 quiet panic=-1 pci=off tsc_early_khz={host_tsc_khz()} "
-                   "tsc=reliable"])  # fmt: skip
+        "-append", " ".join(KERNEL_OPTIONS) + f" tsc_early_khz={host_tsc_khz()} tsc=reliable"])
     return time.monotonic() - started
 
 

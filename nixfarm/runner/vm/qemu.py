@@ -36,6 +36,13 @@ VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 DEFAULT_MEMORY = 2 * 1024**3
 
 
+#: The guest kernel's options, whatever the job. No PCI bus and no keyboard controller
+#: on a microvm: don't look for them. No self-tests of the crypto algorithms at boot:
+#: under TCG they are a fifth of the kernel's boot, in a guest that lives for one job.
+KERNEL_OPTIONS = ("console=ttyS0", "quiet", "panic=-1", "pci=off", "i8042.noaux",
+                  "i8042.nokbd", "i8042.nopnp", "random.trust_cpu=on", "cryptomgr.notests")
+
+
 @dataclass(frozen=True)
 class Fds:
     """Descriptors qemu inherits, as their numbers."""
@@ -99,9 +106,7 @@ def qemu_args(spec: SandboxSpec, accel: Accelerator, fds: Fds,
     """qemu's command line for ``spec`` (see the module docstring)."""
     memory = max((spec.memory_limit or DEFAULT_MEMORY) // 1024**2, 128)
     vcpus = max(1, math.ceil(spec.cpu_limit)) if spec.cpu_limit else 1
-    # No PCI bus and no keyboard controller on a microvm: don't look for them.
-    cmdline = ["console=ttyS0", "quiet", "panic=-1", "pci=off", "i8042.noaux", "i8042.nokbd",
-               "i8042.nopnp", "random.trust_cpu=on",
+    cmdline = [*KERNEL_OPTIONS,
                "nixfarm.root=" + ("disk" if isinstance(spec.image, DiskImage) else "share"),
                f"nixfarm.net={int(spec.network)}", f"nixfarm.tmp={spec.tmp_size}"]  # fmt: skip
     if accel.name == "tcg" and tsc_khz:
