@@ -131,6 +131,9 @@ class JobSettings(Section):
     #: When the farm is stopped (SIGTERM, Ctrl-C): seconds its running jobs get to end
     #: on their own before they are interrupted (and queued again once).
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    #: The sandbox of that runner's jobs: ``bwrap`` (a container) or ``vm`` (a qemu
+    #: virtual machine, see docs/vm.md).
+    embedded_runner_sandbox: Literal["bwrap", "vm"] = "bwrap"
 
 
 class KeySettings(Section):

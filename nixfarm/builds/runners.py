@@ -109,7 +109,8 @@ class RunnerService:
 
     def _runner_out(self, runner: Runner) -> RunnerOut:
         return RunnerOut(id=runner.id, name=runner.name, arch=runner.arch,
-                         images=runner.images, sandboxes=runner.sandboxes, slots=runner.slots,
+                         images=runner.images, sandboxes=runner.sandboxes,
+                         accelerator=runner.accelerator, slots=runner.slots,
                          lease_seconds=self.settings.jobs.lease_seconds,
                          heartbeat_wait=self.heartbeat_wait, last_seen_at=runner.last_seen_at)
 
@@ -127,6 +128,7 @@ class RunnerService:
                 s.add(runner)
             runner.arch, runner.images, runner.sandboxes = body.arch, body.images, body.sandboxes
             runner.slots, runner.version, runner.last_seen_at = body.slots, body.version, utcnow()
+            runner.accelerator = body.accelerator
             await s.flush()
         self._runner_tokens[runner.id] = who.token_id
         log.info("runner %d (%s) registered: %s", runner.id, body.name, ", ".join(body.images))

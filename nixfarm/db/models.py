@@ -220,6 +220,8 @@ class Runner(Base):
     arch: Mapped[str] = mapped_column(sa.String(32))
     images: Mapped[list[str]] = mapped_column(sa.JSON)
     sandboxes: Mapped[list[str]] = mapped_column(sa.JSON)
+    #: How its VMs run (kvm, tcg); "" without VMs.
+    accelerator: Mapped[str] = mapped_column(sa.String(32), default="")
     slots: Mapped[int] = mapped_column()
     version: Mapped[str] = mapped_column(sa.String(64), default="")
     registered_at: Mapped[datetime] = mapped_column(default=utcnow)

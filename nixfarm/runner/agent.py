@@ -96,6 +96,9 @@ class Agent:
     slots: int = 1
     work_root: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "nixfarm-runner")
     new_sandbox: Callable[[SandboxSpec], Sandbox] = BwrapSandbox
+    #: What ``new_sandbox`` makes (``sandbox.choice``), and a VM's accelerator.
+    sandbox_kind: str = "bwrap"
+    accelerator: str = ""
     claim_wait: float = 20.0
     #: Nix for ``image: nix`` jobs; None: none (and no cache pushes).
     nix: NixDaemon | None = None
@@ -110,7 +113,7 @@ class Agent:
     async def register(self) -> None:
         out = await self.client.register(RunnerRegister(
             name=self.name, arch=os.uname().machine, images=sorted(self.images.names()),
-            sandboxes=["bwrap"], slots=self.slots))
+            sandboxes=[self.sandbox_kind], accelerator=self.accelerator, slots=self.slots))
         log.info("runner %s registered as %d with %d slot(s)", self.name, out.id, self.slots)
 
     async def serve(self) -> None:

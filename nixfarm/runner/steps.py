@@ -208,7 +208,10 @@ async def boot(ctx: JobContext) -> None:
     )  # fmt: skip
     ctx.sandbox = ctx.new_sandbox(spec)
     await ctx.sandbox.boot()
-    ctx.setup(f"Booted {m.image} (network {'on' if ctx.network else 'off'})")
+    # A VM says how it runs (its accelerator) and how long it took to boot.
+    how = getattr(ctx.sandbox, "description", "")
+    ctx.setup(f"Booted {m.image} (network {'on' if ctx.network else 'off'})"
+              + (f" in {how}" if how else ""))
 
 
 def _export(name: str, value: object) -> str:

@@ -55,6 +55,8 @@ class RunnerRegister(Wire):
     images: list[str]
     #: Sandbox kinds it has (``bwrap``, ``vm``).
     sandboxes: list[str] = []
+    #: How its VMs run: ``kvm``, ``tcg`` (software emulation), or "" (no VMs).
+    accelerator: str = Field(default="", max_length=32)
     slots: int = Field(default=1, ge=1, le=256)
     version: str = ""
 
@@ -65,6 +67,8 @@ class RunnerOut(Wire):
     arch: str
     images: list[str]
     sandboxes: list[str]
+    #: How its VMs run: ``kvm``, ``tcg`` (software emulation), or "" (no VMs).
+    accelerator: str = ""
     slots: int
     #: A job whose runner is silent this long is taken from it.
     lease_seconds: float

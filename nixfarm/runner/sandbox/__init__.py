@@ -1,10 +1,14 @@
-"""Sandboxes for jobs: the ``Sandbox`` protocol (base) and its implementations (bwrap)."""
+"""Sandboxes for jobs: the ``Sandbox`` protocol (base) and its implementations (bwrap, vm)."""
 
 from nixfarm.runner.sandbox.base import (
     BUILD_HOME,
     BUILD_UID,
     BUILD_USER,
+    DiskImage,
+    Image,
     LineCallback,
+    NixClosure,
+    RootDir,
     Sandbox,
     SandboxError,
     SandboxSpec,
@@ -17,7 +21,11 @@ __all__ = [
     "BUILD_UID",
     "BUILD_USER",
     "BwrapSandbox",
+    "DiskImage",
+    "Image",
     "LineCallback",
+    "NixClosure",
+    "RootDir",
     "Sandbox",
     "SandboxError",
     "SandboxSpec",

@@ -12,7 +12,17 @@ directly; they ask it to:
 
 A ``Sandbox`` is also an async context manager: ``async with`` boots it and always
 shuts it down, even when the caller is cancelled. ``SandboxSpec`` says what a sandbox
-is made of: the image root, the Nix store paths it may read, its limits and network.
+is made of: its image, its limits and network.
+
+An image is one of three kinds, and each sandbox says which it runs:
+
+    RootDir(path)                  a directory that is ``/``          bwrap, vm
+    NixClosure(root, store_paths)  a root of links into /nix/store,   bwrap, vm
+                                   and exactly the closure they need
+    DiskImage(path, format)        a bootable disk (raw or qcow2)     vm only
+
+Every kind is shown read-only; what a job writes goes to a scratch layer that is
+dropped with the sandbox.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Literal, Protocol, Self
 
 from nixfarm.errors import NixfarmError
 
@@ -71,20 +81,49 @@ class NixClient:
 
 
 @dataclass(frozen=True)
-class SandboxSpec:
-    """What a sandbox is made of. Limits of ``None`` mean "not limited"."""
+class RootDir:
+    """An image that is a directory: it must hold /bin/sh, /etc/passwd (with the
+    build user), /home/build, /tmp, /proc and /dev."""
 
-    #: The image's root directory, mounted read-only as ``/``. It must hold
-    #: /bin/sh, /etc/passwd (with the build user), /home/build, /tmp, /proc and /dev,
-    #: and /nix/store when ``store_paths`` is not empty.
-    rootfs: Path
-    #: Store paths bind-mounted read-only at their own path; nothing else of the
-    #: host's store is visible. Give a whole closure (see ``nix.command.query_closure``).
-    store_paths: Sequence[str] = ()
+    path: Path
+
+
+@dataclass(frozen=True)
+class NixClosure:
+    """An image made of Nix store paths: ``root`` is a small tree of links into
+    /nix/store (see ``nixroot``, which also needs /nix/store), and ``store_paths``
+    the whole closure it needs; nothing else of the host's store is shown."""
+
+    root: Path
+    store_paths: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DiskImage:
+    """A disk whose first file system (or first partition's) is the root: only a
+    virtual machine can run it. The job never writes into the file."""
+
+    path: Path
+    format: Literal["raw", "qcow2"] = "qcow2"
+
+
+Image = RootDir | NixClosure | DiskImage
+
+
+@dataclass(frozen=True, init=False)
+class SandboxSpec:
+    """What a sandbox is made of. Limits of ``None`` mean "not limited".
+
+    Give ``image``; or, as a shorthand for a directory image, ``rootfs`` (with
+    ``store_paths``, a ``NixClosure``).
+    """
+
+    image: Image
     network: bool = False
-    #: Bytes of memory for all processes together.
+    #: Bytes of memory for all processes together (a VM's RAM).
     memory_limit: int | None = 2 * 1024**3
-    #: CPUs (fractions allowed): a share of CPU time per period.
+    #: CPUs (fractions allowed): a share of CPU time per period; a VM gets this
+    #: many virtual CPUs, rounded up.
     cpu_limit: float | None = None
     #: Processes (threads count) alive at once in the sandbox.
     process_limit: int | None = 512
@@ -99,6 +138,50 @@ class SandboxSpec:
     timeout: float | None = None
     #: A Nix client (``NIX_REMOTE=daemon``) for tasks; None: no Nix inside.
     nix_client: NixClient | None = None
+
+    def __init__(
+        self,
+        image: Image | None = None,
+        *,
+        rootfs: Path | None = None,
+        store_paths: Sequence[str] = (),
+        network: bool = False,
+        memory_limit: int | None = 2 * 1024**3,
+        cpu_limit: float | None = None,
+        process_limit: int | None = 512,
+        tmp_size: int = 512 * 1024**2,
+        home_size: int | None = 1024**3,
+        environment: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        nix_client: NixClient | None = None,
+    ) -> None:
+        if image is None:
+            if rootfs is None:
+                raise SandboxError("A sandbox needs an image (or a root directory).")
+            image = NixClosure(rootfs, tuple(store_paths)) if store_paths else RootDir(rootfs)
+        elif rootfs is not None or store_paths:
+            raise SandboxError("Give a sandbox an image or a root directory, not both.")
+        values = {"image": image, "network": network, "memory_limit": memory_limit,
+                  "cpu_limit": cpu_limit, "process_limit": process_limit,
+                  "tmp_size": tmp_size, "home_size": home_size,
+                  "environment": dict(environment or {}),
+                  "timeout": timeout, "nix_client": nix_client}  # fmt: skip
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def rootfs(self) -> Path:
+        """The root directory of a directory image (RootDir, NixClosure)."""
+        if isinstance(self.image, DiskImage):
+            raise SandboxError(
+                f"{self.image.path} is a disk image: only a virtual machine can run it."
+            )
+        return self.image.path if isinstance(self.image, RootDir) else self.image.root
+
+    @property
+    def store_paths(self) -> tuple[str, ...]:
+        """The store paths a NixClosure shows at /nix/store (none for other images)."""
+        return self.image.store_paths if isinstance(self.image, NixClosure) else ()
 
 
 class Sandbox(Protocol):

@@ -1,0 +1,65 @@
+"""Which sandbox a runner gives its jobs, made ready once when the runner starts.
+
+``bwrap`` needs nothing ahead. ``vm`` probes the accelerator (``vm.accel``), fetches
+the kernel and makes the initramfs (``vm.kernel``), and removes what VMs of a
+runner killed earlier left behind, all before the first claim, so that a job's
+boot pays none of it and a runner that cannot run VMs says so at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from nixfarm.runner.sandbox.base import Sandbox, SandboxError, SandboxSpec
+from nixfarm.runner.sandbox.bwrap import BwrapSandbox
+
+SandboxKind = Literal["bwrap", "vm"]
+KINDS: tuple[SandboxKind, ...] = ("bwrap", "vm")
+log = logging.getLogger("nixfarm.runner")
+
+
+@dataclass(frozen=True)
+class SandboxChoice:
+    kind: SandboxKind
+    new_sandbox: Callable[[SandboxSpec], Sandbox]
+    #: "kvm" or "tcg" for VMs; "" for bwrap.
+    accelerator: str = ""
+    #: One line for logs: "vm (tcg (software emulation: ...))".
+    description: str = "bwrap"
+
+
+async def choose(kind: str, home: Path) -> SandboxChoice:
+    """Make sandboxes of ``kind`` ready under the runner directory ``home``.
+
+    Raises SandboxError naming what is missing (an unknown kind, no kernel, ...).
+    """
+    if kind == "bwrap":
+        return SandboxChoice("bwrap", BwrapSandbox)
+    if kind != "vm":
+        raise SandboxError(f"There is no sandbox {kind!r}: choose one of {', '.join(KINDS)}.")
+    from nixfarm.runner.sandbox.vm import VmSandbox, reap
+    from nixfarm.runner.vm.accel import probe
+    from nixfarm.runner.vm.kernel import KernelError, boot_files
+
+    vm_dir = home / "vm"
+    state_root = vm_dir / "state"
+    await asyncio.to_thread(state_root.mkdir, parents=True, exist_ok=True)
+    await asyncio.to_thread(state_root.chmod, 0o755)
+    for leftover in await asyncio.to_thread(reap, state_root):
+        log.warning("removed %s, left by a VM of a runner that died", leftover)
+    accel = await probe()
+    try:
+        boot = await boot_files(vm_dir)
+    except KernelError as e:
+        raise SandboxError(f"The vm sandbox has no guest kernel: {e.message}") from e
+    description = f"vm ({accel.describe()}; kernel {boot.version})"
+    log.info("runner sandboxes: %s", description)
+    factory = functools.partial(VmSandbox, vm_dir=vm_dir, state_root=state_root,
+                                accelerator=accel)  # fmt: skip
+    return SandboxChoice("vm", factory, accel.name, description)

@@ -1,0 +1,465 @@
+"""The VM sandbox: each job in its own qemu ``microvm``, reached through a guest agent.
+
+    boot      kernel + our initramfs (``vm.kernel``), accelerator (``vm.accel``),
+              virtiofsd and qemu each in bubblewrap as an unprivileged user
+              (``vm.qemu``); the guest lays a tmpfs over the read-only image,
+              becomes the agent and says ``ready``
+    run       the command as a script in xfer/, started by the agent as ``build``;
+              output streams back over a virtio-serial port (``vm.channel``)
+    put/get   runs of ``cat``/``tar`` in the guest, with data through xfer/
+    shutdown  SIGKILL to both process groups, then the state directory goes: the
+              guest's writes were only ever in its RAM
+
+The host never opens a path inside the guest's tree: what ``get`` copies out is
+read from xfer/ with O_NOFOLLOW and must be a regular file. A runner killed with
+SIGKILL takes its VMs with it (``--die-with-parent``); ``reap`` removes the state
+directories such a runner left, at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import shutil
+import signal
+import socket
+import stat
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from nixfarm.runner.sandbox.base import (
+    BUILD_HOME,
+    BUILD_UID,
+    BUILD_USER,
+    DEFAULT_PATH,
+    DiskImage,
+    LineCallback,
+    SandboxError,
+    SandboxSpec,
+    SandboxTimeout,
+)
+from nixfarm.runner.sandbox.processes import Lines, kill_group, remove_tree
+from nixfarm.runner.shielding import uncancelled
+from nixfarm.runner.vm import qemu
+from nixfarm.runner.vm.accel import Accelerator, probe
+from nixfarm.runner.vm.channel import AgentChannel
+from nixfarm.runner.vm.kernel import BootFiles, KernelError, boot_files
+
+NOBODY = 65534
+#: Seconds from qemu's start to the agent's ``ready`` (TCG on a busy machine is slow).
+BOOT_TIMEOUT = 120.0
+STATE_PREFIX = "nixfarm-vm-"
+#: What an image's root must hold: a shell, the build user, its home's mount point.
+_REQUIRED = ("bin/sh", "etc/passwd", "home/build", "tmp", "dev")
+_PUT = 'mkdir -p "$(dirname "$1")" && cat > "$1" && chmod "$2" "$1"'
+_GET = 'if [ -d "$1" ]; then cd "$1" && exec tar -cf - .; else exec cat -- "$1"; fi'
+
+
+class VmSandbox:
+    """A qemu microVM for one job; see the module docstring."""
+
+    def __init__(
+        self,
+        spec: SandboxSpec,
+        *,
+        vm_dir: Path,
+        state_root: Path | None = None,
+        host_uid: int | None = None,
+        accelerator: Accelerator | None = None,
+    ) -> None:
+        self._spec = spec
+        self.name = uuid.uuid4().hex[:12]
+        self._vm_dir = vm_dir
+        self._state_root = state_root
+        self._root_runner = os.geteuid() == 0
+        self.host_uid = (host_uid if host_uid is not None else NOBODY) if self._root_runner \
+            else os.getuid()
+        self.accelerator = accelerator
+        self.state_dir: Path | None = None
+        self._processes: list[asyncio.subprocess.Process] = []
+        self._channel: AgentChannel | None = None
+        self._deadline: float | None = None
+        self._closed = False
+        self._booted = False
+        #: Seconds the last boot took (qemu start to the agent's ``ready``).
+        self.boot_seconds = 0.0
+        self.boot_files: BootFiles | None = None
+
+    @property
+    def spec(self) -> SandboxSpec:
+        return self._spec
+
+    @property
+    def description(self) -> str:
+        """How it runs, for the job's log: "a VM (kvm), booted in 0.9 s"."""
+        accel = self.accelerator.describe() if self.accelerator else "not probed yet"
+        return (f"a VM ({accel}), booted in {self.boot_seconds:.1f} s "
+                f"({self.guest_seconds:.1f} s of them in the guest)")
+
+    @property
+    def guest_seconds(self) -> float:
+        """The guest's uptime when its agent was ready: kernel and init, by its clock."""
+        return self._channel.guest_uptime if self._channel else 0.0
+
+    # --- boot ------------------------------------------------------------------
+
+    async def boot(self) -> None:
+        if self._booted:
+            return
+        if self._closed:
+            raise SandboxError("This sandbox has been shut down.", sandbox=self.name)
+        for tool in ("bwrap", "setpriv", qemu.QEMU):
+            if shutil.which(tool) is None:
+                raise SandboxError(f"The vm sandbox needs {tool}, which is not installed.",
+                                   sandbox=self.name)
+        if not os.access(qemu.VIRTIOFSD, os.X_OK):
+            raise SandboxError(f"The vm sandbox needs {qemu.VIRTIOFSD} (qemu-system-x86).",
+                               sandbox=self.name)
+        await asyncio.to_thread(self._check_image)
+        try:
+            self.boot_files = await boot_files(self._vm_dir)
+        except KernelError as e:
+            raise SandboxError(f"No guest kernel: {e.message}", sandbox=self.name) from e
+        if self.accelerator is None:
+            self.accelerator = await probe()
+        started = time.monotonic()
+        try:
+            await self._start(self.boot_files, self.accelerator)
+        except BaseException:
+            await uncancelled(self.shutdown())
+            raise
+        self._booted = True
+        self.boot_seconds = time.monotonic() - started
+        if self._spec.timeout is not None:
+            self._deadline = time.monotonic() + self._spec.timeout
+
+    def _check_image(self) -> None:
+        """What the guest's init and agent need of the image, said before booting."""
+        image = self._spec.image
+        if isinstance(image, DiskImage):
+            if not image.path.is_file():
+                raise SandboxError(f"There is no disk image {image.path}.", sandbox=self.name)
+            return
+        root = self._spec.rootfs
+        missing = [p for p in _REQUIRED if not os.path.lexists(root / p)]
+        if missing:
+            raise SandboxError(f"Image root {root} lacks {', '.join('/' + m for m in missing)}.",
+                               sandbox=self.name)
+        for path in self._spec.store_paths:
+            if not path.startswith("/nix/store/") or "/" in path[len("/nix/store/") :]:
+                raise SandboxError(f"{path!r} is not a store path.", sandbox=self.name)
+            if not os.path.lexists(path):
+                raise SandboxError(f"Store path {path} is not on this host.", sandbox=self.name)
+
+    async def _start(self, boot: BootFiles, accel: Accelerator) -> None:
+        self.state_dir = Path(tempfile.mkdtemp(prefix=STATE_PREFIX, dir=self._state_root))
+        self.state_dir.chmod(0o711)
+        xfer = self.state_dir / "xfer"
+        xfer.mkdir(mode=0o700)
+        if self._root_runner:
+            os.chown(xfer, self.host_uid, self.host_uid)
+        log = (self.state_dir / "console.log").open("wb")
+        host_control, guest_control = socket.socketpair()
+        host_output, guest_output = socket.socketpair()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        vfs_client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        opened: list[int] = []
+        try:
+            # virtiofsd accepts on a listening socket; qemu gets the connection made
+            # to it already, so neither needs the other's path.
+            address = str(self.state_dir / "vfs.sock")
+            listener.bind(address)
+            listener.listen(1)
+            vfs_client.connect(address)
+            os.unlink(address)
+            opened = [os.open(boot.kernel, os.O_RDONLY), os.open(boot.initrd, os.O_RDONLY)]
+            if isinstance(self._spec.image, DiskImage):
+                opened.append(os.open(self._spec.image.path, os.O_RDONLY))
+            fds = qemu.Fds(kernel=opened[0], initrd=opened[1], virtiofs=vfs_client.fileno(),
+                           control=guest_control.fileno(), output=guest_output.fileno(),
+                           disk=opened[2] if len(opened) > 2 else None)  # fmt: skip
+            await self._spawn(
+                [*qemu.virtiofsd_bwrap(self._spec, xfer), "--",
+                 *qemu.virtiofsd_args(listener.fileno())], (listener.fileno(),), log)
+            await self._spawn(
+                [*qemu.bwrap(network=self._spec.network, extra=self._kvm_device(accel)), "--",
+                 *qemu.qemu_args(self._spec, accel, fds, qemu.host_tsc_khz())],
+                (*opened, vfs_client.fileno(), guest_control.fileno(), guest_output.fileno()),
+                log, groups=self._kvm_groups(accel))  # fmt: skip
+        finally:
+            log.close()
+            for fd in opened:
+                os.close(fd)
+            for sock in (listener, vfs_client, guest_control, guest_output):
+                sock.close()
+        self._channel = AgentChannel(host_control, host_output, self.name)
+        await self._channel.open()
+        try:
+            async with asyncio.timeout(BOOT_TIMEOUT):
+                await self._channel.ready()
+        except (TimeoutError, SandboxError) as e:
+            why = str(e.message) if isinstance(e, SandboxError) else "no answer"
+            message = (f"The VM did not boot within {BOOT_TIMEOUT:g} seconds ({why})."
+                       if isinstance(e, TimeoutError) else f"The VM did not boot: {why}")
+            raise SandboxError(message + self._console_tail(), sandbox=self.name) from None
+
+    def _console_tail(self) -> str:
+        assert self.state_dir is not None
+        try:
+            text = (self.state_dir / "console.log").read_bytes()[-2000:].decode(errors="replace")
+        except OSError:
+            return ""
+        lines = [line for line in text.splitlines() if line.strip()][-5:]
+        return (" Console: " + " | ".join(lines)) if lines else ""
+
+    def _kvm_device(self, accel: Accelerator) -> list[str]:
+        return ["--dev-bind", str(Path("/dev/kvm")), "/dev/kvm"] if accel.name == "kvm" else []
+
+    def _kvm_groups(self, accel: Accelerator) -> list[int]:
+        if accel.name != "kvm":
+            return []
+        with contextlib.suppress(OSError):
+            return [os.stat("/dev/kvm").st_gid]
+        return []
+
+    def _as_host_user(self, groups: Sequence[int]) -> list[str]:
+        if not self._root_runner:
+            return ["setpriv", "--no-new-privs"]
+        uid = str(self.host_uid)
+        membership = ["--groups", ",".join(map(str, groups))] if groups else ["--clear-groups"]
+        return ["setpriv", "--reuid", uid, "--regid", uid, *membership, "--no-new-privs"]
+
+    async def _spawn(self, argv: list[str], fds: Sequence[int], log: object,
+                     groups: Sequence[int] = ()) -> None:
+        assert hasattr(log, "fileno")
+        process = await asyncio.create_subprocess_exec(
+            *self._as_host_user(groups), "bwrap", *argv,
+            stdin=asyncio.subprocess.DEVNULL, stdout=log.fileno(), stderr=log.fileno(),
+            pass_fds=tuple(fds), start_new_session=True,
+            env={"PATH": "/usr/bin:/bin"},
+        )  # fmt: skip
+        self._processes.append(process)
+
+    # --- commands --------------------------------------------------------------
+
+    def _environment(self, extra: Mapping[str, str] | None) -> dict[str, str]:
+        env = {"HOME": BUILD_HOME, "USER": BUILD_USER, "LOGNAME": BUILD_USER,
+               "SHELL": "/bin/sh", "PATH": DEFAULT_PATH, "LANG": "C.UTF-8"}  # fmt: skip
+        env.update(self._spec.environment)
+        env.update(extra or {})
+        return env
+
+    def _budget(self, timeout: float | None) -> float | None:
+        if self._deadline is None:
+            return timeout
+        left = max(self._deadline - time.monotonic(), 0.0)
+        return left if timeout is None else min(timeout, left)
+
+    def _live(self) -> tuple[AgentChannel, Path]:
+        if not self._booted or self._closed or self._channel is None or self.state_dir is None:
+            raise SandboxError("The sandbox is not running.", sandbox=self.name)
+        return self._channel, self.state_dir / "xfer"
+
+    def _write(self, path: Path, data: bytes | Path) -> None:
+        """Write a file of xfer/ for the guest (virtiofsd, the host user, reads it).
+
+        The guest's root can put anything in xfer/, a symlink to a host file at the
+        name we are about to write included: whatever is there goes first, and the
+        file is created anew, never followed.
+        """
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise SandboxError(f"Cannot hand {path.name} to the VM: {e.strerror}.",
+                               sandbox=self.name) from e
+        with os.fdopen(fd, "wb") as out:
+            if isinstance(data, Path):
+                with data.open("rb") as source:
+                    shutil.copyfileobj(source, out, 1024 * 1024)
+            else:
+                out.write(data)
+            if self._root_runner:
+                os.fchown(fd, self.host_uid, self.host_uid)
+
+    async def _run(self, argv: Sequence[str], on_output: Lines, *, uid: int = BUILD_UID,
+                   env: Mapping[str, str] | None = None, cwd: str = BUILD_HOME,
+                   stdin: bytes | Path | None = None, capture: bool = False,
+                   timeout: float | None = None) -> tuple[int, Path]:  # noqa: ASYNC109
+        channel, xfer = self._live()
+        run_id = channel.new_id()
+        environment = " ".join(shlex.quote(f"{k}={v}") for k, v in
+                               self._environment(env).items())  # fmt: skip
+        script = (f"cd -- {shlex.quote(cwd)} || exit 126\n"
+                  f"exec /run/nixfarm/busybox env -i {environment} "
+                  f"{' '.join(shlex.quote(a) for a in argv)}\n")  # fmt: skip
+        await asyncio.to_thread(self._write, xfer / f"{run_id}.sh", script.encode())
+        if stdin is not None:
+            await asyncio.to_thread(self._write, xfer / f"{run_id}.in", stdin)
+        budget = self._budget(timeout)
+        try:
+            async with asyncio.timeout(budget):
+                status = await channel.run(run_id, uid, capture, on_output.feed)
+        except TimeoutError:
+            raise SandboxTimeout(
+                f"{' '.join(argv)[:200]} did not finish within {budget:g} seconds.",
+                sandbox=self.name, seconds=budget or 0.0) from None
+        finally:
+            on_output.close()
+            for suffix in ("sh", "in"):
+                with contextlib.suppress(OSError):
+                    (xfer / f"{run_id}.{suffix}").unlink()
+        return status, xfer / f"{run_id}.out"
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        on_line: LineCallback,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str = BUILD_HOME,
+        stdin: bytes | Path | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the command must be killed too
+    ) -> int:
+        status, _ = await self._run(argv, Lines(on_line), env=env, cwd=cwd, stdin=stdin,
+                                    timeout=timeout)  # fmt: skip
+        return status
+
+    async def put(
+        self, path: str, data: bytes, *, mode: int = 0o644, owner: int = BUILD_UID
+    ) -> None:
+        if owner not in (BUILD_UID, 0):
+            raise SandboxError(f"Cannot give {path} to uid {owner}: only to build or root.",
+                               sandbox=self.name)
+        output: list[str] = []
+        argv = ["/run/nixfarm/sh", "-c", _PUT, "sh", path, f"{mode:o}"]
+        status, _ = await self._run(argv, Lines(output.append), uid=owner, stdin=data)
+        if status != 0:
+            raise SandboxError(
+                f"Cannot write {path} in the sandbox: {' '.join(output) or 'unknown error'}.",
+                sandbox=self.name)
+
+    async def get(self, path: str, dest: Path) -> int:
+        error: list[str] = []
+        argv = ["/run/nixfarm/sh", "-c", _GET, "sh", path]
+        status, out = await self._run(argv, Lines(error.append), capture=True)
+        try:
+            if status != 0:
+                raise SandboxError(
+                    f"Cannot copy {path} out of the sandbox: "
+                    f"{' '.join(error).strip() or 'no such file'}.", sandbox=self.name)
+            return await asyncio.to_thread(_copy_out, out, dest, self.name)
+        finally:
+            with contextlib.suppress(OSError):
+                out.unlink()
+
+    # --- shutdown --------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # Nothing in the guest is worth a clean power-off: it all goes. bwrap runs
+        # qemu and virtiofsd in sessions of their own: they are killed by pid.
+        doomed = set().union(*(_descendants(p.pid) for p in self._processes))
+        for process in self._processes:
+            kill_group(process)
+        for pid in doomed:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        await uncancelled(self._reap(doomed))
+
+    async def _reap(self, doomed: set[int]) -> None:
+        for process in self._processes:
+            try:
+                await asyncio.wait_for(process.wait(), 10.0)
+            except TimeoutError:
+                kill_group(process)
+        for _ in range(500):  # up to ~10 s: SIGKILL is quick, but not instant
+            left = await asyncio.to_thread(_alive, doomed)
+            if not left:
+                break
+            await asyncio.sleep(0.02)
+        if left:
+            raise SandboxError(f"Processes {sorted(left)} outlived the VM.", sandbox=self.name)
+        if self._channel is not None:
+            await self._channel.close()
+        if self.state_dir is not None:
+            await asyncio.to_thread(remove_tree, self.state_dir)
+
+    async def __aenter__(self) -> Self:
+        await self.boot()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await uncancelled(self.shutdown())
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid``, from /proc/PID/task/*/children."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{parent}/task"):
+                with contextlib.suppress(OSError):
+                    text = Path(f"/proc/{parent}/task/{task}/children").read_text()
+                    for child in map(int, text.split()):
+                        if child not in found:
+                            found.add(child)
+                            todo.append(child)
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    """Those of ``pids`` still running (zombies are dead: their parent reaps them)."""
+    living = set()
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError):
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                living.add(pid)
+    return living
+
+
+def _copy_out(source: Path, dest: Path, name: str) -> int:
+    """Copy the guest's file ``source`` (in xfer/) to ``dest``, never following a link."""
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as e:
+        raise SandboxError(f"The guest left no output to copy: {e.strerror}.", sandbox=name) from e
+    with os.fdopen(fd, "rb") as reader:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SandboxError("The guest's output is not a regular file.", sandbox=name)
+        partial = dest.with_name(dest.name + ".part")
+        with partial.open("wb") as writer:
+            shutil.copyfileobj(reader, writer, 1024 * 1024)
+            size = writer.tell()
+        partial.rename(dest)
+    return size
+
+
+def reap(state_root: Path) -> list[Path]:
+    """Remove the state directories of VMs whose runner died; return them.
+
+    Their qemu went with the runner (``--die-with-parent``); only files remain.
+    Call it when a runner starts, before it runs anything.
+    """
+    removed = []
+    for leftover in sorted(state_root.glob(STATE_PREFIX + "*")):
+        remove_tree(leftover)
+        removed.append(leftover)
+    return removed

@@ -1,0 +1,151 @@
+"""Command lines of a job's VM: qemu, virtiofsd, and the bubblewrap around each.
+
+Both run as an unprivileged host user (nobody when the runner is root), each in
+its own bubblewrap with every namespace unshared (qemu keeps the host's network
+only when the job has network: user-mode networking makes its sockets from the
+qemu process). Their file system is the host's /usr (for their own binaries and
+libraries), a minimal /dev, and the job's files only:
+
+- qemu sees no file of the job at all: kernel, initramfs and disk image come in
+  as open file descriptors (``/dev/fd/N``), the agent's ports and virtiofsd's
+  socket as connected sockets (``-chardev socket,fd=N``).
+- virtiofsd sees /export: ``root/`` (the image's tree, read-only: a root directory,
+  or a Nix root with exactly its closure at ``root/nix/store``) and ``xfer/`` (the
+  exchange directory of ``channel``, writable).
+
+The machine is ``microvm``: no PCI, no firmware to speak of, virtio over MMIO
+(modern virtio: vhost-user-fs rejects legacy devices), guest RAM in a shared memfd
+(vhost-user needs it), direct kernel boot, ``-no-reboot`` so that a guest that
+powers off or panics ends qemu.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from nixfarm.runner.sandbox.base import DiskImage, NixClosure, RootDir, SandboxSpec
+from nixfarm.runner.vm.accel import Accelerator
+
+QEMU = "qemu-system-x86_64"
+VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
+#: Guest RAM when the spec sets no memory limit.
+DEFAULT_MEMORY = 2 * 1024**3
+
+
+#: The guest kernel's options, whatever the job. No PCI bus and no keyboard controller
+#: on a microvm: don't look for them. No self-tests of the crypto algorithms at boot:
+#: under TCG they are a fifth of the kernel's boot, in a guest that lives for one job.
+KERNEL_OPTIONS = ("console=ttyS0", "quiet", "panic=-1", "pci=off", "i8042.noaux",
+                  "i8042.nokbd", "i8042.nopnp", "random.trust_cpu=on", "cryptomgr.notests")
+
+
+@dataclass(frozen=True)
+class Fds:
+    """Descriptors qemu inherits, as their numbers."""
+
+    kernel: int
+    initrd: int
+    virtiofs: int
+    control: int
+    output: int
+    disk: int | None = None
+
+
+def host_dirs() -> list[str]:
+    """bwrap arguments showing the host's /usr (and /bin, /lib... as on the host)."""
+    args = ["--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    return args
+
+
+def bwrap(*, network: bool, extra: Sequence[str] = ()) -> list[str]:
+    """bwrap's options for one of the VM's processes (the program follows ``--``).
+
+    /var/tmp is where qemu keeps a disk image's snapshot (the job's writes).
+    """
+    return ["--unshare-all", *(["--share-net"] if network else []), "--die-with-parent",
+            "--new-session", *host_dirs(), "--dev", "/dev", "--proc", "/proc",
+            "--tmpfs", "/tmp", "--tmpfs", "/var/tmp", "--chdir", "/", *extra]  # fmt: skip
+
+
+def virtiofsd_bwrap(spec: SandboxSpec, xfer: Path) -> list[str]:
+    """bwrap options building /export for virtiofsd (see the module docstring).
+
+    virtiofsd is root in its user namespace (mapped to the unprivileged host user),
+    with capabilities only there: it needs them to build its own inner sandbox.
+    """
+    args = ["--uid", "0", "--gid", "0", "--cap-add", "ALL", "--tmpfs", "/export"]
+    image = spec.image
+    if isinstance(image, RootDir):
+        args += ["--ro-bind", str(image.path), "/export/root"]
+    elif isinstance(image, NixClosure):
+        args += ["--ro-bind", str(image.root), "/export/root",
+                 "--tmpfs", "/export/root/nix/store"]  # fmt: skip
+        for path in image.store_paths:
+            args += ["--ro-bind", path, f"/export/root{path}"]
+        args += ["--remount-ro", "/export/root/nix/store"]
+    args += ["--bind", str(xfer), "/export/xfer"]
+    return bwrap(network=False, extra=args)
+
+
+def virtiofsd_args(fd: int) -> list[str]:
+    return [VIRTIOFSD, f"--fd={fd}", "-o", "source=/export", "-o", "sandbox=namespace",
+            "-o", "cache=auto", "--thread-pool-size=4"]  # fmt: skip
+
+
+def qemu_args(spec: SandboxSpec, accel: Accelerator, fds: Fds,
+              tsc_khz: int | None = None) -> list[str]:
+    """qemu's command line for ``spec`` (see the module docstring)."""
+    memory = max((spec.memory_limit or DEFAULT_MEMORY) // 1024**2, 128)
+    vcpus = max(1, math.ceil(spec.cpu_limit)) if spec.cpu_limit else 1
+    cmdline = [*KERNEL_OPTIONS,
+               "nixfarm.root=" + ("disk" if isinstance(spec.image, DiskImage) else "share"),
+               f"nixfarm.net={int(spec.network)}", f"nixfarm.tmp={spec.tmp_size}"]  # fmt: skip
+    if accel.name == "tcg" and tsc_khz:
+        # Under TCG the kernel's TSC calibration against the PIT sometimes never ends.
+        cmdline += [f"tsc_early_khz={tsc_khz}", "tsc=reliable"]
+    args = [
+        QEMU, "-M", f"microvm,accel={accel.name}", "-cpu", "host" if accel.name == "kvm" else "max",
+        "-smp", str(vcpus), "-m", f"{memory}M",
+        "-object", f"memory-backend-memfd,id=mem,size={memory}M,share=on",
+        "-machine", "memory-backend=mem",
+        "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
+        "-no-reboot", "-serial", "stdio", "-global", "virtio-mmio.force-legacy=false",
+        "-kernel", f"/dev/fd/{fds.kernel}", "-initrd", f"/dev/fd/{fds.initrd}",
+        "-append", " ".join(cmdline),
+        "-chardev", f"socket,id=vfs,fd={fds.virtiofs}",
+        "-device", "vhost-user-fs-device,chardev=vfs,tag=nixfarm",
+        "-device", "virtio-serial-device",
+        "-chardev", f"socket,id=ctl,fd={fds.control}",
+        "-device", "virtserialport,chardev=ctl,name=nixfarm.ctl",
+        "-chardev", f"socket,id=out,fd={fds.output}",
+        "-device", "virtserialport,chardev=out,name=nixfarm.out",
+    ]  # fmt: skip
+    if isinstance(spec.image, DiskImage) and fds.disk is not None:
+        # snapshot=on: writes go to a temporary file of qemu's, never to the image.
+        args += ["-drive", f"file=/dev/fd/{fds.disk},format={spec.image.format},if=none,"
+                 "id=root,snapshot=on", "-device", "virtio-blk-device,drive=root"]  # fmt: skip
+    if spec.network:
+        args += ["-netdev", "user,id=net0,net=10.0.2.0/24,host=10.0.2.2,dns=10.0.2.3",
+                 "-device", "virtio-net-device,netdev=net0"]  # fmt: skip
+    return args
+
+
+def host_tsc_khz() -> int | None:
+    """The host's TSC rate (TCG's guest TSC is the host's), from /proc/cpuinfo."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "cpu MHz":
+                return int(float(value) * 1000)
+    except (OSError, ValueError):
+        pass
+    return None

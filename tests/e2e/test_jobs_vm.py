@@ -1,0 +1,81 @@
+"""A job in a virtual machine: `nixfarm runner --sandbox vm` against a real farm."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import nixfarm.demo
+from nixfarm.runner.workdir import runner_dir
+from tests.fixtures.farm import RunningFarm, free_port
+from tests.fixtures.jobs import RunnerProcesses, wait_job
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def vm_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
+    running = RunningFarm(tmp_path_factory.mktemp("vm-farm") / "data", free_port(),
+                          extra_env={"NIXFARM_JOBS__EMBEDDED_RUNNER_SLOTS": "0",
+                                     "NIXFARM_NIX_OPTIONS__SUBSTITUTERS": "",
+                                     "NIXFARM_REGISTRY__SOURCE__KIND": "path",
+                                     "NIXFARM_REGISTRY__SOURCE__LOCATION":
+                                         str(nixfarm.demo.path())})  # fmt: skip
+    running.start()
+    yield running
+    running.stop()
+
+
+def logs(farm: RunningFarm, job: dict[str, Any]) -> tuple[str, list[str]]:
+    return (farm.get(job["setup_log_url"]).text,
+            [farm.get(task["log_url"]).text for task in job["tasks"]])
+
+
+def test_a_job_runs_in_a_vm_and_says_how(vm_farm: RunningFarm, tmp_path: Path) -> None:
+    farm = vm_farm
+    token = farm.cli("token", "create", "--name", "vm-runner", "--scope",
+                     "runner").stdout.strip()
+    runners = RunnerProcesses(tmp_path, tmp_path / "work")
+    runners.start(farm.url, token, "vm-runner", "--sandbox", "vm", "--no-nix-daemon")
+    try:
+        manifest = """\
+image: nix
+packages: [hello]
+environment:
+  GREETING: hi from the manifest
+tasks:
+  - greet: |
+      echo "$GREETING"
+      hello
+      echo "uid=$(id -u) home=$HOME pwd=$(pwd)"
+  - fails: |
+      echo before the end
+      exit 3
+  - never: |
+      echo not run
+"""
+        r = farm.request("POST", "/api/v1/jobs", json={"manifest": manifest})
+        assert r.status_code == 201, r.text
+        # The first job also waits for the runner to fetch its kernel from Debian.
+        done = wait_job(farm, r.json()["id"], {"success", "failed"}, seconds=300)
+        setup, (greet, fails, never) = logs(farm, done)
+        assert done["status"] == "failed", (setup, greet, fails)
+        assert [t["status"] for t in done["tasks"]] == ["success", "failed", "skipped"]
+        assert "hi from the manifest" in greet and "Hello, world!" in greet
+        assert "uid=1000 home=/home/build pwd=/home/build" in greet
+        assert "before the end" in fails and "not run" not in never
+        # The first lines say where the job ran: a VM, and its accelerator.
+        assert "in a VM (tcg" in setup or "in a VM (kvm)" in setup, setup
+        (runner,) = [r for r in farm.get("/api/v1/runners").json() if r["name"] == "vm-runner"]
+        assert runner["sandboxes"] == ["vm"] and runner["accelerator"] in ("kvm", "tcg")
+        assert runner["accelerator"] in setup
+    finally:
+        runners.stop()
+        home = runner_dir(tmp_path / "work")  # where that runner worked (maybe /var/tmp)
+        leftovers = list(home.glob("vm/state/*"))
+        shutil.rmtree(home, ignore_errors=True)
+    assert leftovers == []

@@ -1,0 +1,70 @@
+"""Fixtures of the VM tests: the guest kernel (fetched once, kept between runs) and
+one event loop per module, so that a module boots one VM and shares it."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def runner_home() -> Path:
+    """A runner directory kept between runs (the kernel is ~27 MB from Debian's
+    registry), reachable by the unprivileged user qemu runs as."""
+    path = Path(tempfile.gettempdir()) / f"nixfarm-test-vm-{os.getuid()}"
+    path.mkdir(mode=0o755, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def vm_dir(runner_home: Path) -> Path:
+    return runner_home / "vm"
+
+
+@pytest.fixture(scope="session")
+def state_root() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="nixfarm-test-vm-state-"))
+    path.chmod(0o755)
+    return path
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (from /proc/PID/task/*/children)."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                children = Path(f"/proc/{parent}/task/{task}/children").read_text().split()
+            except OSError:
+                continue
+            for child in map(int, children):
+                if child not in found:
+                    found.add(child)
+                    todo.append(child)
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    living = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            living.add(pid)
+    return living

@@ -1,0 +1,75 @@
+"""What every sandbox does, the same way: one suite run against bwrap and vm.
+
+Each kind boots one sandbox for the module (on the demo catalogue image) and every
+test runs in it: what the steps of a job rely on, and nothing kind-specific.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from nixfarm.runner.sandbox import BwrapSandbox, Sandbox, SandboxError, SandboxSpec, SandboxTimeout
+from nixfarm.runner.sandbox.vm import VmSandbox
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module", params=["bwrap", "vm"])
+async def sandbox(request: pytest.FixtureRequest, demo_root: Path, vm_dir: Path,
+                  state_root: Path) -> AsyncIterator[Sandbox]:
+    spec = SandboxSpec(rootfs=demo_root, memory_limit=256 * 1024**2,
+                       environment={"FROM_SPEC": "spec"})
+    box: Sandbox = (BwrapSandbox(spec) if request.param == "bwrap" else
+                    VmSandbox(spec, vm_dir=vm_dir, state_root=state_root))
+    async with box:
+        yield box
+
+
+async def sh(box: Sandbox, script: str, **kwargs: object) -> tuple[int, list[str]]:
+    lines: list[str] = []
+    status = await box.run(["/bin/sh", "-c", script], lines.append, **kwargs)  # type: ignore[arg-type]
+    return status, lines
+
+
+async def test_commands_run_as_build_with_the_jobs_environment(sandbox: Sandbox) -> None:
+    status, lines = await sh(sandbox, 'id -u; id -un; pwd; echo "$HOME $USER $FROM_SPEC $X"; '
+                             "echo err >&2; exit 7", env={"X": "x"})
+    assert (status, lines) == (7, ["1000", "build", "/home/build", "/home/build build spec x",
+                                   "err"])
+    status, lines = await sh(sandbox, "pwd; cat", cwd="/tmp", stdin=b"in\n")
+    assert (status, lines) == (0, ["/tmp", "in"])
+
+
+async def test_the_image_is_read_only_and_home_and_tmp_are_not(sandbox: Sandbox) -> None:
+    assert (await sh(sandbox, "touch /etc/x"))[0] != 0
+    assert (await sh(sandbox, "touch /bin/x"))[0] != 0
+    status, lines = await sh(sandbox, "echo a > ~/a; echo b > /tmp/b; cat ~/a /tmp/b")
+    assert (status, lines) == (0, ["a", "b"])
+    # What one command leaves is there for the next, as in one job.
+    assert (await sh(sandbox, "cat ~/a"))[1] == ["a"]
+
+
+async def test_files_go_in_and_come_out(sandbox: Sandbox, tmp_path: Path) -> None:
+    await sandbox.put("/home/build/.config/deep/f", b"data\n", mode=0o640)
+    assert (await sh(sandbox, "stat -c '%a %u' ~/.config/deep/f"))[1] == ["640 1000"]
+    assert await sandbox.get("/home/build/.config/deep/f", tmp_path / "f") == 5
+    assert (tmp_path / "f").read_bytes() == b"data\n"
+    assert await sandbox.get("/home/build/.config", tmp_path / "c.tar") > 0
+    with tarfile.open(tmp_path / "c.tar") as archive:
+        assert "./deep/f" in archive.getnames()
+    with pytest.raises(SandboxError):
+        await sandbox.get("/home/build/none", tmp_path / "none")
+
+
+async def test_a_command_out_of_time_is_killed(sandbox: Sandbox) -> None:
+    with pytest.raises(SandboxTimeout):
+        await sh(sandbox, "sleep 50", timeout=1)
+    with anyio.move_on_after(1):
+        await sh(sandbox, "sleep 51")
+    _, lines = await sh(sandbox, "ps -o args | grep -c '^sleep 5[01]'")
+    assert lines == ["0"], lines

@@ -1,0 +1,70 @@
+"""A runner killed with SIGKILL mid-job takes its VM with it; the next start of a
+runner removes what the VM left on disk."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from nixfarm.runner.sandbox.choice import choose
+from tests.runner.vm.conftest import alive, descendants
+
+pytestmark = pytest.mark.slow
+
+RUNNER = """
+import asyncio, sys
+from pathlib import Path
+from nixfarm.runner.sandbox import SandboxSpec
+from nixfarm.runner.sandbox.vm import VmSandbox
+
+async def main() -> None:
+    vm_dir, state_root, root = map(Path, sys.argv[1:4])
+    box = VmSandbox(SandboxSpec(rootfs=root), vm_dir=vm_dir, state_root=state_root)
+    await box.boot()
+    await box.put("/home/build/work", b"in the middle of a job")
+    print("booted", box.state_dir, flush=True)
+    await box.run(["/bin/sh", "-c", "sleep 600"], print)
+
+asyncio.run(main())
+"""
+
+
+def test_a_runner_killed_mid_job_leaves_no_vm(runner_home: Path, demo_root: Path) -> None:
+    vm_dir = runner_home / "vm"
+    state_root = vm_dir / "state"
+    state_root.mkdir(parents=True, exist_ok=True)
+    state_root.chmod(0o755)
+    runner = subprocess.Popen(
+        [sys.executable, "-c", RUNNER, str(vm_dir), str(state_root), str(demo_root)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert runner.stdout is not None
+        line = runner.stdout.readline()
+        assert line.startswith("booted "), line
+        state_dir = Path(line.split()[1])
+        time.sleep(0.5)  # the task is running
+        processes = descendants(runner.pid)
+        assert len(alive(processes)) >= 4  # bwraps, qemu, virtiofsd
+        os.kill(runner.pid, signal.SIGKILL)
+        runner.wait()
+        deadline = time.monotonic() + 10
+        while alive(processes) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(processes)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
+        if runner.stdout is not None:
+            runner.stdout.close()
+    assert state_dir.exists()  # the runner had no chance to clean up...
+    choice = anyio.run(choose, "vm", runner_home)  # ...a runner starting does
+    assert choice.kind == "vm" and choice.accelerator in ("kvm", "tcg")
+    assert not state_dir.exists()
