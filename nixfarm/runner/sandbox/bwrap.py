@@ -82,6 +82,7 @@ from nixfarm.runner.sandbox.base import (
     SandboxTimeout,
 )
 from nixfarm.runner.sandbox.limits import Confinement, Kind, confine
+from nixfarm.runner.sandbox.network import connect_slirp
 from nixfarm.runner.sandbox.processes import (
     Lines,
     feed_stdin,
@@ -336,38 +337,10 @@ class BwrapSandbox:
                                f"{output.decode(errors='replace').strip()}", sandbox=self.name)
 
     async def _connect_network(self) -> None:
-        """User-mode networking (slirp4netns) for the sandbox's own network namespace:
-        outbound connections only, and not to the host's loopback (10.0.2.2 is not
-        mapped to it), so no service listening there on the runner is reachable."""
-        slirp = shutil.which("slirp4netns")
-        if slirp is None:
-            raise SandboxError("Jobs with network need slirp4netns (Debian's slirp4netns "
-                               "package), which is not installed.", sandbox=self.name)
-        ready_read, ready_write = os.pipe()
-        try:
-            self._slirp = await asyncio.create_subprocess_exec(
-                self._tools["setpriv"], "--pdeathsig", "KILL", "--", slirp, "--configure",
-                "--mtu=65520", "--disable-host-loopback", "--enable-sandbox",
-                f"--ready-fd={ready_write}", "--netns-type=path",
-                f"/proc/{self.init_pid}/ns/net", "tap0",
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, pass_fds=(ready_write,),
-                start_new_session=True)
-        finally:
-            os.close(ready_write)
-        try:
-            ready = await asyncio.wait_for(asyncio.to_thread(os.read, ready_read, 1),
-                                           BOOT_TIMEOUT)
-        except TimeoutError:
-            ready = b""
-        finally:
-            os.close(ready_read)
-        if ready != b"1":
-            kill_group(self._slirp)
-            assert self._slirp.stdout is not None
-            said = (await self._slirp.stdout.read()).decode(errors="replace").strip()
-            raise SandboxError(f"slirp4netns did not connect the sandbox: {said or 'no word'}",
-                               sandbox=self.name)
+        """Outbound-only networking for the sandbox's own namespace (see ``network``)."""
+        self._slirp = await connect_slirp(f"/proc/{self.init_pid}/ns/net", self.name,
+                                          ready_within=BOOT_TIMEOUT,
+                                          setpriv=self._tools["setpriv"])
 
     def _as_host_user(self) -> list[str]:
         if not self._root_runner:

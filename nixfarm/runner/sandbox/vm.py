@@ -45,7 +45,8 @@ from nixfarm.runner.sandbox.base import (
     SandboxSpec,
     SandboxTimeout,
 )
-from nixfarm.runner.sandbox.processes import Lines, kill_group, remove_tree
+from nixfarm.runner.sandbox.network import connect_slirp
+from nixfarm.runner.sandbox.processes import Lines, kill_group, read_info, remove_tree
 from nixfarm.runner.shielding import uncancelled
 from nixfarm.runner.vm import qemu
 from nixfarm.runner.vm.accel import Accelerator, probe
@@ -188,11 +189,19 @@ class VmSandbox:
             await self._spawn(
                 [*qemu.virtiofsd_bwrap(self._spec, xfer), "--",
                  *qemu.virtiofsd_args(listener.fileno())], (listener.fileno(),), log)
+            info_read, info_write = os.pipe()
+            opened += [info_read, info_write]
             await self._spawn(
-                [*qemu.bwrap(network=self._spec.network, extra=self._kvm_device(accel)), "--",
-                 *qemu.qemu_args(self._spec, accel, fds, qemu.host_tsc_khz())],
+                [*qemu.bwrap(extra=[*self._kvm_device(accel), "--info-fd", str(info_write)]),
+                 "--", *qemu.qemu_args(self._spec, accel, fds, qemu.host_tsc_khz())],
                 (*opened, vfs_client.fileno(), guest_control.fileno(), guest_output.fileno()),
                 log, groups=self._kvm_groups(accel))  # fmt: skip
+            os.close(info_write)
+            opened.remove(info_write)
+            if self._spec.network:
+                qemu_pid = int((await read_info(info_read))["child-pid"])
+                self._processes.append(await connect_slirp(
+                    f"/proc/{qemu_pid}/ns/net", self.name, ready_within=BOOT_TIMEOUT))
         finally:
             log.close()
             for fd in opened:

@@ -1,9 +1,11 @@
 """Command lines of a job's VM: qemu, virtiofsd, and the bubblewrap around each.
 
 Both run as an unprivileged host user (nobody when the runner is root), each in
-its own bubblewrap with every namespace unshared (qemu keeps the host's network
-only when the job has network: user-mode networking makes its sockets from the
-qemu process). Their file system is the host's /usr (for their own binaries and
+its own bubblewrap with every namespace unshared. When the job has network, qemu's
+namespace is connected outward by slirp4netns without the host's loopback
+(``sandbox.network``): qemu's user-mode networking makes its sockets from there, so
+the guest's 10.0.2.2 is that namespace's empty loopback, never the runner's. Their
+file system is the host's /usr (for their own binaries and
 libraries), a minimal /dev, and the job's files only:
 
 - qemu sees no file of the job at all: kernel, initramfs and disk image come in
@@ -66,12 +68,12 @@ def host_dirs() -> list[str]:
     return args
 
 
-def bwrap(*, network: bool, extra: Sequence[str] = ()) -> list[str]:
+def bwrap(*, extra: Sequence[str] = ()) -> list[str]:
     """bwrap's options for one of the VM's processes (the program follows ``--``).
 
     /var/tmp is where qemu keeps a disk image's snapshot (the job's writes).
     """
-    return ["--unshare-all", *(["--share-net"] if network else []), "--die-with-parent",
+    return ["--unshare-all", "--die-with-parent",
             "--new-session", *host_dirs(), "--dev", "/dev", "--proc", "/proc",
             "--tmpfs", "/tmp", "--tmpfs", "/var/tmp", "--chdir", "/", *extra]  # fmt: skip
 
@@ -93,7 +95,7 @@ def virtiofsd_bwrap(spec: SandboxSpec, xfer: Path) -> list[str]:
             args += ["--ro-bind", path, f"/export/root{path}"]
         args += ["--remount-ro", "/export/root/nix/store"]
     args += ["--bind", str(xfer), "/export/xfer"]
-    return bwrap(network=False, extra=args)
+    return bwrap(extra=args)
 
 
 def virtiofsd_args(fd: int) -> list[str]:

@@ -27,6 +27,7 @@ from nixfarm.runner.sandbox import (
 )
 from nixfarm.runner.sandbox.processes import Lines
 from nixfarm.runner.sandbox.vm import VmSandbox
+from tests.runner.test_sandbox import host_address
 from tests.runner.vm.conftest import alive, descendants
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -147,9 +148,9 @@ async def test_a_command_past_its_time_is_killed_and_the_vm_lives_on(box: VmSand
 
 
 @contextlib.contextmanager
-def listening() -> Iterator[int]:
+def listening(address: str) -> Iterator[int]:
     server = socket.socket()
-    server.bind(("127.0.0.1", 0))
+    server.bind((address, 0))
     server.listen()
 
     def answer() -> None:
@@ -178,9 +179,14 @@ async def test_network_and_nothing_left_after_shutdown(
         assert "inet 10.0.2.15/25" in lines[0]
         assert "default via 10.0.2.2 dev eth0" in [line.strip() for line in lines]
         assert "nameserver 10.0.2.3" in lines
-        with listening() as port:
-            status, lines = await output(vm, f"nc 10.0.2.2 {port} < /dev/null")
+        # Out to the host's own address, yes; to its loopback (the runner's Redis,
+        # PostgreSQL, the farm), which qemu alone would map to 10.0.2.2, no.
+        with listening(host_address()) as port:
+            status, lines = await output(vm, f"nc {host_address()} {port} < /dev/null")
         assert (status, lines) == (0, ["hello from the host"])
+        with listening("127.0.0.1") as port:
+            status, lines = await output(vm, f"nc -w 3 10.0.2.2 {port} < /dev/null")
+        assert "hello from the host" not in lines and status != 0, (status, lines)
         await output(vm, "echo data > ~/written")
         assert vm.state_dir is not None and vm.state_dir.exists()
     await asyncio.sleep(0)
