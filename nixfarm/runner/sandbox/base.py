@@ -34,6 +34,7 @@ from types import TracebackType
 from typing import Literal, Protocol, Self
 
 from nixfarm.errors import NixfarmError
+from nixfarm.runner.shielding import uncancelled
 
 BUILD_USER = "build"
 BUILD_UID = 1000
@@ -242,3 +243,26 @@ class Sandbox(Protocol):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+
+class Lifecycle:
+    """``async with`` for a sandbox: boot on entry, shut down on exit whatever happened
+    (cancelled or not)."""
+
+    async def boot(self) -> None:
+        raise NotImplementedError
+
+    async def shutdown(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.boot()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await uncancelled(self.shutdown())

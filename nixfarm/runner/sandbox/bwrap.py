@@ -65,8 +65,7 @@ import time
 import uuid
 from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
+from typing import IO
 
 from nixfarm.runner.nixproxy import NixProxy, StoreView
 from nixfarm.runner.sandbox.base import (
@@ -75,6 +74,7 @@ from nixfarm.runner.sandbox.base import (
     BUILD_UID,
     BUILD_USER,
     DEFAULT_PATH,
+    Lifecycle,
     LineCallback,
     NixClient,
     SandboxError,
@@ -126,7 +126,7 @@ def _tool(name: str) -> str:
     return path
 
 
-class BwrapSandbox:
+class BwrapSandbox(Lifecycle):
     """A bubblewrap container for one job; see the module docstring."""
 
     def __init__(
@@ -535,18 +535,6 @@ class BwrapSandbox:
         finally:
             if self.state_dir is not None:
                 await asyncio.to_thread(remove_tree, self.state_dir)
-
-    async def __aenter__(self) -> Self:
-        await self.boot()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await uncancelled(self.shutdown())
 
 
 async def _drain(process: asyncio.subprocess.Process, seconds: float = 5.0) -> None:

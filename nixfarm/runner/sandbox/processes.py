@@ -121,3 +121,30 @@ def remove_tree(path: Path) -> None:
                 os.unlink(name)
 
     shutil.rmtree(path, onerror=allow)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid``, from /proc/PID/task/*/children."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{parent}/task"):
+                with contextlib.suppress(OSError):
+                    text = Path(f"/proc/{parent}/task/{task}/children").read_text()
+                    for child in map(int, text.split()):
+                        if child not in found:
+                            found.add(child)
+                            todo.append(child)
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    """Those of ``pids`` still running (zombies are dead: their parent reaps them)."""
+    living = set()
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError):
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                living.add(pid)
+    return living

@@ -31,8 +31,6 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from nixfarm.runner.sandbox.base import (
     BUILD_HOME,
@@ -40,13 +38,21 @@ from nixfarm.runner.sandbox.base import (
     BUILD_USER,
     DEFAULT_PATH,
     DiskImage,
+    Lifecycle,
     LineCallback,
     SandboxError,
     SandboxSpec,
     SandboxTimeout,
 )
 from nixfarm.runner.sandbox.network import connect_slirp
-from nixfarm.runner.sandbox.processes import Lines, kill_group, read_info, remove_tree
+from nixfarm.runner.sandbox.processes import (
+    Lines,
+    alive,
+    descendants,
+    kill_group,
+    read_info,
+    remove_tree,
+)
 from nixfarm.runner.shielding import uncancelled
 from nixfarm.runner.vm import qemu
 from nixfarm.runner.vm.accel import Accelerator, probe
@@ -63,7 +69,7 @@ _PUT = 'mkdir -p "$(dirname "$1")" && cat > "$1" && chmod "$2" "$1"'
 _GET = 'if [ -d "$1" ]; then cd "$1" && exec tar -cf - .; else exec cat -- "$1"; fi'
 
 
-class VmSandbox:
+class VmSandbox(Lifecycle):
     """A qemu microVM for one job; see the module docstring."""
 
     def __init__(
@@ -378,7 +384,7 @@ class VmSandbox:
         self._closed = True
         # Nothing in the guest is worth a clean power-off: it all goes. bwrap runs
         # qemu and virtiofsd in sessions of their own: they are killed by pid.
-        doomed = set().union(*(_descendants(p.pid) for p in self._processes))
+        doomed = set().union(*(descendants(p.pid) for p in self._processes))
         for process in self._processes:
             kill_group(process)
         for pid in doomed:
@@ -393,7 +399,7 @@ class VmSandbox:
             except TimeoutError:
                 kill_group(process)
         for _ in range(500):  # up to ~10 s: SIGKILL is quick, but not instant
-            left = await asyncio.to_thread(_alive, doomed)
+            left = await asyncio.to_thread(alive, doomed)
             if not left:
                 break
             await asyncio.sleep(0.02)
@@ -403,45 +409,6 @@ class VmSandbox:
             await self._channel.close()
         if self.state_dir is not None:
             await asyncio.to_thread(remove_tree, self.state_dir)
-
-    async def __aenter__(self) -> Self:
-        await self.boot()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await uncancelled(self.shutdown())
-
-
-def _descendants(pid: int) -> set[int]:
-    """Every process below ``pid``, from /proc/PID/task/*/children."""
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        parent = todo.pop()
-        with contextlib.suppress(OSError):
-            for task in os.listdir(f"/proc/{parent}/task"):
-                with contextlib.suppress(OSError):
-                    text = Path(f"/proc/{parent}/task/{task}/children").read_text()
-                    for child in map(int, text.split()):
-                        if child not in found:
-                            found.add(child)
-                            todo.append(child)
-    return found
-
-
-def _alive(pids: set[int]) -> set[int]:
-    """Those of ``pids`` still running (zombies are dead: their parent reaps them)."""
-    living = set()
-    for pid in pids:
-        with contextlib.suppress(OSError, IndexError):
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                living.add(pid)
-    return living
 
 
 def _copy_out(source: Path, dest: Path, name: str) -> int:

@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from nixfarm.runner.sandbox.choice import choose
-from tests.runner.vm.conftest import alive, descendants
+from nixfarm.runner.sandbox.processes import alive, descendants
 
 pytestmark = pytest.mark.slow
 

@@ -25,10 +25,9 @@ from nixfarm.runner.sandbox import (
     SandboxSpec,
     SandboxTimeout,
 )
-from nixfarm.runner.sandbox.processes import Lines
+from nixfarm.runner.sandbox.processes import Lines, alive, descendants
 from nixfarm.runner.sandbox.vm import VmSandbox
 from tests.runner.test_sandbox import host_address
-from tests.runner.vm.conftest import alive, descendants
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[3]
