@@ -40,11 +40,19 @@ class TokenView:
     expires_at: datetime | None
     revoked: bool
     last_used_at: datetime | None
+    runner_images: tuple[str, ...] | None = None
+    runner_owners: tuple[str, ...] | None = None
+    trusted: bool = True
 
     @classmethod
     def of(cls, token: Token) -> TokenView:
         return cls(token.id, token.name, tuple(token.scopes), token.created_at,
-                   token.expires_at, token.revoked, token.last_used_at)
+                   token.expires_at, token.revoked, token.last_used_at,
+                   _tuple(token.runner_images), _tuple(token.runner_owners), token.trusted)
+
+
+def _tuple(values: list[str] | None) -> tuple[str, ...] | None:
+    return tuple(values) if values is not None else None
 
 
 def future_expiry(expires_at: datetime | None) -> datetime | None:
@@ -78,9 +86,13 @@ class TokenService:
             maxsize=_MEMO_LIMIT, ttl=_ISSUER_SECONDS)
 
     async def create(self, name: str, scopes: Iterable[str],
-                     expires_at: datetime | None = None) -> tuple[TokenView, str]:
+                     expires_at: datetime | None = None,
+                     runner_images: Iterable[str] | None = None,
+                     runner_owners: Iterable[str] | None = None,
+                     trusted: bool = True) -> tuple[TokenView, str]:
         async with self.db.session() as s:
-            token, secret = await token_queries.create_token(s, name, scopes, expires_at)
+            token, secret = await token_queries.create_token(
+                s, name, scopes, expires_at, runner_images, runner_owners, trusted)
             return TokenView.of(token), secret
 
     async def authenticate(self, secret: str) -> Principal | None:

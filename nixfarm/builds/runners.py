@@ -58,7 +58,7 @@ from nixfarm.builds.artifacts import ArtifactService
 from nixfarm.builds.jobs import QUEUED_TOPIC, JobService, control_topic
 from nixfarm.datadir import RUNNER_TOKEN, read_token
 from nixfarm.db import jobs as q
-from nixfarm.db.models import Job, Runner, Task, utcnow
+from nixfarm.db.models import Job, Runner, Task, Token, utcnow
 from nixfarm.errors import Conflict, Forbidden, InvalidInput, NotFound
 from nixfarm.manifest import load_manifest
 from nixfarm.masking import Masker
@@ -242,12 +242,13 @@ class RunnerService:
         timed out) must not take a job that nobody would run until its lease expired.
         """
         runner = await self._runner(who, runner_id)
+        pool = await self._pool(runner)
         deadline = time.monotonic() + wait
         async with self.bus.subscribe(QUEUED_TOPIC) as sub:
             while True:
                 if gone():
                     return None
-                job = await self._take(runner)
+                job = await self._take(runner, pool)
                 if job is not None:
                     return await self._assignment(job)
                 remaining = deadline - time.monotonic()
@@ -255,15 +256,37 @@ class RunnerService:
                     return None
                 await sub.get(min(remaining, 1.0))
 
-    async def _take(self, runner: Runner) -> Job | None:
+    async def _pool(self, runner: Runner) -> list[sa.ColumnElement[bool]]:
+        """The conditions its token's pool puts on the jobs a runner claims.
+
+        Read at every claim, so a pool holds from the token's creation on, on every
+        server. A token without a pool that is trusted adds none (today's default).
+        """
+        async with self.db.session() as s:
+            token = await s.get(Token, runner.token_id)
+        if token is None:  # the runner's token row is gone: claim nothing
+            return [sa.false()]
+        conditions: list[sa.ColumnElement[bool]] = []
+        if token.runner_images is not None:
+            conditions.append(Job.image.in_(token.runner_images))
+        if token.runner_owners is not None:
+            conditions.append(Job.owner_name.in_(token.runner_owners))
+        if not token.trusted:
+            # Never run a job without the secrets it asked for, and never hand them to
+            # an untrusted runner: such a job waits for a trusted one.
+            conditions.append(sa.func.json_array_length(Job.secret_ids) == 0)
+        return conditions
+
+    async def _take(self, runner: Runner, pool: list[sa.ColumnElement[bool]]) -> Job | None:
         now = utcnow()
         async with self.db.session() as s:
-            # Only jobs this runner can run: jobs waiting for another image or arch,
-            # however many, must not hide the ones behind them.
+            # Only jobs this runner can run (and its token's pool allows): jobs waiting
+            # for another image, arch or runner, however many, must not hide the ones
+            # behind them.
             queued = await s.scalars(
                 sa.select(Job)
                 .where(Job.status == "queued", Job.image.in_(runner.images),
-                       sa.or_(Job.arch.is_(None), Job.arch == runner.arch))
+                       sa.or_(Job.arch.is_(None), Job.arch == runner.arch), *pool)
                 .order_by(Job.id).limit(_CANDIDATES))
             for job in list(queued):
                 if await q.update_job_if(

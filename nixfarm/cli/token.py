@@ -26,6 +26,14 @@ def create(
     expires_in: Annotated[str | None, typer.Option(
         "--expires-in", help=f"The token stops working after this long ({EXAMPLES}); "
         "without it, never.", show_default=False)] = None,
+    images: Annotated[str | None, typer.Option(
+        "--images", help="Runner tokens: claim only jobs of these images "
+        "(comma-separated); without it, any.", show_default=False)] = None,
+    owners: Annotated[str | None, typer.Option(
+        "--owners", help="Runner tokens: claim only jobs submitted by these token names "
+        "(comma-separated); without it, any.", show_default=False)] = None,
+    untrusted: Annotated[bool, typer.Option(
+        "--untrusted", help="Runner tokens: never claim a job that uses secrets.")] = False,
     url: Url = None, token: Token = None, data_dir: DataDir = None,
 ) -> None:
     """Create a token and print its secret (shown only once) alone on stdout."""
@@ -38,9 +46,27 @@ def create(
                                field="expires_in") from None
 
     async def work(c: Client) -> TokenOut:
-        return await c.create_token(name, scope, expires_at)
+        return await c.create_token(name, scope, expires_at, _names(images),
+                                    _names(owners), trusted=not untrusted)
 
     print(with_client(url, token, data_dir, work).secret)
+
+
+def _names(text: str | None) -> list[str] | None:
+    # Empty items are kept: the server refuses them with a message naming the field.
+    return [n.strip() for n in text.split(",")] if text is not None else None
+
+
+def _pool(t: TokenOut) -> str:
+    """A runner token's pool in a few words; "" for no constraint."""
+    parts = []
+    if t.runner_images is not None:
+        parts.append("images=" + ",".join(t.runner_images))
+    if t.runner_owners is not None:
+        parts.append("owners=" + ",".join(t.runner_owners))
+    if not t.trusted:
+        parts.append("untrusted")
+    return " ".join(parts)
 
 
 @app.command("list")
@@ -54,9 +80,10 @@ def list_(json_out: JsonOut = False, url: Url = None, token: Token = None,
     if json_out:
         print_json(tokens)
         return
-    table = Table("id", "name", "scopes", "created", "last used", box=None)
+    table = Table("id", "name", "scopes", "runner pool", "created", "last used", box=None)
     for t in tokens:
-        table.add_row(str(t.id), t.name, " ".join(t.scopes), f"{t.created_at:%Y-%m-%d %H:%M}",
+        table.add_row(str(t.id), t.name, " ".join(t.scopes), _pool(t),
+                      f"{t.created_at:%Y-%m-%d %H:%M}",
                       f"{t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "never")
     out.print(table)
 

@@ -105,9 +105,13 @@ class Client:
             timeout=httpx.Timeout(stall, connect=10.0))
 
     async def create_token(self, name: str, scopes: list[str],
-                           expires_at: datetime | None = None) -> TokenOut:
+                           expires_at: datetime | None = None,
+                           runner_images: list[str] | None = None,
+                           runner_owners: list[str] | None = None,
+                           trusted: bool = True) -> TokenOut:
         return await self.connection.call("POST", "/api/v1/tokens", TokenOut, TokenCreate(
-            name=name, scopes=scopes, expires_at=expires_at))
+            name=name, scopes=scopes, expires_at=expires_at, runner_images=runner_images,
+            runner_owners=runner_owners, trusted=trusted))
 
     async def tokens(self) -> list[TokenOut]:
         return await self.connection.call("GET", "/api/v1/tokens", list[TokenOut])

@@ -181,6 +181,13 @@ class Token(Base):
     expires_at: Mapped[datetime | None] = mapped_column()
     revoked: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     last_used_at: Mapped[datetime | None] = mapped_column()
+    #: A runner token's pool: the only images and job owners (token names, as
+    #: ``Job.owner_name`` records them) whose jobs its runners claim; None is any.
+    runner_images: Mapped[list[str] | None] = mapped_column(sa.JSON)
+    runner_owners: Mapped[list[str] | None] = mapped_column(sa.JSON)
+    #: Whether its runners may receive secrets; an untrusted runner never claims a job
+    #: that uses some (it stays queued for a trusted one).
+    trusted: Mapped[bool] = mapped_column(default=True, server_default=sa.true())
 
 
 # --- CI jobs -----------------------------------------------------------------------

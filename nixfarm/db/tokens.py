@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from nixfarm.db.models import Token, utcnow
 from nixfarm.errors import Conflict, InvalidInput, NotFound
-from nixfarm.scopes import ADMIN, parse_scope
+from nixfarm.scopes import ADMIN, RUNNER, parse_scope
 
 PREFIX = "nf_"
 # last_used_at is for humans ("used 3 minutes ago"); writing it on every request
@@ -37,14 +37,27 @@ async def create_token(
     name: str,
     scopes: Iterable[str],
     expires_at: datetime | None = None,
+    runner_images: Iterable[str] | None = None,
+    runner_owners: Iterable[str] | None = None,
+    trusted: bool = True,
 ) -> tuple[Token, str]:
-    """Create a token; returns it and its secret, which is not stored and not shown again."""
+    """Create a token; returns it and its secret, which is not stored and not shown again.
+
+    ``runner_images``/``runner_owners`` (None: any) and ``trusted`` narrow what the
+    runners of a ``runner`` token claim; they mean nothing on other tokens, so they are
+    refused there rather than silently kept.
+    """
     name = name.strip()
     if not name or len(name) > 100:
         raise InvalidInput("A token needs a name of 1-100 characters.", field="name")
     checked = list(dict.fromkeys(parse_scope(scope) for scope in scopes))
     if not checked:
         raise InvalidInput("A token needs at least one scope.", field="scopes")
+    images = _pool("runner_images", runner_images)
+    owners = _pool("runner_owners", runner_owners)
+    if (images is not None or owners is not None or not trusted) and RUNNER not in checked:
+        raise InvalidInput("Images, owners and untrusted narrow a runner token; this token "
+                           "has no runner scope.", field="scopes")
     secret = PREFIX + secrets.token_urlsafe(32)
     token = Token(
         name=name,
@@ -52,10 +65,25 @@ async def create_token(
         scopes=checked,
         expires_at=expires_at,
         revoked=False,
+        runner_images=images,
+        runner_owners=owners,
+        trusted=trusted,
     )
     session.add(token)
     await session.flush()
     return token, secret
+
+
+def _pool(field: str, values: Iterable[str] | None) -> list[str] | None:
+    """The distinct, stripped names of a pool; None (any) stays None, an empty one is
+    refused (a runner that may claim nothing is a mistake)."""
+    if values is None:
+        return None
+    checked = list(dict.fromkeys(v.strip() for v in values))
+    if not checked or any(not v or len(v) > 128 for v in checked):
+        raise InvalidInput(f"{field} must list 1 or more names of 1-128 characters "
+                           "(leave it out for any).", field=field)
+    return checked
 
 
 def is_live(token: Token, now: datetime) -> bool:

@@ -16,6 +16,11 @@ class TokenCreate(Wire):
     name: str
     scopes: list[str]
     expires_at: datetime | None = None
+    #: A runner token's pool: its runners claim only jobs of these images and of these
+    #: owners (token names); null is any. ``trusted: false``: never jobs with secrets.
+    runner_images: list[str] | None = None
+    runner_owners: list[str] | None = None
+    trusted: bool = True
 
 
 class TokenOut(Wire):
@@ -28,6 +33,9 @@ class TokenOut(Wire):
     expires_at: datetime | None
     revoked: bool
     last_used_at: datetime | None
+    runner_images: list[str] | None = None
+    runner_owners: list[str] | None = None
+    trusted: bool = True
     secret: str | None = None
 
 

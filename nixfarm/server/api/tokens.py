@@ -16,14 +16,22 @@ router = APIRouter(prefix="/v1", tags=["tokens"])
 def _out(token: TokenView, secret: str | None = None) -> TokenOut:
     return TokenOut(id=token.id, name=token.name, scopes=list(token.scopes),
                     created_at=token.created_at, expires_at=token.expires_at,
-                    revoked=token.revoked, last_used_at=token.last_used_at, secret=secret)
+                    revoked=token.revoked, last_used_at=token.last_used_at,
+                    runner_images=_list(token.runner_images),
+                    runner_owners=_list(token.runner_owners), trusted=token.trusted,
+                    secret=secret)
+
+
+def _list(values: tuple[str, ...] | None) -> list[str] | None:
+    return list(values) if values is not None else None
 
 
 @router.post("/tokens", status_code=201)
 async def create_token(request: Request, body: TokenCreate) -> TokenOut:
     await require(request, ADMIN)
-    token, secret = await farm_of(request).tokens.create(body.name, body.scopes,
-                                                         future_expiry(body.expires_at))
+    token, secret = await farm_of(request).tokens.create(
+        body.name, body.scopes, future_expiry(body.expires_at),
+        body.runner_images, body.runner_owners, body.trusted)
     return _out(token, secret)
 
 
