@@ -93,10 +93,12 @@ class Runner:
     log: Path
 
 
-def start_runner(farm: RunningFarm, where: Path, *extra: str) -> Runner:
-    """``nixfarm runner`` as an operator starts it: the token from a file."""
+def start_runner(farm: RunningFarm, where: Path, *extra: str,
+                 token_options: tuple[str, ...] = (), name: str | None = None) -> Runner:
+    """``nixfarm runner`` as an operator starts it: the token (made with ``token_options``,
+    a runner pool) from a file."""
     token = farm.cli("token", "create", "--name", f"runner-{uuid.uuid4().hex[:6]}",
-                     "--scope", "runner").stdout.strip()
+                     "--scope", "runner", *token_options).stdout.strip()
     token_file = where / "runner.token"
     token_file.write_text(token + "\n")
     token_file.chmod(0o600)
@@ -106,7 +108,7 @@ def start_runner(farm: RunningFarm, where: Path, *extra: str) -> Runner:
     with log.open("wb") as out:
         process = subprocess.Popen(
             [NIXFARM, "runner", "--url", farm.url, "--token-file", str(token_file),
-             "--name", f"sec-{uuid.uuid4().hex[:6]}", "--work-dir", str(work),
+             "--name", name or f"sec-{uuid.uuid4().hex[:6]}", "--work-dir", str(work),
              "--nix-source", str(nixfarm.demo.path()), "--nix-option", "substituters=",
              *extra],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)

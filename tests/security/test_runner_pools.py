@@ -1,0 +1,140 @@
+"""Runner pools (issue 12, point 10): a runner token narrowed to images and job owners
+claims only their jobs, an untrusted one never a job with secrets, and both hold
+across a restart of the farm. Real farm, real runners, real jobs."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.fixtures.farm import RunningFarm
+from tests.security.conftest import (
+    Runner,
+    Tenant,
+    make_farm,
+    start_runner,
+    stop_runner,
+    tenant,
+)
+
+
+def _name(farm: RunningFarm, token: str) -> str:
+    r = farm.get("/api/v1/whoami", token)
+    assert r.status_code == 200, r.text
+    name: str = r.json()["name"]
+    return name
+
+
+def _status(farm: RunningFarm, job: dict[str, Any]) -> str:
+    r = farm.get(f"/api/v1/jobs/{job['id']}")
+    assert r.status_code == 200, r.text
+    status: str = r.json()["status"]
+    return status
+
+
+def _registered(farm: RunningFarm, name: str, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if any(r["name"] == name for r in farm.get("/api/v1/runners").json()):
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"runner {name} did not register in {seconds} s")
+
+
+def _runner(farm: RunningFarm, where: Path, name: str, *options: str) -> Runner:
+    where.mkdir()
+    runner = start_runner(farm, where, token_options=options, name=name)
+    _registered(farm, name)
+    return runner
+
+
+def test_pools_narrow_what_runners_claim(tmp_path: Path) -> None:
+    farm = make_farm(tmp_path, network=False)
+    runners: list[Runner] = []
+    try:
+        alice, bob = tenant(farm, "alice"), tenant(farm, "bob")
+        alice_name, bob_name = _name(farm, alice.token), _name(farm, bob.token)
+
+        # Nonsense pools are refused with the field named.
+        bad = farm.cli("token", "create", "--scope", "jobs:submit", "--images", "nix",
+                       check=False)
+        assert bad.returncode != 0 and "runner scope" in bad.stderr, bad.stderr
+        bad = farm.cli("token", "create", "--scope", "runner", "--owners", "", check=False)
+        assert bad.returncode != 0 and "runner_owners" in bad.stderr, bad.stderr
+
+        runners.append(_runner(farm, tmp_path / "r1", "pool-alice-untrusted",
+                               "--owners", alice_name, "--untrusted"))
+        plain = alice.submit({"hello": "echo hello"})
+        secret = alice.secret("pool-secret-value")
+        with_secret = alice.submit({"read": "cat ~/secret"}, f"secrets: [{secret}]\n")
+        of_bob = bob.submit({"hello": "echo bob"})
+
+        done = alice.wait(plain)
+        assert done["status"] == "success" and done["runner"] == "pool-alice-untrusted", done
+        # The untrusted runner for alice left bob's job and the one with a secret.
+        time.sleep(3)
+        assert _status(farm, of_bob) == "queued"
+        assert _status(farm, with_secret) == "queued"
+
+        listed = json.loads(farm.cli("token", "list", "--json").stdout)
+        pool = [t for t in listed if t["runner_owners"] == [alice_name]]
+        assert len(pool) == 1 and pool[0]["trusted"] is False, listed
+        assert pool[0]["runner_images"] is None
+        table = farm.cli("token", "list").stdout
+        assert f"owners={alice_name}" in table and "untrusted" in table, table
+
+        # The constraints are stored: a new server process keeps them.
+        farm.stop()
+        farm.start()
+        time.sleep(3)
+        assert _status(farm, of_bob) == "queued"
+        assert _status(farm, with_secret) == "queued"
+
+        # Bob's job waits for a runner of his pool; alice's secret for a trusted one.
+        runners.append(_runner(farm, tmp_path / "r2", "pool-bob",
+                               "--images", "nix,demo/latest", "--owners", bob_name))
+        done = bob.wait(of_bob)
+        assert done["status"] == "success" and done["runner"] == "pool-bob", done
+        assert _status(farm, with_secret) == "queued"
+
+        runners.append(_runner(farm, tmp_path / "r3", "pool-trusted"))
+        done, logs = alice.wait(with_secret), ""
+        logs = alice.logs(done)
+        assert done["status"] == "success" and done["runner"] == "pool-trusted", done
+        assert "pool-secret-value" not in logs  # masked, yet it was there to read
+    finally:
+        for runner in runners:
+            stop_runner(runner)
+        farm.stop()
+
+
+def test_untrusted_runner_is_refused_jobs_with_secrets(alice: Tenant,
+                                                       offline_farm: RunningFarm) -> None:
+    """Through the runner protocol: an untrusted runner's claim does not return the job
+    with a secret, and its calls about that job are refused."""
+    farm = offline_farm
+    token = farm.cli("token", "create", "--name", "untrusted-probe", "--scope", "runner",
+                     "--images", "nix", "--untrusted").stdout.strip()
+    r = farm.request("POST", "/api/v1/runners", token,
+                     json={"name": "untrusted-probe", "images": ["nix"], "sandboxes": ["bwrap"]})
+    assert r.status_code in (200, 201), r.text
+    probe = r.json()["id"]
+    # The fixture's trusted runner is busy for a while: the job stays queued meanwhile.
+    busy = alice.submit({"hold": "sleep 8"})
+    busy2 = alice.submit({"hold": "sleep 8"})
+    secret = alice.secret("probe-secret-value")
+    job = alice.submit({"read": "cat ~/secret"}, f"secrets: [{secret}]\n")
+    claimed = farm.request("POST", f"/api/v1/runners/{probe}/claim", token, json={"wait": 2})
+    assert claimed.status_code == 204, claimed.text
+    assert "probe-secret-value" not in claimed.text
+    beat = farm.request("POST", f"/api/v1/runners/{probe}/jobs/{job['id']}/heartbeat", token,
+                        json={"wait": 0})
+    assert beat.status_code == 409, beat.text
+    log = farm.request("POST", f"/api/v1/runners/{probe}/jobs/{job['id']}/log", token,
+                       content=b"x")
+    assert log.status_code == 409, log.text
+    for j in (busy, busy2, job):
+        assert alice.wait(j)["status"] == "success"
+    assert alice.wait(job)["runner"] != "untrusted-probe"
