@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from nixfarm.cli.common import DataDir, JsonOut, Token, Url, out, print_json, with_client
 from nixfarm.client.api import Client
@@ -80,7 +80,9 @@ def list_(json_out: JsonOut = False, url: Url = None, token: Token = None,
     if json_out:
         print_json(tokens)
         return
-    table = Table("id", "name", "scopes", "runner pool", "created", "last used", box=None)
+    # Folded, never cut with an ellipsis: a pool's owners are what an operator checks.
+    table = Table("id", "name", "scopes", Column("runner pool", overflow="fold"), "created",
+                  "last used", box=None)
     for t in tokens:
         table.add_row(str(t.id), t.name, " ".join(t.scopes), _pool(t),
                       f"{t.created_at:%Y-%m-%d %H:%M}",
