@@ -1,9 +1,10 @@
 """The runner side of jobs: registration, claims, leases, and what runners report.
 
 Claiming. A runner long-polls ``claim``: the server looks for the oldest queued job
-whose image (and arch) the runner offers and takes it with one conditional UPDATE
-(``status = 'queued'`` -> ``running``), so two runners racing for a job cannot both
-win. With nothing to take, the call sleeps on the bus topic ``jobs.queued`` (woken
+whose image (and arch) the runner offers and its token's pool allows (images, job
+owners, no secrets for an untrusted token; see docs/security.md), and takes it with
+one conditional UPDATE (``status = 'queued'`` -> ``running``), so two runners racing
+for a job cannot both win. With nothing to take, the call sleeps on the bus topic ``jobs.queued`` (woken
 by every submit) and re-checks the database at least once a second (a job queued by
 another server, a lost wake-up), until its ``wait`` runs out.
 
