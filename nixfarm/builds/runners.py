@@ -4,9 +4,9 @@ Claiming. A runner long-polls ``claim``: the server looks for the oldest queued 
 whose image (and arch) the runner offers and its token's pool allows (images, job
 owners, no secrets for an untrusted token; see docs/security.md), and takes it with
 one conditional UPDATE (``status = 'queued'`` -> ``running``), so two runners racing
-for a job cannot both win. With nothing to take, the call sleeps on the bus topic ``jobs.queued`` (woken
-by every submit) and re-checks the database at least once a second (a job queued by
-another server, a lost wake-up), until its ``wait`` runs out.
+for a job cannot both win. With nothing to take, the call sleeps on the bus topic
+``jobs.queued`` (woken by every submit) and re-checks the database at least once a
+second (a job queued by another server, a lost wake-up), until its ``wait`` runs out.
 
 Leases. Claiming gives the runner a lease of ``jobs.lease_seconds``; every runner
 call about the job renews it, and a runner renews it explicitly by heartbeating
@@ -121,6 +121,10 @@ class RunnerService:
         """Register (or re-register, same token and name) a runner."""
         if not body.images:
             raise InvalidInput("A runner must offer at least one image.", field="images")
+        # Claims compare these with jobs' images: a NUL would fail PostgreSQL's query.
+        if any(not i or len(i) > 128 or not i.isprintable() for i in body.images):
+            raise InvalidInput("A runner's images are names of 1-128 printable characters.",
+                               field="images")
         async with self.db.session() as s:
             runner = await s.scalar(sa.select(Runner).where(
                 Runner.token_id == who.token_id, Runner.name == body.name))

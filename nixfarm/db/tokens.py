@@ -80,9 +80,11 @@ def _pool(field: str, values: Iterable[str] | None) -> list[str] | None:
     if values is None:
         return None
     checked = list(dict.fromkeys(v.strip() for v in values))
-    if not checked or any(not v or len(v) > 128 for v in checked):
-        raise InvalidInput(f"{field} must list 1 or more names of 1-128 characters "
-                           "(leave it out for any).", field=field)
+    # Printable only: a NUL is not text to PostgreSQL, and a name nobody can type is a
+    # mistake.
+    if not checked or any(not v or len(v) > 128 or not v.isprintable() for v in checked):
+        raise InvalidInput(f"{field} must list 1 or more names of 1-128 printable "
+                           "characters (leave it out for any).", field=field)
     return checked
 
 

@@ -72,5 +72,7 @@ async def test_pools_are_checked(db: Database) -> None:
         await TokenService(db).create("x", ["runner"], None, None, [])
     with pytest.raises(InvalidInput, match="runner_images"):
         await TokenService(db).create("x", ["runner"], None, ["nix", " "])
+    with pytest.raises(InvalidInput, match="runner_images"):
+        await TokenService(db).create("x", ["runner"], None, ["ni\x00x"])
     view, _ = await TokenService(db).create("x", ["runner"], None, [" nix", "nix"], ["a"])
     assert (view.runner_images, view.runner_owners, view.trusted) == (("nix",), ("a",), True)
