@@ -114,7 +114,7 @@ def test_slow_clients_do_not_stop_others_and_are_cut(edge: RunningFarm) -> None:
                 except OSError:
                     cut[i] = time.monotonic() - opened
             time.sleep(1)
-        assert max(answered) < 1.0, answered
+        assert max(answered) < 2.0, answered
         assert len(cut) == len(slow), \
             f"{len(slow) - len(cut)} slow clients still open after {CUT + 8} s"
         # Cut by the timeouts, not at once (the test would prove nothing otherwise).
