@@ -97,6 +97,11 @@ class EdgeSettings(Section):
     nginx: str = "nginx"
     #: nginx worker processes; 0: one per core.
     workers: int = 0
+    #: Seconds nginx waits for a client's request headers, and between two reads of its
+    #: body, before it closes the connection: a slow client (slowloris) holds a
+    #: connection this long at most (nginx's own default is 60).
+    client_header_seconds: int = Field(default=30, ge=1)
+    client_body_seconds: int = Field(default=30, ge=1)
 
 
 class JobSettings(Section):

@@ -87,6 +87,8 @@ def render(settings: Settings, layout: EdgeLayout, store_root: Path | None) -> s
     return _template().render(
         user=_user(settings.data_dir),
         workers=settings.edge.workers or "auto",
+        header_timeout=settings.edge.client_header_seconds,
+        body_timeout=settings.edge.client_body_seconds,
         layout=layout,
         store=store_root or layout.empty,
         listen=_listen(settings),
