@@ -416,6 +416,15 @@ def test_a_follower_resumes_where_its_connection_broke(
     runner.log(job_id, None, 0, "setting up\n")
     runner.task(job_id, "build", "running")
     seen: list[tuple[str, dict[str, Any]]] = []
+    # The lease is short here; on a loaded machine the waits below may outlast it.
+    stop = threading.Event()
+
+    def keep_lease() -> None:
+        while not stop.wait(0.5):
+            runner.heartbeat(job_id)
+
+    beats = threading.Thread(target=keep_lease, daemon=True)
+    beats.start()
 
     async def follow() -> None:
         async with Client(Endpoint(proxy.url, jobs_farm.token)) as client:
@@ -438,6 +447,8 @@ def test_a_follower_resumes_where_its_connection_broke(
     wait_for(lambda: proxy.dropped == 2, 10, "the follower to try again")
     for seq, line in enumerate(lines[10:], start=10):
         runner.log(job_id, "build", seq, line)
+    stop.set()
+    beats.join()
     runner.task(job_id, "build", "success", 0)
     runner.finish(job_id, "success")
     follower.join(30)

@@ -64,8 +64,9 @@ def test_server_with_an_unreachable_database_refuses_to_start(tmp_path: Path) ->
 
 def test_runner_without_the_nix_build_group_refuses_to_start(
         tmp_path: Path, no_build_group: dict[str, str]) -> None:
-    done = _nixfarm("runner", "--url", f"http://127.0.0.1:{free_port()}", "--token", "t",
-                    "--work-dir", str(tmp_path / "work"), env=no_build_group)
+    done = _nixfarm("runner", "--url", f"http://127.0.0.1:{free_port()}",
+                    "--work-dir", str(tmp_path / "work"),
+                    env={**no_build_group, "NIXFARM_RUNNER_TOKEN": "t"})
     _one_sentence(done, "nixfarm runner cannot start", "nixfarm-no-such-group")
 
 
