@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 
 import anyio.to_thread
 
@@ -49,7 +49,7 @@ def store_path_of(arg: str) -> str:
 
 
 async def _nar_chunks(path: str, compression: str, level: int | None,
-                      progress: Progress) -> AsyncIterator[bytes]:
+                      progress: Progress) -> AsyncGenerator[bytes, None]:
     process = await asyncio.create_subprocess_exec(
         "nix-store", "--dump", path, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, start_new_session=True)
@@ -79,7 +79,9 @@ async def _nar_chunks(path: str, compression: str, level: int | None,
     finally:
         if process.returncode is None:
             process.kill()
-            await process.wait()
+            # communicate(), not wait(): asyncio reports the exit only once both pipes
+            # reach EOF, and a stdout we stopped reading is paused and never would.
+            await process.communicate()
 
 
 async def push(client: Client, cache: str, args: Sequence[str], *, compression: str = "zstd",
@@ -127,12 +129,17 @@ async def push(client: Client, cache: str, args: Sequence[str], *, compression: 
                     sent += n
                     tick(n)
 
+                # Closed here, not by the garbage collector: an upload cut off mid-body
+                # leaves the generator suspended, and its nix-store must be reaped while
+                # the event loop still runs.
+                chunks = _nar_chunks(path, compression, level, count)
                 try:
-                    await client.upload_path(
-                        cache, wire, _nar_chunks(path, compression, level, count), stall)
+                    await client.upload_path(cache, wire, chunks, stall)
                 except BaseException:
                     tick(-sent)  # the next attempt sends it all again
                     raise
+                finally:
+                    await chunks.aclose()
 
             try:
                 await retried(uploads(f"uploading {path}", log), attempt)
