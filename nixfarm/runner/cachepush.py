@@ -126,4 +126,6 @@ async def _push_log(client: Client, cache: str, drv: str) -> bool:
     finally:
         if process.returncode is None:
             process.kill()
-            await process.wait()
+            # Not wait(): asyncio reports the exit only once stdout reaches EOF, and a
+            # stdout we stopped reading is paused and never would.
+            await process.communicate()
