@@ -49,6 +49,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import anyio
@@ -85,6 +86,15 @@ _CANDIDATES = 20
 #: How many times a job may run: one re-run after an interruption or a lost boot.
 MAX_RUNS = 2
 
+
+
+@dataclass(frozen=True)
+class _Pool:
+    """What a runner's token lets it claim: SQL conditions on jobs, and whether jobs
+    that push to a cache (and so get a push token) are among them."""
+
+    conditions: list[sa.ColumnElement[bool]]
+    caches: bool
 
 class RunnerService:
     def __init__(self, jobs: JobService, tokens: TokenService,
@@ -261,7 +271,7 @@ class RunnerService:
                     return None
                 await sub.get(min(remaining, 1.0))
 
-    async def _pool(self, runner: Runner) -> list[sa.ColumnElement[bool]]:
+    async def _pool(self, runner: Runner) -> _Pool:
         """The conditions its token's pool puts on the jobs a runner claims.
 
         Read at every claim, so a pool holds from the token's creation on, on every
@@ -270,7 +280,7 @@ class RunnerService:
         async with self.db.session() as s:
             token = await s.get(Token, runner.token_id)
         if token is None:  # the runner's token row is gone: claim nothing
-            return [sa.false()]
+            return _Pool([sa.false()], caches=False)
         conditions: list[sa.ColumnElement[bool]] = []
         if token.runner_images is not None:
             conditions.append(Job.image.in_(token.runner_images))
@@ -278,11 +288,13 @@ class RunnerService:
             conditions.append(Job.owner_name.in_(token.runner_owners))
         if not token.trusted:
             # Never run a job without the secrets it asked for, and never hand them to
-            # an untrusted runner: such a job waits for a trusted one.
+            # an untrusted runner: such a job waits for a trusted one. A cache push
+            # token is such a secret too (it may replace any path of the cache, signed
+            # by the server), so jobs with ``cache:`` wait likewise.
             conditions.append(sa.func.json_array_length(Job.secret_ids) == 0)
-        return conditions
+        return _Pool(conditions, caches=token.trusted)
 
-    async def _take(self, runner: Runner, pool: list[sa.ColumnElement[bool]]) -> Job | None:
+    async def _take(self, runner: Runner, pool: _Pool) -> Job | None:
         now = utcnow()
         async with self.db.session() as s:
             # Only jobs this runner can run (and its token's pool allows): jobs waiting
@@ -291,9 +303,12 @@ class RunnerService:
             queued = await s.scalars(
                 sa.select(Job)
                 .where(Job.status == "queued", Job.image.in_(runner.images),
-                       sa.or_(Job.arch.is_(None), Job.arch == runner.arch), *pool)
+                       sa.or_(Job.arch.is_(None), Job.arch == runner.arch),
+                       *pool.conditions)
                 .order_by(Job.id).limit(_CANDIDATES))
             for job in list(queued):
+                if not pool.caches and load_manifest(job.manifest).cache is not None:
+                    continue
                 if await q.update_job_if(
                         s, job.id, {"status": "queued"}, status="running", runner_id=runner.id,
                         attempts=job.attempts + 1, started_at=now,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +139,29 @@ def test_untrusted_runner_is_refused_jobs_with_secrets(alice: Tenant,
     for j in (busy, busy2, job):
         assert alice.wait(j)["status"] == "success"
     assert alice.wait(job)["runner"] != "untrusted-probe"
+
+
+def test_untrusted_runner_is_refused_jobs_that_push_to_a_cache(
+        offline_farm: RunningFarm) -> None:
+    """A job with ``cache:`` gets a push token for that cache (and the server signs what
+    it receives): an untrusted runner never claims one, a trusted runner runs it."""
+    farm = offline_farm
+    cache, _ = farm.create_cache()
+    carol = Tenant(farm, "carol", farm.cli(
+        "token", "create", "--name", f"carol-{uuid.uuid4().hex[:6]}", "--scope",
+        "jobs:submit", "--scope", f"cache:{cache}:push").stdout.strip())
+    token = farm.cli("token", "create", "--name", "untrusted-cache-probe", "--scope",
+                     "runner", "--images", "nix", "--untrusted").stdout.strip()
+    r = farm.request("POST", "/api/v1/runners", token,
+                     json={"name": "untrusted-cache-probe", "images": ["nix"],
+                           "sandboxes": ["bwrap"]})
+    assert r.status_code in (200, 201), r.text
+    probe = r.json()["id"]
+    # The fixture's trusted runner is busy meanwhile, so the job stays queued.
+    busy = [carol.submit({"hold": "sleep 8"}) for _ in range(2)]
+    job = carol.submit({"hello": "echo pushed-nothing"}, f"cache: {cache}\n")
+    claimed = farm.request("POST", f"/api/v1/runners/{probe}/claim", token, json={"wait": 2})
+    assert claimed.status_code == 204, claimed.text
+    for j in (*busy, job):
+        assert carol.wait(j)["status"] == "success"
+    assert carol.wait(job)["runner"] != "untrusted-cache-probe"
