@@ -390,13 +390,13 @@ async def artifacts(ctx: JobContext) -> None:
         out = ctx.work_dir / "artifacts"
         await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
         try:
-            size = await ctx.box().get(inside, out / name)
+            size = await ctx.box().get(inside, out / name, limit=ctx.artifact_limit)
         except NixfarmError as e:
             raise _fail("artifacts", e.message) from e
         if size > ctx.artifact_limit:
             await asyncio.to_thread((out / name).unlink)
-            raise _fail("artifacts", f"artifact {artifact} is {size} bytes; this farm keeps "
-                                     f"artifacts of at most {ctx.artifact_limit} bytes")
+            raise _fail("artifacts", f"artifact {artifact} is larger than {ctx.artifact_limit} "
+                                     "bytes, the most this farm keeps")
         ctx.setup(f"Artifact {artifact}: {size} bytes")
         await ctx.report.artifact(artifact, out / name, size)
 

@@ -224,12 +224,15 @@ class Sandbox(Protocol):
         Not idempotent in effect on content: it replaces the file.
         """
 
-    async def get(self, path: str, dest: Path) -> int:
+    async def get(self, path: str, dest: Path, *, limit: int | None = None) -> int:
         """Copy ``path`` out to the host file ``dest``; return the bytes written.
 
         A directory comes out as a tar archive of its contents. It is read with the
         build user's rights and view, so symlinks inside cannot reach host files.
-        Streams; raises SandboxError when ``path`` is missing or unreadable.
+        Only a regular file or a directory is copied (never a device or a pipe). With
+        ``limit``, at most ``limit + 1`` bytes are copied, so a caller sees a copy that
+        is too large without the host's disk paying for it. Streams; raises
+        SandboxError when ``path`` is missing or unreadable.
         """
 
     async def shutdown(self) -> None:
@@ -266,3 +269,23 @@ class Lifecycle:
         tb: TracebackType | None,
     ) -> None:
         await uncancelled(self.shutdown())
+
+
+def copy_out_script(limit: int | None) -> str:
+    """The ``sh -c`` script ``get`` runs as the build user, with the path as ``$1``.
+
+    A file is read with ``head -c`` when there is a limit: a link to /dev/zero or a
+    file still growing cannot fill the host. A directory's tar is checked with ``du``
+    first instead, so that tar's own exit status still says whether it all came out.
+    """
+    if limit is None:
+        file, directory = 'exec cat -- "$1"', "exec tar -cf - ."
+    else:
+        file = f'exec head -c {limit + 1} -- "$1"'
+        directory = (f'[ "$(du -sk . | cut -f1)" -le {limit // 1024 + 1} ] || '
+                     f'{{ echo "$1 holds more than {limit} bytes" >&2; exit 1; }}; '
+                     "exec tar -cf - .")
+    return (f'if [ -d "$1" ]; then cd "$1" && {directory}; '
+            f'elif [ -f "$1" ]; then {file}; '
+            'elif [ -e "$1" ]; then echo "$1 is not a regular file or a directory" >&2; exit 1; '
+            'else echo "$1: no such file or directory" >&2; exit 1; fi')

@@ -80,6 +80,7 @@ from nixfarm.runner.sandbox.base import (
     SandboxError,
     SandboxSpec,
     SandboxTimeout,
+    copy_out_script,
 )
 from nixfarm.runner.sandbox.limits import Confinement, Kind, confine
 from nixfarm.runner.sandbox.network import connect_slirp
@@ -102,8 +103,6 @@ _IN_DIR = 'cd "$1" || exit 126; shift; exec "$@"'
 _PUT = 'mkdir -p "$(dirname "$1")" && cat > "$1" && chmod "$2" "$1"'
 DAEMON_SOCKET = "/nix/var/nix/daemon-socket/socket"
 NIX_CONF = "/etc/nix/nix.conf"
-_GET = 'if [ -d "$1" ]; then cd "$1" && exec tar -cf - .; else exec cat -- "$1"; fi'
-
 
 #: slirp4netns's DNS forwarder, as the sandbox sees it.
 SLIRP_DNS = "10.0.2.3"
@@ -414,18 +413,21 @@ class BwrapSandbox(Lifecycle):
                 sandbox=self.name,
             )
 
-    async def get(self, path: str, dest: Path) -> int:
+    async def get(self, path: str, dest: Path, *, limit: int | None = None) -> int:
         partial = dest.with_name(dest.name + ".part")
-        error: list[str] = []
+        error = bytearray()
+        script = copy_out_script(limit)
         with partial.open("wb") as out:
             process = await self._spawn(
-                self._enter(["/bin/sh", "-c", _GET, "sh", path], BUILD_HOME), None, None,
+                self._enter(["/bin/sh", "-c", script, "sh", path], BUILD_HOME), None, None,
                 asyncio.subprocess.PIPE, stdout=out.fileno(),
             )  # fmt: skip
 
             async def pump() -> int:
                 assert process.stderr is not None
-                error.append((await process.stderr.read(4096)).decode(errors="replace"))
+                # All of it is read (a full pipe would stall tar), the start is kept.
+                while chunk := await process.stderr.read(65536):
+                    error.extend(chunk[: max(0, 4096 - len(error))])
                 return await process.wait()
 
             status = await self._supervise(process, pump(), self._budget(None), ["get", path])
@@ -434,7 +436,7 @@ class BwrapSandbox(Lifecycle):
             partial.unlink()
             raise SandboxError(
                 f"Cannot copy {path} out of the sandbox: "
-                f"{''.join(error).strip() or 'no such file'}.",
+                f"{error.decode(errors='replace').strip() or 'no such file'}.",
                 sandbox=self.name,
             )
         partial.rename(dest)

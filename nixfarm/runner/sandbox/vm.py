@@ -43,6 +43,7 @@ from nixfarm.runner.sandbox.base import (
     SandboxError,
     SandboxSpec,
     SandboxTimeout,
+    copy_out_script,
 )
 from nixfarm.runner.sandbox.network import connect_slirp
 from nixfarm.runner.sandbox.processes import (
@@ -66,7 +67,6 @@ STATE_PREFIX = "nixfarm-vm-"
 #: What an image's root must hold: a shell, the build user, its home's mount point.
 _REQUIRED = ("bin/sh", "etc/passwd", "home/build", "tmp", "dev")
 _PUT = 'mkdir -p "$(dirname "$1")" && cat > "$1" && chmod "$2" "$1"'
-_GET = 'if [ -d "$1" ]; then cd "$1" && exec tar -cf - .; else exec cat -- "$1"; fi'
 
 
 class VmSandbox(Lifecycle):
@@ -362,9 +362,9 @@ class VmSandbox(Lifecycle):
                 f"Cannot write {path} in the sandbox: {' '.join(output) or 'unknown error'}.",
                 sandbox=self.name)
 
-    async def get(self, path: str, dest: Path) -> int:
+    async def get(self, path: str, dest: Path, *, limit: int | None = None) -> int:
         error: list[str] = []
-        argv = ["/run/nixfarm/sh", "-c", _GET, "sh", path]
+        argv = ["/run/nixfarm/sh", "-c", copy_out_script(limit), "sh", path]
         status, out = await self._run(argv, Lines(error.append), capture=True)
         try:
             if status != 0:
