@@ -216,6 +216,26 @@ async def test_cancel_and_shutdown_leave_nothing(demo_root: Path) -> None:
     await box.shutdown()  # idempotent
 
 
+async def test_a_background_process_holding_the_output_does_not_hang_a_task(
+        demo_root: Path) -> None:
+    """A process a task leaves running with the task's output (``setsid`` takes it out
+    of the task's process group) neither keeps the task running once its shell ended
+    nor stops a timeout from ending one: both return promptly."""
+    async with BwrapSandbox(SandboxSpec(rootfs=demo_root)) as box:
+        started = time.monotonic()
+        status, lines = await output(box, "setsid sleep 1004 & echo started; exit 4")
+        assert status == 4
+        assert lines[0] == "started" and "still holds its output" in lines[-1], lines
+        assert time.monotonic() - started < 20
+        assert sandbox_pids("sleep 1004")  # it is the job's: it lives on in the sandbox
+        started = time.monotonic()
+        with pytest.raises(SandboxTimeout):
+            await output(box, "setsid sleep 1005 & sleep 1006", timeout=1)
+        assert time.monotonic() - started < 20
+        assert not sandbox_pids("sleep 1006")
+    assert not sandbox_pids("sleep 100")
+
+
 async def test_cancelled_inside_async_with(demo_root: Path) -> None:
     state: Path | None = None
     with anyio.move_on_after(0.5):

@@ -86,11 +86,11 @@ from nixfarm.runner.sandbox.limits import Confinement, Kind, confine
 from nixfarm.runner.sandbox.network import connect_slirp
 from nixfarm.runner.sandbox.processes import (
     Lines,
+    OutputPipe,
     feed_stdin,
     kill_group,
     namespace_members,
     read_info,
-    read_stream,
     remove_tree,
 )
 from nixfarm.runner.shielding import uncancelled
@@ -385,15 +385,25 @@ class BwrapSandbox(Lifecycle):
         timeout: float | None = None,  # noqa: ASYNC109 - the command must be killed too
     ) -> int:
         budget = self._budget(timeout)
-        process = await self._spawn(self._enter(argv, cwd), env, stdin, asyncio.subprocess.STDOUT)
+        output = await OutputPipe.open()
+        try:
+            assert output.write_fd is not None
+            process = await self._spawn(self._enter(argv, cwd), env, stdin,
+                                        stderr=output.write_fd, stdout=output.write_fd)
+        except BaseException:
+            output.close()
+            raise
+        output.given()
+
+        async def ended() -> int:
+            await feed_stdin(process, stdin if isinstance(stdin, bytes) else None)
+            return await process.wait()
 
         async def pump() -> int:
-            assert process.stdout is not None
-            lines = Lines(on_line)
-            data = stdin if isinstance(stdin, bytes) else None
-            await asyncio.gather(feed_stdin(process, data), read_stream(process.stdout, lines.feed))
-            lines.close()
-            return await process.wait()
+            try:
+                return await output.read_after(ended(), Lines(on_line), on_line)
+            finally:
+                output.close()
 
         return await self._supervise(process, pump(), budget, argv)
 
