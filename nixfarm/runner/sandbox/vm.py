@@ -393,33 +393,40 @@ class VmSandbox(Lifecycle):
         await uncancelled(self._reap(doomed))
 
     async def _reap(self, doomed: set[int]) -> None:
-        for process in self._processes:
-            try:
-                await asyncio.wait_for(process.wait(), 10.0)
-            except TimeoutError:
-                kill_group(process)
-        for _ in range(500):  # up to ~10 s: SIGKILL is quick, but not instant
-            left = await asyncio.to_thread(alive, doomed)
-            if not left:
-                break
-            await asyncio.sleep(0.02)
-        if left:
-            raise SandboxError(f"Processes {sorted(left)} outlived the VM.", sandbox=self.name)
-        if self._channel is not None:
-            await self._channel.close()
-        if self.state_dir is not None:
-            await asyncio.to_thread(remove_tree, self.state_dir)
+        # The state (the job's files, secrets included) goes whatever else fails.
+        try:
+            for process in self._processes:
+                try:
+                    await asyncio.wait_for(process.wait(), 10.0)
+                except TimeoutError:
+                    kill_group(process)
+            for _ in range(500):  # up to ~10 s: SIGKILL is quick, but not instant
+                left = await asyncio.to_thread(alive, doomed)
+                if not left:
+                    break
+                await asyncio.sleep(0.02)
+            if left:
+                raise SandboxError(f"Processes {sorted(left)} outlived the VM.",
+                                   sandbox=self.name)
+        finally:
+            if self._channel is not None:
+                await self._channel.close()
+            if self.state_dir is not None:
+                await asyncio.to_thread(remove_tree, self.state_dir)
 
 
 def _copy_out(source: Path, dest: Path, name: str) -> int:
     """Copy the guest's file ``source`` (in xfer/) to ``dest``, never following a link."""
     try:
-        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+        # Non-blocking: root in the guest could have put a FIFO there, and opening one
+        # would wait for a writer for ever.
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as e:
         raise SandboxError(f"The guest left no output to copy: {e.strerror}.", sandbox=name) from e
     with os.fdopen(fd, "rb") as reader:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise SandboxError("The guest's output is not a regular file.", sandbox=name)
+        os.set_blocking(fd, True)
         partial = dest.with_name(dest.name + ".part")
         with partial.open("wb") as writer:
             shutil.copyfileobj(reader, writer, 1024 * 1024)
