@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import tarfile
@@ -234,6 +235,33 @@ async def test_a_background_process_holding_the_output_does_not_hang_a_task(
         assert time.monotonic() - started < 20
         assert not sandbox_pids("sleep 1006")
     assert not sandbox_pids("sleep 100")
+
+
+def test_the_sweep_trusts_only_its_own_leftovers(tmp_path: Path) -> None:
+    """A runner sweeps what dead runners' sandboxes left; the temporary directory is
+    everyone's, so what another user planted there (or a leftover naming groups that
+    are not sandboxes') is never acted on as root."""
+    from nixfarm.runner.sandbox import bwrap
+
+    dead = {"pid": 2**22 + 1, "started": "1", "kind": "cgroup2"}
+
+    def plant(name: str, **owner: object) -> Path:
+        state = tmp_path / f"nixfarm-sandbox-{name}"
+        state.mkdir(mode=0o700)
+        (state / "home").mkdir()
+        (state / "owner.json").write_text(json.dumps({**dead, **owner}))
+        return state
+
+    fake_group = tmp_path / "fake-group"
+    fake_group.mkdir()
+    left = plant("left", groups=[])
+    foreign = plant("foreign", groups=[])
+    os.chown(foreign, 65534, 65534)
+    aimed = plant("aimed", groups=[str(fake_group)])
+    removed = bwrap.sweep(tmp_path)
+    assert removed == [left] and not left.exists()
+    assert foreign.exists() and aimed.exists()
+    assert not (fake_group / "cgroup.kill").exists()
 
 
 async def test_cancelled_inside_async_with(demo_root: Path) -> None:

@@ -56,9 +56,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import time
@@ -82,7 +84,7 @@ from nixfarm.runner.sandbox.base import (
     SandboxTimeout,
     copy_out_script,
 )
-from nixfarm.runner.sandbox.limits import Confinement, Kind, confine
+from nixfarm.runner.sandbox.limits import CGROUP_ROOT, Confinement, Kind, confine
 from nixfarm.runner.sandbox.network import connect_slirp
 from nixfarm.runner.sandbox.processes import (
     Lines,
@@ -95,6 +97,7 @@ from nixfarm.runner.sandbox.processes import (
 )
 from nixfarm.runner.shielding import uncancelled
 
+log = logging.getLogger(__name__)
 NOBODY = 65534
 BOOT_TIMEOUT = 10.0
 _DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -593,13 +596,18 @@ def sweep(state_root: Path | None = None) -> list[Path]:
     root = state_root or Path(tempfile.gettempdir())
     for state_dir in sorted(root.glob(_PREFIX + "*")):
         try:
+            if not _ours(state_dir):  # (what is in it is then ours too)
+                continue  # another user's: the temporary directory is everyone's
             owner = json.loads((state_dir / OWNER).read_text())
             pid, started = int(owner["pid"]), str(owner["started"])
+            groups = [Path(g) for g in owner.get("groups", [])]
         except (OSError, ValueError, KeyError, TypeError):
             continue  # being made right now, or not ours to judge
         if _started(pid) == started:
             continue
-        groups = [Path(g) for g in owner.get("groups", [])]
+        if not all(_is_sandbox_group(g) for g in groups):
+            log.warning("not sweeping %s: its groups are not sandboxes' cgroups", state_dir)
+            continue
         confinement = Confinement(owner.get("kind", "rlimit"), groups=groups)
         confinement.kill()
         with contextlib.suppress(SandboxError):
@@ -607,6 +615,21 @@ def sweep(state_root: Path | None = None) -> list[Path]:
         remove_tree(state_dir)
         removed.append(state_dir)
     return removed
+
+
+def _ours(path: Path) -> bool:
+    """Whether ``path`` was made by this user and no one else may change it: what a
+    sweep as root trusts must not be something a local user put in /tmp."""
+    info = path.lstat()
+    return info.st_uid == os.geteuid() and not info.st_mode & 0o022 \
+        and not stat.S_ISLNK(info.st_mode)
+
+
+def _is_sandbox_group(group: Path) -> bool:
+    """Whether ``group`` can be a sandbox's cgroup (``limits`` makes ``nixfarm-*`` groups
+    under /sys/fs/cgroup): never a system service's group to kill."""
+    return group.is_absolute() and ".." not in group.parts \
+        and group.is_relative_to(CGROUP_ROOT) and group.name.startswith("nixfarm-")
 
 
 def _merged(root: Path, directory: str, added: set[str], name: str) -> list[str]:
