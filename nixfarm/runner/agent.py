@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 from nixfarm.errors import NixfarmError
 from nixfarm.manifest import manifest_from_data
@@ -50,6 +50,7 @@ from nixfarm.runner.protocol import LeaseLost, RunnerClient
 from nixfarm.runner.roots import NIX_IMAGE, Images
 from nixfarm.runner.sandbox import BwrapSandbox, Sandbox, SandboxSpec
 from nixfarm.runner.sandbox.base import NixClient
+from nixfarm.runner.shielding import until_either
 from nixfarm.runner.steps import JobContext, JobResult, Secret, StepStatus, TaskStatus, run_job
 from nixfarm.runner.workdir import sweep
 from nixfarm.wire.runners import Assignment, FinishRequest, RunnerRegister, TaskReport
@@ -152,12 +153,7 @@ class Agent:
 
     async def _unless_stopping(self, call: asyncio.Future[T]) -> bool:
         """Await ``call`` unless the agent is stopped first (then it is cancelled)."""
-        stopping = asyncio.ensure_future(self._stopping.wait())
-        either: list[asyncio.Future[Any]] = [call, stopping]
-        try:
-            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
+        await until_either(call, self._stopping)
         if not call.done():
             call.cancel()
             with contextlib.suppress(asyncio.CancelledError):

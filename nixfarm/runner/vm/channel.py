@@ -29,10 +29,9 @@ import contextlib
 import secrets
 import socket
 from collections.abc import Callable
-from typing import Any
 
 from nixfarm.runner.sandbox.base import SandboxError
-from nixfarm.runner.shielding import uncancelled
+from nixfarm.runner.shielding import uncancelled, until_either
 
 #: Called with output bytes as they arrive.
 OutputCallback = Callable[[bytes], None]
@@ -137,12 +136,7 @@ class AgentChannel:
                     on_started()
                 # Shielded: a cancelled caller must not cancel ``done``, which
                 # ``_stop`` still waits on.
-                failed = asyncio.ensure_future(output.failed.wait())
-                either: list[asyncio.Future[Any]] = [done, failed]
-                try:
-                    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    failed.cancel()
+                await until_either(done, output.failed)
                 if output.error is not None:
                     raise output.error
                 status = await asyncio.shield(done)
