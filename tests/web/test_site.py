@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 
-from tests.fixtures.farm import RunningFarm
+import pytest
+
+from tests.fixtures.farm import RunningFarm, running_farm
 from tests.web.conftest import Visitor, make_token, submit
 
 
@@ -98,3 +100,22 @@ def test_a_private_job_is_seen_only_by_who_may(web_farm: RunningFarm, visitor: V
     visitor.sign_in(owner)
     seen = visitor.get(f"/jobs/{job['id']}")
     assert seen.status_code == 200 and f"Job #{job['id']}" in seen.text
+
+
+def test_cookies_are_secure_when_the_farm_is_served_over_tls(
+        request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
+    data = tmp_path_factory.mktemp("tls") / "data"
+    env = {"NIXFARM_PUBLIC_URL": "https://farm.example.org",
+           "NIXFARM_JOBS__EMBEDDED_RUNNER_SLOTS": "0"}
+    with running_farm("sqlite", request, data, env) as farm:
+        person = Visitor(farm)
+        try:
+            assert "Secure" in person.get("/sign-in").headers["set-cookie"]
+            signed = person.http.post("/sign-in", data={
+                "csrf": person.csrf(), "token": farm.token})
+            assert signed.status_code == 303
+            cookie = signed.headers["set-cookie"]
+            assert cookie.startswith("nixfarm_session=") and "Secure" in cookie
+            assert "HttpOnly" in cookie and "SameSite=lax" in cookie
+        finally:
+            person.close()
