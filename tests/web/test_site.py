@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import pytest
 
 from tests.fixtures.farm import RunningFarm, running_farm
@@ -107,15 +108,15 @@ def test_cookies_are_secure_when_the_farm_is_served_over_tls(
     data = tmp_path_factory.mktemp("tls") / "data"
     env = {"NIXFARM_PUBLIC_URL": "https://farm.example.org",
            "NIXFARM_JOBS__EMBEDDED_RUNNER_SLOTS": "0"}
-    with running_farm("sqlite", request, data, env) as farm:
-        person = Visitor(farm)
-        try:
-            assert "Secure" in person.get("/sign-in").headers["set-cookie"]
-            signed = person.http.post("/sign-in", data={
-                "csrf": person.csrf(), "token": farm.token})
-            assert signed.status_code == 303
-            cookie = signed.headers["set-cookie"]
-            assert cookie.startswith("nixfarm_session=") and "Secure" in cookie
-            assert "HttpOnly" in cookie and "SameSite=lax" in cookie
-        finally:
-            person.close()
+    with running_farm("sqlite", request, data, env) as farm, \
+            httpx.Client(base_url=farm.url, timeout=60) as http:
+        first = http.get("/sign-in")
+        assert "Secure" in first.headers["set-cookie"]
+        csrf = first.headers["set-cookie"].split(";")[0].partition("=")[2]
+        # A browser sends a Secure cookie only over TLS; this test is the TLS proxy.
+        signed = http.post("/sign-in", data={"csrf": csrf, "token": farm.token},
+                           headers={"Cookie": f"nixfarm_csrf={csrf}"})
+        assert signed.status_code == 303, signed.text
+        cookie = signed.headers["set-cookie"]
+        assert cookie.startswith("nixfarm_session=") and "Secure" in cookie
+        assert "HttpOnly" in cookie and "SameSite=lax" in cookie
