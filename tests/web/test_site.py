@@ -22,6 +22,12 @@ def test_sign_in_sets_a_session_cookie_that_is_the_tokens_principal(
     assert token not in cookie  # the browser keeps the session, never the token
     home = visitor.get("/jobs")
     assert 'id="signed-in-as">carol<' in home.text
+    assert home.headers["x-frame-options"] == "DENY"
+    first = visitor.http.cookies["nixfarm_session"]
+    visitor.sign_in(token)  # again: the first session ends, it is not left behind
+    assert visitor.http.cookies["nixfarm_session"] != first
+    replay = web_farm.get("/jobs", token="", headers={"Cookie": f"nixfarm_session={first}"})
+    assert 'id="signed-in-as"' not in replay.text
 
 
 def test_a_wrong_token_is_refused_on_the_sign_in_page(visitor: Visitor) -> None:

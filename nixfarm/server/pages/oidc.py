@@ -222,6 +222,9 @@ async def callback(request: Request, who: site.Viewer = site.VIEWER) -> Response
             f"{subject} may not sign in to this farm." if not name else
             f"{subject} maps to token {name!r}, which is not exactly one live token.", 403),
             next_path)
+    previous = request.cookies.get(site.SESSION_COOKIE)
+    if previous:
+        await farm.sessions.close(previous)
     _, secret = await farm.sessions.open(found[0].token_id, "oidc", subject)
     log.info("%s signed in through OpenID Connect as token %r", subject, name)
     response = open_session_response(request, secret, next_path)
