@@ -16,6 +16,7 @@ import anyio.to_thread
 from nixfarm import farmkeys
 from nixfarm.builds.services import BuildServices
 from nixfarm.cache import gc
+from nixfarm.cache.browsing import CacheBrowser
 from nixfarm.cache.service import CacheService
 from nixfarm.config import Settings
 from nixfarm.db import engine
@@ -93,9 +94,13 @@ class Farm:
         async with self.builds.background():
             watch = asyncio.create_task(self.registry.watch_source())
             collected = asyncio.create_task(gc.follow(self.caches, self.events))
+            retention = asyncio.create_task(CacheBrowser(self.caches).retain_forever())
             try:
                 yield
             finally:
+                retention.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await retention
                 collected.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await collected

@@ -81,6 +81,9 @@ class Cache(Base):
     #: nix-cache-info Priority: lower is preferred by Nix.
     priority: Mapped[int] = mapped_column(default=40, server_default=sa.text("40"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Garbage collection keeps what was uploaded in this many days (and the closures
+    #: of those paths), removing the rest periodically; None keeps everything.
+    retention_days: Mapped[float | None] = mapped_column(sa.Float)
 
 
 class Nar(Base):
