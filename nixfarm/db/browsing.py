@@ -1,4 +1,5 @@
-"""Queries the web pages browse caches with: sizes, search, referrers, build logs.
+"""Queries the web pages browse with: caches (sizes, search, referrers, build logs), and
+the jobs runners are running.
 
 Each is one query bounded by its page size, so a cache of a million paths browses as
 fast as one of ten: search uses the ``(cache_id, store_hash)`` unique index for a hash
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nixfarm.db.models import BuildLog, Cache, CacheNar, CachePath, Nar
+from nixfarm.db.models import BuildLog, Cache, CacheNar, CachePath, Job, Nar
 from nixfarm.nix import nix32
 
 _NIX32 = frozenset(nix32.ALPHABET)
@@ -99,3 +100,14 @@ async def retained(session: AsyncSession) -> list[tuple[str, float]]:
                                  .where(Cache.retention_days.is_not(None))
                                  .order_by(Cache.name))
     return [(name, float(days)) for name, days in rows if days is not None]
+
+
+async def running_jobs(session: AsyncSession) -> dict[int, list[int]]:
+    """The ids of the jobs running now, by the runner running them."""
+    rows = await session.execute(
+        sa.select(Job.runner_id, Job.id)
+        .where(Job.status == "running", Job.runner_id.is_not(None)).order_by(Job.id))
+    found: dict[int, list[int]] = {}
+    for runner_id, job_id in rows:
+        found.setdefault(int(runner_id), []).append(int(job_id))
+    return found

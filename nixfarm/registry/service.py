@@ -143,7 +143,7 @@ class RegistryService:
                 image = await compose(closure, self.layers, popularity.counts,
                                       self.settings.registry.layer_budget,
                                       Platform.for_nix_system(request.system))
-            await self.manifests.put(key, image)
+            await self.manifests.put(key, image, request.label, build.id)
         except NixfarmError as exc:
             self._failed(build, exc)
         except BaseException:
