@@ -109,5 +109,6 @@ async def running_jobs(session: AsyncSession) -> dict[int, list[int]]:
         .where(Job.status == "running", Job.runner_id.is_not(None)).order_by(Job.id))
     found: dict[int, list[int]] = {}
     for runner_id, job_id in rows:
-        found.setdefault(int(runner_id), []).append(int(job_id))
+        if runner_id is not None:
+            found.setdefault(runner_id, []).append(job_id)
     return found
