@@ -156,6 +156,38 @@ class KeySettings(Section):
     registry_token_file: str = ""
 
 
+class OidcSettings(Section):
+    """Signing in to the web UI through an OpenID Connect provider (docs/web.md).
+
+    Off while ``issuer`` is empty. A person who signs in is mapped to a farm token:
+    the ID token's ``claim`` (``email`` or ``sub``) is looked up in ``principals``,
+    whose values are token names; the session then holds that token's scopes. Someone
+    the table does not name is refused."""
+
+    #: The provider's issuer URL; its discovery document is
+    #: ``<issuer>/.well-known/openid-configuration``.
+    issuer: str = ""
+    client_id: str = ""
+    client_secret: str = ""
+    #: The ID token claim that names the person: ``email`` (only when the provider
+    #: says it is verified) or ``sub``.
+    claim: Literal["email", "sub"] = "email"
+    #: Claim value -> the name of the token whose scopes the person gets.
+    principals: dict[str, str] = {}
+    #: Seconds the provider's discovery document and keys are remembered.
+    discovery_seconds: int = Field(default=3600, ge=0)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.issuer)
+
+
+class WebSettings(Section):
+    #: Hours a web sign-in lasts before the person signs in again.
+    session_hours: float = Field(default=168.0, gt=0)
+    oidc: OidcSettings = OidcSettings()
+
+
 class Settings(Section):
     data_dir: Path = DEFAULT_DATA_DIR
     listen: str = "127.0.0.1:8080"
@@ -173,6 +205,7 @@ class Settings(Section):
     jobs: JobSettings = JobSettings()
     edge: EdgeSettings = EdgeSettings()
     keys: KeySettings = KeySettings()
+    web: WebSettings = WebSettings()
 
     @field_validator("listen")
     @classmethod

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import anyio.to_thread
 
@@ -29,6 +30,7 @@ from nixfarm.events.base import EventBus
 from nixfarm.events.factory import open_bus
 from nixfarm.registry.pulltokens import PullTokens
 from nixfarm.registry.service import RegistryService
+from nixfarm.sessions import SessionService
 from nixfarm.storage.base import ObjectStore
 from nixfarm.storage.factory import open_store
 from nixfarm.tokens import TokenService
@@ -43,6 +45,8 @@ class Farm:
     edge: EdgeTree | None
     caches: CacheService
     tokens: TokenService
+    #: The web UI's sign-in sessions.
+    sessions: SessionService
     #: Registry pull tokens, minted by ``/registry/token``.
     pull_tokens: PullTokens
     registry: RegistryService
@@ -80,6 +84,8 @@ class Farm:
             edge=edge,
             caches=caches,
             tokens=tokens,
+            sessions=SessionService(db, tokens,
+                                    timedelta(hours=settings.web.session_hours)),
             pull_tokens=pull_tokens,
             registry=registry,
             events=events,
