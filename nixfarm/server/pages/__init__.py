@@ -11,9 +11,9 @@ from starlette.routing import BaseRoute
 
 
 def routes() -> list[BaseRoute]:
-    from nixfarm.server.pages import jobs, signin, site
+    from nixfarm.server.pages import badges, caches, images, jobs, runners, signin, site, tokens
 
     found: list[BaseRoute] = [*site.static_routes()]
-    for module in (signin, jobs):
+    for module in (signin, jobs, caches, images, runners, tokens, badges):
         found.extend(module.router.routes)
     return found

@@ -1,7 +1,7 @@
 """A cache's retention period: garbage collection keeps what was uploaded within it.
 
 Revision ID: 0006_cache_retention
-Revises: 0005
+Revises: 0006_web_sessions
 Create Date: 2026-12-03
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0006_cache_retention"
-down_revision: str | None = "0005"
+down_revision: str | None = "0006_web_sessions"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
