@@ -41,10 +41,10 @@ class BuiltImage:
     def size(self) -> int:
         return sum(layer.size for layer in self.layers)
 
-    def digest(self) -> Digest:
-        """The digest of the manifest a pull gets first (the image's own flavour)."""
+    def digests(self) -> list[tuple[str, Digest]]:
+        """(media type, digest) of each manifest flavour a pull may get (Docker's, OCI's)."""
         image = Image(layers=self.layers, config=self.config)
-        return image.digest(image.media_types[0])
+        return [(media_type, image.digest(media_type)) for media_type in image.media_types]
 
     def config_facts(self) -> dict[str, object]:
         """What the config says that people look for: platform, environment, command."""

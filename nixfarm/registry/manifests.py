@@ -59,7 +59,7 @@ class ManifestCache:
                   build_id: str = "") -> None:
         """Store ``image``'s config and manifests; cache it under ``key`` unless None.
 
-        ``name`` (the image's name, ``shell/git``) and ``build_id`` (its build on the
+        ``name`` (the image as pulled, ``shell/git:latest``) and ``build_id`` (its build on the
         board) go into the record for the registry's web page (``registry/catalogue``)."""
         await self.store.put(blob_key(Digest.of(image.config)), image.config)
         for media_type in image.media_types:

@@ -82,7 +82,7 @@ async def path_page(request: Request, name: str, store_hash: str,
                     who: site.Viewer = site.VIEWER) -> Response:
     view = await readable_cache(request, name, who)
     detail = await CacheBrowser(farm_of(request).caches).path(view, store_hash)
-    return site.render(request, "cache-path.html", {"cache": view, "path": detail})
+    return site.render(request, "cache-path.html", {"cache": view, "detail": detail})
 
 
 @router.post("/caches/{name}/retention")

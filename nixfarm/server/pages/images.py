@@ -18,12 +18,13 @@ from nixfarm.server.pages import site
 router = APIRouter(include_in_schema=False)
 
 
-def pull_command(base_url: str, name: str) -> str:
-    """How to pull ``name`` from this farm: plain HTTP needs podman told so."""
+def pull_command(base_url: str, reference: str) -> str:
+    """How to pull ``reference`` (``name:tag``) from this farm: plain HTTP needs podman
+    told so."""
     host = base_url.split("://", 1)[-1].rstrip("/")
     if base_url.startswith("https://"):
-        return f"podman pull {host}/{name}:latest"
-    return f"podman pull --tls-verify=false {host}/{name}:latest"
+        return f"podman pull {host}/{reference}"
+    return f"podman pull --tls-verify=false {host}/{reference}"
 
 
 def _check(request: Request, who: site.Viewer) -> None:
@@ -39,7 +40,7 @@ async def images_page(request: Request, who: site.Viewer = site.VIEWER) -> Respo
     board = farm.registry.builds.recent()
     return site.render(request, "images.html", {
         "images": images, "builds": board, "source": farm.settings.registry.source.kind,
-        "example": pull_command(farm.settings.base_url, "shell/hello")})
+        "example": pull_command(farm.settings.base_url, "shell/hello:latest")})
 
 
 @router.get("/images/{key}")
@@ -49,6 +50,6 @@ async def image_page(request: Request, key: str, who: site.Viewer = site.VIEWER)
     image = await catalogue.built_image(farm.store, key)
     build = farm.registry.builds.get(image.build_id) if image.build_id else None
     return site.render(request, "image.html", {
-        "image": image, "digest": image.digest(), "facts": image.config_facts(),
+        "image": image, "digests": image.digests(), "facts": image.config_facts(),
         "build": build, "pull": pull_command(farm.settings.base_url, image.name)
         if image.name else None})
