@@ -118,7 +118,7 @@ def test_retention_and_collection_forms_are_an_admins_with_csrf(web_farm: Runnin
     assert saved.status_code == 303
     page = visitor.get(f"/caches/{name}")
     assert "older than <strong>7.5 days</strong>" in page.text
-    assert f"<td class=\"hide-narrow\">7.5 days</td>" in visitor.get("/caches").text
+    assert "<td class=\"hide-narrow\">7.5 days</td>" in visitor.get("/caches").text
     cleared = visitor.post(f"/caches/{name}/retention", {"retention_days": ""},
                            form_on=f"/caches/{name}")
     assert cleared.status_code == 303
