@@ -35,7 +35,8 @@ def test_cache_page_shows_key_lines_size_search_and_paths(web_farm: RunningFarm,
     page = web_farm.get(f"/caches/{name}", "")
     assert page.status_code == 200
     assert f'<code id="public-key">{public_key}</code>' in page.text
-    conf = re.search(r'<pre class="snippet" id="nix-conf">(.*?)</pre>', page.text, re.S)
+    conf = re.search(r'<pre class="snippet" id="nix-conf" tabindex="0">(.*?)</pre>',
+                     page.text, re.S)
     assert conf is not None
     assert conf.group(1).splitlines() == [
         f"extra-substituters = {web_farm.url}/cache/{name}",
@@ -147,7 +148,8 @@ def test_tokens_page_creates_shows_the_secret_once_and_revokes(web_farm: Running
                                        "more_scopes": "cache:web-b:pull"})
     assert created.status_code == 201, created.text
     assert created.headers["cache-control"] == "no-store"
-    secret = re.search(r'<pre class="snippet" id="new-secret">([^<]+)</pre>', created.text)
+    secret = re.search(r'<pre class="snippet" id="new-secret" tabindex="0">([^<]+)</pre>',
+                       created.text)
     assert secret is not None
     whoami = web_farm.get("/api/v1/whoami", secret.group(1)).json()
     assert whoami == {"name": "from-the-page", "scopes": ["jobs:submit", "cache:web-b:pull"]}
