@@ -45,14 +45,15 @@ def make_token(farm: RunningFarm, *scopes: str, name: str | None = None) -> str:
 
 def submit(farm: RunningFarm, token: str, script: str, *, visibility: str = "public",
            tags: list[str] | None = None, note: str | None = None,
-           tasks: dict[str, str] | None = None) -> dict[str, Any]:
+           tasks: dict[str, str] | None = None, execute: bool = True) -> dict[str, Any]:
     """Submit an ``image: nix`` job whose one task (``work``) runs ``script``."""
     tasks = tasks or {"work": script}
     manifest = "image: nix\npackages: [busybox]\ntasks:\n" + "".join(
         f"  - {name}: |\n" + "".join(f"      {line}\n" for line in body.splitlines())
         for name, body in tasks.items())
     r = farm.request("POST", "/api/v1/jobs", token, json={
-        "manifest": manifest, "visibility": visibility, "tags": tags or [], "note": note})
+        "manifest": manifest, "visibility": visibility, "tags": tags or [], "note": note,
+        "execute": execute})
     assert r.status_code == 201, r.text
     job: dict[str, Any] = r.json()
     return job

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import time
 
-from tests.fixtures.farm import RunningFarm
+import httpx
+import pytest
+
+from tests.fixtures.farm import RunningFarm, running_farm
 from tests.web.conftest import Visitor, make_token, submit
 
 
@@ -19,6 +22,12 @@ def test_sign_in_sets_a_session_cookie_that_is_the_tokens_principal(
     assert token not in cookie  # the browser keeps the session, never the token
     home = visitor.get("/jobs")
     assert 'id="signed-in-as">carol<' in home.text
+    assert home.headers["x-frame-options"] == "DENY"
+    first = visitor.http.cookies["nixfarm_session"]
+    visitor.sign_in(token)  # again: the first session ends, it is not left behind
+    assert visitor.http.cookies["nixfarm_session"] != first
+    replay = web_farm.get("/jobs", token="", headers={"Cookie": f"nixfarm_session={first}"})
+    assert 'id="signed-in-as"' not in replay.text
 
 
 def test_a_wrong_token_is_refused_on_the_sign_in_page(visitor: Visitor) -> None:
@@ -98,3 +107,22 @@ def test_a_private_job_is_seen_only_by_who_may(web_farm: RunningFarm, visitor: V
     visitor.sign_in(owner)
     seen = visitor.get(f"/jobs/{job['id']}")
     assert seen.status_code == 200 and f"Job #{job['id']}" in seen.text
+
+
+def test_cookies_are_secure_when_the_farm_is_served_over_tls(
+        request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
+    data = tmp_path_factory.mktemp("tls") / "data"
+    env = {"NIXFARM_PUBLIC_URL": "https://farm.example.org",
+           "NIXFARM_JOBS__EMBEDDED_RUNNER_SLOTS": "0"}
+    with running_farm("sqlite", request, data, env) as farm, \
+            httpx.Client(base_url=farm.url, timeout=60) as http:
+        first = http.get("/sign-in")
+        assert "Secure" in first.headers["set-cookie"]
+        csrf = first.headers["set-cookie"].split(";")[0].partition("=")[2]
+        # A browser sends a Secure cookie only over TLS; this test is the TLS proxy.
+        signed = http.post("/sign-in", data={"csrf": csrf, "token": farm.token},
+                           headers={"Cookie": f"nixfarm_csrf={csrf}"})
+        assert signed.status_code == 303, signed.text
+        cookie = signed.headers["set-cookie"]
+        assert cookie.startswith("nixfarm_session=") and "Secure" in cookie
+        assert "HttpOnly" in cookie and "SameSite=lax" in cookie

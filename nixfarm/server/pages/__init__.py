@@ -11,9 +11,19 @@ from starlette.routing import BaseRoute
 
 
 def routes() -> list[BaseRoute]:
-    from nixfarm.server.pages import badges, caches, images, jobs, runners, signin, site, tokens
+    from nixfarm.server.pages import (
+        badges,
+        caches,
+        images,
+        jobs,
+        oidc,
+        runners,
+        signin,
+        site,
+        tokens,
+    )
 
     found: list[BaseRoute] = [*site.static_routes()]
-    for module in (signin, jobs, caches, images, runners, tokens, badges):
+    for module in (signin, oidc, jobs, caches, images, runners, tokens, badges):
         found.extend(module.router.routes)
     return found

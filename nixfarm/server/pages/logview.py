@@ -1,8 +1,8 @@
 """A job's logs as the job page draws them: numbered, coloured lines, the tail only.
 
 A log can be hundreds of megabytes; a page that drew it all would freeze the tab. So
-the page draws the last ``TAIL_BYTES`` of each log (whole chunks from the end, cut to a
-line start) and offers the whole log on request, up to ``FULL_BYTES``, and always as raw
+the page draws the last ``TAIL_BYTES`` of each log (from the first line that starts
+in them) and offers the whole log on request, up to ``FULL_BYTES``, and always as raw
 text. Lines keep their true numbers (the permalinks ``#task-build-L120`` must not move
 as a log grows), so the page needs how many lines come before what it draws: the
 newlines of each earlier chunk, counted once and remembered (chunks never change).
@@ -72,19 +72,24 @@ async def view(logs: LogService, job_id: int, task: str | None, full: bool = Fal
     """The drawn part of a log: its tail, or with ``full`` as much as ``FULL_BYTES``."""
     chunks = await logs.chunks(job_id, task)
     total = sum(c.size for c in chunks)
-    budget = FULL_BYTES if full else TAIL_BYTES
-    first, kept = len(chunks), 0
-    while first > 0 and kept + chunks[first - 1].size <= budget:
-        first -= 1
-        kept += chunks[first].size
-    if first > 0 and kept == 0:  # one chunk bigger than the budget: draw it anyway
-        first -= 1
-    lines_before, at_line_start = 0, True
-    for chunk in chunks[:first]:
-        count, ends = await _count(logs, chunk)
-        lines_before += count
-        at_line_start = ends if chunk.size else at_line_start
-    data = b"".join([await logs.store.read(c.key) for c in chunks[first:]])
+    start = max(total - (FULL_BYTES if full else TAIL_BYTES), 0)
+    lines_before, at_line_start, offset = 0, True, 0
+    parts: list[bytes] = []
+    for chunk in chunks:
+        lo, offset = offset, offset + chunk.size
+        if offset <= start:  # wholly before what is drawn: only its newlines count
+            count, ends = await _count(logs, chunk)
+            lines_before += count
+            at_line_start = ends if chunk.size else at_line_start
+            continue
+        data = await logs.store.read(chunk.key)
+        if lo < start:  # the chunk where drawing starts
+            cut = start - lo
+            lines_before += data.count(b"\n", 0, cut)
+            at_line_start = data[cut - 1:cut] == b"\n"
+            data = data[cut:]
+        parts.append(data)
+    data = b"".join(parts)
     hidden = total - len(data)
     if not at_line_start:  # drawn text starts inside a line: from the next one on
         newline = data.find(b"\n")

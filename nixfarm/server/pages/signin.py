@@ -46,6 +46,9 @@ async def sign_in(request: Request, who: site.Viewer = site.VIEWER) -> Response:
         return site.render(request, "sign-in.html", {
             "next": target, "oidc": farm.settings.web.oidc.enabled,
             "problem": problem.message}, status=401)
+    previous = request.cookies.get(site.SESSION_COOKIE)
+    if previous:  # signing in again replaces a session, never leaves it behind
+        await farm.sessions.close(previous)
     _, cookie = await farm.sessions.open(found.token_id, "token")
     return open_session_response(request, cookie, target)
 

@@ -178,6 +178,10 @@ def render(request: Request, template: str, context: dict[str, Any] | None = Non
         **(context or {})}, status_code=status, headers=headers)
     if who.new_csrf_cookie:
         set_cookie(request, response, CSRF_COOKIE, csrf)
+    # No page may be framed by another site (its buttons clicked through a disguise).
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
     return response
 
 

@@ -95,12 +95,14 @@
   function append(log, text) {
     const pieces = text.split("\n");
     pieces.forEach((piece, i) => {
+      const last = i === pieces.length - 1;
+      if (last && piece === "") return;  // text that ends a line opens no new one
       if (log.open === null) { log.open = newLine(log); log.text = ""; }
       log.text += piece;
       const number = log.open.firstChild;
       log.open.replaceChildren(number);
       const after = draw(log.open, log.text, log.style);
-      if (i < pieces.length - 1) { log.style = after; log.open = null; }
+      if (!last) { log.style = after; log.open = null; }
     });
   }
 
