@@ -137,8 +137,9 @@ class JobSettings(Section):
     #: on their own before they are interrupted (and queued again once).
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     #: The sandbox of that runner's jobs: ``bwrap`` (a container) or ``vm`` (a qemu
-    #: virtual machine, see docs/vm.md).
-    embedded_runner_sandbox: Literal["bwrap", "vm"] = "bwrap"
+    #: virtual machine, see docs/vm.md), or both, the preferred first (``vm,bwrap``):
+    #: disk images (docs/images.md) always run in a VM, other images in the preferred.
+    embedded_runner_sandbox: Literal["bwrap", "vm", "vm,bwrap", "bwrap,vm"] = "bwrap"
 
 
 class KeySettings(Section):
