@@ -158,10 +158,10 @@ def how_to_build(name: str, arch: str = DEFAULT_ARCH) -> str:
     if recipe is None:
         return ""
     if recipe.kind == "root":
-        return f"image {name} is built by a runner on first use; no runner offers it yet"
-    return (f"image {name} has a recipe but no runner has it installed: on a runner with "
-            f"the vm sandbox, run `nixfarm image build {name}` and `nixfarm image install "
-            f"{name}` (see docs/images.md)")
+        return "no runner offers it yet; a runner builds it on first use"
+    return (f"no runner has it installed; it has a recipe: on a runner with the vm "
+            f"sandbox, `nixfarm image build {name} && nixfarm image install {name}` "
+            f"(docs/images.md)")
 
 
 def aliases_of(release_dir: Path) -> list[Path]:
