@@ -12,19 +12,33 @@ from nixfarm.cli.common import err, out, run
 from nixfarm.cli.runner import DEFAULT_WORK_DIR
 from nixfarm.errors import NixfarmError
 
-app = typer.Typer(help="Build, check and install catalogue images for a runner.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Build, check and install catalogue images for a runner.", no_args_is_help=True
+)
 
-WorkDir = Annotated[Path, typer.Option(
-    help="The runner's work directory (as `nixfarm runner --work-dir`): its catalogue is "
-         "images/ there.")]
-Builds = Annotated[Path | None, typer.Option(
-    help="Where built images are kept, one directory per recipe hash "
-         "(default: image-builds/ in the work directory).")]
+WorkDir = Annotated[
+    Path,
+    typer.Option(
+        help="The runner's work directory (as `nixfarm runner --work-dir`): its catalogue is "
+        "images/ there."
+    ),
+]
+Builds = Annotated[
+    Path | None,
+    typer.Option(
+        help="Where built images are kept, one directory per recipe hash "
+        "(default: image-builds/ in the work directory)."
+    ),
+]
 Arch = Annotated[str, typer.Option(help="The image's architecture.")]
-From = Annotated[Path | None, typer.Option(
-    "--from", help="A built image's directory (holding root.img.qcow2), e.g. copied from "
-                   "another machine; default: the build of the current recipe.")]
+From = Annotated[
+    Path | None,
+    typer.Option(
+        "--from",
+        help="A built image's directory (holding root.img.qcow2), e.g. copied from "
+        "another machine; default: the build of the current recipe.",
+    ),
+]
 
 
 def _home(work_dir: Path) -> Path:
@@ -47,32 +61,41 @@ def list_(work_dir: WorkDir = DEFAULT_WORK_DIR, builds: Builds = None) -> None:
 
     home = _home(work_dir)
     catalogue = home / "images"
-    installed = {(r.name, r.arch): r for r in images.read(catalogue)} \
-        if catalogue.is_dir() else {}
+    installed = {(r.name, r.arch): r for r in images.read(catalogue)} if catalogue.is_dir() else {}
     rows = [("IMAGE", "ARCH", "KIND", "SANDBOXES", "STATE")]
     for recipe in images.read(images.RECIPES):
         name = recipe.name + (f" -> {recipe.alias_of}" if recipe.alias_of else "")
         state = "built on first use" if recipe.kind == "root" else "recipe only"
         if recipe.kind == "disk":
-            if (imaging.build_dir(recipe, builds or home / "image-builds")
-                    / images.DISK_FILE).is_file():
+            if (
+                imaging.build_dir(recipe, builds or home / "image-builds") / images.DISK_FILE
+            ).is_file():
                 state = "built"
             here = installed.get((recipe.name, recipe.arch))
             if here is not None and here.disk is not None:
                 hash_file = here.directory / images.HASH_FILE
-                current = hash_file.is_file() and \
-                    hash_file.read_text().strip() == images.recipe_hash(recipe)
+                current = (
+                    hash_file.is_file()
+                    and hash_file.read_text().strip() == images.recipe_hash(recipe)
+                )
                 state = "installed" + ("" if current else " (recipe changed since)")
         rows.append((name, recipe.arch, recipe.kind, ",".join(recipe.sandboxes), state))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
-        out.print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
-                  + "  " + row[4], markup=False, highlight=False, soft_wrap=True)
+        out.print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+            + "  "
+            + row[4],
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @app.command()
-def build(image: str, arch: Arch = "x86_64", work_dir: WorkDir = DEFAULT_WORK_DIR,
-          builds: Builds = None) -> None:
+def build(
+    image: str, arch: Arch = "x86_64", work_dir: WorkDir = DEFAULT_WORK_DIR, builds: Builds = None
+) -> None:
     """Build IMAGE from its recipe (needs root; minutes), unless built already."""
     from nixfarm.runner import imaging
 
@@ -80,16 +103,22 @@ def build(image: str, arch: Arch = "x86_64", work_dir: WorkDir = DEFAULT_WORK_DI
     where = builds or _home(work_dir) / "image-builds"
 
     async def work() -> Path:
-        return await imaging.build(recipe, where, on_line=lambda line: err.print(
-            line, markup=False, highlight=False))
+        return await imaging.build(
+            recipe, where, on_line=lambda line: err.print(line, markup=False, highlight=False)
+        )
 
     built = run(work)
     out.print(str(built), markup=False)
 
 
 @app.command()
-def check(image: str, arch: Arch = "x86_64", work_dir: WorkDir = DEFAULT_WORK_DIR,
-          builds: Builds = None, from_: From = None) -> None:
+def check(
+    image: str,
+    arch: Arch = "x86_64",
+    work_dir: WorkDir = DEFAULT_WORK_DIR,
+    builds: Builds = None,
+    from_: From = None,
+) -> None:
     """Boot a built IMAGE, run its sanity_check and poweroff_cmd."""
     _check(image, arch, _home(work_dir), builds, from_)
 
@@ -100,23 +129,34 @@ def _check(image: str, arch: str, home: Path, builds: Path | None, from_: Path |
     recipe = _recipe(image, arch)
     built = from_ or imaging.build_dir(recipe, builds or home / "image-builds")
     if not (built / images.DISK_FILE).is_file():
-        raise typer.BadParameter(f"{built} holds no {images.DISK_FILE}: run `nixfarm image build "
-                                 f"{image}` first", param_hint="IMAGE")
+        raise typer.BadParameter(
+            f"{built} holds no {images.DISK_FILE}: run `nixfarm image build {image}` first",
+            param_hint="IMAGE",
+        )
 
     async def work() -> None:
-        await imaging.check(built / images.DISK_FILE, recipe, vm_dir=home / "vm",
-                            on_line=lambda line: err.print(line, markup=False, highlight=False))
+        await imaging.check(
+            built / images.DISK_FILE,
+            recipe,
+            vm_dir=home / "vm",
+            on_line=lambda line: err.print(line, markup=False, highlight=False),
+        )
 
     run(work)
     return built
 
 
 @app.command()
-def install(image: str, arch: Arch = "x86_64", work_dir: WorkDir = DEFAULT_WORK_DIR,
-            builds: Builds = None, from_: From = None,
-            check_first: Annotated[bool, typer.Option(
-                "--check/--no-check", help="Run the sanity check before installing.")] = True,
-            ) -> None:
+def install(
+    image: str,
+    arch: Arch = "x86_64",
+    work_dir: WorkDir = DEFAULT_WORK_DIR,
+    builds: Builds = None,
+    from_: From = None,
+    check_first: Annotated[
+        bool, typer.Option("--check/--no-check", help="Run the sanity check before installing.")
+    ] = True,
+) -> None:
     """Install a built IMAGE into the runner's catalogue (atomically); a running runner
     offers it within seconds."""
     from nixfarm.runner import imaging
@@ -130,7 +170,8 @@ def install(image: str, arch: Arch = "x86_64", work_dir: WorkDir = DEFAULT_WORK_
     try:
         place = images.install(built, recipe, home / "images")
     except (OSError, NixfarmError) as e:
-        err.print(f"error: cannot install {image}: {getattr(e, 'message', None) or e}",
-                  markup=False)
+        err.print(
+            f"error: cannot install {image}: {getattr(e, 'message', None) or e}", markup=False
+        )
         raise typer.Exit(1) from None
     out.print(f"installed {recipe.alias_of or recipe.name} ({arch}) at {place}", markup=False)

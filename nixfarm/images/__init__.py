@@ -159,9 +159,11 @@ def how_to_build(name: str, arch: str = DEFAULT_ARCH) -> str:
         return ""
     if recipe.kind == "root":
         return "no runner offers it yet; a runner builds it on first use"
-    return (f"no runner has it installed; it has a recipe: on a runner with the vm "
-            f"sandbox, `nixfarm image build {name} && nixfarm image install {name}` "
-            f"(docs/images.md)")
+    return (
+        f"no runner has it installed; it has a recipe: on a runner with the vm "
+        f"sandbox, `nixfarm image build {name} && nixfarm image install {name}` "
+        f"(docs/images.md)"
+    )
 
 
 def aliases_of(release_dir: Path) -> list[Path]:
@@ -182,8 +184,11 @@ def install(built: Path, recipe: Recipe, catalogue: Path) -> Path:
         raise ImageError(f"{built} holds no {DISK_FILE}: build the image first.")
     real = recipe.alias_of or recipe.name
     distro, release = real.split("/", 1)
-    digest = (built / HASH_FILE).read_text().strip() if (built / HASH_FILE).is_file() \
+    digest = (
+        (built / HASH_FILE).read_text().strip()
+        if (built / HASH_FILE).is_file()
         else recipe_hash(recipe)
+    )
     store = catalogue / BUILDS
     store.mkdir(parents=True, exist_ok=True)
     target = store / f"{distro}-{release}-{recipe.arch}-{digest}"

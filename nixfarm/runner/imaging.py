@@ -10,6 +10,8 @@ stop. Installing is ``nixfarm.images.install`` (files only).
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -33,8 +35,13 @@ def build_dir(recipe: Recipe, builds: Path) -> Path:
     return builds / f"{real}-{recipe.arch}-{recipe_hash(recipe)}"
 
 
-async def build(recipe: Recipe, builds: Path, *, on_line: Callable[[str], None] | None = None,
-                timeout: float = BUILD_TIMEOUT) -> Path:  # noqa: ASYNC109 - genimg's
+async def build(
+    recipe: Recipe,
+    builds: Path,
+    *,
+    on_line: Callable[[str], None] | None = None,
+    timeout: float = BUILD_TIMEOUT,  # noqa: ASYNC109 - genimg's, which it must stop
+) -> Path:
     """Build ``recipe`` under ``builds`` (unless built already); return its directory,
     which holds ``root.img.qcow2`` and ``recipe.sha256``."""
     if recipe.kind != "disk":
@@ -46,6 +53,27 @@ async def build(recipe: Recipe, builds: Path, *, on_line: Callable[[str], None] 
     if (out / DISK_FILE).is_file():
         return out
     await asyncio.to_thread(builds.mkdir, parents=True, exist_ok=True)
+    # Two builds of one recipe at once (two test runs, two operators): one builds,
+    # the other waits for it and takes its result.
+    lock = await asyncio.to_thread(
+        os.open, builds / f".{out.name}.lock", os.O_RDWR | os.O_CREAT, 0o644
+    )
+    try:
+        await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+        if (out / DISK_FILE).is_file():
+            return out
+        return await _build(recipe, genimg, out, on_line, timeout)
+    finally:
+        os.close(lock)
+
+
+async def _build(
+    recipe: Recipe,
+    genimg: Path,
+    out: Path,
+    on_line: Callable[[str], None] | None,
+    timeout: float,  # noqa: ASYNC109
+) -> Path:
     await asyncio.to_thread(shutil.rmtree, out, ignore_errors=True)
     argv = [str(genimg), str(out)]
     if genimg.parent != recipe.directory:  # the distro's genimg: it needs the release
@@ -56,14 +84,24 @@ async def build(recipe: Recipe, builds: Path, *, on_line: Callable[[str], None] 
         raise ImageError(f"Building {recipe.name} failed: {e.message}") from e
     if not (out / DISK_FILE).is_file():
         raise ImageError(f"{genimg} made no {out / DISK_FILE}.")
-    (out / HASH_FILE).write_text(recipe_hash(recipe) + "\n")
-    out.chmod(0o755)  # qemu, as an unprivileged user, opens it through the runner
+    await asyncio.to_thread(_finish, out, recipe)
     return out
 
 
-async def check(disk: Path, recipe: Recipe, *, vm_dir: Path, state_root: Path | None = None,
-                on_line: Callable[[str], None] = print,
-                timeout: float = CHECK_TIMEOUT) -> None:  # noqa: ASYNC109
+def _finish(out: Path, recipe: Recipe) -> None:
+    (out / HASH_FILE).write_text(recipe_hash(recipe) + "\n")
+    out.chmod(0o755)  # qemu, as an unprivileged user, opens it through the runner
+
+
+async def check(
+    disk: Path,
+    recipe: Recipe,
+    *,
+    vm_dir: Path,
+    state_root: Path | None = None,
+    on_line: Callable[[str], None] = print,
+    timeout: float = CHECK_TIMEOUT,  # noqa: ASYNC109 - the VM must be stopped too
+) -> None:
     """Boot ``disk``, run the image's ``sanity_check`` and ``poweroff_cmd``; raise
     ImageError saying what failed."""
     functions = recipe.functions
@@ -71,8 +109,10 @@ async def check(disk: Path, recipe: Recipe, *, vm_dir: Path, state_root: Path | 
         raise ImageError(f"{recipe.name} has no functions file.")
     spec = SandboxSpec(DiskImage(disk, "qcow2"), memory_limit=1024**3)
     try:
-        async with asyncio.timeout(timeout), \
-                VmSandbox(spec, vm_dir=vm_dir, state_root=state_root) as vm:
+        async with (
+            asyncio.timeout(timeout),
+            VmSandbox(spec, vm_dir=vm_dir, state_root=state_root) as vm,
+        ):
             on_line(f"booted {recipe.name} in {vm.description}")
             await vm.put(_FUNCTIONS, functions.read_bytes())
             status = await vm.run(
