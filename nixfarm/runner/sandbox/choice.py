@@ -72,6 +72,8 @@ async def choose_kinds(text: str, home: Path) -> SandboxChoice:
     def new_sandbox(spec: SandboxSpec) -> Sandbox:
         if isinstance(spec.image, DiskImage):
             return choices["vm"].new_sandbox(spec)
+        if spec.nix_client is not None and "bwrap" in choices:
+            return choices["bwrap"].new_sandbox(spec)  # a VM has no Nix client yet (vm.md)
         return preferred.new_sandbox(spec)
 
     vm = choices.get("vm")
