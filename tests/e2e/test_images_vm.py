@@ -5,6 +5,7 @@ bwrap never offers it; submit refuses it while no runner has it."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 import nixfarm.demo
+from nixfarm.runner.workdir import runner_dir
 from tests.fixtures.farm import NIXFARM, RunningFarm, free_port
 from tests.fixtures.jobs import RunnerProcesses, wait_job
 
@@ -133,3 +135,5 @@ def test_debian_jobs_run_in_a_vm_on_the_runner_that_has_the_image(
     finally:
         both.stop()
         bwrap_only.stop()
+        for work in (both_dir, bwrap_dir):  # where they worked (maybe under /var/tmp)
+            shutil.rmtree(runner_dir(work), ignore_errors=True)
