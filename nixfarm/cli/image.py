@@ -65,7 +65,8 @@ def list_(work_dir: WorkDir = DEFAULT_WORK_DIR, builds: Builds = None) -> None:
     rows = [("IMAGE", "ARCH", "KIND", "SANDBOXES", "STATE")]
     for recipe in images.read(images.RECIPES):
         name = recipe.name + (f" -> {recipe.alias_of}" if recipe.alias_of else "")
-        state = "built on first use" if recipe.kind == "root" else "recipe only"
+        state = {"root": "built on first use", "nix": "composed per job (--nix-source)"}.get(
+            recipe.kind, "recipe only")
         if recipe.kind == "disk":
             if (
                 imaging.build_dir(recipe, builds or home / "image-builds") / images.DISK_FILE

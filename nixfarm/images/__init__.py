@@ -9,9 +9,11 @@ The layout is builds.sr.ht's (see README.md here and docs/images.md)::
     <distro>/<alias> -> <release>           an alias (debian/stable -> bookworm)
 
 An image's ``kind`` is ``root`` (its genimg makes a root directory: the runner builds
-it on first use, and either sandbox runs it) or ``disk`` (``root.img.qcow2``: built
-ahead with ``nixfarm image build``, installed into a runner's catalogue with
-``nixfarm image install``, and run only in a virtual machine).
+it on first use, and either sandbox runs it), ``nix`` (a Nix image description: its
+``packages``, composed by a runner from its Nix package source like ``image: nix``;
+either sandbox) or ``disk`` (``root.img.qcow2``: built ahead with ``nixfarm image
+build``, installed into a runner's catalogue with ``nixfarm image install``, and run
+only in a virtual machine).
 
 A runner's catalogue (``<runner dir>/images``) has the same layout; each installed
 ``<distro>/<release>/<arch>`` is a symlink to a directory of ``.builds/`` holding
@@ -41,9 +43,13 @@ FUNCTIONS = "functions"
 HASH_FILE = "recipe.sha256"
 BUILDS = ".builds"
 DEFAULT_ARCH = "x86_64"
-Kind = Literal["root", "disk"]
+Kind = Literal["root", "disk", "nix"]
 #: The sandboxes each kind of image can run in.
-SANDBOXES: dict[str, tuple[str, ...]] = {"root": ("bwrap", "vm"), "disk": ("vm",)}
+SANDBOXES: dict[str, tuple[str, ...]] = {
+    "root": ("bwrap", "vm"),
+    "disk": ("vm",),
+    "nix": ("bwrap", "vm"),
+}
 
 
 @dataclass
@@ -63,6 +69,8 @@ class Recipe:
     kind: Kind = "root"
     #: The name this one is an alias of ("" when it is no alias).
     alias_of: str = ""
+    #: A Nix image's packages: attribute names in the farm's Nix package source.
+    packages: tuple[str, ...] = ()
 
     @property
     def distro(self) -> str:
@@ -113,7 +121,10 @@ def read(catalogue: Path) -> list[Recipe]:
             raise ImageError(f"Cannot read {manifest}: {e}") from e
         kind = str(data.get("kind", "root"))
         if kind not in SANDBOXES:
-            raise ImageError(f"{manifest}: kind must be root or disk, not {kind!r}.")
+            raise ImageError(f"{manifest}: kind must be root, disk or nix, not {kind!r}.")
+        packages = data.get("packages", [])
+        if kind == "nix" and (not packages or not all(isinstance(p, str) for p in packages)):
+            raise ImageError(f"{manifest}: a nix image needs packages, a list of names.")
         distro = release_dir.parent.name
         alias_of = ""
         if release_dir.is_symlink():
@@ -123,7 +134,7 @@ def read(catalogue: Path) -> list[Recipe]:
             description=str(data.get("description", "")),
             package_manager=str(data.get("package_manager", "none")),
             kind=kind,  # type: ignore[arg-type]  # checked against SANDBOXES above
-            alias_of=alias_of))  # fmt: skip
+            alias_of=alias_of, packages=tuple(packages)))  # fmt: skip
     return found
 
 
@@ -159,6 +170,9 @@ def how_to_build(name: str, arch: str = DEFAULT_ARCH) -> str:
         return ""
     if recipe.kind == "root":
         return "no runner offers it yet; a runner builds it on first use"
+    if recipe.kind == "nix":
+        return ("no runner offers it: runners compose it from a Nix package source, "
+                "`nixfarm runner --nix-source DIR`")
     return (
         f"no runner has it installed; it has a recipe: on a runner with the vm "
         f"sandbox, `nixfarm image build {name} && nixfarm image install {name}` "

@@ -47,7 +47,7 @@ from nixfarm.runner.cachepush import pusher
 from nixfarm.runner.logship import LogShipper
 from nixfarm.runner.nixd import NixDaemon
 from nixfarm.runner.protocol import LeaseLost, RunnerClient
-from nixfarm.runner.roots import NIX_IMAGE, Images
+from nixfarm.runner.roots import Images
 from nixfarm.runner.sandbox import BwrapSandbox, Sandbox, SandboxSpec
 from nixfarm.runner.sandbox.base import NixClient
 from nixfarm.runner.steps import JobContext, JobResult, Secret, StepStatus, TaskStatus, run_job
@@ -295,7 +295,7 @@ class Agent:
                                "cut off)")
         manifest = manifest_from_data(a.manifest)
         nix_client = None
-        if manifest.image == NIX_IMAGE:
+        if await asyncio.to_thread(self.images.composes, manifest.image):  # nix, nix/*
             nix_client = await self.nix_client(lambda text: shipper.line(None, text))
         seconds_left = (a.deadline - datetime.now(UTC)).total_seconds()
         ctx = JobContext(

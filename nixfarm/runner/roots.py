@@ -8,6 +8,8 @@ Three kinds of image:
   recipes in ``nixfarm/images/`` (see ``nixfarm.images``): a ``genimg`` builds the
   root directory. Roots are built once, on first use, into ``built_dir`` and reused;
   two jobs asking at once wait for one build.
+- ``nix`` images of the catalogue (``nix/base``): a Nix image description, its
+  packages composed like ``nix``'s (with the job's ``packages`` added).
 - ``disk`` images (``root.img.qcow2``) installed into the runner's catalogue,
   ``built_dir`` itself (``nixfarm image install``): only a VM runs them. The runner
   reads its catalogue at each job and each re-registration, so an image installed
@@ -66,7 +68,7 @@ class Catalogue:
 
     def entries(self) -> list[Recipe]:
         """Every image this catalogue can give: root recipes, installed disk images."""
-        found = [r for r in catalogue_files.read(self.catalogue) if r.kind == "root"]
+        found = [r for r in catalogue_files.read(self.catalogue) if r.kind in ("root", "nix")]
         if self.built_dir.is_dir():
             found += [r for r in catalogue_files.read(self.built_dir)
                       if r.kind == "disk" and r.disk is not None]  # fmt: skip
@@ -120,10 +122,17 @@ class Images:
     _source: PackageSource | None = field(default=None, init=False, repr=False)
 
     def names(self, sandboxes: Collection[str] = ("bwrap", "vm")) -> set[str]:
-        """The images a runner with ``sandboxes`` can run (a disk image needs vm)."""
+        """The images a runner with ``sandboxes`` can run (a disk image needs vm; the
+        nix images need a Nix package source)."""
         names = {entry.name for entry in self.catalogue.entries()
-                 if set(entry.sandboxes) & set(sandboxes)}  # fmt: skip
+                 if set(entry.sandboxes) & set(sandboxes)
+                 and (entry.kind != "nix" or self.nix_source is not None)}  # fmt: skip
         return names | {NIX_IMAGE} if self.nix_source is not None else names
+
+    def composes(self, name: str) -> bool:
+        """Whether a job's ``packages`` are composed into image ``name`` (nix images)."""
+        return name == NIX_IMAGE or any(
+            e.name == name and e.kind == "nix" for e in self.catalogue.entries())
 
     def arches(self) -> set[str]:
         return {entry.arch for entry in self.catalogue.entries()} | {_host_arch()}
@@ -140,7 +149,10 @@ class Images:
         Raises NotFound for an image (or arch) we don't have; NixError/NixTimeout
         when building fails.
         """
-        if name == NIX_IMAGE:
+        entry = None if name == NIX_IMAGE else self.catalogue.find(name, arch or DEFAULT_ARCH)
+        if entry is None or entry.kind == "nix":
+            if entry is not None:  # a Nix image description: its packages, then the job's
+                packages = [*entry.packages, *(p for p in packages if p not in entry.packages)]
             if self.nix_source is None:
                 raise NotFound("This runner has no Nix package source.", kind="image", name=name)
             if arch not in (None, _host_arch()):
@@ -157,7 +169,6 @@ class Images:
                 on_line=on_line,
             )
             return PreparedImage(name, built.root, built.store_paths, NIX_IMAGE, built.outputs)
-        entry = self.catalogue.find(name, arch or DEFAULT_ARCH)
         root = await self.catalogue.root(entry, timeout=self.nix_timeout, on_line=on_line)
         return PreparedImage(name, root, (), entry.package_manager,
                              disk=entry.kind == "disk", functions=entry.functions)

@@ -198,7 +198,7 @@ async def boot(ctx: JobContext) -> None:
     m = ctx.manifest
     if m.cache is not None and ctx.push_cache is None:
         raise _fail("boot", f"the job pushes to cache {m.cache!r}, which this runner cannot do")
-    packages = m.packages if m.image == NIX_IMAGE else []
+    packages = m.packages if ctx.images.composes(m.image) else []
     ctx.setup(f"Preparing image {m.image}" + (f" with {', '.join(packages)}" if packages else ""))
     try:
         ctx.image = await ctx.images.prepare(m.image, m.arch, packages, ctx.setup)

@@ -36,8 +36,11 @@ def test_recipes_follow_the_builds_sr_ht_layout() -> None:
     assert recipes["debian/bookworm"].kind == "disk"
     assert recipes["debian/bookworm"].sandboxes == ("vm",)
     assert recipes["demo/latest"].sandboxes == ("bwrap", "vm")
+    assert recipes["nix/base"].kind == "nix" and recipes["nix/base"].genimg is None
+    assert recipes["nix/base"].packages == ("bashInteractive", "coreutils")
     for recipe in recipes.values():
-        assert recipe.genimg is not None and os.access(recipe.genimg, os.X_OK), recipe
+        if recipe.kind != "nix":  # a Nix image is composed by the runner
+            assert recipe.genimg is not None and os.access(recipe.genimg, os.X_OK), recipe
         if recipe.kind == "disk":
             # Every disk image's functions file defines the functions and poweroff_cmd.
             assert recipe.functions is not None, recipe
@@ -119,7 +122,10 @@ def test_a_runner_offers_disk_images_only_with_a_vm(tmp_path: Path) -> None:
     recipe = images.find(images.RECIPES, "debian/bookworm")
     images.install(fake_build(tmp_path / "build", b"disk"), recipe, built)
     assert {"debian/bookworm", "debian/stable", "demo/latest"} <= offered.names(("vm",))
-    assert offered.names(("bwrap",)) == {"demo/latest"}
+    assert offered.names(("bwrap",)) == {"demo/latest"}  # nix/*: no Nix package source
+    with_nix = Images(Catalogue(built), nix_source=tmp_path)
+    assert with_nix.names(("bwrap",)) == {"demo/latest", "nix", "nix/base"}
+    assert with_nix.composes("nix/base") and not with_nix.composes("debian/bookworm")
     assert offered.catalogue.find("debian/stable").disk is not None
 
 
