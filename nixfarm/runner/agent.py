@@ -127,11 +127,12 @@ class Agent:
     async def register(self, *, refresh: bool = False) -> None:
         """Tell the farm what this runner offers; ``refresh``: again, while it runs
         (its jobs go on)."""
-        self._offered = self.offered()
+        offered = await asyncio.to_thread(self.offered)
         out = await self.client.register(RunnerRegister(
-            name=self.name, arch=os.uname().machine, images=self._offered,
+            name=self.name, arch=os.uname().machine, images=offered,
             sandboxes=self.kinds, accelerator=self.accelerator, slots=self.slots,
             refresh=refresh))
+        self._offered = offered  # only once the farm knows: a failed call is tried again
         log.info("runner %s %s as %d with %d slot(s): %s", self.name,
                  "offers anew" if refresh else "registered", out.id, self.slots,
                  ", ".join(self._offered))
