@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -47,7 +47,7 @@ class SandboxChoice:
 def parse_kinds(text: str) -> tuple[SandboxKind, ...]:
     """``vm,bwrap`` -> ("vm", "bwrap"); SandboxError naming a kind that is none."""
     kinds: list[SandboxKind] = []
-    for word in (w.strip() for w in text.split(",")):
+    for word in (w.strip() for w in text.split(",") if w.strip()):
         kind = next((k for k in KINDS if k == word), None)
         if kind is not None:
             if kind not in kinds:
@@ -61,25 +61,31 @@ def parse_kinds(text: str) -> tuple[SandboxKind, ...]:
 
 
 async def choose_kinds(text: str, home: Path) -> SandboxChoice:
-    """Sandboxes of every kind in ``text`` (``vm,bwrap``), the first preferred: a disk
-    image goes to a VM whatever the order; any other image to the preferred kind."""
+    """Sandboxes of every kind in ``text`` (``vm,bwrap``), made ready; see ``combine``."""
     kinds = parse_kinds(text)
-    choices = {kind: await choose(kind, home) for kind in kinds}
+    return combine([await choose(kind, home) for kind in kinds])
+
+
+def combine(choices: Sequence[SandboxChoice]) -> SandboxChoice:
+    """One choice of several kinds, the first preferred: a disk image goes to a VM
+    whatever the order; an image needing Nix to bwrap (a VM has no Nix client yet);
+    any other image to the preferred kind."""
     if len(choices) == 1:
-        return choices[kinds[0]]
-    preferred = choices[kinds[0]]
+        return choices[0]
+    by_kind = {c.kind: c for c in choices}
+    preferred = choices[0]
 
     def new_sandbox(spec: SandboxSpec) -> Sandbox:
-        if isinstance(spec.image, DiskImage):
-            return choices["vm"].new_sandbox(spec)
-        if spec.nix_client is not None and "bwrap" in choices:
-            return choices["bwrap"].new_sandbox(spec)  # a VM has no Nix client yet (vm.md)
+        if isinstance(spec.image, DiskImage) and "vm" in by_kind:
+            return by_kind["vm"].new_sandbox(spec)
+        if spec.nix_client is not None and "bwrap" in by_kind:
+            return by_kind["bwrap"].new_sandbox(spec)
         return preferred.new_sandbox(spec)
 
-    vm = choices.get("vm")
+    vm = by_kind.get("vm")
     return SandboxChoice(
         preferred.kind, new_sandbox, vm.accelerator if vm else "",
-        ", ".join(c.description for c in choices.values()), kinds)
+        ", ".join(c.description for c in choices), tuple(c.kind for c in choices))
 
 
 async def choose(kind: str, home: Path) -> SandboxChoice:
