@@ -158,8 +158,7 @@ def install(
         bool, typer.Option("--check/--no-check", help="Run the sanity check before installing.")
     ] = True,
 ) -> None:
-    """Install a built IMAGE into the runner's catalogue (atomically); a running runner
-    offers it within seconds."""
+    """Install a built IMAGE into the runner's catalogue, atomically (offered at once)."""
     from nixfarm.runner import imaging
 
     home = _home(work_dir)
