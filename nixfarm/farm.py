@@ -10,12 +10,14 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import anyio.to_thread
 
 from nixfarm import farmkeys
 from nixfarm.builds.services import BuildServices
 from nixfarm.cache import gc
+from nixfarm.cache.browsing import CacheBrowser
 from nixfarm.cache.service import CacheService
 from nixfarm.config import Settings
 from nixfarm.db import engine
@@ -28,6 +30,7 @@ from nixfarm.events.base import EventBus
 from nixfarm.events.factory import open_bus
 from nixfarm.registry.pulltokens import PullTokens
 from nixfarm.registry.service import RegistryService
+from nixfarm.sessions import SessionService
 from nixfarm.storage.base import ObjectStore
 from nixfarm.storage.factory import open_store
 from nixfarm.tokens import TokenService
@@ -42,6 +45,8 @@ class Farm:
     edge: EdgeTree | None
     caches: CacheService
     tokens: TokenService
+    #: The web UI's sign-in sessions.
+    sessions: SessionService
     #: Registry pull tokens, minted by ``/registry/token``.
     pull_tokens: PullTokens
     registry: RegistryService
@@ -79,6 +84,8 @@ class Farm:
             edge=edge,
             caches=caches,
             tokens=tokens,
+            sessions=SessionService(db, tokens,
+                                    timedelta(hours=settings.web.session_hours)),
             pull_tokens=pull_tokens,
             registry=registry,
             events=events,
@@ -93,9 +100,13 @@ class Farm:
         async with self.builds.background():
             watch = asyncio.create_task(self.registry.watch_source())
             collected = asyncio.create_task(gc.follow(self.caches, self.events))
+            retention = asyncio.create_task(CacheBrowser(self.caches).retain_forever())
             try:
                 yield
             finally:
+                retention.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await retention
                 collected.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await collected

@@ -116,6 +116,12 @@ class TokenService:
         self._by_id[token_id] = principal
         return principal
 
+    async def named(self, name: str) -> list[Principal]:
+        """The live tokens called ``name`` (an OpenID Connect sign-in's principal)."""
+        async with self.db.session() as s:
+            return [Principal(t.id, t.name, tuple(t.scopes))
+                    for t in await token_queries.live_tokens_named(s, name)]
+
     async def list(self, include_revoked: bool = False) -> list[TokenView]:
         async with self.db.session() as s:
             return [TokenView.of(t) for t in await token_queries.list_tokens(s, include_revoked)]

@@ -148,7 +148,10 @@ class RunnerService:
         self._runner_tokens[runner.id] = who.token_id
         log.info("runner %d (%s) registered: %s", runner.id, body.name, ", ".join(body.images))
         # A runner that registers holds no job: any still on it were cut off by a restart.
-        await self._settle_runner(runner.id, f"runner {body.name} restarted while the job ran")
+        # One that only offers anew (an image installed while it runs) is running them.
+        if not body.refresh:
+            await self._settle_runner(runner.id,
+                                      f"runner {body.name} restarted while the job ran")
         return self._runner_out(runner)
 
     async def _settle_runner(self, runner_id: int, why: str,

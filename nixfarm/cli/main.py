@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from typer._click.exceptions import ClickException
 
-from nixfarm.cli import cache, doctor, push, runner, token, up, use
+from nixfarm.cli import cache, doctor, image, push, runner, token, up, use
 from nixfarm.cli import jobs as jobs_cli
 from nixfarm.cli.common import Exit, err, out
 from nixfarm.errors import NixfarmError, exit_code
@@ -44,6 +44,7 @@ app.command("use")(use.use)
 app.command("runner")(runner.runner)
 app.add_typer(cache.app, name="cache")
 app.add_typer(token.app, name="token")
+app.add_typer(image.app, name="image")
 app.command("submit")(jobs_cli.submit)
 app.command("jobs")(jobs_cli.jobs)
 app.command("logs")(jobs_cli.logs)

@@ -83,7 +83,8 @@ def runner(
              "interrupted (and queued again once); a second signal stops at once.",
         min=0)] = 30.0,
     sandbox: Annotated[str, typer.Option(
-        help="Where jobs run: bwrap (a container) or vm (a qemu virtual machine).")] = "bwrap",
+        help="Where jobs run: bwrap (a container), vm (a qemu virtual machine), or both, "
+             "preferred first (vm,bwrap): disk images (debian/bookworm) need vm.")] = "bwrap",
 ) -> None:
     """Claim jobs from the farm and run them in sandboxes, until interrupted."""
     # A token on the command line is in /proc/PID/cmdline for every local user to
@@ -97,12 +98,14 @@ def runner(
     from nixfarm.runner.nixd import NixDaemon
     from nixfarm.runner.protocol import RunnerClient
     from nixfarm.runner.roots import Catalogue, Images
-    from nixfarm.runner.sandbox.choice import choose
+    from nixfarm.runner.sandbox.base import SandboxError
+    from nixfarm.runner.sandbox.choice import choose_kinds, parse_kinds
     from nixfarm.runner.workdir import runner_dir
 
-    if sandbox not in ("bwrap", "vm"):
-        raise typer.BadParameter(f"{sandbox!r} is not a sandbox: bwrap or vm",
-                                 param_hint="--sandbox")
+    try:
+        parse_kinds(sandbox)
+    except SandboxError as e:
+        raise typer.BadParameter(e.message, param_hint="--sandbox") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     endpoint = resolve(url, token, data_dir)
@@ -122,12 +125,12 @@ def runner(
     daemon = NixDaemon(home, options) if nix_daemon else None
 
     async def work() -> None:
-        choice = await choose(sandbox, home)  # a SandboxError is the run's error
+        choice = await choose_kinds(sandbox, home)  # a SandboxError is the run's error
         client = RunnerClient(endpoint.url, endpoint.token or "")
         agent = Agent(client, images, name=name or socket.gethostname(), slots=slots,
                       work_root=home / "jobs", nix=daemon,
                       new_sandbox=choice.new_sandbox, sandbox_kind=choice.kind,
-                      accelerator=choice.accelerator,
+                      sandbox_kinds=choice.kinds, accelerator=choice.accelerator,
                       local_sources=list(local_source or []))
         stops: list[asyncio.Task[None]] = []
 

@@ -81,6 +81,9 @@ class Cache(Base):
     #: nix-cache-info Priority: lower is preferred by Nix.
     priority: Mapped[int] = mapped_column(default=40, server_default=sa.text("40"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Garbage collection keeps what was uploaded in this many days (and the closures
+    #: of those paths), removing the rest periodically; None keeps everything.
+    retention_days: Mapped[float | None] = mapped_column(sa.Float)
 
 
 class Nar(Base):
@@ -382,3 +385,24 @@ class FarmKey(Base):
     #: SHA-256 of a domain string and the key, hex.
     fingerprint: Mapped[str] = mapped_column(sa.String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebSession(Base):
+    """A browser signed in to the web UI: a hold on a token, until it expires or the
+    person signs out (the row is then deleted). Like a token, only a hash of the
+    cookie's secret is stored. A session of a revoked token is dead with it."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: SHA-256 hex of the cookie's secret.
+    secret_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    #: The token whose scopes the session holds (tokens are revoked, never deleted).
+    token_id: Mapped[int] = mapped_column(index=True)
+    #: The CSRF token the session's forms carry.
+    csrf: Mapped[str] = mapped_column(sa.String(64))
+    #: How it was opened: ``token`` or ``oidc``; and who, for an OIDC sign-in.
+    method: Mapped[str] = mapped_column(sa.String(16))
+    subject: Mapped[str | None] = mapped_column(sa.String(320))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)

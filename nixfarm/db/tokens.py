@@ -99,6 +99,13 @@ async def live_token(session: AsyncSession, token_id: int) -> Token | None:
     return token if token is not None and is_live(token, utcnow()) else None
 
 
+async def live_tokens_named(session: AsyncSession, name: str) -> list[Token]:
+    """The live tokens called ``name`` (names are not unique)."""
+    now = utcnow()
+    return [t for t in await session.scalars(sa.select(Token).where(Token.name == name))
+            if is_live(t, now)]
+
+
 async def authenticate(
     session: AsyncSession, secret: str, now: datetime | None = None
 ) -> Token | None:

@@ -47,7 +47,7 @@ from nixfarm.runner.cachepush import pusher
 from nixfarm.runner.logship import LogShipper
 from nixfarm.runner.nixd import NixDaemon
 from nixfarm.runner.protocol import LeaseLost, RunnerClient
-from nixfarm.runner.roots import NIX_IMAGE, Images
+from nixfarm.runner.roots import Images
 from nixfarm.runner.sandbox import BwrapSandbox, Sandbox, SandboxSpec
 from nixfarm.runner.sandbox.base import NixClient
 from nixfarm.runner.shielding import until_either
@@ -99,7 +99,12 @@ class Agent:
     new_sandbox: Callable[[SandboxSpec], Sandbox] = BwrapSandbox
     #: What ``new_sandbox`` makes (``sandbox.choice``), and a VM's accelerator.
     sandbox_kind: str = "bwrap"
+    #: Every kind ``new_sandbox`` makes, preferred first (``choice.choose_kinds``);
+    #: empty: just ``sandbox_kind``.
+    sandbox_kinds: Sequence[str] = ()
     accelerator: str = ""
+    #: Seconds between looks at the catalogue: a new image is offered without a restart.
+    image_poll: float = 5.0
     claim_wait: float = 20.0
     #: Nix for ``image: nix`` jobs; None: none (and no cache pushes).
     nix: NixDaemon | None = None
@@ -107,15 +112,44 @@ class Agent:
     local_sources: Sequence[Path] = ()
     _nix_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
+    _offered: list[str] = field(default_factory=list, init=False, repr=False)
     #: Per job running: its task, and the list its stop reason goes into.
     _running: dict[int, tuple[asyncio.Task[JobResult], list[str]]] = field(
         default_factory=dict, init=False, repr=False)
 
-    async def register(self) -> None:
+    @property
+    def kinds(self) -> list[str]:
+        return list(self.sandbox_kinds or (self.sandbox_kind,))
+
+    def offered(self) -> list[str]:
+        """The images this runner can run in its sandboxes (a disk image needs vm)."""
+        return sorted(self.images.names(self.kinds))
+
+    async def register(self, *, refresh: bool = False) -> None:
+        """Tell the farm what this runner offers; ``refresh``: again, while it runs
+        (its jobs go on)."""
+        offered = await asyncio.to_thread(self.offered)
         out = await self.client.register(RunnerRegister(
-            name=self.name, arch=os.uname().machine, images=sorted(self.images.names()),
-            sandboxes=[self.sandbox_kind], accelerator=self.accelerator, slots=self.slots))
-        log.info("runner %s registered as %d with %d slot(s)", self.name, out.id, self.slots)
+            name=self.name, arch=os.uname().machine, images=offered,
+            sandboxes=self.kinds, accelerator=self.accelerator, slots=self.slots,
+            refresh=refresh))
+        self._offered = offered  # only once the farm knows: a failed call is tried again
+        log.info("runner %s %s as %d with %d slot(s): %s", self.name,
+                 "offers anew" if refresh else "registered", out.id, self.slots,
+                 ", ".join(self._offered))
+
+    async def _watch_images(self) -> None:
+        """Register again whenever the images offered change (``nixfarm image install``)."""
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.image_poll)
+                return
+            try:
+                now = await asyncio.to_thread(self.offered)
+                if now != self._offered:
+                    await self.register(refresh=True)
+            except Exception as e:  # tried again at the next look
+                log.warning("runner %s: cannot offer its images anew: %s", self.name, e)
 
     async def serve(self) -> None:
         """Register, then claim and run jobs until stopped (``stop``) or cancelled."""
@@ -126,6 +160,7 @@ class Agent:
             return
         try:
             async with asyncio.TaskGroup() as group:
+                group.create_task(self._watch_images())
                 for slot in range(self.slots):
                     group.create_task(self._slot(slot))
         finally:
@@ -257,7 +292,7 @@ class Agent:
                                "cut off)")
         manifest = manifest_from_data(a.manifest)
         nix_client = None
-        if manifest.image == NIX_IMAGE:
+        if await asyncio.to_thread(self.images.composes, manifest.image):  # nix, nix/*
             nix_client = await self.nix_client(lambda text: shipper.line(None, text))
         seconds_left = (a.deadline - datetime.now(UTC)).total_seconds()
         ctx = JobContext(

@@ -22,7 +22,7 @@ from nixfarm.runner.agent import Agent
 from nixfarm.runner.nixd import NixDaemon
 from nixfarm.runner.protocol import RunnerClient
 from nixfarm.runner.roots import Catalogue, Images
-from nixfarm.runner.sandbox.choice import choose
+from nixfarm.runner.sandbox.choice import choose_kinds
 from nixfarm.runner.workdir import runner_dir
 
 
@@ -49,10 +49,11 @@ async def serve(settings: Settings) -> None:
         asyncio.get_running_loop().add_signal_handler(draining.DRAIN_SIGNAL, stopping.set)
     try:
         home = runner_dir(settings.data_dir / "runner")
-        sandbox = await choose(settings.jobs.embedded_runner_sandbox, home)
+        sandbox = await choose_kinds(settings.jobs.embedded_runner_sandbox, home)
         agent = Agent(client, images_for(settings, home / "images"),
                       name="embedded", slots=slots, work_root=home / "jobs",
                       new_sandbox=sandbox.new_sandbox, sandbox_kind=sandbox.kind,
+                      sandbox_kinds=sandbox.kinds,
                       accelerator=sandbox.accelerator,
                       # Short long-polls: the server drains open requests before it
                       # stops, and our own claims would hold its shutdown up.

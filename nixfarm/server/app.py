@@ -5,7 +5,7 @@
     /cache      Nix cache   plain-text errors (Nix prints them)
     /v2         OCI         the registry's {"errors": [...]} envelope
     /registry   registry    the token endpoint and the build board: plain text
-    (the rest)  web pages   plain text
+    (the rest)  web pages   pages in the site's look (server/pages/site.py)
 
 How each protocol answers an error is ``nixfarm.server.errors``; which protocol a
 request belongs to is decided here, by the route it matched.
@@ -44,7 +44,7 @@ from nixfarm.edge.process import die_with_parent
 from nixfarm.farm import Farm
 from nixfarm.metrics import Metrics
 from nixfarm.runner import embedded as embedded_runner
-from nixfarm.server import apidocs, cache_routes, errors, registry_routes
+from nixfarm.server import apidocs, cache_routes, errors, pages, registry_routes
 from nixfarm.server.api import caches as caches_api
 from nixfarm.server.api import jobs as jobs_api
 from nixfarm.server.api import runners as runners_api
@@ -54,7 +54,7 @@ from nixfarm.server.auth import farm_of
 from nixfarm.server.drain import DrainMiddleware
 from nixfarm.server.errors import Handler
 from nixfarm.server.metering import MetricsMiddleware, exposition
-from nixfarm.server.pages import jobs as jobs_web
+from nixfarm.server.pages import site
 
 
 async def health(request: Request) -> Response:
@@ -155,7 +155,7 @@ def create_app(settings: Settings) -> FastAPI:
                           *apidocs.routes("/v1/openapi.json")], errors.JSON_API),
         Route("/metrics", exposition, methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),
-        ProtocolMount("", list(jobs_web.router.routes), errors.PLAIN),  # web pages
+        ProtocolMount("", pages.routes(), site.ERRORS),  # web pages
     ]
     app.add_middleware(DrainMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

@@ -46,6 +46,13 @@ class JobSubmit(Wire):
     secrets: bool = True
 
 
+class JobRerun(Wire):
+    """POST /api/v1/jobs/ID/rerun (jobs:submit, the job's owner or an admin)."""
+
+    #: An edited manifest; null runs the job's own again.
+    manifest: str | None = None
+
+
 class TaskOut(Wire):
     name: str
     status: TaskStatus
@@ -126,7 +133,8 @@ class ManifestChecked(Wire):
 
 
 class JobPage(Wire):
-    """GET /api/v1/jobs?status=&tag=&mine=&limit=&before= (newest first)."""
+    """GET /api/v1/jobs?status=&tag=&mine=&owner=&image=&since=&until=&limit=&before=
+    (newest first)."""
 
     jobs: list[JobOut]
     #: Pass as ``before`` to get the next page; null on the last one.

@@ -59,6 +59,9 @@ class RunnerRegister(Wire):
     accelerator: str = Field(default="", max_length=32)
     slots: int = Field(default=1, ge=1, le=256)
     version: str = ""
+    #: True: the same runner, still running, offers anew (say, an image was installed):
+    #: its jobs go on. False: it (re)starts, and jobs the server thinks it runs ended.
+    refresh: bool = False
 
 
 class RunnerOut(Wire):

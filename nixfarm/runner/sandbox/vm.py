@@ -61,6 +61,8 @@ from nixfarm.runner.vm.channel import AgentChannel
 from nixfarm.runner.vm.kernel import BootFiles, KernelError, boot_files
 
 NOBODY = 65534
+#: slirp4netns's DNS forwarder, in the network namespace qemu runs in.
+SLIRP_DNS = "10.0.2.3"
 #: Seconds from qemu's start to the agent's ``ready`` (TCG on a busy machine is slow).
 BOOT_TIMEOUT = 120.0
 STATE_PREFIX = "nixfarm-vm-"
@@ -198,7 +200,8 @@ class VmSandbox(Lifecycle):
             info_read, info_write = os.pipe()
             opened += [info_read, info_write]
             await self._spawn(
-                [*qemu.bwrap(extra=[*self._kvm_device(accel), "--info-fd", str(info_write)]),
+                [*qemu.bwrap(extra=[*self._kvm_device(accel), *self._resolver(),
+                                    "--info-fd", str(info_write)]),
                  "--", *qemu.qemu_args(self._spec, accel, fds, qemu.host_tsc_khz())],
                 (*opened, vfs_client.fileno(), guest_control.fileno(), guest_output.fileno()),
                 log, groups=self._kvm_groups(accel))  # fmt: skip
@@ -233,6 +236,17 @@ class VmSandbox(Lifecycle):
             return ""
         lines = [line for line in text.splitlines() if line.strip()][-5:]
         return (" Console: " + " | ".join(lines)) if lines else ""
+
+    def _resolver(self) -> list[str]:
+        """qemu's user-mode network answers the guest's DNS (10.0.2.3) by asking the
+        resolver in its /etc/resolv.conf: slirp4netns's forwarder in qemu's namespace."""
+        if not self._spec.network:
+            return []
+        assert self.state_dir is not None
+        resolv = self.state_dir / "resolv.conf"
+        resolv.write_text(f"nameserver {SLIRP_DNS}\n")
+        resolv.chmod(0o644)
+        return ["--ro-bind", str(resolv), "/etc/resolv.conf"]
 
     def _kvm_device(self, accel: Accelerator) -> list[str]:
         return ["--dev-bind", str(Path("/dev/kvm")), "/dev/kvm"] if accel.name == "kvm" else []
