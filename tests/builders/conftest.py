@@ -21,7 +21,7 @@ from nixfarm.events.memory import MemoryBus
 from nixfarm.storage.factory import open_store
 from nixfarm.tokens import Principal, TokenService
 from nixfarm.wire.jobs import JobOut, JobSubmit
-from tests.builders.fakevultr import KEY, FakeVultr, serve
+from tests.builders.fakevultr import KEY, FakeVultr, running
 
 
 @pytest.fixture
@@ -31,12 +31,8 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 def vultr() -> Iterator[FakeVultr]:
-    fake = FakeVultr()
-    serve(fake)
-    yield fake
-    assert fake.server is not None
-    fake.server.shutdown()
-    fake.server.server_close()
+    with running() as fake:
+        yield fake
 
 
 def pool(**overrides: Any) -> dict[str, Any]:

@@ -13,9 +13,11 @@ is recorded, with its body, so a test can read the user data a builder was given
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -228,3 +230,16 @@ def serve(fake: FakeVultr) -> threading.Thread:
     thread = threading.Thread(target=fake.server.serve_forever, daemon=True)
     thread.start()
     return thread
+
+
+@contextlib.contextmanager
+def running() -> Iterator[FakeVultr]:
+    """A fake Vultr API served for the block's length."""
+    fake = FakeVultr()
+    serve(fake)
+    try:
+        yield fake
+    finally:
+        assert fake.server is not None
+        fake.server.shutdown()
+        fake.server.server_close()
