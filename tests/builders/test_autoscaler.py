@@ -269,3 +269,21 @@ async def test_pool_views(make_stack: MakeStack, vultr: FakeVultr) -> None:
     await stack.submit(manifest(image="alpine/edge"))  # nobody's image
     views: dict[str, Any] = {p.name: p for p in await stack.builders.pools()}
     assert views["vx"].queued == 1 and views["b"].queued == 0
+
+
+async def test_a_job_queued_again_frees_its_builder(make_stack: MakeStack,
+                                                    vultr: FakeVultr) -> None:
+    stack: Stack = await make_stack(pools=[pool(lifecycle="keep-on-failure")])
+    job = await stack.submit(manifest())
+    await stack.scaler.once()
+    who, runner, enrolled = await boot(stack, vultr)
+    assert await stack.builds.runners.claim(who, runner.id, wait=0) is not None
+    # The machine's runner stops mid-job: the job goes back to the queue (first run).
+    await stack.builds.runners.finish(who, runner.id, job.id,
+                                      FinishRequest(status="interrupted", reason="shutdown"))
+    await stack.scaler.once()
+    gone = await stack.builders.view(enrolled.builder_id)
+    assert gone.state == "destroyed"
+    assert gone.reason == f"its job {job.id} left it (now queued)"
+    # ... and a fresh builder is made for it.
+    assert len(vultr.creates()) == 2 and len(vultr.live()) == 1
