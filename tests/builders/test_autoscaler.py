@@ -287,3 +287,29 @@ async def test_a_job_queued_again_frees_its_builder(make_stack: MakeStack,
     assert gone.reason == f"its job {job.id} left it (now queued)"
     # ... and a fresh builder is made for it.
     assert len(vultr.creates()) == 2 and len(vultr.live()) == 1
+
+
+async def test_two_slots_racing_take_one_job(make_stack: MakeStack, vultr: FakeVultr) -> None:
+    stack: Stack = await make_stack(pools=[pool(max_instances=1)])
+    first = await stack.submit(manifest())
+    second = await stack.submit(manifest())
+    await stack.scaler.once()
+    data = json.loads(base64.b64decode(vultr.creates()[0]["user_data"]))
+    enrolled = await stack.builders.enroll(data["enroll_token"])
+    who = await stack.tokens.authenticate(enrolled.runner_token)
+    assert who is not None
+    runner = await stack.builds.runners.register(who, RunnerRegister(
+        name=enrolled.name, images=enrolled.images, slots=2))
+    got: list[Any] = []
+
+    async def claim() -> None:
+        got.append(await stack.builds.runners.claim(who, runner.id, wait=0))
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(claim)
+        tasks.start_soon(claim)
+    taken = [g.job_id for g in got if g is not None]
+    assert len(taken) == 1 and taken[0] in (first.id, second.id)  # one job per builder
+    other = second.id if taken[0] == first.id else first.id
+    left = await stack.builds.jobs.view(other)
+    assert left.status == "queued" and left.runner is None
