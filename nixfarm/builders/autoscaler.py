@@ -196,7 +196,9 @@ class Autoscaler:
             pool = self.settings.builders.pool(builder.pool)
             boot_timeout = timedelta(seconds=pool.boot_timeout_seconds if pool else 0)
             if builder.state in ("creating", "booting"):
-                if builder.state == "booting" and now - builder.created_at > boot_timeout:
+                # A create that never got its answer (the server stopped meanwhile)
+                # stays "creating": its machine, if any, is found by its tag below.
+                if now - builder.created_at > boot_timeout:
                     await self._destroy(builder, "it never enrolled within its boot timeout "
                                         f"({boot_timeout.total_seconds():.0f} s)", "reap")
                 continue

@@ -313,3 +313,22 @@ async def test_two_slots_racing_take_one_job(make_stack: MakeStack, vultr: FakeV
     other = second.id if taken[0] == first.id else first.id
     left = await stack.builds.jobs.view(other)
     assert left.status == "queued" and left.runner is None
+
+
+async def test_a_create_that_never_answered_is_given_up(make_stack: MakeStack,
+                                                        vultr: FakeVultr) -> None:
+    # The server stopped while Vultr was creating: the row stayed "creating", and the
+    # machine was made (with the farm's tags) behind its back.
+    stack: Stack = await make_stack(pools=[pool(boot_timeout_seconds=60, max_instances=1)])
+    past = utcnow() - timedelta(minutes=5)
+    async with stack.db.session() as s:
+        row = Builder(name="nixfarm-test-vx-x", pool="vx", provider="vultr", state="creating",
+                      created_at=past)
+        s.add(row)
+        await s.flush()
+        stuck = row.id
+    vultr.leak([farm_tag("test"), "nixfarm-pool-vx", f"nixfarm-builder-{stuck}"])
+    await stack.scaler.reap()
+    assert (await stack.builders.view(stuck)).state == "destroyed"
+    assert vultr.live() == []  # its machine too, by the tag
+    assert [a for a, _ in await actions(stack)] == ["reap", "reap"]
