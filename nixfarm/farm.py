@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -15,6 +16,9 @@ from datetime import timedelta
 import anyio.to_thread
 
 from nixfarm import farmkeys
+from nixfarm.builders.autoscaler import Autoscaler
+from nixfarm.builders.providers import open_providers
+from nixfarm.builders.service import BuilderService
 from nixfarm.builds.services import BuildServices
 from nixfarm.cache import gc
 from nixfarm.cache.browsing import CacheBrowser
@@ -35,6 +39,8 @@ from nixfarm.storage.base import ObjectStore
 from nixfarm.storage.factory import open_store
 from nixfarm.tokens import TokenService
 
+log = logging.getLogger("nixfarm.farm")
+
 
 @dataclass
 class Farm:
@@ -52,6 +58,8 @@ class Farm:
     registry: RegistryService
     events: EventBus
     builds: BuildServices
+    #: Ephemeral builders: their records, enrollment, and the providers of their pools.
+    builders: BuilderService
 
     @classmethod
     async def open(cls, settings: Settings) -> Farm:
@@ -73,6 +81,7 @@ class Farm:
             caches.events = events  # re-uploads tell the other servers
             builds = BuildServices.open(settings, db, store, events, caches, tokens,
                                         keys.secrets)
+            builders = BuilderService(db, settings, tokens, open_providers(settings))
         except BaseException:
             # Whatever failed to open, the database connection does not outlive it.
             await db.close()
@@ -90,6 +99,7 @@ class Farm:
             registry=registry,
             events=events,
             builds=builds,
+            builders=builders,
         )
 
     @contextlib.asynccontextmanager
@@ -101,12 +111,25 @@ class Farm:
             watch = asyncio.create_task(self.registry.watch_source())
             collected = asyncio.create_task(gc.follow(self.caches, self.events))
             retention = asyncio.create_task(CacheBrowser(self.caches).retain_forever())
+            scaling = None
+            if self.settings.builders.autoscale and self.settings.builders.pools:
+                scaling = asyncio.create_task(Autoscaler(self.builders).run_forever())
             try:
                 yield
             finally:
                 retention.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await retention
+                if scaling is not None:
+                    scaling.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await scaling
+                    # Idle builders go now: nobody enforces their timeouts while the
+                    # server is down (docs/builders.md, "When the server stops").
+                    try:
+                        await self.builders.shutdown()
+                    except Exception:
+                        log.exception("destroying idle builders at shutdown failed")
                 collected.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await collected
@@ -115,5 +138,6 @@ class Farm:
                     await watch
 
     async def close(self) -> None:
+        await self.builders.close()
         await self.events.close()
         await self.db.close()
