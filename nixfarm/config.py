@@ -17,7 +17,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from nixfarm.errors import ConfigError
 
@@ -156,6 +163,115 @@ class KeySettings(Section):
     registry_token_file: str = ""
 
 
+# --- ephemeral builders (docs/builders.md) -------------------------------------------
+
+#: A builder pool's name: it goes into instance tags, labels and URLs.
+POOL_NAME = r"[a-z0-9][a-z0-9-]{0,39}"
+#: What a pool's builders do with themselves after a job (docs/builders.md).
+Lifecycle = Literal["destroy-after-job", "keep-on-failure", "keep-always"]
+
+
+class VultrSettings(Section):
+    """The Vultr account builders of ``provider = "vultr"`` pools are created in."""
+
+    #: The API key (wins over the file); sent only to ``api_url``.
+    api_key: str = ""
+    #: A file holding the API key (kept out of the configuration file).
+    api_key_file: str = ""
+    api_url: str = "https://api.vultr.com/v2"
+    #: Seconds between two looks at an instance that is not active yet.
+    poll_seconds: float = Field(default=5.0, gt=0)
+    #: Time limit of one API call.
+    request_seconds: float = Field(default=30.0, gt=0)
+    #: Tries of one call answered 429 or 5xx (or not at all), backing off between them.
+    attempts: int = Field(default=4, ge=1, le=20)
+    #: The first pause between tries, doubled after each (with jitter).
+    backoff_seconds: float = Field(default=0.5, ge=0)
+
+
+class PoolSettings(Section):
+    """One ``[[builders.pools]]``: where its machines come from, which queued jobs make
+    the autoscaler create them, and how long they live."""
+
+    name: str = Field(pattern=f"^{POOL_NAME}$")
+    provider: Literal["vultr", "local"]
+    #: The provider's region and plan (Vultr: ``ewr``, ``vc2-2c-4gb``).
+    region: str = ""
+    plan: str = ""
+    #: What the machine boots: "" is nixfarm's netboot image (served per builder).
+    image: str = ""
+    #: The plan's price per hour, in the account's currency: the spend cap's unit.
+    hourly_price: float = Field(default=0.0, ge=0)
+    #: At most this many builders of the pool at once (0: the pool is switched off).
+    max_instances: int = Field(default=1, ge=0, le=1000)
+    #: Never run builders costing more than this per hour together (needs hourly_price).
+    max_hourly_spend: float | None = Field(default=None, gt=0)
+    #: The jobs it takes: their arch, one of these images, and every one of these tags.
+    arch: str = "x86_64"
+    job_images: tuple[str, ...] = ("nix",)
+    job_tags: tuple[str, ...] = ()
+    #: The caches its builders' jobs may push to; a job naming another cache is not
+    #: taken by this pool.
+    caches: tuple[str, ...] = ()
+    #: Whether its builders may receive job secrets (a cloud machine, by default not).
+    trusted: bool = False
+    lifecycle: Lifecycle = "destroy-after-job"
+    #: keep-on-failure: how long a builder whose job failed is kept for inspection.
+    hold_seconds: float = Field(default=3600.0, ge=0)
+    #: A builder without a job for this long is destroyed.
+    idle_timeout_seconds: float = Field(default=300.0, gt=0)
+    #: A builder older than this drains (takes no new job) and is destroyed.
+    max_uptime_seconds: float = Field(default=6 * 3600.0, gt=0)
+    #: A builder that has not enrolled this long after its creation is destroyed.
+    boot_timeout_seconds: float = Field(default=900.0, gt=0)
+
+    @field_validator("job_images", "job_tags", "caches")
+    @classmethod
+    def _names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not v or len(v) > 128 or not v.isprintable() for v in value):
+            raise ValueError("expected names of 1-128 printable characters")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PoolSettings:
+        if self.max_hourly_spend is not None and self.hourly_price <= 0:
+            raise ValueError(f"pool {self.name}: max_hourly_spend needs hourly_price, the "
+                             "plan's price per hour")
+        if not self.job_images:
+            raise ValueError(f"pool {self.name}: job_images must name at least one image")
+        return self
+
+
+class BuilderSettings(Section):
+    #: Ties the farm's cloud instances to it (their tags): "" is derived from the
+    #: farm's public URL. Two farms sharing a cloud account need different ones.
+    farm_id: str = Field(default="", pattern=r"^[a-z0-9-]{0,40}$")
+    #: Whether this server runs the autoscaler and the reaper (in a scale-out farm,
+    #: exactly one server should).
+    autoscale: bool = True
+    #: Seconds between two passes of the autoscaler and the reaper.
+    interval_seconds: float = Field(default=10.0, gt=0)
+    #: Lifetime of a builder's one-time enrollment token (minutes, not more than an hour).
+    enroll_seconds: float = Field(default=600.0, ge=10, le=3600)
+    #: An enrolled builder silent this long (no claim, no job lease renewed) is
+    #: destroyed. More than a claim's longest wait (60 s).
+    heartbeat_timeout_seconds: float = Field(default=300.0, gt=60)
+    vultr: VultrSettings = VultrSettings()
+    pools: tuple[PoolSettings, ...] = ()
+
+    @field_validator("pools")
+    @classmethod
+    def _unique(cls, value: tuple[PoolSettings, ...]) -> tuple[PoolSettings, ...]:
+        names = [p.name for p in value]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"two pools are called {name!r}")
+        return value
+
+    def pool(self, name: str) -> PoolSettings | None:
+        return next((p for p in self.pools if p.name == name), None)
+
+
 class Settings(Section):
     data_dir: Path = DEFAULT_DATA_DIR
     listen: str = "127.0.0.1:8080"
@@ -173,6 +289,7 @@ class Settings(Section):
     jobs: JobSettings = JobSettings()
     edge: EdgeSettings = EdgeSettings()
     keys: KeySettings = KeySettings()
+    builders: BuilderSettings = BuilderSettings()
 
     @field_validator("listen")
     @classmethod

@@ -18,7 +18,8 @@ codes of the CLI and of the farm's own processes.
     ├── NixError             a nix command failed (which derivation, why)
     │   └── NixTimeout       a nix command ran out of time
     ├── StorageError         the object store failed
-    └── Unavailable          a client got no answer from the server (or a proxy's 502-504)
+    ├── Unavailable          a client got no answer from the server (or a proxy's 502-504)
+    └── ProviderError        a builder provider (a cloud API) refused or failed a call
 """
 
 from __future__ import annotations
@@ -107,6 +108,18 @@ class Unavailable(NixfarmError):
     """The server could not be reached, or did not answer in time: worth trying again."""
 
     url: str = ""
+
+
+@dataclass
+class ProviderError(NixfarmError):
+    """A builder provider refused or failed a call: ``provider`` (vultr, local), the
+    ``status`` it answered (0: no answer), and ``retryable`` (429, 5xx, no answer)."""
+
+    provider: str = ""
+    status: int = 0
+    retryable: bool = False
+    #: Seconds the provider asked to wait before another try (``Retry-After``).
+    retry_after: float = 0.0
 
 
 def exit_code(error: NixfarmError) -> int:

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import anyio.to_thread
 
 from nixfarm import farmkeys
+from nixfarm.builders.autoscaler import Autoscaler
+from nixfarm.builders.providers import open_providers
+from nixfarm.builders.service import BuilderService
 from nixfarm.builds.services import BuildServices
 from nixfarm.cache import gc
 from nixfarm.cache.service import CacheService
@@ -32,6 +36,8 @@ from nixfarm.storage.base import ObjectStore
 from nixfarm.storage.factory import open_store
 from nixfarm.tokens import TokenService
 
+log = logging.getLogger("nixfarm.farm")
+
 
 @dataclass
 class Farm:
@@ -47,6 +53,8 @@ class Farm:
     registry: RegistryService
     events: EventBus
     builds: BuildServices
+    #: Ephemeral builders: their records, enrollment, and the providers of their pools.
+    builders: BuilderService
 
     @classmethod
     async def open(cls, settings: Settings) -> Farm:
@@ -68,6 +76,7 @@ class Farm:
             caches.events = events  # re-uploads tell the other servers
             builds = BuildServices.open(settings, db, store, events, caches, tokens,
                                         keys.secrets)
+            builders = BuilderService(db, settings, tokens, open_providers(settings))
         except BaseException:
             # Whatever failed to open, the database connection does not outlive it.
             await db.close()
@@ -83,6 +92,7 @@ class Farm:
             registry=registry,
             events=events,
             builds=builds,
+            builders=builders,
         )
 
     @contextlib.asynccontextmanager
@@ -93,9 +103,22 @@ class Farm:
         async with self.builds.background():
             watch = asyncio.create_task(self.registry.watch_source())
             collected = asyncio.create_task(gc.follow(self.caches, self.events))
+            scaling = None
+            if self.settings.builders.autoscale and self.settings.builders.pools:
+                scaling = asyncio.create_task(Autoscaler(self.builders).run_forever())
             try:
                 yield
             finally:
+                if scaling is not None:
+                    scaling.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await scaling
+                    # Idle builders go now: nobody enforces their timeouts while the
+                    # server is down (docs/builders.md, "When the server stops").
+                    try:
+                        await self.builders.shutdown()
+                    except Exception:
+                        log.exception("destroying idle builders at shutdown failed")
                 collected.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await collected
@@ -104,5 +127,6 @@ class Farm:
                     await watch
 
     async def close(self) -> None:
+        await self.builders.close()
         await self.events.close()
         await self.db.close()

@@ -8,6 +8,9 @@
 - :func:`uploads` — a client's idempotent transfer (``nixfarm push``'s PUT of a
   path, its question about what is missing) that got no answer or stalled: tried
   UPLOAD_ATTEMPTS times in all, pausing 1, 2, 4... seconds, then the last error.
+- :func:`provider_calls` — a builder provider's API call answered 429 or 5xx, or not
+  at all (``ProviderError`` with ``retryable``): tried ``attempts`` times in all,
+  pausing ``first_pause`` doubling with jitter (or what ``Retry-After`` asked, if more).
 - :func:`reconnects` — a client following a stream (a job's events) whose connection
   broke: it connects again, for as long as the server has been silent less than
   RECONNECT_GIVE_UP seconds.
@@ -34,7 +37,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from nixfarm.errors import Conflict, NixfarmError, Unavailable
+from nixfarm.errors import Conflict, NixfarmError, ProviderError, Unavailable
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -127,6 +130,27 @@ def deliveries(attempts: int, first_pause: float) -> AsyncRetrying:
         wait=wait_exponential(multiplier=first_pause, exp_base=2),
         stop=stop_after_attempt(max(1, attempts)),
         retry_error_callback=lambda state: state.outcome.result() if state.outcome else False,
+    )
+
+
+def provider_calls(what: str, log: logging.Logger, attempts: int,
+                   first_pause: float) -> AsyncRetrying:
+    """A cloud API call that may pass on another try (rate limited, a server error, no
+    answer): ``attempts`` tries in all; the last error is raised. A 4xx other than 429
+    is the provider's settled answer and is raised at once."""
+    backoff = wait_exponential_jitter(initial=first_pause, max=30.0, jitter=first_pause)
+
+    def wait(state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome is not None else None
+        asked = error.retry_after if isinstance(error, ProviderError) else 0.0
+        return max(asked, backoff(state))
+
+    return AsyncRetrying(
+        retry=retry_if_exception(lambda e: isinstance(e, ProviderError) and e.retryable),
+        wait=wait,
+        stop=stop_after_attempt(max(1, attempts)),
+        before_sleep=_log_failure(what, log),
+        reraise=True,
     )
 
 

@@ -53,13 +53,16 @@ from datetime import datetime, timedelta
 
 import anyio
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from nixfarm.builds import poolmatch
 from nixfarm.builds import secrets as secrets_mod
 from nixfarm.builds.artifacts import ArtifactService
 from nixfarm.builds.jobs import QUEUED_TOPIC, JobService, control_topic
 from nixfarm.datadir import RUNNER_TOKEN, read_token
 from nixfarm.db import jobs as q
-from nixfarm.db.models import Job, Runner, Task, Token, utcnow
+from nixfarm.db.builders import builder_of_token
+from nixfarm.db.models import Builder, Job, Runner, Task, Token, utcnow
 from nixfarm.errors import Conflict, Forbidden, InvalidInput, NotFound
 from nixfarm.manifest import load_manifest
 from nixfarm.masking import Masker
@@ -247,12 +250,14 @@ class RunnerService:
         timed out) must not take a job that nobody would run until its lease expired.
         """
         runner = await self._runner(who, runner_id)
-        pool = await self._pool(runner)
         deadline = time.monotonic() + wait
         async with self.bus.subscribe(QUEUED_TOPIC) as sub:
             while True:
                 if gone():
                     return None
+                # Read at every try: a builder's pool and state change while it waits
+                # (it drains, its one job is taken through another slot).
+                pool = await self._pool(runner)
                 job = await self._take(runner, pool)
                 if job is not None:
                     return await self._assignment(job)
@@ -269,9 +274,17 @@ class RunnerService:
         """
         async with self.db.session() as s:
             token = await s.get(Token, runner.token_id)
+            builder = await builder_of_token(s, runner.token_id)
         if token is None:  # the runner's token row is gone: claim nothing
             return [sa.false()]
         conditions: list[sa.ColumnElement[bool]] = []
+        if builder is not None:  # an ephemeral builder: its pool's jobs only (builders/)
+            pool = self.settings.builders.pool(builder.pool)
+            once = pool is not None and pool.lifecycle != "keep-always"
+            if pool is None or builder.state != "ready" or (
+                    once and builder.last_job_id is not None):
+                return [sa.false()]
+            conditions.extend(poolmatch.conditions(pool))
         if token.runner_images is not None:
             conditions.append(Job.image.in_(token.runner_images))
         if token.runner_owners is not None:
@@ -293,11 +306,23 @@ class RunnerService:
                 .where(Job.status == "queued", Job.image.in_(runner.images),
                        sa.or_(Job.arch.is_(None), Job.arch == runner.arch), *pool)
                 .order_by(Job.id).limit(_CANDIDATES))
+            builder = await builder_of_token(s, runner.token_id)
+            bpool = self.settings.builders.pool(builder.pool) if builder is not None else None
             for job in list(queued):
+                if bpool is not None and not poolmatch.cache_allowed(bpool, job):
+                    continue  # it pushes to a cache this builder's pool may not
                 if await q.update_job_if(
                         s, job.id, {"status": "queued"}, status="running", runner_id=runner.id,
                         attempts=job.attempts + 1, started_at=now,
                         lease_expires_at=now + self.lease, stop_requested=False):
+                    if builder is not None and bpool is not None and not await _builder_takes(
+                            s, builder.id, job.id, once=bpool.lifecycle != "keep-always"):
+                        # Another slot of this builder took its one job first: undo.
+                        await s.execute(sa.update(Job).where(Job.id == job.id).values(
+                            status="queued", runner_id=None, attempts=job.attempts,
+                            started_at=None, lease_expires_at=None)
+                            .execution_options(synchronize_session=False))
+                        return None
                     await s.refresh(job)
                     log.info("job %d claimed by runner %d", job.id, runner.id)
                     return job
@@ -507,6 +532,18 @@ class RunnerService:
             except Exception:  # a failing pass (database restart) must not stop the next
                 log.exception("lease expiry pass failed")
             await anyio.sleep(interval)
+
+
+async def _builder_takes(s: AsyncSession, builder_id: int, job_id: int, once: bool) -> bool:
+    """Record that a ready builder took ``job_id``; False when it may not (any more):
+    a builder that runs one job only has taken one already, or it is no longer ready."""
+    stmt = sa.update(Builder).where(Builder.id == builder_id, Builder.state == "ready")
+    if once:
+        stmt = stmt.where(Builder.last_job_id.is_(None))
+    result = await s.execute(stmt.values(last_job_id=job_id)
+                             .execution_options(synchronize_session=False))
+    taken: bool = result.rowcount == 1  # type: ignore[attr-defined]
+    return taken
 
 
 def _task_end(job_status: str) -> str:

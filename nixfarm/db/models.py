@@ -382,3 +382,62 @@ class FarmKey(Base):
     #: SHA-256 of a domain string and the key, hex.
     fingerprint: Mapped[str] = mapped_column(sa.String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- ephemeral builders (nixfarm/builders) -------------------------------------------
+#
+#   builders ─< builder_decisions      a builder's runner token: builders.token_id
+#
+# A builder row is created before its cloud instance, and kept after it is destroyed
+# (state ``destroyed``): the decisions and the bill are history worth keeping.
+
+
+class Builder(Base):
+    """A machine of a builder pool: created by the autoscaler, enrolled, destroyed."""
+
+    __tablename__ = "builders"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: ``<farm id>-<pool>-<id>``: the instance's label and hostname, its runner's name.
+    name: Mapped[str] = mapped_column(sa.String(100))
+    pool: Mapped[str] = mapped_column(sa.String(40), index=True)
+    provider: Mapped[str] = mapped_column(sa.String(32))
+    #: The provider's id of the instance; None until the provider answered the create.
+    instance_id: Mapped[str | None] = mapped_column(sa.String(128), index=True)
+    #: creating, booting, ready, draining, held, destroyed (see nixfarm/builders)
+    state: Mapped[str] = mapped_column(sa.String(16), index=True)
+    ip: Mapped[str | None] = mapped_column(sa.String(64))
+    region: Mapped[str] = mapped_column(sa.String(64), default="")
+    plan: Mapped[str] = mapped_column(sa.String(64), default="")
+    hourly_price: Mapped[float] = mapped_column(default=0.0)
+    #: SHA-256 hex of the one-time enrollment token; None once used (or never made).
+    enroll_hash: Mapped[str | None] = mapped_column(sa.String(64), unique=True)
+    enroll_expires_at: Mapped[datetime | None] = mapped_column()
+    #: The runner token it enrolled for; revoked when the builder is destroyed.
+    token_id: Mapped[int | None] = mapped_column(index=True)
+    #: The job it claimed last, and when that job ended (set by the autoscaler).
+    last_job_id: Mapped[int | None] = mapped_column()
+    #: Why it drains, is held or was destroyed, in one sentence.
+    reason: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    enrolled_at: Mapped[datetime | None] = mapped_column()
+    #: When it last had nothing to do (enrolled, or its last job ended).
+    idle_since: Mapped[datetime | None] = mapped_column()
+    #: keep-on-failure: destroyed at this time.
+    hold_until: Mapped[datetime | None] = mapped_column()
+    destroyed_at: Mapped[datetime | None] = mapped_column()
+
+
+class BuilderDecision(Base):
+    """One decision of the autoscaler or the reaper, or one made by hand: kept."""
+
+    __tablename__ = "builder_decisions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pool: Mapped[str] = mapped_column(sa.String(40), index=True)
+    builder_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("builders.id", ondelete="SET NULL"), index=True)
+    #: create, destroy, refuse, reap, drain, hold, fail
+    action: Mapped[str] = mapped_column(sa.String(16))
+    reason: Mapped[str] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -34,6 +34,7 @@ from nixfarm.errors import (
     NixfarmError,
     NixTimeout,
     NotFound,
+    ProviderError,
     StorageError,
     Unauthorized,
 )
@@ -56,7 +57,7 @@ def status_of(error: NixfarmError) -> int:
             return 400
         case NixTimeout():
             return 504
-        case NixError():
+        case NixError() | ProviderError():
             return 502
         case StorageError() | ConfigError():
             return 500
@@ -70,7 +71,7 @@ def _headers(error: NixfarmError) -> dict[str, str]:
 
 
 def _message(error: NixfarmError, status: int) -> str:
-    if status >= 500 and not isinstance(error, NixError):
+    if status >= 500 and not isinstance(error, NixError | ProviderError):
         return "internal server error"
     return error.message
 

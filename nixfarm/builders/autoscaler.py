@@ -1,0 +1,290 @@
+"""The autoscaler and the reaper: one pass every ``builders.interval_seconds``.
+
+Each pass, in this order (each step reads the database afresh, so a pass that fails
+half-way leaves nothing the next one cannot finish):
+
+1. **Look.** Builders whose machine is booting are looked at through their provider
+   (this is the polling until ``active``): the address is recorded; a machine that
+   is gone is a builder destroyed.
+2. **Life cycle.** For every enrolled builder:
+   - its job ended: ``destroy-after-job`` destroys it; ``keep-on-failure`` holds it
+     for ``hold_seconds`` if the job failed (else destroys it); ``keep-always`` marks
+     it idle from the job's end;
+   - a hold that is over, or an idle time past ``idle_timeout_seconds``: destroyed;
+   - older than ``max_uptime_seconds``, or its pool is no longer configured: it
+     drains (claims nothing more) and is destroyed once it runs no job.
+3. **Reap.** Destroyed: builders that never enrolled within ``boot_timeout_seconds``;
+   enrolled builders not heard from (no claim, no job lease renewed) for
+   ``builders.heartbeat_timeout_seconds``; and instances that carry this farm's tag
+   but no live builder of the farm (a create whose answer was lost, a row destroyed
+   while the machine's deletion failed, a database restored from a backup).
+4. **Scale.** Per pool: demand is the queued jobs the pool takes
+   (``builds.poolmatch``); supply is its builders coming up (creating, booting) and
+   the ready ones without a job that may still take one. For the difference, one
+   builder each, as long as the pool stays within ``max_instances`` and, with
+   ``max_hourly_spend``, the plan prices of its live builders plus the new one stay
+   within the cap. No demand, no builder: idle timeouts take a pool to zero.
+
+Every create, destroy, reap, drain, hold and refusal is recorded with its reason
+(``service.decide``); a refusal is recorded once while it holds, not every pass.
+
+Only one server of a farm should run this (``builders.autoscale``): two would each
+see the same queue and both create a builder for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+import anyio
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from nixfarm.builders.service import BuilderService
+from nixfarm.config import PoolSettings
+from nixfarm.db import builders as q
+from nixfarm.db.models import Builder, Job, Runner, utcnow
+from nixfarm.errors import Conflict, ProviderError
+from nixfarm.wire.jobs import FINAL_STATUSES
+
+log = logging.getLogger("nixfarm.builders.autoscaler")
+
+#: Job statuses that count as the job having failed (keep-on-failure holds for these).
+_FAILED = frozenset({"failed", "timeout", "interrupted"})
+
+
+def _seconds(delta: timedelta) -> str:
+    return f"{delta.total_seconds():.0f} s"
+
+
+class Autoscaler:
+    def __init__(self, service: BuilderService) -> None:
+        self.service = service
+        self.settings = service.settings
+        self.db = service.db
+        #: The refusal last recorded per pool, so that one holding is recorded once.
+        self._refused: dict[str, str] = {}
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.once()
+            except Exception:  # a failing pass (database or provider down) must not stop
+                log.exception("builder autoscaler pass failed")
+            await anyio.sleep(self.settings.builders.interval_seconds)
+
+    async def once(self) -> None:
+        """One whole pass (see the module's notes)."""
+        await self.look()
+        await self.life_cycle()
+        await self.reap()
+        for pool in self.settings.builders.pools:
+            await self.scale(pool)
+
+    async def _destroy(self, builder: Builder, reason: str, action: str = "destroy") -> None:
+        try:
+            await self.service.destroy(builder.id, reason, action)
+        except (ProviderError, Conflict):  # recorded; tried again next pass
+            log.warning("destroying builder %d failed; trying again next pass", builder.id)
+
+    # --- 1. look -----------------------------------------------------------------
+
+    async def look(self) -> None:
+        async with self.db.session() as s:
+            booting = [b for b in await q.live_builders(s)
+                       if b.instance_id is not None and (b.state == "booting" or b.ip is None)]
+        for builder in booting:
+            assert builder.instance_id is not None
+            try:
+                instance = await self.service.provider(builder.provider).get(
+                    builder.instance_id)
+            except (ProviderError, Conflict) as e:
+                log.warning("looking at builder %d failed: %s", builder.id, e.message)
+                continue
+            if instance is None or instance.state == "gone":
+                await self._destroy(builder, f"its machine {builder.instance_id} is gone")
+            elif instance.ip and instance.ip != builder.ip:
+                async with self.db.session() as s:
+                    await q.update_builder_if(s, builder.id, q.LIVE, ip=instance.ip)
+
+    # --- 2. life cycle -----------------------------------------------------------
+
+    async def life_cycle(self) -> None:
+        now = utcnow()
+        async with self.db.session() as s:
+            enrolled = [b for b in await q.live_builders(s)
+                        if b.state in ("ready", "draining", "held")]
+            busy = await self.service.busy_builders(s, enrolled)
+            jobs = {j.id: j for j in await s.scalars(sa.select(Job).where(
+                Job.id.in_([b.last_job_id for b in enrolled if b.last_job_id is not None])))}
+        for builder in enrolled:
+            pool = self.settings.builders.pool(builder.pool)
+            job = jobs.get(builder.last_job_id) if builder.last_job_id is not None else None
+            ended = job is not None and job.status in FINAL_STATUSES and builder.id not in busy
+            if builder.state == "held":
+                if builder.hold_until is not None and builder.hold_until <= now:
+                    await self._destroy(builder, "its hold for inspection is over")
+                continue
+            if pool is None:
+                await self._drain(builder, busy, f"pool {builder.pool} is no longer "
+                                  "configured")
+                continue
+            if builder.state == "draining":
+                await self._drain(builder, busy, builder.reason or "it drains")
+                continue
+            if ended and job is not None and await self._job_ended(builder, pool, job, now):
+                continue
+            if now - builder.created_at > timedelta(seconds=pool.max_uptime_seconds):
+                await self._drain(builder, busy, "it has been up longer than max_uptime "
+                                  f"({pool.max_uptime_seconds:.0f} s)")
+                continue
+            idle_since = builder.idle_since or builder.enrolled_at or builder.created_at
+            idle = now - idle_since
+            if builder.id not in busy and (job is None or ended) \
+                    and idle > timedelta(seconds=pool.idle_timeout_seconds):
+                await self._destroy(builder, f"idle for {_seconds(idle)} (idle_timeout "
+                                    f"{pool.idle_timeout_seconds:.0f} s)")
+
+    async def _job_ended(self, builder: Builder, pool: PoolSettings, job: Job,
+                         now: datetime) -> bool:
+        """Act on the end of a builder's job; whether the builder is dealt with."""
+        what = f"its job {job.id} ended {job.status}"
+        if pool.lifecycle == "destroy-after-job":
+            await self._destroy(builder, what)
+            return True
+        if pool.lifecycle == "keep-on-failure":
+            if job.status in _FAILED:
+                until = now + timedelta(seconds=pool.hold_seconds)
+                async with self.db.session() as s:
+                    if await q.update_builder_if(s, builder.id, "ready", state="held",
+                                                 hold_until=until, reason=what):
+                        await q.record(s, pool.name, "hold", f"{what}: kept for inspection "
+                                       f"until {until.isoformat(timespec='seconds')}",
+                                       builder.id)
+            else:
+                await self._destroy(builder, what)
+            return True
+        # keep-always: idle from the job's end (once).
+        finished = job.finished_at or now
+        if builder.idle_since is None or builder.idle_since < finished:
+            async with self.db.session() as s:
+                await q.update_builder_if(s, builder.id, ("ready",), idle_since=finished)
+            builder.idle_since = finished
+        return False
+
+    async def _drain(self, builder: Builder, busy: set[int], reason: str) -> None:
+        if builder.state != "draining":
+            async with self.db.session() as s:
+                if await q.update_builder_if(s, builder.id, ("ready",), state="draining",
+                                             reason=reason):
+                    await q.record(s, builder.pool, "drain", reason, builder.id)
+        if builder.id not in busy:
+            await self._destroy(builder, reason)
+
+    # --- 3. reap -----------------------------------------------------------------
+
+    async def reap(self) -> None:
+        now = utcnow()
+        silence = timedelta(seconds=self.settings.builders.heartbeat_timeout_seconds)
+        async with self.db.session() as s:
+            live = await q.live_builders(s)
+            heard = await self._last_heard(s, live)
+        for builder in live:
+            pool = self.settings.builders.pool(builder.pool)
+            boot_timeout = timedelta(seconds=pool.boot_timeout_seconds if pool else 0)
+            if builder.state in ("creating", "booting"):
+                if builder.state == "booting" and now - builder.created_at > boot_timeout:
+                    await self._destroy(builder, "it never enrolled within its boot timeout "
+                                        f"({boot_timeout.total_seconds():.0f} s)", "reap")
+                continue
+            last = heard.get(builder.id) or builder.enrolled_at or builder.created_at
+            if builder.state != "held" and now - last > silence:
+                await self._destroy(builder, f"its heartbeats stopped: last heard "
+                                    f"{_seconds(now - last)} ago", "reap")
+        await self.reap_leaked()
+
+    async def _last_heard(self, s: AsyncSession,
+                          builders: list[Builder]) -> dict[int, datetime]:
+        """When each enrolled builder last called: a claim (the runner's last_seen_at)
+        or a call about its job (which renews the job's lease)."""
+        tokens = {b.token_id: b.id for b in builders if b.token_id is not None}
+        out: dict[int, datetime] = {}
+        if not tokens:
+            return out
+        lease = timedelta(seconds=self.settings.jobs.lease_seconds)
+        runners = list(await s.scalars(sa.select(Runner).where(Runner.token_id.in_(tokens))))
+        by_runner = {r.id: tokens[r.token_id] for r in runners}
+        for r in runners:
+            b = tokens[r.token_id]
+            out[b] = max(out.get(b, r.last_seen_at), r.last_seen_at)
+        if by_runner:
+            rows = await s.execute(sa.select(Job.runner_id, Job.lease_expires_at).where(
+                Job.runner_id.in_(by_runner), Job.status == "running"))
+            for runner_id, expires in rows:
+                if expires is not None and runner_id is not None:
+                    b = by_runner[runner_id]
+                    out[b] = max(out.get(b, expires - lease), expires - lease)
+        return out
+
+    async def reap_leaked(self) -> None:
+        """Destroy instances with this farm's tag that no live builder of it owns."""
+        async with self.db.session() as s:
+            live = {b.id: b for b in await q.live_builders(s)}
+        for name, provider in self.service.providers.items():
+            try:
+                instances = await provider.list((self.service.farm_tag,))
+            except ProviderError as e:
+                log.warning("listing %s instances failed: %s", name, e.message)
+                continue
+            for instance in instances:
+                owner = live.get(instance.builder_id or 0)
+                if owner is not None and owner.instance_id in (None, instance.id):
+                    continue
+                reason = (f"instance {instance.id} ({instance.label or 'no label'}) carries "
+                          "this farm's tag but no live builder of the farm owns it")
+                try:
+                    await provider.destroy(instance.id)
+                except ProviderError as e:
+                    log.warning("reaping instance %s failed: %s", instance.id, e.message)
+                    continue
+                await self.service.decide(instance.pool or "?", "reap", reason,
+                                          instance.builder_id if owner else None)
+
+    # --- 4. scale ----------------------------------------------------------------
+
+    async def scale(self, pool: PoolSettings) -> None:
+        queued = await self.service.queued_for(pool)
+        async with self.db.session() as s:
+            live = await q.live_builders(s, pool.name)
+            busy = await self.service.busy_builders(s, live)
+        once = pool.lifecycle != "keep-always"
+        coming = [b for b in live if b.state in ("creating", "booting")]
+        free = [b for b in live if b.state == "ready" and b.id not in busy
+                and not (once and b.last_job_id is not None)]
+        need = len(queued) - len(coming) - len(free)
+        if need <= 0:
+            if not queued:
+                self._refused.pop(pool.name, None)
+            return
+        count, spend = len(live), sum(b.hourly_price for b in live)
+        ready = len(coming) + len(free)
+        for _ in range(need):
+            refusal = None
+            if count >= pool.max_instances:
+                refusal = (f"{len(queued)} queued jobs wait, but the pool is at "
+                           f"max_instances ({pool.max_instances})")
+            elif pool.max_hourly_spend is not None \
+                    and spend + pool.hourly_price > pool.max_hourly_spend + 1e-9:
+                refusal = (f"{len(queued)} queued jobs wait, but another builder "
+                           f"({pool.hourly_price:g}/h) would take the pool's spend from "
+                           f"{spend:g}/h past max_hourly_spend ({pool.max_hourly_spend:g}/h)")
+            if refusal is not None:
+                if self._refused.get(pool.name) != refusal:
+                    self._refused[pool.name] = refusal
+                    await self.service.decide(pool.name, "refuse", refusal)
+                return
+            self._refused.pop(pool.name, None)
+            await self.service.create(pool, f"{len(queued)} queued jobs for the pool, "
+                                      f"{ready} builders coming or free")
+            count, spend, ready = count + 1, spend + pool.hourly_price, ready + 1
