@@ -156,7 +156,7 @@ def main() -> int:
     started = time.monotonic()
     answer = enroll(server, str(user_data["enroll_token"]))
     del user_data  # the one-time token is spent: keep nothing of it
-    token = str(answer["token"])
+    token = str(answer["runner_token"])
     builder = answer.get("builder_id")
     name = str(answer.get("name") or f"builder-{builder}")
     say(f"enrolled as {name} in {time.monotonic() - started:.1f} s")
