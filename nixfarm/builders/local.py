@@ -4,8 +4,11 @@ Nothing is special about it once it runs: qemu's iPXE ROM (Debian's ``ipxe-qemu`
 asks qemu's user-mode network (slirp) for an address, gets the farm's per-builder iPXE
 script as its boot file, and follows the same chain a cloud machine does (kernel,
 initramfs, bootstrap, enrollment). The guest reaches the host's loopback at
-``10.0.2.2``: loopback hosts in the boot URL and in the user data's server URL are
-rewritten to it. The user data reaches the guest through qemu's firmware configuration
+``10.0.2.2``: a loopback host in the boot URL is rewritten to it for the firmware, and
+the farm's iPXE script tells the bootstrap (``nixfarm.loopback=10.0.2.2``) to forward
+the guest's own loopback port of the farm's URL there, so that the server URL in the
+user data, and every URL the farm hands out (cache pushes, release sources), work
+unchanged inside the builder. The user data reaches the guest through qemu's firmware configuration
 (``opt/nixfarm/user-data``, from a file only the farm's user can read: never on
 qemu's command line). The machine's disk is a fresh qcow2 file (the bootstrap makes
 it encrypted swap); its RAM, vCPUs and disk come from the pool's ``plan``:
@@ -114,12 +117,9 @@ class LocalProvider:
 
     def _prepare(self, where: Path, spec: InstanceSpec, disk: int) -> None:
         where.mkdir(parents=True, mode=0o700)
-        data = json.loads(spec.user_data)
-        if isinstance(data, dict) and isinstance(data.get("server"), str):
-            data["server"] = guest_url(data["server"])
         fd = os.open(where / "user-data.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
+        with os.fdopen(fd, "wb") as f:
+            f.write(spec.user_data)
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(where / "disk.qcow2"),
                         f"{disk}G"], check=True, capture_output=True, timeout=60)
         self._write_meta(where, {"label": spec.name, "tags": list(spec.tags), "pid": 0})

@@ -7,6 +7,8 @@
    metadata service, such as Vultr's ``http://169.254.169.254/latest/user-data``).
 2. Enrollment: the one-time token is traded for the builder's own runner token
    (``POST /api/v1/builders/enroll``); the token is never written to disk.
+   On the local provider (``nixfarm.loopback=10.0.2.2``) the farm's URL names the
+   host's loopback: the guest's 127.0.0.1 port of it is forwarded to the host first.
 3. The console shipper, a thread: everything the machine printed since the kernel
    started (``/run/nixfarm/console.log``, which init fills) goes to the farm as
    numbered chunks (``PUT /api/v1/builders/<id>/console/<seq>``), every half
@@ -19,8 +21,10 @@ Only the standard library: under TCG every imported module costs time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +33,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 CONSOLE = Path("/run/nixfarm/console.log")
 FW_CFG = Path("/sys/firmware/qemu_fw_cfg/by_name/opt/nixfarm/user-data/raw")
@@ -112,6 +117,39 @@ def enroll(server: str, enroll_token: str, attempts: int = 20) -> dict[str, Any]
     raise SystemExit("enrollment failed")
 
 
+def _pipe(source: socket.socket, target: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            target.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for sock in (source, target):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def forward_loopback(port: int, host: str) -> socket.socket:
+    """Connections to 127.0.0.1:``port`` here go to ``host``:``port`` (the farm on the
+    local provider's host, whose URL names its loopback), in daemon threads."""
+    listener = socket.create_server(("127.0.0.1", port), backlog=64)
+
+    def serve() -> None:
+        while True:
+            client, _ = listener.accept()
+            try:
+                upstream = socket.create_connection((host, port), timeout=30)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
+
+    threading.Thread(target=serve, name="loopback-forward", daemon=True).start()
+    return listener
+
+
 class Shipper(threading.Thread):
     """Sends the console log's new bytes to the farm as numbered chunks."""
 
@@ -152,6 +190,11 @@ def main() -> int:
     cmdline = parameters(CMDLINE.read_text())
     user_data = read_user_data(cmdline.get("userdata", "fwcfg"))
     server = str(user_data["server"]).rstrip("/")
+    where = urlsplit(server)
+    if cmdline.get("loopback") and where.hostname in ("127.0.0.1", "localhost"):
+        port = where.port or (443 if where.scheme == "https" else 80)
+        forward_loopback(port, cmdline["loopback"])
+        say(f"127.0.0.1:{port} is forwarded to the farm at {cmdline['loopback']}:{port}")
     say(f"enrolling with {server}")
     started = time.monotonic()
     answer = enroll(server, str(user_data["enroll_token"]))

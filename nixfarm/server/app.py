@@ -125,6 +125,9 @@ def create_app(settings: Settings) -> FastAPI:
                     await stack.enter_async_context(
                         accesslog.following(EdgeLayout.of(settings), metrics))
                 await stack.enter_async_context(farm.background())
+                if settings.builders.pools:  # builders netboot: their image, made now
+                    preparing = asyncio.create_task(netboot_routes.prepare(settings))
+                    stack.callback(preparing.cancel)
                 runner = asyncio.create_task(embedded_runner.serve(settings))
                 try:
                     yield

@@ -27,6 +27,7 @@ chunk is ignored), as job logs are.
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -37,7 +38,7 @@ from starlette.routing import BaseRoute, Route
 
 from nixfarm.config import Settings
 from nixfarm.db import builders as q
-from nixfarm.errors import Forbidden, NotFound
+from nixfarm.errors import Forbidden, NixfarmError, NotFound
 from nixfarm.netboot.image import NetbootImage, netboot_image
 from nixfarm.scopes import ADMIN, RUNNER
 from nixfarm.server.auth import farm_of, require
@@ -50,6 +51,9 @@ USER_DATA = {"local": "fwcfg", "vultr": "http://169.254.169.254/latest/user-data
 #: panic, and no crypto self-tests (a fifth of the boot under TCG).
 KERNEL_ARGS = "console=tty0 console=ttyS0,115200 panic=-1 quiet cryptomgr.notests"
 MAX_CONSOLE_CHUNK = 1 << 20
+#: The local provider's guests reach the host's loopback here (qemu's user-mode network).
+LOCAL_HOST = "10.0.2.2"
+log = logging.getLogger("nixfarm.netboot")
 _BOOTING = ("creating", "booting")
 _images: dict[Path, NetbootImage] = {}
 _lock = asyncio.Lock()
@@ -69,13 +73,30 @@ async def image_for(settings: Settings) -> NetbootImage:
         return made
 
 
+async def prepare(settings: Settings) -> None:
+    """Make the image ahead of the first builder (a farm with pools calls this at start):
+    a machine's firmware waits only so long for its first download."""
+    try:
+        await image_for(settings)
+    except NixfarmError as e:
+        log.warning("the netboot image could not be made: %s", e.message)
+
+
 def ipxe_script(provider: str) -> str:
+    """The script: fetch the kernel and initramfs (again, until they come: the firmware
+    gives up on a slow answer, such as the first one while the image is being made)."""
     userdata = USER_DATA.get(provider, "fwcfg")
+    extra = f" nixfarm.loopback={LOCAL_HOST}" if provider == "local" else ""
     return ("#!ipxe\n"
             "# nixfarm: the netboot image and its bootstrap (docs/builders.md)\n"
-            f"kernel vmlinuz {KERNEL_ARGS} nixfarm.userdata={userdata}\n"
-            "initrd initrd\n"
-            "boot\n")
+            ":fetch\n"
+            f"kernel vmlinuz {KERNEL_ARGS} nixfarm.userdata={userdata}{extra} || goto again\n"
+            "initrd initrd || goto again\n"
+            "boot || goto again\n"
+            ":again\n"
+            "echo nixfarm: fetching the netboot image failed; trying again\n"
+            "imgfree\n"
+            "goto fetch\n")
 
 
 async def _booting(request: Request) -> str:
