@@ -206,7 +206,8 @@ def main() -> int:
     shipper = Shipper(f"{server}/api/v1/builders/{builder}/console", token)
     shipper.start()
     options = json.loads(NIX_OPTIONS.read_text()) if NIX_OPTIONS.exists() else {}
-    argv = [sys.executable, "-m", "nixfarm.cli.main", "runner", "--url", server,
+    argv = [sys.executable, "-c", "from nixfarm.cli.main import main; main()", "runner",
+            "--url", server,
             "--name", name, "--work-dir", str(WORK_DIR), "--sandbox", "bwrap"]
     for key, value in options.items():
         argv += ["--nix-option", f"{key}={value}"]

@@ -44,7 +44,14 @@ from nixfarm.edge.process import die_with_parent
 from nixfarm.farm import Farm
 from nixfarm.metrics import Metrics
 from nixfarm.runner import embedded as embedded_runner
-from nixfarm.server import apidocs, cache_routes, errors, netboot_routes, registry_routes
+from nixfarm.server import (
+    apidocs,
+    cache_routes,
+    errors,
+    netboot_routes,
+    registry_routes,
+    releases,
+)
 from nixfarm.server.api import builders as builders_api
 from nixfarm.server.api import caches as caches_api
 from nixfarm.server.api import jobs as jobs_api
@@ -89,7 +96,7 @@ def api_routes() -> list[BaseRoute]:
     answers of ``errors.API_RESPONSES``."""
     api = APIRouter(responses=errors.API_RESPONSES)
     for module in (caches_api, tokens_api, jobs_api, runners_api, secrets_api, builders_api,
-                   netboot_routes):
+                   netboot_routes, releases):
         api.include_router(module.router)
     return list(api.routes)
 
@@ -161,6 +168,7 @@ def create_app(settings: Settings) -> FastAPI:
         Route("/metrics", exposition, methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),
         ProtocolMount("/builders", netboot_routes.routes, errors.PLAIN),  # what machines boot
+        ProtocolMount("/releases", releases.routes, errors.PLAIN),  # release sources (git)
         ProtocolMount("", list(jobs_web.router.routes), errors.PLAIN),  # web pages
     ]
     app.add_middleware(DrainMiddleware)
