@@ -179,8 +179,6 @@ class VultrSettings(Section):
     #: A file holding the API key (kept out of the configuration file).
     api_key_file: str = ""
     api_url: str = "https://api.vultr.com/v2"
-    #: Seconds between two looks at an instance that is not active yet.
-    poll_seconds: float = Field(default=5.0, gt=0)
     #: Time limit of one API call.
     request_seconds: float = Field(default=30.0, gt=0)
     #: Tries of one call answered 429 or 5xx (or not at all), backing off between them.

@@ -138,7 +138,7 @@ def provider_calls(what: str, log: logging.Logger, attempts: int,
     """A cloud API call that may pass on another try (rate limited, a server error, no
     answer): ``attempts`` tries in all; the last error is raised. A 4xx other than 429
     is the provider's settled answer and is raised at once."""
-    backoff = wait_exponential_jitter(initial=first_pause, max=30.0, jitter=first_pause)
+    backoff = wait_exponential_jitter(multiplier=first_pause, max=30.0, jitter=first_pause)
 
     def wait(state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome is not None else None

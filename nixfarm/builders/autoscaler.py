@@ -121,7 +121,8 @@ class Autoscaler:
         for builder in enrolled:
             pool = self.settings.builders.pool(builder.pool)
             job = jobs.get(builder.last_job_id) if builder.last_job_id is not None else None
-            ended = job is not None and job.status in FINAL_STATUSES and builder.id not in busy
+            # Its job left it: it ended, or was queued again (interrupted, lost).
+            ended = job is not None and builder.id not in busy and job.status != "running"
             if builder.state == "held":
                 if builder.hold_until is not None and builder.hold_until <= now:
                     await self._destroy(builder, "its hold for inspection is over")
@@ -149,7 +150,8 @@ class Autoscaler:
     async def _job_ended(self, builder: Builder, pool: PoolSettings, job: Job,
                          now: datetime) -> bool:
         """Act on the end of a builder's job; whether the builder is dealt with."""
-        what = f"its job {job.id} ended {job.status}"
+        what = (f"its job {job.id} ended {job.status}" if job.status in FINAL_STATUSES
+                else f"its job {job.id} left it (now {job.status})")
         if pool.lifecycle == "destroy-after-job":
             await self._destroy(builder, what)
             return True
@@ -194,7 +196,9 @@ class Autoscaler:
             pool = self.settings.builders.pool(builder.pool)
             boot_timeout = timedelta(seconds=pool.boot_timeout_seconds if pool else 0)
             if builder.state in ("creating", "booting"):
-                if builder.state == "booting" and now - builder.created_at > boot_timeout:
+                # A create that never got its answer (the server stopped meanwhile)
+                # stays "creating": its machine, if any, is found by its tag below.
+                if now - builder.created_at > boot_timeout:
                     await self._destroy(builder, "it never enrolled within its boot timeout "
                                         f"({boot_timeout.total_seconds():.0f} s)", "reap")
                 continue

@@ -201,7 +201,8 @@ class JobService:
         return manifest, secret_ids
 
     async def offered(self) -> tuple[set[str], set[str]]:
-        """Images and arches configured or offered by a registered runner."""
+        """Images and arches configured, taken by a builder pool, or offered by a
+        registered runner."""
         images = set(self.settings.jobs.images)
         if self.settings.registry.source.kind == "none":
             # ``nix`` roots are composed from a Nix package source: a server without one
@@ -209,6 +210,11 @@ class JobService:
             # or a job would wait in the queue for a runner that never comes.
             images.discard("nix")
         arches = set(self.settings.jobs.arches)
+        # A builder pool offers its jobs' images: its builders come when such a job waits.
+        for pool in self.settings.builders.pools:
+            if pool.max_instances > 0:
+                images.update(pool.job_images)
+                arches.add(pool.arch)
         async with self.db.session() as s:
             for runner in await s.scalars(sa.select(Runner)):
                 images.update(runner.images)

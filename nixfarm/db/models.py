@@ -437,7 +437,7 @@ class BuilderDecision(Base):
     pool: Mapped[str] = mapped_column(sa.String(40), index=True)
     builder_id: Mapped[int | None] = mapped_column(
         sa.ForeignKey("builders.id", ondelete="SET NULL"), index=True)
-    #: create, destroy, refuse, reap, drain, hold, fail
+    #: create, enroll, refuse, drain, hold, destroy, reap, keep (at a stop), fail
     action: Mapped[str] = mapped_column(sa.String(16))
     reason: Mapped[str] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

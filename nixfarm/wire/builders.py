@@ -49,7 +49,7 @@ class DecisionOut(Wire):
     id: int
     pool: str
     builder_id: int | None
-    #: create, destroy, refuse, reap, drain, hold, fail
+    #: create, enroll, refuse, drain, hold, destroy, reap, keep (at a stop), fail
     action: str
     reason: str
     created_at: datetime
