@@ -44,7 +44,15 @@ from nixfarm.edge.process import die_with_parent
 from nixfarm.farm import Farm
 from nixfarm.metrics import Metrics
 from nixfarm.runner import embedded as embedded_runner
-from nixfarm.server import apidocs, cache_routes, errors, pages, registry_routes
+from nixfarm.server import (
+    apidocs,
+    cache_routes,
+    errors,
+    netboot_routes,
+    pages,
+    registry_routes,
+    releases,
+)
 from nixfarm.server.api import builders as builders_api
 from nixfarm.server.api import caches as caches_api
 from nixfarm.server.api import jobs as jobs_api
@@ -88,7 +96,8 @@ def api_routes() -> list[BaseRoute]:
     """The JSON API's routes, relative to ``/api``; every one documents the error
     answers of ``errors.API_RESPONSES``."""
     api = APIRouter(responses=errors.API_RESPONSES)
-    for module in (caches_api, tokens_api, jobs_api, runners_api, secrets_api, builders_api):
+    for module in (caches_api, tokens_api, jobs_api, runners_api, secrets_api, builders_api,
+                   netboot_routes, releases):
         api.include_router(module.router)
     return list(api.routes)
 
@@ -124,6 +133,9 @@ def create_app(settings: Settings) -> FastAPI:
                     await stack.enter_async_context(
                         accesslog.following(EdgeLayout.of(settings), metrics))
                 await stack.enter_async_context(farm.background())
+                if settings.builders.pools:  # builders netboot: their image, made now
+                    preparing = asyncio.create_task(netboot_routes.prepare(settings))
+                    stack.callback(preparing.cancel)
                 runner = asyncio.create_task(embedded_runner.serve(settings))
                 try:
                     yield
@@ -156,6 +168,8 @@ def create_app(settings: Settings) -> FastAPI:
                           *apidocs.routes("/v1/openapi.json")], errors.JSON_API),
         Route("/metrics", exposition, methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),
+        ProtocolMount("/builders", netboot_routes.routes, errors.PLAIN),  # what machines boot
+        ProtocolMount("/releases", releases.routes, errors.PLAIN),  # release sources (git)
         ProtocolMount("", pages.routes(), site.ERRORS),  # web pages
     ]
     app.add_middleware(DrainMiddleware)
