@@ -48,6 +48,7 @@ from nixfarm.server import apidocs, cache_routes, errors, registry_routes
 from nixfarm.server.api import caches as caches_api
 from nixfarm.server.api import jobs as jobs_api
 from nixfarm.server.api import runners as runners_api
+from nixfarm.server.api import schedules as schedules_api
 from nixfarm.server.api import secrets as secrets_api
 from nixfarm.server.api import tokens as tokens_api
 from nixfarm.server.auth import farm_of
@@ -87,7 +88,8 @@ def api_routes() -> list[BaseRoute]:
     """The JSON API's routes, relative to ``/api``; every one documents the error
     answers of ``errors.API_RESPONSES``."""
     api = APIRouter(responses=errors.API_RESPONSES)
-    for module in (caches_api, tokens_api, jobs_api, runners_api, secrets_api):
+    for module in (caches_api, tokens_api, jobs_api, runners_api, secrets_api,
+                   schedules_api):
         api.include_router(module.router)
     return list(api.routes)
 
