@@ -139,6 +139,9 @@ class JobSettings(Section):
     #: The sandbox of that runner's jobs: ``bwrap`` (a container) or ``vm`` (a qemu
     #: virtual machine, see docs/vm.md).
     embedded_runner_sandbox: Literal["bwrap", "vm"] = "bwrap"
+    #: Minutes a failed job's sandbox (and a ``shell: true`` job's, whatever its end) is
+    #: kept for ``nixfarm shell`` (docs/jobs.md); 0: never kept, ``shell: true`` refused.
+    shell_hold_minutes: float = Field(default=10.0, ge=0)
 
 
 class KeySettings(Section):

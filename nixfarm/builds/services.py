@@ -20,6 +20,7 @@ from nixfarm.builds.logs import LogService
 from nixfarm.builds.runners import RunnerService
 from nixfarm.builds.schedules import ScheduleService
 from nixfarm.builds.secrets import SecretService
+from nixfarm.builds.shells import ShellService
 from nixfarm.builds.triggers import TriggerService
 from nixfarm.cache.service import CacheService
 from nixfarm.config import Settings
@@ -38,6 +39,7 @@ class BuildServices:
     jobs: JobService
     runners: RunnerService
     schedules: ScheduleService
+    shells: ShellService
 
     @classmethod
     def open(cls, settings: Settings, db: Database, store: ObjectStore, bus: EventBus,
@@ -49,7 +51,7 @@ class BuildServices:
         jobs = JobService(db, settings, bus, logs, secrets, triggers, caches)
         runners = RunnerService(jobs, tokens, artifacts)
         return cls(secrets, logs, triggers, artifacts, jobs, runners,
-                   ScheduleService(jobs, tokens))
+                   ScheduleService(jobs, tokens), runners.shells)
 
     @asynccontextmanager
     async def background(self) -> AsyncIterator[None]:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from typer._click.exceptions import ClickException
 
-from nixfarm.cli import cache, doctor, push, runner, schedules, token, up, use
+from nixfarm.cli import cache, doctor, push, runner, schedules, shell, token, up, use
 from nixfarm.cli import jobs as jobs_cli
 from nixfarm.cli.common import Exit, err, out
 from nixfarm.errors import NixfarmError, exit_code
@@ -48,6 +48,7 @@ app.command("submit")(jobs_cli.submit)
 app.command("jobs")(jobs_cli.jobs)
 app.command("logs")(jobs_cli.logs)
 app.command("cancel")(jobs_cli.cancel)
+app.command("shell")(shell.shell)
 app.add_typer(jobs_cli.manifest_app, name="manifest")
 app.add_typer(jobs_cli.secret_app, name="secret")
 app.add_typer(schedules.app, name="schedule")

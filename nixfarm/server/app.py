@@ -50,6 +50,7 @@ from nixfarm.server.api import jobs as jobs_api
 from nixfarm.server.api import runners as runners_api
 from nixfarm.server.api import schedules as schedules_api
 from nixfarm.server.api import secrets as secrets_api
+from nixfarm.server.api import shells as shells_api
 from nixfarm.server.api import tokens as tokens_api
 from nixfarm.server.auth import farm_of
 from nixfarm.server.drain import DrainMiddleware
@@ -89,7 +90,7 @@ def api_routes() -> list[BaseRoute]:
     answers of ``errors.API_RESPONSES``."""
     api = APIRouter(responses=errors.API_RESPONSES)
     for module in (caches_api, tokens_api, jobs_api, runners_api, secrets_api,
-                   schedules_api):
+                   schedules_api, shells_api):
         api.include_router(module.router)
     return list(api.routes)
 

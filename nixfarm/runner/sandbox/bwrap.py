@@ -80,6 +80,7 @@ from nixfarm.runner.sandbox.base import (
     SandboxError,
     SandboxSpec,
     SandboxTimeout,
+    login_shell,
 )
 from nixfarm.runner.sandbox.limits import Confinement, Kind, confine
 from nixfarm.runner.sandbox.network import connect_slirp
@@ -92,6 +93,7 @@ from nixfarm.runner.sandbox.processes import (
     read_stream,
     remove_tree,
 )
+from nixfarm.runner.sandbox.terminal import PtyTerminal
 from nixfarm.runner.shielding import uncancelled
 
 NOBODY = 65534
@@ -397,6 +399,14 @@ class BwrapSandbox(Lifecycle):
             return await process.wait()
 
         return await self._supervise(process, pump(), budget, argv)
+
+    async def shell(self, argv: Sequence[str] | None, rows: int = 24, cols: int = 80,
+                    env: Mapping[str, str] | None = None) -> PtyTerminal:
+        """``argv`` (None: a login shell) on a pty, in the sandbox (``terminal``)."""
+        command = list(argv) if argv else [login_shell(self._spec.rootfs), "-l"]
+        environment = {**self._environment(env), "TERM": (env or {}).get("TERM", "xterm")}
+        return await PtyTerminal.start(self._enter(command, BUILD_HOME), environment,
+                                       rows, cols)
 
     async def put(
         self, path: str, data: bytes, *, mode: int = 0o644, owner: int = BUILD_UID
