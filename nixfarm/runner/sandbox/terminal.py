@@ -21,12 +21,11 @@ import contextlib
 import errno
 import fcntl
 import os
+import signal
 import struct
 import termios
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
-
-from nixfarm.runner.sandbox.processes import kill_group
 
 
 class Terminal(Protocol):
@@ -109,7 +108,8 @@ class PtyTerminal:
         if self._closed:
             return
         self._closed = True
-        kill_group(self.process)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             await asyncio.wait_for(self.process.wait(), 10.0)
         asyncio.get_running_loop().remove_reader(self._master)
