@@ -148,6 +148,9 @@ class JobSettings(Section):
     #: virtual machine, see docs/vm.md), or both, the preferred first (``vm,bwrap``):
     #: disk images (docs/images.md) always run in a VM, other images in the preferred.
     embedded_runner_sandbox: Literal["bwrap", "vm", "vm,bwrap", "bwrap,vm"] = "bwrap"
+    #: Minutes a failed job's sandbox (and a ``shell: true`` job's, whatever its end) is
+    #: kept for ``nixfarm shell`` (docs/jobs.md); 0: never kept, ``shell: true`` refused.
+    shell_hold_minutes: float = Field(default=10.0, ge=0)
 
 
 class KeySettings(Section):

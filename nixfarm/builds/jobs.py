@@ -159,6 +159,8 @@ class JobService:
                 group_id=job.group_id, runner=runners.get(job.runner_id or 0),
                 created_at=job.created_at, queued_at=job.queued_at,
                 started_at=job.started_at, finished_at=job.finished_at,
+                held_until=job.held_until if job.held_until and job.held_until > utcnow()
+                else None,
                 url=self.job_url(job.id) + query, setup_log_url=f"{api}/log{query}",
                 tasks=[TaskOut(name=t.name, status=t.status,
                                exit_code=t.exit_code, started_at=t.started_at,
@@ -218,7 +220,8 @@ class JobService:
         images, arches = await self.offered()
         caches = [c.name for c in await self.caches.all()
                   if allows(who.scopes, cache_scope(c.name, "push"))]
-        check_supported(manifest, images, arches, caches=caches)
+        check_supported(manifest, images, arches, caches=caches,
+                        shell=self.settings.jobs.shell_hold_minutes > 0)
         secret_ids = await self.secrets.resolve(who, manifest.secrets) if secrets else []
         return manifest, secret_ids
 

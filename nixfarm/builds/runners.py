@@ -60,11 +60,13 @@ from nixfarm.builds import poolmatch
 from nixfarm.builds import secrets as secrets_mod
 from nixfarm.builds.artifacts import ArtifactService
 from nixfarm.builds.jobs import QUEUED_TOPIC, JobService, control_topic
+from nixfarm.builds.shells import ShellService
 from nixfarm.datadir import RUNNER_TOKEN, read_token
 from nixfarm.db import jobs as q
 from nixfarm.db.builders import builder_of_token
 from nixfarm.db.models import Builder, Job, Runner, Task, Token, utcnow
 from nixfarm.errors import Conflict, Forbidden, InvalidInput, NotFound
+from nixfarm.events.base import Subscription
 from nixfarm.manifest import load_manifest
 from nixfarm.masking import Masker
 from nixfarm.scopes import ADMIN, cache_scope
@@ -108,6 +110,7 @@ class RunnerService:
         self.bus = jobs.bus
         self.tokens = tokens
         self.artifacts = artifacts
+        self.shells = ShellService(jobs)
         self._runner_tokens: dict[int, int] = {}
         self._masks: dict[int, Masker] = {}
         #: Jobs started before this moment ran in a previous life of this process.
@@ -376,6 +379,7 @@ class RunnerService:
             lease_seconds=self.settings.jobs.lease_seconds, heartbeat_wait=self.heartbeat_wait,
             cache=grant, job_url=self.jobs.job_url(job.id), attempt=job.attempts,
             resume_logs=resume,
+            shell_hold_seconds=self.settings.jobs.shell_hold_minutes * 60,
             limits=JobLimits(home_bytes=self.settings.jobs.home_bytes,
                              log_bytes=self.settings.jobs.log_bytes,
                              artifacts=self.settings.jobs.artifacts,
@@ -389,7 +393,9 @@ class RunnerService:
         now = utcnow()
         async with self.db.session() as s:
             job = await q.get_job(s, job_id)
-            lost = job.status in FINAL_STATUSES and not job.stop_requested
+            # A held job (ended, its sandbox kept for shells) is still its runner's.
+            lost = (job.status in FINAL_STATUSES and not job.stop_requested
+                    and job.held_until is None)
             if job.runner_id != runner_id or lost:
                 raise Conflict(f"job {job_id} is no longer assigned to runner {runner_id}")
             job.lease_expires_at = now + self.lease
@@ -400,6 +406,8 @@ class RunnerService:
         wait = min(wait, self.heartbeat_wait)
         async with self.bus.subscribe(control_topic(job_id)) as sub:
             job = await self._held(who, runner_id, job_id)
+            if job.held_until is not None:
+                return await self._hold_beat(who, runner_id, job_id, wait, sub)
             if not job.stop_requested and wait > 0:
                 await sub.get(wait)
                 job = await self._held(who, runner_id, job_id)
@@ -407,6 +415,26 @@ class RunnerService:
         return HeartbeatResponse(stop=job.stop_requested,
                                  reason=job.status if job.stop_requested else None,
                                  lease_expires_at=job.lease_expires_at)
+
+    async def _hold_beat(self, who: Principal, runner_id: int, job_id: int, wait: float,
+                         sub: Subscription) -> HeartbeatResponse:
+        """A heartbeat on a held job: the shell sessions waiting for it, or release."""
+        job = await self._held(who, runner_id, job_id)
+        shells = await self.shells.waiting(job_id)
+        assert job.held_until is not None
+        if not shells and job.held_until > utcnow() and wait > 0:
+            await sub.get(min(wait, (job.held_until - utcnow()).total_seconds()))
+            job = await self._held(who, runner_id, job_id)
+            shells = await self.shells.waiting(job_id)
+        assert job.lease_expires_at is not None and job.held_until is not None
+        return HeartbeatResponse(stop=False, reason=None, lease_expires_at=job.lease_expires_at,
+                                 shells=shells, release=job.held_until <= utcnow())
+
+    async def release(self, who: Principal, runner_id: int, job_id: int) -> None:
+        """The runner shut a held sandbox down."""
+        await self._held(who, runner_id, job_id)
+        await self.shells.release(job_id)
+        log.info("job %d: its held sandbox is gone", job_id)
 
     async def _masker_of(self, job: Job) -> Masker:
         masker = self._masks.get(job.id)
@@ -461,10 +489,13 @@ class RunnerService:
         if body.failed_step and body.status == "failed":
             reason = f"{body.failed_step} failed" + (f": {reason}" if reason else "")
         status = "failed" if body.status == "interrupted" else body.status
+        hold = self.settings.jobs.shell_hold_minutes
+        held = {"held_until": now + timedelta(minutes=hold), "lease_expires_at": now + self.lease
+                } if body.held and hold > 0 else {"lease_expires_at": None}
         async with self.db.session() as s:
             ended = await q.update_job_if(
                 s, job_id, {"status": "running", "runner_id": runner_id},
-                status=status, reason=reason, finished_at=now, lease_expires_at=None)
+                status=status, reason=reason, finished_at=now, **held)
             # Cancelled or timed out meanwhile: the runner has stopped, as asked.
             await q.update_job_if(s, job_id, {"runner_id": runner_id}, stop_requested=False,
                                   lease_expires_at=None)

@@ -44,6 +44,7 @@ from nixfarm.errors import NixfarmError
 from nixfarm.manifest import manifest_from_data
 from nixfarm.retries import retried, runner_calls
 from nixfarm.runner.cachepush import pusher
+from nixfarm.runner.hold import hold
 from nixfarm.runner.logship import LogShipper
 from nixfarm.runner.nixd import NixDaemon
 from nixfarm.runner.protocol import LeaseLost, RunnerClient
@@ -232,7 +233,8 @@ class Agent:
         reporter = _HttpReporter(self.client, a.job_id, shipper)
         stop_reason: list[str] = []
         work_dir = Path(tempfile.mkdtemp(prefix=f"job-{a.job_id}-", dir=self._work_root()))
-        job = asyncio.create_task(self._run(a, reporter, work_dir))
+        kept: list[Sandbox] = []  # the sandbox, when the job's end keeps it for shells
+        job = asyncio.create_task(self._run(a, reporter, work_dir, kept))
         self._running[a.job_id] = (job, stop_reason)
         beat = asyncio.create_task(self._heartbeats(a, job, stop_reason))
         result: JobResult | None = None
@@ -262,6 +264,8 @@ class Agent:
             lost = True
         if lost:
             log.warning("job %d: lease lost; dropped", a.job_id)
+            for sandbox in kept:
+                await sandbox.shutdown()
             return None
         if result is None:
             if stop_reason and stop_reason[0] == INTERRUPTED:
@@ -269,15 +273,23 @@ class Agent:
             else:
                 # Stopped by the server (cancelled or out of time): it keeps that status.
                 result = JobResult("failed", "", stop_reason[0] if stop_reason else "stopped")
-        await self._finish(a, result)
+        if not kept:
+            await self._finish(a, result)
+            return result
+        try:
+            await self._finish(a, result, held=True)
+            await hold(self.client, a.job_id, kept[0], a.heartbeat_wait,
+                       self._stopping.wait())
+        finally:
+            await kept[0].shutdown()
         return result
 
-    async def _finish(self, a: Assignment, result: JobResult) -> None:
+    async def _finish(self, a: Assignment, result: JobResult, held: bool = False) -> None:
         status: Literal["success", "failed", "interrupted"] = (
             result.status if result.status in ("success", "interrupted") else "failed")
         reason = None if status == "success" else (result.message or result.status)
         step = result.step if status == "failed" else None
-        body = FinishRequest(status=status, reason=reason, failed_step=step or None)
+        body = FinishRequest(status=status, reason=reason, failed_step=step or None, held=held)
         with contextlib.suppress(LeaseLost):
             await self.client.finish(a.job_id, body)
 
@@ -285,7 +297,8 @@ class Agent:
         self.work_root.mkdir(parents=True, exist_ok=True)
         return self.work_root
 
-    async def _run(self, a: Assignment, reporter: _HttpReporter, work_dir: Path) -> JobResult:
+    async def _run(self, a: Assignment, reporter: _HttpReporter, work_dir: Path,
+                   kept: list[Sandbox]) -> JobResult:
         shipper = reporter.shipper
         if a.attempt > 1:
             shipper.line(None, f"nixfarm: run {a.attempt} of this job (the previous one was "
@@ -315,7 +328,14 @@ class Agent:
             home_size=a.limits.home_bytes, log_limit=a.limits.log_bytes,
             max_artifacts=a.limits.artifacts, artifact_limit=a.limits.artifact_bytes,
         )
-        return await run_job(ctx)
+        if a.shell_hold_seconds > 0:
+            ctx.keep_sandbox = lambda result: result.status != "success" or manifest.shell
+        result = await run_job(ctx)
+        if ctx.kept and ctx.sandbox is not None:
+            shipper.line(None, f"nixfarm: the sandbox is kept for {a.shell_hold_seconds / 60:g} "
+                               f"minutes: nixfarm shell {a.job_id}")
+            kept.append(ctx.sandbox)
+        return result
 
     async def _heartbeats(self, a: Assignment, job: asyncio.Task[JobResult],
                           stop_reason: list[str]) -> None:

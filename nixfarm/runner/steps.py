@@ -140,6 +140,10 @@ class JobContext:
     log_limit: int | None = 64 * 1024**2
     max_artifacts: int = 8
     artifact_limit: int = 1024**3
+    #: Says, from the job's result, whether its sandbox is kept (for shells) rather than
+    #: shut down: then ``kept`` is set and shutting it down is the caller's business.
+    keep_sandbox: Callable[[JobResult], bool] | None = None
+    kept: bool = False
     # Filled in by the steps:
     image: PreparedImage | None = None
     sandbox: Sandbox | None = None
@@ -483,6 +487,7 @@ async def run_job(ctx: JobContext, steps: Sequence[Step] = STEPS) -> JobResult:
     """Run ``steps`` in order (see the module docstring); shutdown always runs last."""
     *work, last = steps
     result = JobResult("success")
+    ctx.kept = False
     try:
         for index, (name, step) in enumerate(work):
             await ctx.report.step(name, "running")
@@ -498,10 +503,14 @@ async def run_job(ctx: JobContext, steps: Sequence[Step] = STEPS) -> JobResult:
                 result = JobResult("timeout" if timed_out else "failed", name, failed.message)
                 break
             await ctx.report.step(name, "success")
+        ctx.kept = (ctx.sandbox is not None and ctx.keep_sandbox is not None
+                    and ctx.keep_sandbox(result))
     finally:
-        # Cancelled or not, the sandbox goes: shield it from a second cancellation.
-        with contextlib.suppress(NixfarmError):
-            await uncancelled(_last(ctx, last))
+        # Cancelled or not, the sandbox goes (unless kept whole, for shells): shield it
+        # from a second cancellation.
+        if not ctx.kept:
+            with contextlib.suppress(NixfarmError):
+                await uncancelled(_last(ctx, last))
     return result
 
 

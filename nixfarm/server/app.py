@@ -57,7 +57,9 @@ from nixfarm.server.api import builders as builders_api
 from nixfarm.server.api import caches as caches_api
 from nixfarm.server.api import jobs as jobs_api
 from nixfarm.server.api import runners as runners_api
+from nixfarm.server.api import schedules as schedules_api
 from nixfarm.server.api import secrets as secrets_api
+from nixfarm.server.api import shells as shells_api
 from nixfarm.server.api import tokens as tokens_api
 from nixfarm.server.auth import farm_of
 from nixfarm.server.drain import DrainMiddleware
@@ -97,7 +99,7 @@ def api_routes() -> list[BaseRoute]:
     answers of ``errors.API_RESPONSES``."""
     api = APIRouter(responses=errors.API_RESPONSES)
     for module in (caches_api, tokens_api, jobs_api, runners_api, secrets_api, builders_api,
-                   netboot_routes, releases):
+                   netboot_routes, releases, schedules_api, shells_api):
         api.include_router(module.router)
     return list(api.routes)
 

@@ -106,6 +106,8 @@ class JobOut(Wire):
     queued_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+    #: Until when the ended job's sandbox is kept for ``nixfarm shell``; null: not held.
+    held_until: datetime | None = None
     url: str
     setup_log_url: str
     tasks: list[TaskOut]

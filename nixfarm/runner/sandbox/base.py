@@ -27,6 +27,7 @@ dropped with the sandbox.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from types import TracebackType
 from typing import Literal, Protocol, Self
 
 from nixfarm.errors import NixfarmError
+from nixfarm.runner.sandbox.terminal import Terminal
 from nixfarm.runner.shielding import uncancelled
 
 BUILD_USER = "build"
@@ -41,6 +43,20 @@ BUILD_UID = 1000
 BUILD_GID = 1000
 BUILD_HOME = "/home/build"
 DEFAULT_PATH = f"{BUILD_HOME}/.nixfarm/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+
+def login_shell(root: Path) -> str:
+    """The build user's shell in an image's /etc/passwd (/bin/sh when it names none
+    or one the image lacks)."""
+    try:
+        for line in (root / "etc/passwd").read_text(errors="replace").splitlines():
+            fields = line.split(":")
+            if (len(fields) >= 7 and fields[0] == BUILD_USER and fields[6].startswith("/")
+                    and os.path.lexists(root / fields[6].lstrip("/"))):
+                return fields[6]
+    except OSError:
+        pass
+    return "/bin/sh"
+
 
 #: Called with each line of a command's output (stdout and stderr merged), no newline.
 LineCallback = Callable[[str], None]
@@ -234,6 +250,12 @@ class Sandbox(Protocol):
         is too large without the host's disk paying for it. Streams; raises
         SandboxError when ``path`` is missing or unreadable.
         """
+
+    async def shell(self, argv: Sequence[str] | None, rows: int = 24, cols: int = 80,
+                    env: Mapping[str, str] | None = None) -> Terminal:
+        """``argv`` (None: the build user's login shell) on a pseudo-terminal inside, as
+        the build user, for ``nixfarm shell`` (see ``terminal``). Not limited by the
+        spec's deadline: the caller ends it."""
 
     async def shutdown(self) -> None:
         """Kill every process in the sandbox and remove all its state. Idempotent."""

@@ -83,6 +83,7 @@ from nixfarm.runner.sandbox.base import (
     SandboxSpec,
     SandboxTimeout,
     copy_out_script,
+    login_shell,
 )
 from nixfarm.runner.sandbox.limits import CGROUP_ROOT, Confinement, Kind, confine
 from nixfarm.runner.sandbox.network import connect_slirp
@@ -95,6 +96,7 @@ from nixfarm.runner.sandbox.processes import (
     read_info,
     remove_tree,
 )
+from nixfarm.runner.sandbox.terminal import PtyTerminal
 from nixfarm.runner.shielding import uncancelled
 
 log = logging.getLogger(__name__)
@@ -409,6 +411,14 @@ class BwrapSandbox(Lifecycle):
                 output.close()
 
         return await self._supervise(process, pump(), budget, argv)
+
+    async def shell(self, argv: Sequence[str] | None, rows: int = 24, cols: int = 80,
+                    env: Mapping[str, str] | None = None) -> PtyTerminal:
+        """``argv`` (None: a login shell) on a pty, in the sandbox (``terminal``)."""
+        command = list(argv) if argv else [login_shell(self._spec.rootfs), "-l"]
+        environment = {**self._environment(env), "TERM": (env or {}).get("TERM", "xterm")}
+        return await PtyTerminal.start(self._enter(command, BUILD_HOME), environment,
+                                       rows, cols)
 
     async def put(
         self, path: str, data: bytes, *, mode: int = 0o644, owner: int = BUILD_UID

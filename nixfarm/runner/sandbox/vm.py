@@ -54,6 +54,7 @@ from nixfarm.runner.sandbox.processes import (
     read_info,
     remove_tree,
 )
+from nixfarm.runner.sandbox.terminal import CommandTerminal
 from nixfarm.runner.shielding import uncancelled
 from nixfarm.runner.vm import qemu
 from nixfarm.runner.vm.accel import Accelerator, probe
@@ -322,7 +323,8 @@ class VmSandbox(Lifecycle):
     async def _run(self, argv: Sequence[str], on_output: Lines, *, uid: int = BUILD_UID,
                    env: Mapping[str, str] | None = None, cwd: str = BUILD_HOME,
                    stdin: bytes | Path | None = None, capture: bool = False,
-                   timeout: float | None = None) -> tuple[int, Path]:  # noqa: ASYNC109
+                   timeout: float | None = None,  # noqa: ASYNC109
+                   unbounded: bool = False) -> tuple[int, Path]:
         channel, xfer = self._live()
         run_id = channel.new_id()
         environment = " ".join(shlex.quote(f"{k}={v}") for k, v in
@@ -333,7 +335,8 @@ class VmSandbox(Lifecycle):
         await asyncio.to_thread(self._write, xfer / f"{run_id}.sh", script.encode())
         if stdin is not None:
             await asyncio.to_thread(self._write, xfer / f"{run_id}.in", stdin)
-        budget = self._budget(timeout)
+        # A shell's command in a held sandbox is past the job's deadline by design.
+        budget = None if unbounded else self._budget(timeout)
         try:
             async with asyncio.timeout(budget):
                 status = await channel.run(run_id, uid, capture, on_output.feed)
@@ -360,6 +363,22 @@ class VmSandbox(Lifecycle):
     ) -> int:
         status, _ = await self._run(argv, Lines(on_line), env=env, cwd=cwd, stdin=stdin,
                                     timeout=timeout)  # fmt: skip
+        return status
+
+    async def shell(self, argv: Sequence[str] | None, rows: int = 24, cols: int = 80,
+                    env: Mapping[str, str] | None = None) -> CommandTerminal:
+        """A command in the guest, its output streamed (no pty: the agent has no pty op
+        yet, so an interactive shell is refused)."""
+        if not argv:
+            raise SandboxError("An interactive shell into a VM is not supported yet; give a "
+                               "command (nixfarm shell JOB -- CMD).", sandbox=self.name)
+        self._live()
+        command = list(argv)
+        return CommandTerminal(lambda on_line: self._status(command, on_line, env))
+
+    async def _status(self, argv: Sequence[str], on_line: LineCallback,
+                      env: Mapping[str, str] | None) -> int:
+        status, _ = await self._run(argv, Lines(on_line), env=env, unbounded=True)
         return status
 
     async def put(
