@@ -94,7 +94,7 @@ def runner(
     from nixfarm import prerequisites
     from nixfarm.client.api import resolve
     from nixfarm.runner.agent import Agent
-    from nixfarm.runner.nixd import NixDaemon
+    from nixfarm.runner.nixd import NOT_ROOT, NixDaemon
     from nixfarm.runner.protocol import RunnerClient
     from nixfarm.runner.roots import Catalogue, Images
     from nixfarm.runner.sandbox.choice import choose
@@ -103,6 +103,9 @@ def runner(
     if sandbox not in ("bwrap", "vm"):
         raise typer.BadParameter(f"{sandbox!r} is not a sandbox: bwrap or vm",
                                  param_hint="--sandbox")
+    if nix_daemon and os.geteuid() != 0:
+        # Refused rather than falling back to the system's daemon (docs/security.md).
+        raise typer.BadParameter(NOT_ROOT, param_hint="--nix-daemon")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     endpoint = resolve(url, token, data_dir)

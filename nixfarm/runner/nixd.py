@@ -19,7 +19,9 @@ the runner ends. One serves jobs with network; the other runs in a network names
 of its own (``unshare --net``: only a loopback that is down), for jobs without: a
 fixed-output derivation is built with its daemon's network, so a job without
 network gets none there either (and no substitution over the network). A runner
-that is not root uses the system's daemon, if the sandbox's user can reach it.
+that is not root gives jobs no Nix (``NOT_ROOT``): the system's daemon would build
+their fixed-output derivations with the host's network and may trust the runner's
+user, which the proxy connects as.
 
 Jobs never reach a daemon directly: each sandbox gets a socket of its own, a proxy
 (``nixproxy``) that lets the job use only its own store paths (its closure, what it
@@ -39,7 +41,6 @@ import os
 import re
 import shutil
 import socket
-import stat
 import struct
 import subprocess
 from collections.abc import Mapping
@@ -50,12 +51,19 @@ from nixfarm.runner.sandbox.base import NixClient
 
 log = logging.getLogger("nixfarm.runner.nixd")
 
-SYSTEM_SOCKET = Path("/nix/var/nix/daemon-socket/socket")
 START_TIMEOUT = 10.0
 _WORKER_MAGIC_1 = 0x6E697863
 _WORKER_MAGIC_2 = 0x6478696F
 _NSS_MODULES = ("libnss_files.so.2", "libnss_dns.so.2")
 _LDD_LINE = re.compile(r"(?:=>\s*)?(/\S+)\s+\(0x[0-9a-f]+\)")
+#: Why a runner that is not root gives jobs no Nix (and ``nixfarm runner`` refuses to
+#: start as one unless told --no-nix-daemon).
+NOT_ROOT = ("A runner that is not root cannot give jobs a Nix of their own: only root can "
+            "start the nix-daemons that build as the nixbld users with the job's network "
+            "(none for jobs without network), and the system's daemon would build their "
+            "fixed-output derivations with the host's network and may trust the runner's "
+            "user. Run the runner as root, or with --no-nix-daemon (then `image: nix` jobs "
+            "run without Nix and `cache:` jobs are refused).")
 #: The client's nix.conf: nothing the daemon would refuse from an untrusted user
 #: (every setting in it is sent along, and refused ones only print warnings).
 CLIENT_CONFIG = "# The job's Nix client; the runner's nix-daemon decides the rest.\n"
@@ -72,16 +80,6 @@ def answers(path: Path, timeout: float = 2.0) -> bool:
         except OSError:
             return False
     return len(reply) == 8 and struct.unpack("<Q", reply)[0] == _WORKER_MAGIC_2
-
-
-def reachable_by_others(path: Path) -> bool:
-    """Whether any user may connect to the socket ``path`` (as the sandbox's may)."""
-    try:
-        if not path.stat().st_mode & stat.S_IWOTH:
-            return False
-        return all(p.stat().st_mode & stat.S_IXOTH for p in path.parents)
-    except OSError:
-        return False
 
 
 def client_files(nix: str = "nix") -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
@@ -118,11 +116,9 @@ def client_files(nix: str = "nix") -> tuple[tuple[str, ...], tuple[tuple[str, st
 class NixDaemon:
     """The runner's nix-daemons (see the module docstring); ``client()`` for sandboxes."""
 
-    def __init__(self, state_dir: Path, options: Mapping[str, str] | None = None,
-                 *, system_socket: Path = SYSTEM_SOCKET) -> None:
+    def __init__(self, state_dir: Path, options: Mapping[str, str] | None = None) -> None:
         self.state_dir = state_dir
         self.options = dict(options or {})
-        self.system_socket = system_socket
         self.socket: Path | None = None
         #: The daemon of jobs without network (in a network namespace of its own).
         self.offline_socket: Path | None = None
@@ -152,37 +148,26 @@ class NixDaemon:
                 return self._client
             log.warning("a nix-daemon of the runner exited; starting them again")
             await self.stop()
+        if os.geteuid() != 0:
+            raise NixfarmError(NOT_ROOT)
         files, links = await asyncio.to_thread(client_files)
-        if os.geteuid() != 0 and await asyncio.to_thread(self._system_usable):
-            # Not root: we cannot start a daemon that builds as nixbld users. The
-            # system's is used as it is configured (see docs/security.md for what
-            # then does not hold).
-            self.socket, self.offline_socket = self.system_socket, None
-            log.info("using the nix-daemon on %s", self.socket)
-        else:
-            # A daemon of our own: one with the runner's network, for jobs with network,
-            # and one in an empty network namespace for the others (their fixed-output
-            # derivations are built with the daemon's network), which cannot
-            # substitute over the network either.
-            self._process, self.socket = await self._spawn("nix-daemon", self.options, False)
-            try:
-                self._offline, self.offline_socket = await self._spawn(
-                    "nix-daemon-offline", {**self.options, "substituters": ""}, True)
-            except BaseException:
-                await self.stop()
-                raise
+        # Daemons of our own: one with the runner's network, for jobs with network,
+        # and one in an empty network namespace for the others (their fixed-output
+        # derivations are built with the daemon's network), which cannot substitute
+        # over the network either.
+        self._process, self.socket = await self._spawn("nix-daemon", self.options, False)
+        try:
+            self._offline, self.offline_socket = await self._spawn(
+                "nix-daemon-offline", {**self.options, "substituters": ""}, True)
+        except BaseException:
+            await self.stop()
+            raise
         self._client = NixClient(socket=self.socket, files=files, links=links,
                                  config=CLIENT_CONFIG, offline_socket=self.offline_socket)
         return self._client
 
-    def _system_usable(self) -> bool:
-        return reachable_by_others(self.system_socket) and answers(self.system_socket)
-
     async def _spawn(self, name: str, options: Mapping[str, str], offline: bool
                      ) -> tuple[asyncio.subprocess.Process, Path]:
-        if os.geteuid() != 0:
-            raise NixfarmError("Only a root runner can start a nix-daemon for jobs, and no "
-                               f"daemon usable by jobs answers on {self.system_socket}.")
         daemon = shutil.which("nix-daemon")
         if daemon is None:
             raise NixfarmError("nix-daemon is not installed on this runner.")
@@ -221,7 +206,7 @@ class NixDaemon:
         return process, path
 
     async def stop(self) -> None:
-        """Stop the daemons we started (a system one is left alone). Idempotent."""
+        """Stop the daemons we started. Idempotent."""
         processes = (self._process, self._offline)
         self._process = self._offline = None
         self._client = None

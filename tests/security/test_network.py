@@ -73,3 +73,19 @@ def test_a_job_with_network_reaches_out_but_not_the_runners_loopback(
     assert seen == [host_address()]
     interfaces = set(re.findall(r"^\s*([\w-]+):\s+\d", log, re.M))
     assert interfaces == {"lo", "tap0"}, log
+
+
+def test_a_job_without_network_reaches_nothing(
+        attacker: Tenant, servers: tuple[int, int, list[str]]) -> None:
+    """In each sandbox: no route out, no host loopback, only ``lo``."""
+    inside, outside, seen = servers
+    script = (attempt("out", f"echo | nc -w 3 {host_address()} {outside}")
+              + attempt("loopback", f"echo | nc -w 3 127.0.0.1 {inside}")
+              + "cat /proc/net/dev\n")
+    job, log = attacker.run({"probe": script})
+    assert job["status"] == "success", log
+    found = statuses(log)
+    assert found["out"] != 0 and found["loopback"] != 0, log
+    assert seen == []
+    interfaces = set(re.findall(r"^\s*([\w-]+):\s+\d", log, re.M))
+    assert interfaces == {"lo"}, log
