@@ -15,10 +15,15 @@ The daemons: a root runner starts two ``nix-daemon``s of its own, on private
 sockets in its work directory, with the sandbox on (``sandbox-fallback = false``: no
 silent unsandboxed builds), the runner's Nix options (``substituters``, ...) and
 ``trusted-users`` empty; ``setpriv --pdeathsig`` ends them with the runner, however
-the runner ends. One serves jobs with network; the other runs in a network namespace
-of its own (``unshare --net``: only a loopback that is down), for jobs without: a
-fixed-output derivation is built with its daemon's network, so a job without
-network gets none there either (and no substitution over the network). A runner
+the runner ends. Nix builds a fixed-output derivation with its daemon's network, so
+each daemon has the network of the jobs it serves. The one for jobs with network
+runs in a network namespace of its own behind ``slirp4netns
+--disable-host-loopback``, as those jobs do (``sandbox.network``): outbound
+connections, nothing on the runner's loopback, and DNS through slirp's forwarder
+(its own mount namespace names it in /etc/resolv.conf, which Nix copies into the
+builds). The other runs in a network namespace with only a loopback, for jobs
+without network: they get none there either (and no substitution over the
+network). A runner
 that is not root gives jobs no Nix (``NOT_ROOT``): the system's daemon would build
 their fixed-output derivations with the host's network and may trust the runner's
 user, which the proxy connects as.
@@ -48,6 +53,7 @@ from pathlib import Path
 
 from nixfarm.errors import NixfarmError
 from nixfarm.runner.sandbox.base import NixClient
+from nixfarm.runner.sandbox.network import SLIRP_DNS, connect_slirp
 
 log = logging.getLogger("nixfarm.runner.nixd")
 
@@ -124,6 +130,8 @@ class NixDaemon:
         self.offline_socket: Path | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._offline: asyncio.subprocess.Process | None = None
+        #: The slirp4netns of the daemon for jobs with network.
+        self._slirp: asyncio.subprocess.Process | None = None
         self._client: NixClient | None = None
 
     @property
@@ -139,7 +147,8 @@ class NixDaemon:
         return process.pid if process is not None and process.returncode is None else None
 
     def _running(self) -> bool:
-        return all(p is None or p.returncode is None for p in (self._process, self._offline))
+        return all(p is None or p.returncode is None
+                   for p in (self._process, self._offline, self._slirp))
 
     async def start(self) -> NixClient:
         """Find or start the daemons; raises NixfarmError saying why it cannot."""
@@ -151,14 +160,14 @@ class NixDaemon:
         if os.geteuid() != 0:
             raise NixfarmError(NOT_ROOT)
         files, links = await asyncio.to_thread(client_files)
-        # Daemons of our own: one with the runner's network, for jobs with network,
-        # and one in an empty network namespace for the others (their fixed-output
-        # derivations are built with the daemon's network), which cannot substitute
-        # over the network either.
-        self._process, self.socket = await self._spawn("nix-daemon", self.options, False)
+        # Daemons of our own, each with the network of its jobs (their fixed-output
+        # derivations are built with the daemon's): outbound only through slirp4netns
+        # for jobs with network, none for the others (which then cannot substitute
+        # over the network either).
         try:
+            self._process, self.socket = await self._spawn("nix-daemon", self.options, True)
             self._offline, self.offline_socket = await self._spawn(
-                "nix-daemon-offline", {**self.options, "substituters": ""}, True)
+                "nix-daemon-offline", {**self.options, "substituters": ""}, False)
         except BaseException:
             await self.stop()
             raise
@@ -166,7 +175,7 @@ class NixDaemon:
                                  config=CLIENT_CONFIG, offline_socket=self.offline_socket)
         return self._client
 
-    async def _spawn(self, name: str, options: Mapping[str, str], offline: bool
+    async def _spawn(self, name: str, options: Mapping[str, str], network: bool
                      ) -> tuple[asyncio.subprocess.Process, Path]:
         daemon = shutil.which("nix-daemon")
         if daemon is None:
@@ -182,7 +191,14 @@ class NixDaemon:
         options = {**options, "sandbox": "true", "sandbox-fallback": "false",
                    "trusted-users": ""}
         args = [a for key, value in options.items() for a in ("--option", key, value)]
-        netns = ["unshare", "--net", "--"] if offline else []
+        netns = ["unshare", "--net", "--"]
+        if network:
+            # Its own mount namespace, where /etc/resolv.conf names slirp's DNS
+            # forwarder (the host's may name a resolver on its loopback, out of reach).
+            resolv = directory / "resolv.conf"
+            resolv.write_text(f"nameserver {SLIRP_DNS}\n")
+            netns = ["unshare", "--net", "--mount", "--", "sh", "-c",
+                     'mount --bind "$0" /etc/resolv.conf || :; exec "$@"', str(resolv)]
         log_file = (directory / "daemon.log").open("ab")
         try:
             process = await asyncio.create_subprocess_exec(
@@ -202,13 +218,20 @@ class NixDaemon:
                 tail = (directory / "daemon.log").read_text(errors="replace")[-500:].strip()
                 raise NixfarmError(f"nix-daemon did not start on {path}: {tail or 'no word'}")
             await asyncio.sleep(0.05)
+        if network:
+            try:
+                self._slirp = await connect_slirp(f"/proc/{process.pid}/ns/net", name,
+                                                  ready_within=START_TIMEOUT)
+            except BaseException:
+                await _end(process)
+                raise
         log.info("started %s (pid %d) on %s", name, process.pid, path)
         return process, path
 
     async def stop(self) -> None:
         """Stop the daemons we started. Idempotent."""
-        processes = (self._process, self._offline)
-        self._process = self._offline = None
+        processes = (self._process, self._offline, self._slirp)
+        self._process = self._offline = self._slirp = None
         self._client = None
         for process in processes:
             if process is not None:

@@ -82,7 +82,7 @@ from nixfarm.runner.sandbox.base import (
     SandboxTimeout,
 )
 from nixfarm.runner.sandbox.limits import Confinement, Kind, confine
-from nixfarm.runner.sandbox.network import connect_slirp
+from nixfarm.runner.sandbox.network import SLIRP_DNS, connect_slirp
 from nixfarm.runner.sandbox.processes import (
     Lines,
     feed_stdin,
@@ -105,8 +105,6 @@ NIX_CONF = "/etc/nix/nix.conf"
 _GET = 'if [ -d "$1" ]; then cd "$1" && exec tar -cf - .; else exec cat -- "$1"; fi'
 
 
-#: slirp4netns's DNS forwarder, as the sandbox sees it.
-SLIRP_DNS = "10.0.2.3"
 # Joins the user namespace $1 (as its owner or root: all capabilities in it) and sets
 # its limit of further user namespaces to 0; Python 3.11 has no os.setns.
 _LIMIT_USERNS = """
