@@ -122,7 +122,7 @@ def runner(
         options, uses_nix=nix_daemon or nix_source is not None))
     home = runner_dir(work_dir)
     images = Images(Catalogue(home / "images"), nix_source=nix_source, nix_options=options)
-    daemon = NixDaemon(home, options) if nix_daemon else None
+    daemon = NixDaemon(home, options, farm_urls=(endpoint.url,)) if nix_daemon else None
 
     async def work() -> None:
         choice = await choose(sandbox, home)  # a SandboxError is the run's error

@@ -22,9 +22,10 @@ runs in a network namespace of its own behind ``slirp4netns
 connections, nothing on the runner's loopback, and DNS through slirp's forwarder
 (its own mount namespace names it in /etc/resolv.conf, which Nix copies into the
 builds). The other runs in a network namespace with only a loopback, for jobs
-without network: they get none there either (and no substitution over the
-network). A runner
-that is not root gives jobs no Nix (``NOT_ROOT``): the system's daemon would build
+without network: they get none there either. The farm's own caches among the
+substituters reach both daemons through the runner (``cacherelay``), whatever
+network they have; the daemon without network substitutes from nothing else. A
+runner that is not root gives jobs no Nix (``NOT_ROOT``): the system's daemon would build
 their fixed-output derivations with the host's network and may trust the runner's
 user, which the proxy connects as.
 
@@ -48,10 +49,11 @@ import shutil
 import socket
 import struct
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from nixfarm.errors import NixfarmError
+from nixfarm.runner.cacherelay import CacheRelay, relayed
 from nixfarm.runner.sandbox.base import NixClient
 from nixfarm.runner.sandbox.network import SLIRP_DNS, connect_slirp
 
@@ -122,9 +124,15 @@ def client_files(nix: str = "nix") -> tuple[tuple[str, ...], tuple[tuple[str, st
 class NixDaemon:
     """The runner's nix-daemons (see the module docstring); ``client()`` for sandboxes."""
 
-    def __init__(self, state_dir: Path, options: Mapping[str, str] | None = None) -> None:
+    def __init__(self, state_dir: Path, options: Mapping[str, str] | None = None,
+                 farm_urls: Sequence[str] = ()) -> None:
+        """``farm_urls``: where this runner reaches its farm, the first used, the others
+        the farm's other names (its ``base_url``): substituters under them are the
+        farm's caches, which both daemons get through the runner (``cacherelay``)."""
         self.state_dir = state_dir
         self.options = dict(options or {})
+        self.farm_urls = tuple(farm_urls)
+        self._relay: CacheRelay | None = None
         self.socket: Path | None = None
         #: The daemon of jobs without network (in a network namespace of its own).
         self.offline_socket: Path | None = None
@@ -164,10 +172,15 @@ class NixDaemon:
         # derivations are built with the daemon's): outbound only through slirp4netns
         # for jobs with network, none for the others (which then cannot substitute
         # over the network either).
+        # The farm's caches among the substituters are relayed into both (``cacherelay``).
+        every, farms, caches = relayed(self.options.get("substituters", ""), self.farm_urls)
+        online = {**self.options, "substituters": every} if caches else self.options
         try:
-            self._process, self.socket = await self._spawn("nix-daemon", self.options, True)
+            if caches:
+                self._relay = CacheRelay(self.farm_urls[0], caches)
+            self._process, self.socket = await self._spawn("nix-daemon", online, True)
             self._offline, self.offline_socket = await self._spawn(
-                "nix-daemon-offline", {**self.options, "substituters": ""}, False)
+                "nix-daemon-offline", {**self.options, "substituters": farms}, False)
         except BaseException:
             await self.stop()
             raise
@@ -218,13 +231,15 @@ class NixDaemon:
                 tail = (directory / "daemon.log").read_text(errors="replace")[-500:].strip()
                 raise NixfarmError(f"nix-daemon did not start on {path}: {tail or 'no word'}")
             await asyncio.sleep(0.05)
-        if network:
-            try:
+        try:
+            if network:
                 self._slirp = await connect_slirp(f"/proc/{process.pid}/ns/net", name,
                                                   ready_within=START_TIMEOUT)
-            except BaseException:
-                await _end(process)
-                raise
+            if self._relay is not None:
+                await self._relay.listen_in(process.pid)
+        except BaseException:
+            await _end(process)
+            raise
         log.info("started %s (pid %d) on %s", name, process.pid, path)
         return process, path
 
@@ -233,6 +248,9 @@ class NixDaemon:
         processes = (self._process, self._offline, self._slirp)
         self._process = self._offline = self._slirp = None
         self._client = None
+        relay, self._relay = self._relay, None
+        if relay is not None:
+            await relay.close()
         for process in processes:
             if process is not None:
                 await _end(process)
