@@ -173,14 +173,19 @@ class NixDaemon:
         # for jobs with network, none for the others (which then cannot substitute
         # over the network either).
         # The farm's caches among the substituters are relayed into both (``cacherelay``).
-        every, farms, caches = relayed(self.options.get("substituters", ""), self.farm_urls)
-        online = {**self.options, "substituters": every} if caches else self.options
+        online, offline, caches = dict(self.options), dict(self.options), set()
+        for key in ("substituters", "extra-substituters"):
+            every, farms, names = relayed(self.options.get(key, ""), self.farm_urls)
+            if key in self.options:
+                online[key] = every
+            offline[key] = farms
+            caches |= names
         try:
             if caches:
                 self._relay = CacheRelay(self.farm_urls[0], caches)
             self._process, self.socket = await self._spawn("nix-daemon", online, True)
             self._offline, self.offline_socket = await self._spawn(
-                "nix-daemon-offline", {**self.options, "substituters": farms}, False)
+                "nix-daemon-offline", offline, False)
         except BaseException:
             await self.stop()
             raise
