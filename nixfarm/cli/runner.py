@@ -95,7 +95,7 @@ def runner(
     from nixfarm import prerequisites
     from nixfarm.client.api import resolve
     from nixfarm.runner.agent import Agent
-    from nixfarm.runner.nixd import NixDaemon
+    from nixfarm.runner.nixd import NOT_ROOT, NixDaemon
     from nixfarm.runner.protocol import RunnerClient
     from nixfarm.runner.roots import Catalogue, Images
     from nixfarm.runner.sandbox.base import SandboxError
@@ -106,6 +106,9 @@ def runner(
         parse_kinds(sandbox)
     except SandboxError as e:
         raise typer.BadParameter(e.message, param_hint="--sandbox") from None
+    if nix_daemon and os.geteuid() != 0:
+        # Refused rather than falling back to the system's daemon (docs/security.md).
+        raise typer.BadParameter(NOT_ROOT, param_hint="--nix-daemon")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     endpoint = resolve(url, token, data_dir)
@@ -122,7 +125,7 @@ def runner(
         options, uses_nix=nix_daemon or nix_source is not None))
     home = runner_dir(work_dir)
     images = Images(Catalogue(home / "images"), nix_source=nix_source, nix_options=options)
-    daemon = NixDaemon(home, options) if nix_daemon else None
+    daemon = NixDaemon(home, options, farm_urls=(endpoint.url,)) if nix_daemon else None
 
     async def work() -> None:
         choice = await choose_kinds(sandbox, home)  # a SandboxError is the run's error

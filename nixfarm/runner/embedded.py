@@ -43,7 +43,8 @@ async def serve(settings: Settings) -> None:
     if slots <= 0 or not token:
         return  # nothing to drain: the supervisor's default answer stands
     host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    client = RunnerClient(f"http://{host}:{settings.port}", token)
+    url = f"http://{host}:{settings.port}"
+    client = RunnerClient(url, token)
     stopping = asyncio.Event()
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         asyncio.get_running_loop().add_signal_handler(draining.DRAIN_SIGNAL, stopping.set)
@@ -57,7 +58,9 @@ async def serve(settings: Settings) -> None:
                       accelerator=sandbox.accelerator,
                       # Short long-polls: the server drains open requests before it
                       # stops, and our own claims would hold its shutdown up.
-                      claim_wait=2.0, nix=NixDaemon(home, dict(settings.nix_options)))
+                      claim_wait=2.0, nix=NixDaemon(
+                          home, dict(settings.nix_options),
+                          farm_urls=[url, settings.base_url]))
         serving = asyncio.create_task(agent.serve())
         asked = asyncio.create_task(stopping.wait())
         try:

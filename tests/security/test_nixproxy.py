@@ -33,8 +33,7 @@ class Rig:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.daemon = NixDaemon(where / "state", {"substituters": ""},
-                                system_socket=where / "none")
+        self.daemon = NixDaemon(where / "state", {"substituters": ""})
         self.proxies: list[NixProxy] = []
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:

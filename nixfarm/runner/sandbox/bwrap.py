@@ -86,7 +86,7 @@ from nixfarm.runner.sandbox.base import (
     login_shell,
 )
 from nixfarm.runner.sandbox.limits import CGROUP_ROOT, Confinement, Kind, confine
-from nixfarm.runner.sandbox.network import connect_slirp
+from nixfarm.runner.sandbox.network import SLIRP_DNS, connect_slirp
 from nixfarm.runner.sandbox.processes import (
     Lines,
     OutputPipe,
@@ -109,8 +109,6 @@ _PUT = 'mkdir -p "$(dirname "$1")" && cat > "$1" && chmod "$2" "$1"'
 DAEMON_SOCKET = "/nix/var/nix/daemon-socket/socket"
 NIX_CONF = "/etc/nix/nix.conf"
 
-#: slirp4netns's DNS forwarder, as the sandbox sees it.
-SLIRP_DNS = "10.0.2.3"
 # Joins the user namespace $1 (as its owner or root: all capabilities in it) and sets
 # its limit of further user namespaces to 0; Python 3.11 has no os.setns.
 _LIMIT_USERNS = """
