@@ -113,8 +113,11 @@ def visitor(web_farm: RunningFarm) -> Iterator[Visitor]:
 # --- the browser -------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """A headless Chromium for the module's tests. Per module, not per session: the sync
+    API keeps an event loop running in this thread while it is open, and the anyio tests
+    of other modules need that thread's loop for themselves."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: scripts/setup installs Debian's chromium")
     from playwright.sync_api import sync_playwright
