@@ -17,7 +17,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from nixfarm.errors import ConfigError
 
@@ -167,7 +174,7 @@ class OidcSettings(Section):
     #: The provider's issuer URL; its discovery document is
     #: ``<issuer>/.well-known/openid-configuration``.
     issuer: str = ""
-    client_id: str = ""
+    client_id: str = Field(default="", validate_default=True)
     client_secret: str = ""
     #: The ID token claim that names the person: ``email`` (only when the provider
     #: says it is verified) or ``sub``.
@@ -176,6 +183,20 @@ class OidcSettings(Section):
     principals: dict[str, str] = {}
     #: Seconds the provider's discovery document and keys are remembered.
     discovery_seconds: int = Field(default=3600, ge=0)
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer_is_a_url(cls, value: str) -> str:
+        if value and not value.startswith(("https://", "http://")):
+            raise ValueError("expected the provider's URL, e.g. https://accounts.example.org")
+        return value
+
+    @field_validator("client_id")
+    @classmethod
+    def _client_with_issuer(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("issuer") and not value:
+            raise ValueError("an issuer needs the client_id the provider gave this farm")
+        return value
 
     @property
     def enabled(self) -> bool:

@@ -5,7 +5,8 @@ token); the server stores a session row and gives the browser a cookie holding t
 session's secret. Every request resolves the cookie to the token's ``Principal``, so a
 signed-in page sees exactly what that token sees through the API, and revoking the
 token ends its sessions. Only a hash of the secret is stored (as for tokens). Signing
-out deletes the row; an expired row is as good as gone and deleted when next seen.
+out deletes the row; an expired row is as good as gone, and deleted when next seen or
+at the next sign-in.
 
 Each session has its own CSRF token, which its forms carry (``server/pages/site.py``).
 A session is remembered for a second or two per server, which bounds how long one that
@@ -71,6 +72,7 @@ class SessionService:
         async with self.db.session() as s:
             s.add(row)
             await s.flush()
+        await self.purge()  # sign-ins are rare: each clears the sessions that expired
         return self._view(row, principal), secret
 
     async def resolve(self, secret: str) -> Session | None:

@@ -8,7 +8,6 @@ person with a browser cookie jar (httpx) who reads pages and sends their forms.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 import uuid
@@ -120,8 +119,6 @@ def browser() -> Iterator[Any]:
         pytest.fail(f"{CHROMIUM} is missing: scripts/setup installs Debian's chromium")
     from playwright.sync_api import sync_playwright
 
-    # Playwright's driver is node; it must not pick up a proxy meant for other tools.
-    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
                                               args=CHROMIUM_ARGS)

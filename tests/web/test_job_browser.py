@@ -120,3 +120,40 @@ def test_a_private_job_appears_only_when_signed_in(web_farm: RunningFarm, page: 
     page.goto(url)
     assert page.text_content("h1") == "Not found"
     assert "nixfarm_session" not in {c["name"] for c in page.context.cookies()}
+
+
+def test_a_finished_job_reads_without_javascript(web_farm: RunningFarm, browser: Any) -> None:
+    manifest = ("image: nix\npackages: [busybox]\ntasks:\n"
+                "  - build: |\n      mkdir -p out\n      echo built > out/result.txt\n"
+                "      printf '\\033[32mok\\033[0m\\n'\n"
+                "  - check: |\n      cat out/result.txt\n"
+                "artifacts:\n  - out/result.txt\n")
+    r = web_farm.request("POST", "/api/v1/jobs", json={"manifest": manifest,
+                                                       "visibility": "public"})
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+    assert wait_status(web_farm, job_id, {"success", "failed"})["status"] == "success"
+    context = browser.new_context(java_script_enabled=False, viewport={"width": 390,
+                                                                       "height": 844})
+    try:
+        raw = web_farm.get(f"/jobs/{job_id}/tasks/build/log.txt", token="").text
+        n = raw.split("\n").index("\x1b[32mok\x1b[0m") + 1
+        page = context.new_page()
+        page.goto(f"{web_farm.url}/jobs/{job_id}#task-build-L{n}")
+        assert page.text_content("#status") == "success"
+        assert page.text_content("#status-check") == "success"
+        # The line of the permalink is the one the browser points at (CSS :target).
+        assert page.evaluate("document.querySelector(':target').id") == f"task-build-L{n}"
+        assert page.text_content(f"#task-build-L{n} .fg-32") == "ok"
+        assert "built" in page.text_content('.log[data-anchor="task-check"]')
+        # Each task's section folds (a <details>, no script needed).
+        assert page.is_visible("#task-check-L1")
+        page.click("#log-task-check > summary")
+        assert not page.is_visible("#task-check-L1")
+        href = page.get_attribute("#artifacts a", "href")
+        assert href is not None and web_farm.get(href, token="").text == "built\n"
+        # Nothing overflows a phone's width but the log's own lines.
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, width
+    finally:
+        context.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from nixfarm.errors import InvalidInput
 from nixfarm.server.auth import farm_of
 from nixfarm.server.pages import site
 
@@ -41,11 +40,10 @@ async def sign_in(request: Request, who: site.Viewer = site.VIEWER) -> Response:
     farm = farm_of(request)
     found = await farm.tokens.authenticate(secret) if secret else None
     if found is None:
-        problem = InvalidInput("That token is unknown, revoked or expired." if secret
-                               else "Paste a token to sign in.", field="token")
         return site.render(request, "sign-in.html", {
             "next": target, "oidc": farm.settings.web.oidc.enabled,
-            "problem": problem.message}, status=401)
+            "problem": "That token is unknown, revoked or expired." if secret
+            else "Paste a token to sign in."}, status=401)
     previous = request.cookies.get(site.SESSION_COOKIE)
     if previous:  # signing in again replaces a session, never leaves it behind
         await farm.sessions.close(previous)
