@@ -712,7 +712,9 @@ def test_web_pages(jobs_farm: RunningFarm, new_runner: NewRunner) -> None:
     assert listing.status_code == 200 and f'href="/jobs/{job["id"]}"' in listing.text
     page = jobs_farm.get(f"/jobs/{job['id']}", token="")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert 'id="log-webtask"' in page.text and f"/api/v1/jobs/{job['id']}/events" in page.text
+    # Each task's log is a section of its own; a running job's page follows its events.
+    assert 'id="log-task-webtask"' in page.text
+    assert f'data-events="/jobs/{job["id"]}/events?from=' in page.text
     assert "&lt;b&gt;shown escaped&lt;/b&gt;" in page.text
     jobs_farm.request("POST", f"/api/v1/jobs/{job['id']}/cancel")
 
