@@ -17,7 +17,8 @@ from nixfarm.runner.workdir import runner_dir
 from tests.fixtures.farm import NIXFARM
 from tests.fixtures.images import BUILDS
 
-pytestmark = pytest.mark.slow
+# Long: the first test may build the debian image (minutes) and VMs boot under TCG.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
 def image(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:

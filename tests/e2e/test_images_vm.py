@@ -19,7 +19,8 @@ from nixfarm.runner.workdir import runner_dir
 from tests.fixtures.farm import NIXFARM, RunningFarm, free_port
 from tests.fixtures.jobs import RunnerProcesses, wait_job
 
-pytestmark = pytest.mark.slow
+# Long: the first test may build the debian image (minutes) and VMs boot under TCG.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +83,10 @@ def test_debian_jobs_run_in_a_vm_on_the_runner_that_has_the_image(
     token = farm.cli("token", "create", "--name", "img-runners", "--scope",
                      "runner").stdout.strip()  # fmt: skip
     both_dir, bwrap_dir = tmp_path / "both", tmp_path / "bwrap"
-    both = RunnerProcesses(tmp_path, both_dir)
-    bwrap_only = RunnerProcesses(tmp_path, bwrap_dir)
+    for logs_dir in ("both-logs", "bwrap-logs"):  # each runner's log a file of its own
+        (tmp_path / logs_dir).mkdir()
+    both = RunnerProcesses(tmp_path / "both-logs", both_dir)
+    bwrap_only = RunnerProcesses(tmp_path / "bwrap-logs", bwrap_dir)
     both.start(farm.url, token, "both", "--sandbox", "bwrap,vm", "--no-nix-daemon")
     bwrap_only.start(farm.url, token, "bwrap-only", "--sandbox", "bwrap", "--no-nix-daemon")
     try:

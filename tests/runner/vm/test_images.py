@@ -13,7 +13,8 @@ import pytest
 from nixfarm import images
 from nixfarm.runner import imaging
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+# Long: the first test may build the debian image (minutes) and VMs boot under TCG.
+pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
 async def test_the_debian_image_passes_its_sanity_check_and_powers_off(
