@@ -14,6 +14,7 @@ import anyio
 import pytest
 
 from nixfarm.runner.sandbox import BwrapSandbox, Sandbox, SandboxError, SandboxSpec, SandboxTimeout
+from nixfarm.runner.sandbox.terminal import Terminal
 from nixfarm.runner.sandbox.vm import VmSandbox
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -73,3 +74,52 @@ async def test_a_command_out_of_time_is_killed(sandbox: Sandbox) -> None:
         await sh(sandbox, "sleep 51")
     _, lines = await sh(sandbox, "ps -o args | grep -c '^sleep 5[01]'")
     assert lines == ["0"], lines
+
+
+async def until(terminal: Terminal, wanted: bytes, seen: bytearray, seconds: float = 60
+                ) -> None:
+    """Read the terminal into ``seen`` until ``wanted`` shows (then drop up to it)."""
+    with anyio.move_on_after(seconds):
+        while wanted not in seen:
+            chunk = await terminal.read()
+            assert chunk, f"the terminal ended before {wanted!r}: {bytes(seen)!r}"
+            seen += chunk
+    assert wanted in seen, f"no {wanted!r} within {seconds:g} s: {bytes(seen)!r}"
+    del seen[: seen.index(wanted) + len(wanted)]
+
+
+async def test_a_terminal_inside_with_size_and_interrupts(sandbox: Sandbox) -> None:
+    await sandbox.put("/home/build/seen.txt", b"left by a task\n")
+    terminal = await sandbox.shell(None, rows=30, cols=100)
+    seen = bytearray()
+    try:
+        await until(terminal, b"$ ", seen)  # a login shell's prompt
+        await terminal.write(b"stty size; cat seen.txt; id -un; "
+                             b"test -t 0 && echo on-a-$((0))-tty\r")
+        for wanted in (b"30 100", b"left by a task", b"build", b"on-a-0-tty"):
+            await until(terminal, wanted, seen)
+        terminal.resize(40, 120)
+        await terminal.write(b"stty size\r")
+        await until(terminal, b"40 120", seen)
+        # ^C interrupts the command in the foreground, and the shell goes on.
+        await terminal.write(b"sleep 60; echo not-$((1+1))-interrupted\r")
+        await anyio.sleep(1.0)
+        await terminal.write(b"\x03")
+        await terminal.write(b"echo alive-$((2*3))\r")
+        with anyio.fail_after(20):
+            await until(terminal, b"alive-6", seen)
+        await terminal.write(b"exit 7\r")
+        with anyio.fail_after(30):
+            assert await terminal.wait() == 7
+    finally:
+        await terminal.close()
+    assert b"not-2-interrupted" not in seen
+    # A command on a terminal: its output and exit status.
+    command = await sandbox.shell(["/bin/sh", "-c", "echo one-$((0+1)); exit 3"])
+    seen = bytearray()
+    try:
+        await until(command, b"one-1", seen)
+        with anyio.fail_after(30):
+            assert await command.wait() == 3
+    finally:
+        await command.close()
