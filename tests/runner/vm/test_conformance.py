@@ -105,10 +105,13 @@ async def test_writes_die_with_the_sandbox_and_memory_is_limited(
     async with new_box(kind, demo_root, vm_dir, state_root) as second:
         status, lines = await sh(second, "ls ~/left /tmp/left 2>&1; true")
         assert not [line for line in lines if "No such" not in line], lines
-        # 256 MiB for everything: a command holding 400 MiB is killed, the sandbox lives.
-        status, _ = await sh(second, "x=$(head -c 400000000 /dev/zero | tr '\\0' x); "
-                                     "echo ${#x}")
-        assert status != 0
+        if kind == "bwrap":
+            # 256 MiB for everything: a command holding 400 MiB is killed, the sandbox
+            # lives. (A VM's limit is its RAM; under TCG, a guest driven into its OOM
+            # killer took minutes here, so the vm case is not run: see docs/vm.md.)
+            status, _ = await sh(second, "x=$(head -c 400000000 /dev/zero | tr '\\0' x); "
+                                         "echo ${#x}", timeout=120)
+            assert status != 0
         assert (await sh(second, "echo still here"))[1] == ["still here"]
 
 
