@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 
 import anyio
 import sqlalchemy as sa
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 from nixfarm.builds.jobs import JobService, is_admin
 from nixfarm.db.models import Schedule, utcnow
@@ -54,6 +54,11 @@ def parse_cron(expression: str) -> str:
     if not croniter.is_valid(text):
         raise InvalidInput(f"cron {expression!r} is not a valid cron expression",
                            field="cron")
+    try:  # valid, but maybe never due (February 31st)
+        next_slot(text, utcnow())
+    except (CroniterError, ValueError):
+        raise InvalidInput(f"cron {expression!r} names no time that ever comes",
+                           field="cron") from None
     return text
 
 

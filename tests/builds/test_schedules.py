@@ -41,7 +41,8 @@ def test_cron_expressions_are_checked() -> None:
     assert parse_cron(" 0  3 * * * ") == "0 3 * * *"
     assert parse_cron("* * * * * */5") == "* * * * * */5"
     for bad, why in (("0 3 * *", "has 4 fields"), ("* * * * * * *", "has 7 fields"),
-                     ("61 3 * * *", "not a valid"), ("a b c d e", "not a valid")):
+                     ("61 3 * * *", "not a valid"), ("a b c d e", "not a valid"),
+                     ("0 0 31 2 *", "no time that ever comes")):
         with pytest.raises(InvalidInput, match=why):
             parse_cron(bad)
     at = datetime(2026, 1, 1, 3, 0, tzinfo=UTC)

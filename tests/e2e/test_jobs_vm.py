@@ -54,6 +54,7 @@ tasks:
       echo "uid=$(id -u) home=$HOME pwd=$(pwd)"
   - fails: |
       echo before the end
+      echo left by the failed task > left.txt
       exit 3
   - never: |
       echo not run
@@ -73,6 +74,14 @@ tasks:
         (runner,) = [r for r in farm.get("/api/v1/runners").json() if r["name"] == "vm-runner"]
         assert runner["sandboxes"] == ["vm"] and runner["accelerator"] in ("kvm", "tcg")
         assert runner["accelerator"] in setup
+        # The failed job's VM is kept: a shell into it sees what the failed task left.
+        assert done["held_until"] is not None
+        shell = farm.cli("shell", str(done["id"]), "--", "sh", "-c",
+                         "cat left.txt; id -un; exit 5", check=False)
+        assert shell.returncode == 5, shell.stderr
+        # (telnetd in the guest starts a session with blank lines)
+        assert shell.stdout.replace("\r\n", "\n").strip("\r\n").splitlines() == [
+            "left by the failed task", "build"]
     finally:
         runners.stop()
         home = runner_dir(tmp_path / "work")  # where that runner worked (maybe /var/tmp)

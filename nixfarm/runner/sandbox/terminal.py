@@ -24,7 +24,7 @@ import os
 import signal
 import struct
 import termios
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 
@@ -116,36 +116,3 @@ class PtyTerminal:
         os.close(self._master)
         self._output.put_nowait(b"")
 
-
-class CommandTerminal:
-    """A command run without a pty (a VM's agent has no pty op yet): its output lines
-    as they come (CRLF-ended, as a terminal shows them), its exit status; keystrokes
-    and sizes are ignored. ``start`` gets the line callback and returns the status."""
-
-    def __init__(self, start: Callable[[Callable[[str], None]], Awaitable[int]]) -> None:
-        self._output: asyncio.Queue[bytes] = asyncio.Queue()
-        self._task = asyncio.ensure_future(self._run(start))
-
-    async def _run(self, start: Callable[[Callable[[str], None]], Awaitable[int]]) -> int:
-        try:
-            return await start(lambda line: self._output.put_nowait(line.encode() + b"\r\n"))
-        finally:
-            self._output.put_nowait(b"")
-
-    async def read(self) -> bytes:
-        return await self._output.get()
-
-    async def write(self, data: bytes) -> None:
-        pass
-
-    def resize(self, rows: int, cols: int) -> None:
-        pass
-
-    async def wait(self) -> int:
-        return await asyncio.shield(self._task)
-
-    async def close(self) -> None:
-        if not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task

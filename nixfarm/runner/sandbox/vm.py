@@ -44,6 +44,7 @@ from nixfarm.runner.sandbox.base import (
     SandboxSpec,
     SandboxTimeout,
     copy_out_script,
+    login_shell,
 )
 from nixfarm.runner.sandbox.network import connect_slirp
 from nixfarm.runner.sandbox.processes import (
@@ -54,12 +55,12 @@ from nixfarm.runner.sandbox.processes import (
     read_info,
     remove_tree,
 )
-from nixfarm.runner.sandbox.terminal import CommandTerminal
 from nixfarm.runner.shielding import uncancelled
-from nixfarm.runner.vm import qemu
+from nixfarm.runner.vm import qemu, telnet
 from nixfarm.runner.vm.accel import Accelerator, probe
 from nixfarm.runner.vm.channel import AgentChannel
 from nixfarm.runner.vm.kernel import BootFiles, KernelError, boot_files
+from nixfarm.runner.vm.telnet import TelnetTerminal
 
 NOBODY = 65534
 #: slirp4netns's DNS forwarder, in the network namespace qemu runs in.
@@ -67,6 +68,8 @@ SLIRP_DNS = "10.0.2.3"
 #: Seconds from qemu's start to the agent's ``ready`` (TCG on a busy machine is slow).
 BOOT_TIMEOUT = 120.0
 STATE_PREFIX = "nixfarm-vm-"
+#: Shell sessions (``nixfarm shell``) a VM holds at once: a virtio-serial port each.
+SHELL_PORTS = 2
 #: What an image's root must hold: a shell, the build user, its home's mount point.
 _REQUIRED = ("bin/sh", "etc/passwd", "home/build", "tmp", "dev")
 _PUT = 'mkdir -p "$(dirname "$1")" && cat > "$1" && chmod "$2" "$1"'
@@ -95,6 +98,8 @@ class VmSandbox(Lifecycle):
         self.state_dir: Path | None = None
         self._processes: list[asyncio.subprocess.Process] = []
         self._channel: AgentChannel | None = None
+        self._shell_ports: list[socket.socket] = []
+        self._free_shells: set[int] = set()
         self._deadline: float | None = None
         self._closed = False
         self._booted = False
@@ -178,6 +183,9 @@ class VmSandbox(Lifecycle):
         log = (self.state_dir / "console.log").open("wb")
         host_control, guest_control = socket.socketpair()
         host_output, guest_output = socket.socketpair()
+        shell_pairs = [socket.socketpair() for _ in range(SHELL_PORTS)]
+        self._shell_ports = [host for host, _ in shell_pairs]
+        self._free_shells = set(range(SHELL_PORTS))
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         vfs_client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         opened: list[int] = []
@@ -194,7 +202,8 @@ class VmSandbox(Lifecycle):
                 opened.append(os.open(self._spec.image.path, os.O_RDONLY))
             fds = qemu.Fds(kernel=opened[0], initrd=opened[1], virtiofs=vfs_client.fileno(),
                            control=guest_control.fileno(), output=guest_output.fileno(),
-                           disk=opened[2] if len(opened) > 2 else None)  # fmt: skip
+                           disk=opened[2] if len(opened) > 2 else None,
+                           shells=tuple(guest.fileno() for _, guest in shell_pairs))  # fmt: skip
             await self._spawn(
                 [*qemu.virtiofsd_bwrap(self._spec, xfer), "--",
                  *qemu.virtiofsd_args(listener.fileno())], (listener.fileno(),), log)
@@ -204,7 +213,8 @@ class VmSandbox(Lifecycle):
                 [*qemu.bwrap(extra=[*self._kvm_device(accel), *self._resolver(),
                                     "--info-fd", str(info_write)]),
                  "--", *qemu.qemu_args(self._spec, accel, fds, qemu.host_tsc_khz())],
-                (*opened, vfs_client.fileno(), guest_control.fileno(), guest_output.fileno()),
+                (*opened, vfs_client.fileno(), guest_control.fileno(), guest_output.fileno(),
+                 *(guest.fileno() for _, guest in shell_pairs)),
                 log, groups=self._kvm_groups(accel))  # fmt: skip
             os.close(info_write)
             opened.remove(info_write)
@@ -216,7 +226,8 @@ class VmSandbox(Lifecycle):
             log.close()
             for fd in opened:
                 os.close(fd)
-            for sock in (listener, vfs_client, guest_control, guest_output):
+            for sock in (listener, vfs_client, guest_control, guest_output,
+                         *(guest for _, guest in shell_pairs)):
                 sock.close()
         self._channel = AgentChannel(host_control, host_output, self.name)
         await self._channel.open()
@@ -323,8 +334,7 @@ class VmSandbox(Lifecycle):
     async def _run(self, argv: Sequence[str], on_output: Lines, *, uid: int = BUILD_UID,
                    env: Mapping[str, str] | None = None, cwd: str = BUILD_HOME,
                    stdin: bytes | Path | None = None, capture: bool = False,
-                   timeout: float | None = None,  # noqa: ASYNC109
-                   unbounded: bool = False) -> tuple[int, Path]:
+                   timeout: float | None = None) -> tuple[int, Path]:  # noqa: ASYNC109
         channel, xfer = self._live()
         run_id = channel.new_id()
         environment = " ".join(shlex.quote(f"{k}={v}") for k, v in
@@ -335,8 +345,7 @@ class VmSandbox(Lifecycle):
         await asyncio.to_thread(self._write, xfer / f"{run_id}.sh", script.encode())
         if stdin is not None:
             await asyncio.to_thread(self._write, xfer / f"{run_id}.in", stdin)
-        # A shell's command in a held sandbox is past the job's deadline by design.
-        budget = None if unbounded else self._budget(timeout)
+        budget = self._budget(timeout)
         try:
             async with asyncio.timeout(budget):
                 status = await channel.run(run_id, uid, capture, on_output.feed)
@@ -366,20 +375,50 @@ class VmSandbox(Lifecycle):
         return status
 
     async def shell(self, argv: Sequence[str] | None, rows: int = 24, cols: int = 80,
-                    env: Mapping[str, str] | None = None) -> CommandTerminal:
-        """A command in the guest, its output streamed (no pty: the agent has no pty op
-        yet, so an interactive shell is refused)."""
-        if not argv:
-            raise SandboxError("An interactive shell into a VM is not supported yet; give a "
-                               "command (nixfarm shell JOB -- CMD).", sandbox=self.name)
-        self._live()
-        command = list(argv)
-        return CommandTerminal(lambda on_line: self._status(command, on_line, env))
+                    env: Mapping[str, str] | None = None) -> TelnetTerminal:
+        """``argv`` (None: a login shell) on a pty in the guest (``vm.telnet``)."""
+        channel, xfer = self._live()
+        if not self._free_shells:
+            raise SandboxError(f"At most {SHELL_PORTS} shells can be open into a VM at once.",
+                               sandbox=self.name)
+        command = list(argv) if argv else [self._login_shell(), "-l"]
+        run_id = channel.new_id()
+        environment = " ".join(shlex.quote(f"{k}={v}") for k, v in
+                               self._environment({"TERM": "xterm", **(env or {})}).items())
+        script = (f"cd -- {shlex.quote(BUILD_HOME)} || exit 126\n"
+                  f"exec /run/nixfarm/busybox env -i {environment} "
+                  f"{' '.join(shlex.quote(a) for a in command)}\n")  # fmt: skip
+        await asyncio.to_thread(self._write, xfer / f"{run_id}.sh", script.encode())
+        port = self._free_shells.pop()
+        sock = self._shell_ports[port]
+        TelnetTerminal.drain(sock)
+        sock.send(telnet.window(rows, cols))
+        await channel.shell(port, run_id)
+        done = asyncio.ensure_future(self._shell_status(xfer / f"{run_id}.status"))
 
-    async def _status(self, argv: Sequence[str], on_line: LineCallback,
-                      env: Mapping[str, str] | None) -> int:
-        status, _ = await self._run(argv, Lines(on_line), env=env, unbounded=True)
-        return status
+        def release() -> None:
+            done.cancel()
+            self._free_shells.add(port)
+            for suffix in ("sh", "status"):
+                with contextlib.suppress(OSError):
+                    (xfer / f"{run_id}.{suffix}").unlink()
+
+        return TelnetTerminal(sock, done, lambda: channel.stop_shell(port), release)
+
+    async def _shell_status(self, path: Path) -> int:
+        """A shell session's exit status, once the guest has left it in xfer/ (255 if
+        the VM goes first)."""
+        while not self._closed:
+            status = await asyncio.to_thread(_small_file, path)
+            if status is not None:
+                return int(status) if status.isdigit() else 255
+            await asyncio.sleep(0.1)
+        return 255
+
+    def _login_shell(self) -> str:
+        if isinstance(self._spec.image, DiskImage):
+            return "/bin/sh"
+        return login_shell(self._spec.rootfs)
 
     async def put(
         self, path: str, data: bytes, *, mode: int = 0o644, owner: int = BUILD_UID
@@ -444,6 +483,8 @@ class VmSandbox(Lifecycle):
         finally:
             if self._channel is not None:
                 await self._channel.close()
+            for port in self._shell_ports:
+                port.close()
             if self.state_dir is not None:
                 await asyncio.to_thread(remove_tree, self.state_dir)
 
@@ -466,6 +507,19 @@ def _copy_out(source: Path, dest: Path, name: str) -> int:
             size = writer.tell()
         partial.rename(dest)
     return size
+
+
+def _small_file(path: Path) -> str | None:
+    """The text of a small regular file the guest wrote in xfer/ (never a link), or None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as reader:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        text = reader.read(64).decode(errors="replace").strip()
+    return text or None
 
 
 def reap(state_root: Path) -> list[Path]:

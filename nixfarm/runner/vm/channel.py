@@ -10,6 +10,8 @@ and what ``get`` copies out.
       run ID UID CAPTURE TOKEN              ready UPTIME     (once, at boot)
       stop ID                               fatal MESSAGE    (boot failed; it powers off)
       poweroff                              done ID STATUS
+      shell N ID
+      shellstop N
 
     output port, guest -> host: task output as it is written, then "\\0TOKEN\\n"
 
@@ -17,7 +19,10 @@ and what ``get`` copies out.
 session; its stdout and stderr stream to the output port (with CAPTURE=1 stdout
 goes to ``xfer/ID.out`` instead). When everything holding that output has closed
 it, the agent writes the run's TOKEN (after a NUL, before a newline), then
-``done``. TOKEN is random per run and never shown to the task, so output cannot
+``done``. ``shell`` starts a terminal session on port ``nixfarm.shN`` running
+``xfer/ID.sh`` as the build user (``vm.telnet``); its status is left in
+``xfer/ID.status``.
+TOKEN is random per run and never shown to the task, so output cannot
 end a run early. One run streams at a time (the
 output port is one stream); ``stop`` kills a run's process group.
 """
@@ -161,6 +166,15 @@ class AgentChannel:
             async with asyncio.timeout(5.0):
                 await asyncio.shield(done)
                 await output.ended.wait()
+
+    async def shell(self, port: int, run_id: str) -> None:
+        """Start a terminal session on shell port ``port`` (its script, ``run_id``, in
+        place)."""
+        await self._send(f"shell {port} {run_id}")
+
+    async def stop_shell(self, port: int) -> None:
+        with contextlib.suppress(OSError, SandboxError):
+            await self._send(f"shellstop {port}")
 
     async def poweroff(self) -> None:
         with contextlib.suppress(OSError, SandboxError):

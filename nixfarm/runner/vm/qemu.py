@@ -55,6 +55,9 @@ class Fds:
     control: int
     output: int
     disk: int | None = None
+    #: One virtio-serial port per shell session the guest can hold at once
+    #: (``nixfarm.sh0``, ...; see ``vm.telnet``).
+    shells: tuple[int, ...] = ()
 
 
 def host_dirs() -> list[str]:
@@ -131,6 +134,9 @@ def qemu_args(spec: SandboxSpec, accel: Accelerator, fds: Fds,
         "-chardev", f"socket,id=out,fd={fds.output}",
         "-device", "virtserialport,chardev=out,name=nixfarm.out",
     ]  # fmt: skip
+    for n, fd in enumerate(fds.shells):
+        args += ["-chardev", f"socket,id=sh{n},fd={fd}",
+                 "-device", f"virtserialport,chardev=sh{n},name=nixfarm.sh{n}"]
     if isinstance(spec.image, DiskImage) and fds.disk is not None:
         # snapshot=on: writes go to a temporary file of qemu's, never to the image.
         args += ["-drive", f"file=/dev/fd/{fds.disk},format={spec.image.format},if=none,"
