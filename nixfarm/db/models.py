@@ -441,3 +441,14 @@ class BuilderDecision(Base):
     action: Mapped[str] = mapped_column(sa.String(16))
     reason: Mapped[str] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BuilderLease(Base):
+    """Which server runs the autoscaler now: one holder at a time, for a short while."""
+
+    __tablename__ = "builder_leases"
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    #: The holding server's random id (``Autoscaler.holder``).
+    holder: Mapped[str] = mapped_column(sa.String(64))
+    expires_at: Mapped[datetime] = mapped_column()
