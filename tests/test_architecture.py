@@ -51,8 +51,15 @@ def test_every_part_has_its_place_in_the_layers() -> None:
 @pytest.fixture(scope="module")
 def tree_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tree")
-    shutil.copytree(REPO / "nixfarm", root / "nixfarm",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.nix", "images"))
+    skip = shutil.ignore_patterns("__pycache__", "*.nix")
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        # The image recipes are data (and alias symlinks): only nixfarm.images' code.
+        if Path(directory).name == "images":
+            return {n for n in names if n != "__init__.py"}
+        return set(skip(directory, names))
+
+    shutil.copytree(REPO / "nixfarm", root / "nixfarm", ignore=ignore)
     shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
     return root
 

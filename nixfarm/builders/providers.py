@@ -17,6 +17,10 @@ def open_provider(kind: str, settings: Settings) -> Provider:
         from nixfarm.builders.vultr import VultrProvider
 
         return VultrProvider(settings.builders.vultr)
+    if kind == "local":
+        from nixfarm.builders.local import LocalProvider
+
+        return LocalProvider(settings.data_dir / "builders" / "local")
     raise ConfigError(f"builder provider {kind!r} is not available in this farm",
                       key="builders.pools.provider")
 

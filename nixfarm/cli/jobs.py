@@ -37,6 +37,7 @@ from nixfarm.wire.jobs import (
     SecretOut,
     Visibility,
 )
+from nixfarm.wire.releases import ReleaseRequest
 
 manifest_app = typer.Typer(help="Build manifests (.build.yml).", no_args_is_help=True)
 secret_app = typer.Typer(help="Secrets for jobs: SSH keys, PGP keys, files.",
@@ -144,6 +145,39 @@ def submit(
         if json_out:
             print_json(ended)
         return job.id, status, ended.reason
+
+    job_id, status, reason = with_client(url, token, data_dir, work)
+    if follow:
+        _finish(status, job_id, reason)
+
+
+def release(
+    repo: Annotated[str, typer.Option(
+        help="The git repository: any URL the server can fetch, or a path on the server.")],
+    rev: Annotated[str, typer.Option(help="The commit, branch or tag to build.")],
+    cache: Annotated[str, typer.Option(help="The cache the outputs and build logs go to.")],
+    file: Annotated[str, typer.Option(help="The expression, relative to the repository.")
+                    ] = "release.nix",
+    attr: Annotated[str, typer.Option(help="Build only this attribute (nix-build -A).")] = "",
+    package: Annotated[list[str] | None, typer.Option(
+        help="A package of the farm's Nix package set for the build's image (repeatable; "
+             "default coreutils).")] = None,
+    follow: Follow = False,
+    url: Url = None, token: Token = None, data_dir: DataDir = None,
+) -> None:
+    """Build a repository's release.nix at a revision on a fresh builder, and push the
+    outputs and their build logs to a cache, signed by the server (docs/builders.md)."""
+    body = ReleaseRequest(repo=repo, rev=rev, file=file, attr=attr, cache=cache,
+                          packages=package if package else ["coreutils"])
+
+    async def work(c: Client) -> tuple[int, str, str | None]:
+        jobs = JobsClient(c)
+        job = await jobs.release(body)
+        out.print(f"{job.id} {job.url}", markup=False)
+        if not follow:
+            return job.id, "", None
+        status = await _follow(jobs, job.id)
+        return job.id, status, (await jobs.get(job.id)).reason
 
     job_id, status, reason = with_client(url, token, data_dir, work)
     if follow:

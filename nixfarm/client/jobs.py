@@ -23,6 +23,7 @@ from nixfarm.wire.jobs import (
     SecretKind,
     SecretOut,
 )
+from nixfarm.wire.releases import ReleaseRequest
 
 log = logging.getLogger("nixfarm.client")
 
@@ -33,6 +34,10 @@ class JobsClient:
 
     async def submit(self, body: JobSubmit) -> JobOut:
         return await self.connection.call("POST", "/api/v1/jobs", JobOut, body)
+
+    async def release(self, body: ReleaseRequest) -> JobOut:
+        """Queue a release build (``POST /api/v1/releases``): the job it made."""
+        return await self.connection.call("POST", "/api/v1/releases", JobOut, body)
 
     async def check(self, manifest: str) -> ManifestChecked:
         """What a submit of ``manifest`` would say (InvalidInput: its refusal)."""

@@ -24,8 +24,8 @@ class CpioWriter:
     def directory(self, name: str, mode: int = 0o755) -> None:
         self._entry(name, stat.S_IFDIR | mode, b"", nlink=2)
 
-    def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
-        self._entry(name, stat.S_IFREG | mode, data)
+    def file(self, name: str, data: bytes, mode: int = 0o644, *, mtime: int = 0) -> None:
+        self._entry(name, stat.S_IFREG | mode, data, mtime=mtime)
 
     def symlink(self, name: str, target: str) -> None:
         self._entry(name, stat.S_IFLNK | 0o777, target.encode())
@@ -45,12 +45,13 @@ class CpioWriter:
         nlink: int = 1,
         rdev: tuple[int, int] = (0, 0),
         inode: int | None = None,
+        mtime: int = 0,
     ) -> None:
         if inode is None:
             self._inode += 1
             inode = self._inode
         encoded = name.lstrip("/").encode() + b"\0"
-        fields = (inode, mode, 0, 0, nlink, 0, len(data), 0, 0, rdev[0], rdev[1],
+        fields = (inode, mode, 0, 0, nlink, mtime, len(data), 0, 0, rdev[0], rdev[1],
                   len(encoded), 0)  # fmt: skip
         header = b"070701" + b"".join(b"%08X" % value for value in fields)
         self._out.write(header + encoded + _pad(len(header) + len(encoded)))

@@ -69,6 +69,11 @@ async def boot_files(vm_dir: Path, package: str = PACKAGE) -> BootFiles:
         return made
 
 
+async def kernel_tree(kernels: Path, package: str = PACKAGE) -> Path:
+    """The unpacked kernel package under ``kernels`` (fetched now if apt has a newer one)."""
+    return await _kernel_tree(kernels, package)
+
+
 async def _kernel_tree(kernels: Path, package: str) -> Path:
     try:
         version = await _candidate(package)

@@ -2,7 +2,7 @@
 the lease of the server that runs the autoscaler.
 
 Revision ID: 0006_builders
-Revises: 0005
+Revises: 0006_cache_retention
 Create Date: 2026-12-03
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0006_builders"
-down_revision: str | None = "0005"
+down_revision: str | None = "0006_cache_retention"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

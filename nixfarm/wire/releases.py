@@ -1,0 +1,31 @@
+"""``POST /api/v1/releases``: a release build of a git revision (docs/builders.md)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from nixfarm.wire.base import Wire
+
+#: A revision: a commit, branch or tag name (no option-like leading dash).
+REV = r"^[A-Za-z0-9._/^~@{}-]{1,200}$"
+#: The expression's file, relative to the repository's root.
+FILE = r"^[A-Za-z0-9._/-]{1,200}$"
+#: An attribute path (``-A``).
+ATTR = r"^[A-Za-z0-9._-]{0,200}$"
+#: A package of the farm's Nix package set, in the job's image.
+PACKAGE = r"^[A-Za-z0-9._+-]{1,100}$"
+
+
+class ReleaseRequest(Wire):
+    """Build ``file`` (``-A attr``) of ``repo`` at ``rev`` on a fresh builder and push its
+    closure and build logs to ``cache``, signed by the server."""
+
+    repo: str = Field(min_length=1, max_length=2048,
+                      description="A git URL the server can fetch, or a path on the server.")
+    rev: str = Field(pattern=REV)
+    file: str = Field(default="release.nix", pattern=FILE)
+    attr: str = Field(default="", pattern=ATTR)
+    cache: str = Field(min_length=1, max_length=128)
+    #: Packages of the farm's Nix package set the build's image holds (its shell tools).
+    packages: list[str] = Field(default=["coreutils"], max_length=50)
+    tags: list[str] = Field(default=[], max_length=19)

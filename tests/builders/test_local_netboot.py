@@ -1,0 +1,126 @@
+"""The whole life of a `local` builder, for real: qemu's iPXE ROM netboots the farm's
+image over user-mode networking (TCG here), the bootstrap enrolls, the builder's
+runner builds a Nix job and pushes it, signed by the server, to the job's cache, the
+console log shows the boot while it runs, and the machine is destroyed after the job.
+Slow (a VM under TCG boots a 160 MB initramfs and imports the runner): ~2-3 min."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures.farm import RunningFarm, free_port
+from tests.fixtures.jobs import wait_job
+from tests.fixtures.nixenv import Nix
+
+CONFIG = """\
+[jobs]
+embedded_runner_slots = 0
+
+[builders]
+interval_seconds = 1
+
+[[builders.pools]]
+name = "local"
+provider = "local"
+plan = "2c-2048m-4g"
+max_instances = 1
+caches = ["{cache}"]
+boot_timeout_seconds = 600
+"""
+
+
+@pytest.fixture
+def local_farm(tmp_path: Path) -> Iterator[tuple[RunningFarm, str]]:
+    cache = f"c-{uuid.uuid4().hex[:10]}"
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "nixfarm.toml").write_text(CONFIG.format(cache=cache))
+    farm = RunningFarm(data, free_port())
+    farm.start("--demo")
+    try:
+        yield farm, cache
+    finally:
+        farm.stop()
+
+
+def _console(farm: RunningFarm, builder_id: int) -> str:
+    r = farm.get(f"/api/v1/builders/{builder_id}/console")
+    assert r.status_code == 200, r.text
+    return r.text
+
+
+def test_a_local_builder_netboots_builds_pushes_and_goes_away(
+        local_farm: tuple[RunningFarm, str], nix: Nix) -> None:
+    farm, cache = local_farm
+    r = farm.request("POST", "/api/v1/caches", json={"name": cache})
+    assert r.status_code == 201, r.text
+    public_key = r.json()["public_key"]
+    marker = f"m{uuid.uuid4().hex[:12]}"
+    manifest = f"""\
+image: nix
+packages: [coreutils]
+cache: {cache}
+tasks:
+  - build: |
+      bb=$(dirname "$(dirname "$(readlink -f /bin/busybox)")")
+      cat > job.nix <<'END'
+      {{ bb }}: derivation {{
+        name = "job-{marker}";
+        system = builtins.currentSystem;
+        builder = "${{builtins.storePath bb}}/bin/busybox";
+        args = [ "sh" "-c" "echo building {marker} on a builder; echo {marker} > $out" ];
+      }}
+      END
+      nix-build job.nix --argstr bb "$bb"
+"""
+    r = farm.request("POST", "/api/v1/jobs", json={"manifest": manifest})
+    assert r.status_code == 201, r.text
+    job: dict[str, Any] = r.json()
+
+    # A builder is created for the queued job, and its console shows its boot live.
+    deadline = time.monotonic() + 120
+    builder: dict[str, Any] | None = None
+    while builder is None:
+        assert time.monotonic() < deadline, "no builder was created"
+        builders = farm.get("/api/v1/builders").json()
+        builder = builders[0] if builders else None
+        time.sleep(0.5)
+    assert builder["pool"] == "local" and builder["provider"] == "local"
+    instance = farm.data_dir / "builders" / "local" / builder["instance_id"]
+    assert instance.is_dir()
+    deadline = time.monotonic() + 240
+    while "nixfarm-bootstrap: enrolled" not in _console(farm, builder["id"]):
+        assert time.monotonic() < deadline, (instance / "serial.log").read_text()
+        time.sleep(1)
+    console = _console(farm, builder["id"])
+    assert "Linux version" in console  # the kernel's own messages
+    assert "encrypted swap" in console and "root: a tmpfs" in console
+    running = farm.get(f"/api/v1/builders/{builder['id']}").json()
+    assert running["state"] in ("ready", "busy"), running
+
+    done = wait_job(farm, job["id"], {"success", "failed"}, 300)
+    logs = "".join(farm.get(url).text for url in
+                   [done["setup_log_url"], *(t["log_url"] for t in done["tasks"])])
+    assert done["status"] == "success", logs + _console(farm, builder["id"])
+    assert f"building {marker} on a builder" in logs
+    (output,) = set(re.findall(rf"/nix/store/[a-z0-9]{{32}}-job-{marker}(?!\.drv)", logs))
+    assert f"Pushed {output}" in logs
+
+    # Another machine substitutes it from the cache, signatures required.
+    store = nix.fresh_store()
+    nix.substitute(store, output, f"{farm.url}/cache/{cache}", public_key)
+    assert (store / output.lstrip("/")).read_text().strip() == marker
+
+    # Destroyed after its job: the row says so, and the VM and its files are gone.
+    deadline = time.monotonic() + 60
+    while farm.get(f"/api/v1/builders/{builder['id']}").json()["state"] != "destroyed":
+        assert time.monotonic() < deadline, "the builder was not destroyed after its job"
+        time.sleep(0.5)
+    assert not instance.exists()
