@@ -409,6 +409,8 @@ class WebSession(Base):
     subject: Mapped[str | None] = mapped_column(sa.String(320))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
 # --- ephemeral builders (nixfarm/builders) -------------------------------------------
 #
 #   builders ─< builder_decisions      a builder's runner token: builders.token_id
@@ -465,6 +467,9 @@ class BuilderDecision(Base):
     #: create, enroll, refuse, drain, hold, destroy, reap, keep (at a stop), fail
     action: Mapped[str] = mapped_column(sa.String(16))
     reason: Mapped[str] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class ShellSession(Base):
     """A terminal into a held job's sandbox, asked for by ``nixfarm shell``.
 

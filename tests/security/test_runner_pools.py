@@ -165,6 +165,8 @@ def test_untrusted_runner_is_refused_jobs_that_push_to_a_cache(
     for j in (*busy, job):
         assert carol.wait(j)["status"] == "success"
     assert carol.wait(job)["runner"] != "untrusted-cache-probe"
+
+
 def test_a_pool_can_be_changed_and_the_next_claim_follows_it(tmp_path: Path) -> None:
     """``nixfarm token pool`` (PATCH /api/v1/tokens/ID) narrows or widens a runner
     token's pool; its runner's very next claim follows, without a restart."""
