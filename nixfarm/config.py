@@ -293,8 +293,8 @@ class BuilderSettings(Section):
     #: Ties the farm's cloud instances to it (their tags): "" is derived from the
     #: farm's public URL. Two farms sharing a cloud account need different ones.
     farm_id: str = Field(default="", pattern=r"^[a-z0-9-]{0,40}$")
-    #: Whether this server runs the autoscaler and the reaper (in a scale-out farm,
-    #: exactly one server should).
+    #: Whether this server may run the autoscaler and the reaper: one server of the
+    #: farm does at a time, the one holding their lease in the database.
     autoscale: bool = True
     #: Seconds between two passes of the autoscaler and the reaper.
     interval_seconds: float = Field(default=10.0, gt=0)

@@ -111,31 +111,38 @@ class Farm:
             watch = asyncio.create_task(self.registry.watch_source())
             collected = asyncio.create_task(gc.follow(self.caches, self.events))
             retention = asyncio.create_task(CacheBrowser(self.caches).retain_forever())
-            scaling = None
+            scaler = scaling = None
             if self.settings.builders.autoscale and self.settings.builders.pools:
-                scaling = asyncio.create_task(Autoscaler(self.builders).run_forever())
+                scaler = Autoscaler(self.builders)
+                scaling = asyncio.create_task(scaler.run_forever())
             try:
                 yield
             finally:
                 retention.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await retention
-                if scaling is not None:
+                if scaler is not None and scaling is not None:
                     scaling.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await scaling
-                    # Idle builders go now: nobody enforces their timeouts while the
-                    # server is down (docs/builders.md, "When the server stops").
-                    try:
-                        await self.builders.shutdown()
-                    except Exception:
-                        log.exception("destroying idle builders at shutdown failed")
+                    await self._stop_scaling(scaler)
                 collected.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await collected
                 watch.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watch
+
+    async def _stop_scaling(self, scaler: Autoscaler) -> None:
+        """The autoscaling server stops: its idle builders go now, since nobody enforces
+        their timeouts while no server scales (docs/builders.md, "When the server
+        stops"), and the lease is given up for another server to take."""
+        try:
+            if await scaler.lead():
+                await self.builders.shutdown()
+                await scaler.resign()
+        except Exception:
+            log.exception("stopping the builder autoscaler failed")
 
     async def close(self) -> None:
         await self.builders.close()

@@ -24,6 +24,7 @@ import hashlib
 import logging
 from datetime import timedelta
 
+import anyio
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -196,16 +197,23 @@ class BuilderService:
         async with self.db.session() as s:
             live = await q.live_builders(s)
             busy = await self.busy_builders(s, live)
+
+        async def destroy(builder: Builder) -> None:
+            try:
+                await self.destroy(builder.id, "the server stopped while it had no job")
+                destroyed.append(builder.id)
+            except (ProviderError, Conflict):  # recorded; idle timeouts act at next start
+                log.exception("destroying builder %d at shutdown failed", builder.id)
+
+        # All at once, before anything else: a stopping worker has seconds, not minutes.
+        async with anyio.create_task_group() as tasks:
+            for builder in live:
+                if builder.id not in busy:
+                    tasks.start_soon(destroy, builder)
         for builder in live:
             if builder.id in busy:
                 await self.decide(builder.pool, "keep", f"the server stops; {builder.name} "
                                   "runs a job and is kept", builder.id)
-                continue
-            try:
-                await self.destroy(builder.id, "the server stopped while it had no job")
-                destroyed.append(builder.id)
-            except (ProviderError, Conflict):  # recorded; the reaper tries at next start
-                log.exception("destroying builder %d at shutdown failed", builder.id)
         return destroyed
 
     # --- what it knows -----------------------------------------------------------

@@ -513,3 +513,14 @@ class Schedule(Base):
     #: Why the last slot made no job (the manifest no longer accepted, the token gone).
     last_error: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BuilderLease(Base):
+    """Which server runs the autoscaler now: one holder at a time, for a short while."""
+
+    __tablename__ = "builder_leases"
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    #: The holding server's random id (``Autoscaler.holder``).
+    holder: Mapped[str] = mapped_column(sa.String(64))
+    expires_at: Mapped[datetime] = mapped_column()

@@ -23,8 +23,9 @@ def _toml(value: Any) -> str:
     return json.dumps(value)  # strings, numbers, booleans and lists read the same in TOML
 
 
-def write_config(path: Path, builders: dict[str, Any]) -> None:
-    lines = ["[jobs]", "embedded_runner_slots = 0", "", "[builders]"]
+def write_config(path: Path, builders: dict[str, Any], lease_seconds: float = 30) -> None:
+    lines = ["[jobs]", "embedded_runner_slots = 0", f"lease_seconds = {lease_seconds}", "",
+             "[builders]"]
     lines += [f"{k} = {_toml(v)}" for k, v in builders.items()
               if k not in ("vultr", "pools")]
     lines += ["", "[builders.vultr]"]
@@ -36,17 +37,38 @@ def write_config(path: Path, builders: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def builder_farm(where: Path, vultr: FakeVultr, pools: list[dict[str, Any]],
-                 **builders: Any) -> Iterator[RunningFarm]:
+                 lease_seconds: float = 30, **builders: Any) -> Iterator[RunningFarm]:
     data = where / "data"
     data.mkdir(parents=True)
     write_config(data / "nixfarm.toml",
-                 builder_settings(vultr, pools, interval_seconds=0.3, **builders))
+                 builder_settings(vultr, pools, interval_seconds=0.3, **builders),
+                 lease_seconds)
     farm = RunningFarm(data, free_port())
-    farm.start()
+    start(farm)
     try:
         yield farm
     finally:
         farm.stop()
+
+
+def start(farm: RunningFarm) -> None:
+    """``farm.start()``, patient: on a loaded machine a farm (every migration, nginx,
+    the worker) can take longer than the fixture's 30 s to answer; a farm still
+    running then is given two more minutes."""
+    try:
+        farm.start()
+    except AssertionError as e:
+        if "did not answer" not in str(e) or farm.process is None \
+                or farm.process.poll() is not None:
+            raise
+        wait_for("the farm's first answer", lambda: _healthy(farm.url), seconds=120)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def wait_for(what: str, check: Callable[[], Any], seconds: float = 60) -> Any:

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from nixfarm.builders.base import farm_tag
-from nixfarm.db.models import Builder, Runner, utcnow
+from nixfarm.db.models import Builder, BuilderLease, Runner, utcnow
 from nixfarm.tokens import Principal
 from nixfarm.wire.builders import Enrollment
 from nixfarm.wire.runners import FinishRequest, RunnerOut, RunnerRegister
@@ -371,3 +371,26 @@ async def test_a_pool_removed_from_the_configuration_drains(make_stack: MakeStac
     gone = await after.builders.view(enrolled.builder_id)
     assert gone.state == "destroyed" and gone.reason == "pool gone is no longer configured"
     assert vultr.live() == []
+
+
+async def test_one_server_scales_at_a_time(make_stack: MakeStack, vultr: FakeVultr) -> None:
+    one: Stack = await make_stack(interval_seconds=0.2)
+    two: Stack = await make_stack(interval_seconds=0.2)
+    assert await one.scaler.lead() and not await two.scaler.lead()
+    assert await one.scaler.lead()  # renewed by its holder
+    await one.submit(manifest())
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(two.scaler.run_forever)
+        await anyio.sleep(1.5)
+        assert vultr.creates() == []  # ``two`` waits while ``one`` holds the lease
+        await one.scaler.resign()  # ``one`` stops
+        with anyio.fail_after(20):
+            while not vultr.creates():  # noqa: ASYNC110 - the fake server has no event
+                await anyio.sleep(0.1)
+        tasks.cancel_scope.cancel()
+    assert two.scaler.leads and len(vultr.creates()) == 1
+    # A lease that ran out (its server died) is taken over too.
+    async with one.db.session() as s:
+        await s.execute(sa.update(BuilderLease).values(
+            expires_at=utcnow() - timedelta(seconds=1)))
+    assert await one.scaler.lead() and not await two.scaler.lead()

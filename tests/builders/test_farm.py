@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tests.builders.conftest import manifest, pool
 from tests.builders.fakevultr import FakeVultr
-from tests.builders.farm import Machine, builder_farm, submit, wait_for
+from tests.builders.farm import Machine, builder_farm, start, submit, wait_for
 
 
 def test_a_builder_from_queue_to_destroyed(tmp_path: Path, vultr: FakeVultr) -> None:
@@ -68,7 +68,10 @@ def test_a_builder_from_queue_to_destroyed(tmp_path: Path, vultr: FakeVultr) -> 
 def test_a_stopping_server_destroys_idle_builders_and_keeps_busy_ones(
         tmp_path: Path, vultr: FakeVultr) -> None:
     pools = [pool(max_instances=2, caches=[], idle_timeout_seconds=600)]
-    with builder_farm(tmp_path, vultr, pools) as farm:
+    # A long lease: the busy machine cannot heartbeat while the server is down, and on
+    # a loaded machine a restart can outlast the default 30 s (its job would then be
+    # queued again, and the builder destroyed as its job left it).
+    with builder_farm(tmp_path, vultr, pools, lease_seconds=600) as farm:
         job = submit(farm, manifest())
         submit(farm, manifest())
         creates = wait_for("two creates", lambda: len(vultr.creates()) == 2
@@ -86,7 +89,7 @@ def test_a_stopping_server_destroys_idle_builders_and_keeps_busy_ones(
         assert len(stopped) == 1
 
         # The next start picks the busy builder up: its job ends, the builder goes.
-        farm.start()
+        start(farm)
         r = busy.call("POST", f"/api/v1/runners/{busy.runner_id}/jobs/{job['id']}/finish",
                       json={"status": "success"})
         assert r.status_code == 200, r.text
