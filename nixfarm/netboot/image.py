@@ -178,6 +178,9 @@ def _plan(tree: Path, version: str, nix_options: dict[str, str]) -> _Plan:
     for link in NIX_LINKS:
         links[f"usr/bin/{link}"] = "nix"
     links["usr/bin/python3"] = "python3.11"
+    # Nix starts its build hook for every build (there is no remote builder, but the
+    # hook must exist): Debian's is a link to nix.
+    links["usr/libexec/nix/build-remote"] = "../../bin/nix"
 
     site = _site_packages()
     objects: list[Path] = [Path(p) for p in PROGRAMS]

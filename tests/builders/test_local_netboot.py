@@ -90,7 +90,7 @@ tasks:
     while builder is None:
         assert time.monotonic() < deadline, "no builder was created"
         builders = farm.get("/api/v1/builders").json()
-        builder = builders[0] if builders else None
+        builder = builders[0] if builders and builders[0]["instance_id"] else None
         time.sleep(0.5)
     assert builder["pool"] == "local" and builder["provider"] == "local"
     instance = farm.data_dir / "builders" / "local" / builder["instance_id"]
