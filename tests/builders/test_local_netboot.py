@@ -56,6 +56,7 @@ def _console(farm: RunningFarm, builder_id: int) -> str:
     return r.text
 
 
+@pytest.mark.timeout(900)  # a TCG guest on a shared 2-core machine
 def test_a_local_builder_netboots_builds_pushes_and_goes_away(
         local_farm: tuple[RunningFarm, str], nix: Nix) -> None:
     farm, cache = local_farm
