@@ -58,7 +58,8 @@ MODULES = (
 #: Programs (and what each needs of Debian: the packages they come from).
 PROGRAMS = (
     "/usr/bin/nix", "/usr/bin/bwrap", "/usr/bin/slirp4netns", "/usr/bin/setpriv",
-    "/usr/bin/nsenter", "/usr/bin/unshare", "/usr/sbin/dmsetup", "/usr/bin/git",
+    "/usr/bin/nsenter", "/usr/bin/unshare", "/usr/bin/prlimit", "/usr/sbin/dmsetup",
+    "/usr/bin/git",
     "/usr/lib/git-core/git-remote-http", "/usr/bin/tar", "/usr/bin/python3.11",
     "/usr/bin/bash",
 )  # fmt: skip

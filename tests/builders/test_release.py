@@ -44,6 +44,10 @@ def test_release_builds_the_revision_and_pushes_it_signed(
     store = nix.fresh_store()
     nix.substitute(store, output, f"{farm.url}/cache/{cache}", public_key)
     assert marker in (store / output.lstrip("/") / "bin/released").read_text()
+    drv = re.findall(rf"/nix/store/([a-z0-9]{{32}}-release-{marker}-1\.0\.drv)",
+                     done.stdout)[0]
+    log = farm.get(f"/cache/{cache}/log/{drv}", token="")
+    assert log.status_code == 200 and f"building {marker} for a release" in log.text
     # The job says what it built.
     job = farm.get("/api/v1/jobs?tag=release").json()["jobs"][0]
     assert commit in job["note"] and "release" in job["tags"]
