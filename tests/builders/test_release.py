@@ -66,6 +66,12 @@ def test_bad_release_requests_are_refused_with_the_reason(
     option = farm.request("POST", "/api/v1/releases", json={
         "repo": str(repo), "rev": "--upload-pack=x", "cache": cache})
     assert option.status_code == 400
+    # Nothing reaches the manifest but plain words.
+    for field, value in (("cache", "c\ntasks: []"), ("packages", ["a]\nx: [b"]),
+                         ("file", "-A x"), ("attr", "a; rm -rf ~")):
+        r = farm.request("POST", "/api/v1/releases", json={
+            "repo": str(repo), "rev": "main", "cache": cache, field: value})
+        assert r.status_code == 400, (field, r.text)
     relative = farm.request("POST", "/api/v1/releases", json={
         "repo": "project", "rev": "main", "cache": cache})
     assert relative.status_code == 400 and "absolute path" in relative.text
