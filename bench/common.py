@@ -173,7 +173,7 @@ http {{
     fastcgi_temp_path {prefix}/tmp;
     uwsgi_temp_path {prefix}/tmp;
     scgi_temp_path {prefix}/tmp;
-    types {{ text/x-nix-narinfo narinfo; }}
+    types {{ text/x-nix-narinfo narinfo; text/plain txt; text/html html; }}
     default_type application/octet-stream;
     server {{
         listen 127.0.0.1:{port};

@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -144,8 +145,12 @@ class JobSettings(Section):
     #: on their own before they are interrupted (and queued again once).
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     #: The sandbox of that runner's jobs: ``bwrap`` (a container) or ``vm`` (a qemu
-    #: virtual machine, see docs/vm.md).
-    embedded_runner_sandbox: Literal["bwrap", "vm"] = "bwrap"
+    #: virtual machine, see docs/vm.md), or both, the preferred first (``vm,bwrap``):
+    #: disk images (docs/images.md) always run in a VM, other images in the preferred.
+    embedded_runner_sandbox: Literal["bwrap", "vm", "vm,bwrap", "bwrap,vm"] = "bwrap"
+    #: Minutes a failed job's sandbox (and a ``shell: true`` job's, whatever its end) is
+    #: kept for ``nixfarm shell`` (docs/jobs.md); 0: never kept, ``shell: true`` refused.
+    shell_hold_minutes: float = Field(default=10.0, ge=0)
 
 
 class KeySettings(Section):
@@ -163,6 +168,50 @@ class KeySettings(Section):
     registry_token_file: str = ""
 
 
+class OidcSettings(Section):
+    """Signing in to the web UI through an OpenID Connect provider (docs/web.md).
+
+    Off while ``issuer`` is empty. A person who signs in is mapped to a farm token:
+    the ID token's ``claim`` (``email`` or ``sub``) is looked up in ``principals``,
+    whose values are token names; the session then holds that token's scopes. Someone
+    the table does not name is refused."""
+
+    #: The provider's issuer URL; its discovery document is
+    #: ``<issuer>/.well-known/openid-configuration``.
+    issuer: str = ""
+    client_id: str = Field(default="", validate_default=True)
+    client_secret: str = ""
+    #: The ID token claim that names the person: ``email`` (only when the provider
+    #: says it is verified) or ``sub``.
+    claim: Literal["email", "sub"] = "email"
+    #: Claim value -> the name of the token whose scopes the person gets.
+    principals: dict[str, str] = {}
+    #: Seconds the provider's discovery document and keys are remembered.
+    discovery_seconds: int = Field(default=3600, ge=0)
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer_is_a_url(cls, value: str) -> str:
+        if value and not value.startswith(("https://", "http://")):
+            raise ValueError("expected the provider's URL, e.g. https://accounts.example.org")
+        return value
+
+    @field_validator("client_id")
+    @classmethod
+    def _client_with_issuer(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("issuer") and not value:
+            raise ValueError("an issuer needs the client_id the provider gave this farm")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.issuer)
+
+
+class WebSettings(Section):
+    #: Hours a web sign-in lasts before the person signs in again.
+    session_hours: float = Field(default=168.0, gt=0)
+    oidc: OidcSettings = OidcSettings()
 # --- ephemeral builders (docs/builders.md) -------------------------------------------
 
 #: A builder pool's name: it goes into instance tags, labels and URLs.
@@ -244,8 +293,8 @@ class BuilderSettings(Section):
     #: Ties the farm's cloud instances to it (their tags): "" is derived from the
     #: farm's public URL. Two farms sharing a cloud account need different ones.
     farm_id: str = Field(default="", pattern=r"^[a-z0-9-]{0,40}$")
-    #: Whether this server runs the autoscaler and the reaper (in a scale-out farm,
-    #: exactly one server should).
+    #: Whether this server may run the autoscaler and the reaper: one server of the
+    #: farm does at a time, the one holding their lease in the database.
     autoscale: bool = True
     #: Seconds between two passes of the autoscaler and the reaper.
     interval_seconds: float = Field(default=10.0, gt=0)
@@ -287,6 +336,7 @@ class Settings(Section):
     jobs: JobSettings = JobSettings()
     edge: EdgeSettings = EdgeSettings()
     keys: KeySettings = KeySettings()
+    web: WebSettings = WebSettings()
     builders: BuilderSettings = BuilderSettings()
 
     @field_validator("listen")

@@ -11,6 +11,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import anyio.to_thread
 
@@ -20,6 +21,7 @@ from nixfarm.builders.providers import open_providers
 from nixfarm.builders.service import BuilderService
 from nixfarm.builds.services import BuildServices
 from nixfarm.cache import gc
+from nixfarm.cache.browsing import CacheBrowser
 from nixfarm.cache.service import CacheService
 from nixfarm.config import Settings
 from nixfarm.db import engine
@@ -32,6 +34,7 @@ from nixfarm.events.base import EventBus
 from nixfarm.events.factory import open_bus
 from nixfarm.registry.pulltokens import PullTokens
 from nixfarm.registry.service import RegistryService
+from nixfarm.sessions import SessionService
 from nixfarm.storage.base import ObjectStore
 from nixfarm.storage.factory import open_store
 from nixfarm.tokens import TokenService
@@ -48,6 +51,8 @@ class Farm:
     edge: EdgeTree | None
     caches: CacheService
     tokens: TokenService
+    #: The web UI's sign-in sessions.
+    sessions: SessionService
     #: Registry pull tokens, minted by ``/registry/token``.
     pull_tokens: PullTokens
     registry: RegistryService
@@ -88,6 +93,8 @@ class Farm:
             edge=edge,
             caches=caches,
             tokens=tokens,
+            sessions=SessionService(db, tokens,
+                                    timedelta(hours=settings.web.session_hours)),
             pull_tokens=pull_tokens,
             registry=registry,
             events=events,
@@ -103,28 +110,39 @@ class Farm:
         async with self.builds.background():
             watch = asyncio.create_task(self.registry.watch_source())
             collected = asyncio.create_task(gc.follow(self.caches, self.events))
-            scaling = None
+            retention = asyncio.create_task(CacheBrowser(self.caches).retain_forever())
+            scaler = scaling = None
             if self.settings.builders.autoscale and self.settings.builders.pools:
-                scaling = asyncio.create_task(Autoscaler(self.builders).run_forever())
+                scaler = Autoscaler(self.builders)
+                scaling = asyncio.create_task(scaler.run_forever())
             try:
                 yield
             finally:
-                if scaling is not None:
+                retention.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await retention
+                if scaler is not None and scaling is not None:
                     scaling.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await scaling
-                    # Idle builders go now: nobody enforces their timeouts while the
-                    # server is down (docs/builders.md, "When the server stops").
-                    try:
-                        await self.builders.shutdown()
-                    except Exception:
-                        log.exception("destroying idle builders at shutdown failed")
+                    await self._stop_scaling(scaler)
                 collected.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await collected
                 watch.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watch
+
+    async def _stop_scaling(self, scaler: Autoscaler) -> None:
+        """The autoscaling server stops: its idle builders go now, since nobody enforces
+        their timeouts while no server scales (docs/builders.md, "When the server
+        stops"), and the lease is given up for another server to take."""
+        try:
+            if await scaler.lead():
+                await self.builders.shutdown()
+                await scaler.resign()
+        except Exception:
+            log.exception("stopping the builder autoscaler failed")
 
     async def close(self) -> None:
         await self.builders.close()

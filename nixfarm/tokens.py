@@ -10,7 +10,7 @@ after its time.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -116,9 +116,29 @@ class TokenService:
         self._by_id[token_id] = principal
         return principal
 
+    async def named(self, name: str) -> list[Principal]:
+        """The live tokens called ``name`` (an OpenID Connect sign-in's principal)."""
+        async with self.db.session() as s:
+            return [Principal(t.id, t.name, tuple(t.scopes))
+                    for t in await token_queries.live_tokens_named(s, name)]
+
     async def list(self, include_revoked: bool = False) -> list[TokenView]:
         async with self.db.session() as s:
             return [TokenView.of(t) for t in await token_queries.list_tokens(s, include_revoked)]
+
+    async def update_pool(self, token_id: int, changes: Mapping[str, object]) -> TokenView:
+        """Change a runner token's pool: ``changes`` holds the fields given
+        (``runner_images``, ``runner_owners``: a list or None for any; ``trusted``)."""
+        unknown = set(changes) - {"runner_images", "runner_owners", "trusted"}
+        if unknown:
+            raise ValueError(f"not fields of a pool: {', '.join(sorted(unknown))}")
+        async with self.db.session() as s:
+            token = await token_queries.update_pool(
+                s, token_id,
+                changes.get("runner_images", token_queries.UNCHANGED),
+                changes.get("runner_owners", token_queries.UNCHANGED),
+                trusted=_flag(changes.get("trusted")))
+            return TokenView.of(token)
 
     async def revoke(self, token_id: int) -> TokenView:
         async with self.db.session() as s:
@@ -126,3 +146,9 @@ class TokenService:
         self._memo.clear()
         self._by_id.pop(token_id, None)
         return TokenView.of(token)
+
+
+def _flag(value: object) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    raise TypeError(f"trusted is true or false, not {value!r}")

@@ -14,6 +14,7 @@ pytest_plugins = [
     "tests.fixtures.jobs",
     "tests.fixtures.redis",
     "tests.fixtures.proxy",
+    "tests.fixtures.images",
 ]
 
 

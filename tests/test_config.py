@@ -44,6 +44,8 @@ def test_toml_then_environment(tmp_path: Path) -> None:
     ("", {"NIXFARM_LISTEN": "nowhere"}, "listen"),
     ("[registry]\nnix_timeout = 'soon'\n", {}, "registry.nix_timeout"),
     ("", {"NIXFARM_JOBS__NOPE": "1"}, "jobs.nope"),
+    ("[web.oidc]\nissuer = 'https://id.example.org'\n", {}, "web.oidc.client_id"),
+    ("[web.oidc]\nissuer = 'id.example.org'\nclient_id = 'x'\n", {}, "web.oidc.issuer"),
 ])
 def test_mistakes_name_the_key(tmp_path: Path, toml: str, env: dict[str, str],
                                key: str) -> None:

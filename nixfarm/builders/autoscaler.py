@@ -28,13 +28,17 @@ half-way leaves nothing the next one cannot finish):
 Every create, destroy, reap, drain, hold and refusal is recorded with its reason
 (``service.decide``); a refusal is recorded once while it holds, not every pass.
 
-Only one server of a farm should run this (``builders.autoscale``): two would each
-see the same queue and both create a builder for it.
+One server of a farm runs the passes at a time: the one holding the lease
+``autoscaler`` in the database (``builder_leases``), renewed every pass and good for
+three intervals (at least 30 s); when its server stops or dies, another server with
+``builders.autoscale`` takes over once the lease has run out. Two servers each making
+passes would see the same queue and both create a builder for it.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from datetime import datetime, timedelta
 
 import anyio
@@ -50,6 +54,8 @@ from nixfarm.wire.jobs import FINAL_STATUSES
 
 log = logging.getLogger("nixfarm.builders.autoscaler")
 
+#: The lease the autoscaling server holds.
+LEASE = "autoscaler"
 #: Job statuses that count as the job having failed (keep-on-failure holds for these).
 _FAILED = frozenset({"failed", "timeout", "interrupted"})
 
@@ -65,11 +71,31 @@ class Autoscaler:
         self.db = service.db
         #: The refusal last recorded per pool, so that one holding is recorded once.
         self._refused: dict[str, str] = {}
+        #: This server's name as a lease holder, and whether it held the lease last.
+        self.holder = secrets.token_hex(8)
+        self.leads = False
+
+    @property
+    def lease(self) -> timedelta:
+        return timedelta(seconds=max(30.0, 3 * self.settings.builders.interval_seconds))
+
+    async def lead(self) -> bool:
+        """Take or renew the autoscaler's lease; whether this server holds it."""
+        async with self.db.session() as s:
+            self.leads = await q.take_lease(s, LEASE, self.holder, self.lease)
+        return self.leads
+
+    async def resign(self) -> None:
+        """Give the lease up (the server stops): another server may take over at once."""
+        async with self.db.session() as s:
+            await q.drop_lease(s, LEASE, self.holder)
+        self.leads = False
 
     async def run_forever(self) -> None:
         while True:
             try:
-                await self.once()
+                if await self.lead():
+                    await self.once()
             except Exception:  # a failing pass (database or provider down) must not stop
                 log.exception("builder autoscaler pass failed")
             await anyio.sleep(self.settings.builders.interval_seconds)

@@ -27,6 +27,8 @@ import hmac
 import json
 import logging
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from anyio.abc import TaskGroup
@@ -88,6 +90,26 @@ def may_change(who: Principal | None, job: Job) -> bool:
     return who is not None and (who.token_id == job.owner_id or is_admin(who))
 
 
+def _visible_to(who: Principal | None) -> int | None:
+    """``list_jobs``'s ``visible_to`` for ``who``: None (everything) for an admin."""
+    return None if is_admin(who) else (who.token_id if who else -1)
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """A time without a zone is read as UTC, the zone every timestamp here is in."""
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None \
+        else moment
+
+
+@dataclass(frozen=True)
+class Overview:
+    """The farm's jobs at a glance, as one caller may see them."""
+
+    queued: int
+    running: list[JobOut]
+    failures: list[JobOut]
+
+
 class JobService:
     def __init__(self, db: Database, settings: Settings, bus: EventBus, logs: LogService,
                  secrets: SecretService, triggers: TriggerService,
@@ -137,6 +159,8 @@ class JobService:
                 group_id=job.group_id, runner=runners.get(job.runner_id or 0),
                 created_at=job.created_at, queued_at=job.queued_at,
                 started_at=job.started_at, finished_at=job.finished_at,
+                held_until=job.held_until if job.held_until and job.held_until > utcnow()
+                else None,
                 url=self.job_url(job.id) + query, setup_log_url=f"{api}/log{query}",
                 tasks=[TaskOut(name=t.name, status=t.status,
                                exit_code=t.exit_code, started_at=t.started_at,
@@ -196,7 +220,8 @@ class JobService:
         images, arches = await self.offered()
         caches = [c.name for c in await self.caches.all()
                   if allows(who.scopes, cache_scope(c.name, "push"))]
-        check_supported(manifest, images, arches, caches=caches)
+        check_supported(manifest, images, arches, caches=caches,
+                        shell=self.settings.jobs.shell_hold_minutes > 0)
         secret_ids = await self.secrets.resolve(who, manifest.secrets) if secrets else []
         return manifest, secret_ids
 
@@ -250,25 +275,65 @@ class JobService:
         """The job, if ``who`` (with the unlisted job's ``key``) may read it; else NotFound."""
         return await self._view(await self._readable(who, job_id, key))
 
+    async def changeable(self, who: Principal | None, job_id: int) -> bool:
+        """Whether ``who`` may cancel and re-run the job (its owner, an admin)."""
+        async with self.db.session() as s:
+            job = await q.get_job(s, job_id)
+        return may_change(who, job)
+
     async def manifest(self, who: Principal | None, job_id: int, key: str | None = None
                        ) -> str:
         return (await self._readable(who, job_id, key)).manifest
 
     async def search(self, who: Principal | None, *, status: str | None = None,
-                   tag: str | None = None, mine: bool = False, limit: int = 50,
-                   before: int | None = None) -> JobPage:
+                     tag: str | None = None, mine: bool = False, limit: int = 50,
+                     before: int | None = None, owner: str | None = None,
+                     image: str | None = None, since: datetime | None = None,
+                     until: datetime | None = None) -> JobPage:
+        """The jobs ``who`` sees, newest first, filtered; ``owner`` is a token name,
+        ``since``/``until`` bound the time of submission (``until`` excluded)."""
         if mine and who is None:
             raise InvalidInput("mine=true needs a token", field="mine")
+        if since is not None and until is not None and until <= since:
+            raise InvalidInput("until must be later than since", field="until")
         limit = max(1, min(limit, MAX_PAGE))
         async with self.db.session() as s:
             jobs = await q.list_jobs(
-                s, visible_to=None if is_admin(who) else (who.token_id if who else -1),
+                s, visible_to=_visible_to(who),
                 only_owner=who.token_id if mine and who else None, status=status, tag=tag,
-                before=before, limit=limit + 1)
+                before=before, limit=limit + 1, owner_name=owner or None,
+                image=image or None, since=_aware(since), until=_aware(until))
         more = len(jobs) > limit
         jobs = jobs[:limit]
         return JobPage(jobs=await self._views(jobs, full=False),
                        next_before=jobs[-1].id if more else None)
+
+    async def overview(self, who: Principal | None, recent: int = 10) -> Overview:
+        """What the home page shows ``who``: of the jobs it may see, how many wait in
+        the queue, those running, and the latest that failed."""
+        async with self.db.session() as s:
+            visible = _visible_to(who)
+            queued = await q.count_jobs(s, visible_to=visible, status="queued")
+            running = await q.list_jobs(s, visible_to=visible, status="running",
+                                        limit=MAX_PAGE)
+            failed = [job for status in ("failed", "timeout")
+                      for job in await q.list_jobs(s, visible_to=visible, status=status,
+                                                   limit=recent)]
+        failed = sorted(failed, key=lambda j: j.id, reverse=True)[:recent]
+        return Overview(queued=queued, running=await self._views(running, full=False),
+                        failures=await self._views(failed, full=False))
+
+    async def rerun(self, who: Principal, job_id: int, manifest: str | None = None
+                    ) -> JobOut:
+        """A new job like ``job_id`` (its tags, note and visibility), of its manifest or
+        of ``manifest`` (an edited one); only who may change the job may run it again."""
+        job = await self._changeable(who, job_id)
+        async with self.db.session() as s:
+            tags = (await q.tags_of(s, [job.id]))[job.id]
+        note = job.note if job.note else None
+        return await self.submit(who, JobSubmit(
+            manifest=job.manifest if manifest is None else manifest, tags=tags, note=note,
+            visibility=job.visibility))
 
     async def start(self, who: Principal, job_id: int) -> JobOut:
         await self._changeable(who, job_id)

@@ -49,6 +49,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import anyio
@@ -59,11 +60,13 @@ from nixfarm.builds import poolmatch
 from nixfarm.builds import secrets as secrets_mod
 from nixfarm.builds.artifacts import ArtifactService
 from nixfarm.builds.jobs import QUEUED_TOPIC, JobService, control_topic
+from nixfarm.builds.shells import ShellService
 from nixfarm.datadir import RUNNER_TOKEN, read_token
 from nixfarm.db import jobs as q
 from nixfarm.db.builders import builder_of_token
 from nixfarm.db.models import Builder, Job, Runner, Task, Token, utcnow
 from nixfarm.errors import Conflict, Forbidden, InvalidInput, NotFound
+from nixfarm.events.base import Subscription
 from nixfarm.manifest import load_manifest
 from nixfarm.masking import Masker
 from nixfarm.scopes import ADMIN, cache_scope
@@ -89,6 +92,15 @@ _CANDIDATES = 20
 MAX_RUNS = 2
 
 
+
+@dataclass(frozen=True)
+class _Pool:
+    """What a runner's token lets it claim: SQL conditions on jobs, and whether jobs
+    that push to a cache (and so get a push token) are among them."""
+
+    conditions: list[sa.ColumnElement[bool]]
+    caches: bool
+
 class RunnerService:
     def __init__(self, jobs: JobService, tokens: TokenService,
                  artifacts: ArtifactService) -> None:
@@ -98,6 +110,7 @@ class RunnerService:
         self.bus = jobs.bus
         self.tokens = tokens
         self.artifacts = artifacts
+        self.shells = ShellService(jobs)
         self._runner_tokens: dict[int, int] = {}
         self._masks: dict[int, Masker] = {}
         #: Jobs started before this moment ran in a previous life of this process.
@@ -141,7 +154,10 @@ class RunnerService:
         self._runner_tokens[runner.id] = who.token_id
         log.info("runner %d (%s) registered: %s", runner.id, body.name, ", ".join(body.images))
         # A runner that registers holds no job: any still on it were cut off by a restart.
-        await self._settle_runner(runner.id, f"runner {body.name} restarted while the job ran")
+        # One that only offers anew (an image installed while it runs) is running them.
+        if not body.refresh:
+            await self._settle_runner(runner.id,
+                                      f"runner {body.name} restarted while the job ran")
         return self._runner_out(runner)
 
     async def _settle_runner(self, runner_id: int, why: str,
@@ -266,7 +282,7 @@ class RunnerService:
                     return None
                 await sub.get(min(remaining, 1.0))
 
-    async def _pool(self, runner: Runner) -> list[sa.ColumnElement[bool]]:
+    async def _pool(self, runner: Runner) -> _Pool:
         """The conditions its token's pool puts on the jobs a runner claims.
 
         Read at every claim, so a pool holds from the token's creation on, on every
@@ -276,14 +292,14 @@ class RunnerService:
             token = await s.get(Token, runner.token_id)
             builder = await builder_of_token(s, runner.token_id)
         if token is None:  # the runner's token row is gone: claim nothing
-            return [sa.false()]
+            return _Pool([sa.false()], caches=False)
         conditions: list[sa.ColumnElement[bool]] = []
         if builder is not None:  # an ephemeral builder: its pool's jobs only (builders/)
             pool = self.settings.builders.pool(builder.pool)
             once = pool is not None and pool.lifecycle != "keep-always"
             if pool is None or builder.state != "ready" or (
                     once and builder.last_job_id is not None):
-                return [sa.false()]
+                return _Pool([sa.false()], caches=False)
             conditions.extend(poolmatch.conditions(pool))
         if token.runner_images is not None:
             conditions.append(Job.image.in_(token.runner_images))
@@ -291,11 +307,15 @@ class RunnerService:
             conditions.append(Job.owner_name.in_(token.runner_owners))
         if not token.trusted:
             # Never run a job without the secrets it asked for, and never hand them to
-            # an untrusted runner: such a job waits for a trusted one.
+            # an untrusted runner: such a job waits for a trusted one. A cache push
+            # token is such a secret too (it may replace any path of the cache, signed
+            # by the server), so jobs with ``cache:`` wait likewise.
             conditions.append(sa.func.json_array_length(Job.secret_ids) == 0)
-        return conditions
+        # A builder's pushes are bounded by its pool's own list of caches instead
+        # (``poolmatch.cache_allowed``), which its operator chose for it.
+        return _Pool(conditions, caches=token.trusted or builder is not None)
 
-    async def _take(self, runner: Runner, pool: list[sa.ColumnElement[bool]]) -> Job | None:
+    async def _take(self, runner: Runner, pool: _Pool) -> Job | None:
         now = utcnow()
         async with self.db.session() as s:
             # Only jobs this runner can run (and its token's pool allows): jobs waiting
@@ -304,11 +324,14 @@ class RunnerService:
             queued = await s.scalars(
                 sa.select(Job)
                 .where(Job.status == "queued", Job.image.in_(runner.images),
-                       sa.or_(Job.arch.is_(None), Job.arch == runner.arch), *pool)
+                       sa.or_(Job.arch.is_(None), Job.arch == runner.arch),
+                       *pool.conditions)
                 .order_by(Job.id).limit(_CANDIDATES))
             builder = await builder_of_token(s, runner.token_id)
             bpool = self.settings.builders.pool(builder.pool) if builder is not None else None
             for job in list(queued):
+                if not pool.caches and load_manifest(job.manifest).cache is not None:
+                    continue
                 if bpool is not None and not poolmatch.cache_allowed(bpool, job):
                     continue  # it pushes to a cache this builder's pool may not
                 if await q.update_job_if(
@@ -356,6 +379,7 @@ class RunnerService:
             lease_seconds=self.settings.jobs.lease_seconds, heartbeat_wait=self.heartbeat_wait,
             cache=grant, job_url=self.jobs.job_url(job.id), attempt=job.attempts,
             resume_logs=resume,
+            shell_hold_seconds=self.settings.jobs.shell_hold_minutes * 60,
             limits=JobLimits(home_bytes=self.settings.jobs.home_bytes,
                              log_bytes=self.settings.jobs.log_bytes,
                              artifacts=self.settings.jobs.artifacts,
@@ -369,7 +393,9 @@ class RunnerService:
         now = utcnow()
         async with self.db.session() as s:
             job = await q.get_job(s, job_id)
-            lost = job.status in FINAL_STATUSES and not job.stop_requested
+            # A held job (ended, its sandbox kept for shells) is still its runner's.
+            lost = (job.status in FINAL_STATUSES and not job.stop_requested
+                    and job.held_until is None)
             if job.runner_id != runner_id or lost:
                 raise Conflict(f"job {job_id} is no longer assigned to runner {runner_id}")
             job.lease_expires_at = now + self.lease
@@ -380,6 +406,8 @@ class RunnerService:
         wait = min(wait, self.heartbeat_wait)
         async with self.bus.subscribe(control_topic(job_id)) as sub:
             job = await self._held(who, runner_id, job_id)
+            if job.held_until is not None:
+                return await self._hold_beat(who, runner_id, job_id, wait, sub)
             if not job.stop_requested and wait > 0:
                 await sub.get(wait)
                 job = await self._held(who, runner_id, job_id)
@@ -387,6 +415,26 @@ class RunnerService:
         return HeartbeatResponse(stop=job.stop_requested,
                                  reason=job.status if job.stop_requested else None,
                                  lease_expires_at=job.lease_expires_at)
+
+    async def _hold_beat(self, who: Principal, runner_id: int, job_id: int, wait: float,
+                         sub: Subscription) -> HeartbeatResponse:
+        """A heartbeat on a held job: the shell sessions waiting for it, or release."""
+        job = await self._held(who, runner_id, job_id)
+        shells = await self.shells.waiting(job_id)
+        assert job.held_until is not None
+        if not shells and job.held_until > utcnow() and wait > 0:
+            await sub.get(min(wait, (job.held_until - utcnow()).total_seconds()))
+            job = await self._held(who, runner_id, job_id)
+            shells = await self.shells.waiting(job_id)
+        assert job.lease_expires_at is not None and job.held_until is not None
+        return HeartbeatResponse(stop=False, reason=None, lease_expires_at=job.lease_expires_at,
+                                 shells=shells, release=job.held_until <= utcnow())
+
+    async def release(self, who: Principal, runner_id: int, job_id: int) -> None:
+        """The runner shut a held sandbox down."""
+        await self._held(who, runner_id, job_id)
+        await self.shells.release(job_id)
+        log.info("job %d: its held sandbox is gone", job_id)
 
     async def _masker_of(self, job: Job) -> Masker:
         masker = self._masks.get(job.id)
@@ -441,10 +489,13 @@ class RunnerService:
         if body.failed_step and body.status == "failed":
             reason = f"{body.failed_step} failed" + (f": {reason}" if reason else "")
         status = "failed" if body.status == "interrupted" else body.status
+        hold = self.settings.jobs.shell_hold_minutes
+        held = {"held_until": now + timedelta(minutes=hold), "lease_expires_at": now + self.lease
+                } if body.held and hold > 0 else {"lease_expires_at": None}
         async with self.db.session() as s:
             ended = await q.update_job_if(
                 s, job_id, {"status": "running", "runner_id": runner_id},
-                status=status, reason=reason, finished_at=now, lease_expires_at=None)
+                status=status, reason=reason, finished_at=now, **held)
             # Cancelled or timed out meanwhile: the runner has stopped, as asked.
             await q.update_job_if(s, job_id, {"runner_id": runner_id}, stop_requested=False,
                                   lease_expires_at=None)

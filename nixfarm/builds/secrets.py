@@ -80,6 +80,11 @@ class SecretService:
         """The HMAC key webhooks of ``owner_id``'s jobs are signed with."""
         return hmac.new(self._key, b"webhook:%d" % owner_id, hashlib.sha256).digest()
 
+    def signing_key(self, purpose: str) -> bytes:
+        """An HMAC key for ``purpose`` that every server of the farm derives alike (the
+        web sign-in's OpenID Connect state cookie)."""
+        return hmac.new(self._key, b"purpose:" + purpose.encode(), hashlib.sha256).digest()
+
     async def create(self, who: Principal, body: SecretCreate) -> SecretOut:
         try:
             data = base64.b64decode(body.data, validate=True)

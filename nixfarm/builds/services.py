@@ -1,7 +1,8 @@
 """The services of the builds face, built together (``Farm.open`` calls ``open``).
 
 ``background()`` is the work a serving process does on its own while it runs: the
-lease-expiry and time-limit pass, and trigger deliveries (which outlive the request
+lease-expiry and time-limit pass, scheduled jobs (``schedules``), and trigger
+deliveries (which outlive the request
 that ended the job).
 """
 
@@ -17,7 +18,9 @@ from nixfarm.builds.artifacts import ArtifactService
 from nixfarm.builds.jobs import JobService
 from nixfarm.builds.logs import LogService
 from nixfarm.builds.runners import RunnerService
+from nixfarm.builds.schedules import ScheduleService
 from nixfarm.builds.secrets import SecretService
+from nixfarm.builds.shells import ShellService
 from nixfarm.builds.triggers import TriggerService
 from nixfarm.cache.service import CacheService
 from nixfarm.config import Settings
@@ -35,6 +38,8 @@ class BuildServices:
     artifacts: ArtifactService
     jobs: JobService
     runners: RunnerService
+    schedules: ScheduleService
+    shells: ShellService
 
     @classmethod
     def open(cls, settings: Settings, db: Database, store: ObjectStore, bus: EventBus,
@@ -45,13 +50,15 @@ class BuildServices:
         artifacts = ArtifactService(db, store, settings)
         jobs = JobService(db, settings, bus, logs, secrets, triggers, caches)
         runners = RunnerService(jobs, tokens, artifacts)
-        return cls(secrets, logs, triggers, artifacts, jobs, runners)
+        return cls(secrets, logs, triggers, artifacts, jobs, runners,
+                   ScheduleService(jobs, tokens), runners.shells)
 
     @asynccontextmanager
     async def background(self) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tasks:
             self.jobs.attach(tasks)
             tasks.start_soon(self.runners.reap_forever)
+            tasks.start_soon(self.schedules.run_forever)
             try:
                 yield
             finally:

@@ -9,7 +9,7 @@ import typer
 from typer._click.exceptions import ClickException
 
 from nixfarm.cli import builders as builders_cli
-from nixfarm.cli import cache, doctor, push, runner, token, up, use
+from nixfarm.cli import cache, doctor, image, push, runner, schedules, shell, token, up, use
 from nixfarm.cli import jobs as jobs_cli
 from nixfarm.cli.common import Exit, err, out
 from nixfarm.errors import NixfarmError, exit_code
@@ -45,15 +45,18 @@ app.command("use")(use.use)
 app.command("runner")(runner.runner)
 app.add_typer(cache.app, name="cache")
 app.add_typer(token.app, name="token")
+app.add_typer(image.app, name="image")
 app.command("submit")(jobs_cli.submit)
 app.command("release")(jobs_cli.release)
 app.command("jobs")(jobs_cli.jobs)
 app.command("logs")(jobs_cli.logs)
 app.command("cancel")(jobs_cli.cancel)
+app.command("shell")(shell.shell)
 app.add_typer(jobs_cli.manifest_app, name="manifest")
 app.add_typer(jobs_cli.secret_app, name="secret")
 app.add_typer(builders_cli.builder_app, name="builder")
 app.add_typer(builders_cli.pool_app, name="pool")
+app.add_typer(schedules.app, name="schedule")
 
 
 #: Metavars by parameter name, where the name in capitals would not say it best.

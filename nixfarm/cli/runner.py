@@ -83,7 +83,8 @@ def runner(
              "interrupted (and queued again once); a second signal stops at once.",
         min=0)] = 30.0,
     sandbox: Annotated[str, typer.Option(
-        help="Where jobs run: bwrap (a container) or vm (a qemu virtual machine).")] = "bwrap",
+        help="Where jobs run: bwrap (a container), vm (a qemu virtual machine), or both, "
+             "preferred first (vm,bwrap): disk images (debian/bookworm) need vm.")] = "bwrap",
 ) -> None:
     """Claim jobs from the farm and run them in sandboxes, until interrupted."""
     # A token on the command line is in /proc/PID/cmdline for every local user to
@@ -94,15 +95,20 @@ def runner(
     from nixfarm import prerequisites
     from nixfarm.client.api import resolve
     from nixfarm.runner.agent import Agent
-    from nixfarm.runner.nixd import NixDaemon
+    from nixfarm.runner.nixd import NOT_ROOT, NixDaemon
     from nixfarm.runner.protocol import RunnerClient
     from nixfarm.runner.roots import Catalogue, Images
-    from nixfarm.runner.sandbox.choice import choose
+    from nixfarm.runner.sandbox.base import SandboxError
+    from nixfarm.runner.sandbox.choice import choose_kinds, parse_kinds
     from nixfarm.runner.workdir import runner_dir
 
-    if sandbox not in ("bwrap", "vm"):
-        raise typer.BadParameter(f"{sandbox!r} is not a sandbox: bwrap or vm",
-                                 param_hint="--sandbox")
+    try:
+        parse_kinds(sandbox)
+    except SandboxError as e:
+        raise typer.BadParameter(e.message, param_hint="--sandbox") from None
+    if nix_daemon and os.geteuid() != 0:
+        # Refused rather than falling back to the system's daemon (docs/security.md).
+        raise typer.BadParameter(NOT_ROOT, param_hint="--nix-daemon")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     endpoint = resolve(url, token, data_dir)
@@ -119,15 +125,15 @@ def runner(
         options, uses_nix=nix_daemon or nix_source is not None))
     home = runner_dir(work_dir)
     images = Images(Catalogue(home / "images"), nix_source=nix_source, nix_options=options)
-    daemon = NixDaemon(home, options) if nix_daemon else None
+    daemon = NixDaemon(home, options, farm_urls=(endpoint.url,)) if nix_daemon else None
 
     async def work() -> None:
-        choice = await choose(sandbox, home)  # a SandboxError is the run's error
+        choice = await choose_kinds(sandbox, home)  # a SandboxError is the run's error
         client = RunnerClient(endpoint.url, endpoint.token or "")
         agent = Agent(client, images, name=name or socket.gethostname(), slots=slots,
                       work_root=home / "jobs", nix=daemon,
                       new_sandbox=choice.new_sandbox, sandbox_kind=choice.kind,
-                      accelerator=choice.accelerator,
+                      sandbox_kinds=choice.kinds, accelerator=choice.accelerator,
                       local_sources=list(local_source or []))
         stops: list[asyncio.Task[None]] = []
 

@@ -12,7 +12,7 @@ from nixfarm.cli.common import DataDir, JsonOut, Token, Url, out, print_json, wi
 from nixfarm.client.api import Client
 from nixfarm.durations import EXAMPLES, parse_duration
 from nixfarm.errors import InvalidInput
-from nixfarm.wire.tokens import TokenOut
+from nixfarm.wire.tokens import TokenOut, TokenPool
 
 app = typer.Typer(help="API tokens and their scopes.", no_args_is_help=True)
 
@@ -88,6 +88,52 @@ def list_(json_out: JsonOut = False, url: Url = None, token: Token = None,
                       f"{t.created_at:%Y-%m-%d %H:%M}",
                       f"{t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "never")
     out.print(table)
+
+
+@app.command()
+def pool(
+    token_id: int,
+    images: Annotated[str | None, typer.Option(
+        "--images", help="Claim only jobs of these images (comma-separated).",
+        show_default=False)] = None,
+    any_image: Annotated[bool, typer.Option(
+        "--any-image", help="Drop the images constraint.")] = False,
+    owners: Annotated[str | None, typer.Option(
+        "--owners", help="Claim only jobs submitted by these token names "
+        "(comma-separated).", show_default=False)] = None,
+    any_owner: Annotated[bool, typer.Option(
+        "--any-owner", help="Drop the owners constraint.")] = False,
+    trusted: Annotated[bool | None, typer.Option(
+        "--trusted/--untrusted", help="Whether its runners may claim jobs that use "
+        "secrets.", show_default=False)] = None,
+    url: Url = None, token: Token = None, data_dir: DataDir = None,
+) -> None:
+    """Change a runner token's pool; what is not given stays. Its runners' next claims
+    follow it (a job already claimed runs on)."""
+    if images is not None and any_image:
+        raise typer.BadParameter("give --images or --any-image, not both",
+                                 param_hint="--any-image")
+    if owners is not None and any_owner:
+        raise typer.BadParameter("give --owners or --any-owner, not both",
+                                 param_hint="--any-owner")
+    changes: dict[str, object] = {}
+    if images is not None or any_image:
+        changes["runner_images"] = _names(images)
+    if owners is not None or any_owner:
+        changes["runner_owners"] = _names(owners)
+    if trusted is not None:
+        changes["trusted"] = trusted
+    if not changes:
+        raise typer.BadParameter("nothing to change: give --images/--any-image, "
+                                 "--owners/--any-owner or --trusted/--untrusted")
+    body = TokenPool.model_validate(changes)
+
+    async def work(c: Client) -> TokenOut:
+        return await c.update_token_pool(token_id, body)
+
+    changed = with_client(url, token, data_dir, work)
+    out.print(f"token {changed.id} ({changed.name}): runner pool "
+              f"{_pool(changed) or 'any image, any owner, trusted'}", markup=False)
 
 
 @app.command()

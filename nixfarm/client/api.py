@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from nixfarm.client.connection import Connection
+from nixfarm.client.connection import Connection, decode
 from nixfarm.errors import InvalidInput
 from nixfarm.wire.caches import (
     CacheCreate,
@@ -26,7 +26,7 @@ from nixfarm.wire.caches import (
     MissingResponse,
     PathInfo,
 )
-from nixfarm.wire.tokens import TokenCreate, TokenOut
+from nixfarm.wire.tokens import TokenCreate, TokenOut, TokenPool
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,14 @@ class Client:
         return await self.connection.call("POST", "/api/v1/tokens", TokenOut, TokenCreate(
             name=name, scopes=scopes, expires_at=expires_at, runner_images=runner_images,
             runner_owners=runner_owners, trusted=trusted))
+
+    async def update_token_pool(self, token_id: int, pool: TokenPool) -> TokenOut:
+        """PATCH a runner token's pool: the fields set in ``pool`` (None for a list:
+        any), the others left as they are."""
+        return decode(await self.connection.send(
+            "PATCH", f"/api/v1/tokens/{token_id}",
+            content=pool.model_dump_json(exclude_unset=True),
+            headers={"Content-Type": "application/json"}), TokenOut)
 
     async def tokens(self) -> list[TokenOut]:
         return await self.connection.call("GET", "/api/v1/tokens", list[TokenOut])

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nixfarm.db.models import Builder, BuilderDecision, utcnow
+from nixfarm.db.models import Builder, BuilderDecision, BuilderLease, utcnow
 from nixfarm.errors import NotFound
 
 #: States of a builder whose machine exists (or is being made).
@@ -75,3 +77,32 @@ async def decisions(session: AsyncSession, *, pool: str | None = None,
     if builder_id is not None:
         stmt = stmt.where(BuilderDecision.builder_id == builder_id)
     return list(await session.scalars(stmt))
+
+
+async def take_lease(session: AsyncSession, name: str, holder: str,
+                     length: timedelta) -> bool:
+    """Take or renew the lease ``name`` for ``holder``; whether it holds it now. One
+    conditional UPDATE (it is ours, or it ran out), else an INSERT that fails on the
+    primary key when another holder made the row meanwhile."""
+    now = utcnow()
+    result = await session.execute(
+        sa.update(BuilderLease).where(
+            BuilderLease.name == name,
+            sa.or_(BuilderLease.holder == holder, BuilderLease.expires_at < now))
+        .values(holder=holder, expires_at=now + length)
+        .execution_options(synchronize_session=False))
+    if result.rowcount == 1:  # type: ignore[attr-defined]
+        return True
+    if await session.get(BuilderLease, name) is not None:
+        return False
+    try:
+        async with session.begin_nested():
+            session.add(BuilderLease(name=name, holder=holder, expires_at=now + length))
+    except sa.exc.IntegrityError:
+        return False
+    return True
+
+
+async def drop_lease(session: AsyncSession, name: str, holder: str) -> None:
+    await session.execute(sa.delete(BuilderLease).where(
+        BuilderLease.name == name, BuilderLease.holder == holder))

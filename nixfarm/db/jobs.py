@@ -138,10 +138,32 @@ async def list_jobs(
     group_id: int | None = None,
     before: int | None = None,
     limit: int = 50,
+    owner_name: str | None = None,
+    image: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> list[Job]:
     """Jobs newest first. ``visible_to``: a token id that sees its own jobs and public
-    ones; None sees everything (admin)."""
-    stmt = sa.select(Job).order_by(Job.id.desc()).limit(limit)
+    ones; None sees everything (admin). ``since``/``until`` bound ``created_at``
+    (``until`` excluded)."""
+    stmt = _filtered(sa.select(Job), visible_to=visible_to, only_owner=only_owner,
+                     status=status, tag=tag, group_id=group_id, before=before,
+                     owner_name=owner_name, image=image, since=since, until=until)
+    return list(await session.scalars(stmt.order_by(Job.id.desc()).limit(limit)))
+
+
+async def count_jobs(session: AsyncSession, *, visible_to: int | None,
+                     status: str | None = None) -> int:
+    """How many jobs ``visible_to`` sees (as ``list_jobs``), of ``status``."""
+    stmt = _filtered(sa.select(sa.func.count(Job.id)), visible_to=visible_to, status=status)
+    return int(await session.scalar(stmt) or 0)
+
+
+def _filtered(stmt: Any, *, visible_to: int | None, only_owner: int | None = None,
+              status: str | None = None, tag: str | None = None,
+              group_id: int | None = None, before: int | None = None,
+              owner_name: str | None = None, image: str | None = None,
+              since: datetime | None = None, until: datetime | None = None) -> Any:
     if visible_to is not None:
         stmt = stmt.where(sa.or_(Job.owner_id == visible_to, Job.visibility == "public"))
     if only_owner is not None:
@@ -154,7 +176,15 @@ async def list_jobs(
         stmt = stmt.where(Job.group_id == group_id)
     if before is not None:
         stmt = stmt.where(Job.id < before)
-    return list(await session.scalars(stmt))
+    if owner_name:
+        stmt = stmt.where(Job.owner_name == owner_name)
+    if image:
+        stmt = stmt.where(Job.image == image)
+    if since is not None:
+        stmt = stmt.where(Job.created_at >= since)
+    if until is not None:
+        stmt = stmt.where(Job.created_at < until)
+    return stmt
 
 
 async def update_job_if(

@@ -81,6 +81,9 @@ class Cache(Base):
     #: nix-cache-info Priority: lower is preferred by Nix.
     priority: Mapped[int] = mapped_column(default=40, server_default=sa.text("40"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Garbage collection keeps what was uploaded in this many days (and the closures
+    #: of those paths), removing the rest periodically; None keeps everything.
+    retention_days: Mapped[float | None] = mapped_column(sa.Float)
 
 
 class Nar(Base):
@@ -272,6 +275,9 @@ class Job(Base):
     queued_at: Mapped[datetime | None] = mapped_column()
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
+    #: Until when its runner keeps the ended job's sandbox for ``nixfarm shell`` (a
+    #: failed job, or ``shell: true``); None: not held. Cleared when the sandbox goes.
+    held_until: Mapped[datetime | None] = mapped_column()
 
 
 class JobTag(Base):
@@ -384,6 +390,27 @@ class FarmKey(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class WebSession(Base):
+    """A browser signed in to the web UI: a hold on a token, until it expires or the
+    person signs out (the row is then deleted). Like a token, only a hash of the
+    cookie's secret is stored. A session of a revoked token is dead with it."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: SHA-256 hex of the cookie's secret.
+    secret_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    #: The token whose scopes the session holds (tokens are revoked, never deleted).
+    token_id: Mapped[int] = mapped_column(index=True)
+    #: The CSRF token the session's forms carry.
+    csrf: Mapped[str] = mapped_column(sa.String(64))
+    #: How it was opened: ``token`` or ``oidc``; and who, for an OIDC sign-in.
+    method: Mapped[str] = mapped_column(sa.String(16))
+    subject: Mapped[str | None] = mapped_column(sa.String(320))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
 # --- ephemeral builders (nixfarm/builders) -------------------------------------------
 #
 #   builders ─< builder_decisions      a builder's runner token: builders.token_id
@@ -441,3 +468,59 @@ class BuilderDecision(Base):
     action: Mapped[str] = mapped_column(sa.String(16))
     reason: Mapped[str] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ShellSession(Base):
+    """A terminal into a held job's sandbox, asked for by ``nixfarm shell``.
+
+    The row is how a runner, polling through any server, learns that a session wants
+    its sandbox (``waiting``); the bytes themselves go over the event bus between the
+    server holding the user's WebSocket and the one holding the runner's."""
+
+    __tablename__ = "shell_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: Random, in the runner's and the bus's names for the session.
+    key: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    job_id: Mapped[int] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"),
+                                        index=True)
+    token_id: Mapped[int] = mapped_column()
+    #: waiting (for its runner), open, closed
+    state: Mapped[str] = mapped_column(sa.String(16))
+    #: The command to run (JSON list), or None for an interactive login shell.
+    command: Mapped[list[str] | None] = mapped_column(sa.JSON)
+    rows: Mapped[int] = mapped_column(default=24)
+    cols: Mapped[int] = mapped_column(default=80)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Schedule(Base):
+    """A manifest the server submits as a job at each slot of a cron expression."""
+
+    __tablename__ = "schedules"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: The token that created it: its jobs are submitted as that token.
+    owner_id: Mapped[int] = mapped_column(index=True)
+    owner_name: Mapped[str] = mapped_column(sa.String(100))
+    #: Five fields (minute hour day month weekday), or six with seconds last.
+    cron: Mapped[str] = mapped_column(sa.String(200))
+    manifest: Mapped[str] = mapped_column(sa.Text)
+    note: Mapped[str | None] = mapped_column(sa.Text)
+    #: The last slot a server claimed (one conditional UPDATE: several servers agree).
+    last_slot: Mapped[datetime] = mapped_column()
+    last_job_id: Mapped[int | None] = mapped_column()
+    #: Why the last slot made no job (the manifest no longer accepted, the token gone).
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BuilderLease(Base):
+    """Which server runs the autoscaler now: one holder at a time, for a short while."""
+
+    __tablename__ = "builder_leases"
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    #: The holding server's random id (``Autoscaler.holder``).
+    holder: Mapped[str] = mapped_column(sa.String(64))
+    expires_at: Mapped[datetime] = mapped_column()

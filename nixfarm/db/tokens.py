@@ -74,6 +74,48 @@ async def create_token(
     return token, secret
 
 
+#: A pool field left as it is by ``update_pool``.
+UNCHANGED: object = object()
+
+
+async def update_pool(
+    session: AsyncSession,
+    token_id: int,
+    runner_images: object = UNCHANGED,
+    runner_owners: object = UNCHANGED,
+    trusted: bool | None = None,
+) -> Token:
+    """Change a runner token's pool; what is not given stays (None for a list: any).
+
+    Its runners read the pool at every claim (``builds.runners``), so the change holds
+    from their next claim on; a job already claimed keeps running where it is.
+    ``NotFound`` without such a token; a revoked token or one without the runner
+    scope is refused (``InvalidInput``), as empty or unprintable names are.
+    """
+    token = await get_token(session, token_id)
+    if RUNNER not in token.scopes:
+        raise InvalidInput(f"Token {token_id} ({token.name}) has no runner scope: only a "
+                           "runner token has a pool.", field="scopes")
+    if token.revoked:
+        raise InvalidInput(f"Token {token_id} ({token.name}) is revoked.", field="token")
+    if runner_images is not UNCHANGED:
+        token.runner_images = _pool("runner_images", _names(runner_images))
+    if runner_owners is not UNCHANGED:
+        token.runner_owners = _pool("runner_owners", _names(runner_owners))
+    if trusted is not None:
+        token.trusted = trusted
+    await session.flush()
+    return token
+
+
+def _names(values: object) -> Iterable[str] | None:
+    if values is None:
+        return None
+    if isinstance(values, str) or not isinstance(values, Iterable):
+        raise TypeError(f"a pool is a list of names, not {values!r}")
+    return [str(v) for v in values]
+
+
 def _pool(field: str, values: Iterable[str] | None) -> list[str] | None:
     """The distinct, stripped names of a pool; None (any) stays None, an empty one is
     refused (a runner that may claim nothing is a mistake)."""
@@ -97,6 +139,13 @@ async def live_token(session: AsyncSession, token_id: int) -> Token | None:
     """The token with this id while it is live, or None."""
     token = await session.get(Token, token_id)
     return token if token is not None and is_live(token, utcnow()) else None
+
+
+async def live_tokens_named(session: AsyncSession, name: str) -> list[Token]:
+    """The live tokens called ``name`` (names are not unique)."""
+    now = utcnow()
+    return [t for t in await session.scalars(sa.select(Token).where(Token.name == name))
+            if is_live(t, now)]
 
 
 async def authenticate(

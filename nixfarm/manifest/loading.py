@@ -31,6 +31,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from nixfarm.images import DEFAULT_ARCH, how_to_build
 from nixfarm.manifest.errors import ManifestError, Problem, format_path
 from nixfarm.manifest.models import Manifest, Trigger
 from nixfarm.manifest.parsing import Path, Spot, load_located
@@ -89,10 +90,13 @@ def check_supported(
             "oauth", "oauth is not supported: nixfarm gives jobs no OAuth tokens; remove the key"
         )
     if manifest.image not in available_images:
+        # A catalogue image no runner has installed: say how a runner gets it.
+        hint = how_to_build(manifest.image, manifest.arch or DEFAULT_ARCH)
         refuse(
             "image",
-            f"image {manifest.image!r} is not available on this server; "
-            f"available images: {_listing(available_images)}",
+            f"image {manifest.image!r} is not available on this server"
+            + (f" ({hint})" if hint else "")
+            + f"; available images: {_listing(available_images)}",
         )
     if manifest.arch is not None and manifest.arch not in available_arches:
         refuse(

@@ -15,6 +15,7 @@ manifest whether or not the image is still in any cache and whatever its tag was
 from __future__ import annotations
 
 import json
+import time
 
 from cachetools import LRUCache
 
@@ -54,15 +55,21 @@ class ManifestCache:
         self._memory[key] = image
         return image
 
-    async def put(self, key: str | None, image: Image) -> None:
-        """Store ``image``'s config and manifests; cache it under ``key`` unless None."""
+    async def put(self, key: str | None, image: Image, name: str = "",
+                  build_id: str = "") -> None:
+        """Store ``image``'s config and manifests; cache it under ``key`` unless None.
+
+        ``name`` (the image as pulled, ``shell/git:latest``) and ``build_id`` (its build on the
+        board) go into the record for the registry's web page (``registry/catalogue``)."""
         await self.store.put(blob_key(Digest.of(image.config)), image.config)
         for media_type in image.media_types:
             manifest = image.manifest(media_type)
             await self.store.put(manifest_key(image.digest(media_type)), manifest)
         if key is not None:
             record = canonical_json({"config": image.config.decode("ascii"),
-                                     "layers": [encode_layer(layer) for layer in image.layers]})
+                                     "layers": [encode_layer(layer) for layer in image.layers],
+                                     "name": name, "build": build_id,
+                                     "built_at": round(time.time())})
             await self.store.put(IMAGE_PREFIX + key + ".json", record)
             self._memory[key] = image
 

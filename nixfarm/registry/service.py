@@ -120,10 +120,12 @@ class RegistryService:
         flight = key or hashlib.sha256(canonical_json(
             [resolved.identity, list(request.packages), request.system])).hexdigest()
         return await self._flight.run(
-            flight, lambda: self._build(request, resolved, popularity, key)), resolved
+            flight, lambda: self._build(request, resolved, popularity, key, f"{name}:{tag}")
+        ), resolved
 
     async def _build(self, request: names.ImageRequest, resolved: Resolved,
-                     popularity: Popularity, key: str | None) -> Image:
+                     popularity: Popularity, key: str | None, reference: str = "") -> Image:
+        """Build the image; ``reference`` (``name:tag``, as pulled) is recorded with it."""
         if key is not None:
             # A flight for this key may have finished between our lookup and now.
             cached = await self.manifests.get(key)
@@ -143,7 +145,7 @@ class RegistryService:
                 image = await compose(closure, self.layers, popularity.counts,
                                       self.settings.registry.layer_budget,
                                       Platform.for_nix_system(request.system))
-            await self.manifests.put(key, image)
+            await self.manifests.put(key, image, reference, build.id)
         except NixfarmError as exc:
             self._failed(build, exc)
         except BaseException:

@@ -38,18 +38,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 from nixfarm.errors import NixfarmError
 from nixfarm.manifest import manifest_from_data
 from nixfarm.retries import retried, runner_calls
 from nixfarm.runner.cachepush import pusher
+from nixfarm.runner.hold import hold
 from nixfarm.runner.logship import LogShipper
 from nixfarm.runner.nixd import NixDaemon
 from nixfarm.runner.protocol import LeaseLost, RunnerClient
-from nixfarm.runner.roots import NIX_IMAGE, Images
+from nixfarm.runner.roots import Images
 from nixfarm.runner.sandbox import BwrapSandbox, Sandbox, SandboxSpec
 from nixfarm.runner.sandbox.base import NixClient
+from nixfarm.runner.shielding import until_either
 from nixfarm.runner.steps import JobContext, JobResult, Secret, StepStatus, TaskStatus, run_job
 from nixfarm.runner.workdir import sweep
 from nixfarm.wire.runners import Assignment, FinishRequest, RunnerRegister, TaskReport
@@ -98,7 +100,12 @@ class Agent:
     new_sandbox: Callable[[SandboxSpec], Sandbox] = BwrapSandbox
     #: What ``new_sandbox`` makes (``sandbox.choice``), and a VM's accelerator.
     sandbox_kind: str = "bwrap"
+    #: Every kind ``new_sandbox`` makes, preferred first (``choice.choose_kinds``);
+    #: empty: just ``sandbox_kind``.
+    sandbox_kinds: Sequence[str] = ()
     accelerator: str = ""
+    #: Seconds between looks at the catalogue: a new image is offered without a restart.
+    image_poll: float = 5.0
     claim_wait: float = 20.0
     #: Nix for ``image: nix`` jobs; None: none (and no cache pushes).
     nix: NixDaemon | None = None
@@ -106,15 +113,44 @@ class Agent:
     local_sources: Sequence[Path] = ()
     _nix_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
+    _offered: list[str] = field(default_factory=list, init=False, repr=False)
     #: Per job running: its task, and the list its stop reason goes into.
     _running: dict[int, tuple[asyncio.Task[JobResult], list[str]]] = field(
         default_factory=dict, init=False, repr=False)
 
-    async def register(self) -> None:
+    @property
+    def kinds(self) -> list[str]:
+        return list(self.sandbox_kinds or (self.sandbox_kind,))
+
+    def offered(self) -> list[str]:
+        """The images this runner can run in its sandboxes (a disk image needs vm)."""
+        return sorted(self.images.names(self.kinds))
+
+    async def register(self, *, refresh: bool = False) -> None:
+        """Tell the farm what this runner offers; ``refresh``: again, while it runs
+        (its jobs go on)."""
+        offered = await asyncio.to_thread(self.offered)
         out = await self.client.register(RunnerRegister(
-            name=self.name, arch=os.uname().machine, images=sorted(self.images.names()),
-            sandboxes=[self.sandbox_kind], accelerator=self.accelerator, slots=self.slots))
-        log.info("runner %s registered as %d with %d slot(s)", self.name, out.id, self.slots)
+            name=self.name, arch=os.uname().machine, images=offered,
+            sandboxes=self.kinds, accelerator=self.accelerator, slots=self.slots,
+            refresh=refresh))
+        self._offered = offered  # only once the farm knows: a failed call is tried again
+        log.info("runner %s %s as %d with %d slot(s): %s", self.name,
+                 "offers anew" if refresh else "registered", out.id, self.slots,
+                 ", ".join(self._offered))
+
+    async def _watch_images(self) -> None:
+        """Register again whenever the images offered change (``nixfarm image install``)."""
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.image_poll)
+                return
+            try:
+                now = await asyncio.to_thread(self.offered)
+                if now != self._offered:
+                    await self.register(refresh=True)
+            except Exception as e:  # tried again at the next look
+                log.warning("runner %s: cannot offer its images anew: %s", self.name, e)
 
     async def serve(self) -> None:
         """Register, then claim and run jobs until stopped (``stop``) or cancelled."""
@@ -125,6 +161,7 @@ class Agent:
             return
         try:
             async with asyncio.TaskGroup() as group:
+                group.create_task(self._watch_images())
                 for slot in range(self.slots):
                     group.create_task(self._slot(slot))
         finally:
@@ -152,12 +189,7 @@ class Agent:
 
     async def _unless_stopping(self, call: asyncio.Future[T]) -> bool:
         """Await ``call`` unless the agent is stopped first (then it is cancelled)."""
-        stopping = asyncio.ensure_future(self._stopping.wait())
-        either: list[asyncio.Future[Any]] = [call, stopping]
-        try:
-            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
+        await until_either(call, self._stopping)
         if not call.done():
             call.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -201,7 +233,8 @@ class Agent:
         reporter = _HttpReporter(self.client, a.job_id, shipper)
         stop_reason: list[str] = []
         work_dir = Path(tempfile.mkdtemp(prefix=f"job-{a.job_id}-", dir=self._work_root()))
-        job = asyncio.create_task(self._run(a, reporter, work_dir))
+        kept: list[Sandbox] = []  # the sandbox, when the job's end keeps it for shells
+        job = asyncio.create_task(self._run(a, reporter, work_dir, kept))
         self._running[a.job_id] = (job, stop_reason)
         beat = asyncio.create_task(self._heartbeats(a, job, stop_reason))
         result: JobResult | None = None
@@ -231,6 +264,8 @@ class Agent:
             lost = True
         if lost:
             log.warning("job %d: lease lost; dropped", a.job_id)
+            for sandbox in kept:
+                await sandbox.shutdown()
             return None
         if result is None:
             if stop_reason and stop_reason[0] == INTERRUPTED:
@@ -238,15 +273,23 @@ class Agent:
             else:
                 # Stopped by the server (cancelled or out of time): it keeps that status.
                 result = JobResult("failed", "", stop_reason[0] if stop_reason else "stopped")
-        await self._finish(a, result)
+        if not kept:
+            await self._finish(a, result)
+            return result
+        try:
+            await self._finish(a, result, held=True)
+            await hold(self.client, a.job_id, kept[0], a.heartbeat_wait,
+                       self._stopping.wait())
+        finally:
+            await kept[0].shutdown()
         return result
 
-    async def _finish(self, a: Assignment, result: JobResult) -> None:
+    async def _finish(self, a: Assignment, result: JobResult, held: bool = False) -> None:
         status: Literal["success", "failed", "interrupted"] = (
             result.status if result.status in ("success", "interrupted") else "failed")
         reason = None if status == "success" else (result.message or result.status)
         step = result.step if status == "failed" else None
-        body = FinishRequest(status=status, reason=reason, failed_step=step or None)
+        body = FinishRequest(status=status, reason=reason, failed_step=step or None, held=held)
         with contextlib.suppress(LeaseLost):
             await self.client.finish(a.job_id, body)
 
@@ -254,14 +297,15 @@ class Agent:
         self.work_root.mkdir(parents=True, exist_ok=True)
         return self.work_root
 
-    async def _run(self, a: Assignment, reporter: _HttpReporter, work_dir: Path) -> JobResult:
+    async def _run(self, a: Assignment, reporter: _HttpReporter, work_dir: Path,
+                   kept: list[Sandbox]) -> JobResult:
         shipper = reporter.shipper
         if a.attempt > 1:
             shipper.line(None, f"nixfarm: run {a.attempt} of this job (the previous one was "
                                "cut off)")
         manifest = manifest_from_data(a.manifest)
         nix_client = None
-        if manifest.image == NIX_IMAGE:
+        if await asyncio.to_thread(self.images.composes, manifest.image):  # nix, nix/*
             nix_client = await self.nix_client(lambda text: shipper.line(None, text))
         seconds_left = (a.deadline - datetime.now(UTC)).total_seconds()
         ctx = JobContext(
@@ -284,7 +328,14 @@ class Agent:
             home_size=a.limits.home_bytes, log_limit=a.limits.log_bytes,
             max_artifacts=a.limits.artifacts, artifact_limit=a.limits.artifact_bytes,
         )
-        return await run_job(ctx)
+        if a.shell_hold_seconds > 0:
+            ctx.keep_sandbox = lambda result: result.status != "success" or manifest.shell
+        result = await run_job(ctx)
+        if ctx.kept and ctx.sandbox is not None:
+            shipper.line(None, f"nixfarm: the sandbox is kept for {a.shell_hold_seconds / 60:g} "
+                               f"minutes: nixfarm shell {a.job_id}")
+            kept.append(ctx.sandbox)
+        return result
 
     async def _heartbeats(self, a: Assignment, job: asyncio.Task[JobResult],
                           stop_reason: list[str]) -> None:

@@ -62,7 +62,13 @@ async def job_outputs(ctx: JobContext) -> list[str]:
         # A link may name any path of the host's store; only the job's own are pushed
         # (what its Nix socket let it add or build: see ``nixproxy``).
         proxy = getattr(ctx.box(), "nix_proxy", None)
-        if proxy is not None and not await proxy.view.sees(str(path)):
+        if proxy is None:
+            # Without the proxy nothing tells the job's paths from other tenants':
+            # pushing would publish whatever host path a link names.
+            raise NixfarmError("cache: needs a sandbox that gives the job its own Nix store "
+                               "view (bwrap); this runner's sandbox has none, so nothing "
+                               "is pushed")
+        if not await proxy.view.sees(str(path)):
             raise InvalidInput(f"{link} points at {path}, which is not a store path of this "
                                "job", field="result")
         outputs[str(path)] = None
@@ -126,4 +132,6 @@ async def _push_log(client: Client, cache: str, drv: str) -> bool:
     finally:
         if process.returncode is None:
             process.kill()
-            await process.wait()
+            # Not wait(): asyncio reports the exit only once stdout reaches EOF, and a
+            # stdout we stopped reading is paused and never would.
+            await process.communicate()

@@ -22,7 +22,7 @@ from nixfarm.runner.agent import Agent
 from nixfarm.runner.nixd import NixDaemon
 from nixfarm.runner.protocol import RunnerClient
 from nixfarm.runner.roots import Catalogue, Images
-from nixfarm.runner.sandbox.choice import choose
+from nixfarm.runner.sandbox.choice import choose_kinds
 from nixfarm.runner.workdir import runner_dir
 
 
@@ -43,20 +43,24 @@ async def serve(settings: Settings) -> None:
     if slots <= 0 or not token:
         return  # nothing to drain: the supervisor's default answer stands
     host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    client = RunnerClient(f"http://{host}:{settings.port}", token)
+    url = f"http://{host}:{settings.port}"
+    client = RunnerClient(url, token)
     stopping = asyncio.Event()
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         asyncio.get_running_loop().add_signal_handler(draining.DRAIN_SIGNAL, stopping.set)
     try:
         home = runner_dir(settings.data_dir / "runner")
-        sandbox = await choose(settings.jobs.embedded_runner_sandbox, home)
+        sandbox = await choose_kinds(settings.jobs.embedded_runner_sandbox, home)
         agent = Agent(client, images_for(settings, home / "images"),
                       name="embedded", slots=slots, work_root=home / "jobs",
                       new_sandbox=sandbox.new_sandbox, sandbox_kind=sandbox.kind,
+                      sandbox_kinds=sandbox.kinds,
                       accelerator=sandbox.accelerator,
                       # Short long-polls: the server drains open requests before it
                       # stops, and our own claims would hold its shutdown up.
-                      claim_wait=2.0, nix=NixDaemon(home, dict(settings.nix_options)))
+                      claim_wait=2.0, nix=NixDaemon(
+                          home, dict(settings.nix_options),
+                          farm_urls=[url, settings.base_url]))
         serving = asyncio.create_task(agent.serve())
         asked = asyncio.create_task(stopping.wait())
         try:

@@ -15,11 +15,19 @@ The daemons: a root runner starts two ``nix-daemon``s of its own, on private
 sockets in its work directory, with the sandbox on (``sandbox-fallback = false``: no
 silent unsandboxed builds), the runner's Nix options (``substituters``, ...) and
 ``trusted-users`` empty; ``setpriv --pdeathsig`` ends them with the runner, however
-the runner ends. One serves jobs with network; the other runs in a network namespace
-of its own (``unshare --net``: only a loopback that is down), for jobs without: a
-fixed-output derivation is built with its daemon's network, so a job without
-network gets none there either (and no substitution over the network). A runner
-that is not root uses the system's daemon, if the sandbox's user can reach it.
+the runner ends. Nix builds a fixed-output derivation with its daemon's network, so
+each daemon has the network of the jobs it serves. The one for jobs with network
+runs in a network namespace of its own behind ``slirp4netns
+--disable-host-loopback``, as those jobs do (``sandbox.network``): outbound
+connections, nothing on the runner's loopback, and DNS through slirp's forwarder
+(its own mount namespace names it in /etc/resolv.conf, which Nix copies into the
+builds). The other runs in a network namespace with only a loopback, for jobs
+without network: they get none there either. The farm's own caches among the
+substituters reach both daemons through the runner (``cacherelay``), whatever
+network they have; the daemon without network substitutes from nothing else. A
+runner that is not root gives jobs no Nix (``NOT_ROOT``): the system's daemon would build
+their fixed-output derivations with the host's network and may trust the runner's
+user, which the proxy connects as.
 
 Jobs never reach a daemon directly: each sandbox gets a socket of its own, a proxy
 (``nixproxy``) that lets the job use only its own store paths (its closure, what it
@@ -39,23 +47,31 @@ import os
 import re
 import shutil
 import socket
-import stat
 import struct
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from nixfarm.errors import NixfarmError
+from nixfarm.runner.cacherelay import CacheRelay, relayed
 from nixfarm.runner.sandbox.base import NixClient
+from nixfarm.runner.sandbox.network import SLIRP_DNS, connect_slirp
 
 log = logging.getLogger("nixfarm.runner.nixd")
 
-SYSTEM_SOCKET = Path("/nix/var/nix/daemon-socket/socket")
 START_TIMEOUT = 10.0
 _WORKER_MAGIC_1 = 0x6E697863
 _WORKER_MAGIC_2 = 0x6478696F
 _NSS_MODULES = ("libnss_files.so.2", "libnss_dns.so.2")
 _LDD_LINE = re.compile(r"(?:=>\s*)?(/\S+)\s+\(0x[0-9a-f]+\)")
+#: Why a runner that is not root gives jobs no Nix (and ``nixfarm runner`` refuses to
+#: start as one unless told --no-nix-daemon).
+NOT_ROOT = ("A runner that is not root cannot give jobs a Nix of their own: only root can "
+            "start the nix-daemons that build as the nixbld users with the job's network "
+            "(none for jobs without network), and the system's daemon would build their "
+            "fixed-output derivations with the host's network and may trust the runner's "
+            "user. Run the runner as root, or with --no-nix-daemon (then `image: nix` jobs "
+            "run without Nix and `cache:` jobs are refused).")
 #: The client's nix.conf: nothing the daemon would refuse from an untrusted user
 #: (every setting in it is sent along, and refused ones only print warnings).
 CLIENT_CONFIG = "# The job's Nix client; the runner's nix-daemon decides the rest.\n"
@@ -72,16 +88,6 @@ def answers(path: Path, timeout: float = 2.0) -> bool:
         except OSError:
             return False
     return len(reply) == 8 and struct.unpack("<Q", reply)[0] == _WORKER_MAGIC_2
-
-
-def reachable_by_others(path: Path) -> bool:
-    """Whether any user may connect to the socket ``path`` (as the sandbox's may)."""
-    try:
-        if not path.stat().st_mode & stat.S_IWOTH:
-            return False
-        return all(p.stat().st_mode & stat.S_IXOTH for p in path.parents)
-    except OSError:
-        return False
 
 
 def client_files(nix: str = "nix") -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
@@ -119,15 +125,21 @@ class NixDaemon:
     """The runner's nix-daemons (see the module docstring); ``client()`` for sandboxes."""
 
     def __init__(self, state_dir: Path, options: Mapping[str, str] | None = None,
-                 *, system_socket: Path = SYSTEM_SOCKET) -> None:
+                 farm_urls: Sequence[str] = ()) -> None:
+        """``farm_urls``: where this runner reaches its farm, the first used, the others
+        the farm's other names (its ``base_url``): substituters under them are the
+        farm's caches, which both daemons get through the runner (``cacherelay``)."""
         self.state_dir = state_dir
         self.options = dict(options or {})
-        self.system_socket = system_socket
+        self.farm_urls = tuple(farm_urls)
+        self._relay: CacheRelay | None = None
         self.socket: Path | None = None
         #: The daemon of jobs without network (in a network namespace of its own).
         self.offline_socket: Path | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._offline: asyncio.subprocess.Process | None = None
+        #: The slirp4netns of the daemon for jobs with network.
+        self._slirp: asyncio.subprocess.Process | None = None
         self._client: NixClient | None = None
 
     @property
@@ -143,7 +155,8 @@ class NixDaemon:
         return process.pid if process is not None and process.returncode is None else None
 
     def _running(self) -> bool:
-        return all(p is None or p.returncode is None for p in (self._process, self._offline))
+        return all(p is None or p.returncode is None
+                   for p in (self._process, self._offline, self._slirp))
 
     async def start(self) -> NixClient:
         """Find or start the daemons; raises NixfarmError saying why it cannot."""
@@ -152,37 +165,36 @@ class NixDaemon:
                 return self._client
             log.warning("a nix-daemon of the runner exited; starting them again")
             await self.stop()
+        if os.geteuid() != 0:
+            raise NixfarmError(NOT_ROOT)
         files, links = await asyncio.to_thread(client_files)
-        if os.geteuid() != 0 and await asyncio.to_thread(self._system_usable):
-            # Not root: we cannot start a daemon that builds as nixbld users. The
-            # system's is used as it is configured (see docs/security.md for what
-            # then does not hold).
-            self.socket, self.offline_socket = self.system_socket, None
-            log.info("using the nix-daemon on %s", self.socket)
-        else:
-            # A daemon of our own: one with the runner's network, for jobs with network,
-            # and one in an empty network namespace for the others (their fixed-output
-            # derivations are built with the daemon's network), which cannot
-            # substitute over the network either.
-            self._process, self.socket = await self._spawn("nix-daemon", self.options, False)
-            try:
-                self._offline, self.offline_socket = await self._spawn(
-                    "nix-daemon-offline", {**self.options, "substituters": ""}, True)
-            except BaseException:
-                await self.stop()
-                raise
+        # Daemons of our own, each with the network of its jobs (their fixed-output
+        # derivations are built with the daemon's): outbound only through slirp4netns
+        # for jobs with network, none for the others (which then cannot substitute
+        # over the network either).
+        # The farm's caches among the substituters are relayed into both (``cacherelay``).
+        online, offline, caches = dict(self.options), dict(self.options), set()
+        for key in ("substituters", "extra-substituters"):
+            every, farms, names = relayed(self.options.get(key, ""), self.farm_urls)
+            if key in self.options:
+                online[key] = every
+            offline[key] = farms
+            caches |= names
+        try:
+            if caches:
+                self._relay = CacheRelay(self.farm_urls[0], caches)
+            self._process, self.socket = await self._spawn("nix-daemon", online, True)
+            self._offline, self.offline_socket = await self._spawn(
+                "nix-daemon-offline", offline, False)
+        except BaseException:
+            await self.stop()
+            raise
         self._client = NixClient(socket=self.socket, files=files, links=links,
                                  config=CLIENT_CONFIG, offline_socket=self.offline_socket)
         return self._client
 
-    def _system_usable(self) -> bool:
-        return reachable_by_others(self.system_socket) and answers(self.system_socket)
-
-    async def _spawn(self, name: str, options: Mapping[str, str], offline: bool
+    async def _spawn(self, name: str, options: Mapping[str, str], network: bool
                      ) -> tuple[asyncio.subprocess.Process, Path]:
-        if os.geteuid() != 0:
-            raise NixfarmError("Only a root runner can start a nix-daemon for jobs, and no "
-                               f"daemon usable by jobs answers on {self.system_socket}.")
         daemon = shutil.which("nix-daemon")
         if daemon is None:
             raise NixfarmError("nix-daemon is not installed on this runner.")
@@ -197,7 +209,14 @@ class NixDaemon:
         options = {**options, "sandbox": "true", "sandbox-fallback": "false",
                    "trusted-users": ""}
         args = [a for key, value in options.items() for a in ("--option", key, value)]
-        netns = ["unshare", "--net", "--"] if offline else []
+        netns = ["unshare", "--net", "--"]
+        if network:
+            # Its own mount namespace, where /etc/resolv.conf names slirp's DNS
+            # forwarder (the host's may name a resolver on its loopback, out of reach).
+            resolv = directory / "resolv.conf"
+            resolv.write_text(f"nameserver {SLIRP_DNS}\n")
+            netns = ["unshare", "--net", "--mount", "--", "sh", "-c",
+                     'mount --bind "$0" /etc/resolv.conf || :; exec "$@"', str(resolv)]
         log_file = (directory / "daemon.log").open("ab")
         try:
             process = await asyncio.create_subprocess_exec(
@@ -217,14 +236,26 @@ class NixDaemon:
                 tail = (directory / "daemon.log").read_text(errors="replace")[-500:].strip()
                 raise NixfarmError(f"nix-daemon did not start on {path}: {tail or 'no word'}")
             await asyncio.sleep(0.05)
+        try:
+            if network:
+                self._slirp = await connect_slirp(f"/proc/{process.pid}/ns/net", name,
+                                                  ready_within=START_TIMEOUT)
+            if self._relay is not None:
+                await self._relay.listen_in(process.pid)
+        except BaseException:
+            await _end(process)
+            raise
         log.info("started %s (pid %d) on %s", name, process.pid, path)
         return process, path
 
     async def stop(self) -> None:
-        """Stop the daemons we started (a system one is left alone). Idempotent."""
-        processes = (self._process, self._offline)
-        self._process = self._offline = None
+        """Stop the daemons we started. Idempotent."""
+        processes = (self._process, self._offline, self._slirp)
+        self._process = self._offline = self._slirp = None
         self._client = None
+        relay, self._relay = self._relay, None
+        if relay is not None:
+            await relay.close()
         for process in processes:
             if process is not None:
                 await _end(process)

@@ -43,9 +43,12 @@ import hashlib
 import logging
 import os
 import re
+import stat
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from nixfarm.nix import nix32
 
@@ -58,7 +61,6 @@ _STDERR_ERROR = 0x63787470
 _MAX_STRING = 64 * 1024**2
 _MAX_DRV = 16 * 1024**2
 _PATH = re.compile(r"/nix/store/[0123456789abcdfghijklmnpqrsvwxyz]{32}-[A-Za-z0-9+\-._?=]+")
-_OUTPUT = re.compile(r'\("[^"]*","(/nix/store/[^"]+)"')
 
 #: Operations by number (Nix 2.8's worker-protocol.hh), for messages.
 OPS = {
@@ -100,6 +102,8 @@ class StoreView:
         self.paths: set[str] = set(paths)
         #: output -> the derivation naming it, not yet known to be valid
         self.pending: dict[str, str] = {}
+        #: derivations whose inputs, all the way down, are in the view
+        self.checked: set[str] = set()
 
     def add(self, path: str) -> None:
         self.paths.add(path)
@@ -132,6 +136,52 @@ class StoreView:
             raise Refused(f"{path.split('!', 1)[0]} is not a store path of this job ({why}): "
                           "a job may use its image's closure, what it added and what its "
                           "derivations build.")
+
+    async def check_inputs(self, drv: str, text: bytes | None = None) -> None:
+        """Raise Refused unless every input of the derivation ``drv`` (its
+        ``inputSrcs`` and ``inputDrvs``) is in the view.
+
+        Given ``text`` (a derivation being added), its own inputs are checked; without,
+        ``drv`` is about to be built: it is read from the store, and so is every
+        derivation it takes outputs from, all the way down (the daemon builds them too,
+        each with its inputs in its sandbox). A derivation's text names its inputs
+        whatever references its adder declared, so this is what keeps a hand-written
+        ``.drv`` from binding another tenant's path into a build.
+        """
+        todo = [(drv, text)]
+        while todo:
+            path, body = todo.pop()
+            if path in self.checked:
+                continue
+            if body is None:
+                body = await asyncio.to_thread(_read_derivation, path)
+            try:
+                parsed = parse_derivation(body)
+            except (ValueError, UnicodeDecodeError) as e:
+                raise Refused(f"{path} is not a derivation this proxy can read: {e}") from None
+            for source in parsed.input_srcs:
+                await self.check(source, f"an input of {path}")
+            for input_drv in parsed.input_drvs:
+                await self.check(input_drv, f"an input of {path}")
+                if text is None:
+                    todo.append((input_drv, None))
+            if text is None:
+                self.checked.add(path)
+
+
+def _read_derivation(path: str) -> bytes:
+    """A derivation's text from the runner's store (never through a symbolic link)."""
+    if not _PATH.fullmatch(path):
+        raise Refused(f"{path!r} is not a store path")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise Refused(f"{path} is not a derivation in the store ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size > _MAX_DRV:
+            raise Refused(f"{path} is not a derivation this proxy can read")
+        return file.read(_MAX_DRV + 1)
 
 
 async def _invalid(paths: list[str]) -> set[str]:
@@ -179,10 +229,113 @@ def added_path(name: str, method: str, digest_of: dict[str, bytes],
     return store_path("output:out", hashlib.sha256(inner.encode()).digest(), name)
 
 
+@dataclass(frozen=True)
+class Derivation:
+    """What the proxy reads of a derivation's ATerm text: the paths it names."""
+
+    outputs: dict[str, str]  # output name -> path ("" when not known yet)
+    input_drvs: dict[str, list[str]]  # derivation -> the outputs it takes
+    input_srcs: list[str]
+
+
+_ESCAPES = {ord("n"): "\n", ord("r"): "\r", ord("t"): "\t"}
+
+
+T = TypeVar("T")
+
+
+class _ATerm:
+    """A reader of the ``Derive(...)`` term Nix writes (its ``parseDerivation``)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.at = 0
+
+    def expect(self, token: str) -> None:
+        if not self.text.startswith(token, self.at):
+            raise ValueError(f"expected {token!r} at offset {self.at}")
+        self.at += len(token)
+
+    def more(self) -> bool:
+        """In a list: whether an item follows (eats the comma or the closing bracket)."""
+        if self.text.startswith("]", self.at):
+            self.at += 1
+            return False
+        return True
+
+    def string(self) -> str:
+        self.expect('"')
+        out: list[str] = []
+        while True:
+            end = self.text.find('"', self.at)
+            slash = self.text.find("\\", self.at)
+            if end < 0:
+                raise ValueError("unterminated string")
+            if 0 <= slash < end:
+                out.append(self.text[self.at:slash])
+                char = self.text[slash + 1:slash + 2]
+                out.append(_ESCAPES.get(ord(char), char) if char else "")
+                self.at = slash + 2
+                continue
+            out.append(self.text[self.at:end])
+            self.at = end + 1
+            return "".join(out)
+
+    def items(self, read: Callable[[], T]) -> list[T]:
+        self.expect("[")
+        found: list[T] = []
+        while self.more():
+            if found:
+                self.expect(",")
+            found.append(read())
+        return found
+
+    def strings(self) -> list[str]:
+        return self.items(self.string)
+
+
+def parse_derivation(text: bytes) -> Derivation:
+    """The paths of a derivation's ATerm text; ValueError if it is not one."""
+    term = _ATerm(text.decode())
+    term.expect("Derive(")
+
+    def output() -> tuple[str, str]:
+        term.expect("(")
+        name = term.string()
+        term.expect(",")
+        path = term.string()
+        term.expect(",")
+        term.string()
+        term.expect(",")
+        term.string()
+        term.expect(")")
+        return name, path
+
+    def input_drv() -> tuple[str, list[str]]:
+        term.expect("(")
+        path = term.string()
+        term.expect(",")
+        outputs = term.strings()
+        term.expect(")")
+        return path, outputs
+
+    outputs = dict(term.items(output))
+    term.expect(",")
+    input_drvs = dict(term.items(input_drv))
+    term.expect(",")
+    input_srcs = term.strings()
+    for path in [*input_drvs, *input_srcs, *filter(None, outputs.values())]:
+        if not _PATH.fullmatch(path):
+            raise ValueError(f"{path!r} is not a store path")
+    return Derivation(outputs, input_drvs, input_srcs)
+
+
 def derivation_outputs(text: bytes) -> list[str]:
     """The output paths written in a derivation's ATerm text."""
-    head = text.split(b"],[", 1)[0].decode(errors="replace")
-    return _OUTPUT.findall(head) if head.startswith("Derive([") else []
+    try:
+        return [p for p in parse_derivation(text).outputs.values() if p]
+    except ValueError:
+        return []
 
 
 class _Reader:
@@ -382,6 +535,9 @@ class NixProxy:
         if op in (9, 46, 40):  # BuildPaths, BuildPathsWithResults, QueryMissing
             for path in await client.strings():
                 await view.check(path, name)
+                base = path.split("!", 1)[0]
+                if op != 40 and base.endswith(".drv"):
+                    await view.check_inputs(base)
             if op != 40 and await client.u64() != 0:
                 raise Refused(f"{name} may only build normally (no repair or check)")
             return None
@@ -394,8 +550,8 @@ class NixProxy:
             refs = await client.strings()
             for ref in refs:
                 await view.check(ref, f"a reference of {suffix}")
-            self._added(added_path(suffix, "text:sha256",
-                                   {"sha256": hashlib.sha256(text).digest()}, refs), text)
+            await self._added(added_path(suffix, "text:sha256",
+                                         {"sha256": hashlib.sha256(text).digest()}, refs), text)
             return None
         raise Refused(f"{name} is not available to jobs")
 
@@ -405,6 +561,10 @@ class NixProxy:
         refs = await client.strings()
         if await client.u64():
             raise Refused("AddToStore may not repair paths")
+        if name.endswith(".drv") and method != "text:sha256":
+            # Nix adds derivations as text; one added otherwise would be built all the
+            # same, its text never read here.
+            raise Refused(f"a derivation ({name}) may only be added as text")
         for ref in refs:
             await self.view.check(ref, f"a reference of {name}")
         up.write(bytes(client.copy))
@@ -423,10 +583,16 @@ class NixProxy:
                 client.copy.clear()
                 await up.drain()
         path = added_path(name, method, {a: h.digest() for a, h in hashes.items()}, refs)
-        self._added(path, bytes(drv) if drv is not None else None)
+        if drv is not None and len(drv) >= _MAX_DRV:
+            raise Refused(f"a derivation of more than {_MAX_DRV} bytes is more than this "
+                          "proxy takes")
+        await self._added(path, bytes(drv) if drv is not None else None)
 
-    def _added(self, path: str, text: bytes | None) -> None:
+    async def _added(self, path: str, text: bytes | None) -> None:
+        """``path`` was sent to the daemon, all but the end of the request (a refusal
+        here closes the connection before the daemon gets it: nothing is added)."""
         if text is not None and path.endswith(".drv"):
+            await self.view.check_inputs(path, text)
             self.view.add_derivation(path, derivation_outputs(text))
         else:
             self.view.add(path)

@@ -40,6 +40,7 @@ class RunnerClient:
     def __init__(self, url: str, token: str) -> None:
         self.connection = Connection(url, token, timeout=90.0)
         self.url = self.connection.url
+        self.token = token
         self.runner_id = 0
 
     async def close(self) -> None:
@@ -89,3 +90,12 @@ class RunnerClient:
 
     async def finish(self, job_id: int, body: FinishRequest) -> None:
         await self._on_job(job_id, "POST", "/finish", body)
+
+    async def release(self, job_id: int) -> None:
+        """The held sandbox of an ended job is gone (``builds.shells``)."""
+        await self._on_job(job_id, "POST", "/release")
+
+    def shell_url(self, job_id: int, key: str) -> str:
+        """The WebSocket URL of a shell session into a held job's sandbox."""
+        base = self.url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+        return f"{base}{self._job(job_id)}/shells/{key}"

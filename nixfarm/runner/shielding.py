@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 
@@ -34,3 +34,14 @@ async def uncancelled(work: Awaitable[T]) -> T:
     if cancelled:
         raise asyncio.CancelledError
     return result
+
+
+async def until_either(call: asyncio.Future[Any], event: asyncio.Event) -> None:
+    """Wait until ``call`` is done or ``event`` is set, whichever comes first; ``call``
+    is left as it is (not cancelled), for the caller to decide."""
+    waiting = asyncio.ensure_future(event.wait())
+    either: list[asyncio.Future[Any]] = [call, waiting]
+    try:
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()

@@ -43,7 +43,11 @@ from nixfarm.nix import command
 from nixfarm.runner.roots import NIX_IMAGE, Images, PreparedImage
 from nixfarm.runner.sandbox.base import (
     BUILD_HOME,
+    DiskImage,
+    Image,
     NixClient,
+    NixClosure,
+    RootDir,
     Sandbox,
     SandboxSpec,
     SandboxTimeout,
@@ -136,6 +140,10 @@ class JobContext:
     log_limit: int | None = 64 * 1024**2
     max_artifacts: int = 8
     artifact_limit: int = 1024**3
+    #: Says, from the job's result, whether its sandbox is kept (for shells) rather than
+    #: shut down: then ``kept`` is set and shutting it down is the caller's business.
+    keep_sandbox: Callable[[JobResult], bool] | None = None
+    kept: bool = False
     # Filled in by the steps:
     image: PreparedImage | None = None
     sandbox: Sandbox | None = None
@@ -194,14 +202,17 @@ async def boot(ctx: JobContext) -> None:
     m = ctx.manifest
     if m.cache is not None and ctx.push_cache is None:
         raise _fail("boot", f"the job pushes to cache {m.cache!r}, which this runner cannot do")
-    packages = m.packages if m.image == NIX_IMAGE else []
+    packages = m.packages if ctx.images.composes(m.image) else []
     ctx.setup(f"Preparing image {m.image}" + (f" with {', '.join(packages)}" if packages else ""))
     try:
         ctx.image = await ctx.images.prepare(m.image, m.arch, packages, ctx.setup)
     except NixfarmError as e:
         raise _fail("boot", f"cannot prepare image {m.image}: {e.message}") from e
+    image: Image = (DiskImage(ctx.image.root, "qcow2") if ctx.image.disk
+                    else NixClosure(ctx.image.root, ctx.image.store_paths)
+                    if ctx.image.store_paths else RootDir(ctx.image.root))  # fmt: skip
     spec = SandboxSpec(
-        rootfs=ctx.image.root, store_paths=ctx.image.store_paths, network=ctx.network,
+        image, network=ctx.network,
         memory_limit=ctx.memory_limit, cpu_limit=ctx.cpu_limit, home_size=ctx.home_size,
         process_limit=ctx.process_limit, timeout=ctx.timeout,
         nix_client=ctx.nix_client if ctx.image.package_manager == NIX_IMAGE else None,
@@ -212,6 +223,41 @@ async def boot(ctx: JobContext) -> None:
     how = getattr(ctx.sandbox, "description", "")
     ctx.setup(f"Booted {m.image} (network {'on' if ctx.network else 'off'})"
               + (f" in {how}" if how else ""))
+    if ctx.image.functions is not None:
+        # The image's functions (install, add_repository, ...) run in the guest.
+        text = await asyncio.to_thread(ctx.image.functions.read_bytes)
+        await ctx.box().put(FUNCTIONS_PATH, text, mode=0o644)
+        if await _image_function(ctx, "boot", "boot") is None:
+            ctx.setup(f"Image {m.image} has no boot function")
+
+
+#: Where an image's functions file is put in the sandbox (read by ``_image_function``).
+FUNCTIONS_PATH = f"{BUILD_HOME}/.nixfarm/functions"
+_CALL_FUNCTION = (
+    '. "$0" || exit 125; '
+    'command -v "$1" >/dev/null 2>&1 || { echo "no function $1" >&2; exit 124; }; '
+    '"$@"')
+
+
+async def _image_function(ctx: JobContext, step: str, name: str, *args: str) -> int | None:
+    """Run the image's function ``name`` with ``args`` as build, its output in the setup
+    log; None when the image has none. A non-zero status fails ``step``."""
+    if ctx.image is None or ctx.image.functions is None:
+        return None
+    lines: list[str] = []
+
+    def line(text: str) -> None:
+        lines.append(text)
+        ctx.setup(text)
+
+    status = await ctx.box().run(["/bin/sh", "-c", _CALL_FUNCTION, FUNCTIONS_PATH, name, *args],
+                                 line)  # fmt: skip
+    if status == 124 and lines[-1:] == [f"no function {name}"]:
+        return None
+    if status != 0:
+        raise _fail(step, f"{name} {' '.join(args)} exited with {status} in image "
+                          f"{ctx.image.name}")  # fmt: skip
+    return status
 
 
 def _export(name: str, value: object) -> str:
@@ -260,9 +306,11 @@ async def secrets(ctx: JobContext) -> None:
 
 
 async def repositories(ctx: JobContext) -> None:
-    if ctx.manifest.repositories:
-        image = ctx.image.name if ctx.image else ctx.manifest.image
-        raise _fail("repositories", f"adding repositories is not supported for image {image}")
+    for name, source in ctx.manifest.repositories.items():
+        ctx.setup(f"Adding repository {name}: {source}")
+        if await _image_function(ctx, "repositories", "add_repository", name, source) is None:
+            image = ctx.image.name if ctx.image else ctx.manifest.image
+            raise _fail("repositories", f"adding repositories is not supported for image {image}")
 
 
 async def packages(ctx: JobContext) -> None:
@@ -272,7 +320,10 @@ async def packages(ctx: JobContext) -> None:
     if ctx.image.package_manager == NIX_IMAGE:
         ctx.setup("Packages composed into the image: " + " ".join(ctx.image.outputs))
         return
-    raise _fail("packages", f"installing packages is not supported for image {ctx.image.name}")
+    ctx.setup("Installing packages: " + " ".join(ctx.manifest.packages))
+    if await _image_function(ctx, "packages", "install", *ctx.manifest.packages) is None:
+        raise _fail("packages",
+                    f"installing packages is not supported for image {ctx.image.name}")
 
 
 async def sources(ctx: JobContext) -> None:
@@ -390,13 +441,13 @@ async def artifacts(ctx: JobContext) -> None:
         out = ctx.work_dir / "artifacts"
         await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
         try:
-            size = await ctx.box().get(inside, out / name)
+            size = await ctx.box().get(inside, out / name, limit=ctx.artifact_limit)
         except NixfarmError as e:
             raise _fail("artifacts", e.message) from e
         if size > ctx.artifact_limit:
             await asyncio.to_thread((out / name).unlink)
-            raise _fail("artifacts", f"artifact {artifact} is {size} bytes; this farm keeps "
-                                     f"artifacts of at most {ctx.artifact_limit} bytes")
+            raise _fail("artifacts", f"artifact {artifact} is larger than {ctx.artifact_limit} "
+                                     "bytes, the most this farm keeps")
         ctx.setup(f"Artifact {artifact}: {size} bytes")
         await ctx.report.artifact(artifact, out / name, size)
 
@@ -436,6 +487,7 @@ async def run_job(ctx: JobContext, steps: Sequence[Step] = STEPS) -> JobResult:
     """Run ``steps`` in order (see the module docstring); shutdown always runs last."""
     *work, last = steps
     result = JobResult("success")
+    ctx.kept = False
     try:
         for index, (name, step) in enumerate(work):
             await ctx.report.step(name, "running")
@@ -451,10 +503,14 @@ async def run_job(ctx: JobContext, steps: Sequence[Step] = STEPS) -> JobResult:
                 result = JobResult("timeout" if timed_out else "failed", name, failed.message)
                 break
             await ctx.report.step(name, "success")
+        ctx.kept = (ctx.sandbox is not None and ctx.keep_sandbox is not None
+                    and ctx.keep_sandbox(result))
     finally:
-        # Cancelled or not, the sandbox goes: shield it from a second cancellation.
-        with contextlib.suppress(NixfarmError):
-            await uncancelled(_last(ctx, last))
+        # Cancelled or not, the sandbox goes (unless kept whole, for shells): shield it
+        # from a second cancellation.
+        if not ctx.kept:
+            with contextlib.suppress(NixfarmError):
+                await uncancelled(_last(ctx, last))
     return result
 
 

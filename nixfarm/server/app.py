@@ -5,7 +5,7 @@
     /cache      Nix cache   plain-text errors (Nix prints them)
     /v2         OCI         the registry's {"errors": [...]} envelope
     /registry   registry    the token endpoint and the build board: plain text
-    (the rest)  web pages   plain text
+    (the rest)  web pages   pages in the site's look (server/pages/site.py)
 
 How each protocol answers an error is ``nixfarm.server.errors``; which protocol a
 request belongs to is decided here, by the route it matched.
@@ -49,6 +49,7 @@ from nixfarm.server import (
     cache_routes,
     errors,
     netboot_routes,
+    pages,
     registry_routes,
     releases,
 )
@@ -56,13 +57,15 @@ from nixfarm.server.api import builders as builders_api
 from nixfarm.server.api import caches as caches_api
 from nixfarm.server.api import jobs as jobs_api
 from nixfarm.server.api import runners as runners_api
+from nixfarm.server.api import schedules as schedules_api
 from nixfarm.server.api import secrets as secrets_api
+from nixfarm.server.api import shells as shells_api
 from nixfarm.server.api import tokens as tokens_api
 from nixfarm.server.auth import farm_of
 from nixfarm.server.drain import DrainMiddleware
 from nixfarm.server.errors import Handler
 from nixfarm.server.metering import MetricsMiddleware, exposition
-from nixfarm.server.pages import jobs as jobs_web
+from nixfarm.server.pages import site
 
 
 async def health(request: Request) -> Response:
@@ -96,7 +99,7 @@ def api_routes() -> list[BaseRoute]:
     answers of ``errors.API_RESPONSES``."""
     api = APIRouter(responses=errors.API_RESPONSES)
     for module in (caches_api, tokens_api, jobs_api, runners_api, secrets_api, builders_api,
-                   netboot_routes, releases):
+                   netboot_routes, releases, schedules_api, shells_api):
         api.include_router(module.router)
     return list(api.routes)
 
@@ -171,7 +174,7 @@ def create_app(settings: Settings) -> FastAPI:
         Route("/healthz", health, methods=["GET"]),
         ProtocolMount("/builders", netboot_routes.routes, errors.PLAIN),  # what machines boot
         ProtocolMount("/releases", releases.routes, errors.PLAIN),  # release sources (git)
-        ProtocolMount("", list(jobs_web.router.routes), errors.PLAIN),  # web pages
+        ProtocolMount("", pages.routes(), site.ERRORS),  # web pages
     ]
     app.add_middleware(DrainMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

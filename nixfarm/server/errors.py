@@ -7,8 +7,9 @@ exception handlers from here, so the route decides the shape, never the URL text
   ...}}``; FastAPI's request validation becomes the same shape, a 400 ``InvalidInput``
   whose one-sentence message names the field (never FastAPI's 422 ``{"detail": ...}``);
 - the OCI registry (``/v2``, :data:`OCI`) answers its ``{"errors": [...]}`` envelope;
-- the Nix cache protocol, the registry's token and build pages, and the web pages
-  (:data:`PLAIN`) answer plain text: Nix prints the body of a failed request.
+- the Nix cache protocol and the registry's token and build pages (:data:`PLAIN`)
+  answer plain text: Nix prints the body of a failed request;
+- the web pages answer a page in the site's look (:func:`page_handlers`).
 
 Unexpected exceptions are logged here with their traceback and answered with a 500
 in the protocol's shape that leaks nothing.
@@ -233,9 +234,29 @@ JSON_API = _handlers(lambda request, e: as_json(e), lambda request: JSONResponse
 #: The OCI registry's handlers (``/v2``).
 OCI = _handlers(oci, lambda request: JSONResponse(
     {"errors": [{"code": "UNKNOWN", "message": "internal server error", "detail": {}}]}, 500))
-#: Plain text: the Nix cache protocol, the registry's token and build pages, web pages.
+#: Plain text: the Nix cache protocol, the registry's token and build pages.
 PLAIN = _handlers(lambda request, e: plain(e),
                   lambda request: PlainTextResponse("internal server error\n", 500))
+
+
+
+#: How the web pages draw an error: (request, status, one-sentence message) -> a page.
+PageRenderer = Callable[[Request, int, str], Response]
+
+
+def page_handlers(render: PageRenderer) -> dict[int | type[Exception], Handler]:
+    """The web pages' handlers: the status and message decided here, the page drawn by
+    ``render`` (``server/pages/site.py``, in the site's look). No ``WWW-Authenticate``:
+    a browser would answer it with its own password prompt instead of the sign-in page.
+    """
+
+    def page(request: Request, error: NixfarmError) -> Response:
+        status = status_of(error)
+        if status >= 500:
+            log.error("page %s failed: %s", request.url.path, error.message)
+        return render(request, status, _message(error, status))
+
+    return _handlers(page, lambda request: render(request, 500, "internal server error"))
 
 
 # --- what the OpenAPI document says of errors ------------------------------------------

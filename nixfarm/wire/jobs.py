@@ -46,6 +46,13 @@ class JobSubmit(Wire):
     secrets: bool = True
 
 
+class JobRerun(Wire):
+    """POST /api/v1/jobs/ID/rerun (jobs:submit, the job's owner or an admin)."""
+
+    #: An edited manifest; null runs the job's own again.
+    manifest: str | None = None
+
+
 class TaskOut(Wire):
     name: str
     status: TaskStatus
@@ -99,6 +106,8 @@ class JobOut(Wire):
     queued_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+    #: Until when the ended job's sandbox is kept for ``nixfarm shell``; null: not held.
+    held_until: datetime | None = None
     url: str
     setup_log_url: str
     tasks: list[TaskOut]
@@ -126,7 +135,8 @@ class ManifestChecked(Wire):
 
 
 class JobPage(Wire):
-    """GET /api/v1/jobs?status=&tag=&mine=&limit=&before= (newest first)."""
+    """GET /api/v1/jobs?status=&tag=&mine=&owner=&image=&since=&until=&limit=&before=
+    (newest first)."""
 
     jobs: list[JobOut]
     #: Pass as ``before`` to get the next page; null on the last one.

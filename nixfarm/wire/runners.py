@@ -59,6 +59,9 @@ class RunnerRegister(Wire):
     accelerator: str = Field(default="", max_length=32)
     slots: int = Field(default=1, ge=1, le=256)
     version: str = ""
+    #: True: the same runner, still running, offers anew (say, an image was installed):
+    #: its jobs go on. False: it (re)starts, and jobs the server thinks it runs ended.
+    refresh: bool = False
 
 
 class RunnerOut(Wire):
@@ -141,6 +144,9 @@ class Assignment(Wire):
     #: has chunks (the setup log as "", tasks by name); absent ones start at 0.
     resume_logs: dict[str, int] = {}
     limits: JobLimits = JobLimits()
+    #: Seconds a failed job's sandbox (or any ``shell: true`` job's) is kept for
+    #: ``nixfarm shell`` after its end; 0: never kept.
+    shell_hold_seconds: float = 0.0
 
 
 class HeartbeatRequest(Wire):
@@ -150,12 +156,25 @@ class HeartbeatRequest(Wire):
     wait: float = Field(default=0.0, ge=0, le=60)
 
 
+class ShellRequest(Wire):
+    key: str
+    #: None: an interactive login shell; else the command, run on the pty.
+    command: list[str] | None = None
+    rows: int = 24
+    cols: int = 80
+
+
 class HeartbeatResponse(Wire):
     #: Kill the job's processes now, then ``finish``.
     stop: bool
     #: Why: ``cancelled`` or ``timeout``; null while running.
     reason: str | None
     lease_expires_at: datetime
+    #: While the ended job's sandbox is held: shell sessions waiting for the runner to
+    #: connect (``GET .../shells/KEY`` as a WebSocket), by key.
+    shells: list[ShellRequest] = []
+    #: While held: the hold is over (its time ran out): shut the sandbox down, release.
+    release: bool = False
 
 
 class LogAccepted(Wire):
@@ -181,3 +200,5 @@ class FinishRequest(Wire):
     #: The step that failed (boot, environment, secrets, repositories, packages,
     #: sources, tasks, artifacts, cache push, shutdown).
     failed_step: str | None = None
+    #: The runner keeps the job's sandbox for shells (``Assignment.shell_hold_seconds``).
+    held: bool = False

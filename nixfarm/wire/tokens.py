@@ -23,6 +23,16 @@ class TokenCreate(Wire):
     trusted: bool = True
 
 
+class TokenPool(Wire):
+    """PATCH /api/v1/tokens/{id} (admin): change a runner token's pool, as a JSON merge
+    patch: a field left out stays as it is; ``null`` for a list is any (no constraint).
+    Takes effect at its runners' next claim."""
+
+    runner_images: list[str] | None = None
+    runner_owners: list[str] | None = None
+    trusted: bool | None = None
+
+
 class TokenOut(Wire):
     """GET /api/v1/tokens (admin); ``secret`` only in the answer to its creation."""
 

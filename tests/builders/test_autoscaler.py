@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from nixfarm.builders.base import farm_tag
-from nixfarm.db.models import Builder, Runner, utcnow
+from nixfarm.db.models import Builder, BuilderLease, Runner, utcnow
 from nixfarm.tokens import Principal
 from nixfarm.wire.builders import Enrollment
 from nixfarm.wire.runners import FinishRequest, RunnerOut, RunnerRegister
@@ -332,3 +332,65 @@ async def test_a_create_that_never_answered_is_given_up(make_stack: MakeStack,
     assert (await stack.builders.view(stuck)).state == "destroyed"
     assert vultr.live() == []  # its machine too, by the tag
     assert [a for a, _ in await actions(stack)] == ["reap", "reap"]
+
+
+async def test_max_uptime_drains_then_destroys(make_stack: MakeStack,
+                                               vultr: FakeVultr) -> None:
+    stack: Stack = await make_stack(pools=[pool(lifecycle="keep-always", max_instances=1,
+                                                max_uptime_seconds=2)])
+    job = await stack.submit(manifest())
+    await stack.scaler.once()
+    who, runner, enrolled = await boot(stack, vultr)
+    assert await stack.builds.runners.claim(who, runner.id, wait=0) is not None
+    waiting = await stack.submit(manifest())
+    await anyio.sleep(2.1)
+    await stack.scaler.once()
+    # Past its uptime it drains: it finishes its job but takes no other.
+    drained = await stack.builders.view(enrolled.builder_id)
+    assert drained.state == "draining", drained
+    assert drained.reason == "it has been up longer than max_uptime (2 s)"
+    await stack.builds.runners.finish(who, runner.id, job.id, FinishRequest(status="success"))
+    assert await stack.builds.runners.claim(who, runner.id, wait=0) is None
+    await stack.scaler.once()
+    assert (await stack.builders.view(enrolled.builder_id)).state == "destroyed"
+    # While it drained it still counted: the waiting job had to wait for it to go.
+    assert [a for a, _ in await actions(stack)] == [
+        "create", "enroll", "drain", "refuse", "destroy", "create"]
+    assert (await stack.builds.jobs.view(waiting.id)).status == "queued"  # for the next
+
+
+async def test_a_pool_removed_from_the_configuration_drains(make_stack: MakeStack,
+                                                            vultr: FakeVultr) -> None:
+    stack: Stack = await make_stack(pools=[pool(name="gone")])
+    await stack.submit(manifest())
+    await stack.scaler.once()
+    _, _, enrolled = await boot(stack, vultr)
+    # The server restarts without the pool: its builder goes (it runs no job).
+    after: Stack = await make_stack(pools=[pool(name="other", max_instances=0)])
+    await after.scaler.once()
+    gone = await after.builders.view(enrolled.builder_id)
+    assert gone.state == "destroyed" and gone.reason == "pool gone is no longer configured"
+    assert vultr.live() == []
+
+
+async def test_one_server_scales_at_a_time(make_stack: MakeStack, vultr: FakeVultr) -> None:
+    one: Stack = await make_stack(interval_seconds=0.2)
+    two: Stack = await make_stack(interval_seconds=0.2)
+    assert await one.scaler.lead() and not await two.scaler.lead()
+    assert await one.scaler.lead()  # renewed by its holder
+    await one.submit(manifest())
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(two.scaler.run_forever)
+        await anyio.sleep(1.5)
+        assert vultr.creates() == []  # ``two`` waits while ``one`` holds the lease
+        await one.scaler.resign()  # ``one`` stops
+        with anyio.fail_after(20):
+            while not vultr.creates():  # noqa: ASYNC110 - the fake server has no event
+                await anyio.sleep(0.1)
+        tasks.cancel_scope.cancel()
+    assert two.scaler.leads and len(vultr.creates()) == 1
+    # A lease that ran out (its server died) is taken over too.
+    async with one.db.session() as s:
+        await s.execute(sa.update(BuilderLease).values(
+            expires_at=utcnow() - timedelta(seconds=1)))
+    assert await one.scaler.lead() and not await two.scaler.lead()

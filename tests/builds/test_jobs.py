@@ -241,3 +241,25 @@ async def test_image_nix_needs_a_package_source_or_a_runner_that_brings_one(
     runner_token = await principal(db, "runner", "runner")
     await without.runners.register(runner_token, RunnerRegister(name="r", images=["nix"]))
     assert (await without.jobs.submit(user, nix_job)).image == "nix"
+
+
+async def test_a_runner_offering_anew_keeps_its_jobs_and_gets_the_new_images(
+        db: Database, make_builds: MakeBuilds) -> None:
+    """``refresh``: an image installed while the runner runs (docs/images.md); a plain
+    registration is a restart, which ends the jobs it held."""
+    builds = make_builds()
+    user, rt, rid = await setup(db, builds)
+    job = await builds.jobs.submit(user, JobSubmit(manifest=MANIFEST))
+    assert (await builds.runners.claim(rt, rid, wait=0)) is not None
+    again = await builds.runners.register(rt, RunnerRegister(
+        name="r1", images=["alpine/edge", "debian/stable"], sandboxes=["bwrap", "vm"],
+        refresh=True))
+    assert again.id == rid and again.images == ["alpine/edge", "debian/stable"]
+    assert again.sandboxes == ["bwrap", "vm"]
+    assert (await builds.jobs.view(job.id)).status == "running"
+    debian = await builds.jobs.submit(user, JobSubmit(
+        manifest=MANIFEST.replace("alpine/edge", "debian/stable")))
+    assignment = await builds.runners.claim(rt, rid, wait=0)
+    assert assignment is not None and assignment.job_id == debian.id
+    await builds.runners.register(rt, RunnerRegister(name="r1", images=["alpine/edge"]))
+    assert (await builds.jobs.view(job.id)).status != "running"

@@ -274,3 +274,30 @@ def _tree(directory: Path, text: str) -> Path:
     directory.mkdir(parents=True)
     (directory / "file").write_text(text)
     return directory
+
+
+# --- retention periods (cache/browsing.py), applied by the farm every hour ----------
+
+
+async def test_retention_collects_only_caches_that_have_a_period(env: Env) -> None:
+    from nixfarm.cache.browsing import CacheBrowser, parse_retention
+
+    browser = CacheBrowser(env.service)
+    kept_forever = await env.upload("other", "forever")
+    old = await env.upload("main", "old")
+    recent = await env.upload("main", "recent")
+    await env.age(old, kept_forever, days=10)
+    assert await browser.apply_retention() == []  # no period anywhere: nothing collected
+
+    await browser.set_retention(await env.service.get("main"), parse_retention("7"))
+    assert (await browser.summary(await env.service.get("main"))).retention_days == 7.0
+    reports = await browser.apply_retention()
+
+    assert [(r.cache, r.paths_removed) for r in reports] == [("main", 1)]
+    assert await env.narinfo("main", old) is None
+    assert await env.narinfo("main", recent) is not None
+    assert await env.narinfo("other", kept_forever) is not None
+    for bad in ("0", "-3", "nan", "a week", "40000"):
+        with pytest.raises(InvalidInput):
+            parse_retention(bad)
+    assert parse_retention("  ") is None

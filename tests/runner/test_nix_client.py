@@ -30,8 +30,7 @@ def state_dir() -> Iterator[Path]:
 
 @pytest.fixture
 async def daemon(state_dir: Path) -> AsyncIterator[NixDaemon]:
-    # A path no daemon answers on: the runner starts its own.
-    running = NixDaemon(state_dir, {"substituters": ""}, system_socket=state_dir / "none")
+    running = NixDaemon(state_dir, {"substituters": ""})
     yield running
     await running.stop()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import tarfile
@@ -214,6 +215,53 @@ async def test_cancel_and_shutdown_leave_nothing(demo_root: Path) -> None:
     assert not state.exists()
     assert not any(g.exists() for g in groups)
     await box.shutdown()  # idempotent
+
+
+async def test_a_background_process_holding_the_output_does_not_hang_a_task(
+        demo_root: Path) -> None:
+    """A process a task leaves running with the task's output (``setsid`` takes it out
+    of the task's process group) neither keeps the task running once its shell ended
+    nor stops a timeout from ending one: both return promptly."""
+    async with BwrapSandbox(SandboxSpec(rootfs=demo_root)) as box:
+        started = time.monotonic()
+        status, lines = await output(box, "setsid sleep 1004 & echo started; exit 4")
+        assert status == 4
+        assert lines[0] == "started" and "still holds its output" in lines[-1], lines
+        assert time.monotonic() - started < 20
+        assert sandbox_pids("sleep 1004")  # it is the job's: it lives on in the sandbox
+        started = time.monotonic()
+        with pytest.raises(SandboxTimeout):
+            await output(box, "setsid sleep 1005 & sleep 1006", timeout=1)
+        assert time.monotonic() - started < 20
+        assert not sandbox_pids("sleep 1006")
+    assert not sandbox_pids("sleep 100")
+
+
+def test_the_sweep_trusts_only_its_own_leftovers(tmp_path: Path) -> None:
+    """A runner sweeps what dead runners' sandboxes left; the temporary directory is
+    everyone's, so what another user planted there (or a leftover naming groups that
+    are not sandboxes') is never acted on as root."""
+    from nixfarm.runner.sandbox import bwrap
+
+    dead = {"pid": 2**22 + 1, "started": "1", "kind": "cgroup2"}
+
+    def plant(name: str, **owner: object) -> Path:
+        state = tmp_path / f"nixfarm-sandbox-{name}"
+        state.mkdir(mode=0o700)
+        (state / "home").mkdir()
+        (state / "owner.json").write_text(json.dumps({**dead, **owner}))
+        return state
+
+    fake_group = tmp_path / "fake-group"
+    fake_group.mkdir()
+    left = plant("left", groups=[])
+    foreign = plant("foreign", groups=[])
+    os.chown(foreign, 65534, 65534)
+    aimed = plant("aimed", groups=[str(fake_group)])
+    removed = bwrap.sweep(tmp_path)
+    assert removed == [left] and not left.exists()
+    assert foreign.exists() and aimed.exists()
+    assert not (fake_group / "cgroup.kill").exists()
 
 
 async def test_cancelled_inside_async_with(demo_root: Path) -> None:

@@ -145,6 +145,21 @@ async def test_nix_image_with_hello(images: Images, tmp_path: Path) -> None:
     assert len(ctx.image.store_paths) == 2  # hello and busybox, nothing else of the store
 
 
+async def test_a_nix_image_of_the_catalogue_composes_its_packages_and_the_jobs(
+        images: Images, tmp_path: Path) -> None:
+    """nix/base (docs/images.md): bashInteractive and coreutils, plus the job's hello."""
+    assert "nix/base" in images.names(("bwrap",))
+    ctx = context(images, tmp_path, "image: nix/base\npackages: [hello]\ntasks:\n"
+                                    "  - hi: bash -c 'echo from bash; hello'\n")
+    result = await run_job(ctx)
+    assert result.status == "success", ctx.logs  # type: ignore[attr-defined]
+    lines = [line for task, line in ctx.logs if task == "hi"]  # type: ignore[attr-defined]
+    assert lines[1:] == ["from bash", "Hello, world!"], lines
+    assert ctx.image is not None and ctx.image.name == "nix/base"
+    assert {p.split("-", 1)[1].split("-")[0] for p in ctx.image.outputs} >= {
+        "bash", "coreutils", "hello"}, ctx.image.outputs
+
+
 async def test_cancelling_a_job_kills_it_and_cleans_up(images: Images, tmp_path: Path) -> None:
     ctx = context(images, tmp_path, "image: demo/latest\ntasks:\n  - long: sleep 1000\n")
     with anyio.move_on_after(1.5):

@@ -4,14 +4,20 @@ A farm (``nixfarm up``, no embedded runner) and one ``nixfarm runner`` as root, 
 real bubblewrap sandboxes and its own nix-daemons. Tenant ``alice`` and tenant
 ``mallory`` each hold a token with only ``jobs:submit``; the admin token is the
 farm's. Jobs run ``image: nix`` (the demo package set) with Nix through the runner.
+
+The attacks that make sense in a VM too run against ``nixfarm runner --sandbox vm``
+(fixture ``attacker``: mallory on bwrap, then on one farm with a VM runner shared by
+the whole session: TCG boots are slow here).
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,6 +29,7 @@ import httpx
 import pytest
 
 import nixfarm.demo
+from nixfarm.runner.workdir import runner_dir
 from tests.fixtures.farm import NIXFARM, RunningFarm, free_port
 
 #: What every tenant's job image has: a shell, coreutils and Nix through the runner.
@@ -34,6 +41,8 @@ class Tenant:
     farm: RunningFarm
     name: str
     token: str
+    #: The sandbox the farm's runner gives its jobs.
+    sandbox: str = "bwrap"
 
     def submit(self, tasks: dict[str, str], extra: str = "", **body: Any) -> dict[str, Any]:
         text = IMAGE + extra + "tasks:\n" + "".join(
@@ -157,3 +166,58 @@ def mallory(offline_farm: RunningFarm) -> Tenant:
 def anonymous(farm: RunningFarm, path: str, **params: str) -> httpx.Response:
     """GET ``path`` (its own query kept) with no token."""
     return farm.get(path, "", params=params) if params else farm.get(path, "")
+
+
+#: Where the VM tests keep the guest kernel between runs (tests/runner/vm/conftest.py).
+KERNELS = Path(tempfile.gettempdir()) / f"nixfarm-test-vm-{os.getuid()}" / "vm" / "kernel"
+
+
+def start_vm_runner(farm: RunningFarm, where: Path, *extra: str) -> Runner:
+    """``nixfarm runner --sandbox vm``, given the kernel the VM tests fetched (if they
+    did: else it fetches one from Debian, ~27 MB) and kept for the next runs."""
+    home = runner_dir(where / "work")
+    if KERNELS.is_dir() and not (home / "vm" / "kernel").exists():
+        shutil.copytree(KERNELS, home / "vm" / "kernel", symlinks=True)
+    runner = start_runner(farm, where, "--sandbox", "vm", *extra)
+    if not KERNELS.exists():
+        wait_registered(runner, 600)
+        with_kernel = home / "vm" / "kernel"
+        if with_kernel.is_dir():
+            KERNELS.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(with_kernel, KERNELS, symlinks=True, dirs_exist_ok=True)
+    return runner
+
+
+def wait_registered(runner: Runner, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while "registered" not in runner.log.read_text(errors="replace"):
+        assert runner.process.poll() is None, runner.log.read_text(errors="replace")
+        assert time.monotonic() < deadline, runner.log.read_text(errors="replace")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def vm_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
+    """A farm whose jobs have no network, with one VM runner (one slot), for the
+    whole session."""
+    where = tmp_path_factory.mktemp("sec-vm")
+    farm = make_farm(where, network=False)
+    runner = start_vm_runner(farm, where)
+    yield farm
+    stop_runner(runner)
+    farm.stop()
+    shutil.rmtree(runner_dir(where / "work"), ignore_errors=True)
+
+
+SANDBOXES = ["bwrap", pytest.param("vm", marks=pytest.mark.slow)]
+
+
+@pytest.fixture(params=SANDBOXES)
+def attacker(request: pytest.FixtureRequest) -> Tenant:
+    """A tenant with ``jobs:submit`` on a farm without network, in each sandbox."""
+    if request.param == "bwrap":
+        found: Tenant = request.getfixturevalue("mallory")
+        return found
+    on_vm = tenant(request.getfixturevalue("vm_farm"), "mallory-vm")
+    on_vm.sandbox = "vm"
+    return on_vm

@@ -114,3 +114,22 @@ def test_a_runner_takes_its_token_off_its_command_line(tmp_path: Path,
     finally:
         os.killpg(runner.pid, 15)
         runner.wait(30)
+
+
+def test_a_runner_that_is_not_root_refuses_to_give_jobs_the_systems_nix(
+        tmp_path: Path) -> None:
+    """Not root, it could only hand jobs the system's nix-daemon, which would build
+    their fixed-output derivations with the host's network (issue 12): it refuses,
+    naming the two ways out, before it contacts any farm."""
+    env = {**{k: v for k, v in os.environ.items() if k != "NIXFARM_TOKEN"},
+           "NIXFARM_RUNNER_TOKEN": "not-needed"}
+    work = tmp_path / "work"
+    done = subprocess.run(
+        ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups", NIXFARM,
+         "runner", "--url", "http://127.0.0.1:9", "--work-dir", str(work)],
+        capture_output=True, text=True, env=env, timeout=120)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2, done
+    assert "A runner that is not root cannot give jobs a Nix of their own" in said
+    assert "Run the runner as root, or with --no-nix-daemon" in said
+    assert not work.exists()

@@ -4,9 +4,11 @@ namespaces can be made inside."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import socket
 import threading
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -14,7 +16,7 @@ import pytest
 from tests.fixtures.farm import RunningFarm
 from tests.runner.test_sandbox import host_address
 from tests.security.conftest import Tenant, make_farm, start_runner, stop_runner, tenant
-from tests.security.test_store import attempt, statuses
+from tests.security.test_store import BUSYBOX, attempt, statuses
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +75,53 @@ def test_a_job_with_network_reaches_out_but_not_the_runners_loopback(
     assert seen == [host_address()]
     interfaces = set(re.findall(r"^\s*([\w-]+):\s+\d", log, re.M))
     assert interfaces == {"lo", "tap0"}, log
+
+
+def test_a_job_without_network_reaches_nothing(
+        attacker: Tenant, servers: tuple[int, int, list[str]]) -> None:
+    """In each sandbox: no route out, no host loopback, only ``lo``."""
+    inside, outside, seen = servers
+    script = (attempt("out", f"echo | nc -w 3 {host_address()} {outside}")
+              + attempt("loopback", f"echo | nc -w 3 127.0.0.1 {inside}")
+              + "cat /proc/net/dev\n")
+    job, log = attacker.run({"probe": script})
+    assert job["status"] == "success", log
+    found = statuses(log)
+    assert found["out"] != 0 and found["loopback"] != 0, log
+    assert seen == []
+    interfaces = set(re.findall(r"^\s*([\w-]+):\s+\d", log, re.M))
+    assert interfaces == {"lo"}, log
+
+
+#: A fixed-output derivation that calls three listeners and always builds.
+FOD_NIX = """\
+{ bb, host, inside, outside, marker }:
+let b = builtins.storePath bb; in
+derivation {
+  name = "fetch-${marker}"; system = builtins.currentSystem; builder = "${b}/bin/sh";
+  args = [ "-c" ''
+    echo fod-${marker} | ${b}/bin/nc -w 3 ${host} ${outside} && echo fod-out=0
+    echo fod-${marker} | ${b}/bin/nc -w 3 127.0.0.1 ${inside} || echo fod-loopback=1
+    echo fod-${marker} | ${b}/bin/nc -w 3 10.0.2.2 ${inside} || echo fod-gateway=1
+    echo x > $out
+  '' ];
+  outputHashMode = "flat"; outputHashAlgo = "sha256"; outputHash = "@HASH@";
+}
+"""
+
+
+def test_fixed_output_builds_of_a_job_with_network_have_only_its_network(
+        online_farm: RunningFarm, servers: tuple[int, int, list[str]]) -> None:
+    """The daemon that builds them is behind slirp4netns without host loopback, as the
+    job is: an outside address answers, the runner's 127.0.0.1 does not."""
+    user: Tenant = tenant(online_farm, "fod")
+    inside, outside, seen = servers
+    marker = uuid.uuid4().hex[:12]
+    nix = FOD_NIX.replace("@HASH@", hashlib.sha256(b"x\n").hexdigest())
+    script = (f"{BUSYBOX}\ncat > fod.nix <<'EOF'\n{nix}EOF\n"
+              f'nix-build fod.nix --argstr bb "$bb" --argstr host {host_address()} '
+              f"--argstr inside {inside} --argstr outside {outside} --argstr marker {marker}\n")
+    job, log = user.run({"fetch": script})
+    assert job["status"] == "success", log
+    assert "fod-out=0" in log and "fod-loopback=1" in log and "fod-gateway=1" in log, log
+    assert seen == [host_address()]

@@ -15,9 +15,17 @@ from pathlib import Path
 
 import pytest
 
+from nixfarm.runner.sandbox.processes import alive, descendants
 from nixfarm.runner.workdir import runner_dir
 from tests.fixtures.farm import RunningFarm
-from tests.security.conftest import make_farm, start_runner, stop_runner, tenant
+from tests.security.conftest import (
+    make_farm,
+    start_runner,
+    start_vm_runner,
+    stop_runner,
+    tenant,
+    wait_registered,
+)
 
 
 @pytest.fixture(scope="module")
@@ -91,5 +99,45 @@ def test_a_runner_killed_outright_is_swept_up_by_the_next(
         assert not state_dir.exists()
         assert not job_dirs[0].exists()
         assert not [g for g in groups if g.exists()]
+    finally:
+        stop_runner(second)
+
+
+@pytest.mark.slow
+def test_a_vm_runner_killed_outright_leaves_no_vm(lone_farm: tuple[RunningFarm, Path]) -> None:
+    """The same in the VM sandbox: qemu and virtiofsd die with the runner, and the next
+    runner removes the VM's state directory (its xfer copies, its console) and the job's
+    directory before it claims work."""
+    farm, where = lone_farm
+    alice = tenant(farm, "alice-vm")
+    first = start_vm_runner(farm, where)
+    job = alice.submit({"hold": "echo in-the-vm > ~/kept\necho started\nsleep 600\n"})
+    deadline = time.monotonic() + 300
+    while "started" not in alice.farm.get(job["tasks"][0]["log_url"], alice.token).text:
+        assert time.monotonic() < deadline, first.log.read_text()
+        time.sleep(0.5)
+    home = runner_dir(first.work_dir)
+    states = list((home / "vm" / "state").glob("nixfarm-vm-*"))
+    assert len(states) == 1, states
+    job_dirs = list((home / "jobs").glob(f"job-{job['id']}-*"))
+    assert len(job_dirs) == 1
+    processes = descendants(first.process.pid)
+    names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in alive(processes)}
+    assert any(name.startswith("qemu") for name in names), names
+    assert any("virtiofsd" in name for name in names), names
+
+    os.kill(first.process.pid, signal.SIGKILL)
+    first.process.wait(10)
+    deadline = time.monotonic() + 20
+    while alive(processes) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(processes)  # no qemu, no virtiofsd, no nix-daemon
+    assert states[0].exists() and job_dirs[0].exists()  # what is left, until...
+
+    second = start_vm_runner(farm, where)
+    try:
+        wait_registered(second)
+        assert not states[0].exists()
+        assert not job_dirs[0].exists()
     finally:
         stop_runner(second)

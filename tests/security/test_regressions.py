@@ -23,7 +23,8 @@ def host_marker() -> Iterator[Path]:
 
 
 def test_host_files_processes_and_privileges_stay_out_of_reach(
-        mallory: Tenant, host_marker: Path) -> None:
+        attacker: Tenant, host_marker: Path) -> None:
+    mallory = attacker
     script = (attempt("marker", f"cat {host_marker}")
               + attempt("shadow", "cat /etc/shadow")
               + attempt("etc", "touch /etc/evil")
@@ -40,7 +41,8 @@ def test_host_files_processes_and_privileges_stay_out_of_reach(
     assert found["shadow"] != 0 and found["etc"] != 0 and found["store"] != 0
     assert found["root"] != 0
     assert found["nnp"] == 0 and found["caps"] == 0, log
-    assert found["processes"] < 20, log  # the sandbox's own, not the host's
+    if mallory.sandbox == "bwrap":  # a guest kernel has threads of its own
+        assert found["processes"] < 20, log  # the sandbox's own, not the host's
     assert "nixfarm" not in log.split("processes=")[1]
     assert not Path("/nix/store/evil").exists()
 
@@ -56,12 +58,14 @@ def test_a_fork_bomb_hits_the_process_limit(mallory: Tenant) -> None:
     assert 400 < statuses(log)["processes"] <= 512, log[-2000:]
 
 
-def test_nothing_outlives_a_job_and_tmp_is_limited(mallory: Tenant) -> None:
+def test_nothing_outlives_a_job_and_tmp_is_limited(attacker: Tenant) -> None:
+    mallory = attacker
     marker = uuid.uuid4().hex
     job, log = mallory.run({"leave": f"echo {marker} > ~/left\necho {marker} > /tmp/left\n"
                                      "df -k /tmp | tail -1\n"})
     assert job["status"] == "success", log
-    assert " 524288 " in log  # /tmp: 512 MiB in memory
+    if mallory.sandbox == "bwrap":  # a VM's /tmp is in its RAM, which is limited
+        assert " 524288 " in log  # /tmp: 512 MiB in memory
     job, log = mallory.run({"look": "cat ~/left /tmp/left 2>&1 || true\n"})
     assert job["status"] == "success", log
     assert marker not in log.replace(f"echo {marker}", "")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +139,90 @@ def test_untrusted_runner_is_refused_jobs_with_secrets(alice: Tenant,
     for j in (busy, busy2, job):
         assert alice.wait(j)["status"] == "success"
     assert alice.wait(job)["runner"] != "untrusted-probe"
+
+
+def test_untrusted_runner_is_refused_jobs_that_push_to_a_cache(
+        offline_farm: RunningFarm) -> None:
+    """A job with ``cache:`` gets a push token for that cache (and the server signs what
+    it receives): an untrusted runner never claims one, a trusted runner runs it."""
+    farm = offline_farm
+    cache, _ = farm.create_cache()
+    carol = Tenant(farm, "carol", farm.cli(
+        "token", "create", "--name", f"carol-{uuid.uuid4().hex[:6]}", "--scope",
+        "jobs:submit", "--scope", f"cache:{cache}:push").stdout.strip())
+    token = farm.cli("token", "create", "--name", "untrusted-cache-probe", "--scope",
+                     "runner", "--images", "nix", "--untrusted").stdout.strip()
+    r = farm.request("POST", "/api/v1/runners", token,
+                     json={"name": "untrusted-cache-probe", "images": ["nix"],
+                           "sandboxes": ["bwrap"]})
+    assert r.status_code in (200, 201), r.text
+    probe = r.json()["id"]
+    # The fixture's trusted runner is busy meanwhile, so the job stays queued.
+    busy = [carol.submit({"hold": "sleep 8"}) for _ in range(2)]
+    job = carol.submit({"hello": "echo pushed-nothing"}, f"cache: {cache}\n")
+    claimed = farm.request("POST", f"/api/v1/runners/{probe}/claim", token, json={"wait": 2})
+    assert claimed.status_code == 204, claimed.text
+    for j in (*busy, job):
+        assert carol.wait(j)["status"] == "success"
+    assert carol.wait(job)["runner"] != "untrusted-cache-probe"
+
+
+def test_a_pool_can_be_changed_and_the_next_claim_follows_it(tmp_path: Path) -> None:
+    """``nixfarm token pool`` (PATCH /api/v1/tokens/ID) narrows or widens a runner
+    token's pool; its runner's very next claim follows, without a restart."""
+    farm = make_farm(tmp_path, network=False)
+    try:
+        alice = tenant(farm, "alice")
+        alice_name = _name(farm, alice.token)
+        token = farm.cli("token", "create", "--name", "editable", "--scope", "runner",
+                         "--owners", "nobody-yet").stdout.strip()
+        (row,) = [t for t in json.loads(farm.cli("token", "list", "--json").stdout)
+                  if t["name"] == "editable"]
+        r = farm.request("POST", "/api/v1/runners", token,
+                         json={"name": "editable", "images": ["nix"], "sandboxes": ["bwrap"]})
+        assert r.status_code in (200, 201), r.text
+        runner = r.json()["id"]
+
+        def claim() -> dict[str, Any] | None:
+            got = farm.request("POST", f"/api/v1/runners/{runner}/claim", token,
+                               json={"wait": 1})
+            assert got.status_code in (200, 204), got.text
+            return got.json() if got.status_code == 200 else None
+
+        plain = alice.submit({"hello": "echo hello"})
+        assert claim() is None  # not alice's runner yet
+        said = farm.cli("token", "pool", str(row["id"]), "--owners", alice_name,
+                        "--untrusted").stdout
+        assert f"owners={alice_name} untrusted" in said, said
+        first = claim()
+        assert first is not None and first["job_id"] == plain["id"], first
+
+        secret = alice.secret("pool-edit-secret")
+        with_secret = alice.submit({"read": "cat ~/secret"}, f"secrets: [{secret}]\n")
+        assert claim() is None  # untrusted: the job with a secret is passed over
+        r = farm.request("PATCH", f"/api/v1/tokens/{row['id']}",
+                         json={"trusted": True, "runner_owners": None})
+        assert r.status_code == 200, r.text
+        assert r.json()["runner_owners"] is None and r.json()["trusted"] is True
+        second = claim()
+        assert second is not None and second["job_id"] == with_secret["id"], second
+
+        # What stays: a field left out; what is refused: nonsense, named.
+        listed = {t["id"]: t for t in json.loads(farm.cli("token", "list", "--json").stdout)}
+        assert listed[row["id"]]["runner_images"] is None
+        bad = farm.request("PATCH", f"/api/v1/tokens/{row['id']}",
+                           json={"runner_images": []})
+        assert bad.status_code == 400 and "runner_images" in bad.text, bad.text
+        submitter = next(t for t in listed.values() if t["name"] == alice_name)
+        bad = farm.request("PATCH", f"/api/v1/tokens/{submitter['id']}",
+                           json={"trusted": False})
+        assert bad.status_code == 400 and "no runner scope" in bad.text, bad.text
+        assert farm.request("PATCH", "/api/v1/tokens/999999",
+                            json={"trusted": False}).status_code == 404
+        denied = farm.request("PATCH", f"/api/v1/tokens/{row['id']}", alice.token,
+                              json={"runner_owners": None})
+        assert denied.status_code == 403, denied.text
+        cli = farm.cli("token", "pool", str(row["id"]), check=False)
+        assert cli.returncode == 2 and "nothing to change" in cli.stderr, cli.stderr
+    finally:
+        farm.stop()

@@ -10,6 +10,7 @@ import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -169,6 +170,36 @@ def test_fixed_output_builds_of_a_job_without_network_have_none(
     assert got == [], got
     interfaces = re.findall(r"^\s*([\w-]+):\s+\d", log, re.M)
     assert interfaces and set(interfaces) <= {"lo"}, log
+
+
+@pytest.fixture
+def host_path(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A path in the host's store, in no job's closure: (path, its secret content)."""
+    secret = f"host-only-{uuid.uuid4().hex}"
+    (tmp_path / "secret").write_text(secret)
+    path = subprocess.run(["nix-store", "--add", str(tmp_path / "secret")], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    yield path, secret
+    subprocess.run(["nix-store", "--delete", path], capture_output=True)
+
+
+def test_the_hosts_store_is_out_of_sight(attacker: Tenant,
+                                         host_path: tuple[str, str]) -> None:
+    """In each sandbox: a host path outside the job's closure is neither on its disk
+    nor reachable through Nix; a VM has no way to the runner's daemon at all."""
+    path, secret = host_path
+    script = (attempt("read", f"cat {path}")
+              + attempt("listed", f"ls /nix/store | grep -q {path.split('/')[3]}")
+              + attempt("socket", "test -S /nix/var/nix/daemon-socket/socket")
+              + attempt("valid", f"nix-store --check-validity {path}")
+              + attempt("dump", f"nix-store --dump {path} > dumped && grep -q {secret} dumped"))
+    job, log = attacker.run({"peek": script})
+    assert job["status"] == "success", log
+    found = statuses(log)
+    assert secret not in log.replace(f"grep -q {secret}", "")
+    assert all(found[name] != 0 for name in ("read", "listed", "valid", "dump")), log
+    # bwrap's jobs get Nix through their own proxy; a VM's get none (docs/security.md).
+    assert (found["socket"] == 0) == (attacker.sandbox == "bwrap"), log
 
 
 def test_cache_push_takes_only_the_jobs_own_paths(alice: Tenant, mallory: Tenant) -> None:

@@ -27,6 +27,7 @@ dropped with the sandbox.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from types import TracebackType
 from typing import Literal, Protocol, Self
 
 from nixfarm.errors import NixfarmError
+from nixfarm.runner.sandbox.terminal import Terminal
 from nixfarm.runner.shielding import uncancelled
 
 BUILD_USER = "build"
@@ -41,6 +43,20 @@ BUILD_UID = 1000
 BUILD_GID = 1000
 BUILD_HOME = "/home/build"
 DEFAULT_PATH = f"{BUILD_HOME}/.nixfarm/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+
+def login_shell(root: Path) -> str:
+    """The build user's shell in an image's /etc/passwd (/bin/sh when it names none
+    or one the image lacks)."""
+    try:
+        for line in (root / "etc/passwd").read_text(errors="replace").splitlines():
+            fields = line.split(":")
+            if (len(fields) >= 7 and fields[0] == BUILD_USER and fields[6].startswith("/")
+                    and os.path.lexists(root / fields[6].lstrip("/"))):
+                return fields[6]
+    except OSError:
+        pass
+    return "/bin/sh"
+
 
 #: Called with each line of a command's output (stdout and stderr merged), no newline.
 LineCallback = Callable[[str], None]
@@ -224,13 +240,22 @@ class Sandbox(Protocol):
         Not idempotent in effect on content: it replaces the file.
         """
 
-    async def get(self, path: str, dest: Path) -> int:
+    async def get(self, path: str, dest: Path, *, limit: int | None = None) -> int:
         """Copy ``path`` out to the host file ``dest``; return the bytes written.
 
         A directory comes out as a tar archive of its contents. It is read with the
         build user's rights and view, so symlinks inside cannot reach host files.
-        Streams; raises SandboxError when ``path`` is missing or unreadable.
+        Only a regular file or a directory is copied (never a device or a pipe). With
+        ``limit``, at most ``limit + 1`` bytes are copied, so a caller sees a copy that
+        is too large without the host's disk paying for it. Streams; raises
+        SandboxError when ``path`` is missing or unreadable.
         """
+
+    async def shell(self, argv: Sequence[str] | None, rows: int = 24, cols: int = 80,
+                    env: Mapping[str, str] | None = None) -> Terminal:
+        """``argv`` (None: the build user's login shell) on a pseudo-terminal inside, as
+        the build user, for ``nixfarm shell`` (see ``terminal``). Not limited by the
+        spec's deadline: the caller ends it."""
 
     async def shutdown(self) -> None:
         """Kill every process in the sandbox and remove all its state. Idempotent."""
@@ -266,3 +291,23 @@ class Lifecycle:
         tb: TracebackType | None,
     ) -> None:
         await uncancelled(self.shutdown())
+
+
+def copy_out_script(limit: int | None) -> str:
+    """The ``sh -c`` script ``get`` runs as the build user, with the path as ``$1``.
+
+    A file is read with ``head -c`` when there is a limit: a link to /dev/zero or a
+    file still growing cannot fill the host. A directory's tar is checked with ``du``
+    first instead, so that tar's own exit status still says whether it all came out.
+    """
+    if limit is None:
+        file, directory = 'exec cat -- "$1"', "exec tar -cf - ."
+    else:
+        file = f'exec head -c {limit + 1} -- "$1"'
+        directory = (f'[ "$(du -sk . | cut -f1)" -le {limit // 1024 + 1} ] || '
+                     f'{{ echo "$1 holds more than {limit} bytes" >&2; exit 1; }}; '
+                     "exec tar -cf - .")
+    return (f'if [ -d "$1" ]; then cd "$1" && {directory}; '
+            f'elif [ -f "$1" ]; then {file}; '
+            'elif [ -e "$1" ]; then echo "$1 is not a regular file or a directory" >&2; exit 1; '
+            'else echo "$1: no such file or directory" >&2; exit 1; fi')

@@ -56,9 +56,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import time
@@ -80,20 +82,24 @@ from nixfarm.runner.sandbox.base import (
     SandboxError,
     SandboxSpec,
     SandboxTimeout,
+    copy_out_script,
+    login_shell,
 )
-from nixfarm.runner.sandbox.limits import Confinement, Kind, confine
-from nixfarm.runner.sandbox.network import connect_slirp
+from nixfarm.runner.sandbox.limits import CGROUP_ROOT, Confinement, Kind, confine
+from nixfarm.runner.sandbox.network import SLIRP_DNS, connect_slirp
 from nixfarm.runner.sandbox.processes import (
     Lines,
+    OutputPipe,
     feed_stdin,
     kill_group,
     namespace_members,
     read_info,
-    read_stream,
     remove_tree,
 )
+from nixfarm.runner.sandbox.terminal import PtyTerminal
 from nixfarm.runner.shielding import uncancelled
 
+log = logging.getLogger(__name__)
 NOBODY = 65534
 BOOT_TIMEOUT = 10.0
 _DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -102,11 +108,7 @@ _IN_DIR = 'cd "$1" || exit 126; shift; exec "$@"'
 _PUT = 'mkdir -p "$(dirname "$1")" && cat > "$1" && chmod "$2" "$1"'
 DAEMON_SOCKET = "/nix/var/nix/daemon-socket/socket"
 NIX_CONF = "/etc/nix/nix.conf"
-_GET = 'if [ -d "$1" ]; then cd "$1" && exec tar -cf - .; else exec cat -- "$1"; fi'
 
-
-#: slirp4netns's DNS forwarder, as the sandbox sees it.
-SLIRP_DNS = "10.0.2.3"
 # Joins the user namespace $1 (as its owner or root: all capabilities in it) and sets
 # its limit of further user namespaces to 0; Python 3.11 has no os.setns.
 _LIMIT_USERNS = """
@@ -386,17 +388,35 @@ class BwrapSandbox(Lifecycle):
         timeout: float | None = None,  # noqa: ASYNC109 - the command must be killed too
     ) -> int:
         budget = self._budget(timeout)
-        process = await self._spawn(self._enter(argv, cwd), env, stdin, asyncio.subprocess.STDOUT)
+        output = await OutputPipe.open()
+        try:
+            assert output.write_fd is not None
+            process = await self._spawn(self._enter(argv, cwd), env, stdin,
+                                        stderr=output.write_fd, stdout=output.write_fd)
+        except BaseException:
+            output.close()
+            raise
+        output.given()
 
-        async def pump() -> int:
-            assert process.stdout is not None
-            lines = Lines(on_line)
-            data = stdin if isinstance(stdin, bytes) else None
-            await asyncio.gather(feed_stdin(process, data), read_stream(process.stdout, lines.feed))
-            lines.close()
+        async def ended() -> int:
+            await feed_stdin(process, stdin if isinstance(stdin, bytes) else None)
             return await process.wait()
 
+        async def pump() -> int:
+            try:
+                return await output.read_after(ended(), Lines(on_line), on_line)
+            finally:
+                output.close()
+
         return await self._supervise(process, pump(), budget, argv)
+
+    async def shell(self, argv: Sequence[str] | None, rows: int = 24, cols: int = 80,
+                    env: Mapping[str, str] | None = None) -> PtyTerminal:
+        """``argv`` (None: a login shell) on a pty, in the sandbox (``terminal``)."""
+        command = list(argv) if argv else [login_shell(self._spec.rootfs), "-l"]
+        environment = {**self._environment(env), "TERM": (env or {}).get("TERM", "xterm")}
+        return await PtyTerminal.start(self._enter(command, BUILD_HOME), environment,
+                                       rows, cols)
 
     async def put(
         self, path: str, data: bytes, *, mode: int = 0o644, owner: int = BUILD_UID
@@ -414,18 +434,21 @@ class BwrapSandbox(Lifecycle):
                 sandbox=self.name,
             )
 
-    async def get(self, path: str, dest: Path) -> int:
+    async def get(self, path: str, dest: Path, *, limit: int | None = None) -> int:
         partial = dest.with_name(dest.name + ".part")
-        error: list[str] = []
+        error = bytearray()
+        script = copy_out_script(limit)
         with partial.open("wb") as out:
             process = await self._spawn(
-                self._enter(["/bin/sh", "-c", _GET, "sh", path], BUILD_HOME), None, None,
+                self._enter(["/bin/sh", "-c", script, "sh", path], BUILD_HOME), None, None,
                 asyncio.subprocess.PIPE, stdout=out.fileno(),
             )  # fmt: skip
 
             async def pump() -> int:
                 assert process.stderr is not None
-                error.append((await process.stderr.read(4096)).decode(errors="replace"))
+                # All of it is read (a full pipe would stall tar), the start is kept.
+                while chunk := await process.stderr.read(65536):
+                    error.extend(chunk[: max(0, 4096 - len(error))])
                 return await process.wait()
 
             status = await self._supervise(process, pump(), self._budget(None), ["get", path])
@@ -434,7 +457,7 @@ class BwrapSandbox(Lifecycle):
             partial.unlink()
             raise SandboxError(
                 f"Cannot copy {path} out of the sandbox: "
-                f"{''.join(error).strip() or 'no such file'}.",
+                f"{error.decode(errors='replace').strip() or 'no such file'}.",
                 sandbox=self.name,
             )
         partial.rename(dest)
@@ -581,13 +604,18 @@ def sweep(state_root: Path | None = None) -> list[Path]:
     root = state_root or Path(tempfile.gettempdir())
     for state_dir in sorted(root.glob(_PREFIX + "*")):
         try:
+            if not _ours(state_dir):  # (what is in it is then ours too)
+                continue  # another user's: the temporary directory is everyone's
             owner = json.loads((state_dir / OWNER).read_text())
             pid, started = int(owner["pid"]), str(owner["started"])
+            groups = [Path(g) for g in owner.get("groups", [])]
         except (OSError, ValueError, KeyError, TypeError):
             continue  # being made right now, or not ours to judge
         if _started(pid) == started:
             continue
-        groups = [Path(g) for g in owner.get("groups", [])]
+        if not all(_is_sandbox_group(g) for g in groups):
+            log.warning("not sweeping %s: its groups are not sandboxes' cgroups", state_dir)
+            continue
         confinement = Confinement(owner.get("kind", "rlimit"), groups=groups)
         confinement.kill()
         with contextlib.suppress(SandboxError):
@@ -595,6 +623,21 @@ def sweep(state_root: Path | None = None) -> list[Path]:
         remove_tree(state_dir)
         removed.append(state_dir)
     return removed
+
+
+def _ours(path: Path) -> bool:
+    """Whether ``path`` was made by this user and no one else may change it: what a
+    sweep as root trusts must not be something a local user put in /tmp."""
+    info = path.lstat()
+    return info.st_uid == os.geteuid() and not info.st_mode & 0o022 \
+        and not stat.S_ISLNK(info.st_mode)
+
+
+def _is_sandbox_group(group: Path) -> bool:
+    """Whether ``group`` can be a sandbox's cgroup (``limits`` makes ``nixfarm-*`` groups
+    under /sys/fs/cgroup): never a system service's group to kill."""
+    return group.is_absolute() and ".." not in group.parts \
+        and group.is_relative_to(CGROUP_ROOT) and group.name.startswith("nixfarm-")
 
 
 def _merged(root: Path, directory: str, added: set[str], name: str) -> list[str]:

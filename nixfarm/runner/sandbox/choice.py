@@ -4,6 +4,10 @@
 the kernel and makes the initramfs (``vm.kernel``), and removes what VMs of a
 runner killed earlier left behind, all before the first claim, so that a job's
 boot pays none of it and a runner that cannot run VMs says so at once.
+
+A runner may have several kinds (``--sandbox vm,bwrap``): ``choose_kinds`` gives a
+factory that runs a disk image in a VM and any other image in the first kind named
+(the preferred one).
 """
 
 from __future__ import annotations
@@ -11,12 +15,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from nixfarm.runner.sandbox.base import Sandbox, SandboxError, SandboxSpec
+from nixfarm.runner.sandbox.base import DiskImage, Sandbox, SandboxError, SandboxSpec
 from nixfarm.runner.sandbox.bwrap import BwrapSandbox
 
 SandboxKind = Literal["bwrap", "vm"]
@@ -32,6 +36,56 @@ class SandboxChoice:
     accelerator: str = ""
     #: One line for logs: "vm (tcg (software emulation: ...))".
     description: str = "bwrap"
+    #: Every kind this choice makes, the preferred first (one, unless ``choose_kinds``).
+    kinds: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.kinds:
+            object.__setattr__(self, "kinds", (self.kind,))
+
+
+def parse_kinds(text: str) -> tuple[SandboxKind, ...]:
+    """``vm,bwrap`` -> ("vm", "bwrap"); SandboxError naming a kind that is none."""
+    kinds: list[SandboxKind] = []
+    for word in (w.strip() for w in text.split(",") if w.strip()):
+        kind = next((k for k in KINDS if k == word), None)
+        if kind is not None:
+            if kind not in kinds:
+                kinds.append(kind)
+        else:
+            raise SandboxError(f"There is no sandbox {word!r}: choose among "
+                               f"{', '.join(KINDS)} (comma-separated, preferred first).")
+    if not kinds:
+        raise SandboxError(f"Name a sandbox: one or more of {', '.join(KINDS)}.")
+    return tuple(kinds)
+
+
+async def choose_kinds(text: str, home: Path) -> SandboxChoice:
+    """Sandboxes of every kind in ``text`` (``vm,bwrap``), made ready; see ``combine``."""
+    kinds = parse_kinds(text)
+    return combine([await choose(kind, home) for kind in kinds])
+
+
+def combine(choices: Sequence[SandboxChoice]) -> SandboxChoice:
+    """One choice of several kinds, the first preferred: a disk image goes to a VM
+    whatever the order; an image needing Nix to bwrap (a VM has no Nix client yet);
+    any other image to the preferred kind."""
+    if len(choices) == 1:
+        return choices[0]
+    by_kind = {c.kind: c for c in choices}
+    preferred = choices[0]
+
+    def new_sandbox(spec: SandboxSpec) -> Sandbox:
+        if isinstance(spec.image, DiskImage) and "vm" in by_kind:
+            return by_kind["vm"].new_sandbox(spec)
+        if spec.nix_client is not None and "bwrap" in by_kind:
+            return by_kind["bwrap"].new_sandbox(spec)
+        return preferred.new_sandbox(spec)
+
+    vm = by_kind.get("vm")
+    return SandboxChoice(
+        preferred.kind, new_sandbox, vm.accelerator if vm else "",
+        ", ".join(c.description for c in choices), tuple(c.kind for c in choices))
 
 
 async def choose(kind: str, home: Path) -> SandboxChoice:

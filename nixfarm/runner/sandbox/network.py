@@ -1,6 +1,7 @@
 """Outbound-only networking for a sandbox's own network namespace (slirp4netns).
 
-Both sandboxes use it: bwrap's jobs with network, and the qemu of a VM with network
+Both sandboxes use it: bwrap's jobs with network, the runner's nix-daemon for them
+(``runner.nixd``: their fixed-output derivations), and the qemu of a VM with network
 (whose user-mode stack would otherwise map the guest's 10.0.2.2 to the host's
 loopback). ``--disable-host-loopback`` is the point: connections go out, but nothing
 listening on the runner's 127.0.0.1 (Redis, PostgreSQL, the farm) is reachable.
@@ -14,6 +15,9 @@ import shutil
 
 from nixfarm.runner.sandbox.base import SandboxError
 from nixfarm.runner.sandbox.processes import kill_group
+
+#: slirp4netns's DNS forwarder, as seen from the namespace it connects.
+SLIRP_DNS = "10.0.2.3"
 
 
 async def connect_slirp(netns: str, name: str, *, ready_within: float,

@@ -13,7 +13,7 @@ import os
 import shutil
 import signal
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,69 @@ async def feed_stdin(process: asyncio.subprocess.Process, data: bytes | None) ->
 async def read_stream(stream: asyncio.StreamReader, feed: Callable[[bytes], None]) -> None:
     while chunk := await stream.read(65536):
         feed(chunk)
+
+
+#: How long a command's output is still read after the command ended.
+LEFTOVER_SECONDS = 2.0
+
+
+class OutputPipe:
+    """A pipe for a command's output that asyncio's process object does not own.
+
+    In Python 3.11, ``Process.wait()`` returns only once the process's own pipes have
+    closed, and a process the command left in the background (``setsid sleep 1d &``)
+    keeps them open for ever: the task, and its cancellation, would hang with it.
+    With a pipe of our own, ``wait()`` returns when the command ends, and we decide
+    how long to read after that (``LEFTOVER_SECONDS``) and when to close.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, transport: asyncio.ReadTransport,
+                 write_fd: int) -> None:
+        self.reader = reader
+        self.write_fd: int | None = write_fd
+        self._transport = transport
+
+    @classmethod
+    async def open(cls) -> OutputPipe:
+        read_fd, write_fd = os.pipe()
+        reader = asyncio.StreamReader()
+        try:
+            transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", 0))
+        except BaseException:
+            os.close(write_fd)
+            raise
+        return cls(reader, transport, write_fd)
+
+    def given(self) -> None:
+        """The command has its copy of the write end: close ours, so that EOF comes."""
+        if self.write_fd is not None:
+            os.close(self.write_fd)
+            self.write_fd = None
+
+    def close(self) -> None:
+        self.given()
+        self._transport.close()
+
+    async def read_after(self, ended: Awaitable[int], lines: Lines,
+                         on_line: LineCallback) -> int:
+        """Read into ``lines`` until ``ended`` gives the command's status, then until
+        EOF or ``LEFTOVER_SECONDS``; the status."""
+        reading = asyncio.ensure_future(read_stream(self.reader, lines.feed))
+        try:
+            status = await ended
+            done, _ = await asyncio.wait([reading], timeout=LEFTOVER_SECONDS)
+            if reading in done:
+                reading.result()
+            lines.close()
+            if not done:
+                on_line("nixfarm: the command ended but a process it left running still "
+                        "holds its output; what that process prints is not shown (redirect "
+                        "the output of background processes)")
+            return status
+        finally:
+            reading.cancel()
+            self.close()
 
 
 def namespace_members(pid_namespace: str) -> set[int]:

@@ -43,6 +43,7 @@ from nixfarm.runner.sandbox.base import (
     SandboxError,
     SandboxSpec,
     SandboxTimeout,
+    copy_out_script,
 )
 from nixfarm.runner.sandbox.network import connect_slirp
 from nixfarm.runner.sandbox.processes import (
@@ -53,6 +54,7 @@ from nixfarm.runner.sandbox.processes import (
     read_info,
     remove_tree,
 )
+from nixfarm.runner.sandbox.terminal import CommandTerminal
 from nixfarm.runner.shielding import uncancelled
 from nixfarm.runner.vm import qemu
 from nixfarm.runner.vm.accel import Accelerator, probe
@@ -60,13 +62,14 @@ from nixfarm.runner.vm.channel import AgentChannel
 from nixfarm.runner.vm.kernel import BootFiles, KernelError, boot_files
 
 NOBODY = 65534
+#: slirp4netns's DNS forwarder, in the network namespace qemu runs in.
+SLIRP_DNS = "10.0.2.3"
 #: Seconds from qemu's start to the agent's ``ready`` (TCG on a busy machine is slow).
 BOOT_TIMEOUT = 120.0
 STATE_PREFIX = "nixfarm-vm-"
 #: What an image's root must hold: a shell, the build user, its home's mount point.
 _REQUIRED = ("bin/sh", "etc/passwd", "home/build", "tmp", "dev")
 _PUT = 'mkdir -p "$(dirname "$1")" && cat > "$1" && chmod "$2" "$1"'
-_GET = 'if [ -d "$1" ]; then cd "$1" && exec tar -cf - .; else exec cat -- "$1"; fi'
 
 
 class VmSandbox(Lifecycle):
@@ -198,7 +201,8 @@ class VmSandbox(Lifecycle):
             info_read, info_write = os.pipe()
             opened += [info_read, info_write]
             await self._spawn(
-                [*qemu.bwrap(extra=[*self._kvm_device(accel), "--info-fd", str(info_write)]),
+                [*qemu.bwrap(extra=[*self._kvm_device(accel), *self._resolver(),
+                                    "--info-fd", str(info_write)]),
                  "--", *qemu.qemu_args(self._spec, accel, fds, qemu.host_tsc_khz())],
                 (*opened, vfs_client.fileno(), guest_control.fileno(), guest_output.fileno()),
                 log, groups=self._kvm_groups(accel))  # fmt: skip
@@ -233,6 +237,17 @@ class VmSandbox(Lifecycle):
             return ""
         lines = [line for line in text.splitlines() if line.strip()][-5:]
         return (" Console: " + " | ".join(lines)) if lines else ""
+
+    def _resolver(self) -> list[str]:
+        """qemu's user-mode network answers the guest's DNS (10.0.2.3) by asking the
+        resolver in its /etc/resolv.conf: slirp4netns's forwarder in qemu's namespace."""
+        if not self._spec.network:
+            return []
+        assert self.state_dir is not None
+        resolv = self.state_dir / "resolv.conf"
+        resolv.write_text(f"nameserver {SLIRP_DNS}\n")
+        resolv.chmod(0o644)
+        return ["--ro-bind", str(resolv), "/etc/resolv.conf"]
 
     def _kvm_device(self, accel: Accelerator) -> list[str]:
         return ["--dev-bind", str(Path("/dev/kvm")), "/dev/kvm"] if accel.name == "kvm" else []
@@ -308,7 +323,8 @@ class VmSandbox(Lifecycle):
     async def _run(self, argv: Sequence[str], on_output: Lines, *, uid: int = BUILD_UID,
                    env: Mapping[str, str] | None = None, cwd: str = BUILD_HOME,
                    stdin: bytes | Path | None = None, capture: bool = False,
-                   timeout: float | None = None) -> tuple[int, Path]:  # noqa: ASYNC109
+                   timeout: float | None = None,  # noqa: ASYNC109
+                   unbounded: bool = False) -> tuple[int, Path]:
         channel, xfer = self._live()
         run_id = channel.new_id()
         environment = " ".join(shlex.quote(f"{k}={v}") for k, v in
@@ -319,7 +335,8 @@ class VmSandbox(Lifecycle):
         await asyncio.to_thread(self._write, xfer / f"{run_id}.sh", script.encode())
         if stdin is not None:
             await asyncio.to_thread(self._write, xfer / f"{run_id}.in", stdin)
-        budget = self._budget(timeout)
+        # A shell's command in a held sandbox is past the job's deadline by design.
+        budget = None if unbounded else self._budget(timeout)
         try:
             async with asyncio.timeout(budget):
                 status = await channel.run(run_id, uid, capture, on_output.feed)
@@ -348,6 +365,22 @@ class VmSandbox(Lifecycle):
                                     timeout=timeout)  # fmt: skip
         return status
 
+    async def shell(self, argv: Sequence[str] | None, rows: int = 24, cols: int = 80,
+                    env: Mapping[str, str] | None = None) -> CommandTerminal:
+        """A command in the guest, its output streamed (no pty: the agent has no pty op
+        yet, so an interactive shell is refused)."""
+        if not argv:
+            raise SandboxError("An interactive shell into a VM is not supported yet; give a "
+                               "command (nixfarm shell JOB -- CMD).", sandbox=self.name)
+        self._live()
+        command = list(argv)
+        return CommandTerminal(lambda on_line: self._status(command, on_line, env))
+
+    async def _status(self, argv: Sequence[str], on_line: LineCallback,
+                      env: Mapping[str, str] | None) -> int:
+        status, _ = await self._run(argv, Lines(on_line), env=env, unbounded=True)
+        return status
+
     async def put(
         self, path: str, data: bytes, *, mode: int = 0o644, owner: int = BUILD_UID
     ) -> None:
@@ -362,9 +395,9 @@ class VmSandbox(Lifecycle):
                 f"Cannot write {path} in the sandbox: {' '.join(output) or 'unknown error'}.",
                 sandbox=self.name)
 
-    async def get(self, path: str, dest: Path) -> int:
+    async def get(self, path: str, dest: Path, *, limit: int | None = None) -> int:
         error: list[str] = []
-        argv = ["/run/nixfarm/sh", "-c", _GET, "sh", path]
+        argv = ["/run/nixfarm/sh", "-c", copy_out_script(limit), "sh", path]
         status, out = await self._run(argv, Lines(error.append), capture=True)
         try:
             if status != 0:
@@ -393,33 +426,40 @@ class VmSandbox(Lifecycle):
         await uncancelled(self._reap(doomed))
 
     async def _reap(self, doomed: set[int]) -> None:
-        for process in self._processes:
-            try:
-                await asyncio.wait_for(process.wait(), 10.0)
-            except TimeoutError:
-                kill_group(process)
-        for _ in range(500):  # up to ~10 s: SIGKILL is quick, but not instant
-            left = await asyncio.to_thread(alive, doomed)
-            if not left:
-                break
-            await asyncio.sleep(0.02)
-        if left:
-            raise SandboxError(f"Processes {sorted(left)} outlived the VM.", sandbox=self.name)
-        if self._channel is not None:
-            await self._channel.close()
-        if self.state_dir is not None:
-            await asyncio.to_thread(remove_tree, self.state_dir)
+        # The state (the job's files, secrets included) goes whatever else fails.
+        try:
+            for process in self._processes:
+                try:
+                    await asyncio.wait_for(process.wait(), 10.0)
+                except TimeoutError:
+                    kill_group(process)
+            for _ in range(500):  # up to ~10 s: SIGKILL is quick, but not instant
+                left = await asyncio.to_thread(alive, doomed)
+                if not left:
+                    break
+                await asyncio.sleep(0.02)
+            if left:
+                raise SandboxError(f"Processes {sorted(left)} outlived the VM.",
+                                   sandbox=self.name)
+        finally:
+            if self._channel is not None:
+                await self._channel.close()
+            if self.state_dir is not None:
+                await asyncio.to_thread(remove_tree, self.state_dir)
 
 
 def _copy_out(source: Path, dest: Path, name: str) -> int:
     """Copy the guest's file ``source`` (in xfer/) to ``dest``, never following a link."""
     try:
-        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+        # Non-blocking: root in the guest could have put a FIFO there, and opening one
+        # would wait for a writer for ever.
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as e:
         raise SandboxError(f"The guest left no output to copy: {e.strerror}.", sandbox=name) from e
     with os.fdopen(fd, "rb") as reader:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise SandboxError("The guest's output is not a regular file.", sandbox=name)
+        os.set_blocking(fd, True)
         partial = dest.with_name(dest.name + ".part")
         with partial.open("wb") as writer:
             shutil.copyfileobj(reader, writer, 1024 * 1024)

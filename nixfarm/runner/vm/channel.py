@@ -31,7 +31,7 @@ import socket
 from collections.abc import Callable
 
 from nixfarm.runner.sandbox.base import SandboxError
-from nixfarm.runner.shielding import uncancelled
+from nixfarm.runner.shielding import uncancelled, until_either
 
 #: Called with output bytes as they arrive.
 OutputCallback = Callable[[bytes], None]
@@ -42,9 +42,22 @@ class _Output:
 
     def __init__(self, token: str, feed: OutputCallback) -> None:
         self.marker = f"\0{token}\n".encode()
-        self.feed = feed
+        self._feed = feed
         self.ended = asyncio.Event()
+        # What ``feed`` raised (the log limit, say): the run is stopped and the caller
+        # gets it, not the background task that reads the output.
+        self.error: BaseException | None = None
+        self.failed = asyncio.Event()
         self._held = b""
+
+    def feed(self, data: bytes) -> None:
+        if self.error is not None:
+            return  # the rest of a failed run's output is dropped
+        try:
+            self._feed(data)
+        except Exception as e:
+            self.error = e
+            self.failed.set()
 
     def take(self, data: bytes) -> bytes:
         """Consume ``data``; return what came after the end marker."""
@@ -123,8 +136,13 @@ class AgentChannel:
                     on_started()
                 # Shielded: a cancelled caller must not cancel ``done``, which
                 # ``_stop`` still waits on.
+                await until_either(done, output.failed)
+                if output.error is not None:
+                    raise output.error
                 status = await asyncio.shield(done)
                 await output.ended.wait()
+                if output.error is not None:
+                    raise output.error
                 return status
             except BaseException:
                 await uncancelled(self._stop(run_id, done, output))
@@ -152,7 +170,8 @@ class AgentChannel:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            # Closing never fails for what a reader met before: the VM goes anyway.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         for writer in (self._writer, self._output_writer):
             if writer is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator
+from datetime import datetime
 
 from fastapi import APIRouter, Query, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -26,12 +27,14 @@ from nixfarm.builds.services import BuildServices
 from nixfarm.errors import InvalidInput
 from nixfarm.scopes import JOBS_SUBMIT
 from nixfarm.server.auth import farm_of, principal, require
+from nixfarm.tokens import Principal
 from nixfarm.wire.base import Id
 from nixfarm.wire.jobs import (
     JobGroupCreate,
     JobGroupOut,
     JobOut,
     JobPage,
+    JobRerun,
     JobStatus,
     JobSubmit,
     ManifestCheck,
@@ -71,9 +74,15 @@ async def list_jobs(
     mine: bool = False,
     limit: int = Query(50, ge=1, le=200),
     before: Id | None = None,
+    owner: str | None = Query(None, max_length=100, description="The owner's token name."),
+    image: str | None = Query(None, max_length=200),
+    since: datetime | None = Query(None, description="Submitted at or after (UTC)."),
+    until: datetime | None = Query(None, description="Submitted before (UTC)."),
 ) -> JobPage:
     return await builds(request).jobs.search(await principal(request), status=status, tag=tag,
-                                             mine=mine, limit=limit, before=before)
+                                             mine=mine, limit=limit, before=before,
+                                             owner=owner, image=image, since=since,
+                                             until=until)
 
 
 #: An unlisted job's key, as its URLs carry it.
@@ -96,14 +105,28 @@ async def start(request: Request, job_id: Id) -> JobOut:
     return await builds(request).jobs.start(await require(request, JOBS_SUBMIT), job_id)
 
 
+@router.post("/jobs/{job_id}/rerun", status_code=201)
+async def rerun(request: Request, job_id: Id, body: JobRerun | None = None) -> JobOut:
+    """A new job like this one (tags, note, visibility), of its manifest or an edited one."""
+    return await builds(request).jobs.rerun(await require(request, JOBS_SUBMIT), job_id,
+                                            body.manifest if body is not None else None)
+
+
 @router.post("/jobs/{job_id}/cancel")
 async def cancel(request: Request, job_id: Id) -> JobOut:
     return await builds(request).jobs.cancel(await require(request, JOBS_SUBMIT), job_id)
 
 
 async def _log(request: Request, job_id: Id, task: str | None, key: str | None) -> Response:
+    return await log_response(request, await principal(request), job_id, task, key)
+
+
+async def log_response(request: Request, who: Principal | None, job_id: int,
+                       task: str | None, key: str | None) -> Response:
+    """A job's log as text/plain, Range supported, if ``who`` may read the job (the
+    API's and the web pages' raw logs)."""
     services = builds(request)
-    view = await services.jobs.get(await principal(request), job_id, key)
+    view = await services.jobs.get(who, job_id, key)
     if task is not None and task not in {t.name for t in view.tasks}:
         raise InvalidInput(f"job {job_id} has no task {task!r}", field="task")
     start, end, partial = 0, None, False
@@ -148,10 +171,18 @@ async def task_log(request: Request, job_id: Id, task: str, key: str | None = Ke
 
 async def _sse(request: Request, job_id: Id, task: str | None, only: bool,
                key: str | None) -> Response:
+    return await event_stream(request, await principal(request), job_id, task, only, key)
+
+
+async def event_stream(request: Request, who: Principal | None, job_id: int,
+                       task: str | None, only: bool, key: str | None,
+                       resume: str | None = None) -> Response:
+    """A job's events as SSE for ``who``, from ``Last-Event-ID`` when the request has
+    one (a reconnect), else from ``resume`` (a position in the same form: what a page
+    already shows), else from the start."""
     services = builds(request)
-    positions = Positions(request.headers.get("last-event-id"))
-    events = services.jobs.follow(await principal(request), job_id, task, only,
-                                  positions=positions, key=key)
+    positions = Positions(request.headers.get("last-event-id") or resume)
+    events = services.jobs.follow(who, job_id, task, only, positions=positions, key=key)
     first = await anext(events)  # NotFound and friends before the 200 goes out
 
     async def body() -> AsyncIterator[ServerSentEvent]:
@@ -187,8 +218,14 @@ async def task_log_events(request: Request, job_id: Id, task: str,
 @router.get("/jobs/{job_id}/artifacts/{name}", response_class=Response)
 async def artifact(request: Request, job_id: Id, name: str, key: str | None = Key
                    ) -> Response:
+    return await artifact_response(request, await principal(request), job_id, name, key)
+
+
+async def artifact_response(request: Request, who: Principal | None, job_id: int, name: str,
+                            key: str | None) -> Response:
+    """An artifact's bytes, if ``who`` may read its job."""
     services = builds(request)
-    await services.jobs.get(await principal(request), job_id, key)
+    await services.jobs.get(who, job_id, key)
     info, stream = await services.artifacts.open(job_id, name)
     return StreamingResponse(stream, media_type="application/octet-stream", headers={
         "Content-Length": str(info.size),

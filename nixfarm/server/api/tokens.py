@@ -8,7 +8,7 @@ from nixfarm.scopes import ADMIN
 from nixfarm.server.auth import farm_of, principal, require
 from nixfarm.tokens import TokenView, future_expiry
 from nixfarm.wire.base import Id
-from nixfarm.wire.tokens import TokenCreate, TokenOut, WhoAmI
+from nixfarm.wire.tokens import TokenCreate, TokenOut, TokenPool, WhoAmI
 
 router = APIRouter(prefix="/v1", tags=["tokens"])
 
@@ -39,6 +39,15 @@ async def create_token(request: Request, body: TokenCreate) -> TokenOut:
 async def list_tokens(request: Request, include_revoked: bool = False) -> list[TokenOut]:
     await require(request, ADMIN)
     return [_out(t) for t in await farm_of(request).tokens.list(include_revoked)]
+
+
+@router.patch("/tokens/{token_id}")
+async def update_token_pool(request: Request, token_id: Id, body: TokenPool) -> TokenOut:
+    """Change a runner token's pool (a merge patch: fields left out stay, ``null`` for a
+    list is any); its runners' next claims follow it."""
+    await require(request, ADMIN)
+    changes = {name: getattr(body, name) for name in body.model_fields_set}
+    return _out(await farm_of(request).tokens.update_pool(token_id, changes))
 
 
 @router.delete("/tokens/{token_id}")

@@ -1,27 +1,199 @@
-"""Job pages: the list, and a job with its tasks and its logs following live (SSE)."""
+"""Job pages: the farm at a glance, the job list, job groups, and a job with its logs.
+
+Every page reads through the job service with the viewer's principal (``site``), so it
+shows what the API shows the same token. A job page draws its logs' tails
+(``logview``) and, while the job runs, follows it live through ``/jobs/ID/events``
+(SSE from where the drawn logs end; ``static/log.js``), resuming after a dropped
+connection from the last event's id. Cancel, re-run and re-run with an edited manifest
+are CSRF-checked forms for whoever may change the job.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+from datetime import UTC, date, datetime, time, timedelta
+from typing import get_args
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
-from fastapi.templating import Jinja2Templates
 from starlette.responses import Response
 
-from nixfarm.server.auth import farm_of, principal
+from nixfarm.errors import InvalidInput
+from nixfarm.scopes import ADMIN, JOBS_SUBMIT
+from nixfarm.server.api.jobs import artifact_response, event_stream, log_response
+from nixfarm.server.auth import farm_of
+from nixfarm.server.pages import logview, site
 from nixfarm.wire.base import Id
+from nixfarm.wire.jobs import FINAL_STATUSES, JobOut, JobStatus
 
-templates = Jinja2Templates(directory=str(Path(__file__).parents[2] / "web" / "templates"))
 router = APIRouter(include_in_schema=False)
+
+PAGE_SIZE = 50
+STATUSES: tuple[str, ...] = get_args(JobStatus)
+
+
+@router.get("/")
+async def home(request: Request, who: site.Viewer = site.VIEWER) -> Response:
+    farm = farm_of(request)
+    overview = await farm.builds.jobs.overview(who.principal)
+    runners = await farm.builds.runners.runners() if who.may(ADMIN) else None
+    busy: dict[str, int] = {}
+    for job in overview.running:
+        if job.runner:
+            busy[job.runner] = busy.get(job.runner, 0) + 1
+    now = datetime.now(UTC)
+    states = {}
+    for runner in runners or []:
+        silent = (now - runner.last_seen_at).total_seconds()
+        states[runner.id] = ("offline" if silent > max(runner.lease_seconds, 60) * 2
+                             else "busy" if busy.get(runner.name) else "idle")
+    return site.render(request, "home.html", {
+        "overview": overview, "runners": runners, "runner_states": states, "busy": busy})
+
+
+def _blank(value: str | None) -> str | None:
+    return value.strip() or None if value is not None else None
+
+
+def _day(value: str | None, field: str) -> date | None:
+    value = _blank(value)
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(f"{field} {value!r} is not a date (YYYY-MM-DD)", field=field) from None
 
 
 @router.get("/jobs")
-async def jobs_page(request: Request, before: Id | None = None) -> Response:
-    page = await farm_of(request).builds.jobs.search(await principal(request), before=before)
-    return templates.TemplateResponse(request, "jobs.html", {"page": page})
+async def jobs_page(request: Request, status: str | None = None, tag: str | None = None,
+                    owner: str | None = None, image: str | None = None,
+                    since: str | None = None, until: str | None = None,
+                    before: Id | None = None, who: site.Viewer = site.VIEWER) -> Response:
+    # A filter form sends its empty fields as empty strings: they filter nothing.
+    status, tag, owner, image = map(_blank, (status, tag, owner, image))
+    if status is not None and status not in STATUSES:
+        raise InvalidInput(f"status {status!r} is not one of {', '.join(STATUSES)}",
+                           field="status")
+    first, last = _day(since, "since"), _day(until, "until")
+    page = await farm_of(request).builds.jobs.search(
+        who.principal, status=status, tag=tag, owner=owner, image=image, before=before,
+        limit=PAGE_SIZE,
+        since=datetime.combine(first, time(), UTC) if first else None,
+        until=datetime.combine(last + timedelta(days=1), time(), UTC) if last else None)
+    filters = {"status": status, "tag": tag, "owner": owner, "image": image,
+               "since": first.isoformat() if first else None,
+               "until": last.isoformat() if last else None}
+    query = {k: v for k, v in filters.items() if v}
+    older = (f"/jobs?{urlencode({**query, 'before': page.next_before})}"
+             if page.next_before else None)
+    return site.render(request, "jobs.html", {
+        "page": page, "filters": filters, "statuses": STATUSES, "older": older,
+        "newest": f"/jobs?{urlencode(query)}" if before else None})
+
+
+@router.get("/job-groups/{group_id}")
+async def group_page(request: Request, group_id: Id, who: site.Viewer = site.VIEWER
+                     ) -> Response:
+    group = await farm_of(request).builds.jobs.group(who.principal, group_id)
+    return site.render(request, "job-group.html", {"group": group})
+
+
+def job_path(job: JobOut, suffix: str = "") -> str:
+    """A page of ``job``, with its key when it is unlisted."""
+    return f"/jobs/{job.id}{suffix}" + (f"?{urlencode({'key': job.key})}" if job.key else "")
 
 
 @router.get("/jobs/{job_id}")
-async def job_page(request: Request, job_id: Id, key: str | None = None) -> Response:
-    job = await farm_of(request).builds.jobs.get(await principal(request), job_id, key)
-    return templates.TemplateResponse(request, "job.html", {"job": job})
+async def job_page(request: Request, job_id: Id, key: str | None = None,
+                   full: str | None = None, who: site.Viewer = site.VIEWER) -> Response:
+    farm = farm_of(request)
+    job = await farm.builds.jobs.get(who.principal, job_id, key)
+    return await _job_page(request, who, job, full)
+
+
+async def _job_page(request: Request, who: site.Viewer, job: JobOut, full: str | None = None,
+                    edited: str | None = None, problem: str | None = None,
+                    status: int = 200) -> Response:
+    farm = farm_of(request)
+    finished = job.status in FINAL_STATUSES
+    logs = [await logview.view(farm.builds.logs, job.id, name,
+                               full=full == logview.anchor_of(name))
+            for name in [None, *(t.name for t in job.tasks)]]
+    # A job still running is followed from where each drawn log's last whole line ends.
+    resume = ",".join(str(log.size - (0 if finished else log.open_bytes)) for log in logs)
+    events = None
+    if not finished:
+        events = f"/jobs/{job.id}/events?" + urlencode(
+            {"from": resume, **({"key": job.key} if job.key else {})})
+    manifest = await farm.builds.jobs.manifest(who.principal, job.id, job.key)
+    return site.render(request, "job.html", {
+        "job": job, "logs": logs, "finished": finished, "events": events,
+        "manifest": edited if edited is not None else manifest, "problem": problem,
+        "may_change": who.may(JOBS_SUBMIT) and await farm.builds.jobs.changeable(
+            who.principal, job.id),
+        "key_query": f"?{urlencode({'key': job.key})}" if job.key else "",
+        "page_path": job_path(job)}, status=status)
+
+
+@router.get("/jobs/{job_id}/events")
+async def job_events(request: Request, job_id: Id, key: str | None = None,
+                     resume: str | None = None, who: site.Viewer = site.VIEWER) -> Response:
+    """The job's events for its page (SSE): ``from`` is where the drawn logs end."""
+    return await event_stream(request, who.principal, job_id, None, False, key,
+                              request.query_params.get("from") or resume)
+
+
+@router.get("/jobs/{job_id}/log.txt")
+async def setup_log(request: Request, job_id: Id, key: str | None = None,
+                    who: site.Viewer = site.VIEWER) -> Response:
+    return await log_response(request, who.principal, job_id, None, key)
+
+
+@router.get("/jobs/{job_id}/tasks/{task}/log.txt")
+async def task_log(request: Request, job_id: Id, task: str, key: str | None = None,
+                   who: site.Viewer = site.VIEWER) -> Response:
+    return await log_response(request, who.principal, job_id, task, key)
+
+
+@router.get("/jobs/{job_id}/artifacts/{name}")
+async def artifact(request: Request, job_id: Id, name: str, key: str | None = None,
+                   who: site.Viewer = site.VIEWER) -> Response:
+    return await artifact_response(request, who.principal, job_id, name, key)
+
+
+@router.post("/jobs/{job_id}/cancel")
+async def cancel(request: Request, job_id: Id, who: site.Viewer = site.VIEWER) -> Response:
+    await site.form(request, who)
+    job = await farm_of(request).builds.jobs.cancel(who.require(JOBS_SUBMIT), job_id)
+    return site.redirect(job_path(job))
+
+
+@router.post("/jobs/{job_id}/rerun")
+async def rerun(request: Request, job_id: Id, who: site.Viewer = site.VIEWER) -> Response:
+    await site.form(request, who)
+    job = await farm_of(request).builds.jobs.rerun(who.require(JOBS_SUBMIT), job_id)
+    return site.redirect(job_path(job))
+
+
+@router.get("/jobs/{job_id}/edit")
+async def edit_page(request: Request, job_id: Id, who: site.Viewer = site.VIEWER) -> Response:
+    jobs = farm_of(request).builds.jobs
+    job = await jobs.get(who.principal, job_id)
+    who.require(JOBS_SUBMIT)
+    return site.render(request, "job-edit.html", {
+        "job": job, "manifest": await jobs.manifest(who.principal, job_id), "problem": None})
+
+
+@router.post("/jobs/{job_id}/edit")
+async def edit(request: Request, job_id: Id, who: site.Viewer = site.VIEWER) -> Response:
+    form = await site.form(request, who)
+    jobs = farm_of(request).builds.jobs
+    manifest = str(form.get("manifest", ""))
+    principal = who.require(JOBS_SUBMIT)
+    try:
+        job = await jobs.rerun(principal, job_id, manifest)
+    except InvalidInput as error:  # the manifest's problems, shown beside it to fix
+        original = await jobs.get(who.principal, job_id)
+        return site.render(request, "job-edit.html", {
+            "job": original, "manifest": manifest, "problem": error.message}, status=400)
+    return site.redirect(job_path(job))

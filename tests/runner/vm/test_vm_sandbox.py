@@ -97,6 +97,28 @@ async def test_output_streams_as_it_is_written(box: VmSandbox) -> None:
     assert arrivals[1][0] - arrivals[0][0] > 2.0
 
 
+class _Enough(Exception):
+    pass
+
+
+async def test_a_line_callback_that_raises_stops_the_command(box: VmSandbox) -> None:
+    """What the caller's line callback raises (the log limit does) comes out of run()
+    at once, the command is stopped, and the VM runs the next command cleanly."""
+    seen: list[str] = []
+
+    def stop_at_three(line: str) -> None:
+        seen.append(line)
+        if len(seen) == 3:
+            raise _Enough
+
+    started = time.monotonic()
+    with pytest.raises(_Enough):
+        await box.run(["/bin/sh", "-c", "i=0; while :; do i=$((i+1)); echo line $i; "
+                       "sleep 0.1; done"], stop_at_three)
+    assert time.monotonic() - started < 30
+    assert (await output(box, "echo next")) == (0, ["next"])
+
+
 async def test_put_and_get(box: VmSandbox, tmp_path: Path) -> None:
     await box.put("/home/build/.ssh/key", b"secret\n", mode=0o600)
     _, lines = await output(box, "stat -c '%a %U' ~/.ssh/key; cat ~/.ssh/key")

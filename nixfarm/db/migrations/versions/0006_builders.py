@@ -1,7 +1,8 @@
-"""Ephemeral builders: the machines of builder pools, and the decisions about them.
+"""Ephemeral builders: the machines of builder pools, the decisions about them, and
+the lease of the server that runs the autoscaler.
 
 Revision ID: 0006_builders
-Revises: 0005
+Revises: 0006_cache_retention
 Create Date: 2026-12-03
 """
 
@@ -13,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0006_builders"
-down_revision: str | None = "0005"
+down_revision: str | None = "0006_cache_retention"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -64,8 +65,16 @@ def upgrade() -> None:
     op.create_index(op.f("ix_builder_decisions_pool"), "builder_decisions", ["pool"])
     op.create_index(op.f("ix_builder_decisions_builder_id"), "builder_decisions",
                     ["builder_id"])
+    op.create_table(
+        "builder_leases",
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("holder", sa.String(length=64), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_builder_leases")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("builder_leases")
     op.drop_table("builder_decisions")
     op.drop_table("builders")

@@ -1,0 +1,173 @@
+"""Scheduled jobs: a manifest the server submits at each slot of a cron expression.
+
+The expression is cron's five fields (minute hour day-of-month month day-of-week, UTC),
+read by croniter; a sixth field, seconds, may follow (handy for tests, and for jobs
+more frequent than a minute).
+
+Firing. Every server runs ``run_forever``, which once a second (``tick``) looks at
+each schedule's *due slot*: the latest slot at or before now. When it is later than
+the schedule's ``last_slot``, the server claims it with one conditional UPDATE
+(``SET last_slot = due WHERE last_slot < due``): of several servers, exactly one
+changes the row, and only that one submits the job. A slot fires at most once.
+
+Missed slots. A farm that was down over one or more slots finds, when it starts,
+that the due slot is past ``last_slot``: it fires once (for the latest missed slot),
+not once per missed slot. A new schedule starts with ``last_slot`` at the slot before
+its creation, so it first fires at its next slot.
+
+The job is submitted as the token that created the schedule, with that token's
+rights at the time of firing: a revoked token, or a manifest the server no longer
+accepts, makes no job, and ``last_error`` says why.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+import anyio
+import sqlalchemy as sa
+from croniter import croniter
+
+from nixfarm.builds.jobs import JobService, is_admin
+from nixfarm.db.models import Schedule, utcnow
+from nixfarm.errors import InvalidInput, NixfarmError, NotFound
+from nixfarm.tokens import Principal, TokenService
+from nixfarm.wire.jobs import JobSubmit
+from nixfarm.wire.schedules import ScheduleCreate, ScheduleOut
+
+log = logging.getLogger("nixfarm.builds.schedules")
+
+#: What a scheduled job is tagged with: ``schedule:<id>``.
+TAG = "schedule"
+
+
+def parse_cron(expression: str) -> str:
+    """The expression, normalised; InvalidInput naming what is wrong."""
+    fields = expression.split()
+    if len(fields) not in (5, 6):
+        raise InvalidInput(
+            f"cron {expression!r} has {len(fields)} fields; give 5 (minute hour day month "
+            "weekday) or 6 (the same, then seconds)", field="cron")
+    text = " ".join(fields)
+    if not croniter.is_valid(text):
+        raise InvalidInput(f"cron {expression!r} is not a valid cron expression",
+                           field="cron")
+    return text
+
+
+def due_slot(cron: str, now: datetime) -> datetime:
+    """The latest slot of ``cron`` at or before ``now``."""
+    slot: datetime = croniter(cron, now + timedelta(microseconds=1)).get_prev(datetime)
+    return slot
+
+
+def next_slot(cron: str, now: datetime) -> datetime:
+    """The first slot of ``cron`` after ``now``."""
+    slot: datetime = croniter(cron, now).get_next(datetime)
+    return slot
+
+
+class ScheduleService:
+    def __init__(self, jobs: JobService, tokens: TokenService,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self.jobs = jobs
+        self.db = jobs.db
+        self.tokens = tokens
+        #: The time (tests move it; the database is real).
+        self.clock = clock
+
+    def _out(self, s: Schedule) -> ScheduleOut:
+        return ScheduleOut(id=s.id, cron=s.cron, note=s.note, owner=s.owner_name,
+                           created_at=s.created_at, last_slot=s.last_slot,
+                           next_at=next_slot(s.cron, max(s.last_slot, self.clock())),
+                           last_job_id=s.last_job_id, last_error=s.last_error)
+
+    async def create(self, who: Principal, body: ScheduleCreate) -> ScheduleOut:
+        cron = parse_cron(body.cron)
+        await self.jobs.check(who, body.manifest)  # refused now, not at 3 in the morning
+        now = self.clock()
+        async with self.db.session() as s:
+            schedule = Schedule(owner_id=who.token_id, owner_name=who.name, cron=cron,
+                                manifest=body.manifest, note=body.note,
+                                last_slot=due_slot(cron, now), created_at=now)
+            s.add(schedule)
+            await s.flush()
+            out = self._out(schedule)
+        log.info("schedule %d (%s) created by %s", out.id, cron, who.name)
+        return out
+
+    async def all(self, who: Principal) -> list[ScheduleOut]:
+        """The caller's schedules (an admin's: everyone's)."""
+        async with self.db.session() as s:
+            stmt = sa.select(Schedule).order_by(Schedule.id)
+            if not is_admin(who):
+                stmt = stmt.where(Schedule.owner_id == who.token_id)
+            return [self._out(x) for x in await s.scalars(stmt)]
+
+    async def delete(self, who: Principal, schedule_id: int) -> ScheduleOut:
+        async with self.db.session() as s:
+            schedule = await s.get(Schedule, schedule_id)
+            if schedule is None or not (is_admin(who) or schedule.owner_id == who.token_id):
+                # Another's schedule is not revealed to exist.
+                raise NotFound(f"There is no schedule {schedule_id}.", kind="schedule",
+                               name=str(schedule_id))
+            out = self._out(schedule)
+            await s.delete(schedule)
+        return out
+
+    async def tick(self) -> list[int]:
+        """Fire every schedule whose due slot is unclaimed; the ids of the jobs made."""
+        now = self.clock()
+        async with self.db.session() as s:
+            schedules = list(await s.scalars(sa.select(Schedule).order_by(Schedule.id)))
+        made = []
+        for schedule in schedules:
+            due = due_slot(schedule.cron, now)
+            if due <= schedule.last_slot:
+                continue
+            async with self.db.session() as s:
+                result = await s.execute(
+                    sa.update(Schedule)
+                    .where(Schedule.id == schedule.id, Schedule.last_slot < due)
+                    .values(last_slot=due)
+                    .execution_options(synchronize_session=False))
+                claimed = result.rowcount == 1  # type: ignore[attr-defined]
+            if not claimed:
+                continue  # another server fired this slot
+            job_id, error = await self._submit(schedule, due)
+            async with self.db.session() as s:
+                await s.execute(
+                    sa.update(Schedule).where(Schedule.id == schedule.id)
+                    .values(last_job_id=job_id, last_error=error)
+                    .execution_options(synchronize_session=False))
+            if job_id is not None:
+                made.append(job_id)
+        return made
+
+    async def _submit(self, schedule: Schedule, slot: datetime) -> tuple[int | None, str | None]:
+        who = await self.tokens.by_id(schedule.owner_id)
+        if who is None:
+            error = "the token that created the schedule is revoked or expired"
+            log.warning("schedule %d: slot %s made no job: %s", schedule.id, slot, error)
+            return None, error
+        body = JobSubmit(manifest=schedule.manifest, tags=[f"{TAG}:{schedule.id}"],
+                         note=schedule.note or f"schedule {schedule.id} ({schedule.cron}), "
+                                               f"slot {slot:%Y-%m-%d %H:%M:%S} UTC")
+        try:
+            job = await self.jobs.submit(who, body)
+        except NixfarmError as e:
+            log.warning("schedule %d: slot %s made no job: %s", schedule.id, slot, e.message)
+            return None, e.message
+        log.info("schedule %d: slot %s submitted job %d", schedule.id, slot, job.id)
+        return job.id, None
+
+    async def run_forever(self, interval: float = 1.0) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:  # a failing pass (database restart) must not stop the next
+                log.exception("scheduled jobs pass failed")
+            await anyio.sleep(interval)
+

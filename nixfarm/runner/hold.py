@@ -1,0 +1,127 @@
+"""Keeping an ended job's sandbox for ``nixfarm shell`` (see ``builds.shells``).
+
+After a failed job (or any ``shell: true`` job) the runner does not shut the sandbox
+down: it goes on heartbeating the job, and each answer names the shell sessions
+waiting for it. For each, the runner opens a WebSocket to the server (it needs no
+inbound port), starts a terminal in the sandbox (``Sandbox.shell``) and relays:
+binary messages are terminal bytes, JSON ones a window size (``resize``), the
+terminal's end (``exit``), or, first, whether it started (``started`` / ``error``).
+
+The hold ends when the server says its time is up (``release``), when the last
+session closes after at least one was opened, or when the runner stops; then the
+sandbox is shut down and the server told (``release``). The job's slot stays taken
+meanwhile, so a runner never holds more sandboxes than it has slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import WebSocketException
+
+from nixfarm.errors import NixfarmError
+from nixfarm.runner.protocol import LeaseLost, RunnerClient
+from nixfarm.runner.sandbox.base import Sandbox
+from nixfarm.runner.sandbox.terminal import Terminal
+from nixfarm.runner.shielding import uncancelled
+from nixfarm.wire.runners import ShellRequest
+
+log = logging.getLogger("nixfarm.runner.hold")
+
+
+async def hold(client: RunnerClient, job_id: int, sandbox: Sandbox, wait: float,
+               stopping: Awaitable[object]) -> None:
+    """Serve shells into ``sandbox`` until the hold ends; then shut it down."""
+    sessions: dict[str, asyncio.Task[None]] = {}
+    stop = asyncio.ensure_future(stopping)
+    try:
+        while not stop.done():
+            beat = asyncio.ensure_future(client.heartbeat(job_id, wait))
+            live = [t for t in sessions.values() if not t.done()]
+            await asyncio.wait([beat, stop, *live], return_when=asyncio.FIRST_COMPLETED)
+            if not beat.done():
+                beat.cancel()
+                with contextlib.suppress(asyncio.CancelledError, NixfarmError):
+                    await beat
+                if sessions and all(t.done() for t in sessions.values()):
+                    break  # the last session closed
+                continue
+            try:
+                answer = beat.result()
+            except LeaseLost:
+                break
+            except NixfarmError as e:
+                log.warning("job %d: heartbeat of its held sandbox failed: %s", job_id,
+                            e.message)
+                await asyncio.sleep(1.0)
+                continue
+            if answer.release:
+                break
+            for request in answer.shells:
+                if request.key not in sessions:
+                    sessions[request.key] = asyncio.create_task(
+                        _session(client, job_id, sandbox, request))
+    finally:
+        stop.cancel()
+        for task in sessions.values():
+            task.cancel()
+        for task in sessions.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await uncancelled(sandbox.shutdown())
+        with contextlib.suppress(NixfarmError):
+            await uncancelled(client.release(job_id))
+        log.info("job %d: held sandbox shut down", job_id)
+
+
+async def _session(client: RunnerClient, job_id: int, sandbox: Sandbox,
+                   request: ShellRequest) -> None:
+    url = client.shell_url(job_id, request.key)
+    try:
+        async with connect(url, additional_headers={"Authorization": f"Bearer {client.token}"},
+                           open_timeout=30, max_size=2**20) as ws:
+            try:
+                terminal = await sandbox.shell(request.command, request.rows, request.cols)
+            except NixfarmError as e:
+                await ws.send(json.dumps({"error": e.message}))
+                return
+            await ws.send(json.dumps({"started": True}))
+            try:
+                await _relay(ws, terminal)
+            finally:
+                await uncancelled(terminal.close())
+    except (OSError, WebSocketException) as e:
+        log.warning("job %d: shell session lost: %s", job_id, e)
+
+
+async def _relay(ws: ClientConnection, terminal: Terminal) -> None:
+    async def output() -> None:
+        while data := await terminal.read():
+            await ws.send(data)
+        await ws.send(json.dumps({"exit": await terminal.wait()}))
+
+    async def keys() -> None:
+        async for message in ws:
+            if isinstance(message, bytes):
+                await terminal.write(message)
+                continue
+            with contextlib.suppress(ValueError, TypeError, IndexError):
+                fields = json.loads(message)
+                if isinstance(fields, dict) and "resize" in fields:
+                    rows, cols = fields["resize"][:2]
+                    terminal.resize(int(rows), int(cols))
+
+    tasks = [asyncio.create_task(output()), asyncio.create_task(keys())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

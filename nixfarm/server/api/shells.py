@@ -1,0 +1,168 @@
+"""Shells into held sandboxes (``builds.shells``): two WebSockets and a release.
+
+``/api/v1/jobs/ID/shell`` (a user's, ``jobs:submit``, the job's owner or an admin).
+The client's first message is JSON ``{"command": [...] | null, "rows", "cols"}``; then
+binary messages are keystrokes and ``{"resize": [rows, cols]}`` a new window size.
+The server sends the terminal's output as binary messages, then ``{"exit": STATUS}``
+and closes; a refusal is ``{"error": MESSAGE, "kind": ...}`` then a close.
+
+``/api/v1/runners/R/jobs/ID/shells/KEY`` (the runner holding the job): the other end,
+the same messages the other way round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+
+from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
+from starlette.responses import Response
+
+from nixfarm.builds import shells as sh
+from nixfarm.builds.services import BuildServices
+from nixfarm.errors import NixfarmError, Unavailable
+from nixfarm.events.base import Subscription
+from nixfarm.scopes import JOBS_SUBMIT, RUNNER
+from nixfarm.server.auth import farm_of, require
+from nixfarm.wire.base import Id
+
+router = APIRouter(prefix="/v1", tags=["shells"])
+log = logging.getLogger("nixfarm.server.shells")
+
+
+def builds(conn: WebSocket | Request) -> BuildServices:
+    return farm_of(conn).builds
+
+
+async def _refuse(ws: WebSocket, error: NixfarmError) -> None:
+    with contextlib.suppress(Exception):
+        await ws.send_json({"error": error.message, "kind": type(error).__name__})
+        await ws.close(code=4000)
+
+
+async def _to_socket(ws: WebSocket, sub: Subscription, stop_on_exit: bool) -> None:
+    """Bus messages to the WebSocket until an ``exit`` (or ``close``) passes."""
+    async for message in sub:
+        payload, fields = sh.parse(message)
+        if payload is not None:
+            await ws.send_bytes(payload)
+        elif "exit" in fields and stop_on_exit:
+            await ws.send_json({"exit": fields["exit"]})
+            return
+        elif "close" in fields and not stop_on_exit:
+            return
+        elif "resize" in fields and not stop_on_exit:
+            await ws.send_json({"resize": fields["resize"]})
+
+
+async def _from_socket(ws: WebSocket, publish: str, services: BuildServices,
+                       user: bool) -> None:
+    """WebSocket messages to the bus until the socket closes (or the runner's exit)."""
+    bus = services.jobs.bus
+    while True:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if message.get("bytes") is not None:
+            await bus.publish(publish, sh.data(message["bytes"]))
+            continue
+        try:
+            fields = json.loads(message.get("text") or "{}")
+        except ValueError:
+            continue
+        if user and isinstance(fields, dict) and "resize" in fields:
+            rows, cols = sh.check_size(*fields["resize"][:2])
+            await bus.publish(publish, sh.control(resize=[rows, cols]))
+        elif not user and isinstance(fields, dict) and "exit" in fields:
+            await bus.publish(publish, sh.control(exit=fields["exit"]))
+            return
+
+
+async def _relay(ws: WebSocket, sub: Subscription, publish: str, services: BuildServices,
+                 user: bool) -> None:
+    tasks = [asyncio.create_task(_to_socket(ws, sub, stop_on_exit=user)),
+             asyncio.create_task(_from_socket(ws, publish, services, user))]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+@router.websocket("/jobs/{job_id}/shell")
+async def user_shell(ws: WebSocket, job_id: int) -> None:
+    services = builds(ws)
+    await ws.accept()
+    key = services.shells.new_key()
+    try:
+        who = await require(ws, JOBS_SUBMIT)
+        first = await ws.receive_json()
+        if not isinstance(first, dict):
+            first = {}
+        command = first.get("command")
+        async with services.jobs.bus.subscribe(sh.output_topic(key)) as sub:
+            await services.shells.open(
+                who, job_id, key, [str(a) for a in command] if isinstance(command, list)
+                else None, first.get("rows", 24), first.get("cols", 80))
+            try:
+                opened = None
+                async with asyncio.timeout(sh.CONNECT_SECONDS):
+                    while opened is None:
+                        message = await sub.get(sh.CONNECT_SECONDS)
+                        if message is not None and "open" in sh.parse(message)[1]:
+                            opened = sh.parse(message)[1]
+                if opened.get("error"):
+                    raise Unavailable(f"the runner could not open a shell: {opened['error']}",
+                                      url="")
+            except TimeoutError:
+                raise Unavailable(f"job {job_id}'s runner did not answer within "
+                                  f"{sh.CONNECT_SECONDS:g} s", url="") from None
+            await _relay(ws, sub, sh.input_topic(key), services, user=True)
+    except NixfarmError as e:
+        await _refuse(ws, e)
+        return
+    except WebSocketDisconnect:
+        pass
+    finally:
+        await services.jobs.bus.publish(sh.input_topic(key), sh.control(close=True))
+        with contextlib.suppress(Exception):
+            await services.shells.close(key)
+    with contextlib.suppress(Exception):
+        await ws.close()
+
+
+@router.websocket("/runners/{runner_id}/jobs/{job_id}/shells/{key}")
+async def runner_shell(ws: WebSocket, runner_id: int, job_id: int, key: str) -> None:
+    services = builds(ws)
+    await ws.accept()
+    try:
+        who = await require(ws, RUNNER)
+        await services.runners._held(who, runner_id, job_id)
+        await services.shells.connect(job_id, key)
+        async with services.jobs.bus.subscribe(sh.input_topic(key)) as sub:
+            first = await ws.receive_json()  # the runner's terminal started, or not
+            error = first.get("error") if isinstance(first, dict) else None
+            await services.jobs.bus.publish(sh.output_topic(key),
+                                            sh.control(open=True, error=error))
+            if not error:
+                await _relay(ws, sub, sh.output_topic(key), services, user=False)
+    except NixfarmError as e:
+        await _refuse(ws, e)
+        return
+    except WebSocketDisconnect:
+        pass
+    with contextlib.suppress(Exception):
+        await ws.close()
+
+
+@router.post("/runners/{runner_id}/jobs/{job_id}/release", status_code=204)
+async def release(request: Request, runner_id: Id, job_id: Id) -> Response:
+    """The runner shut the held sandbox of an ended job down."""
+    who = await require(request, RUNNER)
+    await builds(request).runners.release(who, runner_id, job_id)
+    return Response(status_code=204)

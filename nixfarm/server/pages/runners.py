@@ -1,0 +1,52 @@
+"""The runners page: every registered runner, what it offers, what it runs, when it was
+last heard of; and the place where cloud builders (docs/design.md, ``builders/``) will
+be listed once the farm has them.
+
+Runners are an admin's to see, as ``GET /api/v1/runners`` is.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from nixfarm.db import browsing
+from nixfarm.db.models import utcnow
+from nixfarm.scopes import ADMIN
+from nixfarm.server.auth import farm_of
+from nixfarm.server.pages import site
+
+router = APIRouter(include_in_schema=False)
+
+#: A runner is "online" while it was heard of this recently: it long-polls for jobs
+#: (at most a minute per poll) and heartbeats every third of a lease while it runs one.
+ONLINE = timedelta(seconds=90)
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(int(seconds), 0)
+    if seconds < 90:
+        return f"{seconds}s ago"
+    if seconds < 90 * 60:
+        return f"{seconds // 60}m ago"
+    if seconds < 36 * 3600:
+        return f"{seconds // 3600}h ago"
+    return f"{seconds // 86400}d ago"
+
+
+@router.get("/runners")
+async def runners_page(request: Request, who: site.Viewer = site.VIEWER) -> Response:
+    who.require(ADMIN)
+    farm = farm_of(request)
+    runners = await farm.builds.runners.runners()
+    async with farm.db.session() as s:
+        running = await browsing.running_jobs(s)
+    now = utcnow()
+    rows = [{"runner": r, "jobs": running.get(r.id, []),
+             "online": now - r.last_seen_at < max(ONLINE, timedelta(seconds=r.lease_seconds)),
+             "seen": _ago((now - r.last_seen_at).total_seconds())} for r in runners]
+    # Cloud builders (issue 10) join this page when the farm has them: a list of rows
+    # like the runners', rendered by the template's "Builders" section.
+    return site.render(request, "runners.html", {"rows": rows, "builders": None})
