@@ -107,6 +107,12 @@ class LocalProvider:
             process = await asyncio.to_thread(
                 subprocess.Popen, argv, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True, cwd=where)
+        await asyncio.sleep(0.3)  # a qemu that refuses its options ends at once
+        if process.poll() is not None:
+            said = (where / "qemu.log").read_text(errors="replace").strip()
+            await asyncio.to_thread(shutil.rmtree, where, True)
+            raise ProviderError(f"qemu ended at once ({process.returncode}): {said[-500:]}",
+                                provider="local", status=500)
         meta = self._meta(where)
         meta.update(pid=process.pid, accelerator=accel.describe())
         await asyncio.to_thread(self._write_meta, where, meta)

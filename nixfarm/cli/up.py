@@ -68,6 +68,21 @@ def load_settings(config_file: Path | None, data_dir: Path | None, listen: str |
     return config.load(config_file, overrides=overrides)
 
 
+#: The pool ``up --demo`` configures when the configuration has none: one local VM at a
+#: time, for release builds (jobs tagged ``release``) pushing to the demo cache.
+DEMO_POOL = "demo-local"
+
+
+def _with_demo_pool(settings: Settings) -> Settings:
+    from nixfarm import bootstrap
+    from nixfarm.config import PoolSettings
+
+    pool = PoolSettings(name=DEMO_POOL, provider="local", max_instances=1,
+                        job_tags=("release",), caches=(bootstrap.DEMO_CACHE,))
+    return settings.model_copy(update={
+        "builders": settings.builders.model_copy(update={"pools": (pool,)})})
+
+
 def _serve(part: str, config_file: Path | None, data_dir: Path | None, listen: str | None,
            overrides: dict[str, Any], *, demo: bool, workers: int) -> None:
     # Imported here: every other command starts faster without the server's modules.
@@ -77,6 +92,8 @@ def _serve(part: str, config_file: Path | None, data_dir: Path | None, listen: s
     from nixfarm.edge.layout import EdgeLayout
 
     settings = load_settings(config_file, data_dir, listen, overrides)
+    if demo and not settings.builders.pools:
+        settings = _with_demo_pool(settings)
     # Before anything is written or announced: a farm missing a piece says so now,
     # not at the first request that needs it.
     prerequisites.require(part, prerequisites.for_server(

@@ -58,9 +58,14 @@ MODULES = (
 #: Programs (and what each needs of Debian: the packages they come from).
 PROGRAMS = (
     "/usr/bin/nix", "/usr/bin/bwrap", "/usr/bin/slirp4netns", "/usr/bin/setpriv",
-    "/usr/bin/nsenter", "/usr/bin/unshare", "/usr/sbin/dmsetup", "/usr/bin/git",
+    "/usr/bin/nsenter", "/usr/bin/unshare", "/usr/bin/prlimit", "/usr/sbin/dmsetup",
+    "/usr/bin/git",
     "/usr/lib/git-core/git-remote-http", "/usr/bin/tar", "/usr/bin/python3.11",
+    "/usr/bin/bash",
 )  # fmt: skip
+#: Scripts from the host's packages: ldd (glibc's, a bash script) finds the libraries
+#: of the Nix client the runner gives each Nix job.
+SCRIPTS = ("/usr/bin/ldd",)
 NIX_LINKS = ("nix-build", "nix-channel", "nix-collect-garbage", "nix-copy-closure",
              "nix-daemon", "nix-env", "nix-hash", "nix-instantiate", "nix-prefetch-url",
              "nix-shell", "nix-store")  # fmt: skip
@@ -168,16 +173,21 @@ def _plan(tree: Path, version: str, nix_options: dict[str, str]) -> _Plan:
         files[f"usr/lib/nixfarm-modules/{name}.ko"] = (index[name], 0o644)
     files["usr/lib/nixfarm-modules/order"] = ("".join(f"{n}\n" for n in order).encode(), 0o644)
 
-    missing = [p for p in (*PROGRAMS, str(BUSYBOX)) if not Path(p).is_file()]
+    missing = [p for p in (*PROGRAMS, *SCRIPTS, str(BUSYBOX)) if not Path(p).is_file()]
     if missing:
         raise ImageError(f"The netboot image needs {', '.join(missing)} (scripts/setup "
                          "installs the Debian packages they come from).")
     files["usr/bin/busybox"] = (BUSYBOX, 0o755)
     for program in PROGRAMS:
         files[_usr(program)] = (Path(program), 0o755)
+    for script in SCRIPTS:
+        files[_usr(script)] = (Path(script), 0o755)
     for link in NIX_LINKS:
         links[f"usr/bin/{link}"] = "nix"
     links["usr/bin/python3"] = "python3.11"
+    # Nix starts its build hook for every build (there is no remote builder, but the
+    # hook must exist): Debian's is a link to nix.
+    links["usr/libexec/nix/build-remote"] = "../../bin/nix"
 
     site = _site_packages()
     objects: list[Path] = [Path(p) for p in PROGRAMS]

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field
 
+from nixfarm.naming import CACHE_NAME_PATTERN
 from nixfarm.wire.base import Wire
 
 #: A revision: a commit, branch or tag name (no option-like leading dash).
 REV = r"^[A-Za-z0-9._/^~@{}-]{1,200}$"
-#: The expression's file, relative to the repository's root.
-FILE = r"^[A-Za-z0-9._/-]{1,200}$"
+#: The expression's file, relative to the repository's root. (Every value here goes
+#: into the job's manifest and task script: the patterns keep them plain words.)
+FILE = r"^[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}$"
 #: An attribute path (``-A``).
 ATTR = r"^[A-Za-z0-9._-]{0,200}$"
 #: A package of the farm's Nix package set, in the job's image.
-PACKAGE = r"^[A-Za-z0-9._+-]{1,100}$"
+PACKAGE = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$"
 
 
 class ReleaseRequest(Wire):
@@ -25,7 +29,8 @@ class ReleaseRequest(Wire):
     rev: str = Field(pattern=REV)
     file: str = Field(default="release.nix", pattern=FILE)
     attr: str = Field(default="", pattern=ATTR)
-    cache: str = Field(min_length=1, max_length=128)
+    cache: str = Field(pattern=f"^{CACHE_NAME_PATTERN}$")
     #: Packages of the farm's Nix package set the build's image holds (its shell tools).
-    packages: list[str] = Field(default=["coreutils"], max_length=50)
+    packages: list[Annotated[str, Field(pattern=PACKAGE)]] = Field(
+        default=["coreutils"], max_length=50)
     tags: list[str] = Field(default=[], max_length=19)

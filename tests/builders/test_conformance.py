@@ -1,14 +1,17 @@
 """What every provider must do (nixfarm/builders/base.py), run against each one that
-can be reached here: ``vultr`` through the fake Vultr API. (A provider added later
-joins the parametrisation with a factory of its own.)"""
+can be reached here: ``vultr`` through the fake Vultr API, and ``local`` for real (its
+instances are qemu processes, booting an iPXE URL nobody answers). (A provider added
+later joins the parametrisation with a factory of its own.)"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from nixfarm.builders.base import InstanceSpec, Provider, farm_tag, tags_of, user_data
+from nixfarm.builders.local import LocalProvider
 from nixfarm.builders.vultr import VultrProvider
 from nixfarm.config import VultrSettings
 from tests.builders.fakevultr import KEY, FakeVultr
@@ -16,24 +19,33 @@ from tests.builders.fakevultr import KEY, FakeVultr
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["vultr"])
-async def provider(request: pytest.FixtureRequest, vultr: FakeVultr
+#: A small plan of each provider.
+PLANS = {"vultr": "vc2-1c-1gb", "local": "1c-256m-1g"}
+
+
+@pytest.fixture(params=["vultr", "local"])
+async def provider(request: pytest.FixtureRequest, tmp_path: Path
                    ) -> AsyncIterator[Provider]:
-    made = VultrProvider(VultrSettings(api_key=KEY, api_url=vultr.url))
+    made: Provider
+    if request.param == "vultr":
+        vultr: FakeVultr = request.getfixturevalue("vultr")
+        made = VultrProvider(VultrSettings(api_key=KEY, api_url=vultr.url))
+    else:
+        made = LocalProvider(tmp_path / "local")
     yield made
     await made.close()
 
 
-def spec(n: int, farm: str = "conf") -> InstanceSpec:
-    return InstanceSpec(name=f"conf-{n}", region="ewr", plan="vc2-1c-1gb", image="",
+def spec(n: int, farm: str = "conf", provider: str = "vultr") -> InstanceSpec:
+    return InstanceSpec(name=f"conf-{n}", region="ewr", plan=PLANS[provider], image="",
                         boot_url=f"http://127.0.0.1:1/builders/{n}/boot.ipxe",
                         user_data=user_data("http://127.0.0.1:1", "nfe_x"),
                         tags=tags_of(farm, "p", n))
 
 
 async def test_the_four_verbs(provider: Provider) -> None:
-    made = await provider.create(spec(1))
-    other = await provider.create(spec(2, farm="another"))
+    made = await provider.create(spec(1, provider=provider.name))
+    other = await provider.create(spec(2, farm="another", provider=provider.name))
     try:
         # create answers at once, with the tags kept and the builder readable from them.
         assert made.state in ("pending", "active") and made.provider == provider.name
