@@ -33,7 +33,7 @@ from nixfarm.naming import check_cache_name
 from nixfarm.nix import nix32
 from nixfarm.nix.compression import EXTENSIONS, compression_of
 from nixfarm.nix.hashes import normalise_hash, parse_hash
-from nixfarm.nix.narinfo import NarInfo, fingerprint
+from nixfarm.nix.narinfo import NarInfo, check_content_address, fingerprint
 from nixfarm.nix.signing import SecretKey
 from nixfarm.nix.storepath import DRV_BASENAME, STORE_DIR, StorePath, is_hash_part
 from nixfarm.storage.base import Download, ObjectStore
@@ -312,6 +312,12 @@ class CacheService:
         references = [_basename(r) for r in upload.references]
         deriver = _basename(upload.deriver) if upload.deriver else None
         nar_hash = _normal_hash(upload.nar_hash, "nar_hash")
+        if upload.ca is not None:
+            # It is served as the narinfo's CA line, as a narinfo PUT's would be.
+            try:
+                check_content_address(upload.ca)
+            except InvalidInput as e:
+                raise InvalidInput(f"ca: {e.message}", field="ca") from None
         if compression not in EXTENSIONS:
             raise InvalidInput(f"unsupported compression {compression!r}", field="compression")
         async with self.db.session() as s:

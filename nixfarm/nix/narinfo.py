@@ -54,6 +54,12 @@ def _hash(key: str, value: str) -> str:
         raise _bad(key, f"is not a sha256 hash ({exc})") from exc
 
 
+def check_content_address(value: str) -> str:
+    """``value`` if it is a content address as Nix writes one (a narinfo's ``CA``);
+    InvalidInput otherwise (a newline in it, for one, would add lines to a narinfo)."""
+    return _content_address(value)
+
+
 def _content_address(value: str) -> str:
     # What Nix writes: text:sha256:<hash> (a derivation or text file) or
     # fixed:[r:]<algo>:<hash> (a fixed-output path, r: for recursive); Nix reads the

@@ -13,7 +13,8 @@ Then, with the job's grant (a token that may push to that one cache):
 1. the outputs' closures are uploaded with ``nixfarm.client.push`` (only what the
    cache lacks; the server signs each narinfo with the cache's key);
 2. for the outputs and every path this push uploaded, the build log of its deriver,
-   if the host's Nix kept one (``nix-store --read-log``, where the daemon wrote it),
+   if that derivation is the job's own (in its Nix proxy's view) and the host's Nix
+   kept one (``nix-store --read-log``, where the daemon wrote it),
    is uploaded to ``PUT /cache/NAME/log/<drv>``, streamed, once per derivation: what
    ``nix log`` asks a binary cache for.
 
@@ -97,7 +98,12 @@ def pusher(grant: CacheGrant) -> CachePusher:
                 ctx.setup(f"Pushed {path}")
             derivers = [i.deriver for i in infos if i.deriver]
             derivers += [i.deriver for i in await command.path_info(uploaded) if i.deriver]
+            # The host's store names one deriver per path, maybe another tenant's (a
+            # fetcher's log may hold URLs with credentials): only the job's own logs go.
+            proxy = getattr(ctx.box(), "nix_proxy", None)
             for drv in dict.fromkeys(derivers):
+                if proxy is not None and drv not in proxy.view.paths:
+                    continue
                 if await _push_log(client, grant.name, drv):
                     ctx.setup(f"Pushed the build log of {drv}")
         ctx.setup(f"Cache {grant.name} has {', '.join(outputs)}")

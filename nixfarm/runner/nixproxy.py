@@ -45,6 +45,7 @@ import os
 import re
 import stat
 import struct
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,9 @@ log = logging.getLogger("nixfarm.runner.nixproxy")
 
 STORE = "/nix/store"
 _MAGIC_1 = 0x6E697863
+_MAGIC_2 = 0x6478696F
+#: Connections one job may have open to its daemon at once (each is a daemon worker).
+MAX_CONNECTIONS = 32
 _STDERR_LAST = 0x616C7473
 _STDERR_ERROR = 0x63787470
 _MAX_STRING = 64 * 1024**2
@@ -104,12 +108,18 @@ class StoreView:
         self.pending: dict[str, str] = {}
         #: derivations whose inputs, all the way down, are in the view
         self.checked: set[str] = set()
+        #: whether ``pending`` may have changed since it was last checked (then, or a
+        #: second later, it is checked again: one nix-store at a time, not one per query)
+        self.stale = True
+        self._checked_at = 0.0
+        self._checking = asyncio.Lock()
 
     def add(self, path: str) -> None:
         self.paths.add(path)
 
     def add_derivation(self, drv: str, outputs: Iterable[str]) -> None:
         self.paths.add(drv)
+        self.stale = True
         for output in outputs:
             if output not in self.paths:
                 self.pending.setdefault(output, drv)
@@ -121,13 +131,20 @@ class StoreView:
             return True
         if base not in self.pending:
             return False
-        # Every derivation waiting is checked at once: one nix-store for a whole build.
-        drvs = sorted(set(self.pending.values()))
-        invalid = await _invalid(drvs)
-        for output, drv in list(self.pending.items()):
-            if drv not in invalid:
-                self.paths.add(output)
-                del self.pending[output]
+        async with self._checking:
+            now = time.monotonic()
+            if base in self.pending and (self.stale or now - self._checked_at >= 1.0):
+                self.stale = False
+                self._checked_at = now
+                # Every derivation waiting is checked at once: one nix-store for a whole
+                # build, and at most one a second for a client that asks again and again
+                # about outputs of derivations the daemon would not take.
+                drvs = sorted(set(self.pending.values()))
+                invalid = await _invalid(drvs)
+                for output, drv in list(self.pending.items()):
+                    if drv not in invalid:
+                        self.paths.add(output)
+                        del self.pending[output]
         return base in self.paths
 
     async def check(self, path: str, why: str) -> None:
@@ -186,14 +203,19 @@ def _read_derivation(path: str) -> bytes:
 
 async def _invalid(paths: list[str]) -> set[str]:
     """Which of ``paths`` are not valid in the runner's store (asked as the runner)."""
-    process = await asyncio.create_subprocess_exec(
-        "nix-store", "--check-validity", "--print-invalid", *paths,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL)
-    out, _ = await process.communicate()
-    if process.returncode != 0:
-        return set(paths)  # cannot tell: none of them counts
-    return set(out.decode().split())
+    invalid: set[str] = set()
+    for start in range(0, len(paths), 2000):  # argv stays far below ARG_MAX
+        batch = paths[start:start + 2000]
+        process = await asyncio.create_subprocess_exec(
+            "nix-store", "--check-validity", "--print-invalid", *batch,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL)
+        out, _ = await process.communicate()
+        if process.returncode != 0:
+            invalid.update(batch)  # cannot tell: none of them counts
+        else:
+            invalid.update(out.decode().split())
+    return invalid
 
 
 def store_path(kind: str, digest: bytes, name: str) -> str:
@@ -397,6 +419,7 @@ class NixProxy:
         self.job = job
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._serving = 0
 
     async def start(self, uid: int | None = None) -> None:
         """Listen; the socket is given to ``uid`` (the sandbox's host user) alone."""
@@ -423,10 +446,26 @@ class NixProxy:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self._connections) >= 2 * MAX_CONNECTIONS:
+            writer.close()  # a flood: not even a word
+            return
         self._connections.add(task)
         try:
-            await self._serve(reader, writer)
-        except (_Closed, ConnectionError, asyncio.IncompleteReadError):
+            if self._serving >= MAX_CONNECTIONS:
+                # Each connection served is a root nix-daemon worker: a job gets a few,
+                # not thousands. Told in the protocol, without asking the daemon.
+                log.warning("job %s: more than %d Nix connections at once", self.job,
+                            MAX_CONNECTIONS)
+                await asyncio.wait_for(_refuse(reader, writer, (
+                    f"nixfarm: a job may have at most {MAX_CONNECTIONS} connections to "
+                    "its Nix daemon open at once")), 10)
+                return
+            self._serving += 1
+            try:
+                await self._serve(reader, writer)
+            finally:
+                self._serving -= 1
+        except (_Closed, ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass
         except Exception:
             log.exception("job %s: nix proxy connection failed", self.job)
@@ -460,7 +499,12 @@ class NixProxy:
             up_w.write(bytes(copy))
             copy.clear()
             pump = asyncio.create_task(_pump(up_r, client_w))
+            op = 0
             while True:
+                if op in (7, 8):
+                    # The daemon has answered our last AddToStore (the client asks no
+                    # more before): a derivation it added may be valid now.
+                    self.view.stale = True
                 op = await client.u64()
                 try:
                     local = await self._operation(op, client, minor, up_w)
@@ -510,7 +554,7 @@ class NixProxy:
         if op == 13:  # SyncWithGC
             return last + _u64(1)
         if op == 19:
-            await _set_options(client, minor)
+            client.copy[:] = _u64(op) + await _set_options(client, minor)
             return None
         if op == 29:  # QueryPathFromHashPart, answered from the view
             part = await client.text()
@@ -518,10 +562,10 @@ class NixProxy:
                          "")
             return last + _string(found.encode())
         if op in (31, 32):  # QueryValidPaths / QuerySubstitutablePaths
-            client.copy.clear()
             paths = [p for p in await client.strings() if await view.sees(p)]
             substitute = await client.u64() if op == 31 and minor >= 27 else None
-            client.copy += _u64(op) + _u64(len(paths)) + b"".join(
+            # The request goes on rewritten: only the paths in the view.
+            client.copy[:] = _u64(op) + _u64(len(paths)) + b"".join(
                 _string(p.encode()) for p in paths)
             if substitute is not None:
                 client.copy += _u64(substitute)
@@ -598,13 +642,55 @@ class NixProxy:
             self.view.add(path)
 
 
-async def _set_options(client: _Reader, minor: int) -> None:
-    for _ in range(12):  # keepFailed ... useSubstitutes
-        await client.u64()
+#: SetOptions fields (Nix 2.8's order) the proxy rewrites, by index.
+_KEEP_FAILED, _MAX_BUILD_JOBS, _BUILD_CORES = 0, 4, 10
+#: Settings a client may send that the daemon applies even for untrusted users and a
+#: job may not have: ``build-repeat`` builds everything again, N times.
+_DROPPED_SETTINGS = frozenset({"build-repeat", "repeat"})
+
+
+async def _set_options(client: _Reader, minor: int) -> bytes:
+    """Read SetOptions; the request as it goes on, clamped.
+
+    The daemon takes these fields from any client, trusted or not. A job keeps no failed
+    build directories on the host (``keep-failed``: a disk filled with them), runs at
+    most as many builds at once and gives each at most as many cores as the runner has.
+    """
+    fields = [await client.u64() for _ in range(12)]  # keepFailed ... useSubstitutes
+    cpus = os.cpu_count() or 1
+    fields[_KEEP_FAILED] = 0
+    fields[_MAX_BUILD_JOBS] = min(fields[_MAX_BUILD_JOBS], cpus)
+    fields[_BUILD_CORES] = min(fields[_BUILD_CORES] or cpus, cpus)
+    out = b"".join(map(_u64, fields))
     if minor >= 12:
-        for _ in range(await client.u64()):
-            await client.string()
-            await client.string()
+        kept: list[tuple[bytes, bytes]] = []
+        count = await client.u64()
+        if count > 10_000:
+            raise Refused(f"SetOptions with {count} settings is more than this proxy takes")
+        for _ in range(count):
+            name, value = await client.string(), await client.string()
+            if name.decode(errors="replace") not in _DROPPED_SETTINGS:
+                kept.append((name, value))
+        out += _u64(len(kept)) + b"".join(_string(n) + _string(v) for n, v in kept)
+    return out
+
+
+async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                  message: str) -> None:
+    """Shake hands as a daemon of protocol 1.26 would, and answer ``message`` as an
+    error (a Nix client prints it and stops)."""
+    copy = bytearray()
+    client = _Reader(reader, copy)
+    if await client.u64() != _MAGIC_1:
+        return
+    writer.write(_u64(_MAGIC_2) + _u64(1 << 8 | 26))
+    await writer.drain()
+    await client.u64()  # the client's version
+    if await client.u64():  # CPU affinity
+        await client.u64()
+    await client.u64()  # reserveSpace
+    writer.write(error_reply(message))
+    await writer.drain()
 
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

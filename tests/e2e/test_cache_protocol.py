@@ -189,11 +189,16 @@ def test_truncated_and_lying_pushes_are_refused(farm: RunningFarm, tmp_path: Pat
             (nar[:-7], info, "archive ends early"),
             (nar, {**info, "nar_size": len(nar) + 1}, "not sha256"),
             (nar, {**info, "nar_hash": "sha256:" + _h(b"x")}, "not sha256"),
-            (nar + b"\0" * 8, {**info, "nar_size": len(nar) + 8}, "follows the end")):
+            (nar + b"\0" * 8, {**info, "nar_size": len(nar) + 8}, "follows the end"),
+            # A content address with a line of its own would be served in the narinfo.
+            (nar, {**info, "ca": f"fixed:r:sha256:{_h(nar)}\nDeriver: x"}, "ca: "),
+            (nar, {**info, "ca": "nonsense"}, "ca: ")):
         r = farm.request("PUT", f"/api/v1/caches/{cache}/paths/{basename}", content=body,
                          headers={"X-Nixfarm-Path-Info": json.dumps(claimed)})
         assert r.status_code == 400, r.text
         assert error in r.json()["error"]["message"], r.text
+        if "ca" in claimed:
+            assert r.json()["error"]["field"] == "ca", r.text
     r = farm.request("PUT", f"/api/v1/caches/{cache}/paths/{basename}", content=b"junk",
                      headers={"X-Nixfarm-Path-Info": json.dumps({**info, "compression": "xz"})})
     assert r.status_code == 400

@@ -7,10 +7,12 @@ attacker is ``workerclient``: what a job could send with a few lines of any lang
 from __future__ import annotations
 
 import asyncio
+import glob
 import shutil
 import subprocess
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -18,8 +20,9 @@ from typing import Any, TypeVar
 
 import pytest
 
+from nixfarm.runner import nixproxy
 from nixfarm.runner.nixd import NixDaemon
-from nixfarm.runner.nixproxy import NixProxy, StoreView
+from nixfarm.runner.nixproxy import MAX_CONNECTIONS, NixProxy, StoreView
 from tests.security.workerclient import Client, DaemonError, derivation
 
 T = TypeVar("T")
@@ -156,4 +159,75 @@ def test_a_derivation_built_by_the_job_is_checked_before_it_is_built(
         assert secret.encode() not in got, "the job read another tenant's path"
     assert f"{victim_path} is not a store path of this job" in str(refused.value)
     assert not Path(inner_out).exists()  # it never ran with the path in its sandbox
+    client.close()
+
+
+def test_a_job_has_a_few_daemon_connections_not_thousands(rig: Rig, busybox: str) -> None:
+    proxy = rig.proxy({busybox})
+    clients = [Client(proxy.path) for _ in range(MAX_CONNECTIONS)]
+    with pytest.raises(DaemonError) as refused:
+        Client(proxy.path)
+    assert f"at most {MAX_CONNECTIONS} connections" in str(refused.value)
+    assert all(c.is_valid(busybox) for c in clients)  # those served still are
+    clients.pop().close()
+    deadline = time.monotonic() + 30
+    while True:  # the proxy sees the hang-up as it reads the next request
+        try:
+            clients.append(Client(proxy.path))
+            break
+        except DaemonError:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    for client in clients:
+        client.close()
+
+
+def test_a_job_cannot_keep_failed_builds_on_the_host(rig: Rig, busybox: str) -> None:
+    proxy = rig.proxy({busybox})
+    marker = uuid.uuid4().hex[:12]
+    shell = f"{busybox}/bin/busybox"
+    text, drv, _ = derivation(f"fail-{marker}", shell,
+                              ["sh", "-c", f"{shell} dd if=/dev/zero of=junk bs=1k count=64;"
+                               " exit 1"], [busybox], references=(busybox,))
+    client = Client(proxy.path)
+    client.set_options(keep_failed=True, max_jobs=100_000, cores=100_000,
+                       overrides={"build-repeat": "5", "keep-failed": "true"})
+    client.add_text(f"fail-{marker}.drv", text, [busybox])
+    with pytest.raises(DaemonError) as failed:
+        client.build([f"{drv}!out"])
+    assert "failed" in str(failed.value)
+    said = "\n".join(failed.value.said)
+    assert "keeping build directory" not in said, said
+    assert not glob.glob(f"/tmp/nix-build-fail-{marker}.drv-*"), "kept on the host"
+    client.close()
+
+
+def test_asking_about_outputs_again_and_again_checks_the_store_once_a_second(
+        rig: Rig, busybox: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    proxy = rig.proxy({busybox})
+    marker = uuid.uuid4().hex[:12]
+    # A derivation whose output is not its own: the daemon refuses it, and its output
+    # stays pending in the view: every question about it made the proxy run nix-store.
+    _, _, other = derivation(f"other-{marker}", "/bin/sh", [], [])
+    text, _, out = derivation(f"forged-{marker}", "/bin/sh", [], [])
+    text = text.replace(out, other)
+    client = Client(proxy.path)
+    with pytest.raises(DaemonError):
+        client.add_text(f"forged-{marker}.drv", text, [])
+    client.close()
+    calls: list[int] = []
+    real = nixproxy._invalid
+
+    async def counted(paths: list[str]) -> set[str]:
+        calls.append(len(paths))
+        return await real(paths)
+
+    monkeypatch.setattr(nixproxy, "_invalid", counted)
+    client = Client(proxy.path)
+    started = time.monotonic()
+    assert client.valid_paths([other] * 500 + [busybox]) == [busybox]
+    for _ in range(200):
+        assert not client.is_valid(other)
+    elapsed = time.monotonic() - started
+    assert 1 <= len(calls) <= elapsed + 2, (len(calls), elapsed)
     client.close()

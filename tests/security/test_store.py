@@ -236,3 +236,48 @@ def test_a_forged_derivation_does_not_open_another_tenants_path(alice: Tenant,
     found = statuses(log)
     assert found["forge"] != 0 and found["build"] != 0 and found["valid"] != 0, log
     assert secret not in log
+
+
+SAME_OUTPUT_NIX = """\
+{ bb, marker, says }:
+derivation {
+  name = "fetched-${marker}"; system = builtins.currentSystem;
+  builder = "${builtins.storePath bb}/bin/sh";
+  args = [ "-c" "echo ${says}; echo x > $out" ];
+  outputHashMode = "flat"; outputHashAlgo = "sha256"; outputHash = "@HASH@";
+}
+"""
+
+
+def test_cache_push_sends_no_build_log_of_another_tenant(alice: Tenant,
+                                                         mallory: Tenant) -> None:
+    farm = mallory.farm
+    marker = uuid.uuid4().hex[:12]
+    secret = f"https://alice:{uuid.uuid4().hex}@example.org/x"
+    nix = SAME_OUTPUT_NIX.replace("@HASH@", hashlib.sha256(b"x\n").hexdigest())
+
+    def build(says: str) -> str:
+        return (f"{BUSYBOX}\ncat > same.nix <<'EOF'\n{nix}EOF\n"
+                f'echo DRV $(nix-instantiate same.nix --argstr bb "$bb" '
+                f"--argstr marker {marker} --argstr says '{says}')\n"
+                f'nix-build same.nix --argstr bb "$bb" --argstr marker {marker} '
+                f"--argstr says '{says}'\n")
+
+    # Alice's fixed-output derivation logs a URL with her credentials; Mallory's, a
+    # different derivation with the same output, is never built: the host's store
+    # names Alice's as the output's deriver.
+    job, log = alice.run({"fetch": build(secret)})
+    assert job["status"] == "success", log
+    (drv,) = set(re.findall(r"^DRV (/nix/store/\S+\.drv)$", log, re.M))
+    assert secret in subprocess.run(["nix-store", "--read-log", drv], capture_output=True,
+                                    text=True).stdout
+    cache, _ = farm.create_cache()
+    pusher = farm.cli("token", "create", "--name", f"pusher-{uuid.uuid4().hex[:6]}",
+                      "--scope", "jobs:submit", "--scope", f"cache:{cache}:push"
+                      ).stdout.strip()
+    thief = Tenant(farm, "thief", pusher)
+    job, log = thief.run({"fetch": build("nothing")}, f"cache: {cache}\n")
+    assert job["status"] == "success", log
+    assert f"Pushed the build log of {drv}" not in log, log
+    assert farm.get(f"/cache/{cache}/log/{drv.split('/')[-1]}").status_code == 404
+    assert secret not in log

@@ -23,7 +23,12 @@ START, STOP, RESULT = 0x53545254, 0x53544F50, 0x52534C54
 
 
 class DaemonError(Exception):
-    """The other side answered STDERR_ERROR (its message), or hung up."""
+    """The other side answered STDERR_ERROR (its message), or hung up; ``said``: what
+    it said before."""
+
+    def __init__(self, message: str, said: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.said = said or []
 
 
 def store_path(kind: str, digest: bytes, name: str) -> str:
@@ -150,12 +155,12 @@ class Client:
                 self.string()  # "Error"
                 message = self.string().decode(errors="replace")
                 if self.u64():
-                    raise DaemonError(message)  # a position: not from these requests
+                    raise DaemonError(message, said)  # a position: not from these requests
                 for _ in range(self.u64()):
                     if self.u64():
-                        raise DaemonError(message)
+                        raise DaemonError(message, said)
                     self.string()
-                raise DaemonError(message)
+                raise DaemonError(message, said)
             elif code == START:
                 self.u64()
                 self.u64()
@@ -197,6 +202,21 @@ class Client:
         self.strings()  # signatures
         self.string()  # content address
         return path
+
+    def set_options(self, keep_failed: bool = False, max_jobs: int = 1, cores: int = 1,
+                    overrides: dict[str, str] | None = None) -> None:
+        """SetOptions (verbosity: talkative, so the daemon says what it does)."""
+        fields = [int(keep_failed), 0, 0, 3, max_jobs, 0, 1, 3, 0, 0, cores, 1]
+        pairs = overrides or {}
+        self.send(19, b"".join(map(self._u64, fields)) + self._u64(len(pairs))
+                  + b"".join(self._string(k) + self._string(v) for k, v in pairs.items()))
+        self.wait()
+
+    def valid_paths(self, paths: list[str]) -> list[str]:
+        """QueryValidPaths (no substitution)."""
+        self.send(31, self._strings(paths) + self._u64(0))
+        self.wait()
+        return self.strings()
 
     def build(self, paths: list[str]) -> None:
         self.send(9, self._strings(paths) + self._u64(0))
