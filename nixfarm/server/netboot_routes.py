@@ -141,7 +141,8 @@ routes: list[BaseRoute] = [
 router = APIRouter(prefix="/v1", tags=["builders"])
 
 
-def _prefix(builder_id: int) -> str:
+def console_prefix(builder_id: int) -> str:
+    """Where a builder's console chunks are stored, in order."""
     return f"builders/{builder_id}/console/"
 
 
@@ -157,7 +158,7 @@ async def put_console(request: Request, builder_id: Id,
         raise Forbidden(f"token {who.name!r} is not builder {builder_id}'s", scope=RUNNER)
     data = await read_bounded(request, MAX_CONSOLE_CHUNK,
                               f"a console chunk is at most {MAX_CONSOLE_CHUNK} bytes")
-    key = f"{_prefix(builder_id)}{seq:08d}"
+    key = f"{console_prefix(builder_id)}{seq:08d}"
     if await farm.store.stat(key) is None:
         await farm.store.put(key, data)
     return Response(status_code=204)
@@ -174,7 +175,7 @@ async def get_console(request: Request, builder_id: Id,
     async with farm.db.session() as s:
         await q.get_builder(s, builder_id)
     data = bytearray()
-    async for info in farm.store.list(_prefix(builder_id)):
+    async for info in farm.store.list(console_prefix(builder_id)):
         data += await farm.store.read(info.key)
     return Response(bytes(data[offset:]), media_type="text/plain; charset=utf-8",
                     headers={"X-Console-Size": str(len(data))})

@@ -26,6 +26,21 @@ def test_a_builder_from_queue_to_destroyed(tmp_path: Path, vultr: FakeVultr) -> 
         machine = Machine(create)
         enrolled = machine.join()
         assert enrolled["server"] == farm.url and enrolled["pool"] == "vx"
+        # Its console, as its bootstrap ships it, on its page for an admin.
+        bid = enrolled["builder_id"]
+        r = machine.call("PUT", f"/api/v1/builders/{bid}/console/0",
+                         content=b"[    0.000000] Linux version 6.1\nnixfarm: enrolled <ok>\n")
+        assert r.status_code == 204, r.text
+        page = farm.get("/runners")
+        assert page.status_code == 200 and f'href="/runners/builders/{bid}"' in page.text
+        assert "ready" in page.text, page.text
+        page = farm.get(f"/runners/builders/{bid}")
+        assert page.status_code == 200, page.text
+        assert "nixfarm: enrolled &lt;ok&gt;" in page.text  # escaped, as printed
+        assert '<meta http-equiv="refresh"' in page.text  # live while it runs
+        assert "<td>enroll</td>" in page.text
+        assert farm.get(f"/runners/builders/{bid}", token="").status_code == 401
+        assert farm.get("/runners/builders/999").status_code == 404
         r = machine.claim(wait=10)
         assert r.status_code == 200 and r.json()["job_id"] == job["id"], r.text
         r = machine.call("POST", f"/api/v1/runners/{machine.runner_id}/jobs/{job['id']}/"
@@ -39,6 +54,8 @@ def test_a_builder_from_queue_to_destroyed(tmp_path: Path, vultr: FakeVultr) -> 
         assert vultr.live() == []
         shown = farm.get(f"/api/v1/builders/{enrolled['builder_id']}").json()
         assert shown["state"] == "destroyed"
+        page = farm.get(f"/runners/builders/{bid}")
+        assert "destroyed" in page.text and 'http-equiv="refresh"' not in page.text
         assert [d["action"] for d in reversed(shown["decisions"])] == [
             "create", "enroll", "destroy"]
         # Its credential went with it.

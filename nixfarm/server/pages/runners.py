@@ -1,8 +1,10 @@
 """The runners page: every registered runner, what it offers, what it runs, when it was
-last heard of; and the place where cloud builders (docs/design.md, ``builders/``) will
-be listed once the farm has them.
+last heard of; the farm's ephemeral builders (docs/builders.md) with their state; and a
+builder's own page: its decisions and its console (boot, bootstrap, runner output),
+refreshed while the machine lives.
 
-Runners are an admin's to see, as ``GET /api/v1/runners`` is.
+Runners and builders are an admin's to see, as ``GET /api/v1/runners`` and
+``/api/v1/builders`` are.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from nixfarm.db import browsing
 from nixfarm.db.models import utcnow
 from nixfarm.scopes import ADMIN
 from nixfarm.server.auth import farm_of
+from nixfarm.server.netboot_routes import console_prefix
 from nixfarm.server.pages import site
+from nixfarm.wire.base import Id
 
 router = APIRouter(include_in_schema=False)
 
@@ -47,6 +51,26 @@ async def runners_page(request: Request, who: site.Viewer = site.VIEWER) -> Resp
     rows = [{"runner": r, "jobs": running.get(r.id, []),
              "online": now - r.last_seen_at < max(ONLINE, timedelta(seconds=r.lease_seconds)),
              "seen": _ago((now - r.last_seen_at).total_seconds())} for r in runners]
-    # Cloud builders (issue 10) join this page when the farm has them: a list of rows
-    # like the runners', rendered by the template's "Builders" section.
-    return site.render(request, "runners.html", {"rows": rows, "builders": None})
+    builders = await farm.builders.list_builders()
+    return site.render(request, "runners.html", {"rows": rows, "builders": builders,
+                                                 "pools": farm.settings.builders.pools})
+
+
+#: The most of a builder's console its page shows (the end; the API has it all).
+CONSOLE_TAIL = 256 * 1024
+
+
+@router.get("/runners/builders/{builder_id}")
+async def builder_page(request: Request, builder_id: Id,
+                       who: site.Viewer = site.VIEWER) -> Response:
+    who.require(ADMIN)
+    farm = farm_of(request)
+    builder = await farm.builders.show(builder_id)
+    console = bytearray()
+    async for info in farm.store.list(console_prefix(builder_id)):
+        console += await farm.store.read(info.key)
+        del console[:-CONSOLE_TAIL]
+    live = builder.state != "destroyed"
+    return site.render(request, "builder.html", {
+        "b": builder, "console": console.decode(errors="replace"), "live": live,
+        "cut": CONSOLE_TAIL})
