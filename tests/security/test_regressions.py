@@ -40,8 +40,11 @@ def test_host_files_processes_and_privileges_stay_out_of_reach(
     assert found["marker"] != 0 and "host only" not in log
     assert found["shadow"] != 0 and found["etc"] != 0 and found["store"] != 0
     assert found["root"] != 0
-    assert found["nnp"] == 0 and found["caps"] == 0, log
+    assert found["caps"] == 0, log
     if mallory.sandbox == "bwrap":  # a guest kernel has threads of its own
+        # On the host's kernel no setuid file may make the job root; in a VM the
+        # guest's root is inside the VM (catalogue images give `build` sudo).
+        assert found["nnp"] == 0, log
         assert found["processes"] < 20, log  # the sandbox's own, not the host's
     assert "nixfarm" not in log.split("processes=")[1]
     assert not Path("/nix/store/evil").exists()
