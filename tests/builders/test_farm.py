@@ -34,6 +34,7 @@ def test_a_builder_from_queue_to_destroyed(tmp_path: Path, vultr: FakeVultr) -> 
         page = farm.get("/runners")
         assert page.status_code == 200 and f'href="/runners/builders/{bid}"' in page.text
         assert "ready" in page.text, page.text
+        assert f'href="/runners/builders/{bid}"' in farm.get("/").text  # the home page too
         page = farm.get(f"/runners/builders/{bid}")
         assert page.status_code == 200, page.text
         assert "nixfarm: enrolled &lt;ok&gt;" in page.text  # escaped, as printed

@@ -46,8 +46,10 @@ async def home(request: Request, who: site.Viewer = site.VIEWER) -> Response:
         silent = (now - runner.last_seen_at).total_seconds()
         states[runner.id] = ("offline" if silent > max(runner.lease_seconds, 60) * 2
                              else "busy" if busy.get(runner.name) else "idle")
+    builders = await farm.builders.list_builders() if who.may(ADMIN) else []
     return site.render(request, "home.html", {
-        "overview": overview, "runners": runners, "runner_states": states, "busy": busy})
+        "overview": overview, "runners": runners, "runner_states": states, "busy": busy,
+        "builders": builders})
 
 
 def _blank(value: str | None) -> str | None:
