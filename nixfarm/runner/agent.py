@@ -117,6 +117,10 @@ class Agent:
     #: Per job running: its task, and the list its stop reason goes into.
     _running: dict[int, tuple[asyncio.Task[JobResult], list[str]]] = field(
         default_factory=dict, init=False, repr=False)
+    #: Sandboxes kept for ``nixfarm shell`` after their job ended, by job: at most
+    #: ``slots`` at once, and they take no slot (the runner goes on claiming).
+    _holds: dict[int, asyncio.Task[None]] = field(default_factory=dict, init=False,
+                                                  repr=False)
 
     @property
     def kinds(self) -> list[str]:
@@ -165,6 +169,13 @@ class Agent:
                 for slot in range(self.slots):
                     group.create_task(self._slot(slot))
         finally:
+            # Kept sandboxes end with the runner (their holds see it stopping).
+            holds = list(self._holds.values())
+            if not self._stopping.is_set():
+                for task in holds:
+                    task.cancel()
+            if holds:
+                await asyncio.gather(*holds, return_exceptions=True)
             if self.nix is not None:
                 await self.nix.stop()
 
@@ -278,11 +289,23 @@ class Agent:
             return result
         try:
             await self._finish(a, result, held=True)
-            await hold(self.client, a.job_id, kept[0], a.heartbeat_wait,
-                       self._stopping.wait())
-        finally:
+        except BaseException:
             await kept[0].shutdown()
+            raise
+        self._holds[a.job_id] = asyncio.create_task(self._hold(a, kept[0]))
         return result
+
+    async def _hold(self, a: Assignment, sandbox: Sandbox) -> None:
+        try:
+            await hold(self.client, a.job_id, sandbox, a.heartbeat_wait,
+                       self._stopping.wait())
+        except Exception:
+            log.exception("job %d: serving its kept sandbox failed", a.job_id)
+        finally:
+            try:
+                await sandbox.shutdown()
+            finally:
+                self._holds.pop(a.job_id, None)
 
     async def _finish(self, a: Assignment, result: JobResult, held: bool = False) -> None:
         status: Literal["success", "failed", "interrupted"] = (
@@ -328,8 +351,11 @@ class Agent:
             home_size=a.limits.home_bytes, log_limit=a.limits.log_bytes,
             max_artifacts=a.limits.artifacts, artifact_limit=a.limits.artifact_bytes,
         )
-        if a.shell_hold_seconds > 0:
+        if a.shell_hold_seconds > 0 and len(self._holds) < self.slots:
             ctx.keep_sandbox = lambda result: result.status != "success" or manifest.shell
+        elif a.shell_hold_seconds > 0 and manifest.shell:
+            shipper.line(None, f"nixfarm: this runner keeps {len(self._holds)} sandboxes for "
+                               "shells already, its most: this job's will not be kept")
         result = await run_job(ctx)
         if ctx.kept and ctx.sandbox is not None:
             shipper.line(None, f"nixfarm: the sandbox is kept for {a.shell_hold_seconds / 60:g} "

@@ -9,8 +9,9 @@ terminal's end (``exit``), or, first, whether it started (``started`` / ``error`
 
 The hold ends when the server says its time is up (``release``), when the last
 session closes after at least one was opened, or when the runner stops; then the
-sandbox is shut down and the server told (``release``). The job's slot stays taken
-meanwhile, so a runner never holds more sandboxes than it has slots.
+sandbox is shut down and the server told (``release``). A kept sandbox takes no slot:
+the runner goes on claiming jobs, and keeps at most as many sandboxes as it has slots
+(a job ending past that is not kept).
 """
 
 from __future__ import annotations
