@@ -149,7 +149,7 @@ class BwrapSandbox(Lifecycle):
         )
         self._limits_kind = limits
         self._cgroup_parent = cgroup_parent
-        self._tools = {t: _tool(t) for t in ("bwrap", "nsenter", "setpriv")}
+        self._tools = {t: _tool(t) for t in ("bwrap", "nsenter", "setpriv", "env")}
         self.state_dir: Path | None = None
         self.confinement: Confinement | None = None
         #: The job's Nix socket (with a Nix client): its ``view`` is what the job may use.
@@ -367,7 +367,12 @@ class BwrapSandbox(Lifecycle):
             raise SandboxError("The sandbox is not running.", sandbox=self.name)
         inner = list(argv) if cwd == BUILD_HOME else ["/bin/sh", "-c", _IN_DIR, "sh", cwd, *argv]
         namespaces = ["-U", "-m", "-p", "-i", "-u", "-n"]
-        return [*self.confinement.prefix(), *self._as_host_user(), self._tools["nsenter"],
+        # Signals the runner inherited as ignored (a runner started in the background
+        # of a shell ignores SIGINT and SIGQUIT) stay ignored across exec: a task's
+        # ^C and `trap ... INT` would do nothing. They start at their defaults, as in a
+        # container of its own.
+        return [*self.confinement.prefix(), *self._as_host_user(), self._tools["env"],
+                "--default-signal=INT,QUIT", self._tools["nsenter"],
                 "-t", str(self.init_pid), *namespaces,
                 "--preserve-credentials", "--root", "--wd", "--", *inner]  # fmt: skip
 
