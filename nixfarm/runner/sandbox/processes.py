@@ -118,8 +118,14 @@ class OutputPipe:
         """Read into ``lines`` until ``ended`` gives the command's status, then until
         EOF or ``LEFTOVER_SECONDS``; the status."""
         reading = asyncio.ensure_future(read_stream(self.reader, lines.feed))
+        ending = asyncio.ensure_future(ended)
         try:
-            status = await ended
+            # What the line callback raises (the log limit) ends the wait at once: the
+            # command may be blocked writing to a pipe nobody reads any more.
+            await asyncio.wait([reading, ending], return_when=asyncio.FIRST_COMPLETED)
+            if reading.done() and reading.exception() is not None:
+                reading.result()
+            status = await ending
             done, _ = await asyncio.wait([reading], timeout=LEFTOVER_SECONDS)
             if reading in done:
                 reading.result()
@@ -131,6 +137,7 @@ class OutputPipe:
             return status
         finally:
             reading.cancel()
+            ending.cancel()
             self.close()
 
 
