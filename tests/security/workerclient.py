@@ -82,16 +82,20 @@ class Client:
 
     def __init__(self, path: Path, timeout: float = 120) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(str(path))
-        self.sock.sendall(self._u64(MAGIC_1))
-        if self.u64() != MAGIC_2:
-            raise DaemonError("not a Nix daemon")
-        self.minor = min(self.u64(), VERSION) & 0xFF
-        self.sock.sendall(self._u64(VERSION) + self._u64(0) + self._u64(0))
-        if self.minor >= 33:
-            self.string()  # the daemon's Nix version
-        self.wait()
+        try:
+            self.sock.settimeout(timeout)
+            self.sock.connect(str(path))
+            self.sock.sendall(self._u64(MAGIC_1))
+            if self.u64() != MAGIC_2:
+                raise DaemonError("not a Nix daemon")
+            self.minor = min(self.u64(), VERSION) & 0xFF
+            self.sock.sendall(self._u64(VERSION) + self._u64(0) + self._u64(0))
+            if self.minor >= 33:
+                self.string()  # the daemon's Nix version
+            self.wait()
+        except BaseException:
+            self.sock.close()  # a refused connection leaks no socket
+            raise
 
     def close(self) -> None:
         self.sock.close()
