@@ -5,7 +5,8 @@ checkout; inside it the README's first command runs (``scripts/setup && .venv/bi
 up --demo``), then its examples: build ``hello`` from the demo set, ``nixfarm push`` it,
 ``nix copy --to`` a path the cache lacks with a netrc token, substitute both into a fresh
 store with signatures required, ``skopeo inspect`` an image built on demand, and
-``nixfarm submit --follow`` an ``image: nix`` job. A failure names the README step and
+``nixfarm submit --follow`` an ``image: nix`` job, signs in on the web, and tries the
+farm as a stranger with a ``jobs:submit`` token would. A failure names the README step and
 shows the output that broke.
 
 This is the check that a green CI run means a new machine works: it depends on nothing
@@ -123,6 +124,57 @@ def test_the_readme_works_on_a_pristine_debian_12(root: PristineRoot, tmp_path: 
         .venv/bin/nixfarm submit hello.yml --follow
     """.replace("\n        ", "\n"), timeout=600)
     assert "Hello, world!" in followed, followed
+
+    # "Look at it in a browser": sign in with a token (a session cookie, CSRF-checked
+    # form), see the private job; Debian's Chromium (installed by setup) renders a page.
+    web = readme.step("sign in on the web and read the job", f"""
+        .venv/bin/python - <<'PY'
+        import re, httpx
+        url, token = "{readme.url}", open("data/admin.token").read().strip()
+        with httpx.Client(base_url=url) as anyone:
+            page = anyone.get("/jobs")
+            assert "Hello" not in page.text
+        with httpx.Client(base_url=url, follow_redirects=True) as browser:
+            form = browser.get("/sign-in").text
+            csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)
+            done = browser.post("/sign-in", data={{"token": token, "csrf": csrf, "next": "/jobs"}})
+            assert done.status_code == 200 and "Sign out" in done.text, done.text[:500]
+            job = re.search(r'href="/jobs/([0-9]+)"', done.text).group(1)
+            page = browser.get(f"/jobs/{{job}}")
+            assert page.status_code == 200 and "Hello, world!" in page.text, page.text[:500]
+            print("signed in; job", job, "readable")
+        PY
+        chromium --headless --no-sandbox --disable-gpu --dump-dom {readme.url}/sign-in \
+          2>/dev/null | grep -c 'name="token"'
+    """.replace("\n        ", "\n"))
+    assert "readable" in web and web.strip().splitlines()[-1] != "0", web
+    job_id = web.split("signed in; job ", 1)[1].split()[0]
+
+    # A stranger with only jobs:submit: cannot read the job above, cannot delete a
+    # store path through the job's Nix, cannot read the host's files.
+    attacked = readme.step("try it as an attacker with a jobs:submit token", f"""
+        mallory=$(.venv/bin/nixfarm token create --name mallory --scope jobs:submit)
+        .venv/bin/python - "$mallory" <<'PY'
+        import sys, httpx
+        r = httpx.get("{readme.url}/api/v1/jobs/{job_id}",
+                      headers={{"Authorization": "Bearer " + sys.argv[1]}})
+        assert r.status_code == 404, r.text
+        print("private job: 404")
+        PY
+        cat > evil.yml <<'YAML'
+        image: nix
+        packages: [coreutils]
+        tasks:
+          - evil: |
+              nix-store --delete {hello} && echo DELETED || echo refused
+              cat /root/.bashrc /etc/shadow 2>/dev/null && echo HOSTFILES || echo no-host-files
+        YAML
+        .venv/bin/nixfarm submit --token "$mallory" evil.yml --follow || true
+        nix-store --check-validity {hello} && echo still-valid
+    """.replace("\n        ", "\n"), timeout=600)
+    assert "private job: 404" in attacked and "still-valid" in attacked, attacked
+    assert "DELETED" not in attacked and "HOSTFILES" not in attacked, attacked
+    assert "refused" in attacked and "no-host-files" in attacked, attacked  # it ran
 
 
 def _wait_until_up(readme: Readme, farm: subprocess.Popen[bytes], log: Path) -> None:
