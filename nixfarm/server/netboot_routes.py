@@ -43,6 +43,7 @@ from nixfarm.netboot.image import NetbootImage, netboot_image
 from nixfarm.scopes import ADMIN, RUNNER
 from nixfarm.server.auth import farm_of, require
 from nixfarm.server.body import read_bounded
+from nixfarm.storage.base import ObjectStore
 from nixfarm.wire.base import MAX_INT, Id
 
 #: Where each provider's machines find their user data (the ``nixfarm.userdata=`` word).
@@ -174,8 +175,24 @@ async def get_console(request: Request, builder_id: Id,
     farm = farm_of(request)
     async with farm.db.session() as s:
         await q.get_builder(s, builder_id)
+    data, size = await read_console(farm.store, builder_id, offset)
+    return Response(data, media_type="text/plain; charset=utf-8",
+                    headers={"X-Console-Size": str(size)})
+
+
+async def read_console(store: ObjectStore, builder_id: int,
+                       offset: int | None = None, tail: int = 0) -> tuple[bytes, int]:
+    """A builder's console from byte ``offset`` (or its last ``tail`` bytes when
+    ``offset`` is None), and the whole console's size. The listing gives the chunks'
+    sizes: only the chunks (and parts) asked for are read."""
+    chunks = [info async for info in store.list(console_prefix(builder_id))]
+    size = sum(info.size for info in chunks)
+    start = max(size - tail, 0) if offset is None else min(offset, size)
     data = bytearray()
-    async for info in farm.store.list(console_prefix(builder_id)):
-        data += await farm.store.read(info.key)
-    return Response(bytes(data[offset:]), media_type="text/plain; charset=utf-8",
-                    headers={"X-Console-Size": str(len(data))})
+    at = 0
+    for info in chunks:
+        if at + info.size > start:
+            async for piece in store.get(info.key, max(start - at, 0)):
+                data += piece
+        at += info.size
+    return bytes(data), size

@@ -31,6 +31,14 @@ def test_a_builder_from_queue_to_destroyed(tmp_path: Path, vultr: FakeVultr) -> 
         r = machine.call("PUT", f"/api/v1/builders/{bid}/console/0",
                          content=b"[    0.000000] Linux version 6.1\nnixfarm: enrolled <ok>\n")
         assert r.status_code == 204, r.text
+        r = machine.call("PUT", f"/api/v1/builders/{bid}/console/1", content=b"second chunk\n")
+        assert r.status_code == 204, r.text
+        whole = farm.get(f"/api/v1/builders/{bid}/console")
+        assert whole.text.endswith("<ok>\nsecond chunk\n"), whole.text
+        size = int(whole.headers["X-Console-Size"])
+        assert size == len(whole.content)
+        part = farm.get(f"/api/v1/builders/{bid}/console", params={"offset": size - 8})
+        assert part.content == b"d chunk\n" and part.headers["X-Console-Size"] == str(size)
         page = farm.get("/runners")
         assert page.status_code == 200 and f'href="/runners/builders/{bid}"' in page.text
         assert "ready" in page.text, page.text

@@ -18,7 +18,7 @@ from nixfarm.db import browsing
 from nixfarm.db.models import utcnow
 from nixfarm.scopes import ADMIN
 from nixfarm.server.auth import farm_of
-from nixfarm.server.netboot_routes import console_prefix
+from nixfarm.server.netboot_routes import read_console
 from nixfarm.server.pages import site
 from nixfarm.wire.base import Id
 
@@ -66,11 +66,8 @@ async def builder_page(request: Request, builder_id: Id,
     who.require(ADMIN)
     farm = farm_of(request)
     builder = await farm.builders.show(builder_id)
-    console = bytearray()
-    async for info in farm.store.list(console_prefix(builder_id)):
-        console += await farm.store.read(info.key)
-        del console[:-CONSOLE_TAIL]
+    console, size = await read_console(farm.store, builder_id, tail=CONSOLE_TAIL)
     live = builder.state != "destroyed"
     return site.render(request, "builder.html", {
         "b": builder, "console": console.decode(errors="replace"), "live": live,
-        "cut": CONSOLE_TAIL})
+        "cut": size > len(console)})
