@@ -29,7 +29,7 @@ from nixfarm.errors import NixfarmError
 from nixfarm.runner.protocol import LeaseLost, RunnerClient
 from nixfarm.runner.sandbox.base import Sandbox
 from nixfarm.runner.sandbox.terminal import Terminal
-from nixfarm.runner.shielding import uncancelled
+from nixfarm.runner.shielding import first_done, uncancelled
 from nixfarm.wire.runners import ShellRequest
 
 log = logging.getLogger("nixfarm.runner.hold")
@@ -117,12 +117,4 @@ async def _relay(ws: ClientConnection, terminal: Terminal) -> None:
                     rows, cols = fields["resize"][:2]
                     terminal.resize(int(rows), int(cols))
 
-    tasks = [asyncio.create_task(output()), asyncio.create_task(keys())]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+    await first_done(output(), keys())

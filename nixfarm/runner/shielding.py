@@ -10,7 +10,8 @@ swallowed, so the caller's cancellation still happens, just after the clean-up.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import contextlib
+from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 
 import anyio
@@ -45,3 +46,18 @@ async def until_either(call: asyncio.Future[Any], event: asyncio.Event) -> None:
         await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
     finally:
         waiting.cancel()
+
+
+async def first_done(*work: Coroutine[Any, Any, object]) -> None:
+    """Run ``work`` side by side until one of them ends, then cancel the others (a
+    relay's two directions: when either side ends, the relay is over). What they raise
+    is dropped: the end of a relay is not an error."""
+    tasks = [asyncio.create_task(w) for w in work]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

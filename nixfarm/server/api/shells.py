@@ -24,6 +24,7 @@ from nixfarm.builds import shells as sh
 from nixfarm.builds.services import BuildServices
 from nixfarm.errors import NixfarmError, Unavailable
 from nixfarm.events.base import Subscription
+from nixfarm.runner.shielding import first_done
 from nixfarm.scopes import JOBS_SUBMIT, RUNNER
 from nixfarm.server.auth import farm_of, require
 from nixfarm.wire.base import Id
@@ -82,16 +83,8 @@ async def _from_socket(ws: WebSocket, publish: str, services: BuildServices,
 
 async def _relay(ws: WebSocket, sub: Subscription, publish: str, services: BuildServices,
                  user: bool) -> None:
-    tasks = [asyncio.create_task(_to_socket(ws, sub, stop_on_exit=user)),
-             asyncio.create_task(_from_socket(ws, publish, services, user))]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+    await first_done(_to_socket(ws, sub, stop_on_exit=user),
+                     _from_socket(ws, publish, services, user))
 
 
 @router.websocket("/jobs/{job_id}/shell")
