@@ -301,11 +301,8 @@ class Agent:
                        self._stopping.wait())
         except Exception:
             log.exception("job %d: serving its kept sandbox failed", a.job_id)
-        finally:
-            try:
-                await sandbox.shutdown()
-            finally:
-                self._holds.pop(a.job_id, None)
+        finally:  # (``hold`` shuts the sandbox down, whatever happened)
+            self._holds.pop(a.job_id, None)
 
     async def _finish(self, a: Assignment, result: JobResult, held: bool = False) -> None:
         status: Literal["success", "failed", "interrupted"] = (

@@ -31,6 +31,7 @@ from nixfarm.client.push import push
 from nixfarm.errors import InvalidInput, NixfarmError, NotFound
 from nixfarm.nix import command
 from nixfarm.nix.storepath import STORE_DIR, StorePath
+from nixfarm.runner.nixproxy import NixProxy
 from nixfarm.runner.sandbox.base import BUILD_HOME
 from nixfarm.runner.steps import CachePusher, JobContext
 from nixfarm.wire.runners import CacheGrant
@@ -50,6 +51,9 @@ async def job_outputs(ctx: JobContext) -> list[str]:
     await ctx.box().run(["/bin/sh", "-c", _FIND, "sh", BUILD_HOME, str(SEARCH_DEPTH)],
                         lines.append)
     outputs: dict[str, None] = {}
+    # A link may name any path of the host's store; only the job's own are pushed
+    # (what its Nix socket let it add or build: see ``nixproxy``).
+    proxy = job_proxy(ctx)
     for line in lines:
         link, _, target = line.partition("\t")
         if not target.startswith(STORE_DIR + "/"):
@@ -60,9 +64,6 @@ async def job_outputs(ctx: JobContext) -> list[str]:
         except InvalidInput:
             raise InvalidInput(f"{link} points at {target!r}, which is not a top-level "
                                "store path", field="result") from None
-        # A link may name any path of the host's store; only the job's own are pushed
-        # (what its Nix socket let it add or build: see ``nixproxy``).
-        proxy = getattr(ctx.box(), "nix_proxy", None)
         if proxy is None:
             # Without the proxy nothing tells the job's paths from other tenants':
             # pushing would publish whatever host path a link names.
@@ -74,6 +75,13 @@ async def job_outputs(ctx: JobContext) -> list[str]:
                                "job", field="result")
         outputs[str(path)] = None
     return list(outputs)
+
+
+def job_proxy(ctx: JobContext) -> NixProxy | None:
+    """The job's Nix proxy, which knows its store paths; None in a sandbox without one."""
+    proxy = getattr(ctx.box(), "nix_proxy", None)
+    assert proxy is None or isinstance(proxy, NixProxy)
+    return proxy
 
 
 def pusher(grant: CacheGrant) -> CachePusher:
@@ -100,9 +108,9 @@ def pusher(grant: CacheGrant) -> CachePusher:
             derivers += [i.deriver for i in await command.path_info(uploaded) if i.deriver]
             # The host's store names one deriver per path, maybe another tenant's (a
             # fetcher's log may hold URLs with credentials): only the job's own logs go.
-            proxy = getattr(ctx.box(), "nix_proxy", None)
+            proxy = job_proxy(ctx)
             for drv in dict.fromkeys(derivers):
-                if proxy is not None and drv not in proxy.view.paths:
+                if proxy is None or drv not in proxy.view.paths:
                     continue
                 if await _push_log(client, grant.name, drv):
                     ctx.setup(f"Pushed the build log of {drv}")
