@@ -245,7 +245,7 @@ class BuilderService:
             jobs = await s.scalars(sa.select(Job).where(
                 Job.status == "queued", *poolmatch.conditions(pool))
                 .order_by(Job.id).limit(_MAX_QUEUE_LOOK))
-            return [j.id for j in jobs if poolmatch.cache_allowed(pool, j)]
+            return [j.id for j in jobs if poolmatch.cache_allowed(pool.caches, j)]
 
     def _out(self, builder: Builder, runner_id: int | None) -> BuilderOut:
         return BuilderOut(

@@ -10,6 +10,8 @@ Both use this module. A pool takes a job when the job's image is one of the pool
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import sqlalchemy as sa
 
 from nixfarm.config import PoolSettings
@@ -32,10 +34,11 @@ def conditions(pool: PoolSettings) -> list[sa.ColumnElement[bool]]:
     return out
 
 
-def cache_allowed(pool: PoolSettings, job: Job) -> bool:
-    """Whether the cache ``job`` pushes to (if any) is one ``pool`` may push to."""
+def cache_allowed(caches: Collection[str], job: Job) -> bool:
+    """Whether the cache ``job`` pushes to (if any) is one of ``caches`` (a pool's, or
+    none for a runner that may not push at all)."""
     try:
         cache = load_manifest(job.manifest).cache
     except InvalidInput:  # validated at submit; a job that no longer parses is nobody's
         return False
-    return cache is None or cache in pool.caches
+    return cache is None or cache in caches

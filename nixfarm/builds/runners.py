@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -95,11 +95,16 @@ MAX_RUNS = 2
 
 @dataclass(frozen=True)
 class _Pool:
-    """What a runner's token lets it claim: SQL conditions on jobs, and whether jobs
-    that push to a cache (and so get a push token) are among them."""
+    """What a runner's token lets it claim, read at every try of a claim."""
 
+    #: SQL conditions on ``Job``.
     conditions: list[sa.ColumnElement[bool]]
-    caches: bool
+    #: The caches its jobs may push to (a push token is granted for them); None: any.
+    caches: Collection[str] | None = None
+    #: For an ephemeral builder: its id, and whether it takes one job only.
+    builder_id: int | None = None
+    once: bool = False
+
 
 class RunnerService:
     def __init__(self, jobs: JobService, tokens: TokenService,
@@ -292,14 +297,14 @@ class RunnerService:
             token = await s.get(Token, runner.token_id)
             builder = await builder_of_token(s, runner.token_id)
         if token is None:  # the runner's token row is gone: claim nothing
-            return _Pool([sa.false()], caches=False)
+            return _Pool([sa.false()])
         conditions: list[sa.ColumnElement[bool]] = []
         if builder is not None:  # an ephemeral builder: its pool's jobs only (builders/)
             pool = self.settings.builders.pool(builder.pool)
             once = pool is not None and pool.lifecycle != "keep-always"
             if pool is None or builder.state != "ready" or (
                     once and builder.last_job_id is not None):
-                return _Pool([sa.false()], caches=False)
+                return _Pool([sa.false()])
             conditions.extend(poolmatch.conditions(pool))
         if token.runner_images is not None:
             conditions.append(Job.image.in_(token.runner_images))
@@ -311,9 +316,11 @@ class RunnerService:
             # token is such a secret too (it may replace any path of the cache, signed
             # by the server), so jobs with ``cache:`` wait likewise.
             conditions.append(sa.func.json_array_length(Job.secret_ids) == 0)
-        # A builder's pushes are bounded by its pool's own list of caches instead
-        # (``poolmatch.cache_allowed``), which its operator chose for it.
-        return _Pool(conditions, caches=token.trusted or builder is not None)
+        if builder is not None:
+            # Its pushes are bounded by its pool's own caches, chosen by its operator.
+            assert pool is not None
+            return _Pool(conditions, pool.caches, builder.id, once)
+        return _Pool(conditions, None if token.trusted else ())
 
     async def _take(self, runner: Runner, pool: _Pool) -> Job | None:
         now = utcnow()
@@ -327,19 +334,15 @@ class RunnerService:
                        sa.or_(Job.arch.is_(None), Job.arch == runner.arch),
                        *pool.conditions)
                 .order_by(Job.id).limit(_CANDIDATES))
-            builder = await builder_of_token(s, runner.token_id)
-            bpool = self.settings.builders.pool(builder.pool) if builder is not None else None
             for job in list(queued):
-                if not pool.caches and load_manifest(job.manifest).cache is not None:
-                    continue
-                if bpool is not None and not poolmatch.cache_allowed(bpool, job):
-                    continue  # it pushes to a cache this builder's pool may not
+                if pool.caches is not None and not poolmatch.cache_allowed(pool.caches, job):
+                    continue  # it pushes to a cache this runner may not push to
                 if await q.update_job_if(
                         s, job.id, {"status": "queued"}, status="running", runner_id=runner.id,
                         attempts=job.attempts + 1, started_at=now,
                         lease_expires_at=now + self.lease, stop_requested=False):
-                    if builder is not None and bpool is not None and not await _builder_takes(
-                            s, builder.id, job.id, once=bpool.lifecycle != "keep-always"):
+                    if pool.builder_id is not None and not await _builder_takes(
+                            s, pool.builder_id, job.id, once=pool.once):
                         # Another slot of this builder took its one job first: undo.
                         await s.execute(sa.update(Job).where(Job.id == job.id).values(
                             status="queued", runner_id=None, attempts=job.attempts,
