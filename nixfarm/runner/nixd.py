@@ -55,7 +55,7 @@ from pathlib import Path
 from nixfarm.errors import NixfarmError
 from nixfarm.runner.cacherelay import CacheRelay, relayed
 from nixfarm.runner.sandbox.base import NixClient
-from nixfarm.runner.sandbox.network import SLIRP_DNS, connect_slirp
+from nixfarm.runner.sandbox.network import connect_slirp, resolv_conf
 
 log = logging.getLogger("nixfarm.runner.nixd")
 
@@ -213,8 +213,7 @@ class NixDaemon:
         if network:
             # Its own mount namespace, where /etc/resolv.conf names slirp's DNS
             # forwarder (the host's may name a resolver on its loopback, out of reach).
-            resolv = directory / "resolv.conf"
-            resolv.write_text(f"nameserver {SLIRP_DNS}\n")
+            resolv = resolv_conf(directory)
             netns = ["unshare", "--net", "--mount", "--", "sh", "-c",
                      'mount --bind "$0" /etc/resolv.conf || :; exec "$@"', str(resolv)]
         log_file = (directory / "daemon.log").open("ab")

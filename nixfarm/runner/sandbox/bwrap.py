@@ -86,7 +86,7 @@ from nixfarm.runner.sandbox.base import (
     login_shell,
 )
 from nixfarm.runner.sandbox.limits import CGROUP_ROOT, Confinement, Kind, confine
-from nixfarm.runner.sandbox.network import SLIRP_DNS, connect_slirp
+from nixfarm.runner.sandbox.network import connect_slirp, resolv_conf
 from nixfarm.runner.sandbox.processes import (
     Lines,
     OutputPipe,
@@ -301,9 +301,7 @@ class BwrapSandbox(Lifecycle):
         resolv = spec.rootfs / "etc/resolv.conf"
         if spec.network and resolv.is_file() and not resolv.is_symlink():
             assert self.state_dir is not None
-            (self.state_dir / "resolv.conf").write_text(f"nameserver {SLIRP_DNS}\n")
-            (self.state_dir / "resolv.conf").chmod(0o644)
-            args += ["--ro-bind", str(self.state_dir / "resolv.conf"), "/etc/resolv.conf"]
+            args += ["--ro-bind", str(resolv_conf(self.state_dir)), "/etc/resolv.conf"]
         if spec.nix_client is not None:
             args += ["--remount-ro", "/"]
         args += ["--chdir", BUILD_HOME, "--info-fd", str(info_fd)]

@@ -12,12 +12,23 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+from pathlib import Path
 
 from nixfarm.runner.sandbox.base import SandboxError
 from nixfarm.runner.sandbox.processes import kill_group
 
 #: slirp4netns's DNS forwarder, as seen from the namespace it connects.
 SLIRP_DNS = "10.0.2.3"
+
+
+def resolv_conf(directory: Path) -> Path:
+    """A resolv.conf in ``directory`` naming slirp's DNS forwarder, readable by all: to be
+    bound over /etc/resolv.conf where the network is slirp's (the host's may name a
+    resolver on its loopback, out of reach there)."""
+    resolv = directory / "resolv.conf"
+    resolv.write_text(f"nameserver {SLIRP_DNS}\n")
+    resolv.chmod(0o644)
+    return resolv
 
 
 async def connect_slirp(netns: str, name: str, *, ready_within: float,

@@ -46,7 +46,7 @@ from nixfarm.runner.sandbox.base import (
     copy_out_script,
     login_shell,
 )
-from nixfarm.runner.sandbox.network import connect_slirp
+from nixfarm.runner.sandbox.network import connect_slirp, resolv_conf
 from nixfarm.runner.sandbox.processes import (
     Lines,
     alive,
@@ -64,7 +64,6 @@ from nixfarm.runner.vm.telnet import TelnetTerminal
 
 NOBODY = 65534
 #: slirp4netns's DNS forwarder, in the network namespace qemu runs in.
-SLIRP_DNS = "10.0.2.3"
 #: Seconds from qemu's start to the agent's ``ready`` (TCG on a busy machine is slow).
 BOOT_TIMEOUT = 120.0
 STATE_PREFIX = "nixfarm-vm-"
@@ -255,10 +254,7 @@ class VmSandbox(Lifecycle):
         if not self._spec.network:
             return []
         assert self.state_dir is not None
-        resolv = self.state_dir / "resolv.conf"
-        resolv.write_text(f"nameserver {SLIRP_DNS}\n")
-        resolv.chmod(0o644)
-        return ["--ro-bind", str(resolv), "/etc/resolv.conf"]
+        return ["--ro-bind", str(resolv_conf(self.state_dir)), "/etc/resolv.conf"]
 
     def _kvm_device(self, accel: Accelerator) -> list[str]:
         return ["--dev-bind", str(Path("/dev/kvm")), "/dev/kvm"] if accel.name == "kvm" else []
