@@ -132,7 +132,7 @@ def runner(
         client = RunnerClient(endpoint.url, endpoint.token or "")
         agent = Agent(client, images, name=name or socket.gethostname(), slots=slots,
                       work_root=home / "jobs", nix=daemon,
-                      new_sandbox=choice.new_sandbox, sandbox_kind=choice.kind,
+                      new_sandbox=choice.new_sandbox,
                       sandbox_kinds=choice.kinds, accelerator=choice.accelerator,
                       local_sources=list(local_source or []))
         stops: list[asyncio.Task[None]] = []

@@ -98,11 +98,9 @@ class Agent:
     slots: int = 1
     work_root: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "nixfarm-runner")
     new_sandbox: Callable[[SandboxSpec], Sandbox] = BwrapSandbox
-    #: What ``new_sandbox`` makes (``sandbox.choice``), and a VM's accelerator.
-    sandbox_kind: str = "bwrap"
-    #: Every kind ``new_sandbox`` makes, preferred first (``choice.choose_kinds``);
-    #: empty: just ``sandbox_kind``.
-    sandbox_kinds: Sequence[str] = ()
+    #: Every kind ``new_sandbox`` makes, preferred first (``choice.choose_kinds``),
+    #: and a VM's accelerator.
+    sandbox_kinds: Sequence[str] = ("bwrap",)
     accelerator: str = ""
     #: Seconds between looks at the catalogue: a new image is offered without a restart.
     image_poll: float = 5.0
@@ -122,13 +120,9 @@ class Agent:
     _holds: dict[int, asyncio.Task[None]] = field(default_factory=dict, init=False,
                                                   repr=False)
 
-    @property
-    def kinds(self) -> list[str]:
-        return list(self.sandbox_kinds or (self.sandbox_kind,))
-
     def offered(self) -> list[str]:
         """The images this runner can run in its sandboxes (a disk image needs vm)."""
-        return sorted(self.images.names(self.kinds))
+        return sorted(self.images.names(self.sandbox_kinds))
 
     async def register(self, *, refresh: bool = False) -> None:
         """Tell the farm what this runner offers; ``refresh``: again, while it runs
@@ -136,7 +130,7 @@ class Agent:
         offered = await asyncio.to_thread(self.offered)
         out = await self.client.register(RunnerRegister(
             name=self.name, arch=os.uname().machine, images=offered,
-            sandboxes=self.kinds, accelerator=self.accelerator, slots=self.slots,
+            sandboxes=list(self.sandbox_kinds), accelerator=self.accelerator, slots=self.slots,
             refresh=refresh))
         self._offered = offered  # only once the farm knows: a failed call is tried again
         log.info("runner %s %s as %d with %d slot(s): %s", self.name,

@@ -53,8 +53,7 @@ async def serve(settings: Settings) -> None:
         sandbox = await choose_kinds(settings.jobs.embedded_runner_sandbox, home)
         agent = Agent(client, images_for(settings, home / "images"),
                       name="embedded", slots=slots, work_root=home / "jobs",
-                      new_sandbox=sandbox.new_sandbox, sandbox_kind=sandbox.kind,
-                      sandbox_kinds=sandbox.kinds,
+                      new_sandbox=sandbox.new_sandbox, sandbox_kinds=sandbox.kinds,
                       accelerator=sandbox.accelerator,
                       # Short long-polls: the server drains open requests before it
                       # stops, and our own claims would hold its shutdown up.

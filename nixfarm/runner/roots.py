@@ -35,10 +35,7 @@ from nixfarm.nix import command
 from nixfarm.registry.sources import PackageSource
 from nixfarm.runner.nixroot import DEFAULT_TIMEOUT, compose_nix_root
 
-CATALOGUE = RECIPES
 NIX_IMAGE = "nix"
-#: What ``Images`` has been known as; one entry of the catalogue.
-ImageEntry = Recipe
 
 
 @dataclass(frozen=True)
@@ -61,7 +58,7 @@ class Catalogue:
     """Root images from the recipes in ``catalogue``, built into ``built_dir``; and
     the disk images installed in ``built_dir`` (the runner's catalogue)."""
 
-    def __init__(self, built_dir: Path, catalogue: Path = CATALOGUE) -> None:
+    def __init__(self, built_dir: Path, catalogue: Path = RECIPES) -> None:
         self.catalogue = catalogue
         self.built_dir = built_dir
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}

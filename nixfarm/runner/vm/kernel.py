@@ -64,17 +64,13 @@ async def boot_files(vm_dir: Path, package: str = PACKAGE) -> BootFiles:
     async with _locks.setdefault(key[0], asyncio.Lock()):
         made = _made.get(key)
         if made is None or not await asyncio.to_thread(_present, made):
-            tree = await _kernel_tree(vm_dir / "kernel", package)
+            tree = await kernel_tree(vm_dir / "kernel", package)
             made = _made[key] = await asyncio.to_thread(_initramfs, tree, vm_dir / "initrd")
         return made
 
 
 async def kernel_tree(kernels: Path, package: str = PACKAGE) -> Path:
     """The unpacked kernel package under ``kernels`` (fetched now if apt has a newer one)."""
-    return await _kernel_tree(kernels, package)
-
-
-async def _kernel_tree(kernels: Path, package: str) -> Path:
     try:
         version = await _candidate(package)
     except KernelError:
