@@ -154,36 +154,40 @@ class StoreView:
                           "a job may use its image's closure, what it added and what its "
                           "derivations build.")
 
-    async def check_inputs(self, drv: str, text: bytes | None = None) -> None:
+    async def check_inputs(self, drv: str, added: Derivation | None = None) -> None:
         """Raise Refused unless every input of the derivation ``drv`` (its
         ``inputSrcs`` and ``inputDrvs``) is in the view.
 
-        Given ``text`` (a derivation being added), its own inputs are checked; without,
+        Given ``added`` (a derivation being added), its own inputs are checked; without,
         ``drv`` is about to be built: it is read from the store, and so is every
         derivation it takes outputs from, all the way down (the daemon builds them too,
         each with its inputs in its sandbox). A derivation's text names its inputs
         whatever references its adder declared, so this is what keeps a hand-written
         ``.drv`` from binding another tenant's path into a build.
         """
-        todo = [(drv, text)]
+        todo = [(drv, added)]
         while todo:
-            path, body = todo.pop()
+            path, parsed = todo.pop()
             if path in self.checked:
                 continue
-            if body is None:
-                body = await asyncio.to_thread(_read_derivation, path)
-            try:
-                parsed = parse_derivation(body)
-            except (ValueError, UnicodeDecodeError) as e:
-                raise Refused(f"{path} is not a derivation this proxy can read: {e}") from None
+            if parsed is None:
+                parsed = readable(path, await asyncio.to_thread(_read_derivation, path))
             for source in parsed.input_srcs:
                 await self.check(source, f"an input of {path}")
             for input_drv in parsed.input_drvs:
                 await self.check(input_drv, f"an input of {path}")
-                if text is None:
+                if added is None:
                     todo.append((input_drv, None))
-            if text is None:
+            if added is None:
                 self.checked.add(path)
+
+
+def readable(path: str, text: bytes) -> Derivation:
+    """``text`` parsed as the derivation ``path``; Refused when it is not one."""
+    try:
+        return parse_derivation(text)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise Refused(f"{path} is not a derivation this proxy can read: {e}") from None
 
 
 def _read_derivation(path: str) -> bytes:
@@ -350,14 +354,6 @@ def parse_derivation(text: bytes) -> Derivation:
         if not _PATH.fullmatch(path):
             raise ValueError(f"{path!r} is not a store path")
     return Derivation(outputs, input_drvs, input_srcs)
-
-
-def derivation_outputs(text: bytes) -> list[str]:
-    """The output paths written in a derivation's ATerm text."""
-    try:
-        return [p for p in parse_derivation(text).outputs.values() if p]
-    except ValueError:
-        return []
 
 
 class _Reader:
@@ -636,8 +632,9 @@ class NixProxy:
         """``path`` was sent to the daemon, all but the end of the request (a refusal
         here closes the connection before the daemon gets it: nothing is added)."""
         if text is not None and path.endswith(".drv"):
-            await self.view.check_inputs(path, text)
-            self.view.add_derivation(path, derivation_outputs(text))
+            parsed = readable(path, text)
+            await self.view.check_inputs(path, parsed)
+            self.view.add_derivation(path, [p for p in parsed.outputs.values() if p])
         else:
             self.view.add(path)
 
