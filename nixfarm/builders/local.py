@@ -32,6 +32,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -199,14 +200,14 @@ class LocalProvider:
             if isinstance(pid, int) and self._alive(where, meta):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)  # its own session: qemu and nothing else
+                # Gone means gone: the process too, before its files (up to 5 s).
+                for _ in range(100):
+                    if not self._alive(where, meta):
+                        break
+                    time.sleep(0.05)
             shutil.rmtree(where, ignore_errors=True)
 
         await asyncio.to_thread(kill)
-        for _ in range(100):  # gone means gone: the process too
-            instance = await self.get(instance_id)
-            if instance is None:
-                return
-            await asyncio.sleep(0.05)
 
     async def close(self) -> None:
         return None
