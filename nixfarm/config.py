@@ -303,6 +303,9 @@ class BuilderSettings(Section):
     #: An enrolled builder silent this long (no claim, no job lease renewed) is
     #: destroyed. More than a claim's longest wait (60 s).
     heartbeat_timeout_seconds: float = Field(default=300.0, gt=60)
+    #: Make the builders' netboot image when the server starts (when it has pools), so
+    #: that the first machine's firmware does not wait for it; else at the first boot.
+    prepare_netboot: bool = True
     vultr: VultrSettings = VultrSettings()
     pools: tuple[PoolSettings, ...] = ()
 

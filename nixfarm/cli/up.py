@@ -79,8 +79,10 @@ def _with_demo_pool(settings: Settings) -> Settings:
 
     pool = PoolSettings(name=DEMO_POOL, provider="local", max_instances=1,
                         job_tags=("release",), caches=(bootstrap.DEMO_CACHE,))
+    # The image is made by the first release build, not at every demo's start.
     return settings.model_copy(update={
-        "builders": settings.builders.model_copy(update={"pools": (pool,)})})
+        "builders": settings.builders.model_copy(update={"pools": (pool,),
+                                                         "prepare_netboot": False})})
 
 
 def _serve(part: str, config_file: Path | None, data_dir: Path | None, listen: str | None,

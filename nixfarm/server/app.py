@@ -135,9 +135,9 @@ def create_app(settings: Settings) -> FastAPI:
                     await stack.enter_async_context(
                         accesslog.following(EdgeLayout.of(settings), metrics))
                 await stack.enter_async_context(farm.background())
-                # Builders netboot: their image, made now (not for `up --demo`'s own
-                # pool: the first release build makes it, and the firmware waits).
-                if [p for p in settings.builders.pools if p.name != "demo-local"]:
+                # Builders netboot: their image, made now (unless told to wait for the
+                # first boot, as `up --demo` does).
+                if settings.builders.pools and settings.builders.prepare_netboot:
                     preparing = asyncio.create_task(netboot_routes.prepare(settings))
                     stack.callback(preparing.cancel)
                 runner = asyncio.create_task(embedded_runner.serve(settings))
