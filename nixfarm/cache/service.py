@@ -14,7 +14,7 @@ import contextlib
 import json
 import re
 import socket
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, Iterable, Sequence
 from dataclasses import dataclass
 
 from cachetools import TTLCache
@@ -36,6 +36,7 @@ from nixfarm.nix.hashes import normalise_hash, parse_hash
 from nixfarm.nix.narinfo import NarInfo, check_content_address, fingerprint
 from nixfarm.nix.signing import SecretKey
 from nixfarm.nix.storepath import DRV_BASENAME, STORE_DIR, StorePath, is_hash_part
+from nixfarm.scopes import allows, cache_scope
 from nixfarm.storage.base import Download, ObjectStore
 
 _NAR_FILE = re.compile(f"([{nix32.ALPHABET}]{{52}})\\.nar(\\.[a-z0-9]+)?")
@@ -65,6 +66,10 @@ class CacheView:
     @classmethod
     def of(cls, cache: Cache) -> CacheView:
         return cls(cache.name, cache.private, cache.public_key, cache.priority, cache.id)
+
+    def readable_with(self, scopes: Iterable[str]) -> bool:
+        """Whether a holder of ``scopes`` may read it: a private cache needs its pull."""
+        return not self.private or allows(scopes, cache_scope(self.name, "pull"))
 
 
 @dataclass(frozen=True)

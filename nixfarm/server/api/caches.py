@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from nixfarm.cache import gc
 from nixfarm.cache.service import CacheView, PathUpload
 from nixfarm.errors import InvalidInput
-from nixfarm.scopes import ADMIN, allows, cache_scope
+from nixfarm.scopes import ADMIN, cache_scope
 from nixfarm.server.auth import farm_of, principal, readable_cache, require
 from nixfarm.wire.caches import (
     CacheCreate,
@@ -44,10 +44,8 @@ async def create_cache(request: Request, body: CacheCreate) -> CacheOut:
 async def list_caches(request: Request) -> list[CacheOut]:
     who = await principal(request)
     scopes = who.scopes if who else ()
-    return [
-        _out(request, c) for c in await farm_of(request).caches.all()
-        if not c.private or allows(scopes, cache_scope(c.name, "pull"))
-    ]
+    return [_out(request, c) for c in await farm_of(request).caches.all()
+            if c.readable_with(scopes)]
 
 
 @router.get("/{name}")

@@ -19,7 +19,7 @@ from nixfarm.cache import gc
 from nixfarm.cache.browsing import CacheBrowser, parse_retention
 from nixfarm.cache.service import CacheView
 from nixfarm.errors import InvalidInput, NotFound
-from nixfarm.scopes import ADMIN, allows, cache_scope
+from nixfarm.scopes import ADMIN
 from nixfarm.server.auth import farm_of, unknown_cache
 from nixfarm.server.pages import site
 
@@ -40,7 +40,7 @@ async def readable_cache(request: Request, name: str, who: site.Viewer) -> Cache
         view = await farm_of(request).caches.get(name)
     except NotFound:
         raise unknown_cache(name) from None
-    if view.private and not who.may(cache_scope(name, "pull")):
+    if not view.readable_with(who.scopes):
         raise unknown_cache(name)
     return view
 
@@ -48,9 +48,7 @@ async def readable_cache(request: Request, name: str, who: site.Viewer) -> Cache
 @router.get("/caches")
 async def caches_page(request: Request, who: site.Viewer = site.VIEWER) -> Response:
     farm = farm_of(request)
-    scopes = who.principal.scopes if who.principal else ()
-    visible = [c for c in await farm.caches.all()
-               if not c.private or allows(scopes, cache_scope(c.name, "pull"))]
+    visible = [c for c in await farm.caches.all() if c.readable_with(who.scopes)]
     browser = CacheBrowser(farm.caches)
     summaries = [await browser.summary(c) for c in visible]
     return site.render(request, "caches.html", {"caches": summaries,

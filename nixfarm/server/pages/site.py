@@ -90,8 +90,13 @@ class Viewer:
     def name(self) -> str | None:
         return self.principal.name if self.principal is not None else None
 
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        """Its principal's scopes; none when anonymous."""
+        return self.principal.scopes if self.principal is not None else ()
+
     def may(self, scope: str) -> bool:
-        return self.principal is not None and allows(self.principal.scopes, scope)
+        return allows(self.scopes, scope)
 
     def require(self, scope: str) -> Principal:
         """The principal if it holds ``scope``: Unauthorized when anonymous (the 401 page
