@@ -275,11 +275,12 @@ class JobService:
         """The job, if ``who`` (with the unlisted job's ``key``) may read it; else NotFound."""
         return await self._view(await self._readable(who, job_id, key))
 
-    async def changeable(self, who: Principal | None, job_id: int) -> bool:
-        """Whether ``who`` may cancel and re-run the job (its owner, an admin)."""
-        async with self.db.session() as s:
-            job = await q.get_job(s, job_id)
-        return may_change(who, job)
+    async def with_manifest(self, who: Principal | None, job_id: int, key: str | None = None
+                            ) -> tuple[JobOut, str, bool]:
+        """The job (as ``get``), its manifest as submitted, and whether ``who`` may
+        cancel and re-run it (its owner, an admin): what a job's page shows, one read."""
+        job = await self._readable(who, job_id, key)
+        return await self._view(job), job.manifest, may_change(who, job)
 
     async def manifest(self, who: Principal | None, job_id: int, key: str | None = None
                        ) -> str:

@@ -11,10 +11,10 @@ are CSRF-checked forms for whoever may change the job.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
-from typing import get_args
+from typing import Annotated, get_args
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from nixfarm.errors import InvalidInput
@@ -100,23 +100,16 @@ async def group_page(request: Request, group_id: Id, who: site.Viewer = site.VIE
     return site.render(request, "job-group.html", {"group": group})
 
 
-def job_path(job: JobOut, suffix: str = "") -> str:
-    """A page of ``job``, with its key when it is unlisted."""
-    return f"/jobs/{job.id}{suffix}" + (f"?{urlencode({'key': job.key})}" if job.key else "")
+def job_path(job: JobOut) -> str:
+    """A job's page, with its key when it is unlisted."""
+    return f"/jobs/{job.id}" + (f"?{urlencode({'key': job.key})}" if job.key else "")
 
 
 @router.get("/jobs/{job_id}")
 async def job_page(request: Request, job_id: Id, key: str | None = None,
                    full: str | None = None, who: site.Viewer = site.VIEWER) -> Response:
     farm = farm_of(request)
-    job = await farm.builds.jobs.get(who.principal, job_id, key)
-    return await _job_page(request, who, job, full)
-
-
-async def _job_page(request: Request, who: site.Viewer, job: JobOut, full: str | None = None,
-                    edited: str | None = None, problem: str | None = None,
-                    status: int = 200) -> Response:
-    farm = farm_of(request)
+    job, manifest, may_change = await farm.builds.jobs.with_manifest(who.principal, job_id, key)
     finished = job.status in FINAL_STATUSES
     logs = [await logview.view(farm.builds.logs, job.id, name,
                                full=full == logview.anchor_of(name))
@@ -127,22 +120,18 @@ async def _job_page(request: Request, who: site.Viewer, job: JobOut, full: str |
     if not finished:
         events = f"/jobs/{job.id}/events?" + urlencode(
             {"from": resume, **({"key": job.key} if job.key else {})})
-    manifest = await farm.builds.jobs.manifest(who.principal, job.id, job.key)
     return site.render(request, "job.html", {
         "job": job, "logs": logs, "finished": finished, "events": events,
-        "manifest": edited if edited is not None else manifest, "problem": problem,
-        "may_change": who.may(JOBS_SUBMIT) and await farm.builds.jobs.changeable(
-            who.principal, job.id),
-        "key_query": f"?{urlencode({'key': job.key})}" if job.key else "",
-        "page_path": job_path(job)}, status=status)
+        "manifest": manifest, "may_change": who.may(JOBS_SUBMIT) and may_change,
+        "key_query": f"?{urlencode({'key': job.key})}" if job.key else ""})
 
 
 @router.get("/jobs/{job_id}/events")
 async def job_events(request: Request, job_id: Id, key: str | None = None,
-                     resume: str | None = None, who: site.Viewer = site.VIEWER) -> Response:
+                     resume_from: Annotated[str | None, Query(alias="from")] = None,
+                     who: site.Viewer = site.VIEWER) -> Response:
     """The job's events for its page (SSE): ``from`` is where the drawn logs end."""
-    return await event_stream(request, who.principal, job_id, None, False, key,
-                              request.query_params.get("from") or resume)
+    return await event_stream(request, who.principal, job_id, None, False, key, resume_from)
 
 
 @router.get("/jobs/{job_id}/log.txt")
@@ -179,11 +168,10 @@ async def rerun(request: Request, job_id: Id, who: site.Viewer = site.VIEWER) ->
 
 @router.get("/jobs/{job_id}/edit")
 async def edit_page(request: Request, job_id: Id, who: site.Viewer = site.VIEWER) -> Response:
-    jobs = farm_of(request).builds.jobs
-    job = await jobs.get(who.principal, job_id)
+    job, manifest, _ = await farm_of(request).builds.jobs.with_manifest(who.principal, job_id)
     who.require(JOBS_SUBMIT)
     return site.render(request, "job-edit.html", {
-        "job": job, "manifest": await jobs.manifest(who.principal, job_id), "problem": None})
+        "job": job, "manifest": manifest, "problem": None})
 
 
 @router.post("/jobs/{job_id}/edit")
