@@ -14,10 +14,9 @@ from typing import Any
 
 import pytest
 
-import nixfarm.demo
 from nixfarm.runner.workdir import runner_dir
 from tests.fixtures.farm import NIXFARM, RunningFarm, free_port
-from tests.fixtures.jobs import RunnerProcesses, wait_job
+from tests.fixtures.jobs import RunnerProcesses, job_logs, runnerless_env, wait_job
 
 # Long: the first test may build the debian image (minutes) and VMs boot under TCG.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -26,11 +25,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
     running = RunningFarm(tmp_path_factory.mktemp("images-farm") / "data", free_port(),
-                          extra_env={"NIXFARM_JOBS__EMBEDDED_RUNNER_SLOTS": "0",
-                                     "NIXFARM_NIX_OPTIONS__SUBSTITUTERS": "",
-                                     "NIXFARM_REGISTRY__SOURCE__KIND": "path",
-                                     "NIXFARM_REGISTRY__SOURCE__LOCATION":
-                                         str(nixfarm.demo.path())})  # fmt: skip
+                          extra_env=runnerless_env())
     running.start()
     yield running
     running.stop()
@@ -54,10 +49,6 @@ def submit(farm: RunningFarm, manifest: str) -> dict[str, Any]:
     job: dict[str, Any] = r.json()
     return job
 
-
-def logs(farm: RunningFarm, job: dict[str, Any]) -> tuple[str, list[str]]:
-    return (farm.get(job["setup_log_url"]).text,
-            [farm.get(task["log_url"]).text for task in job["tasks"]])  # fmt: skip
 
 
 DEBIAN_JOB = """\
@@ -113,7 +104,7 @@ def test_debian_jobs_run_in_a_vm_on_the_runner_that_has_the_image(
         assert not {"debian/stable", "debian/bookworm"} & set(runners["bwrap-only"]["images"])
 
         first = wait_job(farm, submit(farm, DEBIAN_JOB)["id"], {"success", "failed"}, 900)
-        setup, (installed, guest) = logs(farm, first)
+        setup, (installed, guest) = job_logs(farm, first)
         assert first["status"] == "success", (setup, installed, guest)
         assert first["runner"] == "both", first
         assert "in a VM (" in setup, setup
@@ -128,12 +119,12 @@ def test_debian_jobs_run_in_a_vm_on_the_runner_that_has_the_image(
                               "      test ! -e /etc/written-by-a-job\n"
                               "      ! command -v hello\n")  # fmt: skip
         second = wait_job(farm, second["id"], {"success", "failed"}, 600)
-        assert second["status"] == "success", logs(farm, second)
+        assert second["status"] == "success", job_logs(farm, second)
 
         # A root image runs in the preferred sandbox, bwrap, on either runner.
         demo = wait_job(farm, submit(farm, "image: demo/latest\ntasks:\n  - a: hello\n")["id"],
                         {"success", "failed"}, 300)  # fmt: skip
-        demo_setup, _ = logs(farm, demo)
+        demo_setup, _ = job_logs(farm, demo)
         assert demo["status"] == "success" and "in a VM" not in demo_setup, demo_setup
     finally:
         both.stop()

@@ -22,7 +22,7 @@ import pytest
 import nixfarm.demo
 from nixfarm.runner.agent import INTERRUPTED_LINE
 from tests.fixtures.farm import RunningFarm, free_port
-from tests.fixtures.jobs import Follower, Received, RunnerProcesses, wait_job
+from tests.fixtures.jobs import Follower, Received, RunnerProcesses, runnerless_env, wait_job
 from tests.fixtures.nixenv import Nix
 from tests.fixtures.processes import running
 
@@ -33,14 +33,7 @@ SECRET = "correct-horse-battery-staple-42"
 @pytest.fixture(scope="module")
 def runner_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
     running = RunningFarm(tmp_path_factory.mktemp("runner-farm") / "data", free_port(),
-                          extra_env={"NIXFARM_JOBS__LEASE_SECONDS": str(LEASE),
-                                     "NIXFARM_JOBS__EMBEDDED_RUNNER_SLOTS": "0",
-                                     "NIXFARM_NIX_OPTIONS__SUBSTITUTERS": "",
-                                     # `image: nix` is offered from submit on, before
-                                     # the tests' runners have registered.
-                                     "NIXFARM_REGISTRY__SOURCE__KIND": "path",
-                                     "NIXFARM_REGISTRY__SOURCE__LOCATION":
-                                         str(nixfarm.demo.path())})
+                          extra_env=runnerless_env(NIXFARM_JOBS__LEASE_SECONDS=str(LEASE)))
     running.start()
     yield running
     running.stop()

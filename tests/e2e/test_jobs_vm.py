@@ -5,14 +5,12 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-import nixfarm.demo
 from nixfarm.runner.workdir import runner_dir
 from tests.fixtures.farm import RunningFarm, free_port
-from tests.fixtures.jobs import RunnerProcesses, wait_job
+from tests.fixtures.jobs import RunnerProcesses, job_logs, runnerless_env, wait_job
 
 pytestmark = pytest.mark.slow
 
@@ -20,19 +18,11 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def vm_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
     running = RunningFarm(tmp_path_factory.mktemp("vm-farm") / "data", free_port(),
-                          extra_env={"NIXFARM_JOBS__EMBEDDED_RUNNER_SLOTS": "0",
-                                     "NIXFARM_NIX_OPTIONS__SUBSTITUTERS": "",
-                                     "NIXFARM_REGISTRY__SOURCE__KIND": "path",
-                                     "NIXFARM_REGISTRY__SOURCE__LOCATION":
-                                         str(nixfarm.demo.path())})  # fmt: skip
+                          extra_env=runnerless_env())
     running.start()
     yield running
     running.stop()
 
-
-def logs(farm: RunningFarm, job: dict[str, Any]) -> tuple[str, list[str]]:
-    return (farm.get(job["setup_log_url"]).text,
-            [farm.get(task["log_url"]).text for task in job["tasks"]])
 
 
 def test_a_job_runs_in_a_vm_and_says_how(vm_farm: RunningFarm, tmp_path: Path) -> None:
@@ -63,7 +53,7 @@ tasks:
         assert r.status_code == 201, r.text
         # The first job also waits for the runner to fetch its kernel from Debian.
         done = wait_job(farm, r.json()["id"], {"success", "failed"}, seconds=300)
-        setup, (greet, fails, never) = logs(farm, done)
+        setup, (greet, fails, never) = job_logs(farm, done)
         assert done["status"] == "failed", (setup, greet, fails)
         assert [t["status"] for t in done["tasks"]] == ["success", "failed", "skipped"]
         assert "hi from the manifest" in greet and "Hello, world!" in greet

@@ -31,6 +31,7 @@ import pytest
 import nixfarm.demo
 from nixfarm.runner.workdir import runner_dir
 from tests.fixtures.farm import NIXFARM, RunningFarm, free_port
+from tests.fixtures.jobs import runnerless_env
 
 #: What every tenant's job image has: a shell, coreutils and Nix through the runner.
 IMAGE = "image: nix\npackages: [coreutils, busybox]\n"
@@ -131,13 +132,8 @@ def stop_runner(runner: Runner, sig: int = signal.SIGTERM) -> None:
 
 
 def make_farm(where: Path, network: bool, **env: str) -> RunningFarm:
-    farm = RunningFarm(where / "data", free_port(), extra_env={
-        "NIXFARM_JOBS__EMBEDDED_RUNNER_SLOTS": "0",
-        "NIXFARM_JOBS__NETWORK": "true" if network else "false",
-        "NIXFARM_NIX_OPTIONS__SUBSTITUTERS": "",
-        "NIXFARM_REGISTRY__SOURCE__KIND": "path",
-        "NIXFARM_REGISTRY__SOURCE__LOCATION": str(nixfarm.demo.path()),
-        **env})
+    farm = RunningFarm(where / "data", free_port(), extra_env=runnerless_env(
+        NIXFARM_JOBS__NETWORK="true" if network else "false", **env))
     farm.start()
     return farm
 

@@ -9,7 +9,6 @@ person with a browser cookie jar (httpx) who reads pages and sends their forms.
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,15 +57,8 @@ def submit(farm: RunningFarm, token: str, script: str, *, visibility: str = "pub
     return job
 
 
-def wait_status(farm: RunningFarm, job_id: int, wanted: set[str],
-                seconds: float = 240) -> dict[str, Any]:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = farm.get(f"/api/v1/jobs/{job_id}").json()
-        if job["status"] in wanted:
-            return job
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} did not reach {wanted} in {seconds} s")
+#: How long the web tests wait for a job (``wait_job``): a browser is running too.
+WEB_WAIT = 240
 
 
 _CSRF = re.compile(r'name="csrf" value="([^"]*)"')

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from tests.fixtures.farm import RunningFarm
+from tests.fixtures.jobs import wait_job
 from tests.fixtures.nixenv import Nix
-from tests.web.conftest import Visitor, make_token, submit, wait_status
+from tests.web.conftest import WEB_WAIT, Visitor, make_token, submit
 
 
 def _push_hello(farm: RunningFarm, nix: Nix, cache: str) -> tuple[str, str]:
@@ -220,8 +221,8 @@ def test_badges_show_public_jobs_only(web_farm: RunningFarm) -> None:
                     tags=["badge-repo", "badge-ok.yml"])
     private = submit(web_farm, token, "false", visibility="private",
                      tags=["badge-repo", "badge-secret.yml"])
-    wait_status(web_farm, public["id"], {"success"})
-    wait_status(web_farm, private["id"], {"failed"})
+    wait_job(web_farm, public["id"], {"success"}, WEB_WAIT)
+    wait_job(web_farm, private["id"], {"failed"}, WEB_WAIT)
     assert _badge_status(web_farm, "/badges/tag/badge-ok.yml.svg") == "success"
     assert _badge_status(web_farm, "/badges/name/badge-repo/badge-ok.yml.svg") == "success"
     # The private job's failure shows nowhere: neither its own tag nor the shared one.

@@ -8,8 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 from tests.fixtures.farm import RunningFarm
+from tests.fixtures.jobs import wait_job
 from tests.fixtures.proxy import FlakyProxy
-from tests.web.conftest import browser_sign_in, make_token, submit, wait_status
+from tests.web.conftest import WEB_WAIT, browser_sign_in, make_token, submit
 
 #: The lines of a log as the page shows them, each without its line number.
 _PAGE_LINES = """(anchor) => Array.from(document.querySelectorAll(
@@ -28,7 +29,7 @@ def test_the_log_follows_live_and_resumes_without_loss_or_repeats(
     count = 40
     job = submit(web_farm, owner, f"for i in $(seq 1 {count}); do printf 'tick %03d\\n' $i; "
                  "sleep 0.4; done")
-    wait_status(web_farm, job["id"], {"running"})
+    wait_job(web_farm, job["id"], {"running"}, WEB_WAIT)
     # The browser reaches the farm through a proxy that the test can cut.
     proxy = flaky_proxy(web_farm.port)
     page.goto(f"{proxy.url}/jobs/{job['id']}")
@@ -94,7 +95,7 @@ def test_cancel_then_re_run_as_is_and_edited(web_farm: RunningFarm, page: Any) -
     edited = int(page.url.rsplit("/", 1)[1])
     assert edited not in (job["id"], again)
     assert "echo edited" in page.text_content("#manifest")
-    done = wait_status(web_farm, edited, {"success", "failed"})
+    done = wait_job(web_farm, edited, {"success", "failed"}, WEB_WAIT)
     assert done["status"] == "success"
     page.reload()
     assert "edited" in page.text_content('.log[data-anchor="task-work"]')
@@ -132,7 +133,7 @@ def test_a_finished_job_reads_without_javascript(web_farm: RunningFarm, browser:
                                                        "visibility": "public"})
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]
-    assert wait_status(web_farm, job_id, {"success", "failed"})["status"] == "success"
+    assert wait_job(web_farm, job_id, {"success", "failed"}, WEB_WAIT)["status"] == "success"
     context = browser.new_context(java_script_enabled=False, viewport={"width": 390,
                                                                        "height": 844})
     try:

@@ -8,7 +8,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from tests.fixtures.farm import RunningFarm
-from tests.web.conftest import Visitor, make_token, submit, wait_status
+from tests.fixtures.jobs import wait_job
+from tests.web.conftest import WEB_WAIT, Visitor, make_token, submit
 
 
 def _ids(html: str) -> list[int]:
@@ -58,10 +59,10 @@ def test_the_home_page_counts_what_the_viewer_may_see(web_farm: RunningFarm,
                                                        visitor: Visitor) -> None:
     owner = make_token(web_farm, "jobs:submit")
     failing = submit(web_farm, owner, "echo doomed; exit 3")
-    done = wait_status(web_farm, failing["id"], {"failed", "success"})
+    done = wait_job(web_farm, failing["id"], {"failed", "success"}, WEB_WAIT)
     assert done["status"] == "failed"
     hidden = submit(web_farm, owner, "exit 4", visibility="private")
-    wait_status(web_farm, hidden["id"], {"failed"})
+    wait_job(web_farm, hidden["id"], {"failed"}, WEB_WAIT)
     home = visitor.get("/")
     assert home.status_code == 200
     failures = home.text.split('id="failures"')[1].split("</table>")[0]
@@ -79,7 +80,7 @@ def test_a_long_log_is_drawn_from_its_tail_with_true_line_numbers(
     lines = 30000  # about 1 MiB, four times what a page draws at first
     job = submit(web_farm, owner, f"awk 'BEGIN {{ for (i = 1; i <= {lines}; i++) "
                  "printf \"row %06d of the long log\\n\", i }'")
-    assert wait_status(web_farm, job["id"], {"success", "failed"})["status"] == "success"
+    assert wait_job(web_farm, job["id"], {"success", "failed"}, WEB_WAIT)["status"] == "success"
     raw = web_farm.get(f"/jobs/{job['id']}/tasks/work/log.txt", token="").text.split("\n")
     page = web_farm.get(f"/jobs/{job['id']}", token="").text
     numbered = re.findall(r'<div class="line" id="task-work-L(\d+)"><a class="n" '
@@ -97,7 +98,7 @@ def test_a_long_log_is_drawn_from_its_tail_with_true_line_numbers(
 def test_colours_are_spans_and_escapes_are_gone(web_farm: RunningFarm) -> None:
     owner = make_token(web_farm, "jobs:submit")
     job = submit(web_farm, owner, "printf '\\033[1;32mgreen\\033[0m plain \\033[41mred\\n'")
-    wait_status(web_farm, job["id"], {"success"})
+    wait_job(web_farm, job["id"], {"success"}, WEB_WAIT)
     page = web_farm.get(f"/jobs/{job['id']}", token="").text
     assert ('<span class="ansi-bold fg-32">green</span> plain '
             '<span class="bg-41">red</span>') in page
@@ -132,7 +133,7 @@ def test_changing_a_job_takes_a_csrf_token_and_the_right_to(
 def test_an_unlisted_jobs_pages_carry_its_key(web_farm: RunningFarm) -> None:
     owner = make_token(web_farm, "jobs:submit")
     job = submit(web_farm, owner, "echo shared", visibility="unlisted")
-    wait_status(web_farm, job["id"], {"success"})
+    wait_job(web_farm, job["id"], {"success"}, WEB_WAIT)
     assert web_farm.get(f"/jobs/{job['id']}", token="").status_code == 404
     page = web_farm.get(f"/jobs/{job['id']}", token="", params={"key": job["key"]})
     assert page.status_code == 200 and "shared" in page.text
