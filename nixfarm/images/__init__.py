@@ -96,6 +96,16 @@ class Recipe:
                 return path
         return None
 
+    def genimg_argv(self, genimg: Path, out: Path) -> list[str]:
+        """The command that builds it into ``out`` with ``genimg`` (see ``genimg``)."""
+        if genimg.parent == self.directory:
+            return [str(genimg), str(out)]
+        return [str(genimg), str(out), self.release, self.arch]  # the distro's
+
+    def build_name(self, digest: str) -> str:
+        """The name of its build of recipe hash ``digest`` (aliases build the real one)."""
+        return f"{(self.alias_of or self.name).replace('/', '-')}-{self.arch}-{digest}"
+
     @property
     def disk(self) -> Path | None:
         """The installed disk image (in a runner's catalogue), if there is one."""
@@ -196,8 +206,7 @@ def install(built: Path, recipe: Recipe, catalogue: Path) -> Path:
     disk = built / DISK_FILE
     if not disk.is_file():
         raise ImageError(f"{built} holds no {DISK_FILE}: build the image first.")
-    real = recipe.alias_of or recipe.name
-    distro, release = real.split("/", 1)
+    distro, release = (recipe.alias_of or recipe.name).split("/", 1)
     digest = (
         (built / HASH_FILE).read_text().strip()
         if (built / HASH_FILE).is_file()
@@ -205,7 +214,7 @@ def install(built: Path, recipe: Recipe, catalogue: Path) -> Path:
     )
     store = catalogue / BUILDS
     store.mkdir(parents=True, exist_ok=True)
-    target = store / f"{distro}-{release}-{recipe.arch}-{digest}"
+    target = store / recipe.build_name(digest)
     if not target.exists():
         staging = store / f".{target.name}.{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)

@@ -19,20 +19,19 @@ from pathlib import Path
 from nixfarm.errors import NixError
 from nixfarm.images import DISK_FILE, HASH_FILE, ImageError, Recipe, recipe_hash
 from nixfarm.nix import command
-from nixfarm.runner.sandbox.base import BUILD_HOME, DiskImage, SandboxError, SandboxSpec
+from nixfarm.runner.sandbox.base import DiskImage, SandboxError, SandboxSpec
 from nixfarm.runner.sandbox.vm import VmSandbox
+from nixfarm.runner.steps import CALL_FUNCTION, FUNCTIONS_PATH
 
 #: genimg of a disk image: debootstrap and friends take minutes.
 BUILD_TIMEOUT = 3600.0
 #: Seconds for the sanity check's boot, check and power-off under TCG on a busy host.
 CHECK_TIMEOUT = 600.0
-_FUNCTIONS = f"{BUILD_HOME}/.nixfarm/functions"
 
 
 def build_dir(recipe: Recipe, builds: Path) -> Path:
     """Where ``recipe`` is (or will be) built under ``builds``."""
-    real = (recipe.alias_of or recipe.name).replace("/", "-")
-    return builds / f"{real}-{recipe.arch}-{recipe_hash(recipe)}"
+    return builds / recipe.build_name(recipe_hash(recipe))
 
 
 async def build(
@@ -49,7 +48,8 @@ async def build(
     genimg = recipe.genimg
     if genimg is None:
         raise ImageError(f"{recipe.name} has no genimg.")
-    out = build_dir(recipe, builds)
+    digest = recipe_hash(recipe)
+    out = builds / recipe.build_name(digest)
     if (out / DISK_FILE).is_file():
         return out
     await asyncio.to_thread(builds.mkdir, parents=True, exist_ok=True)
@@ -62,7 +62,7 @@ async def build(
         await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
         if (out / DISK_FILE).is_file():
             return out
-        return await _build(recipe, genimg, out, on_line, timeout)
+        return await _build(recipe, genimg, out, digest, on_line, timeout)
     finally:
         os.close(lock)
 
@@ -71,25 +71,23 @@ async def _build(
     recipe: Recipe,
     genimg: Path,
     out: Path,
+    digest: str,
     on_line: Callable[[str], None] | None,
     timeout: float,  # noqa: ASYNC109
 ) -> Path:
     await asyncio.to_thread(shutil.rmtree, out, ignore_errors=True)
-    argv = [str(genimg), str(out)]
-    if genimg.parent != recipe.directory:  # the distro's genimg: it needs the release
-        argv += [recipe.release, recipe.arch]
     try:
-        await command.run(argv, timeout=timeout, on_line=on_line)
+        await command.run(recipe.genimg_argv(genimg, out), timeout=timeout, on_line=on_line)
     except NixError as e:  # command.run's error: the genimg's exit and last lines
         raise ImageError(f"Building {recipe.name} failed: {e.message}") from e
     if not (out / DISK_FILE).is_file():
         raise ImageError(f"{genimg} made no {out / DISK_FILE}.")
-    await asyncio.to_thread(_finish, out, recipe)
+    await asyncio.to_thread(_finish, out, digest)
     return out
 
 
-def _finish(out: Path, recipe: Recipe) -> None:
-    (out / HASH_FILE).write_text(recipe_hash(recipe) + "\n")
+def _finish(out: Path, digest: str) -> None:
+    (out / HASH_FILE).write_text(digest + "\n")
     out.chmod(0o755)  # qemu, as an unprivileged user, opens it through the runner
 
 
@@ -114,10 +112,9 @@ async def check(
             VmSandbox(spec, vm_dir=vm_dir, state_root=state_root) as vm,
         ):
             on_line(f"booted {recipe.name} in {vm.description}")
-            await vm.put(_FUNCTIONS, functions.read_bytes())
+            await vm.put(FUNCTIONS_PATH, functions.read_bytes())
             status = await vm.run(
-                ["/bin/sh", "-c", '. "$0" && command -v sanity_check >/dev/null && sanity_check',
-                 _FUNCTIONS], on_line)  # fmt: skip
+                ["/bin/sh", "-c", CALL_FUNCTION, FUNCTIONS_PATH, "sanity_check"], on_line)
             if status != 0:
                 raise ImageError(f"The sanity check of {recipe.name} failed (exit {status}).")
             await _power_off(vm, recipe, on_line)
@@ -132,7 +129,7 @@ async def _power_off(vm: VmSandbox, recipe: Recipe, on_line: Callable[[str], Non
     try:
         status = await vm.run(
             ["/bin/sh", "-c", '. "$0" && [ -n "$poweroff_cmd" ] && eval "$poweroff_cmd"',
-             _FUNCTIONS], on_line, timeout=120.0)  # fmt: skip
+             FUNCTIONS_PATH], on_line, timeout=120.0)  # fmt: skip
     except SandboxError as e:
         if "the VM stopped" in e.message:
             on_line(f"{recipe.name} powered off")

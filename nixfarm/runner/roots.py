@@ -100,10 +100,8 @@ class Catalogue:
             if not root.exists():
                 await asyncio.to_thread(root.parent.mkdir, parents=True, exist_ok=True)
                 # genimg writes only $1 and its own temporary sibling.
-                argv = [str(genimg), str(root)]
-                if genimg.parent != entry.directory:  # the distro's: it needs the release
-                    argv += [entry.release, entry.arch]
-                await command.run(argv, timeout=timeout, on_line=on_line, env=env)
+                await command.run(entry.genimg_argv(genimg, root), timeout=timeout,
+                                  on_line=on_line, env=env)
         return root
 
 

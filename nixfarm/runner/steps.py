@@ -231,9 +231,11 @@ async def boot(ctx: JobContext) -> None:
             ctx.setup(f"Image {m.image} has no boot function")
 
 
-#: Where an image's functions file is put in the sandbox (read by ``_image_function``).
+#: Where an image's functions file is put in the sandbox, and the ``sh -c`` script that
+#: calls one (``sh -c CALL_FUNCTION FUNCTIONS_PATH NAME ARGS...``): exit 124 and "no
+#: function NAME" when the image has none of that name.
 FUNCTIONS_PATH = f"{BUILD_HOME}/.nixfarm/functions"
-_CALL_FUNCTION = (
+CALL_FUNCTION = (
     '. "$0" || exit 125; '
     'command -v "$1" >/dev/null 2>&1 || { echo "no function $1" >&2; exit 124; }; '
     '"$@"')
@@ -250,7 +252,7 @@ async def _image_function(ctx: JobContext, step: str, name: str, *args: str) -> 
         lines.append(text)
         ctx.setup(text)
 
-    status = await ctx.box().run(["/bin/sh", "-c", _CALL_FUNCTION, FUNCTIONS_PATH, name, *args],
+    status = await ctx.box().run(["/bin/sh", "-c", CALL_FUNCTION, FUNCTIONS_PATH, name, *args],
                                  line)  # fmt: skip
     if status == 124 and lines[-1:] == [f"no function {name}"]:
         return None
