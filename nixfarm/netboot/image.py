@@ -62,6 +62,9 @@ PROGRAMS = (
     "/usr/bin/git",
     "/usr/lib/git-core/git-remote-http", "/usr/bin/tar", "/usr/bin/python3.11",
     "/usr/bin/bash",
+    # coreutils' env, before busybox's applet: the runner starts every task through
+    # `env --default-signal` (busybox's env has no such option).
+    "/usr/bin/env",
 )  # fmt: skip
 #: Scripts from the host's packages: ldd (glibc's, a bash script) finds the libraries
 #: of the Nix client the runner gives each Nix job.

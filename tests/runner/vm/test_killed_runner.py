@@ -36,18 +36,21 @@ asyncio.run(main())
 """
 
 
-def test_a_runner_killed_mid_job_leaves_no_vm(runner_home: Path, demo_root: Path) -> None:
+def test_a_runner_killed_mid_job_leaves_no_vm(runner_home: Path, demo_root: Path,
+                                              tmp_path: Path) -> None:
     vm_dir = runner_home / "vm"
     state_root = vm_dir / "state"
     state_root.mkdir(parents=True, exist_ok=True)
     state_root.chmod(0o755)
-    runner = subprocess.Popen(
-        [sys.executable, "-c", RUNNER, str(vm_dir), str(state_root), str(demo_root)],
-        stdout=subprocess.PIPE, text=True)
+    errors = tmp_path / "runner.stderr"
+    with errors.open("wb") as stderr:
+        runner = subprocess.Popen(
+            [sys.executable, "-c", RUNNER, str(vm_dir), str(state_root), str(demo_root)],
+            stdout=subprocess.PIPE, stderr=stderr, text=True)
     try:
         assert runner.stdout is not None
         line = runner.stdout.readline()
-        assert line.startswith("booted "), line
+        assert line.startswith("booted "), errors.read_text()
         state_dir = Path(line.split()[1])
         time.sleep(0.5)  # the task is running
         processes = descendants(runner.pid)
