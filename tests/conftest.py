@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from nixfarm.runner.sandbox.processes import remove_tree
+from nixfarm.runner.workdir import shadows_of
 
 pytest_plugins = [
     "tests.fixtures.postgres",
@@ -31,3 +35,12 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     if config.getoption("pristine"):
         return None if inside or collection_path in pristine.parents else True
     return True if inside else None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _runner_shadows_removed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Runners whose data dir is under pytest's 0700 tmp work under /var/tmp instead
+    (runner_dir): remove those this session made (a thousand were left once)."""
+    yield
+    for shadow in shadows_of(tmp_path_factory.getbasetemp()):
+        remove_tree(shadow)

@@ -20,6 +20,10 @@ from nixfarm.runner.sandbox.processes import remove_tree
 
 log = logging.getLogger("nixfarm.runner")
 
+#: Where runners work when their preferred directory is out of the sandboxes' reach.
+SHADOW_ROOT = Path(tempfile.gettempdir() if os.getuid() else "/var/tmp")
+ORIGIN = "origin"
+
 
 def _searchable(path: Path) -> bool:
     for directory in [path, *path.parents]:
@@ -35,13 +39,32 @@ def _searchable(path: Path) -> bool:
 def runner_dir(preferred: Path) -> Path:
     """``preferred`` (created 0755) if sandboxes can reach it, else a place they can."""
     preferred = preferred.resolve()
-    if not _searchable(preferred.parent):
-        digest = hashlib.sha256(str(preferred).encode()).hexdigest()[:12]
-        preferred = Path(tempfile.gettempdir() if os.getuid() else "/var/tmp") / (
-            f"nixfarm-runner-{digest}")
-    preferred.mkdir(parents=True, exist_ok=True)
-    preferred.chmod(0o755)
-    return preferred
+    if _searchable(preferred.parent):
+        preferred.mkdir(parents=True, exist_ok=True)
+        preferred.chmod(0o755)
+        return preferred
+    digest = hashlib.sha256(str(preferred).encode()).hexdigest()[:12]
+    shadow = SHADOW_ROOT / f"nixfarm-runner-{digest}"
+    shadow.mkdir(parents=True, exist_ok=True)
+    shadow.chmod(0o755)
+    # Names the directory it stands for, so whoever removes that one (an operator,
+    # a test's clean-up) can find and remove this one too.
+    (shadow / ORIGIN).write_text(f"{preferred}\n")
+    return shadow
+
+
+def shadows_of(root: Path) -> list[Path]:
+    """The directories ``runner_dir`` made elsewhere for paths under ``root``."""
+    root = root.resolve()
+    found = []
+    for shadow in sorted(SHADOW_ROOT.glob("nixfarm-runner-*")):
+        try:
+            origin = Path((shadow / ORIGIN).read_text().strip())
+        except OSError:
+            continue
+        if origin == root or root in origin.parents:
+            found.append(shadow)
+    return found
 
 
 def sweep(work_root: Path) -> None:
