@@ -10,9 +10,8 @@ import pytest
 from nixfarm.builds.logs import LogService
 from nixfarm.events.memory import MemoryBus
 from nixfarm.server.pages import logview
-from nixfarm.storage.base import ObjectStream
-from nixfarm.storage.fs import FilesystemStore
 from nixfarm.wire.runners import MAX_LOG_CHUNK
+from tests.fixtures.counting import CountingStore
 
 pytestmark = pytest.mark.anyio
 
@@ -23,36 +22,6 @@ CHUNK = 300_007
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-class _Counting(ObjectStream):
-    def __init__(self, inner: ObjectStream, store: CountingStore) -> None:
-        self.inner, self.store = inner, store
-
-    async def _open(self) -> None:
-        await self.inner.open()
-
-    async def _read(self) -> bytes:
-        data = await anext(self.inner, b"")
-        self.store.bytes_read += len(data)
-        return data
-
-    async def _release(self) -> None:
-        await self.inner.aclose()
-
-
-class CountingStore(FilesystemStore):
-    """A real filesystem store that counts the bytes read out of its objects."""
-
-    bytes_read = 0
-
-    async def read(self, key: str) -> bytes:
-        data = await super().read(key)
-        self.bytes_read += len(data)
-        return data
-
-    def get(self, key: str, start: int = 0, end: int | None = None) -> ObjectStream:
-        return _Counting(super().get(key, start, end), self)
 
 
 def _log() -> bytes:
