@@ -1,7 +1,8 @@
 """Durations as people write them: ``30d``, ``2w``, ``12h``, ``90min``, ``45s``, ``1h30min``.
 
 One parser for every place nixfarm reads a duration from text (``cache gc
---older-than``, a token's ``--expires-in``). A number alone is refused (seconds? days?),
+--older-than``, a token's ``--expires-in``), and one way to write one (``describe``:
+the web pages' run times and "last seen" ages too). A number alone is refused (seconds? days?),
 and so is ``m``: ``1m`` is a minute to some and a month to others, and guessing wrong
 deletes a cache. Months and years have no fixed length: they are refused too, with the
 number of days to write instead. Whitespace between parts is allowed (``1h 30min``).
@@ -72,12 +73,13 @@ def parse_duration(text: str, *, field: str = "duration") -> timedelta:
         raise InvalidInput(f"{text!r} is too long a duration", field=field) from None
 
 
-def describe(duration: timedelta) -> str:
-    """A duration the way it is written here: ``1d 2h 3min 4s``."""
-    seconds = round(duration.total_seconds())
+def describe(duration: timedelta, parts: int | None = None) -> str:
+    """A duration the way it is written here: ``1d 2h 3min 4s``; with ``parts``, only
+    that many of its largest units (``1d 2h``), the rest dropped, not rounded."""
+    seconds = max(round(duration.total_seconds()), 0)
     out = []
     for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
         count, seconds = divmod(seconds, size)
         if count:
             out.append(f"{count}{unit}")
-    return " ".join(out) or "0s"
+    return " ".join(out[:parts]) or "0s"

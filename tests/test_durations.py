@@ -65,3 +65,11 @@ def test_describe_round_trips() -> None:
     for text in ("2w", "1d 2h 3min 4s", "45s"):
         assert describe(parse_duration(text)) == text
     assert describe(timedelta(0)) == "0s"
+
+
+def test_describe_its_largest_parts() -> None:
+    ran = timedelta(hours=1, minutes=2, seconds=59)
+    assert describe(ran, parts=2) == "1h 2min"  # dropped, not rounded up
+    assert describe(ran, parts=1) == "1h"
+    assert describe(timedelta(seconds=42), parts=2) == "42s"
+    assert describe(timedelta(seconds=-5), parts=1) == "0s"  # a clock a little behind

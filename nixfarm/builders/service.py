@@ -242,10 +242,10 @@ class BuilderService:
     async def queued_for(self, pool: PoolSettings) -> list[int]:
         """The queued jobs ``pool`` would take, oldest first."""
         async with self.db.session() as s:
-            jobs = await s.scalars(sa.select(Job).where(
-                Job.status == "queued", *poolmatch.conditions(pool))
-                .order_by(Job.id).limit(_MAX_QUEUE_LOOK))
-            return [j.id for j in jobs if poolmatch.cache_allowed(pool.caches, j)]
+            return list(await s.scalars(sa.select(Job.id).where(
+                Job.status == "queued", *poolmatch.conditions(pool),
+                poolmatch.may_push(pool.caches))
+                .order_by(Job.id).limit(_MAX_QUEUE_LOOK)))
 
     def _out(self, builder: Builder, runner_id: int | None) -> BuilderOut:
         return BuilderOut(

@@ -259,7 +259,8 @@ class JobService:
         async with self.db.session() as s:
             job = await q.create_job(
                 s, owner_id=who.token_id, owner_name=who.name, manifest=body.manifest,
-                image=manifest.image, arch=manifest.arch, note=body.note, tags=body.tags,
+                image=manifest.image, arch=manifest.arch, cache=manifest.cache, note=body.note,
+                tags=body.tags,
                 visibility=body.visibility, secret_ids=secret_ids,
                 timeout_seconds=self.settings.jobs.timeout_minutes * 60,
                 task_names=[t.name for t in manifest.tasks], triggers=triggers,

@@ -9,6 +9,14 @@ read-modify-write, and a retried upload of the same ``seq`` is recognised and ig
 Reading a byte range lists the log's chunks (key order is ``seq`` order, and a
 listing carries sizes), skips whole chunks before the range and streams the rest.
 
+Line counts. A page that draws a log's tail numbers its lines, so it needs how many
+newlines come before the tail. Each chunk's are counted when it is stored and kept in
+the *name* of an empty object, ``jobs/<job>/lines/<log>/<n:08d>.<newlines>.<0|1>``
+(the last: whether the chunk ends with a newline), so that one listing gives every
+chunk's count and the first view of a 100 MB log reads its tail, not the log. A chunk
+stored before these existed (or whose count was lost to a crash between the two
+writes) is read and counted once, then remembered.
+
 Following: a follower subscribes to the job's topic on the event bus *first*, then
 replays the stored chunks, then forwards live ones, dropping any ``seq`` it has already
 sent. Subscribing first means a chunk stored during the replay is seen either in the
@@ -27,6 +35,8 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from cachetools import LRUCache
+
 from nixfarm.errors import InvalidInput
 from nixfarm.events.base import EventBus
 from nixfarm.storage.base import ObjectInfo, ObjectStore, ObjectStream
@@ -42,6 +52,16 @@ def job_topic(job_id: int) -> str:
 
 def log_prefix(job_id: int, task: str | None) -> str:
     return f"jobs/{job_id}/setup/" if task is None else f"jobs/{job_id}/tasks/{task}/"
+
+
+def _lines_prefix(job_id: int, task: str | None) -> str:
+    """Where the line counts of a log's chunks are (see Line counts above)."""
+    return f"jobs/{job_id}/lines/setup/" if task is None \
+        else f"jobs/{job_id}/lines/tasks/{task}/"
+
+
+def _seq_of(key: str) -> int:
+    return int(key.rsplit("/", 1)[1].split(".", 1)[0])
 
 
 class Positions:
@@ -99,6 +119,8 @@ class LogService:
     def __init__(self, store: ObjectStore, bus: EventBus) -> None:
         self.store = store
         self.bus = bus
+        #: chunk key -> (newlines, ends with one), for chunks stored without a count.
+        self._counted: LRUCache[str, tuple[int, bool]] = LRUCache(maxsize=200_000)
 
     async def append(self, job_id: int, task: str | None, seq: int, data: bytes) -> bool:
         """Store chunk ``seq`` of a log and publish it; False if it was already stored."""
@@ -108,6 +130,9 @@ class LogService:
         if await self.store.stat(key) is not None:
             return False
         await self.store.put(key, data)
+        newlines, ends = data.count(b"\n"), int(data.endswith(b"\n"))
+        await self.store.put(f"{_lines_prefix(job_id, task)}{seq:0{CHUNK_DIGITS}d}"
+                             f".{newlines}.{ends}", b"")
         await self.publish(job_id, {"type": "log", "task": task, "seq": seq, "size": len(data),
                                     "text": data.decode(errors="replace")})
         return True
@@ -125,6 +150,47 @@ class LogService:
         total = sum(c.size for c in chunks)
         end = total if end is None else min(end, total)
         return LogRange(min(start, end), end, total, chunks)
+
+    async def tail(self, job_id: int, task: str | None, size: int) -> LogRange:
+        """The chunks holding the last ``size`` bytes of a log."""
+        chunks = await self.chunks(job_id, task)
+        total = sum(c.size for c in chunks)
+        return LogRange(max(total - size, 0), total, total, chunks)
+
+    async def lines_before(self, job_id: int, task: str | None, where: LogRange
+                           ) -> tuple[int, bool]:
+        """The newlines of a log before a located range, and whether the range starts
+        a line. Reads no chunk wholly before the range that has its count stored, and
+        of the chunk the range starts in only the part before it."""
+        counts: dict[int, tuple[int, bool]] = {}
+        async for info in self.store.list(_lines_prefix(job_id, task)):
+            seq, count, last = info.key.rsplit("/", 1)[1].split(".")
+            counts[int(seq)] = (int(count), last == "1")
+        lines, at_line_start, offset = 0, True, 0
+        for chunk in where.chunks:
+            lo, offset = offset, offset + chunk.size
+            if lo >= where.start:
+                break
+            if not chunk.size:
+                continue
+            if offset <= where.start:  # wholly before the range: only its count
+                newlines, ends = counts.get(_seq_of(chunk.key)) or await self._count(chunk)
+            else:  # the range starts inside it
+                head = b"".join([part async for part in self.store.get(
+                    chunk.key, 0, where.start - lo)])
+                newlines, ends = head.count(b"\n"), head.endswith(b"\n")
+            lines += newlines
+            at_line_start = ends
+        return lines, at_line_start
+
+    async def _count(self, chunk: ObjectInfo) -> tuple[int, bool]:
+        """Count a chunk stored without its line count (once: chunks never change)."""
+        known = self._counted.get(chunk.key)
+        if known is None:
+            data = await self.store.read(chunk.key)
+            known = (data.count(b"\n"), data.endswith(b"\n"))
+            self._counted[chunk.key] = known
+        return known
 
     async def stream(self, where: LogRange) -> AsyncIterator[bytes]:
         """The bytes of a located range, streamed chunk object by chunk object."""

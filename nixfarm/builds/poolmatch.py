@@ -4,8 +4,8 @@ Two places must agree on it: the claim of a builder's runner (it may take only i
 pool's jobs) and the autoscaler (it creates builders for the jobs a pool would take).
 Both use this module. A pool takes a job when the job's image is one of the pool's
 ``job_images``, its arch is the pool's (or unset), it carries every one of the pool's
-``job_tags``, and the cache its manifest names, if any, is one of the pool's
-``caches``. The last is not a column: it is checked on the candidates the query found.
+``job_tags``, and the cache its manifest names (``Job.cache``), if any, is one of the
+pool's ``caches``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import sqlalchemy as sa
 
 from nixfarm.config import PoolSettings
 from nixfarm.db.models import Job, JobTag
-from nixfarm.errors import InvalidInput
-from nixfarm.manifest import load_manifest
 
 
 def conditions(pool: PoolSettings) -> list[sa.ColumnElement[bool]]:
@@ -34,11 +32,7 @@ def conditions(pool: PoolSettings) -> list[sa.ColumnElement[bool]]:
     return out
 
 
-def cache_allowed(caches: Collection[str], job: Job) -> bool:
-    """Whether the cache ``job`` pushes to (if any) is one of ``caches`` (a pool's, or
-    none for a runner that may not push at all)."""
-    try:
-        cache = load_manifest(job.manifest).cache
-    except InvalidInput:  # validated at submit; a job that no longer parses is nobody's
-        return False
-    return cache is None or cache in caches
+def may_push(caches: Collection[str]) -> sa.ColumnElement[bool]:
+    """The SQL condition on ``Job`` that the cache it pushes to (if any) is one of
+    ``caches`` (a pool's, or none for a runner that may not push at all)."""
+    return sa.or_(Job.cache.is_(None), Job.cache.in_(caches))

@@ -2,11 +2,12 @@
 
 Claiming. A runner long-polls ``claim``: the server looks for the oldest queued job
 whose image (and arch) the runner offers and its token's pool allows (images, job
-owners, no secrets for an untrusted token; see docs/security.md), and takes it with
-one conditional UPDATE (``status = 'queued'`` -> ``running``), so two runners racing
-for a job cannot both win. With nothing to take, the call sleeps on the bus topic
-``jobs.queued`` (woken by every submit) and re-checks the database at least once a
-second (a job queued by another server, a lost wake-up), until its ``wait`` runs out.
+owners, the cache it pushes to, no secrets for an untrusted token; see
+docs/security.md), all in SQL, and takes it with one conditional UPDATE
+(``status = 'queued'`` -> ``running``), so two runners racing for a job cannot both
+win. With nothing to take, the call sleeps on the bus topic ``jobs.queued`` (woken by
+every submit) and re-checks the database at least once a second (a job queued by
+another server, a lost wake-up), until its ``wait`` runs out.
 
 Leases. Claiming gives the runner a lease of ``jobs.lease_seconds``; every runner
 call about the job renews it, and a runner renews it explicitly by heartbeating
@@ -328,15 +329,16 @@ class RunnerService:
             # Only jobs this runner can run (and its token's pool allows): jobs waiting
             # for another image, arch or runner, however many, must not hide the ones
             # behind them.
-            queued = await s.scalars(
+            candidates = (
                 sa.select(Job)
                 .where(Job.status == "queued", Job.image.in_(runner.images),
                        sa.or_(Job.arch.is_(None), Job.arch == runner.arch),
-                       *pool.conditions)
-                .order_by(Job.id).limit(_CANDIDATES))
+                       *pool.conditions))
+            if pool.caches is not None:
+                # Not the jobs that push to a cache this runner may not push to.
+                candidates = candidates.where(poolmatch.may_push(pool.caches))
+            queued = await s.scalars(candidates.order_by(Job.id).limit(_CANDIDATES))
             for job in list(queued):
-                if pool.caches is not None and not poolmatch.cache_allowed(pool.caches, job):
-                    continue  # it pushes to a cache this runner may not push to
                 if await q.update_job_if(
                         s, job.id, {"status": "queued"}, status="running", runner_id=runner.id,
                         attempts=job.attempts + 1, started_at=now,

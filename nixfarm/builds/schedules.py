@@ -4,11 +4,17 @@ The expression is cron's five fields (minute hour day-of-month month day-of-week
 read by croniter; a sixth field, seconds, may follow (handy for tests, and for jobs
 more frequent than a minute).
 
-Firing. Every server runs ``run_forever``, which once a second (``tick``) looks at
+Firing. Every server runs ``run_forever``, which at each pass (``tick``) looks at
 each schedule's *due slot*: the latest slot at or before now. When it is later than
 the schedule's ``last_slot``, the server claims it with one conditional UPDATE
 (``SET last_slot = due WHERE last_slot < due``): of several servers, exactly one
 changes the row, and only that one submits the job. A slot fires at most once.
+
+Sleeping. Between passes a server sleeps until the earliest next slot of any schedule,
+or until a schedule is created or deleted (bus topic ``schedules.changed``), and at
+most ``LONGEST_SLEEP``: a server that missed a wake-up (a schedule created on another
+server of a farm without Redis) still sees it within that. An idle farm thus neither
+wakes nor queries every second.
 
 Missed slots. A farm that was down over one or more slots finds, when it starts,
 that the due slot is past ``last_slot``: it fires once (for the latest missed slot),
@@ -26,7 +32,6 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-import anyio
 import sqlalchemy as sa
 from croniter import CroniterError, croniter
 
@@ -41,6 +46,12 @@ log = logging.getLogger("nixfarm.builds.schedules")
 
 #: What a scheduled job is tagged with: ``schedule:<id>``.
 TAG = "schedule"
+#: Published when a schedule is created or deleted: the servers' sleeps end.
+CHANGED_TOPIC = "schedules.changed"
+#: The longest a server sleeps between passes, whatever the next slot.
+LONGEST_SLEEP = 60.0
+#: After a failed pass (a database restart), the next one comes this soon.
+RETRY_SLEEP = 1.0
 
 
 def parse_cron(expression: str) -> str:
@@ -101,6 +112,7 @@ class ScheduleService:
             await s.flush()
             out = self._out(schedule)
         log.info("schedule %d (%s) created by %s", out.id, cron, who.name)
+        await self.jobs.bus.publish(CHANGED_TOPIC, str(out.id).encode())
         return out
 
     async def all(self, who: Principal) -> list[ScheduleOut]:
@@ -120,10 +132,16 @@ class ScheduleService:
                                name=str(schedule_id))
             out = self._out(schedule)
             await s.delete(schedule)
+        await self.jobs.bus.publish(CHANGED_TOPIC, str(out.id).encode())
         return out
 
     async def tick(self) -> list[int]:
         """Fire every schedule whose due slot is unclaimed; the ids of the jobs made."""
+        made, _ = await self._pass()
+        return made
+
+    async def _pass(self) -> tuple[list[int], datetime | None]:
+        """``tick``, and the earliest next slot of any schedule (None: no schedule)."""
         now = self.clock()
         async with self.db.session() as s:
             schedules = list(await s.scalars(sa.select(Schedule).order_by(Schedule.id)))
@@ -149,7 +167,8 @@ class ScheduleService:
                     .execution_options(synchronize_session=False))
             if job_id is not None:
                 made.append(job_id)
-        return made
+        upcoming = [next_slot(x.cron, now) for x in schedules]
+        return made, min(upcoming, default=None)
 
     async def _submit(self, schedule: Schedule, slot: datetime) -> tuple[int | None, str | None]:
         who = await self.tokens.by_id(schedule.owner_id)
@@ -168,11 +187,17 @@ class ScheduleService:
         log.info("schedule %d: slot %s submitted job %d", schedule.id, slot, job.id)
         return job.id, None
 
-    async def run_forever(self, interval: float = 1.0) -> None:
-        while True:
-            try:
-                await self.tick()
-            except Exception:  # a failing pass (database restart) must not stop the next
-                log.exception("scheduled jobs pass failed")
-            await anyio.sleep(interval)
-
+    async def run_forever(self) -> None:
+        """Pass, then sleep until the next slot or a change (see Sleeping above)."""
+        async with self.jobs.bus.subscribe(CHANGED_TOPIC) as changes:
+            while True:
+                try:
+                    _, upcoming = await self._pass()
+                    wait = LONGEST_SLEEP if upcoming is None else min(
+                        LONGEST_SLEEP, (upcoming - self.clock()).total_seconds())
+                except Exception:  # a failing pass (database restart) must not stop the next
+                    log.exception("scheduled jobs pass failed")
+                    wait = RETRY_SLEEP
+                # A change ends the sleep; so does the slot (a few ms late rather than
+                # early: a pass just before it would find nothing due and sleep again).
+                await changes.get(max(wait, 0.0) + 0.005)

@@ -19,7 +19,6 @@ from datetime import datetime, timedelta
 from nixfarm.cache import gc
 from nixfarm.cache.service import CacheService, CacheView
 from nixfarm.db import browsing
-from nixfarm.db import caches as cache_queries
 from nixfarm.db import paths as path_queries
 from nixfarm.errors import InvalidInput, NotFound
 from nixfarm.nix.storepath import is_hash_part
@@ -88,10 +87,19 @@ class CacheBrowser:
         self.caches = caches
 
     async def summary(self, view: CacheView) -> CacheSummary:
+        return (await self.summaries([view]))[0]
+
+    async def summaries(self, views: list[CacheView]) -> list[CacheSummary]:
+        """Each cache's summary, in two queries however many caches there are."""
+        ids = [v.id for v in views]
         async with self.caches.db.session() as s:
-            row = await cache_queries.get_cache(s, view.name)
-            size = await browsing.cache_size(s, row.id)
-        return CacheSummary(view, size, row.retention_days)
+            sizes = await browsing.cache_sizes(s, ids)
+            retention = await browsing.retention_of(s, ids)
+        for view in views:
+            if view.id not in sizes:
+                raise NotFound(f"There is no cache named {view.name!r}.", kind="cache",
+                               name=view.name)
+        return [CacheSummary(v, sizes[v.id], retention[v.id]) for v in views]
 
     async def search(self, view: CacheView, query: str, *, page: int, per_page: int
                      ) -> tuple[list[PathRef], bool]:

@@ -12,6 +12,7 @@ from nixfarm.cli.common import DataDir, JsonOut, Token, Url, out, print_json, wi
 from nixfarm.client.api import Client
 from nixfarm.durations import EXAMPLES, parse_duration
 from nixfarm.errors import InvalidInput
+from nixfarm.sizes import describe_size
 from nixfarm.wire.caches import CacheOut, GcReport
 
 app = typer.Typer(help="Signed Nix binary caches.", no_args_is_help=True)
@@ -95,12 +96,7 @@ def older_than_days(text: str) -> float:
 
 
 def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{n} B" if unit == "B" else f"{size:.1f} {unit} ({n} B)"
-        size /= 1024
-    raise AssertionError("unreachable")
+    return f"{describe_size(n)} ({n} B)" if n >= 1024 else describe_size(n)
 
 
 @app.command()

@@ -19,6 +19,7 @@ from nixfarm.cli.common import DataDir, Token, Url, err, out, with_client
 from nixfarm.client.api import Client
 from nixfarm.client.push import STALL_SECONDS
 from nixfarm.client.push import push as push_closure
+from nixfarm.sizes import describe_size
 
 
 def push(
@@ -78,15 +79,7 @@ def push(
 
     pushed = with_client(url, token, data_dir, work)
     seconds = max(time.monotonic() - started, 1e-3)
-    err.print(f"pushed {len(pushed)} paths, {_size(sent[0])} of NARs in {seconds:.1f} s "
-              f"({_size(sent[0] / seconds)}/s)", markup=False)
+    err.print(f"pushed {len(pushed)} paths, {describe_size(sent[0])} of NARs in {seconds:.1f} s "
+              f"({describe_size(sent[0] / seconds)}/s)", markup=False)
     for path in pushed:
         out.print(path, markup=False)
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"

@@ -48,6 +48,20 @@ _BY_STATUS: dict[int, type[NixfarmError]] = {
 }
 
 
+def error_named(kind: str, message: str, url: str) -> NixfarmError:
+    """The error the server named ``kind`` (its class name), as raised here: what an
+    answer's JSON and a WebSocket's error message both carry. ``url``: the server's,
+    for an ``Unavailable``."""
+    if kind == "Unavailable":
+        return Unavailable(message, url=url)
+    return _ERRORS.get(kind, NixfarmError)(message)
+
+
+def websocket_url(url: str) -> str:
+    """The ``ws://`` (``wss://``) URL of the server's ``http://`` (``https://``) one."""
+    return url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+
+
 def raise_for(response: httpx.Response) -> None:
     """Turn an error answer back into the error the server raised."""
     if response.is_success:

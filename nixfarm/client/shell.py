@@ -12,21 +12,9 @@ from collections.abc import AsyncIterator
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from nixfarm import errors
 from nixfarm.client.api import Endpoint
-from nixfarm.errors import NixfarmError, Unavailable
-
-_KINDS: dict[str, type[NixfarmError]] = {
-    cls.__name__: cls for cls in (errors.NotFound, errors.Unauthorized, errors.Forbidden,
-                                  errors.Conflict, errors.InvalidInput, errors.Unavailable)}
-
-
-def _error(fields: dict[str, object], url: str) -> NixfarmError:
-    kind = _KINDS.get(str(fields.get("kind")), NixfarmError)
-    message = str(fields.get("error"))
-    if kind is errors.Unavailable:
-        return Unavailable(message, url=url)
-    return kind(message)
+from nixfarm.client.connection import error_named, websocket_url
+from nixfarm.errors import Unavailable
 
 
 class Shell:
@@ -53,7 +41,7 @@ class Shell:
                     continue
                 fields = json.loads(message)
                 if "error" in fields:
-                    raise _error(fields, self.url)
+                    raise error_named(str(fields.get("kind")), str(fields["error"]), self.url)
                 if "exit" in fields:
                     self.status = int(fields["exit"])
                     return
@@ -67,8 +55,7 @@ class Shell:
 @contextlib.asynccontextmanager
 async def open_shell(endpoint: Endpoint, job_id: int, command: list[str] | None,
                      rows: int, cols: int) -> AsyncIterator[Shell]:
-    base = endpoint.url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
-    url = f"{base}/api/v1/jobs/{job_id}/shell"
+    url = f"{websocket_url(endpoint.url)}/api/v1/jobs/{job_id}/shell"
     headers = {"Authorization": f"Bearer {endpoint.token}"} if endpoint.token else {}
     try:
         async with connect(url, additional_headers=headers, open_timeout=30,

@@ -9,6 +9,7 @@ stopped at the page's end).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -30,13 +31,30 @@ class CacheSize:
 
 
 async def cache_size(session: AsyncSession, cache_id: int) -> CacheSize:
-    paths, nar_bytes = (await session.execute(
-        sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(CachePath.nar_size), 0))
-        .where(CachePath.cache_id == cache_id))).one()
-    file_bytes = await session.scalar(
-        sa.select(sa.func.coalesce(sa.func.sum(Nar.file_size), 0))
-        .join(CacheNar, CacheNar.nar_id == Nar.id).where(CacheNar.cache_id == cache_id))
-    return CacheSize(int(paths), int(file_bytes or 0), int(nar_bytes))
+    return (await cache_sizes(session, [cache_id])).get(cache_id, CacheSize(0, 0, 0))
+
+
+async def cache_sizes(session: AsyncSession, cache_ids: Collection[int]
+                      ) -> dict[int, CacheSize]:
+    """The sizes of several caches in one statement, whatever their number: each
+    table's rows are grouped by cache once (a cache list must not query per cache)."""
+    paths = (sa.select(CachePath.cache_id.label("cache_id"),
+                       sa.func.count().label("paths"),
+                       sa.func.sum(CachePath.nar_size).label("nar_bytes"))
+             .where(CachePath.cache_id.in_(cache_ids))
+             .group_by(CachePath.cache_id).subquery())
+    files = (sa.select(CacheNar.cache_id.label("cache_id"),
+                       sa.func.sum(Nar.file_size).label("file_bytes"))
+             .join(Nar, CacheNar.nar_id == Nar.id)
+             .where(CacheNar.cache_id.in_(cache_ids))
+             .group_by(CacheNar.cache_id).subquery())
+    rows = await session.execute(
+        sa.select(Cache.id, paths.c.paths, files.c.file_bytes, paths.c.nar_bytes)
+        .outerjoin(paths, paths.c.cache_id == Cache.id)
+        .outerjoin(files, files.c.cache_id == Cache.id)
+        .where(Cache.id.in_(cache_ids)))
+    return {cache_id: CacheSize(int(n or 0), int(file_bytes or 0), int(nar_bytes or 0))
+            for cache_id, n, file_bytes, nar_bytes in rows}
 
 
 def _escape_like(text: str) -> str:
@@ -87,6 +105,14 @@ async def paths_by_basename(session: AsyncSession, cache_id: int, basenames: lis
 async def has_log(session: AsyncSession, cache_id: int, drv: str) -> bool:
     stmt = sa.select(BuildLog.id).where(BuildLog.cache_id == cache_id, BuildLog.drv == drv)
     return await session.scalar(stmt) is not None
+
+
+async def retention_of(session: AsyncSession, cache_ids: Collection[int]
+                       ) -> dict[int, float | None]:
+    """The retention period (days; None: keep everything) of each of the caches."""
+    rows = await session.execute(sa.select(Cache.id, Cache.retention_days)
+                                 .where(Cache.id.in_(cache_ids)))
+    return {cache_id: days for cache_id, days in rows}
 
 
 async def set_retention(session: AsyncSession, cache_id: int, days: float | None) -> None:

@@ -37,6 +37,7 @@ async def create_job(
     manifest: str,
     image: str,
     arch: str | None,
+    cache: str | None,
     note: str | None,
     tags: Sequence[str],
     visibility: str,
@@ -50,7 +51,7 @@ async def create_job(
     now = utcnow()
     job = Job(
         owner_id=owner_id, owner_name=owner_name, manifest=manifest, image=image, arch=arch,
-        note=note, visibility=visibility, secret_ids=list(secret_ids),
+        cache=cache, note=note, visibility=visibility, secret_ids=list(secret_ids),
         timeout_seconds=timeout_seconds, status="queued" if queued else "pending",
         queued_at=now if queued else None, attempts=0, stop_requested=False, created_at=now,
     )

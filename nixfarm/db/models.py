@@ -255,6 +255,9 @@ class Job(Base):
     manifest: Mapped[str] = mapped_column(sa.Text)
     image: Mapped[str] = mapped_column(sa.String(128))
     arch: Mapped[str | None] = mapped_column(sa.String(32))
+    #: The cache its manifest pushes to (``cache:``), None: none. A column so that a
+    #: claim can pass over the jobs a runner may not push for in SQL.
+    cache: Mapped[str | None] = mapped_column(sa.String(63))
     note: Mapped[str | None] = mapped_column(sa.Text)
     #: public, unlisted, private
     visibility: Mapped[str] = mapped_column(sa.String(16))

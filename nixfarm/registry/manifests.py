@@ -10,6 +10,11 @@ What is stored per image is the config blob (under ``registry/blobs``), a small 
 ``registry/images/<key>.json`` (the config bytes and the layers), and both manifest
 flavours under ``registry/manifests/sha256/<hex>``, so a pull by digest finds its
 manifest whether or not the image is still in any cache and whatever its tag was.
+
+Each record also gets an empty object ``registry/built/<order>.<key>`` whose name sorts
+the newest build first (``order`` counts down with the build time), so the registry's
+page lists one page of images by reading that page's records only
+(``registry/catalogue``).
 """
 
 from __future__ import annotations
@@ -28,11 +33,20 @@ from nixfarm.storage.base import ObjectStore
 
 MANIFEST_PREFIX = "registry/manifests/sha256/"
 IMAGE_PREFIX = "registry/images/"
+BUILT_PREFIX = "registry/built/"
 MEMORY_ENTRIES = 1024
+#: Build times (Unix seconds) count down from here in ``built_key``s.
+_LAST_SECOND = 10**11 - 1
 
 
 def manifest_key(digest: Digest) -> str:
     return MANIFEST_PREFIX + digest.hex
+
+
+def built_key(key: str, built_at: int | None) -> str:
+    """The name that orders the record of ``key`` among the built images, the newest
+    first (a record without a time, from before times were kept, last)."""
+    return f"{BUILT_PREFIX}{_LAST_SECOND - (built_at or 0):011d}.{key}"
 
 
 class ManifestCache:
@@ -66,11 +80,12 @@ class ManifestCache:
             manifest = image.manifest(media_type)
             await self.store.put(manifest_key(image.digest(media_type)), manifest)
         if key is not None:
+            built_at = round(time.time())
             record = canonical_json({"config": image.config.decode("ascii"),
                                      "layers": [encode_layer(layer) for layer in image.layers],
-                                     "name": name, "build": build_id,
-                                     "built_at": round(time.time())})
+                                     "name": name, "build": build_id, "built_at": built_at})
             await self.store.put(IMAGE_PREFIX + key + ".json", record)
+            await self.store.put(built_key(key, built_at), b"")
             self._memory[key] = image
 
     async def by_digest(self, digest: Digest) -> bytes:

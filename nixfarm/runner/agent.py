@@ -319,12 +319,15 @@ class Agent:
                                "cut off)")
         manifest = manifest_from_data(a.manifest)
         nix_client = None
-        if await asyncio.to_thread(self.images.composes, manifest.image):  # nix, nix/*
+        # The catalogue, read once for the job: here and by its boot step.
+        choice = await asyncio.to_thread(self.images.choose, manifest.image, manifest.arch)
+        if choice.composes:  # nix, nix/*
             nix_client = await self.nix_client(lambda text: shipper.line(None, text))
         seconds_left = (a.deadline - datetime.now(UTC)).total_seconds()
         ctx = JobContext(
             manifest=manifest,
             images=self.images,
+            image_choice=choice,
             new_sandbox=self.new_sandbox,
             log=shipper.line,
             report=reporter,

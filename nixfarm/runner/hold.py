@@ -26,6 +26,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
 from nixfarm.errors import NixfarmError
+from nixfarm.retries import retried, runner_calls
 from nixfarm.runner.protocol import LeaseLost, RunnerClient
 from nixfarm.runner.sandbox.base import Sandbox
 from nixfarm.runner.sandbox.terminal import Terminal
@@ -42,7 +43,10 @@ async def hold(client: RunnerClient, job_id: int, sandbox: Sandbox, wait: float,
     stop = asyncio.ensure_future(stopping)
     try:
         while not stop.done():
-            beat = asyncio.ensure_future(client.heartbeat(job_id, wait))
+            # A failed heartbeat is tried again as the job's own are (runner_calls).
+            beat = asyncio.ensure_future(retried(
+                runner_calls(f"job {job_id}: heartbeat of its held sandbox", log),
+                client.heartbeat, job_id, wait))
             live = [t for t in sessions.values() if not t.done()]
             await asyncio.wait([beat, stop, *live], return_when=asyncio.FIRST_COMPLETED)
             if not beat.done():
@@ -56,11 +60,6 @@ async def hold(client: RunnerClient, job_id: int, sandbox: Sandbox, wait: float,
                 answer = beat.result()
             except LeaseLost:
                 break
-            except NixfarmError as e:
-                log.warning("job %d: heartbeat of its held sandbox failed: %s", job_id,
-                            e.message)
-                await asyncio.sleep(1.0)
-                continue
             if answer.release:
                 break
             for request in answer.shells:

@@ -17,7 +17,7 @@ import anyio
 import httpx
 from pydantic import BaseModel
 
-from nixfarm.client.connection import Connection, decode
+from nixfarm.client.connection import Connection, decode, websocket_url
 from nixfarm.errors import Conflict
 from nixfarm.wire.runners import (
     Assignment,
@@ -97,5 +97,4 @@ class RunnerClient:
 
     def shell_url(self, job_id: int, key: str) -> str:
         """The WebSocket URL of a shell session into a held job's sandbox."""
-        base = self.url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
-        return f"{base}{self._job(job_id)}/shells/{key}"
+        return f"{websocket_url(self.url)}{self._job(job_id)}/shells/{key}"

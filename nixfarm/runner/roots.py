@@ -71,8 +71,11 @@ class Catalogue:
                       if r.kind == "disk" and r.disk is not None]  # fmt: skip
         return found
 
-    def find(self, name: str, arch: str = DEFAULT_ARCH) -> Recipe:
-        for entry in self.entries():
+    def find(self, name: str, arch: str = DEFAULT_ARCH,
+             entries: Sequence[Recipe] | None = None) -> Recipe:
+        """The entry ``name`` for ``arch``, among ``entries`` (read once by the caller)
+        or the catalogue's now; NotFound saying how to build it."""
+        for entry in self.entries() if entries is None else entries:
             if entry.name == name and entry.arch == arch:
                 return entry
         hint = catalogue_files.how_to_build(name, arch)
@@ -105,6 +108,23 @@ class Catalogue:
         return root
 
 
+@dataclass(frozen=True)
+class ImageChoice:
+    """The image a job asked for, with the catalogue as it was read once for the job:
+    whether packages are composed into it and how it is prepared agree, and the
+    catalogue is not read again by each."""
+
+    name: str
+    arch: str | None
+    entries: tuple[Recipe, ...]
+
+    @property
+    def composes(self) -> bool:
+        """Whether the job's ``packages`` are composed into it (nix images)."""
+        return self.name == NIX_IMAGE or any(
+            e.name == self.name and e.kind == "nix" for e in self.entries)
+
+
 @dataclass
 class Images:
     """Every image this runner can give a job."""
@@ -124,10 +144,13 @@ class Images:
                  and (entry.kind != "nix" or self.nix_source is not None)}  # fmt: skip
         return names | {NIX_IMAGE} if self.nix_source is not None else names
 
+    def choose(self, name: str, arch: str | None) -> ImageChoice:
+        """Image ``name`` for ``arch`` as the catalogue has it now (one read)."""
+        return ImageChoice(name, arch, tuple(self.catalogue.entries()))
+
     def composes(self, name: str) -> bool:
         """Whether a job's ``packages`` are composed into image ``name`` (nix images)."""
-        return name == NIX_IMAGE or any(
-            e.name == name and e.kind == "nix" for e in self.catalogue.entries())
+        return self.choose(name, None).composes
 
     def arches(self) -> set[str]:
         return {entry.arch for entry in self.catalogue.entries()} | {_host_arch()}
@@ -144,7 +167,18 @@ class Images:
         Raises NotFound for an image (or arch) we don't have; NixError/NixTimeout
         when building fails.
         """
-        entry = None if name == NIX_IMAGE else self.catalogue.find(name, arch or DEFAULT_ARCH)
+        return await self.prepare_chosen(self.choose(name, arch), packages, on_line)
+
+    async def prepare_chosen(
+        self,
+        choice: ImageChoice,
+        packages: Sequence[str],
+        on_line: Callable[[str], None] | None = None,
+    ) -> PreparedImage:
+        """``prepare`` for an image chosen already (``choose``)."""
+        name, arch = choice.name, choice.arch
+        entry = None if name == NIX_IMAGE else self.catalogue.find(
+            name, arch or DEFAULT_ARCH, choice.entries)
         if entry is None or entry.kind == "nix":
             if entry is not None:  # a Nix image description: its packages, then the job's
                 packages = [*entry.packages, *(p for p in packages if p not in entry.packages)]

@@ -40,7 +40,7 @@ from nixfarm.errors import NixfarmError
 from nixfarm.manifest import Manifest, Source
 from nixfarm.masking import LineMasker, Masker
 from nixfarm.nix import command
-from nixfarm.runner.roots import NIX_IMAGE, Images, PreparedImage
+from nixfarm.runner.roots import NIX_IMAGE, ImageChoice, Images, PreparedImage
 from nixfarm.runner.sandbox.base import (
     BUILD_HOME,
     DiskImage,
@@ -144,6 +144,9 @@ class JobContext:
     #: shut down: then ``kept`` is set and shutting it down is the caller's business.
     keep_sandbox: Callable[[JobResult], bool] | None = None
     kept: bool = False
+    #: The job's image as the catalogue has it, when the caller looked already (the
+    #: runner does, to know whether it needs Nix); else ``boot`` looks.
+    image_choice: ImageChoice | None = None
     # Filled in by the steps:
     image: PreparedImage | None = None
     sandbox: Sandbox | None = None
@@ -202,10 +205,13 @@ async def boot(ctx: JobContext) -> None:
     m = ctx.manifest
     if m.cache is not None and ctx.push_cache is None:
         raise _fail("boot", f"the job pushes to cache {m.cache!r}, which this runner cannot do")
-    packages = m.packages if ctx.images.composes(m.image) else []
+    choice = ctx.image_choice
+    if choice is None:
+        choice = await asyncio.to_thread(ctx.images.choose, m.image, m.arch)
+    packages = m.packages if choice.composes else []
     ctx.setup(f"Preparing image {m.image}" + (f" with {', '.join(packages)}" if packages else ""))
     try:
-        ctx.image = await ctx.images.prepare(m.image, m.arch, packages, ctx.setup)
+        ctx.image = await ctx.images.prepare_chosen(choice, packages, ctx.setup)
     except NixfarmError as e:
         raise _fail("boot", f"cannot prepare image {m.image}: {e.message}") from e
     image: Image = (DiskImage(ctx.image.root, "qcow2") if ctx.image.disk

@@ -76,3 +76,30 @@ async def test_pools_are_checked(db: Database) -> None:
         await TokenService(db).create("x", ["runner"], None, ["ni\x00x"])
     view, _ = await TokenService(db).create("x", ["runner"], None, [" nix", "nix"], ["a"])
     assert (view.runner_images, view.runner_owners, view.trusted) == (("nix",), ("a",), True)
+
+
+async def test_jobs_for_a_forbidden_cache_do_not_hide_the_next(
+        db: Database, make_builds: MakeBuilds) -> None:
+    # More queued jobs than a claim looks at (20) push to a cache an untrusted runner
+    # may not push to: the claim must pass over them in SQL and take the 21st.
+    builds = make_builds()
+    await builds.jobs.caches.create("main")
+    alice = await principal(db, "alice", "jobs:submit", "cache:main:push")
+    untrusted = await pooled(db, "untrusted", trusted=False)
+    r_untrusted = await builds.runners.register(untrusted, RunnerRegister(name="u",
+                                                                           images=["nix"]))
+    pushing = [await builds.jobs.submit(alice, JobSubmit(
+        manifest=manifest("nix") + "cache: main\n")) for _ in range(21)]
+    plain = await builds.jobs.submit(alice, JobSubmit(manifest=manifest("nix")))
+
+    got = await builds.runners.claim(untrusted, r_untrusted.id, wait=0)
+    assert got is not None and got.job_id == plain.id and got.cache is None
+    assert await builds.runners.claim(untrusted, r_untrusted.id, wait=0) is None
+
+    # A trusted runner takes the pushing jobs, with their cache's push grant.
+    trusted = await pooled(db, "trusted")
+    r_trusted = await builds.runners.register(trusted, RunnerRegister(name="t",
+                                                                       images=["nix"]))
+    first = await builds.runners.claim(trusted, r_trusted.id, wait=0)
+    assert first is not None and first.job_id == pushing[0].id
+    assert first.cache is not None and first.cache.name == "main"

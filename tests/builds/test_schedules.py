@@ -129,3 +129,38 @@ async def test_owners_manifests_and_revoked_tokens(db: Database, make_builds: Ma
     assert "revoked" in failed.last_error
     assert (await service.delete(admin, theirs.id)).id == theirs.id
     assert [s.id for s in await service.all(admin)] == [mine.id]
+
+
+class CountedPasses(ScheduleService):
+    """The real service on the real clock, counting its passes over the schedules."""
+
+    passes = 0
+
+    async def _pass(self) -> tuple[list[int], datetime | None]:
+        self.passes += 1
+        return await super()._pass()
+
+
+async def test_sleeps_until_the_next_slot_or_a_change(db: Database, make_builds: MakeBuilds
+                                                      ) -> None:
+    builds = make_builds()
+    user = await principal(db, "user", "jobs:submit")
+    service = CountedPasses(builds.jobs, TokenService(db))
+    async with anyio.create_task_group() as group:
+        group.start_soon(service.run_forever)
+        await anyio.sleep(3)
+        # No schedule: one pass, then asleep (it used to pass every second).
+        assert service.passes == 1
+        # A new schedule wakes it at once, and it sleeps until each slot (every 5 s).
+        await service.create(user, ScheduleCreate(cron="* * * * * */5", manifest=MANIFEST))
+        for _ in range(600):  # its first slot, within 5 s; a loaded machine is slow
+            if await jobs_of(db):
+                break
+            await anyio.sleep(0.1)
+        assert await jobs_of(db), "the new schedule's first slot made no job in 60 s"
+        woken = service.passes
+        await anyio.sleep(11)
+        jobs = await jobs_of(db)
+        assert len(jobs) >= 2, [j.note for j in jobs]  # the next slots fired too
+        assert service.passes - woken <= 4, service.passes  # not one per second: 11
+        group.cancel_scope.cancel()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import sqlalchemy as sa
 
 from nixfarm.db import browsing, paths
 from nixfarm.db.engine import Database
+from nixfarm.db.models import Cache
 from tests.db.helpers import new_cache, new_nar, store_hash, store_path
 
 pytestmark = pytest.mark.anyio
@@ -79,3 +81,30 @@ async def test_retention_is_set_and_listed(db: Database) -> None:
         await browsing.set_retention(s, cache_id, None)
     async with db.session() as s:
         assert await browsing.retained(s) == []
+
+
+async def test_sizes_of_many_caches_in_one_statement(db: Database) -> None:
+    # The cache list asks for every cache's size at once: one statement, whatever the
+    # number of caches, each size what the cache's own query says.
+    cache_id = await _fill(db)
+    empty = await new_cache(db, "empty")
+    async with db.session() as s:
+        other_id = await s.scalar(sa.select(Cache.id).where(Cache.name == "other"))
+        assert other_id is not None
+        ids = [cache_id, other_id, empty.id]
+        each = {i: await browsing.cache_size(s, i) for i in ids}
+    statements: list[str] = []
+
+    def seen(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    sa.event.listen(db.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        async with db.session() as s:
+            sizes = await browsing.cache_sizes(s, [*ids, 10_000])
+    finally:
+        sa.event.remove(db.engine.sync_engine, "before_cursor_execute", seen)
+    assert len([st for st in statements if st.lstrip().upper().startswith("SELECT")]) == 1
+    assert sizes == each  # an unknown id is left out
+    assert sizes[other_id] == browsing.CacheSize(paths=1, file_bytes=109, nar_bytes=1009)
+    assert sizes[empty.id] == browsing.CacheSize(0, 0, 0)

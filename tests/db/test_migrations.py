@@ -66,3 +66,31 @@ def test_downgrade_to_nothing(db_url: str) -> None:
         engine.dispose()
     migrate(db_url)
     assert _diff(db_url) == []
+
+
+def test_job_cache_is_filled_in_from_manifests(empty_db_url: str) -> None:
+    # Jobs submitted before jobs.cache existed get the cache their manifest names.
+    migrate(empty_db_url, "0006_shell_schedules")
+    manifests = {
+        1: "image: nix\ncache: main\ntasks:\n  - a: make\n",
+        2: "image: nix\ntasks:\n  - a: make  # no cache here\n",
+        3: "image: nix\ntasks:\n  - a: \"echo cache: not-a-key\"\n",
+        4: "image: [broken\n",
+    }
+    engine = sa.create_engine(sync_url(empty_db_url))
+    try:
+        with engine.begin() as conn:
+            for job_id, text in manifests.items():
+                conn.execute(sa.text(
+                    "INSERT INTO jobs (id, owner_id, owner_name, status, manifest, image,"
+                    " visibility, secret_ids, timeout_seconds, attempts, stop_requested,"
+                    " created_at) VALUES (:id, 1, 'alice', 'queued', :manifest, 'nix',"
+                    " 'public', '[]', 60, 0, false, CURRENT_TIMESTAMP)"),
+                    {"id": job_id, "manifest": text})
+        migrate(empty_db_url)
+        with engine.connect() as conn:
+            rows = {int(job_id): cache for job_id, cache in conn.execute(
+                sa.text("SELECT id, cache FROM jobs ORDER BY id"))}
+    finally:
+        engine.dispose()
+    assert rows == {1: "main", 2: None, 3: None, 4: None}

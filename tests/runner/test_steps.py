@@ -9,8 +9,9 @@ from pathlib import Path
 import anyio
 import pytest
 
+from nixfarm.images import Recipe
 from nixfarm.manifest import load_manifest
-from nixfarm.runner.roots import Images
+from nixfarm.runner.roots import Catalogue, Images
 from nixfarm.runner.sandbox import BwrapSandbox, SandboxSpec
 from nixfarm.runner.steps import STEPS, JobContext, Recorder, Secret, run_job
 from tests.runner.test_sandbox import sandbox_pids
@@ -195,3 +196,29 @@ tasks:
     lines = [line for task, line in logs if task == "show"]
     assert "from the repository" in lines
     assert "port 8080 ratio 1.5 versions 3 3.11" in lines
+
+
+class CountedCatalogue(Catalogue):
+    """The real catalogue, counting how often it is read."""
+
+    reads = 0
+
+    def entries(self) -> list[Recipe]:
+        self.reads += 1
+        return super().entries()
+
+
+@pytest.mark.parametrize("image", ["demo/latest", "nix/base"])
+async def test_a_job_reads_the_catalogue_once(images: Images, tmp_path: Path, image: str
+                                              ) -> None:
+    # The runner chooses the job's image (does it compose packages, so needs Nix?) and
+    # the boot step prepares it from that one read: the catalogue is read once a job.
+    catalogue = CountedCatalogue(images.catalogue.built_dir)
+    counted = Images(catalogue, nix_source=images.nix_source, nix_options=images.nix_options)
+    manifest = f"image: {image}\ntasks:\n  - a: echo read-once\n"
+    choice = counted.choose(image, None)
+    assert choice.composes == (image == "nix/base")
+    ctx = context(counted, tmp_path, manifest, image_choice=choice)
+    result = await run_job(ctx)
+    assert result.status == "success", (result, ctx.logs)  # type: ignore[attr-defined]
+    assert catalogue.reads == 1

@@ -49,8 +49,7 @@ async def readable_cache(request: Request, name: str, who: site.Viewer) -> Cache
 async def caches_page(request: Request, who: site.Viewer = site.VIEWER) -> Response:
     farm = farm_of(request)
     visible = [c for c in await farm.caches.all() if c.readable_with(who.scopes)]
-    browser = CacheBrowser(farm.caches)
-    summaries = [await browser.summary(c) for c in visible]
+    summaries = await CacheBrowser(farm.caches).summaries(visible)
     return site.render(request, "caches.html", {"caches": summaries,
                                                 "base_url": farm.settings.base_url})
 

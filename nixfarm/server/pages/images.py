@@ -33,13 +33,15 @@ def _check(request: Request, who: site.Viewer) -> None:
 
 
 @router.get("/images")
-async def images_page(request: Request, who: site.Viewer = site.VIEWER) -> Response:
+async def images_page(request: Request, page: int = 1, who: site.Viewer = site.VIEWER
+                      ) -> Response:
     _check(request, who)
     farm = farm_of(request)
-    images = await catalogue.built_images(farm.store)
+    images, more = await catalogue.built_images(farm.store, page)
     board = farm.registry.builds.recent()
     return site.render(request, "images.html", {
-        "images": images, "builds": board, "source": farm.settings.registry.source.kind,
+        "images": images, "page": page, "more": more, "builds": board,
+        "source": farm.settings.registry.source.kind,
         "example": pull_command(farm.settings.base_url, "shell/hello:latest")})
 
 

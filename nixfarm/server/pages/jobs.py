@@ -22,6 +22,7 @@ from nixfarm.scopes import ADMIN, JOBS_SUBMIT
 from nixfarm.server.api.jobs import artifact_response, event_stream, log_response
 from nixfarm.server.auth import farm_of
 from nixfarm.server.pages import logview, site
+from nixfarm.server.pages.runners import liveness
 from nixfarm.wire.base import Id
 from nixfarm.wire.jobs import FINAL_STATUSES, JobOut, JobStatus
 
@@ -41,11 +42,7 @@ async def home(request: Request, who: site.Viewer = site.VIEWER) -> Response:
         if job.runner:
             busy[job.runner] = busy.get(job.runner, 0) + 1
     now = datetime.now(UTC)
-    states = {}
-    for runner in runners or []:
-        silent = (now - runner.last_seen_at).total_seconds()
-        states[runner.id] = ("offline" if silent > max(runner.lease_seconds, 60) * 2
-                             else "busy" if busy.get(runner.name) else "idle")
+    states = {r.id: liveness(r, busy.get(r.name, 0), now) for r in runners or []}
     builders = await farm.builders.list_builders() if who.may(ADMIN) else []
     return site.render(request, "home.html", {
         "overview": overview, "runners": runners, "runner_states": states, "busy": busy,

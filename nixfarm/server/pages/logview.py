@@ -5,7 +5,8 @@ the page draws the last ``TAIL_BYTES`` of each log (from the first line that sta
 in them) and offers the whole log on request, up to ``FULL_BYTES``, and always as raw
 text. Lines keep their true numbers (the permalinks ``#task-build-L120`` must not move
 as a log grows), so the page needs how many lines come before what it draws: the
-newlines of each earlier chunk, counted once and remembered (chunks never change).
+newlines of each earlier chunk, counted when it was stored (``LogService.lines_before``),
+so a first view reads the tail it draws and not the log before it.
 
 Each drawn log says where it ends (its size in bytes): the page follows the job live
 from there (``data-offset``, the SSE ``resume`` position), so nothing is drawn twice.
@@ -15,20 +16,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cachetools import LRUCache
 from markupsafe import Markup
 
 from nixfarm.builds.logs import LogService
-from nixfarm.storage.base import ObjectInfo
 from nixfarm.web.ansi import Colouring
 
 #: What a job page draws of a log at first: its last 256 KiB.
 TAIL_BYTES = 256 * 1024
 #: The most of one log a page draws when asked for all of it; past that, the raw log.
 FULL_BYTES = 16 * 1024**2
-
-#: chunk key -> (newlines in it, whether it ends with one); chunks are immutable.
-_counted: LRUCache[str, tuple[int, bool]] = LRUCache(maxsize=200_000)
 
 
 @dataclass(frozen=True)
@@ -58,39 +54,13 @@ def anchor_of(task: str | None) -> str:
     return "setup" if task is None else f"task-{task}"
 
 
-async def _count(logs: LogService, chunk: ObjectInfo) -> tuple[int, bool]:
-    known = _counted.get(chunk.key)
-    if known is None:
-        data = await logs.store.read(chunk.key)
-        known = (data.count(b"\n"), data.endswith(b"\n"))
-        _counted[chunk.key] = known
-    return known
-
-
 async def view(logs: LogService, job_id: int, task: str | None, full: bool = False
                ) -> LogView:
     """The drawn part of a log: its tail, or with ``full`` as much as ``FULL_BYTES``."""
-    chunks = await logs.chunks(job_id, task)
-    total = sum(c.size for c in chunks)
-    start = max(total - (FULL_BYTES if full else TAIL_BYTES), 0)
-    lines_before, at_line_start, offset = 0, True, 0
-    parts: list[bytes] = []
-    for chunk in chunks:
-        lo, offset = offset, offset + chunk.size
-        if offset <= start:  # wholly before what is drawn: only its newlines count
-            count, ends = await _count(logs, chunk)
-            lines_before += count
-            at_line_start = ends if chunk.size else at_line_start
-            continue
-        data = await logs.store.read(chunk.key)
-        if lo < start:  # the chunk where drawing starts
-            cut = start - lo
-            lines_before += data.count(b"\n", 0, cut)
-            at_line_start = data[cut - 1:cut] == b"\n"
-            data = data[cut:]
-        parts.append(data)
-    data = b"".join(parts)
-    hidden = total - len(data)
+    where = await logs.tail(job_id, task, FULL_BYTES if full else TAIL_BYTES)
+    lines_before, at_line_start = await logs.lines_before(job_id, task, where)
+    data = b"".join([part async for part in logs.stream(where)])
+    hidden = where.total - len(data)
     if not at_line_start:  # drawn text starts inside a line: from the next one on
         newline = data.find(b"\n")
         cut = len(data) if newline < 0 else newline + 1
@@ -99,5 +69,5 @@ async def view(logs: LogService, job_id: int, task: str | None, full: bool = Fal
         lines_before += 0 if newline < 0 else 1
     lines, open_line = Colouring().feed(data.decode(errors="replace"))
     open_bytes = len(data) - (data.rfind(b"\n") + 1)
-    return LogView(task, anchor_of(task), total, hidden, lines_before + 1, lines, open_line,
-                   open_bytes)
+    return LogView(task, anchor_of(task), where.total, hidden, lines_before + 1, lines,
+                   open_line, open_bytes)

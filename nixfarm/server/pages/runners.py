@@ -9,18 +9,20 @@ Runners and builders are an admin's to see, as ``GET /api/v1/runners`` and
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from nixfarm.db import browsing
 from nixfarm.db.models import utcnow
+from nixfarm.durations import describe
 from nixfarm.scopes import ADMIN
 from nixfarm.server.auth import farm_of
 from nixfarm.server.netboot_routes import read_console
 from nixfarm.server.pages import site
 from nixfarm.wire.base import Id
+from nixfarm.wire.runners import RunnerOut
 
 router = APIRouter(include_in_schema=False)
 
@@ -29,15 +31,18 @@ router = APIRouter(include_in_schema=False)
 ONLINE = timedelta(seconds=90)
 
 
-def _ago(seconds: float) -> str:
-    seconds = max(int(seconds), 0)
-    if seconds < 90:
-        return f"{seconds}s ago"
-    if seconds < 90 * 60:
-        return f"{seconds // 60}m ago"
-    if seconds < 36 * 3600:
-        return f"{seconds // 3600}h ago"
-    return f"{seconds // 86400}d ago"
+def liveness(runner: RunnerOut, running: int, now: datetime) -> str:
+    """``busy``, ``idle`` or ``offline``: the one rule every page judges runners by.
+
+    Online while heard of within ``ONLINE`` (or its lease, if longer), or while the
+    server has a job running on it: a busy runner's heartbeats renew its job's lease,
+    not its own last-seen time, and a runner that is gone loses its jobs when their
+    leases expire (``builds/runners.reap``)."""
+    if running:
+        return "busy"
+    silent = now - runner.last_seen_at
+    return "idle" if silent < max(ONLINE, timedelta(seconds=runner.lease_seconds)) \
+        else "offline"
 
 
 @router.get("/runners")
@@ -49,8 +54,8 @@ async def runners_page(request: Request, who: site.Viewer = site.VIEWER) -> Resp
         running = await browsing.running_jobs(s)
     now = utcnow()
     rows = [{"runner": r, "jobs": running.get(r.id, []),
-             "online": now - r.last_seen_at < max(ONLINE, timedelta(seconds=r.lease_seconds)),
-             "seen": _ago((now - r.last_seen_at).total_seconds())} for r in runners]
+             "online": liveness(r, len(running.get(r.id, [])), now) != "offline",
+             "seen": f"{describe(now - r.last_seen_at, parts=1)} ago"} for r in runners]
     builders = await farm.builders.list_builders()
     return site.render(request, "runners.html", {"rows": rows, "builders": builders,
                                                  "pools": farm.settings.builders.pools})

@@ -56,10 +56,12 @@ from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
 from nixfarm.config import Settings
+from nixfarm.durations import describe
 from nixfarm.errors import Forbidden, Unauthorized
 from nixfarm.scopes import allows
 from nixfarm.server import auth, errors
 from nixfarm.sessions import Session
+from nixfarm.sizes import describe_size
 from nixfarm.tokens import Principal
 
 WEB = Path(__file__).parents[2] / "web"
@@ -229,29 +231,14 @@ def static_routes() -> list[BaseRoute]:
 
 
 def duration(start: datetime | None, end: datetime | None) -> str:
-    """``1h 02m``, ``3m 04s``, ``5s``; "" without a start; until now while it runs."""
+    """``1h 2min``, ``3min 4s``, ``5s``; "" without a start; until now while it runs."""
     if start is None:
         return ""
-    seconds = int(((end or datetime.now(UTC)) - start).total_seconds())
-    hours, rest = divmod(max(seconds, 0), 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+    return describe((end or datetime.now(UTC)) - start, parts=2)
 
 
 def when(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S") if moment is not None else ""
 
 
-def size(count: int) -> str:
-    """Bytes as people read them: 512 B, 1.5 KiB, 100.0 MiB."""
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
-templates.env.filters.update(duration=duration, when=when, size=size)
+templates.env.filters.update(duration=duration, when=when, size=describe_size)
