@@ -177,15 +177,18 @@ async def peak_processes(uid: int, work: Awaitable[object]) -> int:
 async def test_process_limit_contains_a_fork_bomb(demo_root: Path, limits: str) -> None:
     spec = SandboxSpec(rootfs=demo_root, process_limit=40)
     kind: Kind | None = "rlimit" if limits == "rlimit" else None
-    async with BwrapSandbox(spec, limits=kind, host_uid=61000) as box:
+    # A uid of its own: an rlimit counts every process of the uid on the host, and
+    # another run of this test at the same time (another checkout) would add to it.
+    uid = 61000 + os.getpid() % 4000
+    async with BwrapSandbox(spec, limits=kind, host_uid=uid) as box:
         if limits == "cgroup":
             assert box.confinement is not None and box.confinement.kind != "rlimit"
         sleepers = "i=0; while [ $i -lt 100 ]; do sleep 60 & i=$((i+1)); done; sleep 1"
-        peak = await peak_processes(61000, output(box, sleepers, timeout=1))
+        peak = await peak_processes(uid, output(box, sleepers, timeout=1))
         assert 30 <= peak <= 40 + 1  # + the nsenter outside, when counted by host uid
         bomb = "bomb() { bomb | bomb & }; bomb; while :; do :; done"
-        assert await peak_processes(61000, output(box, bomb, timeout=1)) <= 40 + 1
-    assert processes_of(61000) == 0
+        assert await peak_processes(uid, output(box, bomb, timeout=1)) <= 40 + 1
+    assert processes_of(uid) == 0
 
 
 async def test_memory_limit(demo_root: Path) -> None:
