@@ -243,7 +243,8 @@ class BuilderService:
         """The queued jobs ``pool`` would take, oldest first."""
         async with self.db.session() as s:
             jobs = await s.scalars(sa.select(Job).where(
-                Job.status == "queued", *poolmatch.conditions(pool))
+                Job.status == "queued", *poolmatch.conditions(pool),
+                poolmatch.claimable_by(pool.name, ()))
                 .order_by(Job.id).limit(_MAX_QUEUE_LOOK))
             return [j.id for j in jobs if poolmatch.cache_allowed(pool.caches, j)]
 

@@ -306,6 +306,10 @@ class RunnerService:
                     once and builder.last_job_id is not None):
                 return _Pool([sa.false()])
             conditions.extend(poolmatch.conditions(pool))
+        # Jobs reserved for a builder pool go to that pool's builders alone (poolmatch).
+        conditions.append(poolmatch.claimable_by(
+            builder.pool if builder is not None else None,
+            [p.name for p in self.settings.builders.pools]))
         if token.runner_images is not None:
             conditions.append(Job.image.in_(token.runner_images))
         if token.runner_owners is not None:

@@ -268,6 +268,9 @@ class Job(Base):
     )
     #: How many times a runner has claimed it (a lost job is re-queued at most once).
     attempts: Mapped[int] = mapped_column(default=0)
+    #: The builder pool the job is reserved for (docs/builders.md, "Pool jobs"): only
+    #: that pool's builders claim it. None: any runner that matches it.
+    pool: Mapped[str | None] = mapped_column(sa.String(40))
     lease_expires_at: Mapped[datetime | None] = mapped_column()
     #: Set while a running job is being cancelled (or timed out): the runner must stop.
     stop_requested: Mapped[bool] = mapped_column(default=False)

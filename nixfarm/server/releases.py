@@ -109,7 +109,7 @@ async def release(request: Request, body: ReleaseRequest) -> JobOut:
                        tags=["release", *body.tags],
                        note=f"release of {body.repo} at {commit} ({body.file}"
                             + (f" -A {body.attr})" if body.attr else ")"))
-    return await builds(request).jobs.submit(who, submit)
+    return await builds(request).jobs.submit(who, submit, release=True, pool=body.pool)
 
 
 async def repository_file(request: Request) -> Response:

@@ -17,8 +17,10 @@ import sqlalchemy as sa
 
 from nixfarm.builders.base import farm_tag
 from nixfarm.db.models import Builder, BuilderLease, Runner, utcnow
+from nixfarm.errors import InvalidInput
 from nixfarm.tokens import Principal
 from nixfarm.wire.builders import Enrollment
+from nixfarm.wire.jobs import JobSubmit
 from nixfarm.wire.runners import FinishRequest, RunnerOut, RunnerRegister
 from tests.builders.conftest import MakeStack, Stack, manifest, pool
 from tests.builders.fakevultr import FakeVultr
@@ -163,8 +165,9 @@ async def test_max_instances_and_the_spend_cap_stop_creation(make_stack: MakeSta
     assert pools["vx"].builders == 2 and pools["vx"].hourly_spend == pytest.approx(0.10)
     assert pools["one"].builders == 1
     assert len(vultr.creates()) == 3
+    # The jobs tagged "one" are reserved for pool "one": vx counts only its own four.
     refusals = [r for a, r in await actions(stack) if a == "refuse"]
-    assert refusals == ["7 queued jobs wait, but another builder (0.05/h) would take the "
+    assert refusals == ["4 queued jobs wait, but another builder (0.05/h) would take the "
                         "pool's spend from 0.1/h past max_hourly_spend (0.12/h)"]
     assert [r for a, r in await actions(stack, "one") if a == "refuse"] == [
         "3 queued jobs wait, but the pool is at max_instances (1)"]
@@ -394,3 +397,45 @@ async def test_one_server_scales_at_a_time(make_stack: MakeStack, vultr: FakeVul
         await s.execute(sa.update(BuilderLease).values(
             expires_at=utcnow() - timedelta(seconds=1)))
     assert await one.scaler.lead() and not await two.scaler.lead()
+
+
+async def test_pool_jobs_go_to_their_pools_builders_only(make_stack: MakeStack,
+                                                         vultr: FakeVultr) -> None:
+    stack: Stack = await make_stack(pools=[pool(job_tags=["t"], max_instances=1),
+                                           pool(name="b", max_instances=0)])
+    # A trusted runner that is no builder: what the embedded runner of `up --demo` is.
+    _, secret = await stack.tokens.create("embedded", ["runner"])
+    plain = await stack.tokens.authenticate(secret)
+    assert plain is not None
+    runner = await stack.builds.runners.register(plain, RunnerRegister(
+        name="embedded", images=["nix"]))
+    reserved = await stack.submit(manifest(cache="rel"), tags=["t"])  # vx's tag selects it
+    anyones = await stack.submit(manifest())
+    release = await stack.builds.jobs.submit(  # a release: the first pool taking it
+        stack.admin, JobSubmit(manifest=manifest(), tags=["release"]), release=True)
+    assert (reserved.pool, anyones.pool, release.pool) == ("vx", None, "b")
+    got = await stack.builds.runners.claim(plain, runner.id, wait=0)
+    assert got is not None and got.job_id == anyones.id
+    assert await stack.builds.runners.claim(plain, runner.id, wait=0) is None
+
+    # Each pool counts only the jobs it may take: b (no tags) takes none of vx's.
+    views: dict[str, Any] = {p.name: p for p in await stack.builders.pools()}
+    assert views["vx"].queued == 1 and views["b"].queued == 1
+    await stack.scaler.once()
+    who, builder_runner, enrolled = await boot(stack, vultr)
+    assert enrolled.pool == "vx" and len(vultr.creates()) == 1
+    got = await stack.builds.runners.claim(who, builder_runner.id, wait=0)
+    assert got is not None and got.job_id == reserved.id
+
+    # A pool named for a release must exist and take the job, else a 400 saying so.
+    with pytest.raises(InvalidInput, match="there is no builder pool 'nope'"):
+        await stack.builds.jobs.submit(stack.admin, JobSubmit(manifest=manifest()),
+                                       release=True, pool="nope")
+    with pytest.raises(InvalidInput, match=r"pool vx does not take this job: .* tagged t"):
+        await stack.builds.jobs.submit(stack.admin, JobSubmit(manifest=manifest()),
+                                       release=True, pool="vx")
+
+    # A job whose pool is no longer configured is anyone's again.
+    after: Stack = await make_stack(pools=[pool(job_tags=["t"], max_instances=1)])
+    got = await after.builds.runners.claim(plain, runner.id, wait=0)
+    assert got is not None and got.job_id == release.id
