@@ -306,6 +306,10 @@ class BuilderSettings(Section):
     #: Make the builders' netboot image when the server starts (when it has pools), so
     #: that the first machine's firmware does not wait for it; else at the first boot.
     prepare_netboot: bool = True
+    #: Directories of the server's own files that any jobs:submit token may release
+    #: from (``nixfarm release --repo /path``); any other local path or file:// URL
+    #: needs an admin token. Remote git URLs are open to jobs:submit.
+    release_paths: tuple[Path, ...] = ()
     vultr: VultrSettings = VultrSettings()
     pools: tuple[PoolSettings, ...] = ()
 
@@ -316,6 +320,14 @@ class BuilderSettings(Section):
         for name in names:
             if names.count(name) > 1:
                 raise ValueError(f"two pools are called {name!r}")
+        return value
+
+    @field_validator("release_paths")
+    @classmethod
+    def _absolute(cls, value: tuple[Path, ...]) -> tuple[Path, ...]:
+        for path in value:
+            if not path.is_absolute():
+                raise ValueError(f"{str(path)!r} is not an absolute path")
         return value
 
     def pool(self, name: str) -> PoolSettings | None:
