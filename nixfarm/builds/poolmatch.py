@@ -1,6 +1,6 @@
 """Which queued jobs a builder pool takes (``[[builders.pools]]``, docs/builders.md).
 
-Two places must agree on it: the claim of a builder's runner (it may take only its
+Several places must agree on it: the claim of a builder's runner (it may take only its
 pool's jobs) and the autoscaler (it creates builders for the jobs a pool would take).
 Both use this module. A pool takes a job when the job's image is one of the pool's
 ``job_images``, its arch is the pool's (or unset), it carries every one of the pool's
@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nixfarm.config import PoolSettings
-from nixfarm.db.models import Job, JobTag
+from nixfarm.db.models import Builder, Job, JobTag
 from nixfarm.errors import InvalidInput
 from nixfarm.manifest import load_manifest
 
@@ -96,3 +96,23 @@ async def reserved_pool(s: AsyncSession, pools: Sequence[PoolSettings], job: Job
         if (pool.job_tags or release) and await takes(s, pool, job):
             return pool.name
     return None
+
+
+def one_job(pool: PoolSettings) -> bool:
+    """Whether the pool's builders take one job each (all life cycles but keep-always)."""
+    return pool.lifecycle != "keep-always"
+
+
+def builder_open(pool: PoolSettings) -> list[sa.ColumnElement[bool]]:
+    """The SQL conditions on ``Builder`` of a builder of ``pool`` that still takes a
+    job: it is ready, and it has not taken the one job its pool gives it."""
+    out: list[sa.ColumnElement[bool]] = [Builder.state == "ready"]
+    if one_job(pool):
+        out.append(Builder.last_job_id.is_(None))
+    return out
+
+
+def builder_takes_jobs(builder: Builder, pool: PoolSettings | None) -> bool:
+    """``builder_open`` on a builder read (None: its pool is no longer configured)."""
+    return pool is not None and builder.state == "ready" and not (
+        one_job(pool) and builder.last_job_id is not None)

@@ -456,6 +456,10 @@ class Builder(Base):
     #: keep-on-failure: destroyed at this time.
     hold_until: Mapped[datetime | None] = mapped_column()
     destroyed_at: Mapped[datetime | None] = mapped_column()
+    #: It was destroyed because it failed to come up: its create was refused, it never
+    #: enrolled, its machine vanished while booting, or it fell silent before taking a
+    #: job. Enough of these in a row make the pool back off (autoscaler).
+    boot_failed: Mapped[bool] = mapped_column(default=False)
 
 
 class BuilderDecision(Base):

@@ -439,3 +439,76 @@ async def test_pool_jobs_go_to_their_pools_builders_only(make_stack: MakeStack,
     after: Stack = await make_stack(pools=[pool(job_tags=["t"], max_instances=1)])
     got = await after.builds.runners.claim(plain, runner.id, wait=0)
     assert got is not None and got.job_id == release.id
+
+
+async def test_a_job_that_loses_its_builders_fails(make_stack: MakeStack,
+                                                   vultr: FakeVultr) -> None:
+    stack: Stack = await make_stack(pools=[pool(max_builders_per_job=1)])
+    job = await stack.submit(manifest())
+    await stack.scaler.once()
+    who, runner, enrolled = await boot(stack, vultr)
+    got = await stack.builds.runners.claim(who, runner.id, wait=0)
+    assert got is not None and got.job_id == job.id
+    # Its runner crashes and comes back up (it registers again): the job, on its first
+    # run, is queued again, and would make one builder after another.
+    await stack.builds.runners.register(who, RunnerRegister(
+        name=enrolled.name, images=enrolled.images, arch=enrolled.arch))
+    assert (await stack.builds.jobs.view(job.id)).status == "queued"
+    await stack.scaler.once()
+    failed = await stack.builds.jobs.view(job.id)
+    assert failed.status == "failed", failed
+    assert failed.reason == (f"it lost 1 builders of pool vx (the last, {enrolled.name}: its "
+                             "runner stopped or fell silent while running it; "
+                             "max_builders_per_job is 1); not queued again")
+    assert (await stack.builders.view(enrolled.builder_id)).state == "destroyed"
+    assert len(vultr.creates()) == 1 and vultr.live() == []  # no builder for it again
+    assert ("give-up", f"job {job.id} failed: {failed.reason}") in await actions(stack)
+    await stack.scaler.once()
+    assert len(vultr.creates()) == 1
+
+
+async def test_a_pool_whose_builders_never_enroll_backs_off(make_stack: MakeStack,
+                                                            vultr: FakeVultr) -> None:
+    settings = {"boot_timeout_seconds": 1.0, "max_boot_failures": 2,
+                "boot_backoff_seconds": 60, "max_instances": 3}
+    stack: Stack = await make_stack(pools=[pool(**settings)])
+    await stack.submit(manifest())
+    await stack.submit(manifest())
+    await stack.scaler.once()
+    assert len(vultr.creates()) == 2
+    await anyio.sleep(1.1)
+    await stack.scaler.once()  # both reaped, never enrolled: two failures in a row
+    await stack.scaler.once()  # a back-off that holds is recorded once
+    assert len(vultr.creates()) == 2 and vultr.live() == []
+    backoffs = [r for a, r in await actions(stack) if a == "backoff"]
+    assert len(backoffs) == 1, backoffs
+    assert backoffs[0].startswith(
+        "2 queued jobs wait, but the pool's last 2 builders failed to come up (the last, ")
+    assert "it never enrolled within its boot timeout (1 s)): no new builder before " \
+        in backoffs[0] and backoffs[0].endswith("(back-off of 60 s)")
+
+    async def back_off_over() -> None:
+        async with stack.db.session() as s:
+            await s.execute(sa.update(Builder).values(
+                destroyed_at=utcnow() - timedelta(seconds=1000)))
+
+    # Once the back-off is over, one builder (not one per job) tries again...
+    await back_off_over()
+    await stack.scaler.once()
+    assert len(vultr.creates()) == 3
+    await stack.scaler.once()
+    assert len(vultr.creates()) == 3  # ... and only one while it boots
+    await anyio.sleep(1.1)
+    await stack.scaler.once()
+    # It failed too: the next back-off is twice as long.
+    assert [r for a, r in await actions(stack) if a == "backoff"][-1].endswith(
+        "(back-off of 120 s)")
+    await back_off_over()
+    await stack.scaler.once()
+    assert len(vultr.creates()) == 4
+    # This one comes up: the pool creates freely again.
+    _, _, enrolled = await boot(stack, vultr, 3)
+    await stack.submit(manifest())
+    await stack.scaler.once()
+    # Three jobs and one free builder: two more at once (max_instances 3).
+    assert len(vultr.creates()) == 6 and enrolled.pool == "vx"
