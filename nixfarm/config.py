@@ -271,6 +271,14 @@ class PoolSettings(Section):
     max_uptime_seconds: float = Field(default=6 * 3600.0, gt=0)
     #: A builder that has not enrolled this long after its creation is destroyed.
     boot_timeout_seconds: float = Field(default=900.0, gt=0)
+    #: A job that lost this many of the pool's builders (their runners stopped or fell
+    #: silent while it ran, and it was queued again) fails instead of waiting for one more.
+    max_builders_per_job: int = Field(default=2, ge=1, le=100)
+    #: This many builders in a row failing to come up (create refused, never enrolled,
+    #: silent before a job) make the pool back off; 0: never.
+    max_boot_failures: int = Field(default=3, ge=0, le=100)
+    #: The first back-off; it doubles with every further failure, up to 16 times this.
+    boot_backoff_seconds: float = Field(default=600.0, gt=0)
 
     @field_validator("job_images", "job_tags", "caches")
     @classmethod
@@ -306,6 +314,10 @@ class BuilderSettings(Section):
     #: Make the builders' netboot image when the server starts (when it has pools), so
     #: that the first machine's firmware does not wait for it; else at the first boot.
     prepare_netboot: bool = True
+    #: Directories of the server's own files that any jobs:submit token may release
+    #: from (``nixfarm release --repo /path``); any other local path or file:// URL
+    #: needs an admin token. Remote git URLs are open to jobs:submit.
+    release_paths: tuple[Path, ...] = ()
     vultr: VultrSettings = VultrSettings()
     pools: tuple[PoolSettings, ...] = ()
 
@@ -316,6 +328,14 @@ class BuilderSettings(Section):
         for name in names:
             if names.count(name) > 1:
                 raise ValueError(f"two pools are called {name!r}")
+        return value
+
+    @field_validator("release_paths")
+    @classmethod
+    def _absolute(cls, value: tuple[Path, ...]) -> tuple[Path, ...]:
+        for path in value:
+            if not path.is_absolute():
+                raise ValueError(f"{str(path)!r} is not an absolute path")
         return value
 
     def pool(self, name: str) -> PoolSettings | None:

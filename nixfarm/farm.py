@@ -113,7 +113,7 @@ class Farm:
             retention = asyncio.create_task(CacheBrowser(self.caches).retain_forever())
             scaler = scaling = None
             if self.settings.builders.autoscale and self.settings.builders.pools:
-                scaler = Autoscaler(self.builders)
+                scaler = Autoscaler(self.builders, self.builds.jobs)
                 scaling = asyncio.create_task(scaler.run_forever())
             try:
                 yield

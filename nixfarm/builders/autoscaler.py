@@ -1,7 +1,9 @@
 """The autoscaler and the reaper: one pass every ``builders.interval_seconds``.
 
-Each pass, in this order (each step reads the database afresh, so a pass that fails
-half-way leaves nothing the next one cannot finish):
+Each pass, in this order (each step reads the live builders afresh, so a pass that
+fails half-way leaves nothing the next one cannot finish; what their runners do, which
+of them run a job and when each was last heard, is read once per pass, after step 1:
+``BuilderService.activity``):
 
 1. **Look.** Builders whose machine is booting are looked at through their provider
    (this is the polling until ``active``): the address is recorded; a machine that
@@ -12,7 +14,10 @@ half-way leaves nothing the next one cannot finish):
      it idle from the job's end;
    - a hold that is over, or an idle time past ``idle_timeout_seconds``: destroyed;
    - older than ``max_uptime_seconds``, or its pool is no longer configured: it
-     drains (claims nothing more) and is destroyed once it runs no job.
+     drains (claims nothing more) and is destroyed once it runs no job;
+   - its job left it without ending (its runner stopped or fell silent, and the job
+     was queued again): once ``max_builders_per_job`` builders of the pool lost the
+     job that way, the job fails ("give-up") rather than wait for one more builder.
 3. **Reap.** Destroyed: builders that never enrolled within ``boot_timeout_seconds``;
    enrolled builders not heard from (no claim, no job lease renewed) for
    ``builders.heartbeat_timeout_seconds``; and instances that carry this farm's tag
@@ -24,6 +29,11 @@ half-way leaves nothing the next one cannot finish):
    builder each, as long as the pool stays within ``max_instances`` and, with
    ``max_hourly_spend``, the plan prices of its live builders plus the new one stay
    within the cap. No demand, no builder: idle timeouts take a pool to zero.
+   A pool whose last ``max_boot_failures`` builders in a row failed to come up
+   (create refused, never enrolled, machine gone while booting, silent before taking
+   a job: ``Builder.boot_failed``) backs off: no builder for ``boot_backoff_seconds``
+   after the last failure, doubling with each further one (at most 16 times); then
+   one builder at a time, until one comes up ("backoff").
 
 Every create, destroy, reap, drain, hold and refusal is recorded with its reason
 (``service.decide``); a refusal is recorded once while it holds, not every pass.
@@ -43,12 +53,14 @@ from datetime import datetime, timedelta
 
 import anyio
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from nixfarm.builders.service import BuilderService
+from nixfarm.builders.service import Activity, BuilderService
+from nixfarm.builds import poolmatch
+from nixfarm.builds.jobs import JobService
 from nixfarm.config import PoolSettings
 from nixfarm.db import builders as q
-from nixfarm.db.models import Builder, Job, Runner, utcnow
+from nixfarm.db import jobs as jq
+from nixfarm.db.models import Builder, Job, utcnow
 from nixfarm.errors import Conflict, ProviderError
 from nixfarm.wire.jobs import FINAL_STATUSES
 
@@ -58,6 +70,8 @@ log = logging.getLogger("nixfarm.builders.autoscaler")
 LEASE = "autoscaler"
 #: Job statuses that count as the job having failed (keep-on-failure holds for these).
 _FAILED = frozenset({"failed", "timeout", "interrupted"})
+#: How many of a pool's latest builders the back-off looks at.
+_STREAK_LOOK = 100
 
 
 def _seconds(delta: timedelta) -> str:
@@ -65,8 +79,10 @@ def _seconds(delta: timedelta) -> str:
 
 
 class Autoscaler:
-    def __init__(self, service: BuilderService) -> None:
+    def __init__(self, service: BuilderService, jobs: JobService | None = None) -> None:
         self.service = service
+        #: Tells a job's followers and triggers when it gives the job up (None: nobody).
+        self.jobs = jobs
         self.settings = service.settings
         self.db = service.db
         #: The refusal last recorded per pool, so that one holding is recorded once.
@@ -103,14 +119,21 @@ class Autoscaler:
     async def once(self) -> None:
         """One whole pass (see the module's notes)."""
         await self.look()
-        await self.life_cycle()
-        await self.reap()
+        seen = await self.see()
+        await self.life_cycle(seen)
+        await self.reap(seen)
         for pool in self.settings.builders.pools:
-            await self.scale(pool)
+            await self.scale(pool, seen)
 
-    async def _destroy(self, builder: Builder, reason: str, action: str = "destroy") -> None:
+    async def see(self) -> Activity:
+        """What the live builders' runners are doing now (once per pass)."""
+        async with self.db.session() as s:
+            return await self.service.activity(s, await q.live_builders(s))
+
+    async def _destroy(self, builder: Builder, reason: str, action: str = "destroy",
+                       boot_failed: bool = False) -> None:
         try:
-            await self.service.destroy(builder.id, reason, action)
+            await self.service.destroy(builder.id, reason, action, boot_failed)
         except (ProviderError, Conflict):  # recorded; tried again next pass
             log.warning("destroying builder %d failed; trying again next pass", builder.id)
 
@@ -129,19 +152,21 @@ class Autoscaler:
                 log.warning("looking at builder %d failed: %s", builder.id, e.message)
                 continue
             if instance is None or instance.state == "gone":
-                await self._destroy(builder, f"its machine {builder.instance_id} is gone")
+                await self._destroy(builder, f"its machine {builder.instance_id} is gone",
+                                    boot_failed=builder.enrolled_at is None)
             elif instance.ip and instance.ip != builder.ip:
                 async with self.db.session() as s:
                     await q.update_builder_if(s, builder.id, q.LIVE, ip=instance.ip)
 
     # --- 2. life cycle -----------------------------------------------------------
 
-    async def life_cycle(self) -> None:
+    async def life_cycle(self, seen: Activity | None = None) -> None:
         now = utcnow()
+        seen = seen or await self.see()
+        busy = seen.busy
         async with self.db.session() as s:
             enrolled = [b for b in await q.live_builders(s)
                         if b.state in ("ready", "draining", "held")]
-            busy = await self.service.busy_builders(s, enrolled)
             jobs = {j.id: j for j in await s.scalars(sa.select(Job).where(
                 Job.id.in_([b.last_job_id for b in enrolled if b.last_job_id is not None])))}
         for builder in enrolled:
@@ -160,6 +185,8 @@ class Autoscaler:
             if builder.state == "draining":
                 await self._drain(builder, busy, builder.reason or "it drains")
                 continue
+            if ended and job is not None and job.status == "queued":
+                await self._lost(builder, pool, job)
             if ended and job is not None and await self._job_ended(builder, pool, job, now):
                 continue
             if now - builder.created_at > timedelta(seconds=pool.max_uptime_seconds):
@@ -201,6 +228,32 @@ class Autoscaler:
             builder.idle_since = finished
         return False
 
+    async def _lost(self, builder: Builder, pool: PoolSettings, job: Job) -> None:
+        """``job`` left ``builder`` without ending, and is queued again: once it has lost
+        ``max_builders_per_job`` of the pool's builders so, it fails (a job that crashes
+        every runner must not make builder after builder)."""
+        async with self.db.session() as s:
+            lost = await s.scalar(sa.select(sa.func.count()).select_from(Builder).where(
+                Builder.last_job_id == job.id, Builder.pool == pool.name)) or 0
+        if lost < pool.max_builders_per_job:
+            return
+        reason = (f"it lost {lost} builders of pool {pool.name} (the last, {builder.name}: "
+                  "its runner stopped or fell silent while running it; max_builders_per_job "
+                  f"is {pool.max_builders_per_job}); not queued again")
+        now = utcnow()
+        async with self.db.session() as s:
+            done = await jq.update_job_if(s, job.id, {"status": "queued"}, status="failed",
+                                          reason=reason, finished_at=now)
+            if done:
+                await jq.settle_tasks(s, job.id, "failed", now)
+                await q.record(s, pool.name, "give-up", f"job {job.id} failed: {reason}",
+                               builder.id)
+        if done:
+            job.status = "failed"
+            log.warning("pool %s: job %d failed: %s", pool.name, job.id, reason)
+            if self.jobs is not None:
+                await self.jobs.ended(job.id)
+
     async def _drain(self, builder: Builder, busy: set[int], reason: str) -> None:
         if builder.state != "draining":
             async with self.db.session() as s:
@@ -212,12 +265,12 @@ class Autoscaler:
 
     # --- 3. reap -----------------------------------------------------------------
 
-    async def reap(self) -> None:
+    async def reap(self, seen: Activity | None = None) -> None:
         now = utcnow()
         silence = timedelta(seconds=self.settings.builders.heartbeat_timeout_seconds)
+        heard = (seen or await self.see()).heard
         async with self.db.session() as s:
             live = await q.live_builders(s)
-            heard = await self._last_heard(s, live)
         for builder in live:
             pool = self.settings.builders.pool(builder.pool)
             boot_timeout = timedelta(seconds=pool.boot_timeout_seconds if pool else 0)
@@ -226,36 +279,16 @@ class Autoscaler:
                 # stays "creating": its machine, if any, is found by its tag below.
                 if now - builder.created_at > boot_timeout:
                     await self._destroy(builder, "it never enrolled within its boot timeout "
-                                        f"({boot_timeout.total_seconds():.0f} s)", "reap")
+                                        f"({boot_timeout.total_seconds():.0f} s)", "reap",
+                                        boot_failed=True)
                 continue
             last = heard.get(builder.id) or builder.enrolled_at or builder.created_at
             if builder.state != "held" and now - last > silence:
+                # Silent before it took any job: it failed to come up (its runner).
                 await self._destroy(builder, f"its heartbeats stopped: last heard "
-                                    f"{_seconds(now - last)} ago", "reap")
+                                    f"{_seconds(now - last)} ago", "reap",
+                                    boot_failed=builder.last_job_id is None)
         await self.reap_leaked()
-
-    async def _last_heard(self, s: AsyncSession,
-                          builders: list[Builder]) -> dict[int, datetime]:
-        """When each enrolled builder last called: a claim (the runner's last_seen_at)
-        or a call about its job (which renews the job's lease)."""
-        tokens = {b.token_id: b.id for b in builders if b.token_id is not None}
-        out: dict[int, datetime] = {}
-        if not tokens:
-            return out
-        lease = timedelta(seconds=self.settings.jobs.lease_seconds)
-        runners = list(await s.scalars(sa.select(Runner).where(Runner.token_id.in_(tokens))))
-        by_runner = {r.id: tokens[r.token_id] for r in runners}
-        for r in runners:
-            b = tokens[r.token_id]
-            out[b] = max(out.get(b, r.last_seen_at), r.last_seen_at)
-        if by_runner:
-            rows = await s.execute(sa.select(Job.runner_id, Job.lease_expires_at).where(
-                Job.runner_id.in_(by_runner), Job.status == "running"))
-            for runner_id, expires in rows:
-                if expires is not None and runner_id is not None:
-                    b = by_runner[runner_id]
-                    out[b] = max(out.get(b, expires - lease), expires - lease)
-        return out
 
     async def reap_leaked(self) -> None:
         """Destroy instances with this farm's tag that no live builder of it owns."""
@@ -283,20 +316,27 @@ class Autoscaler:
 
     # --- 4. scale ----------------------------------------------------------------
 
-    async def scale(self, pool: PoolSettings) -> None:
+    async def scale(self, pool: PoolSettings, seen: Activity | None = None) -> None:
         queued = await self.service.queued_for(pool)
+        busy = (seen or await self.see()).busy
         async with self.db.session() as s:
             live = await q.live_builders(s, pool.name)
-            busy = await self.service.busy_builders(s, live)
-        once = pool.lifecycle != "keep-always"
         coming = [b for b in live if b.state in ("creating", "booting")]
-        free = [b for b in live if b.state == "ready" and b.id not in busy
-                and not (once and b.last_job_id is not None)]
+        free = [b for b in live if b.id not in busy and poolmatch.builder_takes_jobs(b, pool)]
         need = len(queued) - len(coming) - len(free)
         if need <= 0:
             if not queued:
                 self._refused.pop(pool.name, None)
             return
+        failures, backoff = await self._backoff(pool)
+        if backoff is not None:
+            await self._refuse(pool, "backoff", f"{len(queued)} queued jobs wait, but "
+                               f"{backoff}")
+            return
+        if failures:  # after a back-off, one builder at a time until one comes up
+            if coming:
+                return
+            need = 1
         count, spend = len(live), sum(b.hourly_price for b in live)
         ready = len(coming) + len(free)
         for _ in range(need):
@@ -310,11 +350,42 @@ class Autoscaler:
                            f"({pool.hourly_price:g}/h) would take the pool's spend from "
                            f"{spend:g}/h past max_hourly_spend ({pool.max_hourly_spend:g}/h)")
             if refusal is not None:
-                if self._refused.get(pool.name) != refusal:
-                    self._refused[pool.name] = refusal
-                    await self.service.decide(pool.name, "refuse", refusal)
+                await self._refuse(pool, "refuse", refusal)
                 return
             self._refused.pop(pool.name, None)
             await self.service.create(pool, f"{len(queued)} queued jobs for the pool, "
                                       f"{ready} builders coming or free")
             count, spend, ready = count + 1, spend + pool.hourly_price, ready + 1
+
+    async def _refuse(self, pool: PoolSettings, action: str, refusal: str) -> None:
+        """Record a refusal to create, once while the same one holds."""
+        if self._refused.get(pool.name) != refusal:
+            self._refused[pool.name] = refusal
+            await self.service.decide(pool.name, action, refusal)
+
+    async def _backoff(self, pool: PoolSettings) -> tuple[int, str | None]:
+        """The pool's builders that failed to come up, in a row, if at least
+        ``max_boot_failures`` (else 0); and why it backs off now, or None."""
+        if pool.max_boot_failures <= 0:
+            return 0, None
+        async with self.db.session() as s:
+            latest = list(await s.scalars(sa.select(Builder).where(
+                Builder.pool == pool.name).order_by(Builder.id.desc()).limit(_STREAK_LOOK)))
+        failed: list[Builder] = []
+        for builder in latest:
+            if builder.boot_failed:
+                failed.append(builder)
+            elif builder.enrolled_at is not None:
+                break  # one came up: the streak ends here
+            # else: still booting, or destroyed for another reason (by hand, a stop)
+        if len(failed) < pool.max_boot_failures:
+            return 0, None
+        last = failed[0]
+        wait = pool.boot_backoff_seconds * 2 ** min(len(failed) - pool.max_boot_failures, 4)
+        until = (last.destroyed_at or last.created_at) + timedelta(seconds=wait)
+        if utcnow() >= until:
+            return len(failed), None
+        return len(failed), (
+            f"the pool's last {len(failed)} builders failed to come up (the last, "
+            f"{last.name}: {last.reason}): no new builder before "
+            f"{until.isoformat(timespec='seconds')} (back-off of {wait:.0f} s)")

@@ -27,7 +27,7 @@ routes agree on):
   base64-encodes it, as its API wants).
 
 Adding a provider (the ``local`` one, say): a module here with a class that has
-these four methods and ``close``, and one branch in ``providers.open_provider``.
+these four methods, ``close``, its ``boot_args``, and one branch in ``providers.open_provider``.
 The conformance expectations are in tests/builders: ``create`` returns at once with
 the instance ``pending`` or ``active``; ``get`` of a destroyed instance is None;
 ``destroy`` of an instance already gone is not an error.
@@ -111,6 +111,10 @@ class Provider(Protocol):
     """A source of machines. Every method may raise ``nixfarm.errors.ProviderError``."""
 
     name: str
+    #: The kernel command-line words the netboot image's bootstrap needs on this
+    #: provider's machines: where their user data is (``nixfarm.userdata=``: a URL, or
+    #: ``fwcfg``), and anything else about their network. Never what the data holds.
+    boot_args: str
 
     async def create(self, spec: InstanceSpec) -> Instance:
         """Ask for a machine; returns as soon as the provider has accepted it (the

@@ -73,6 +73,9 @@ def parse_plan(plan: str) -> tuple[int, int, int]:
 
 class LocalProvider:
     name = "local"
+    #: The user data is in qemu's firmware configuration; the farm's loopback address
+    #: is the host's, at 10.0.2.2 (the bootstrap forwards the guest's own to it).
+    boot_args = f"nixfarm.userdata=fwcfg nixfarm.loopback={HOST_FROM_GUEST}"
 
     def __init__(self, root: Path, qemu: str = QEMU) -> None:
         self.root = root

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 import anyio
 import sqlalchemy as sa
@@ -45,6 +46,19 @@ log = logging.getLogger("nixfarm.builders")
 #: A builder's runner token outlives its pool's maximum uptime by this much.
 _TOKEN_MARGIN = timedelta(minutes=10)
 _MAX_QUEUE_LOOK = 1000
+
+
+@dataclass
+class Activity:
+    """What a set of enrolled builders' runners are doing, read at once."""
+
+    #: Builder id -> the runner its token registered (the last, if several).
+    runners: dict[int, int] = field(default_factory=dict)
+    #: The builders running a job now.
+    busy: set[int] = field(default_factory=set)
+    #: When each last called: a claim (its runner's last_seen_at) or a call about its
+    #: running job (which renewed the job's lease).
+    heard: dict[int, datetime] = field(default_factory=dict)
 
 
 def farm_id(settings: Settings) -> str:
@@ -116,7 +130,8 @@ class BuilderService:
             async with self.db.session() as s:
                 await q.update_builder_if(s, builder.id, "creating", state="destroyed",
                                           destroyed_at=utcnow(), enroll_hash=None,
-                                          reason=f"the provider refused it: {e.message}")
+                                          reason=f"the provider refused it: {e.message}",
+                                          boot_failed=True)
                 await q.record(s, pool.name, "fail", f"creating {builder.name} failed: "
                                f"{e.message}", builder.id)
             log.warning("pool %s: creating builder %d failed: %s", pool.name, builder.id,
@@ -163,9 +178,11 @@ class BuilderService:
 
     # --- destroy -----------------------------------------------------------------
 
-    async def destroy(self, builder_id: int, reason: str, action: str = "destroy") -> Builder:
+    async def destroy(self, builder_id: int, reason: str, action: str = "destroy",
+                      boot_failed: bool = False) -> Builder:
         """Revoke its runner token, delete its machine, and record why. Idempotent;
-        ``ProviderError`` (recorded) if the provider fails to delete the machine."""
+        ``ProviderError`` (recorded) if the provider fails to delete the machine.
+        ``boot_failed``: it is destroyed for failing to come up (the pool's back-off)."""
         async with self.db.session() as s:
             builder = await q.get_builder(s, builder_id)
         if builder.state == "destroyed":
@@ -182,7 +199,7 @@ class BuilderService:
         async with self.db.session() as s:
             done = await q.update_builder_if(
                 s, builder_id, q.LIVE, state="destroyed", destroyed_at=utcnow(),
-                reason=reason, enroll_hash=None)
+                reason=reason, enroll_hash=None, boot_failed=boot_failed)
             if done:
                 await q.record(s, builder.pool, action, reason, builder.id)
             builder = await q.get_builder(s, builder_id)
@@ -196,7 +213,7 @@ class BuilderService:
         destroyed: list[int] = []
         async with self.db.session() as s:
             live = await q.live_builders(s)
-            busy = await self.busy_builders(s, live)
+            busy = (await self.activity(s, live)).busy
 
         async def destroy(builder: Builder) -> None:
             try:
@@ -228,23 +245,38 @@ class BuilderService:
             Runner.token_id.in_(tokens)))
         return {tokens[token_id]: runner_id for token_id, runner_id in rows}
 
-    async def busy_builders(self, s: AsyncSession,
-                            builders: list[Builder]) -> set[int]:
-        """The builders running a job now."""
-        runners = await self.runner_ids(s, builders)
-        if not runners:
-            return set()
-        rows = await s.scalars(sa.select(Job.runner_id).where(
-            Job.runner_id.in_(runners.values()), Job.status == "running"))
-        running = set(rows)
-        return {b for b, r in runners.items() if r in running}
+    async def activity(self, s: AsyncSession, builders: list[Builder]) -> Activity:
+        """What the builders' runners are doing (two queries, whatever their number)."""
+        tokens = {b.token_id: b.id for b in builders if b.token_id is not None}
+        out = Activity()
+        if not tokens:
+            return out
+        lease = timedelta(seconds=self.settings.jobs.lease_seconds)
+        rows = await s.execute(sa.select(Runner.id, Runner.token_id, Runner.last_seen_at)
+                               .where(Runner.token_id.in_(tokens)))
+        by_runner: dict[int, int] = {}  # every runner of those tokens -> its builder
+        for runner_id, token_id, seen in rows:
+            builder = by_runner[runner_id] = tokens[token_id]
+            out.runners[builder] = runner_id
+            out.heard[builder] = max(out.heard.get(builder, seen), seen)
+        if not by_runner:
+            return out
+        running = await s.execute(sa.select(Job.runner_id, Job.lease_expires_at).where(
+            Job.runner_id.in_(by_runner), Job.status == "running"))
+        for holder, expires in running:
+            builder = by_runner[holder or 0]
+            out.busy.add(builder)
+            if expires is not None:  # the lease was renewed a lease ago: a call then
+                out.heard[builder] = max(out.heard.get(builder, expires - lease),
+                                         expires - lease)
+        return out
 
     async def queued_for(self, pool: PoolSettings) -> list[int]:
         """The queued jobs ``pool`` would take, oldest first."""
         async with self.db.session() as s:
             return list(await s.scalars(sa.select(Job.id).where(
                 Job.status == "queued", *poolmatch.conditions(pool),
-                poolmatch.may_push(pool.caches))
+                poolmatch.may_push(pool.caches), poolmatch.claimable_by(pool.name, ()))
                 .order_by(Job.id).limit(_MAX_QUEUE_LOOK)))
 
     def _out(self, builder: Builder, runner_id: int | None) -> BuilderOut:

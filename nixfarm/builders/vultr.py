@@ -94,6 +94,8 @@ def _retry_after(response: httpx.Response) -> float:
 
 class VultrProvider:
     name = "vultr"
+    #: Vultr's metadata service serves the instance's user data.
+    boot_args = "nixfarm.userdata=http://169.254.169.254/latest/user-data"
 
     def __init__(self, settings: VultrSettings,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:

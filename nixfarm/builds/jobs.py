@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from anyio.abc import TaskGroup
 
 from nixfarm.builds import logs as logs_mod
+from nixfarm.builds import poolmatch
 from nixfarm.builds.artifacts import artifact_out
 from nixfarm.builds.logs import LogService
 from nixfarm.builds.secrets import SecretService
@@ -157,6 +158,7 @@ class JobService:
                 image=job.image, arch=job.arch, note=job.note, tags=tags[job.id],
                 visibility=job.visibility, key=key, reason=job.reason,
                 group_id=job.group_id, runner=runners.get(job.runner_id or 0),
+                pool=job.pool,
                 created_at=job.created_at, queued_at=job.queued_at,
                 started_at=job.started_at, finished_at=job.finished_at,
                 held_until=job.held_until if job.held_until and job.held_until > utcnow()
@@ -246,8 +248,10 @@ class JobService:
                 arches.add(runner.arch)
         return images, arches
 
-    async def submit(self, who: Principal, body: JobSubmit, group_id: int | None = None
-                     ) -> JobOut:
+    async def submit(self, who: Principal, body: JobSubmit, group_id: int | None = None,
+                     *, release: bool = False, pool: str | None = None) -> JobOut:
+        """Queue (or, not ``execute``, keep pending) a job. ``release``: it targets a
+        builder pool (``pool``, or the first that takes it; ``poolmatch``)."""
         manifest, secret_ids = await self._decide(who, body.manifest, body.secrets)
         for tag in body.tags:
             if not tag or len(tag) > 128 or not tag.isprintable():
@@ -266,6 +270,9 @@ class JobService:
                 task_names=[t.name for t in manifest.tasks], triggers=triggers,
                 queued=body.execute)
             job.group_id = group_id
+            await s.flush()  # its tags, for the pools' conditions
+            job.pool = await poolmatch.reserved_pool(s, self.settings.builders.pools, job,
+                                                     release=release, named=pool)
         if body.execute:
             await self.bus.publish(QUEUED_TOPIC, str(job.id).encode())
         log.info("job %d submitted by %s (%s)", job.id, who.name, job.status)

@@ -62,6 +62,7 @@ from nixfarm.builds import secrets as secrets_mod
 from nixfarm.builds.artifacts import ArtifactService
 from nixfarm.builds.jobs import QUEUED_TOPIC, JobService, control_topic
 from nixfarm.builds.shells import ShellService
+from nixfarm.config import PoolSettings
 from nixfarm.datadir import RUNNER_TOKEN, read_token
 from nixfarm.db import jobs as q
 from nixfarm.db.builders import builder_of_token
@@ -102,9 +103,9 @@ class _Pool:
     conditions: list[sa.ColumnElement[bool]]
     #: The caches its jobs may push to (a push token is granted for them); None: any.
     caches: Collection[str] | None = None
-    #: For an ephemeral builder: its id, and whether it takes one job only.
+    #: For an ephemeral builder: its id, and its pool.
     builder_id: int | None = None
-    once: bool = False
+    pool: PoolSettings | None = None
 
 
 class RunnerService:
@@ -302,11 +303,13 @@ class RunnerService:
         conditions: list[sa.ColumnElement[bool]] = []
         if builder is not None:  # an ephemeral builder: its pool's jobs only (builders/)
             pool = self.settings.builders.pool(builder.pool)
-            once = pool is not None and pool.lifecycle != "keep-always"
-            if pool is None or builder.state != "ready" or (
-                    once and builder.last_job_id is not None):
+            if pool is None or not poolmatch.builder_takes_jobs(builder, pool):
                 return _Pool([sa.false()])
             conditions.extend(poolmatch.conditions(pool))
+        # Jobs reserved for a builder pool go to that pool's builders alone (poolmatch).
+        conditions.append(poolmatch.claimable_by(
+            builder.pool if builder is not None else None,
+            [p.name for p in self.settings.builders.pools]))
         if token.runner_images is not None:
             conditions.append(Job.image.in_(token.runner_images))
         if token.runner_owners is not None:
@@ -320,7 +323,7 @@ class RunnerService:
         if builder is not None:
             # Its pushes are bounded by its pool's own caches, chosen by its operator.
             assert pool is not None
-            return _Pool(conditions, pool.caches, builder.id, once)
+            return _Pool(conditions, pool.caches, builder.id, pool)
         return _Pool(conditions, None if token.trusted else ())
 
     async def _take(self, runner: Runner, pool: _Pool) -> Job | None:
@@ -343,8 +346,9 @@ class RunnerService:
                         s, job.id, {"status": "queued"}, status="running", runner_id=runner.id,
                         attempts=job.attempts + 1, started_at=now,
                         lease_expires_at=now + self.lease, stop_requested=False):
-                    if pool.builder_id is not None and not await _builder_takes(
-                            s, pool.builder_id, job.id, once=pool.once):
+                    if pool.builder_id is not None and pool.pool is not None \
+                            and not await _builder_takes(s, pool.builder_id, job.id,
+                                                         pool.pool):
                         # Another slot of this builder took its one job first: undo.
                         await s.execute(sa.update(Job).where(Job.id == job.id).values(
                             status="queued", runner_id=None, attempts=job.attempts,
@@ -590,12 +594,11 @@ class RunnerService:
             await anyio.sleep(interval)
 
 
-async def _builder_takes(s: AsyncSession, builder_id: int, job_id: int, once: bool) -> bool:
+async def _builder_takes(s: AsyncSession, builder_id: int, job_id: int,
+                         pool: PoolSettings) -> bool:
     """Record that a ready builder took ``job_id``; False when it may not (any more):
     a builder that runs one job only has taken one already, or it is no longer ready."""
-    stmt = sa.update(Builder).where(Builder.id == builder_id, Builder.state == "ready")
-    if once:
-        stmt = stmt.where(Builder.last_job_id.is_(None))
+    stmt = sa.update(Builder).where(Builder.id == builder_id, *poolmatch.builder_open(pool))
     result = await s.execute(stmt.values(last_job_id=job_id)
                              .execution_options(synchronize_session=False))
     taken: bool = result.rowcount == 1  # type: ignore[attr-defined]

@@ -162,13 +162,16 @@ def release(
     package: Annotated[list[str] | None, typer.Option(
         help="A package of the farm's Nix package set for the build's image (repeatable; "
              "default coreutils).")] = None,
+    pool: Annotated[str | None, typer.Option(
+        help="The builder pool to build on (default: the first that takes the job).")
+                    ] = None,
     follow: Follow = False,
     url: Url = None, token: Token = None, data_dir: DataDir = None,
 ) -> None:
     """Build a repository's release.nix at a revision on a fresh builder, and push the
     outputs and their build logs to a cache, signed by the server (docs/builders.md)."""
     body = ReleaseRequest(repo=repo, rev=rev, file=file, attr=attr, cache=cache,
-                          packages=package if package else ["coreutils"])
+                          packages=package if package else ["coreutils"], pool=pool)
 
     async def work(c: Client) -> tuple[int, str, str | None]:
         jobs = JobsClient(c)

@@ -271,6 +271,9 @@ class Job(Base):
     )
     #: How many times a runner has claimed it (a lost job is re-queued at most once).
     attempts: Mapped[int] = mapped_column(default=0)
+    #: The builder pool the job is reserved for (docs/builders.md, "Pool jobs"): only
+    #: that pool's builders claim it. None: any runner that matches it.
+    pool: Mapped[str | None] = mapped_column(sa.String(40))
     lease_expires_at: Mapped[datetime | None] = mapped_column()
     #: Set while a running job is being cancelled (or timed out): the runner must stop.
     stop_requested: Mapped[bool] = mapped_column(default=False)
@@ -456,6 +459,10 @@ class Builder(Base):
     #: keep-on-failure: destroyed at this time.
     hold_until: Mapped[datetime | None] = mapped_column()
     destroyed_at: Mapped[datetime | None] = mapped_column()
+    #: It was destroyed because it failed to come up: its create was refused, it never
+    #: enrolled, its machine vanished while booting, or it fell silent before taking a
+    #: job. Enough of these in a row make the pool back off (autoscaler).
+    boot_failed: Mapped[bool] = mapped_column(default=False)
 
 
 class BuilderDecision(Base):

@@ -35,7 +35,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from pathlib import Path
 
 import nixfarm
 from nixfarm.errors import NixfarmError
+from nixfarm.runner.libraries import shared_libraries
 from nixfarm.runner.vm.cpio import CpioWriter
 from nixfarm.runner.vm.kernel import PACKAGE, kernel_tree
 from nixfarm.runner.vm.modules import ModuleError, load_order, module_index
@@ -79,10 +79,8 @@ _STDLIB_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepi
 #: Not needed, and large: Windows launchers, static archives, zstandard's cffi backend
 #: (its C backend is what it loads).
 _SKIP_FILES = (".exe", ".a", "_cffi.cpython-311-x86_64-linux-gnu.so")
-_NSS = ("libnss_files.so.2", "libnss_dns.so.2")
 #: Packages the runner loads lazily (not seen by the import probe) that it needs.
 _EXTRA_PACKAGES = ("httpcore", "h11", "certifi", "sniffio", "anyio", "idna")
-_LDD = re.compile(r"(?:=>\s*)?(/\S+)\s+\(0x[0-9a-f]+\)")
 _BUILD_USERS = 8
 #: The largest Nix package source copied into the image.
 MAX_NIX_SOURCE = 64 << 20
@@ -292,22 +290,11 @@ def _site_packages() -> list[tuple[Path, Path]]:
 
 def _libraries(objects: Iterable[Path]) -> list[tuple[Path, Path]]:
     """(path ldd names, its real file) of every library the objects load, NSS too."""
-    seen: dict[Path, Path] = {}
-    batch = [str(p) for p in objects]
-    for start in range(0, len(batch), 200):
-        done = subprocess.run(["ldd", *batch[start : start + 200]], capture_output=True,
-                              text=True, check=False, env={"LC_ALL": "C", "PATH": "/usr/bin"})
-        for match in _LDD.finditer(done.stdout):
-            path = Path(match.group(1))
-            seen.setdefault(path, path.resolve())
-    libc = next((p for p in seen if p.name == "libc.so.6"), None)
-    if libc is None:
+    # Static programs (busybox) and scripts are among them: ldd passes over those.
+    found = [Path(p) for p in shared_libraries(list(objects), check=False)]
+    if not any(p.name == "libc.so.6" for p in found):
         raise ImageError("ldd named no libc for the builder's programs.")
-    for name in _NSS:
-        path = libc.parent / name
-        if path.exists():
-            seen.setdefault(path, path.resolve())
-    return sorted(seen.items())
+    return sorted((p, p.resolve()) for p in found)
 
 
 def _passwd() -> bytes:

@@ -44,16 +44,15 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import shutil
 import socket
 import struct
-import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from nixfarm.errors import NixfarmError
 from nixfarm.runner.cacherelay import CacheRelay, relayed
+from nixfarm.runner.libraries import shared_libraries
 from nixfarm.runner.sandbox.base import NixClient
 from nixfarm.runner.sandbox.network import connect_slirp, resolv_conf
 
@@ -62,8 +61,6 @@ log = logging.getLogger("nixfarm.runner.nixd")
 START_TIMEOUT = 10.0
 _WORKER_MAGIC_1 = 0x6E697863
 _WORKER_MAGIC_2 = 0x6478696F
-_NSS_MODULES = ("libnss_files.so.2", "libnss_dns.so.2")
-_LDD_LINE = re.compile(r"(?:=>\s*)?(/\S+)\s+\(0x[0-9a-f]+\)")
 #: Why a runner that is not root gives jobs no Nix (and ``nixfarm runner`` refuses to
 #: start as one unless told --no-nix-daemon).
 NOT_ROOT = ("A runner that is not root cannot give jobs a Nix of their own: only root can "
@@ -100,17 +97,7 @@ def client_files(nix: str = "nix") -> tuple[tuple[str, ...], tuple[tuple[str, st
     if found is None:
         raise NixfarmError("Nix is not installed on this runner (no nix on the PATH).")
     binary = os.path.realpath(found)
-    done = subprocess.run(["ldd", binary], capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise NixfarmError(f"ldd {binary} failed: {done.stderr.strip()}")
-    libraries = [m.group(1) for m in map(_LDD_LINE.search, done.stdout.splitlines()) if m]
-    # Nix preloads glibc's name service modules at start (it warns without them).
-    for library in list(libraries):
-        if os.path.basename(library) == "libc.so.6":
-            for module in _NSS_MODULES:
-                candidate = os.path.join(os.path.dirname(library), module)
-                if os.path.exists(candidate):
-                    libraries.append(candidate)
+    libraries = shared_libraries([binary])  # glibc's NSS modules too: Nix preloads them
     directory = os.path.dirname(binary)
     links = []
     for name in sorted(os.listdir(directory)):
@@ -118,7 +105,7 @@ def client_files(nix: str = "nix") -> tuple[tuple[str, ...], tuple[tuple[str, st
         if (name.startswith("nix-") and os.path.islink(link)
                 and os.path.realpath(link) == binary):
             links.append((link, os.readlink(link)))
-    return (binary, *dict.fromkeys(libraries)), tuple(links)
+    return (binary, *libraries), tuple(links)
 
 
 class NixDaemon:

@@ -46,14 +46,11 @@ from nixfarm.server.body import read_bounded
 from nixfarm.storage.base import ObjectStore
 from nixfarm.wire.base import MAX_INT, Id
 
-#: Where each provider's machines find their user data (the ``nixfarm.userdata=`` word).
-USER_DATA = {"local": "fwcfg", "vultr": "http://169.254.169.254/latest/user-data"}
-#: The kernel's command line before ours: serial and VGA consoles, no reboot loop on a
-#: panic, and no crypto self-tests (a fifth of the boot under TCG).
+#: The kernel's command line before the provider's words (``Provider.boot_args``):
+#: serial and VGA consoles, no reboot loop on a panic, and no crypto self-tests (a
+#: fifth of the boot under TCG).
 KERNEL_ARGS = "console=tty0 console=ttyS0,115200 panic=-1 quiet cryptomgr.notests"
 MAX_CONSOLE_CHUNK = 1 << 20
-#: The local provider's guests reach the host's loopback here (qemu's user-mode network).
-LOCAL_HOST = "10.0.2.2"
 log = logging.getLogger("nixfarm.netboot")
 _BOOTING = ("creating", "booting")
 _images: dict[Path, NetbootImage] = {}
@@ -83,15 +80,14 @@ async def prepare(settings: Settings) -> None:
         log.warning("the netboot image could not be made: %s", e.message)
 
 
-def ipxe_script(provider: str) -> str:
+def ipxe_script(boot_args: str) -> str:
     """The script: fetch the kernel and initramfs (again, until they come: the firmware
-    gives up on a slow answer, such as the first one while the image is being made)."""
-    userdata = USER_DATA.get(provider, "fwcfg")
-    extra = f" nixfarm.loopback={LOCAL_HOST}" if provider == "local" else ""
+    gives up on a slow answer, such as the first one while the image is being made),
+    booting with the provider's ``boot_args``."""
     return ("#!ipxe\n"
             "# nixfarm: the netboot image and its bootstrap (docs/builders.md)\n"
             ":fetch\n"
-            f"kernel vmlinuz {KERNEL_ARGS} nixfarm.userdata={userdata}{extra} || goto again\n"
+            f"kernel vmlinuz {KERNEL_ARGS} {boot_args} || goto again\n"
             "initrd initrd || goto again\n"
             "boot || goto again\n"
             ":again\n"
@@ -114,8 +110,8 @@ async def _booting(request: Request) -> str:
 
 
 async def boot_script(request: Request) -> Response:
-    provider = await _booting(request)
-    return PlainTextResponse(ipxe_script(provider))
+    provider = farm_of(request).builders.provider(await _booting(request))
+    return PlainTextResponse(ipxe_script(provider.boot_args))
 
 
 async def kernel(request: Request) -> Response:

@@ -102,6 +102,8 @@ class JobOut(Wire):
     reason: str | None
     group_id: int | None
     runner: str | None
+    #: The builder pool it is reserved for: only that pool's builders run it.
+    pool: str | None = None
     created_at: datetime
     queued_at: datetime | None
     started_at: datetime | None

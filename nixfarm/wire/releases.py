@@ -34,3 +34,6 @@ class ReleaseRequest(Wire):
     packages: list[Annotated[str, Field(pattern=PACKAGE)]] = Field(
         default=["coreutils"], max_length=50)
     tags: list[str] = Field(default=[], max_length=19)
+    #: The builder pool to build on; none: the first configured pool that takes the job
+    #: (with no pool taking it, any runner that matches it).
+    pool: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,39}$")  # a pool name

@@ -92,7 +92,7 @@ async def make_stack(db: Database, tmp_path: Path,
         for name in ("rel", "other"):
             if name not in [c.name for c in await caches.all()]:
                 await caches.create(name)
-        return Stack(settings, db, builds, tokens, service, Autoscaler(service), admin)
+        return Stack(settings, db, builds, tokens, service, Autoscaler(service, builds.jobs), admin)
 
     yield make
     for bus, service in made:

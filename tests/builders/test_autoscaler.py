@@ -17,8 +17,10 @@ import sqlalchemy as sa
 
 from nixfarm.builders.base import farm_tag
 from nixfarm.db.models import Builder, BuilderLease, Runner, utcnow
+from nixfarm.errors import InvalidInput
 from nixfarm.tokens import Principal
 from nixfarm.wire.builders import Enrollment
+from nixfarm.wire.jobs import JobSubmit
 from nixfarm.wire.runners import FinishRequest, RunnerOut, RunnerRegister
 from tests.builders.conftest import MakeStack, Stack, manifest, pool
 from tests.builders.fakevultr import FakeVultr
@@ -163,8 +165,9 @@ async def test_max_instances_and_the_spend_cap_stop_creation(make_stack: MakeSta
     assert pools["vx"].builders == 2 and pools["vx"].hourly_spend == pytest.approx(0.10)
     assert pools["one"].builders == 1
     assert len(vultr.creates()) == 3
+    # The jobs tagged "one" are reserved for pool "one": vx counts only its own four.
     refusals = [r for a, r in await actions(stack) if a == "refuse"]
-    assert refusals == ["7 queued jobs wait, but another builder (0.05/h) would take the "
+    assert refusals == ["4 queued jobs wait, but another builder (0.05/h) would take the "
                         "pool's spend from 0.1/h past max_hourly_spend (0.12/h)"]
     assert [r for a, r in await actions(stack, "one") if a == "refuse"] == [
         "3 queued jobs wait, but the pool is at max_instances (1)"]
@@ -394,3 +397,118 @@ async def test_one_server_scales_at_a_time(make_stack: MakeStack, vultr: FakeVul
         await s.execute(sa.update(BuilderLease).values(
             expires_at=utcnow() - timedelta(seconds=1)))
     assert await one.scaler.lead() and not await two.scaler.lead()
+
+
+async def test_pool_jobs_go_to_their_pools_builders_only(make_stack: MakeStack,
+                                                         vultr: FakeVultr) -> None:
+    stack: Stack = await make_stack(pools=[pool(job_tags=["t"], max_instances=1),
+                                           pool(name="b", max_instances=0)])
+    # A trusted runner that is no builder: what the embedded runner of `up --demo` is.
+    _, secret = await stack.tokens.create("embedded", ["runner"])
+    plain = await stack.tokens.authenticate(secret)
+    assert plain is not None
+    runner = await stack.builds.runners.register(plain, RunnerRegister(
+        name="embedded", images=["nix"]))
+    reserved = await stack.submit(manifest(cache="rel"), tags=["t"])  # vx's tag selects it
+    anyones = await stack.submit(manifest())
+    release = await stack.builds.jobs.submit(  # a release: the first pool taking it
+        stack.admin, JobSubmit(manifest=manifest(), tags=["release"]), release=True)
+    assert (reserved.pool, anyones.pool, release.pool) == ("vx", None, "b")
+    got = await stack.builds.runners.claim(plain, runner.id, wait=0)
+    assert got is not None and got.job_id == anyones.id
+    assert await stack.builds.runners.claim(plain, runner.id, wait=0) is None
+
+    # Each pool counts only the jobs it may take: b (no tags) takes none of vx's.
+    views: dict[str, Any] = {p.name: p for p in await stack.builders.pools()}
+    assert views["vx"].queued == 1 and views["b"].queued == 1
+    await stack.scaler.once()
+    who, builder_runner, enrolled = await boot(stack, vultr)
+    assert enrolled.pool == "vx" and len(vultr.creates()) == 1
+    got = await stack.builds.runners.claim(who, builder_runner.id, wait=0)
+    assert got is not None and got.job_id == reserved.id
+
+    # A pool named for a release must exist and take the job, else a 400 saying so.
+    with pytest.raises(InvalidInput, match="there is no builder pool 'nope'"):
+        await stack.builds.jobs.submit(stack.admin, JobSubmit(manifest=manifest()),
+                                       release=True, pool="nope")
+    with pytest.raises(InvalidInput, match=r"pool vx does not take this job: .* tagged t"):
+        await stack.builds.jobs.submit(stack.admin, JobSubmit(manifest=manifest()),
+                                       release=True, pool="vx")
+
+    # A job whose pool is no longer configured is anyone's again.
+    after: Stack = await make_stack(pools=[pool(job_tags=["t"], max_instances=1)])
+    got = await after.builds.runners.claim(plain, runner.id, wait=0)
+    assert got is not None and got.job_id == release.id
+
+
+async def test_a_job_that_loses_its_builders_fails(make_stack: MakeStack,
+                                                   vultr: FakeVultr) -> None:
+    stack: Stack = await make_stack(pools=[pool(max_builders_per_job=1)])
+    job = await stack.submit(manifest())
+    await stack.scaler.once()
+    who, runner, enrolled = await boot(stack, vultr)
+    got = await stack.builds.runners.claim(who, runner.id, wait=0)
+    assert got is not None and got.job_id == job.id
+    # Its runner crashes and comes back up (it registers again): the job, on its first
+    # run, is queued again, and would make one builder after another.
+    await stack.builds.runners.register(who, RunnerRegister(
+        name=enrolled.name, images=enrolled.images, arch=enrolled.arch))
+    assert (await stack.builds.jobs.view(job.id)).status == "queued"
+    await stack.scaler.once()
+    failed = await stack.builds.jobs.view(job.id)
+    assert failed.status == "failed", failed
+    assert failed.reason == (f"it lost 1 builders of pool vx (the last, {enrolled.name}: its "
+                             "runner stopped or fell silent while running it; "
+                             "max_builders_per_job is 1); not queued again")
+    assert (await stack.builders.view(enrolled.builder_id)).state == "destroyed"
+    assert len(vultr.creates()) == 1 and vultr.live() == []  # no builder for it again
+    assert ("give-up", f"job {job.id} failed: {failed.reason}") in await actions(stack)
+    await stack.scaler.once()
+    assert len(vultr.creates()) == 1
+
+
+async def test_a_pool_whose_builders_never_enroll_backs_off(make_stack: MakeStack,
+                                                            vultr: FakeVultr) -> None:
+    settings = {"boot_timeout_seconds": 1.0, "max_boot_failures": 2,
+                "boot_backoff_seconds": 60, "max_instances": 3}
+    stack: Stack = await make_stack(pools=[pool(**settings)])
+    await stack.submit(manifest())
+    await stack.submit(manifest())
+    await stack.scaler.once()
+    assert len(vultr.creates()) == 2
+    await anyio.sleep(1.1)
+    await stack.scaler.once()  # both reaped, never enrolled: two failures in a row
+    await stack.scaler.once()  # a back-off that holds is recorded once
+    assert len(vultr.creates()) == 2 and vultr.live() == []
+    backoffs = [r for a, r in await actions(stack) if a == "backoff"]
+    assert len(backoffs) == 1, backoffs
+    assert backoffs[0].startswith(
+        "2 queued jobs wait, but the pool's last 2 builders failed to come up (the last, ")
+    assert "it never enrolled within its boot timeout (1 s)): no new builder before " \
+        in backoffs[0] and backoffs[0].endswith("(back-off of 60 s)")
+
+    async def back_off_over() -> None:
+        async with stack.db.session() as s:
+            await s.execute(sa.update(Builder).values(
+                destroyed_at=utcnow() - timedelta(seconds=1000)))
+
+    # Once the back-off is over, one builder (not one per job) tries again...
+    await back_off_over()
+    await stack.scaler.once()
+    assert len(vultr.creates()) == 3
+    await stack.scaler.once()
+    assert len(vultr.creates()) == 3  # ... and only one while it boots
+    await anyio.sleep(1.1)
+    await stack.scaler.once()
+    # It failed too: the next back-off is twice as long.
+    assert [r for a, r in await actions(stack) if a == "backoff"][-1].endswith(
+        "(back-off of 120 s)")
+    await back_off_over()
+    await stack.scaler.once()
+    assert len(vultr.creates()) == 4
+    # This one comes up: the pool creates freely again.
+    _, _, enrolled = await boot(stack, vultr, 3)
+    await stack.submit(manifest())
+    await stack.scaler.once()
+    # Three jobs and one free builder: two more at once (max_instances 3).
+    assert len(vultr.creates()) == 6 and enrolled.pool == "vx"

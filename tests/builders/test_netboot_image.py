@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 import nixfarm.demo
+from nixfarm.builders.local import LocalProvider
+from nixfarm.builders.vultr import VultrProvider
 from nixfarm.netboot.image import netboot_image
 from nixfarm.server.netboot_routes import ipxe_script
 
@@ -64,10 +66,10 @@ async def test_the_image_holds_a_builder_and_is_made_once_per_inputs(tmp_path: P
 
 
 def test_the_ipxe_script_names_where_the_user_data_is_never_what() -> None:
-    local = ipxe_script("local")
+    local = ipxe_script(LocalProvider.boot_args)
     assert local.startswith("#!ipxe\n")
     assert "kernel vmlinuz " in local and "initrd initrd" in local
     assert "nixfarm.userdata=fwcfg" in local and "nixfarm.loopback=10.0.2.2" in local
-    vultr = ipxe_script("vultr")
+    vultr = ipxe_script(VultrProvider.boot_args)
     assert "nixfarm.userdata=http://169.254.169.254/latest/user-data" in vultr
     assert "loopback" not in vultr and "nfe_" not in vultr

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.builders.releaserepo import release_repository
@@ -23,7 +24,8 @@ def farm(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningFarm
     data.mkdir()
     (data / "nixfarm.toml").write_text('nix_options = { substituters = "" }\n'
                                        '[registry.source]\nkind = "path"\n'
-                                       f'location = "{__import__("nixfarm.demo").demo.path()}"\n')
+                                       f'location = "{__import__("nixfarm.demo").demo.path()}"\n'
+                                       f'[builders]\nrelease_paths = ["{tmp_path}/allowed"]\n')
     with running_farm("sqlite", request, data) as f:
         yield f
 
@@ -78,3 +80,42 @@ def test_bad_release_requests_are_refused_with_the_reason(
     # Nothing leaks out of a release's repository over HTTP.
     assert farm.get("/releases/" + "a" * 43 + "/repo.git/HEAD", token="").status_code == 404
     assert farm.get("/releases/x/repo.git/../../admin.token", token="").status_code == 404
+
+
+def test_only_admins_release_from_the_servers_own_files(
+        farm: RunningFarm, tmp_path: Path) -> None:
+    repo, _ = release_repository(tmp_path, "x", "/nix/store/unused")
+    (tmp_path / "allowed").mkdir()
+    allowed, _ = release_repository(tmp_path / "allowed", "x", "/nix/store/unused")
+    (tmp_path / "allowed" / "link").symlink_to(repo)  # a way out, symbolic
+    cache, _ = farm.create_cache()
+    r = farm.request("POST", "/api/v1/tokens", json={
+        "name": f"s-{uuid.uuid4().hex[:8]}", "scopes": ["jobs:submit", f"cache:{cache}:push"]})
+    assert r.status_code == 201, r.text
+    submitter = r.json()["secret"]
+
+    def release(repo_: str, token: str) -> httpx.Response:
+        return farm.request("POST", "/api/v1/releases", token=token, json={
+            "repo": repo_, "rev": "main", "cache": cache, "pool": None})
+
+    # Any repository path the server can read, by path or file:// URL: not for a submitter.
+    for outside in (str(repo), f"file://{repo}", str(tmp_path / "allowed" / "link"),
+                    f"{tmp_path}/allowed/../project", str(farm.data_dir)):
+        r = release(outside, submitter)
+        assert r.status_code == 403, (outside, r.text)
+        assert "reads the server's own files: that needs an admin token, or a directory " \
+               f"under builders.release_paths ({tmp_path}/allowed)" in r.text, r.text
+    # A path under the configured directory is, and an admin's path anywhere.
+    mine = release(str(allowed), submitter)
+    assert mine.status_code == 201, mine.text
+    admins = release(f"file://{repo}", farm.token)
+    assert admins.status_code == 201, admins.text
+    for job in (mine.json(), admins.json()):
+        farm.request("POST", f"/api/v1/jobs/{job['id']}/cancel")
+    # Remote URLs stay open to submitters (this one answers nothing: git says so), and
+    # nothing else reaches git: transport helpers, other schemes, relative paths.
+    r = release("http://127.0.0.1:1/project.git", submitter)
+    assert r.status_code == 400 and "git fetch failed" in r.text, r.text
+    for bad in ("ext::sh -c touch% /tmp/x", "fd::3", "project/x:y", "ftp://h/x.git"):
+        r = release(bad, submitter)
+        assert r.status_code == 400 and "give a git URL" in r.text, (bad, r.text)
