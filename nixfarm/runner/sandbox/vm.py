@@ -154,6 +154,19 @@ class VmSandbox(Lifecycle):
         if self._spec.timeout is not None:
             self._deadline = time.monotonic() + self._spec.timeout
 
+    def usable(self) -> bool:
+        """Booted, not shut down, and its qemu and virtiofsd still running."""
+        return (self._booted and not self._closed
+                and all(p.returncode is None for p in self._processes))
+
+    def hand_over(self, spec: SandboxSpec) -> None:
+        """Give this booted, unused VM to a job (``vmpool``): ``spec`` must be the one it
+        booted with but for what applies per command or from now on (environment,
+        timeout), so the job gets the VM it asked for. Its deadline starts now."""
+        if spec.timeout is not None:
+            self._deadline = time.monotonic() + spec.timeout
+        self._spec = spec
+
     def _check_image(self) -> None:
         """What the guest's init and agent need of the image, said before booting."""
         image = self._spec.image
