@@ -258,7 +258,9 @@ class VmSandbox(Lifecycle):
             text = (self.state_dir / "console.log").read_bytes()[-2000:].decode(errors="replace")
         except OSError:
             return ""
-        lines = [line for line in text.splitlines() if line.strip()][-5:]
+        # virtiofsd's chatter (fv_..., virtio_...) says nothing of why the guest stopped.
+        lines = [line for line in text.splitlines()
+                 if line.strip() and not line.startswith(("fv_", "virtio_", "vu_"))][-5:]
         return (" Console: " + " | ".join(lines)) if lines else ""
 
     def _resolver(self) -> list[str]:
