@@ -350,11 +350,7 @@ class VmSandbox(Lifecycle):
                    timeout: float | None = None) -> tuple[int, Path]:  # noqa: ASYNC109
         channel, xfer = self._live()
         run_id = channel.new_id()
-        environment = " ".join(shlex.quote(f"{k}={v}") for k, v in
-                               self._environment(env).items())  # fmt: skip
-        script = (f"cd -- {shlex.quote(cwd)} || exit 126\n"
-                  f"exec /run/nixfarm/busybox env -i {environment} "
-                  f"{' '.join(shlex.quote(a) for a in argv)}\n")  # fmt: skip
+        script = self._script(argv, env, cwd)
         await asyncio.to_thread(self._write, xfer / f"{run_id}.sh", script.encode())
         if stdin is not None:
             await asyncio.to_thread(self._write, xfer / f"{run_id}.in", stdin)
@@ -372,6 +368,13 @@ class VmSandbox(Lifecycle):
                 with contextlib.suppress(OSError):
                     (xfer / f"{run_id}.{suffix}").unlink()
         return status, xfer / f"{run_id}.out"
+
+    def _script(self, argv: Sequence[str], env: Mapping[str, str] | None, cwd: str) -> str:
+        environment = " ".join(shlex.quote(f"{k}={v}") for k, v in
+                               self._environment(env).items())  # fmt: skip
+        return (f"cd -- {shlex.quote(cwd)} || exit 126\n"
+                f"exec /run/nixfarm/busybox env -i {environment} "
+                f"{' '.join(shlex.quote(a) for a in argv)}\n")  # fmt: skip
 
     async def run(
         self,
@@ -439,13 +442,29 @@ class VmSandbox(Lifecycle):
         if owner not in (BUILD_UID, 0):
             raise SandboxError(f"Cannot give {path} to uid {owner}: only to build or root.",
                                sandbox=self.name)
-        output: list[str] = []
-        argv = ["/run/nixfarm/sh", "-c", _PUT, "sh", path, f"{mode:o}"]
-        status, _ = await self._run(argv, Lines(output.append), uid=owner, stdin=data)
+        # Through the agent's ``call``: a job's first task line waits on a few puts.
+        channel, xfer = self._live()
+        run_id = channel.new_id()
+        script = self._script(["/run/nixfarm/sh", "-c", _PUT, "sh", path, f"{mode:o}"], None,
+                              BUILD_HOME)  # fmt: skip
+        await asyncio.to_thread(self._write, xfer / f"{run_id}.sh", script.encode())
+        await asyncio.to_thread(self._write, xfer / f"{run_id}.in", data)
+        budget = self._budget(None)
+        try:
+            async with asyncio.timeout(budget):
+                status = await channel.call(run_id, owner)
+            error = await asyncio.to_thread(_small_file, xfer / f"{run_id}.out", 1000) \
+                if status else None
+        except TimeoutError:
+            raise SandboxTimeout(f"Writing {path} did not finish within {budget:g} seconds.",
+                                 sandbox=self.name, seconds=budget or 0.0) from None
+        finally:
+            for suffix in ("sh", "in", "out"):
+                with contextlib.suppress(OSError):
+                    (xfer / f"{run_id}.{suffix}").unlink()
         if status != 0:
-            raise SandboxError(
-                f"Cannot write {path} in the sandbox: {' '.join(output) or 'unknown error'}.",
-                sandbox=self.name)
+            why = " ".join((error or "").split()) or "unknown error"
+            raise SandboxError(f"Cannot write {path} in the sandbox: {why}.", sandbox=self.name)
 
     async def get(self, path: str, dest: Path, *, limit: int | None = None) -> int:
         error: list[str] = []
@@ -522,8 +541,9 @@ def _copy_out(source: Path, dest: Path, name: str) -> int:
     return size
 
 
-def _small_file(path: Path) -> str | None:
-    """The text of a small regular file the guest wrote in xfer/ (never a link), or None."""
+def _small_file(path: Path, size: int = 64) -> str | None:
+    """The text of a small regular file the guest wrote in xfer/ (never a link), or None
+    (``size`` bytes at most)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
@@ -531,7 +551,7 @@ def _small_file(path: Path) -> str | None:
     with os.fdopen(fd, "rb") as reader:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        text = reader.read(64).decode(errors="replace").strip()
+        text = reader.read(size).decode(errors="replace").strip()
     return text or None
 
 
