@@ -13,8 +13,9 @@ hands one to the next job that asks for exactly what it was booted for:
 Rules, each one a property the tests check:
 
 - **Used once.** A VM leaves the pool for one job and is destroyed with that job (its
-  ``shutdown``); it is never returned. An idle VM has run no command at all: booting
-  ends at the agent's ``ready``.
+  ``shutdown``); it is never returned. An idle VM has run nothing of any job: only its
+  boot and a warm-up (``_warm_up``: a put and a run that removes what it put, so that
+  a job's first commands find the guest's programs loaded).
 - **Exactly the job's VM.** A VM matches a job only when their ``SandboxSpec`` are
   equal but for ``environment`` (applied to each command) and ``timeout`` (its
   deadline starts at hand-over): image, network on or off, RAM, CPUs, /tmp are what
@@ -26,8 +27,9 @@ Rules, each one a property the tests check:
   is full, the idle VM of the spec asked for least recently makes room. The first job
   of an image after the runner starts boots cold.
 - **In the background.** Refills are tasks of the pool: the job never waits for one
-  (it waits only for a boot that was meant for it and started before it asked). A
-  refill that fails is logged and not retried until the next job asks.
+  (it waits only for a boot that was meant for it and started before it asked), and
+  they boot at niceness ``NICE``, so they take CPU from no running job. A refill that
+  fails is logged and not retried until the next job asks.
 - **Reaped like any VM.** Pool VMs are the runner's VMs (``VmSandbox``): killed with a
   runner killed by SIGKILL (``--die-with-parent``), their state directories removed
   at the next start (``vm.reap``); ``close`` shuts them down when the runner stops.
@@ -56,6 +58,9 @@ from nixfarm.runner.sandbox.vm import VmSandbox
 from nixfarm.runner.shielding import uncancelled
 
 log = logging.getLogger("nixfarm.runner")
+#: The niceness a pool's VMs boot at, so that a refill takes CPU from no running job;
+#: a job's VM is put back to 0 when the job takes it (``VmSandbox.hand_over``).
+NICE = 10
 #: Guest RAM a VM is counted for when its spec sets no limit (``qemu.DEFAULT_MEMORY``).
 UNLIMITED_MEMORY = 2 * 1024**3
 
@@ -182,6 +187,7 @@ class VmPool:
             self._warm.remove(victim)
             self._background(self._discard(victim))
         vm = self._new_vm(key)
+        vm.nice = NICE
         warm = _Warm(key, vm, asyncio.ensure_future(self._boot(vm)))
         self._warm.append(warm)
 
@@ -201,8 +207,10 @@ class VmPool:
         started = time.monotonic()
         try:
             await vm.boot()
+            await _warm_up(vm)
         except SandboxError as e:  # (boot has shut it down)
             log.warning("VM pool: a VM failed to boot: %s", e.message)
+            await vm.shutdown()
             return False
         log.info("VM pool: a VM booted in %.1f s; %d idle", time.monotonic() - started,
                  len(self._warm))
@@ -225,6 +233,18 @@ class VmPool:
         warm, self._warm = self._warm, []
         await uncancelled(asyncio.gather(*(self._discard(w) for w in warm), *self._tasks,
                                          return_exceptions=True))
+
+
+async def _warm_up(vm: VmSandbox) -> None:
+    """A put and a run, as a job's first steps do, leaving nothing behind: the programs
+    they start (su, the shells, env, cat...) are then in the guest's page cache and
+    translated by TCG already, and the job's first commands do not pay for it."""
+    scratch = "/tmp/.nixfarm-warm-up"
+    await vm.put(scratch, b"")
+    lines: list[str] = []
+    status = await vm.run(["/bin/sh", "-c", 'rm -f "$0"', scratch], lines.append)
+    if status != 0:
+        raise SandboxError(f"The warm-up run failed ({status}): {' '.join(lines)[:200]}")
 
 
 class PooledVm(Lifecycle):
