@@ -190,6 +190,8 @@ class VmPool:
         vm.nice = NICE
         warm = _Warm(key, vm, asyncio.ensure_future(self._boot(vm)))
         self._warm.append(warm)
+        log.info("VM pool: booting a VM for the next job (%d idle, %d MiB)", len(self._warm),
+                 self.held_memory // 1024**2)
 
     def _victim(self, key: SandboxSpec) -> _Warm | None:
         """The idle VM to drop for one of ``key``: of another spec, the least recently
