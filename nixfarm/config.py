@@ -151,6 +151,11 @@ class JobSettings(Section):
     #: Minutes a failed job's sandbox (and a ``shell: true`` job's, whatever its end) is
     #: kept for ``nixfarm shell`` (docs/jobs.md); 0: never kept, ``shell: true`` refused.
     shell_hold_minutes: float = Field(default=10.0, ge=0)
+    #: VMs that runner keeps booted and unused for its next jobs (``vm`` sandbox; each
+    #: used by one job, then destroyed; docs/vm.md), and the MiB of guest RAM they may
+    #: hold together. 0: none, every job boots its VM.
+    embedded_runner_vm_pool: int = Field(default=0, ge=0)
+    embedded_runner_vm_pool_mib: int = Field(default=4096, ge=1)
 
 
 class KeySettings(Section):

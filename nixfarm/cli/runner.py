@@ -85,6 +85,12 @@ def runner(
     sandbox: Annotated[str, typer.Option(
         help="Where jobs run: bwrap (a container), vm (a qemu virtual machine), or both, "
              "preferred first (vm,bwrap): disk images (debian/bookworm) need vm.")] = "bwrap",
+    vm_pool: Annotated[int, typer.Option(
+        help="VMs kept booted and unused for the next jobs (each used once), so a job "
+             "starts without waiting for a boot; 0: none (docs/vm.md).", min=0)] = 0,
+    vm_pool_memory: Annotated[int, typer.Option(
+        help="MiB of guest RAM the pool's VMs may hold together (each counted at its "
+             "job's memory limit).", min=1)] = 4096,
 ) -> None:
     """Claim jobs from the farm and run them in sandboxes, until interrupted."""
     # A token on the command line is in /proc/PID/cmdline for every local user to
@@ -128,7 +134,9 @@ def runner(
     daemon = NixDaemon(home, options, farm_urls=(endpoint.url,)) if nix_daemon else None
 
     async def work() -> None:
-        choice = await choose_kinds(sandbox, home)  # a SandboxError is the run's error
+        # A SandboxError is the run's error.
+        choice = await choose_kinds(sandbox, home, vm_pool=vm_pool,
+                                    vm_pool_memory=vm_pool_memory * 1024**2)
         client = RunnerClient(endpoint.url, endpoint.token or "")
         agent = Agent(client, images, name=name or socket.gethostname(), slots=slots,
                       work_root=home / "jobs", nix=daemon,
@@ -152,6 +160,7 @@ def runner(
         try:
             await agent.serve()
         finally:
+            await choice.aclose()
             await client.close()
 
     run(work)

@@ -50,7 +50,10 @@ async def serve(settings: Settings) -> None:
         asyncio.get_running_loop().add_signal_handler(draining.DRAIN_SIGNAL, stopping.set)
     try:
         home = runner_dir(settings.data_dir / "runner")
-        sandbox = await choose_kinds(settings.jobs.embedded_runner_sandbox, home)
+        sandbox = await choose_kinds(
+            settings.jobs.embedded_runner_sandbox, home,
+            vm_pool=settings.jobs.embedded_runner_vm_pool,
+            vm_pool_memory=settings.jobs.embedded_runner_vm_pool_mib * 1024**2)
         agent = Agent(client, images_for(settings, home / "images"),
                       name="embedded", slots=slots, work_root=home / "jobs",
                       new_sandbox=sandbox.new_sandbox, sandbox_kinds=sandbox.kinds,
@@ -72,6 +75,7 @@ async def serve(settings: Settings) -> None:
             serving.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await serving
+            await sandbox.aclose()
     finally:
         draining.report_drained()
         await client.close()

@@ -30,7 +30,10 @@ def test_a_job_runs_in_a_vm_and_says_how(vm_farm: RunningFarm, tmp_path: Path) -
     token = farm.cli("token", "create", "--name", "vm-runner", "--scope",
                      "runner").stdout.strip()
     runners = RunnerProcesses(tmp_path, tmp_path / "work")
-    runners.start(farm.url, token, "vm-runner", "--sandbox", "vm", "--no-nix-daemon")
+    # With a pool of one: the job boots cold, a VM boots for the next job meanwhile,
+    # and it goes when the runner stops (nothing left in vm/state, below).
+    runners.start(farm.url, token, "vm-runner", "--sandbox", "vm", "--vm-pool", "1",
+                  "--no-nix-daemon")
     try:
         manifest = """\
 image: nix

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -38,6 +38,13 @@ class SandboxChoice:
     description: str = "bwrap"
     #: Every kind this choice makes, the preferred first (one, unless ``choose_kinds``).
     kinds: tuple[str, ...] = ()
+    #: Shuts down what the sandboxes keep between jobs (a VM pool); call it when the
+    #: runner stops.
+    close: Callable[[], Awaitable[None]] | None = None
+
+    async def aclose(self) -> None:
+        if self.close is not None:
+            await self.close()
 
     def __post_init__(self) -> None:
         if not self.kinds:
@@ -60,10 +67,12 @@ def parse_kinds(text: str) -> tuple[SandboxKind, ...]:
     return tuple(kinds)
 
 
-async def choose_kinds(text: str, home: Path) -> SandboxChoice:
+async def choose_kinds(text: str, home: Path, *, vm_pool: int = 0,
+                       vm_pool_memory: int | None = None) -> SandboxChoice:
     """Sandboxes of every kind in ``text`` (``vm,bwrap``), made ready; see ``combine``."""
     kinds = parse_kinds(text)
-    return combine([await choose(kind, home) for kind in kinds])
+    return combine([await choose(kind, home, vm_pool=vm_pool, vm_pool_memory=vm_pool_memory)
+                    for kind in kinds])
 
 
 def combine(choices: Sequence[SandboxChoice]) -> SandboxChoice:
@@ -85,13 +94,17 @@ def combine(choices: Sequence[SandboxChoice]) -> SandboxChoice:
     vm = by_kind.get("vm")
     return SandboxChoice(
         preferred.kind, new_sandbox, vm.accelerator if vm else "",
-        ", ".join(c.description for c in choices), tuple(c.kind for c in choices))
+        ", ".join(c.description for c in choices), tuple(c.kind for c in choices),
+        vm.close if vm else None)
 
 
-async def choose(kind: str, home: Path) -> SandboxChoice:
+async def choose(kind: str, home: Path, *, vm_pool: int = 0,
+                 vm_pool_memory: int | None = None) -> SandboxChoice:
     """Make sandboxes of ``kind`` ready under the runner directory ``home``.
 
-    Raises SandboxError naming what is missing (an unknown kind, no kernel, ...).
+    ``vm_pool``: VMs kept booted for the next jobs (``vmpool``; 0: none), their guest
+    RAM at most ``vm_pool_memory`` bytes together. Raises SandboxError naming what is
+    missing (an unknown kind, no kernel, ...).
     """
     if kind == "bwrap":
         return SandboxChoice("bwrap", BwrapSandbox)
@@ -113,7 +126,14 @@ async def choose(kind: str, home: Path) -> SandboxChoice:
     except KernelError as e:
         raise SandboxError(f"The vm sandbox has no guest kernel: {e.message}") from e
     description = f"vm ({accel.describe()}; kernel {boot.version})"
-    log.info("runner sandboxes: %s", description)
     factory = functools.partial(VmSandbox, vm_dir=vm_dir, state_root=state_root,
                                 accelerator=accel)  # fmt: skip
-    return SandboxChoice("vm", factory, accel.name, description)
+    if vm_pool <= 0:
+        log.info("runner sandboxes: %s", description)
+        return SandboxChoice("vm", factory, accel.name, description)
+    from nixfarm.runner.sandbox.vmpool import VmPool
+
+    pool = VmPool(factory, vm_pool, vm_pool_memory)
+    description += f", a pool of {vm_pool} booted VM(s)"
+    log.info("runner sandboxes: %s", description)
+    return SandboxChoice("vm", pool.new_sandbox, accel.name, description, close=pool.close)

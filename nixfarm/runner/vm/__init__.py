@@ -3,6 +3,7 @@
     kernel    Debian's cloud kernel, fetched into the runner's directory, and our
               initramfs (busybox, modules, ``guest/init``, ``guest/agent``)
     modules   a kernel module's dependencies, read from its ELF ``.modinfo``
+    vmlinux   the kernel uncompressed once, for a direct PVH boot
     cpio      the initramfs archive format
     accel     KVM where it really works, else TCG
     qemu      qemu's and virtiofsd's command lines, each confined by bubblewrap

@@ -8,14 +8,18 @@ and what ``get`` copies out.
 
     control port, host -> guest           guest -> host
       run ID UID CAPTURE TOKEN              ready UPTIME     (once, at boot)
-      stop ID                               fatal MESSAGE    (boot failed; it powers off)
+      call ID UID                           fatal MESSAGE    (boot failed; it powers off)
+      stop ID
       poweroff                              done ID STATUS
       shell N ID
       shellstop N
 
     output port, guest -> host: task output as it is written, then "\\0TOKEN\\n"
 
-``run`` starts ``xfer/ID.sh`` as UID (stdin ``xfer/ID.in`` when present) in its own
+``call`` runs ``xfer/ID.sh`` as UID to its end with its output in ``xfer/ID.out``:
+no session and no streaming, so fewer programs for the guest to start (each one
+costs under TCG), for the host's own short commands (``put``). ``run`` starts
+``xfer/ID.sh`` as UID (stdin ``xfer/ID.in`` when present) in its own
 session; its stdout and stderr stream to the output port (with CAPTURE=1 stdout
 goes to ``xfer/ID.out`` instead). When everything holding that output has closed
 it, the agent writes the run's TOKEN (after a NUL, before a newline), then
@@ -155,6 +159,17 @@ class AgentChannel:
             finally:
                 self._done.pop(run_id, None)
                 self._current = None
+
+    async def call(self, run_id: str, uid: int) -> int:
+        """Run ``run_id`` (its files are in place) to its end; return its exit status.
+        Its output is in ``xfer/ID.out``. It cannot be stopped: keep it short."""
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._done[run_id] = done
+        try:
+            await self._send(f"call {run_id} {uid}")
+            return await asyncio.shield(done)
+        finally:
+            self._done.pop(run_id, None)
 
     async def _stop(self, run_id: str, done: asyncio.Future[int], output: _Output) -> None:
         if self._gone is not None:

@@ -15,8 +15,9 @@ from nixfarm.runner.sandbox import DiskImage, NixClosure, SandboxError, SandboxS
 from nixfarm.runner.sandbox.vm import VmSandbox
 from nixfarm.runner.vm import accel
 from nixfarm.runner.vm.cpio import CpioWriter
-from nixfarm.runner.vm.kernel import MODULES, boot_files
+from nixfarm.runner.vm.kernel import MODULES, SIGNED, boot_files, unsigned
 from nixfarm.runner.vm.modules import ModuleError, load_order, modinfo, module_index
+from nixfarm.runner.vm.vmlinux import has_pvh_entry
 
 
 def listing(archive: bytes) -> list[str]:
@@ -64,6 +65,22 @@ def test_the_kernel_is_fetched_once_into_our_directory_with_an_initramfs(vm_dir:
     unpacked = subprocess.run(["busybox", "cpio", "-i", "--to-stdout", "lib/modules/order"],
                               input=boot.initrd.read_bytes(), capture_output=True, check=True)
     assert unpacked.stdout.decode().split() == order
+    # Booted uncompressed at its PVH entry (the decompressor is not emulated at each
+    # boot), its modules unsigned (no RSA check each), those only a job with network
+    # or a disk needs listed apart.
+    assert boot.kernel.name == f"vmlinux-{boot.version}" and has_pvh_entry(
+        boot.kernel.read_bytes())
+    fuse = subprocess.run(["busybox", "cpio", "-i", "--to-stdout", "lib/modules/fuse.ko"],
+                          input=boot.initrd.read_bytes(), capture_output=True, check=True)
+    signed = index["fuse"].read_bytes()
+    assert signed.endswith(SIGNED) and not fuse.stdout.endswith(SIGNED)
+    assert fuse.stdout == unsigned(signed) and signed.startswith(fuse.stdout)
+    assert modinfo(fuse.stdout)["name"] == "fuse"
+    for need, names in {"net": ["failover", "net_failover", "virtio_net"],
+                        "disk": ["virtio_blk"]}.items():
+        listed = subprocess.run(["busybox", "cpio", "-i", "--to-stdout", f"lib/modules/{need}"],
+                                input=boot.initrd.read_bytes(), capture_output=True, check=True)
+        assert listed.stdout.decode().split() == names
 
 
 @pytest.mark.anyio

@@ -1,5 +1,6 @@
-"""A runner killed with SIGKILL mid-job takes its VM with it; the next start of a
-runner removes what the VM left on disk."""
+"""A runner killed with SIGKILL mid-job takes its VMs with it (the job's and the one
+its pool keeps booted for the next job); the next start of a runner removes what
+they left on disk."""
 
 from __future__ import annotations
 
@@ -19,17 +20,20 @@ from nixfarm.runner.sandbox.processes import alive, descendants
 pytestmark = pytest.mark.slow
 
 RUNNER = """
-import asyncio, sys
+import asyncio, functools, sys
 from pathlib import Path
 from nixfarm.runner.sandbox import SandboxSpec
 from nixfarm.runner.sandbox.vm import VmSandbox
+from nixfarm.runner.sandbox.vmpool import VmPool
 
 async def main() -> None:
     vm_dir, state_root, root = map(Path, sys.argv[1:4])
-    box = VmSandbox(SandboxSpec(rootfs=root), vm_dir=vm_dir, state_root=state_root)
+    pool = VmPool(functools.partial(VmSandbox, vm_dir=vm_dir, state_root=state_root), 1)
+    box = pool.new_sandbox(SandboxSpec(rootfs=root, memory_limit=384 * 1024**2))
     await box.boot()
     await box.put("/home/build/work", b"in the middle of a job")
-    print("booted", box.state_dir, flush=True)
+    await pool.filled()
+    print("booted", box.vm.state_dir, *(vm.state_dir for vm in pool.vms), flush=True)
     await box.run(["/bin/sh", "-c", "sleep 600"], print)
 
 asyncio.run(main())
@@ -51,10 +55,11 @@ def test_a_runner_killed_mid_job_leaves_no_vm(runner_home: Path, demo_root: Path
         assert runner.stdout is not None
         line = runner.stdout.readline()
         assert line.startswith("booted "), errors.read_text()
-        state_dir = Path(line.split()[1])
+        state_dirs = [Path(word) for word in line.split()[1:]]
+        assert len(state_dirs) == 2, line  # the job's VM and the pool's
         time.sleep(0.5)  # the task is running
         processes = descendants(runner.pid)
-        assert len(alive(processes)) >= 4  # bwraps, qemu, virtiofsd
+        assert len(alive(processes)) >= 8  # bwraps, qemu, virtiofsd: twice
         os.kill(runner.pid, signal.SIGKILL)
         runner.wait()
         deadline = time.monotonic() + 10
@@ -67,7 +72,7 @@ def test_a_runner_killed_mid_job_leaves_no_vm(runner_home: Path, demo_root: Path
             runner.wait()
         if runner.stdout is not None:
             runner.stdout.close()
-    assert state_dir.exists()  # the runner had no chance to clean up...
+    assert all(d.exists() for d in state_dirs)  # the runner had no chance to clean up...
     choice = anyio.run(choose, "vm", runner_home)  # ...a runner starting does
     assert choice.kind == "vm" and choice.accelerator in ("kvm", "tcg")
-    assert not state_dir.exists()
+    assert not any(d.exists() for d in state_dirs)
