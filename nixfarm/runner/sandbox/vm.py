@@ -219,7 +219,8 @@ class VmSandbox(Lifecycle):
                 fds = dataclasses.replace(fds, nix=opened[-1])
             await self._spawn(
                 [*qemu.virtiofsd_bwrap(self._spec, xfer, nix.virtiofsd_args() if nix else ()),
-                 "--", *qemu.virtiofsd_args(listener.fileno())], (listener.fileno(),), log,
+                 "--", *qemu.virtiofsd_args(listener.fileno(), "always" if nix else "auto")],
+                (listener.fileno(),), log,
                 enter=nix.enter() if nix else ())
             info_read, info_write = os.pipe()
             opened += [info_read, info_write]

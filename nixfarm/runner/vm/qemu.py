@@ -106,9 +106,12 @@ def virtiofsd_bwrap(spec: SandboxSpec, xfer: Path, root: Sequence[str] = ()) -> 
     return bwrap(extra=args)
 
 
-def virtiofsd_args(fd: int) -> list[str]:
+def virtiofsd_args(fd: int, cache: str = "auto") -> list[str]:
+    """``cache=always`` keeps file pages in the guest across opens (``auto`` drops them
+    at each open): a VM with Nix runs the host's Nix client, ~70 MB of libraries read
+    again at every exec otherwise (seconds each under TCG)."""
     return [VIRTIOFSD, f"--fd={fd}", "-o", "source=/export", "-o", "sandbox=namespace",
-            "-o", "cache=auto", "--thread-pool-size=4"]  # fmt: skip
+            "-o", f"cache={cache}", "--thread-pool-size=4"]  # fmt: skip
 
 
 def qemu_args(spec: SandboxSpec, accel: Accelerator, fds: Fds,
