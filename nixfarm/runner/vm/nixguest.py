@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shutil
 import socket
 import struct
@@ -41,7 +42,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from nixfarm.runner.nixproxy import NixProxy, StoreView, invalid_paths
+from nixfarm.runner.nixproxy import MAX_CONNECTIONS, NixProxy, StoreView, invalid_paths
 from nixfarm.runner.sandbox.base import NixClient, SandboxError, SandboxSpec
 
 log = logging.getLogger("nixfarm.runner.vm.nixguest")
@@ -53,7 +54,9 @@ PORT_NAME = "nixfarm.nix"
 #: /run/nixfarm/private/share: see ``guest/agent``).
 RELAY = Path(__file__).resolve().parent / "guest" / "nixrelay.py"
 _HEADER = struct.Struct("<II")
+#: The largest frame either side sends (the relay's too: ``guest/nixrelay.py``).
 _FRAME = 65536
+_STORE_PATH = re.compile(r"/nix/store/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+\-._?=]+")
 
 # The holder of the store's mount namespace: a tmpfs at $1, shared (virtiofsd's
 # namespace, made from this one, receives what is mounted under it), then one
@@ -177,7 +180,7 @@ class StoreMounts:
             for path in paths:
                 if path in self.bound:
                     continue
-                if "\n" in path or not path.startswith("/nix/store/"):
+                if not _STORE_PATH.fullmatch(path):
                     raise SandboxError(f"{path!r} is not a store path.")
                 holder.stdin.write(path.encode() + b"\n")
                 answer = (await holder.stdout.readline()).decode(errors="replace").strip()
@@ -231,14 +234,24 @@ class NixPort:
         self._writer.write(_HEADER.pack(conn, len(data)) + data)
 
     async def _serve(self, reader: asyncio.StreamReader) -> None:
+        """Frames from the guest, whose root may write anything on the port: a frame
+        too large ends the port (what it would say is not buffered first), and a
+        connection past the proxy's own bound is closed before it is opened."""
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
             while True:
                 conn, size = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+                if size > _FRAME:
+                    log.warning("vm %s: a frame of %d bytes on the Nix port: closing it",
+                                self._name, size)
+                    break
                 data = await reader.readexactly(size) if size else b""
                 link = self._links.get(conn)
                 if not size:
                     if link is not None:
                         link.close()
+                    continue
+                if link is None and len(self._links) >= 2 * MAX_CONNECTIONS:
+                    self._send(conn, b"")
                     continue
                 if link is None:
                     try:
@@ -255,6 +268,10 @@ class NixPort:
                 # (One connection's stall holds the others: the proxy reads at once.)
                 with contextlib.suppress(ConnectionError):
                     await link.drain()
+        # The guest is gone or broke the protocol: so is the port (its relay's clients
+        # fail, as they would with the daemon gone).
+        assert self._writer is not None
+        self._writer.close()
 
     async def _back(self, conn: int, reader: asyncio.StreamReader,
                     link: asyncio.StreamWriter) -> None:
