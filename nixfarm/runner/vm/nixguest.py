@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -79,6 +80,7 @@ done
 """
 
 
+@functools.cache
 def python() -> tuple[str, str]:
     """A Python for the guest's relay: (its binary, its standard library directory).
 
@@ -97,14 +99,15 @@ def python() -> tuple[str, str]:
     return binary, done.stdout.strip()
 
 
-def libraries(binary: str) -> list[str]:
+@functools.cache
+def libraries(binary: str) -> tuple[str, ...]:
     """The shared libraries ``ldd`` lists for ``binary``, the dynamic loader included."""
     from nixfarm.runner.nixd import _LDD_LINE
 
     done = subprocess.run(["ldd", binary], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SandboxError(f"ldd {binary} failed: {done.stderr.strip()}")
-    return [m.group(1) for m in map(_LDD_LINE.search, done.stdout.splitlines()) if m]
+    return tuple(m.group(1) for m in map(_LDD_LINE.search, done.stdout.splitlines()) if m)
 
 
 def root_args(spec: SandboxSpec, store: Path, config: Path, name: str) -> list[str]:
@@ -189,7 +192,14 @@ class StoreMounts:
                 self.bound.add(path)
 
     async def settle(self, view: StoreView) -> None:
-        """Bind the paths of ``view`` that are valid now and not bound yet."""
+        """Bind the paths of ``view`` that are valid now and not bound yet. A failure
+        is logged, not raised: the client still gets the daemon's answer."""
+        try:
+            await self._settle(view)
+        except SandboxError as e:
+            log.warning("cannot show new store paths in a VM: %s", e.message)
+
+    async def _settle(self, view: StoreView) -> None:
         for output in list(view.pending):
             await view.sees(output)  # outputs of derivations the daemon has registered
         unbound = [p for p in view.paths if p not in self.bound]
@@ -320,6 +330,7 @@ class NixGuest:
         self.proxy: NixProxy | None = None
         self.port: NixPort | None = None
         self._guest_fd = -1  # the guest's end of the port, until qemu's spawn takes it
+        self._root: list[str] = []
 
     async def start(self, network: bool) -> None:
         """Start the proxy and the store view (before virtiofsd, which needs both)."""
@@ -345,6 +356,8 @@ class NixGuest:
         config = self.state_dir / "nix.conf"
         config.write_text(self.client.config)
         config.chmod(0o644)
+        self._root = await asyncio.to_thread(root_args, self.spec, self.store.path, config,
+                                             self.name)
         host_end, guest_end = socket.socketpair()
         self._guest_fd = guest_end.detach()
         self.port = NixPort(host_end, self.proxy.path, self.name)
@@ -357,9 +370,7 @@ class NixGuest:
 
     def virtiofsd_args(self) -> list[str]:
         """bwrap options for /export/root and /export/nix (see ``root_args``)."""
-        return [*root_args(self.spec, self.store.path, self.state_dir / "nix.conf",
-                           self.name),
-                "--ro-bind", str(self.state_dir / "nix"), "/export/nix"]
+        return [*self._root, "--ro-bind", str(self.state_dir / "nix"), "/export/nix"]
 
     def enter(self) -> list[str]:
         """The command prefix that starts virtiofsd in the store's mount namespace."""
