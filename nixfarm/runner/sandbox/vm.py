@@ -321,7 +321,7 @@ class VmSandbox(Lifecycle):
             raise SandboxError("Nix in a VM needs a Nix image (a disk image has its own).",
                                sandbox=self.name)
         assert self.state_dir is not None
-        self.nix = NixGuest(self._spec, self.state_dir, self.host_uid, self.name)
+        self.nix = NixGuest(self._spec, self.state_dir, self.name)
         await self.nix.start(self._spec.network)
         return self.nix
 

@@ -318,13 +318,12 @@ class NixPort:
 class NixGuest:
     """Everything of one VM's Nix on the host: its proxy, store view and port."""
 
-    def __init__(self, spec: SandboxSpec, state_dir: Path, host_uid: int, name: str) -> None:
+    def __init__(self, spec: SandboxSpec, state_dir: Path, name: str) -> None:
         client = spec.nix_client
         assert client is not None
         self.client: NixClient = client
         self.spec = spec
         self.state_dir = state_dir
-        self.host_uid = host_uid
         self.name = name
         self.store = StoreMounts(state_dir / "store")
         self.proxy: NixProxy | None = None
