@@ -68,8 +68,8 @@ async def job_outputs(ctx: JobContext) -> list[str]:
             # Without the proxy nothing tells the job's paths from other tenants':
             # pushing would publish whatever host path a link names.
             raise NixfarmError("cache: needs a sandbox that gives the job its own Nix store "
-                               "view (bwrap); this runner's sandbox has none, so nothing "
-                               "is pushed")
+                               "view (bwrap, vm); this runner's sandbox has none, so "
+                               "nothing is pushed")
         if not await proxy.view.sees(str(path)):
             raise InvalidInput(f"{link} points at {path}, which is not a store path of this "
                                "job", field="result")

@@ -32,9 +32,10 @@ user, which the proxy connects as.
 Jobs never reach a daemon directly: each sandbox gets a socket of its own, a proxy
 (``nixproxy``) that lets the job use only its own store paths (its closure, what it
 added, what its derivations build) and refuses garbage collection, deleting paths,
-listing the store or its roots. What the client cannot do in the sandbox: read
+listing the store or its roots. What the client cannot do in a bwrap sandbox: read
 store paths from the disk (the results of its own builds included: they live in the
 host's store, outside the sandbox); it can dump its own with ``nix-store --dump``.
+A VM's guest reads every path of its view, its builds' included (``vm.nixguest``).
 The runner reads them, for ``cache push``.
 """
 

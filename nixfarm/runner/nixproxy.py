@@ -30,9 +30,15 @@ points into the sandbox, which the daemon must not follow.
 
 The proxy parses only requests; the daemon's answers flow back unchanged (the
 protocol is strictly one request, one answer, so an answer the proxy gives itself
-never interleaves with one of the daemon's). The daemon sees the runner as its
-client; the runner's own daemon trusts nobody (``trusted-users =``, see ``nixd``),
-so the job's settings are still those of an untrusted user.
+never interleaves with one of the daemon's). One exception, for a proxy given a
+``settle`` hook (a VM's, whose guest sees the paths of the view: ``vm.nixguest``):
+the answer to a request that can make paths valid (adding, building) is read up to
+its ``STDERR_LAST`` (or error), the hook is awaited, and only then does the client
+get the rest: when ``nix-build`` returns, the guest already sees what it built.
+
+The daemon sees the runner as its client; the runner's own daemon trusts nobody
+(``trusted-users =``, see ``nixd``), so the job's settings are still those of an
+untrusted user.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ import re
 import stat
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -62,6 +68,15 @@ _MAGIC_2 = 0x6478696F
 MAX_CONNECTIONS = 32
 _STDERR_LAST = 0x616C7473
 _STDERR_ERROR = 0x63787470
+_STDERR_WRITE = 0x64617416
+_STDERR_NEXT = 0x6F6C6D67
+_STDERR_START_ACTIVITY = 0x53545254
+_STDERR_STOP_ACTIVITY = 0x53544F50
+_STDERR_RESULT = 0x52534C54
+#: Requests after whose answer new paths of the view may be valid (AddToStore,
+#: AddTextToStore, BuildPaths, EnsurePath, BuildPathsWithResults): a ``settle`` hook
+#: runs before the client is told they are done.
+_SETTLING = frozenset({7, 8, 9, 10, 46})
 _MAX_STRING = 64 * 1024**2
 _MAX_DRV = 16 * 1024**2
 _PATH = re.compile(r"/nix/store/[0123456789abcdfghijklmnpqrsvwxyz]{32}-[A-Za-z0-9+\-._?=]+")
@@ -140,7 +155,7 @@ class StoreView:
                 # build, and at most one a second for a client that asks again and again
                 # about outputs of derivations the daemon would not take.
                 drvs = sorted(set(self.pending.values()))
-                invalid = await _invalid(drvs)
+                invalid = await invalid_paths(drvs)
                 for output, drv in list(self.pending.items()):
                     if drv not in invalid:
                         self.paths.add(output)
@@ -205,7 +220,7 @@ def _read_derivation(path: str) -> bytes:
         return file.read(_MAX_DRV + 1)
 
 
-async def _invalid(paths: list[str]) -> set[str]:
+async def invalid_paths(paths: list[str]) -> set[str]:
     """Which of ``paths`` are not valid in the runner's store (asked as the runner)."""
     invalid: set[str] = set()
     for start in range(0, len(paths), 2000):  # argv stays far below ARG_MAX
@@ -408,11 +423,15 @@ def error_reply(message: str) -> bytes:
 class NixProxy:
     """One job's socket (``path``) in front of the daemon at ``upstream``."""
 
-    def __init__(self, path: Path, upstream: Path, view: StoreView, job: str = "") -> None:
+    def __init__(self, path: Path, upstream: Path, view: StoreView, job: str = "",
+                 settle: Callable[[], Awaitable[None]] | None = None) -> None:
         self.path = path
         self.upstream = upstream
         self.view = view
         self.job = job
+        #: Awaited once the daemon has done a request that may add valid paths, before
+        #: the client hears so (see the module docstring); None: answers pass unread.
+        self.settle = settle
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._serving = 0
@@ -502,6 +521,14 @@ class NixProxy:
                     # more before): a derivation it added may be valid now.
                     self.view.stale = True
                 op = await client.u64()
+                settling = self.settle is not None and op in _SETTLING
+                if settling and pump is not None:
+                    # The previous answer is all with the client (it asked again): the
+                    # pump holds nothing, and this answer is read here instead.
+                    pump.cancel()
+                    with contextlib.suppress(BaseException):
+                        await pump
+                    pump = None
                 try:
                     local = await self._operation(op, client, minor, up_w)
                 except Refused as e:
@@ -517,12 +544,32 @@ class NixProxy:
                     up_w.write(bytes(copy))
                     copy.clear()
                     await up_w.drain()
+                if settling and pump is None:
+                    if local is None:
+                        await self._settled_answer(up_r, client_w)
+                    pump = asyncio.create_task(_pump(up_r, client_w))
         finally:
             if pump is not None:
                 pump.cancel()
                 with contextlib.suppress(BaseException):
                     await pump
             up_w.close()
+
+    async def _settled_answer(self, up: asyncio.StreamReader,
+                              client_w: asyncio.StreamWriter) -> None:
+        """Pass on the daemon's log messages up to its last (or an error), await
+        ``settle``, then pass that last one on: the rest follows through the pump."""
+        assert self.settle is not None
+        while True:
+            copy = bytearray()
+            kind = await _log_message(_Reader(up, copy))
+            if kind in (_STDERR_LAST, _STDERR_ERROR):
+                await self.settle()
+                client_w.write(bytes(copy))
+                await client_w.drain()
+                return
+            client_w.write(bytes(copy))
+            await client_w.drain()
 
     async def _operation(self, op: int, client: _Reader, minor: int,
                          up: asyncio.StreamWriter) -> bytes | None:
@@ -688,6 +735,47 @@ async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     await client.u64()  # reserveSpace
     writer.write(error_reply(message))
     await writer.drain()
+
+
+async def _log_message(daemon: _Reader) -> int:
+    """Read one of the daemon's messages before an answer (Nix 2.8, protocol 1.26 and
+    later); return its kind (its bytes, as read, are in ``daemon.copy``). Refused for
+    a kind that no request passed through here is answered with."""
+    kind = await daemon.u64()
+
+    async def fields() -> None:
+        for _ in range(await daemon.u64()):
+            if await daemon.u64() == 0:
+                await daemon.u64()
+            else:
+                await daemon.string()
+
+    if kind in (_STDERR_WRITE, _STDERR_NEXT):
+        await daemon.string()
+    elif kind == _STDERR_START_ACTIVITY:
+        for _ in range(3):  # id, level, type
+            await daemon.u64()
+        await daemon.string()
+        await fields()
+        await daemon.u64()  # parent
+    elif kind == _STDERR_STOP_ACTIVITY:
+        await daemon.u64()
+    elif kind == _STDERR_RESULT:
+        await daemon.u64()
+        await daemon.u64()
+        await fields()
+    elif kind == _STDERR_ERROR:
+        await daemon.string()  # "Error"
+        await daemon.u64()  # level
+        await daemon.string()  # name
+        await daemon.string()  # message
+        await daemon.u64()  # position
+        for _ in range(await daemon.u64()):  # traces
+            await daemon.u64()
+            await daemon.string()
+    elif kind != _STDERR_LAST:
+        raise Refused(f"the daemon sent a message of kind {kind:#x}, unknown to this proxy")
+    return kind
 
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -216,13 +216,13 @@ def test_asking_about_outputs_again_and_again_checks_the_store_once_a_second(
         client.add_text(f"forged-{marker}.drv", text, [])
     client.close()
     calls: list[int] = []
-    real = nixproxy._invalid
+    real = nixproxy.invalid_paths
 
     async def counted(paths: list[str]) -> set[str]:
         calls.append(len(paths))
         return await real(paths)
 
-    monkeypatch.setattr(nixproxy, "_invalid", counted)
+    monkeypatch.setattr(nixproxy, "invalid_paths", counted)
     client = Client(proxy.path)
     started = time.monotonic()
     assert client.valid_paths([other] * 500 + [busybox]) == [busybox]

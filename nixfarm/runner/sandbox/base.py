@@ -84,8 +84,8 @@ class NixClient:
     (path, target) such as /usr/bin/nix-build -> nix; the daemon's ``socket`` appears
     at /nix/var/nix/daemon-socket/socket and ``config`` as /etc/nix/nix.conf, through
     a proxy of the job's own (``runner.nixproxy``) that lets it use only its own
-    paths. The store inside stays the job's closure: what the daemon builds is not
-    visible.
+    paths. In bwrap the store inside stays the job's closure: what the daemon builds
+    is not visible; a VM shows its guest the proxy's whole view (``vm.nixguest``).
     """
 
     socket: Path

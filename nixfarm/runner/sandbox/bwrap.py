@@ -319,7 +319,7 @@ class BwrapSandbox(Lifecycle):
         assert self.nix_proxy is not None
         added[DAEMON_SOCKET] = ["--bind", str(self.nix_proxy.path), DAEMON_SOCKET]
         args = ["--tmpfs", "/"]
-        args += _merged(self._spec.rootfs, "", set(added), self.name)
+        args += merged(self._spec.rootfs, "", set(added), self.name)
         for path in sorted(added):
             args += added[path]
         return args
@@ -643,10 +643,12 @@ def _is_sandbox_group(group: Path) -> bool:
         and group.is_relative_to(CGROUP_ROOT) and group.name.startswith("nixfarm-")
 
 
-def _merged(root: Path, directory: str, added: set[str], name: str) -> list[str]:
+def merged(root: Path, directory: str, added: set[str], name: str,
+            prefix: str = "") -> list[str]:
     """bwrap arguments showing ``root/directory``'s entries at ``/directory``, except
     that the directories on the way to an ``added`` path are made fresh (on the tmpfs
-    root) and filled entry by entry, and ``added`` paths themselves are left out."""
+    root) and filled entry by entry, and ``added`` paths themselves are left out.
+    ``prefix``: where that root is in bwrap's tree (a VM's virtiofsd: /export/root)."""
     args: list[str] = []
     for entry in sorted(os.listdir(root / directory.lstrip("/") if directory else root)):
         path = f"{directory}/{entry}"
@@ -658,9 +660,9 @@ def _merged(root: Path, directory: str, added: set[str], name: str) -> list[str]
             if crossed:
                 raise SandboxError(f"The image's {path} is a symlink: cannot add the Nix "
                                    "client's files under it.", sandbox=name)
-            args += ["--symlink", os.readlink(host), path]
+            args += ["--symlink", os.readlink(host), prefix + path]
         elif crossed and host.is_dir():
-            args += ["--dir", path, *_merged(root, path, added, name)]
+            args += ["--dir", prefix + path, *merged(root, path, added, name, prefix)]
         else:
-            args += ["--ro-bind", str(host), path]
+            args += ["--ro-bind", str(host), prefix + path]
     return args

@@ -77,8 +77,8 @@ async def choose_kinds(text: str, home: Path, *, vm_pool: int = 0,
 
 def combine(choices: Sequence[SandboxChoice]) -> SandboxChoice:
     """One choice of several kinds, the first preferred: a disk image goes to a VM
-    whatever the order; an image needing Nix to bwrap (a VM has no Nix client yet);
-    any other image to the preferred kind."""
+    whatever the order; any other image (a Nix image with Nix too: both kinds give
+    it its own proxy, ``vm.nixguest``) to the preferred kind."""
     if len(choices) == 1:
         return choices[0]
     by_kind = {c.kind: c for c in choices}
@@ -87,8 +87,6 @@ def combine(choices: Sequence[SandboxChoice]) -> SandboxChoice:
     def new_sandbox(spec: SandboxSpec) -> Sandbox:
         if isinstance(spec.image, DiskImage) and "vm" in by_kind:
             return by_kind["vm"].new_sandbox(spec)
-        if spec.nix_client is not None and "bwrap" in by_kind:
-            return by_kind["bwrap"].new_sandbox(spec)
         return preferred.new_sandbox(spec)
 
     vm = by_kind.get("vm")

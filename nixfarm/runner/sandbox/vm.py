@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import os
 import shlex
@@ -33,6 +34,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from nixfarm.runner.nixproxy import NixProxy
 from nixfarm.runner.sandbox.base import (
     BUILD_HOME,
     BUILD_UID,
@@ -61,6 +63,7 @@ from nixfarm.runner.vm import qemu, telnet
 from nixfarm.runner.vm.accel import Accelerator, probe
 from nixfarm.runner.vm.channel import AgentChannel
 from nixfarm.runner.vm.kernel import BootFiles, KernelError, boot_files
+from nixfarm.runner.vm.nixguest import NixGuest
 from nixfarm.runner.vm.telnet import TelnetTerminal
 
 NOBODY = 65534
@@ -111,6 +114,8 @@ class VmSandbox(Lifecycle):
         #: not to slow the jobs running (``vmpool``); ``hand_over`` sets it back to 0.
         self.nice = 0
         self.boot_files: BootFiles | None = None
+        #: Nix for the guest (``spec.nix_client``; see ``vm.nixguest``).
+        self.nix: NixGuest | None = None
 
     @property
     def spec(self) -> SandboxSpec:
@@ -122,6 +127,11 @@ class VmSandbox(Lifecycle):
         accel = self.accelerator.describe() if self.accelerator else "not probed yet"
         return (f"a VM ({accel}), booted in {self.boot_seconds:.1f} s "
                 f"({self.guest_seconds:.1f} s of them in the guest)")
+
+    @property
+    def nix_proxy(self) -> NixProxy | None:
+        """The job's Nix socket, whose ``view`` is what the job may use (as bwrap's)."""
+        return self.nix.proxy if self.nix is not None else None
 
     @property
     def guest_seconds(self) -> float:
@@ -231,9 +241,15 @@ class VmSandbox(Lifecycle):
                            control=guest_control.fileno(), output=guest_output.fileno(),
                            disk=opened[2] if len(opened) > 2 else None,
                            shells=tuple(guest.fileno() for _, guest in shell_pairs))  # fmt: skip
+            nix = await self._start_nix()
+            if nix is not None:
+                opened.append(nix.take_guest_fd())  # qemu's, closed here with the rest
+                fds = dataclasses.replace(fds, nix=opened[-1])
             await self._spawn(
-                [*qemu.virtiofsd_bwrap(self._spec, xfer), "--",
-                 *qemu.virtiofsd_args(listener.fileno())], (listener.fileno(),), log)
+                [*qemu.virtiofsd_bwrap(self._spec, xfer, nix.virtiofsd_args() if nix else ()),
+                 "--", *qemu.virtiofsd_args(listener.fileno())],
+                (listener.fileno(),), log,
+                enter=nix.enter() if nix else ())
             info_read, info_write = os.pipe()
             opened += [info_read, info_write]
             await self._spawn(
@@ -256,6 +272,8 @@ class VmSandbox(Lifecycle):
             for sock in (listener, vfs_client, guest_control, guest_output,
                          *(guest for _, guest in shell_pairs)):
                 sock.close()
+        if self.nix is not None and self.nix.port is not None:
+            await self.nix.port.open()
         self._channel = AgentChannel(host_control, host_output, self.name)
         await self._channel.open()
         try:
@@ -304,10 +322,10 @@ class VmSandbox(Lifecycle):
         return ["setpriv", "--reuid", uid, "--regid", uid, *membership, "--no-new-privs"]
 
     async def _spawn(self, argv: list[str], fds: Sequence[int], log: object,
-                     groups: Sequence[int] = ()) -> None:
+                     groups: Sequence[int] = (), enter: Sequence[str] = ()) -> None:
         assert hasattr(log, "fileno")
         process = await asyncio.create_subprocess_exec(
-            *self._as_host_user(groups), "bwrap", *argv,
+            *enter, *self._as_host_user(groups), "bwrap", *argv,
             stdin=asyncio.subprocess.DEVNULL, stdout=log.fileno(), stderr=log.fileno(),
             pass_fds=tuple(fds), start_new_session=True,
             env={"PATH": "/usr/bin:/bin"},
@@ -320,9 +338,23 @@ class VmSandbox(Lifecycle):
     def _environment(self, extra: Mapping[str, str] | None) -> dict[str, str]:
         env = {"HOME": BUILD_HOME, "USER": BUILD_USER, "LOGNAME": BUILD_USER,
                "SHELL": "/bin/sh", "PATH": DEFAULT_PATH, "LANG": "C.UTF-8"}  # fmt: skip
+        if self._spec.nix_client is not None:
+            env["NIX_REMOTE"] = "daemon"
         env.update(self._spec.environment)
         env.update(extra or {})
         return env
+
+    async def _start_nix(self) -> NixGuest | None:
+        """The proxy, store view and port of the guest's Nix, if the spec has a client."""
+        if self._spec.nix_client is None:
+            return None
+        if isinstance(self._spec.image, DiskImage):
+            raise SandboxError("Nix in a VM needs a Nix image (a disk image has its own).",
+                               sandbox=self.name)
+        assert self.state_dir is not None
+        self.nix = NixGuest(self._spec, self.state_dir, self.name)
+        await self.nix.start(self._spec.network)
+        return self.nix
 
     def _budget(self, timeout: float | None) -> float | None:
         if self._deadline is None:
@@ -527,6 +559,8 @@ class VmSandbox(Lifecycle):
                 raise SandboxError(f"Processes {sorted(left)} outlived the VM.",
                                    sandbox=self.name)
         finally:
+            if self.nix is not None:
+                await self.nix.stop()
             if self._channel is not None:
                 await self._channel.close()
             for port in self._shell_ports:

@@ -8,6 +8,8 @@
     accel     KVM where it really works, else TCG
     qemu      qemu's and virtiofsd's command lines, each confined by bubblewrap
     channel   the host's end of the guest agent's protocol (virtio-serial)
+    nixguest  Nix in the guest: the job's proxy over a virtio-serial port, its view
+              of the store as bind mounts (``guest/nixrelay.py`` is the guest's end)
 
 See docs/vm.md for how a job's VM boots and what it costs.
 """

@@ -58,6 +58,8 @@ class Fds:
     #: One virtio-serial port per shell session the guest can hold at once
     #: (``nixfarm.sh0``, ...; see ``vm.telnet``).
     shells: tuple[int, ...] = ()
+    #: The port of the guest's Nix relay (``nixfarm.nix``, ``vm.nixguest``), if any.
+    nix: int | None = None
 
 
 def host_dirs() -> list[str]:
@@ -81,15 +83,18 @@ def bwrap(*, extra: Sequence[str] = ()) -> list[str]:
             "--tmpfs", "/tmp", "--tmpfs", "/var/tmp", "--chdir", "/", *extra]  # fmt: skip
 
 
-def virtiofsd_bwrap(spec: SandboxSpec, xfer: Path) -> list[str]:
+def virtiofsd_bwrap(spec: SandboxSpec, xfer: Path, root: Sequence[str] = ()) -> list[str]:
     """bwrap options building /export for virtiofsd (see the module docstring).
 
     virtiofsd is root in its user namespace (mapped to the unprivileged host user),
     with capabilities only there: it needs them to build its own inner sandbox.
+    ``root``: options that build /export/root instead (a VM with Nix: ``nixguest``).
     """
     args = ["--uid", "0", "--gid", "0", "--cap-add", "ALL", "--tmpfs", "/export"]
     image = spec.image
-    if isinstance(image, RootDir):
+    if root:
+        args += root
+    elif isinstance(image, RootDir):
         args += ["--ro-bind", str(image.path), "/export/root"]
     elif isinstance(image, NixClosure):
         args += ["--ro-bind", str(image.root), "/export/root",
@@ -118,6 +123,8 @@ def qemu_args(spec: SandboxSpec, accel: Accelerator, fds: Fds,
     cmdline = [*KERNEL_OPTIONS,
                "nixfarm.root=" + ("disk" if isinstance(spec.image, DiskImage) else "share"),
                f"nixfarm.net={int(spec.network)}", f"nixfarm.tmp={spec.tmp_size}"]  # fmt: skip
+    if fds.nix is not None:
+        cmdline.append("nixfarm.nix=1")
     if accel.name == "tcg" and tsc_khz:
         # Under TCG the kernel's TSC calibration against the PIT sometimes never ends.
         cmdline += [f"tsc_early_khz={tsc_khz}", "tsc=reliable"]
@@ -141,6 +148,9 @@ def qemu_args(spec: SandboxSpec, accel: Accelerator, fds: Fds,
     for n, fd in enumerate(fds.shells):
         args += ["-chardev", f"socket,id=sh{n},fd={fd}",
                  "-device", f"virtserialport,chardev=sh{n},name=nixfarm.sh{n}"]
+    if fds.nix is not None:
+        args += ["-chardev", f"socket,id=nix,fd={fds.nix}",
+                 "-device", "virtserialport,chardev=nix,name=nixfarm.nix"]
     if isinstance(spec.image, DiskImage) and fds.disk is not None:
         # snapshot=on: writes go to a temporary file of qemu's, never to the image.
         args += ["-drive", f"file=/dev/fd/{fds.disk},format={spec.image.format},if=none,"
