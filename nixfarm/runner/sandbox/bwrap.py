@@ -83,7 +83,9 @@ from nixfarm.runner.sandbox.base import (
     SandboxSpec,
     SandboxTimeout,
     copy_out_script,
+    disk_full,
     login_shell,
+    sizes,
 )
 from nixfarm.runner.sandbox.limits import CGROUP_ROOT, Confinement, Kind, confine
 from nixfarm.runner.sandbox.network import connect_slirp, resolv_conf
@@ -161,6 +163,8 @@ class BwrapSandbox(Lifecycle):
         self._deadline: float | None = None
         self._pid_namespace = ""
         self._closed = False
+        #: The memory cgroup's OOM kills ``diagnose`` has reported.
+        self._oom_kills = 0
         #: Seconds the last boot took (bwrap start to the sandbox's shell answering).
         self.boot_seconds = 0.0
 
@@ -512,6 +516,28 @@ class BwrapSandbox(Lifecycle):
             await uncancelled(process.wait())
             self._running.discard(process)
         return status
+
+    async def diagnose(self) -> list[str]:
+        """The home's tmpfs full (seen through pid 1's root), and processes the memory
+        cgroup killed since the last call."""
+        found: list[str] = []
+        if self.init_pid and not self._closed:
+            try:
+                usage = await asyncio.to_thread(os.statvfs,
+                                                f"/proc/{self.init_pid}/root{BUILD_HOME}")
+            except OSError:
+                usage = None
+            full = usage and disk_full(self._spec.home_size, usage.f_bavail * usage.f_frsize,
+                                       "its home")
+            found += [full] if full else []
+        if self.confinement is not None:
+            killed = await asyncio.to_thread(self.confinement.oom_kills)
+            if killed > self._oom_kills:
+                limit = sizes(self._spec.memory_limit or 0)
+                found.append(f"out of memory: {killed - self._oom_kills} process(es) killed "
+                             f"at the job's memory limit of {limit}")
+                self._oom_kills = killed
+        return found
 
     # --- shutdown --------------------------------------------------------------
 

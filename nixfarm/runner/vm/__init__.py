@@ -7,6 +7,7 @@
     accel     KVM where it really works, else TCG
     qemu      qemu's and virtiofsd's command lines, each confined by bubblewrap
     channel   the host's end of the guest agent's protocol (virtio-serial)
+    disk      the job's disk: everything a job writes, within its quota
 
 See docs/vm.md for how a job's VM boots and what it costs.
 """

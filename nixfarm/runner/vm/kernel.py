@@ -33,8 +33,10 @@ PACKAGE = "linux-image-cloud-amd64"
 GUEST = Path(__file__).resolve().parent / "guest"
 BUSYBOX = Path("/bin/busybox")
 #: virtio over MMIO (microvm), the agent's ports, virtiofs, the network card and
-#: disks. Each module costs boot time under TCG: nothing more.
-MODULES = ("virtio_mmio", "virtio_console", "virtiofs", "virtio_net", "virtio_blk")
+#: disks, and overlayfs (a disk image under the job's disk: its init loads it only
+#: then). Each module costs boot time under TCG: nothing more.
+MODULES = ("virtio_mmio", "virtio_console", "virtiofs", "virtio_net", "virtio_blk",
+           "overlay")
 _VERSION = re.compile(r"^linux-image-(\d[\w.+-]*)$")
 _locks: dict[Path, asyncio.Lock] = {}
 _made: dict[tuple[Path, str], BootFiles] = {}
