@@ -6,6 +6,7 @@ import base64
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -60,6 +61,17 @@ class JobsClient:
         async with self.connection.stream("GET", url) as response:
             async for chunk in response.aiter_bytes():
                 yield chunk
+
+    async def download(self, url: str, dest: Path) -> int:
+        """Stream the file at ``url`` (an artifact's) into ``dest``; its size. Follows a
+        redirect to object storage."""
+        size = 0
+        async with self.connection.stream("GET", url, follow_redirects=True) as response:
+            with dest.open("wb") as out:
+                async for chunk in response.aiter_bytes(1024 * 1024):
+                    out.write(chunk)
+                    size += len(chunk)
+        return size
 
     async def follow(self, job_id: int) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """The job's Server-Sent Events until its end: (event, data).
