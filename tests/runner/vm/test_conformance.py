@@ -137,6 +137,15 @@ async def test_the_image_is_read_only_and_home_and_tmp_are_not(sandbox: Sandbox)
     assert (await sh(sandbox, "cat ~/a"))[1] == ["a"]
 
 
+async def test_a_task_can_open_a_pty(sandbox: Sandbox) -> None:
+    # /dev/ptmx of a devpts instance of the sandbox's own: opening it makes a pty
+    # (what script, expect and Python's pty module do first).
+    status, lines = await sh(sandbox, "exec 3<>/dev/ptmx && ls /dev/pts && "
+                                      "stat -c %a /dev/pts/ptmx")
+    assert status == 0, lines
+    assert lines[-1] == "666" and any(line.isdigit() for line in lines), lines
+
+
 async def test_files_go_in_and_come_out(sandbox: Sandbox, tmp_path: Path) -> None:
     await sandbox.put("/home/build/.config/deep/f", b"data\n", mode=0o640)
     assert (await sh(sandbox, "stat -c '%a %u' ~/.config/deep/f"))[1] == ["640 1000"]
