@@ -88,6 +88,11 @@ class JobsClient:
                 async with self.connection.events(path, last_id, timeout=timeout) as events:
                     async for event in events:
                         heard, last_id = time.monotonic(), event.id or last_id
+                        if not event.data:
+                            # The server's keep-alive comment (": ping", every 15 s of
+                            # silence, as a VM boots), which httpx-sse hands on as an
+                            # empty "message": nothing to decode.
+                            continue
                         yield event.event, event.json()
                         if event.event == "end":
                             return
