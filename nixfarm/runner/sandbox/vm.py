@@ -458,11 +458,12 @@ class VmSandbox(Lifecycle):
                 out.unlink()
 
     async def diagnose(self) -> list[str]:
-        """The job's disk full (``df`` of the home, which lives on it), and the guest
-        kernel's out-of-memory kills since the last call (from the console's log)."""
-        found = self._oom_kills()
+        """The job's disk full (``stat -f`` of the home, which lives on it), and the guest
+        kernel's out-of-memory kills since the last call (from the console's log; a
+        guest's root could write such lines too, but only into its own job's log)."""
+        found = await asyncio.to_thread(self._oom_kills)
         lines: list[str] = []
-        try:  # (df would look for the mount point, one the build user may not see)
+        try:  # (not df: it looks for the mount point, which the build user may not see)
             status, _ = await self._run(
                 ["/run/nixfarm/busybox", "stat", "-f", "-c", "%a %S", BUILD_HOME],
                 Lines(lines.append), timeout=60)
@@ -473,7 +474,7 @@ class VmSandbox(Lifecycle):
             full = disk_full(self._spec.home_size, int(fields[0]) * int(fields[1]),
                              "what it writes (its home, /var/tmp, changes to a disk image)")
             found += [full] if full else []
-        return found + self._oom_kills()
+        return found + await asyncio.to_thread(self._oom_kills)
 
     def _oom_kills(self) -> list[str]:
         if self.state_dir is None:
