@@ -15,7 +15,7 @@ admin: whoever may see and cancel the job) opens a session::
    ``/api/v1/runners/R/jobs/ID/shells/KEY``: the runner needs no inbound port.
 3. The two servers (one, in an embedded farm) relay bytes over the event bus, each
    message tagged: ``d`` + bytes (terminal data), ``c`` + JSON (``open``, ``resize``,
-   ``exit``, ``close``).
+   ``exit``, ``close``, ``ack``: the flow control of ``server/api/shells.py``).
 
 The runner shuts the sandbox down, and releases the hold, when the hold's time is up
 or when the last session closes after at least one was opened.

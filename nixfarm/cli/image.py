@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
 
 from nixfarm import images
-from nixfarm.cli.common import err, out, run
+from nixfarm.cli.common import DataDir, Token, Url, err, out, run, with_client
 from nixfarm.cli.runner import DEFAULT_WORK_DIR
 from nixfarm.errors import NixfarmError
 
@@ -47,9 +51,27 @@ def _home(work_dir: Path) -> Path:
     return runner_dir(work_dir)
 
 
-def _recipe(name: str, arch: str) -> images.Recipe:
+Recipes = Annotated[
+    Path | None,
+    typer.Option(
+        help="A catalogue of recipes laid out as nixfarm/images/ (default: the one nixfarm "
+        "comes with)."
+    ),
+]
+FromJob = Annotated[
+    str | None,
+    typer.Option(
+        "--from-job",
+        metavar="JOB",
+        help="Install the image a job built (its artifacts root.img.qcow2 and recipe.sha256, "
+        "as the distro's build.yml makes them): the job's id, or its URL.",
+    ),
+]
+
+
+def _recipe(name: str, arch: str, recipes: Path | None = None) -> images.Recipe:
     try:
-        return images.find(images.RECIPES, name, arch)
+        return images.find(recipes or images.RECIPES, name, arch)
     except NixfarmError as e:
         raise typer.BadParameter(e.message, param_hint="IMAGE") from None
 
@@ -124,10 +146,11 @@ def check(
     _check(image, arch, _home(work_dir), builds, from_)
 
 
-def _check(image: str, arch: str, home: Path, builds: Path | None, from_: Path | None) -> Path:
+def _check(image: str, arch: str, home: Path, builds: Path | None, from_: Path | None,
+           recipes: Path | None = None) -> Path:
     from nixfarm.runner import imaging
 
-    recipe = _recipe(image, arch)
+    recipe = _recipe(image, arch, recipes)
     built = from_ or imaging.build_dir(recipe, builds or home / "image-builds")
     if not (built / images.DISK_FILE).is_file():
         raise typer.BadParameter(
@@ -154,17 +177,27 @@ def install(
     work_dir: WorkDir = DEFAULT_WORK_DIR,
     builds: Builds = None,
     from_: From = None,
+    from_job: FromJob = None,
     check_first: Annotated[
         bool, typer.Option("--check/--no-check", help="Run the sanity check before installing.")
     ] = True,
+    recipes: Recipes = None,
+    url: Url = None,
+    token: Token = None,
+    data_dir: DataDir = None,
 ) -> None:
     """Install a built IMAGE into the runner's catalogue, atomically (offered at once)."""
     from nixfarm.runner import imaging
 
     home = _home(work_dir)
-    recipe = _recipe(image, arch)
+    recipe = _recipe(image, arch, recipes)
+    if from_job is not None:
+        if from_ is not None:
+            raise typer.BadParameter("give --from or --from-job, not both", param_hint="--from")
+        from_ = _fetch_job_image(from_job, recipe, builds or home / "image-builds",
+                                 url, token, data_dir)
     if check_first:
-        built = _check(image, arch, home, builds, from_)
+        built = _check(image, arch, home, builds, from_, recipes)
     else:
         built = from_ or imaging.build_dir(recipe, builds or home / "image-builds")
     try:
@@ -175,3 +208,115 @@ def install(
         )
         raise typer.Exit(1) from None
     out.print(f"installed {recipe.alias_of or recipe.name} ({arch}) at {place}", markup=False)
+
+
+@app.command()
+def manifest(image: str, arch: Arch = "x86_64", recipes: Recipes = None) -> None:
+    """Print the manifest of the job that builds IMAGE: its distro's build.yml with this
+    recipe in it (submit it, or schedule it with `nixfarm schedule create`)."""
+    from nixfarm.images import rebuild
+
+    try:
+        text = rebuild.manifest(_recipe(image, arch, recipes))
+    except NixfarmError as e:
+        raise typer.BadParameter(e.message, param_hint="IMAGE") from None
+    out.print(text, markup=False, highlight=False, end="", soft_wrap=True)
+
+
+@app.command()
+def schedule(
+    image: str,
+    cron: Annotated[str, typer.Option(
+        "--cron", help="When, as cron has it (UTC), e.g. '0 3 * * 0' (Sundays at 03:00).")],
+    arch: Arch = "x86_64",
+    recipes: Recipes = None,
+    url: Url = None,
+    token: Token = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Rebuild IMAGE as a job at each slot of --cron (its `image manifest`, as a
+    scheduled job); print the schedule's id. Runners install each build with
+    `nixfarm image install IMAGE --from-job JOB`."""
+    from nixfarm.client.api import Client
+    from nixfarm.client.schedules import SchedulesClient
+    from nixfarm.images import rebuild
+    from nixfarm.wire.schedules import ScheduleCreate, ScheduleOut
+
+    recipe = _recipe(image, arch, recipes)
+    try:
+        text = rebuild.manifest(recipe)
+    except NixfarmError as e:
+        raise typer.BadParameter(e.message, param_hint="IMAGE") from None
+    body = ScheduleCreate(cron=cron, manifest=text,
+                          note=f"rebuild {recipe.alias_of or recipe.name} ({arch})")
+
+    async def work(c: Client) -> ScheduleOut:
+        return await SchedulesClient(c).create(body)
+
+    made = with_client(url, token, data_dir, work)
+    out.print(f"schedule {made.id}: next build of {image} at {made.next_at:%Y-%m-%d %H:%M:%S} "
+              "UTC", markup=False)
+
+
+def _job_reference(job: str, url: str | None) -> tuple[int, str | None]:
+    """A job's id and the server's URL from ``JOB``: an id, or a job's URL (web or API)."""
+    if job.isdigit():
+        return int(job), url
+    parsed = urlsplit(job)
+    match = re.search(r"/jobs/(\d+)(?:/|$)", parsed.path)
+    if not parsed.scheme or not parsed.netloc or match is None:
+        raise typer.BadParameter(f"{job!r} is neither a job's id nor a job's URL",
+                                 param_hint="--from-job")
+    return int(match.group(1)), url or f"{parsed.scheme}://{parsed.netloc}"
+
+
+def _fetch_job_image(job: str, recipe: images.Recipe, builds: Path, url: str | None,
+                     token: str | None, data_dir: str | None) -> Path:
+    """Download the image job ``job`` built into a build directory under ``builds``
+    (named by the recipe hash the job built); return that directory."""
+    from nixfarm.client.api import Client
+    from nixfarm.client.jobs import JobsClient
+    from nixfarm.images import DISK_FILE, HASH_FILE
+
+    job_id, url = _job_reference(job, url)
+    builds.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".job-{job_id}-", dir=builds))
+
+    async def work(c: Client) -> int:
+        jobs = JobsClient(c)
+        found = await jobs.get(job_id)
+        if found.status != "success":
+            raise images.ImageError(f"Job {job_id} is {found.status}: only a job that "
+                                    f"succeeded has an image to install.")
+        named = {a.name: a for a in found.artifacts}
+        missing = [name for name in (DISK_FILE, HASH_FILE) if name not in named]
+        if missing:
+            raise images.ImageError(f"Job {job_id} has no artifact {' or '.join(missing)}: "
+                                    f"it did not build an image (see its distro's build.yml).")
+        await jobs.download(named[HASH_FILE].url, staging / HASH_FILE)
+        size = await jobs.download(named[DISK_FILE].url, staging / DISK_FILE)
+        if size != named[DISK_FILE].size:
+            raise images.ImageError(f"{DISK_FILE} of job {job_id} came short: {size} of "
+                                    f"{named[DISK_FILE].size} bytes.")
+        return size
+
+    try:
+        size = with_client(url, token, data_dir, work)
+        digest = (staging / HASH_FILE).read_text().strip()
+        if not re.fullmatch(r"[0-9a-f]{32}", digest):
+            err.print(f"error: job {job_id}'s {HASH_FILE} is not a recipe hash", markup=False)
+            raise typer.Exit(1)
+        target = builds / recipe.build_name(digest)
+        if not (target / DISK_FILE).is_file():
+            shutil.rmtree(target, ignore_errors=True)
+            staging.chmod(0o755)  # qemu, as an unprivileged user, opens the image in it
+            staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if digest != images.recipe_hash(recipe):
+        err.print(f"note: job {job_id} built {recipe.name} from another recipe ({digest}) "
+                  f"than this machine's ({images.recipe_hash(recipe)}); `image list` will "
+                  f"say so", markup=False)
+    err.print(f"fetched {recipe.name} from job {job_id} into {target} ({size} bytes)",
+              markup=False)
+    return target

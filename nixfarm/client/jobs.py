@@ -6,6 +6,7 @@ import base64
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -61,6 +62,17 @@ class JobsClient:
             async for chunk in response.aiter_bytes():
                 yield chunk
 
+    async def download(self, url: str, dest: Path) -> int:
+        """Stream the file at ``url`` (an artifact's) into ``dest``; its size. Follows a
+        redirect to object storage."""
+        size = 0
+        async with self.connection.stream("GET", url, follow_redirects=True) as response:
+            with dest.open("wb") as out:
+                async for chunk in response.aiter_bytes(1024 * 1024):
+                    out.write(chunk)
+                    size += len(chunk)
+        return size
+
     async def follow(self, job_id: int) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """The job's Server-Sent Events until its end: (event, data).
 
@@ -76,6 +88,11 @@ class JobsClient:
                 async with self.connection.events(path, last_id, timeout=timeout) as events:
                     async for event in events:
                         heard, last_id = time.monotonic(), event.id or last_id
+                        if not event.data:
+                            # The server's keep-alive comment (": ping", every 15 s of
+                            # silence, as a VM boots), which httpx-sse hands on as an
+                            # empty "message": nothing to decode.
+                            continue
                         yield event.event, event.json()
                         if event.event == "end":
                             return

@@ -422,9 +422,15 @@ async def tasks(ctx: JobContext) -> None:
                 await _skip_tasks(ctx, index + 1)
                 return
             continue
+        # A command that hit a limit says only ENOSPC or "Killed": the log says which.
+        reasons = await box.diagnose()
+        with contextlib.suppress(LogLimitExceeded):  # the job fails anyway
+            for reason in reasons:
+                ctx.logged_line(task.name, f"[nixfarm] {reason}")
         await _finish_task(ctx, task.name, "failed", status)
         await _skip_tasks(ctx, index + 1)
-        raise _fail("tasks", f"task {task.name!r} exited with status {status}")
+        raise _fail("tasks", f"task {task.name!r} exited with status {status}"
+                             + "".join(f"; {reason}" for reason in reasons))
 
 
 async def _finish_task(ctx: JobContext, name: str, status: TaskStatus, code: int | None) -> None:

@@ -231,3 +231,29 @@ def test_a_schedule_submits_jobs_through_the_cli(shell_farm: RunningFarm, tmp_pa
     assert "*/2" not in farm.cli("schedule", "list").stdout
     bad = farm.cli("schedule", "create", "--cron", "0 3 * *", str(manifest), check=False)
     assert bad.returncode == 2 and "has 4 fields" in bad.stderr
+
+
+def test_a_flood_of_output_reaches_a_slow_client_whole(shell_farm: RunningFarm) -> None:
+    """The bus between the two WebSockets drops what a slow subscriber cannot take; the
+    relay is flow-controlled so that nothing is lost: a client that stops reading
+    stops the command's output (back-pressure down to its pty), then gets all of it."""
+    farm = shell_farm
+    job = wait_job(farm, submit(farm, "image: demo/latest\nshell: true\ntasks:\n"
+                                      "  - a: 'true'\n")["id"],
+                   {"success", "failed"}, seconds=120)
+    lines = 1_000_000  # ~6.9 MB: more messages than a bus queue holds
+    env = {**os.environ, "NIXFARM_URL": farm.url, "NIXFARM_TOKEN": farm.token}
+    cli = subprocess.Popen([NIXFARM, "shell", str(job["id"]), "--", "seq", "1", str(lines)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        time.sleep(8)  # not read: the pipe fills, the client stops taking messages
+        out, err = cli.communicate(timeout=240)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    assert cli.returncode == 0, err
+    got = out.replace(b"\r\n", b"\n").split()
+    missing = len(got) != lines or got != [str(n).encode() for n in range(1, lines + 1)]
+    assert not missing, (f"{len(got)} lines of {lines}; first wrong at "
+                         f"{next((i for i, v in enumerate(got) if v != str(i + 1).encode()), -1)}")

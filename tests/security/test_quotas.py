@@ -39,6 +39,10 @@ def test_the_home_is_limited(user: Tenant) -> None:
     assert "No space left on device" in log
     # df shows the home's own file system, 32 MiB.
     assert " 32768 " in log
+    # The log says which limit it was (a VM's job says the same of its disk).
+    assert "[nixfarm] the job's disk is full: its home is limited to 32 MiB " \
+        "(jobs.home_bytes)" in log
+    assert "the job's disk is full" in job["reason"]
 
 
 def test_the_log_is_limited_and_the_job_says_so(user: Tenant) -> None:

@@ -260,6 +260,12 @@ class Sandbox(Protocol):
     async def shutdown(self) -> None:
         """Kill every process in the sandbox and remove all its state. Idempotent."""
 
+    async def diagnose(self) -> list[str]:
+        """The limits the sandbox has reached, each as a sentence for the job's log: its
+        disk full (``home_size``), a process killed for memory since the last call
+        (``memory_limit``). Empty when none. Asked after a command failed, since a
+        command that hits a limit often says only ENOSPC or "Killed"."""
+
     async def __aenter__(self) -> Self: ...
 
     async def __aexit__(
@@ -291,6 +297,22 @@ class Lifecycle:
         tb: TracebackType | None,
     ) -> None:
         await uncancelled(self.shutdown())
+
+
+def disk_full(size: int | None, free: int, what: str) -> str | None:
+    """The job-log sentence for a disk of ``size`` bytes holding ``what`` with ``free``
+    left, when it is full (None when it is not, or has no limit)."""
+    if size is None or free > max(size // 100, 64 * 1024):
+        return None
+    return f"the job's disk is full: {what} is limited to {sizes(size)} (jobs.home_bytes)"
+
+
+def sizes(n: int) -> str:
+    """``n`` bytes for people: "32 MiB", "1 GiB", "1000 bytes"."""
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale} {unit}"
+    return f"{n} bytes"
 
 
 def copy_out_script(limit: int | None) -> str:

@@ -3,7 +3,7 @@
 Boot starts ``bwrap --unshare-all`` on the
 image root, read-only, with nothing else of the host but the job's Nix closure (each
 store path bound read-only at its own path on an otherwise empty /nix/store), a
-minimal /dev (null, zero, full, random, urandom, tty; no devpts), a fresh /proc, a
+minimal /dev (null, zero, full, random, urandom, tty; a devpts of its own), a fresh /proc, a
 size-limited tmpfs /tmp, and the job's home at /home/build: another size-limited
 tmpfs (``spec.home_size``; or a host directory, unlimited, when that is None), the
 only writable place that outlives a command. Inside, everything runs as
@@ -83,7 +83,9 @@ from nixfarm.runner.sandbox.base import (
     SandboxSpec,
     SandboxTimeout,
     copy_out_script,
+    disk_full,
     login_shell,
+    sizes,
 )
 from nixfarm.runner.sandbox.limits import CGROUP_ROOT, Confinement, Kind, confine
 from nixfarm.runner.sandbox.network import connect_slirp, resolv_conf
@@ -111,13 +113,22 @@ NIX_CONF = "/etc/nix/nix.conf"
 
 # Joins the user namespace $1 (as its owner or root: all capabilities in it) and sets
 # its limit of further user namespaces to 0; Python 3.11 has no os.setns.
-_LIMIT_USERNS = """
+# Run by the runner's Python in the sandbox's user namespace (where setns gives it
+# every capability), then in its mount namespace: no nested user namespaces, and a
+# devpts instance of the sandbox's own at /dev/pts (bwrap mounts one only with --dev).
+_INSIDE = """
 import ctypes, os, sys
 libc = ctypes.CDLL(None, use_errno=True)
-if libc.setns(os.open(sys.argv[1], os.O_RDONLY), 0x10000000) != 0:
-    sys.exit("setns: " + os.strerror(ctypes.get_errno()))
+def enter(path, kind):
+    if libc.setns(os.open(path, os.O_RDONLY), kind) != 0:
+        sys.exit("setns: " + os.strerror(ctypes.get_errno()))
+enter(sys.argv[1], 0x10000000)
 with open("/proc/sys/user/max_user_namespaces", "w") as limit:
     limit.write("0\\n")
+enter(sys.argv[2], 0x00020000)
+if libc.mount(b"devpts", b"/dev/pts", b"devpts", 0x2 | 0x8,
+              b"newinstance,ptmxmode=0666,mode=0620") != 0:
+    sys.exit("mounting /dev/pts: " + os.strerror(ctypes.get_errno()))
 """
 
 
@@ -161,6 +172,8 @@ class BwrapSandbox(Lifecycle):
         self._deadline: float | None = None
         self._pid_namespace = ""
         self._closed = False
+        #: The memory cgroup's OOM kills ``diagnose`` has reported.
+        self._oom_kills = 0
         #: Seconds the last boot took (bwrap start to the sandbox's shell answering).
         self.boot_seconds = 0.0
 
@@ -258,7 +271,7 @@ class BwrapSandbox(Lifecycle):
                 )
             self.init_pid = int((await read_info(info_read))["child-pid"])
             self._pid_namespace = os.readlink(f"/proc/{self.init_pid}/ns/pid")
-            await self._no_nested_user_namespaces()
+            await self._inside()
             if self._spec.network:
                 await self._connect_network()
         except TimeoutError:
@@ -287,6 +300,8 @@ class BwrapSandbox(Lifecycle):
             ("stderr", "/proc/self/fd/2"),
         ):
             args += ["--symlink", target, f"/dev/{name}"]  # fmt: skip
+        # devpts is mounted there once bwrap runs (``_inside``).
+        args += ["--dir", "/dev/pts", "--symlink", "pts/ptmx", "/dev/ptmx"]
         args += ["--size", str(64 * 1024**2), "--tmpfs", "/dev/shm"]
         args += ["--size", str(spec.tmp_size), "--perms", "1777", "--tmpfs", "/tmp"]
         if spec.home_size is None:
@@ -324,16 +339,20 @@ class BwrapSandbox(Lifecycle):
             args += added[path]
         return args
 
-    async def _no_nested_user_namespaces(self) -> None:
+    async def _inside(self) -> None:
         """Set user.max_user_namespaces to 0 in the sandbox's user namespace: nothing in
         it may make another (bwrap's --disable-userns would put the sandbox in a nested
-        namespace, which nsenter could not then join with the others)."""
+        namespace, which nsenter could not then join with the others). And mount a
+        private devpts instance at /dev/pts, so that tasks can open ptys (``script``,
+        ``expect``, Python's ``pty``): bwrap makes one only with ``--dev``, which would
+        cost that nested namespace too."""
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _LIMIT_USERNS, f"/proc/{self.init_pid}/ns/user",
+            sys.executable, "-c", _INSIDE, f"/proc/{self.init_pid}/ns/user",
+            f"/proc/{self.init_pid}/ns/mnt",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         output, _ = await process.communicate()
         if process.returncode != 0:
-            raise SandboxError("Cannot forbid user namespaces in the sandbox: "
+            raise SandboxError("Cannot set the sandbox up from inside: "
                                f"{output.decode(errors='replace').strip()}", sandbox=self.name)
 
     async def _connect_network(self) -> None:
@@ -512,6 +531,28 @@ class BwrapSandbox(Lifecycle):
             await uncancelled(process.wait())
             self._running.discard(process)
         return status
+
+    async def diagnose(self) -> list[str]:
+        """The home's tmpfs full (seen through pid 1's root), and processes the memory
+        cgroup killed since the last call."""
+        found: list[str] = []
+        if self.init_pid and not self._closed:
+            try:
+                usage = await asyncio.to_thread(os.statvfs,
+                                                f"/proc/{self.init_pid}/root{BUILD_HOME}")
+            except OSError:
+                usage = None
+            full = usage and disk_full(self._spec.home_size, usage.f_bavail * usage.f_frsize,
+                                       "its home")
+            found += [full] if full else []
+        if self.confinement is not None:
+            killed = await asyncio.to_thread(self.confinement.oom_kills)
+            if killed > self._oom_kills:
+                limit = sizes(self._spec.memory_limit or 0)
+                found.append(f"out of memory: {killed - self._oom_kills} process(es) killed "
+                             f"at the job's memory limit of {limit}")
+                self._oom_kills = killed
+        return found
 
     # --- shutdown --------------------------------------------------------------
 

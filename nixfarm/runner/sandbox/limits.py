@@ -74,6 +74,18 @@ class Confinement:
                 found.update(int(p) for p in (group / "cgroup.procs").read_text().split())
         return found
 
+    def oom_kills(self) -> int:
+        """Processes the kernel has killed for the group's memory limit so far (0 with
+        rlimits: there an allocation past the limit fails instead)."""
+        for group in self.groups:
+            for name in ("memory.events", "memory.oom_control"):  # v2, v1
+                with contextlib.suppress(OSError, ValueError):
+                    for line in (group / name).read_text().splitlines():
+                        key, _, value = line.partition(" ")
+                        if key == "oom_kill":
+                            return int(value)
+        return 0
+
     def kill(self) -> None:
         """SIGKILL everything in the groups (nothing to do for rlimits)."""
         for group in self.groups:

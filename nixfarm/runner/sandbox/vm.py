@@ -8,7 +8,8 @@
               output streams back over a virtio-serial port (``vm.channel``)
     put/get   runs of ``cat``/``tar`` in the guest, with data through xfer/
     shutdown  SIGKILL to both process groups, then the state directory goes: the
-              guest's writes were only ever in its RAM
+              guest's writes were only ever in its RAM or on the job's disk there
+              (``vm.disk``, a file of the job's quota)
 
 The host never opens a path inside the guest's tree: what ``get`` copies out is
 read from xfer/ with O_NOFOLLOW and must be a regular file. A runner killed with
@@ -23,6 +24,7 @@ import contextlib
 import dataclasses
 import functools
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -47,7 +49,9 @@ from nixfarm.runner.sandbox.base import (
     SandboxSpec,
     SandboxTimeout,
     copy_out_script,
+    disk_full,
     login_shell,
+    sizes,
 )
 from nixfarm.runner.sandbox.network import connect_slirp, resolv_conf
 from nixfarm.runner.sandbox.processes import (
@@ -59,6 +63,7 @@ from nixfarm.runner.sandbox.processes import (
     remove_tree,
 )
 from nixfarm.runner.shielding import uncancelled
+from nixfarm.runner.vm import disk as job_disk
 from nixfarm.runner.vm import qemu, telnet
 from nixfarm.runner.vm.accel import Accelerator, probe
 from nixfarm.runner.vm.channel import AgentChannel
@@ -78,6 +83,8 @@ _REQUIRED = ("bin/sh", "etc/passwd", "home/build", "tmp", "dev")
 #: Two programs (cat, chmod) when the directory exists: each exec costs under TCG.
 _PUT = ('case $1 in */*) d=${1%/*} ;; *) d=. ;; esac; '
         '{ [ -d "${d:-/}" ] || mkdir -p "$d"; } && cat > "$1" && chmod "$2" "$1"')
+#: The guest kernel's line (on its console, at error level) when its OOM killer acts.
+_OOM_KILL = re.compile(rb"Out of memory: Killed process (\d+) \(([^)\n]*)\)")
 
 
 class VmSandbox(Lifecycle):
@@ -116,6 +123,8 @@ class VmSandbox(Lifecycle):
         self.boot_files: BootFiles | None = None
         #: Nix for the guest (``spec.nix_client``; see ``vm.nixguest``).
         self.nix: NixGuest | None = None
+        #: How much of the console's log ``diagnose`` has read.
+        self._console_seen = 0
 
     @property
     def spec(self) -> SandboxSpec:
@@ -234,12 +243,16 @@ class VmSandbox(Lifecycle):
             listener.listen(1)
             vfs_client.connect(address)
             os.unlink(address)
-            opened = [os.open(boot.kernel, os.O_RDONLY), os.open(boot.initrd, os.O_RDONLY)]
+            scratch = await job_disk.make(
+                self.state_dir / "disk.img", self._spec.home_size,
+                self.host_uid if self._root_runner else None, self.name)
+            opened = [os.open(boot.kernel, os.O_RDONLY), os.open(boot.initrd, os.O_RDONLY),
+                      os.open(scratch, os.O_RDWR | os.O_NOFOLLOW)]
             if isinstance(self._spec.image, DiskImage):
                 opened.append(os.open(self._spec.image.path, os.O_RDONLY))
             fds = qemu.Fds(kernel=opened[0], initrd=opened[1], virtiofs=vfs_client.fileno(),
                            control=guest_control.fileno(), output=guest_output.fileno(),
-                           disk=opened[2] if len(opened) > 2 else None,
+                           scratch=opened[2], disk=opened[3] if len(opened) > 3 else None,
                            shells=tuple(guest.fileno() for _, guest in shell_pairs))  # fmt: skip
             nix = await self._start_nix()
             if nix is not None:
@@ -525,6 +538,42 @@ class VmSandbox(Lifecycle):
         finally:
             with contextlib.suppress(OSError):
                 out.unlink()
+
+    async def diagnose(self) -> list[str]:
+        """The job's disk full (``stat -f`` of the home, which lives on it), and the guest
+        kernel's out-of-memory kills since the last call (from the console's log; a
+        guest's root could write such lines too, but only into its own job's log)."""
+        found = await asyncio.to_thread(self._oom_kills)
+        lines: list[str] = []
+        try:  # (not df: it looks for the mount point, which the build user may not see)
+            status, _ = await self._run(
+                ["/run/nixfarm/busybox", "stat", "-f", "-c", "%a %S", BUILD_HOME],
+                Lines(lines.append), timeout=60)
+        except SandboxError:
+            return found
+        fields = lines[-1].split() if status == 0 and lines else []
+        if len(fields) == 2 and all(field.isdigit() for field in fields):
+            full = disk_full(self._spec.home_size, int(fields[0]) * int(fields[1]),
+                             "what it writes (its home, /var/tmp, changes to a disk image)")
+            found += [full] if full else []
+        return found + await asyncio.to_thread(self._oom_kills)
+
+    def _oom_kills(self) -> list[str]:
+        if self.state_dir is None:
+            return []
+        try:
+            with (self.state_dir / "console.log").open("rb") as console:
+                console.seek(self._console_seen)
+                text = console.read(1024**2)
+        except OSError:
+            return []
+        # Only whole lines: the rest is read next time.
+        text = text[: text.rfind(b"\n") + 1]
+        self._console_seen += len(text)
+        memory = sizes(max(self._spec.memory_limit or qemu.DEFAULT_MEMORY, 128 * 1024**2))
+        return [f"out of memory: the VM's kernel killed {name.decode(errors='replace')} "
+                f"(pid {pid.decode()}); the job's memory is limited to {memory}, the VM's RAM"
+                for pid, name in _OOM_KILL.findall(text)]
 
     # --- shutdown --------------------------------------------------------------
 

@@ -309,6 +309,9 @@ class PooledVm(Lifecycle):
     async def get(self, path: str, dest: Path, *, limit: int | None = None) -> int:
         return await self.vm.get(path, dest, limit=limit)
 
+    async def diagnose(self) -> list[str]:
+        return await self.vm.diagnose()
+
     async def shell(self, argv: Sequence[str] | None, rows: int = 24, cols: int = 80,
                     env: Mapping[str, str] | None = None) -> Terminal:
         return await self.vm.shell(argv, rows, cols, env)

@@ -10,6 +10,7 @@
     channel   the host's end of the guest agent's protocol (virtio-serial)
     nixguest  Nix in the guest: the job's proxy over a virtio-serial port, its view
               of the store as bind mounts (``guest/nixrelay.py`` is the guest's end)
+    disk      the job's disk: everything a job writes, within its quota
 
 See docs/vm.md for how a job's VM boots and what it costs.
 """

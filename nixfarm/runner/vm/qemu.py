@@ -8,9 +8,9 @@ the guest's 10.0.2.2 is that namespace's empty loopback, never the runner's. The
 file system is the host's /usr (for their own binaries and
 libraries), a minimal /dev, and the job's files only:
 
-- qemu sees no file of the job at all: kernel, initramfs and disk image come in
-  as open file descriptors (``/dev/fd/N``), the agent's ports and virtiofsd's
-  socket as connected sockets (``-chardev socket,fd=N``).
+- qemu sees no file of the job at all: kernel, initramfs, disk image and the job's
+  disk (``vm.disk``) come in as open file descriptors (``/dev/fd/N``), the agent's
+  ports and virtiofsd's socket as connected sockets (``-chardev socket,fd=N``).
 - virtiofsd sees /export: ``root/`` (the image's tree, read-only: a root directory,
   or a Nix root with exactly its closure at ``root/nix/store``) and ``xfer/`` (the
   exchange directory of ``channel``, writable).
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nixfarm.runner.sandbox.base import DiskImage, NixClosure, RootDir, SandboxSpec
+from nixfarm.runner.vm import disk as job_disk
 from nixfarm.runner.vm.accel import Accelerator
 
 QEMU = "qemu-system-x86_64"
@@ -60,6 +61,8 @@ class Fds:
     shells: tuple[int, ...] = ()
     #: The port of the guest's Nix relay (``nixfarm.nix``, ``vm.nixguest``), if any.
     nix: int | None = None
+    #: The job's disk (``vm.disk``): everything the job writes, within its quota.
+    scratch: int | None = None
 
 
 def host_dirs() -> list[str]:
@@ -76,7 +79,6 @@ def host_dirs() -> list[str]:
 def bwrap(*, extra: Sequence[str] = ()) -> list[str]:
     """bwrap's options for one of the VM's processes (the program follows ``--``).
 
-    /var/tmp is where qemu keeps a disk image's snapshot (the job's writes).
     """
     return ["--unshare-all", "--die-with-parent",
             "--new-session", *host_dirs(), "--dev", "/dev", "--proc", "/proc",
@@ -152,9 +154,15 @@ def qemu_args(spec: SandboxSpec, accel: Accelerator, fds: Fds,
         args += ["-chardev", f"socket,id=nix,fd={fds.nix}",
                  "-device", "virtserialport,chardev=nix,name=nixfarm.nix"]
     if isinstance(spec.image, DiskImage) and fds.disk is not None:
-        # snapshot=on: writes go to a temporary file of qemu's, never to the image.
+        # Read-only: the guest lays an overlay on the job's disk over it (guest/init).
         args += ["-drive", f"file=/dev/fd/{fds.disk},format={spec.image.format},if=none,"
-                 "id=root,snapshot=on", "-device", "virtio-blk-device,drive=root"]  # fmt: skip
+                 "id=root,readonly=on",
+                 "-device", f"virtio-blk-device,drive=root,serial={job_disk.ROOT_SERIAL}"]
+    if fds.scratch is not None:
+        # Thrown away with the VM: flushes need not reach the host's disk.
+        args += ["-drive", f"file=/dev/fd/{fds.scratch},format=raw,if=none,id=scratch,"
+                 "cache=unsafe",
+                 "-device", f"virtio-blk-device,drive=scratch,serial={job_disk.SCRATCH_SERIAL}"]
     if spec.network:
         args += ["-netdev", "user,id=net0,net=10.0.2.0/24,host=10.0.2.2,dns=10.0.2.3",
                  "-device", "virtio-net-device,netdev=net0"]  # fmt: skip

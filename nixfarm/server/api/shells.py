@@ -8,6 +8,16 @@ and closes; a refusal is ``{"error": MESSAGE, "kind": ...}`` then a close.
 
 ``/api/v1/runners/R/jobs/ID/shells/KEY`` (the runner holding the job): the other end,
 the same messages the other way round.
+
+Flow control. The bus between the two ends is at-most-once: a subscriber that falls
+``events.memory.QUEUE_SIZE`` messages behind loses what comes next (an exit status
+included). So each end counts the terminal data it delivered to its WebSocket and
+says so every ``ACK_EVERY`` messages (``{"ack": TOTAL}`` on the other topic: a total,
+so a lost one is made good by the next); and each end has at most ``WINDOW`` data
+messages published and not yet delivered. While it may publish no more it reads no
+more from its WebSocket, so a client that stops reading stops the runner's relay,
+which stops reading the pty, which stops the command: back-pressure end to end, and
+nothing lost.
 """
 
 from __future__ import annotations
@@ -31,6 +41,31 @@ from nixfarm.wire.base import Id
 
 router = APIRouter(prefix="/v1", tags=["shells"])
 log = logging.getLogger("nixfarm.server.shells")
+#: Data messages published and not yet delivered by the other end: far below a
+#: subscription's queue (1024), which also holds the other kinds of message.
+WINDOW = 256
+#: The receiving end acknowledges every this many data messages.
+ACK_EVERY = 32
+
+
+class _Flow:
+    """One direction's data messages: published here, delivered by the other end."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.acked = 0
+        self._moved = asyncio.Event()
+
+    def ack(self, total: object) -> None:
+        if isinstance(total, int) and total > self.acked:
+            self.acked = total
+            self._moved.set()
+
+    async def room(self) -> None:
+        """Return once one more message may be published."""
+        while self.sent - self.acked >= WINDOW:
+            self._moved.clear()
+            await self._moved.wait()
 
 
 def builds(conn: WebSocket | Request) -> BuildServices:
@@ -43,12 +78,20 @@ async def _refuse(ws: WebSocket, error: NixfarmError) -> None:
         await ws.close(code=4000)
 
 
-async def _to_socket(ws: WebSocket, sub: Subscription, stop_on_exit: bool) -> None:
-    """Bus messages to the WebSocket until an ``exit`` (or ``close``) passes."""
+async def _to_socket(ws: WebSocket, sub: Subscription, stop_on_exit: bool, flow: _Flow,
+                     acks: str, services: BuildServices) -> None:
+    """Bus messages to the WebSocket until an ``exit`` (or ``close``) passes; what was
+    delivered acknowledged on ``acks``, the other end's acknowledgements to ``flow``."""
+    delivered = 0
     async for message in sub:
         payload, fields = sh.parse(message)
         if payload is not None:
             await ws.send_bytes(payload)
+            delivered += 1
+            if delivered % ACK_EVERY == 0:
+                await services.jobs.bus.publish(acks, sh.control(ack=delivered))
+        elif "ack" in fields:
+            flow.ack(fields["ack"])
         elif "exit" in fields and stop_on_exit:
             await ws.send_json({"exit": fields["exit"]})
             return
@@ -59,15 +102,18 @@ async def _to_socket(ws: WebSocket, sub: Subscription, stop_on_exit: bool) -> No
 
 
 async def _from_socket(ws: WebSocket, publish: str, services: BuildServices,
-                       user: bool) -> None:
-    """WebSocket messages to the bus until the socket closes (or the runner's exit)."""
+                       user: bool, flow: _Flow) -> None:
+    """WebSocket messages to the bus until the socket closes (or the runner's exit),
+    data within ``flow``'s window."""
     bus = services.jobs.bus
     while True:
+        await flow.room()
         message = await ws.receive()
         if message["type"] == "websocket.disconnect":
             return
         if message.get("bytes") is not None:
             await bus.publish(publish, sh.data(message["bytes"]))
+            flow.sent += 1
             continue
         try:
             fields = json.loads(message.get("text") or "{}")
@@ -83,8 +129,9 @@ async def _from_socket(ws: WebSocket, publish: str, services: BuildServices,
 
 async def _relay(ws: WebSocket, sub: Subscription, publish: str, services: BuildServices,
                  user: bool) -> None:
-    await first_done(_to_socket(ws, sub, stop_on_exit=user),
-                     _from_socket(ws, publish, services, user))
+    flow = _Flow()
+    await first_done(_to_socket(ws, sub, user, flow, publish, services),
+                     _from_socket(ws, publish, services, user, flow))
 
 
 @router.websocket("/jobs/{job_id}/shell")

@@ -220,7 +220,8 @@ async def test_a_disk_image_boots_and_the_job_never_writes_it(
     disk = tmp_path / "root.img"
     await anyio.run_process(["mkfs.ext4", "-q", "-d", str(demo_root), str(disk), "32M"])
     before = hashlib.sha256(disk.read_bytes()).hexdigest()
-    spec = SandboxSpec(DiskImage(disk, "raw"), memory_limit=256 * 1024**2)
+    quota = 16 * 1024**2
+    spec = SandboxSpec(DiskImage(disk, "raw"), memory_limit=256 * 1024**2, home_size=quota)
     async with VmSandbox(spec, vm_dir=vm_dir, state_root=state_root) as vm:
         await vm.put("/etc/written-by-the-job", b"root's file\n", owner=0)
         status, lines = await output(
@@ -228,4 +229,18 @@ async def test_a_disk_image_boots_and_the_job_never_writes_it(
                 "touch /etc/by-build")
         assert status != 0  # build may not write /etc: the last command fails
         assert lines[:4] == ["1000", "Hello, world!", "root's file", "root"], lines
+        assert await vm.diagnose() == []
+        # The job's writes, the image's changes (root's file above) among them, are held
+        # to its quota (jobs.home_bytes, as a bwrap job's home): past it, ENOSPC inside...
+        status, lines = await output(vm, "dd if=/dev/zero of=$HOME/a bs=1M count=10 && "
+                                         "dd if=/dev/zero of=$HOME/b bs=1M count=10")
+        assert status != 0 and any("No space left on device" in line for line in lines), lines
+        assert await vm.diagnose() == [
+            "the job's disk is full: what it writes (its home, /var/tmp, changes to a disk "
+            "image) is limited to 16 MiB (jobs.home_bytes)"]
+        # ... and the host's disk holds at most the quota of it, whatever the guest did.
+        assert vm.state_dir is not None
+        scratch = os.stat(vm.state_dir / "disk.img")
+        assert scratch.st_size == quota and scratch.st_blocks * 512 <= quota
+        assert scratch.st_blocks * 512 > quota // 2  # (it is that file the guest filled)
     assert hashlib.sha256(disk.read_bytes()).hexdigest() == before
