@@ -165,13 +165,24 @@ def release(
     pool: Annotated[str | None, typer.Option(
         help="The builder pool to build on (default: the first that takes the job).")
                     ] = None,
+    argstr: Annotated[list[str] | None, typer.Option(
+        "--argstr", metavar="NAME=VALUE",
+        help="A string argument of the expression's function (nix-build --argstr; "
+             "repeatable).")] = None,
     follow: Follow = False,
     url: Url = None, token: Token = None, data_dir: DataDir = None,
 ) -> None:
     """Build a repository's release.nix at a revision on a fresh builder, and push the
     outputs and their build logs to a cache, signed by the server (docs/builders.md)."""
+    args: dict[str, str] = {}
+    for given in argstr or []:
+        name, equals, value = given.partition("=")
+        if not equals:
+            raise typer.BadParameter(f"{given!r} is not NAME=VALUE", param_hint="--argstr")
+        args[name] = value
     body = ReleaseRequest(repo=repo, rev=rev, file=file, attr=attr, cache=cache,
-                          packages=package if package else ["coreutils"], pool=pool)
+                          packages=package if package else ["coreutils"], pool=pool,
+                          args=args)
 
     async def work(c: Client) -> tuple[int, str, str | None]:
         jobs = JobsClient(c)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Annotated, Any
 
+import pydantic
 import typer
 from typer._click.exceptions import ClickException
 
@@ -123,7 +124,21 @@ def main() -> None:
     except typer.Abort:
         err.print("aborted", markup=False)
         sys.exit(1)
+    except pydantic.ValidationError as e:
+        # A request the command built from its options that the API would refuse: say
+        # which value, as the server's 400 would, not a traceback.
+        command_name = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
+        err.print(f"error: {invalid_value(e)} (see nixfarm {command_name} --help)",
+                  markup=False)
+        sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def invalid_value(error: pydantic.ValidationError) -> str:
+    """The first problem of ``error`` in one sentence, naming the value's place."""
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"] if part != "[key]")
+    return f"invalid {where or 'value'} {first.get('input')!r}: {first['msg']}"
 
 
 def usage_error(error: ClickException) -> str:

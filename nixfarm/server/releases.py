@@ -31,6 +31,7 @@ import asyncio
 import os
 import re
 import secrets
+import shlex
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
@@ -136,6 +137,8 @@ async def fetch_revision(repo: str, rev: str, where: Path) -> str:
 
 def release_manifest(source: str, commit: str, body: ReleaseRequest) -> str:
     build = f"nix-build {body.file}" + (f" -A {body.attr}" if body.attr else "")
+    build += "".join(f" --argstr {name} {shlex.quote(value)}"
+                     for name, value in body.args.items())
     packages = f"packages: [{', '.join(body.packages)}]\n" if body.packages else ""
     return (f"image: nix\n{packages}"
             f"sources:\n  - src::{source}#{commit}\n"

@@ -16,6 +16,10 @@ REV = r"^[A-Za-z0-9._/^~@{}-]{1,200}$"
 FILE = r"^[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}$"
 #: An attribute path (``-A``).
 ATTR = r"^[A-Za-z0-9._-]{0,200}$"
+#: A function argument of the expression (``--argstr NAME VALUE``): its name, and a
+#: value of printable characters (it goes into the task's script, shell-quoted).
+ARG_NAME = r"^[A-Za-z_][A-Za-z0-9_'-]{0,99}$"
+ARG_VALUE = r"^[^\x00-\x1f\x7f]{0,1000}$"
 #: A package of the farm's Nix package set, in the job's image.
 PACKAGE = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$"
 
@@ -30,6 +34,10 @@ class ReleaseRequest(Wire):
     file: str = Field(default="release.nix", pattern=FILE)
     attr: str = Field(default="", pattern=ATTR)
     cache: str = Field(pattern=f"^{CACHE_NAME_PATTERN}$")
+    #: String arguments of the expression's function (nix-build --argstr), as Hydra's
+    #: jobset inputs: a version, a path the build's image holds, ...
+    args: dict[Annotated[str, Field(pattern=ARG_NAME)],
+               Annotated[str, Field(pattern=ARG_VALUE)]] = Field(default={}, max_length=20)
     #: Packages of the farm's Nix package set the build's image holds (its shell tools).
     packages: list[Annotated[str, Field(pattern=PACKAGE)]] = Field(
         default=["coreutils"], max_length=50)

@@ -9,7 +9,9 @@ import nixfarm.demo
 
 RELEASE_NIX = """\
 # A release over the demo package set: a package new on every test run, built with the
-# demo set's busybox package (in the job's image, as coreutils' dependency).
+# demo set's busybox package (in the job's image, as coreutils' dependency). A release
+# may pass it a greeting (nixfarm release --argstr greeting ...).
+{ greeting ? "" }:
 let
   busybox = builtins.storePath "@BUSYBOX@";
   mkPackage = import ./demo/make.nix { system = builtins.currentSystem; inherit busybox; };
@@ -19,7 +21,7 @@ in {
     version = "1.0";
     description = "built by a nixfarm release";
     buildCommand = ''
-      echo "building @MARKER@ for a release"
+      echo "building @MARKER@ for a release${greeting}"
       echo 'echo released @MARKER@' > released
       install_program released released
     '';

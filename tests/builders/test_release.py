@@ -36,10 +36,13 @@ def test_release_builds_the_revision_and_pushes_it_signed(
     repo, commit = release_repository(tmp_path, marker, nix.build("busybox"))
     cache, public_key = farm.create_cache()
 
+    # An argument reaches the expression as it was given: the job's shell does not
+    # expand it (it would say /home/build), the build's own shell does.
     done = farm.cli("release", "--repo", str(repo), "--rev", commit, "--cache", cache,
-                    "--package", "coreutils", "--follow", check=False)
+                    "--package", "coreutils", "--argstr", "greeting=: it's; $HOME",
+                    "--follow", check=False)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"building {marker} for a release" in done.stdout
+    assert f"building {marker} for a release: it's; /homeless-shelter" in done.stdout
     (output,) = set(re.findall(
         rf"/nix/store/[a-z0-9]{{32}}-release-{marker}-1\.0(?!\.drv)", done.stdout))
     assert f"Pushed {output}" in done.stdout
@@ -49,7 +52,7 @@ def test_release_builds_the_revision_and_pushes_it_signed(
     drv = re.findall(rf"/nix/store/([a-z0-9]{{32}}-release-{marker}-1\.0\.drv)",
                      done.stdout)[0]
     log = farm.get(f"/cache/{cache}/log/{drv}", token="")
-    assert log.status_code == 200 and f"building {marker} for a release" in log.text
+    assert log.status_code == 200 and f"building {marker} for a release:" in log.text
     # The job says what it built.
     job = farm.get("/api/v1/jobs?tag=release").json()["jobs"][0]
     assert commit in job["note"] and "release" in job["tags"]
@@ -70,7 +73,8 @@ def test_bad_release_requests_are_refused_with_the_reason(
     assert option.status_code == 400
     # Nothing reaches the manifest but plain words.
     for field, value in (("cache", "c\ntasks: []"), ("packages", ["a]\nx: [b"]),
-                         ("file", "-A x"), ("attr", "a; rm -rf ~")):
+                         ("file", "-A x"), ("attr", "a; rm -rf ~"),
+                         ("args", {"x; rm -rf ~": "1"}), ("args", {"x": "1\ntasks: []"})):
         r = farm.request("POST", "/api/v1/releases", json={
             "repo": str(repo), "rev": "main", "cache": cache, field: value})
         assert r.status_code == 400, (field, r.text)

@@ -40,6 +40,9 @@ def test_bash_completion_script_completes_commands() -> None:
     ("logs", "-f", "12x"),
     ("cancel", "99999999999999999999999"),
     ("push", "--cache", "c", "--compression", "gzip", "/nix/store/x"),
+    ("release", "--repo", "/r", "--rev", "main", "--cache", "c", "--file", "-A x"),
+    ("release", "--repo", "/r", "--rev", "main", "--cache", "c", "--argstr", "a b=1"),
+    ("release", "--repo", "/r", "--rev", "main", "--cache", "c", "--argstr", "noequals"),
 ])
 def test_bad_input_is_one_sentence_and_exit_2(args: tuple[str, ...]) -> None:
     done = _run(*args)  # refused before any server is asked: none is given
