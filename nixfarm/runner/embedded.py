@@ -25,6 +25,9 @@ from nixfarm.runner.roots import Catalogue, Images
 from nixfarm.runner.sandbox.choice import choose_kinds
 from nixfarm.runner.workdir import runner_dir
 
+#: Seconds the embedded runner waits for the farm's port before its first call.
+START_WAIT = 60.0
+
 
 def images_for(settings: Settings, built_dir: Path) -> Images:
     """The images a runner next to this server offers: the catalogue, and ``nix``
@@ -63,6 +66,16 @@ async def serve(settings: Settings) -> None:
                       claim_wait=2.0, nix=NixDaemon(
                           home, dict(settings.nix_options),
                           farm_urls=[url, settings.base_url]))
+        # nginx starts once this worker accepts: wait for its port quietly rather than
+        # have the first registration fail (and say so) at every start.
+        waiting = asyncio.create_task(_listening(host, settings.port, within=START_WAIT))
+        stopped_early = asyncio.create_task(stopping.wait())
+        await asyncio.wait([waiting, stopped_early], return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        stopped_early.cancel()
+        if stopping.is_set():
+            await sandbox.aclose()
+            return
         serving = asyncio.create_task(agent.serve())
         asked = asyncio.create_task(stopping.wait())
         try:
@@ -79,3 +92,19 @@ async def serve(settings: Settings) -> None:
     finally:
         draining.report_drained()
         await client.close()
+
+
+async def _listening(host: str, port: int, *, within: float) -> None:
+    """Return once ``host:port`` accepts a connection, or after ``within`` seconds (the
+    runner's own retries say what is wrong then)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return

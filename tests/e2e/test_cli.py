@@ -6,6 +6,7 @@ import os
 import signal
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 from tests.fixtures.farm import NIXFARM, RunningFarm, free_port
@@ -33,6 +34,12 @@ def test_up_demo_writes_a_private_token_and_stops_gracefully(tmp_path: Path) -> 
         assert key.stdout.split(":")[0].endswith("-demo-1")
         info = _nixfarm("cache", "info", "demo", env=env)
         assert f"{farm.url}/cache/demo" in info.stdout and "public" in info.stdout
+        # The embedded runner waits for the farm's port: no failed call at each start.
+        deadline = time.monotonic() + 60
+        while "runner embedded registered" not in farm.log.read_text():
+            assert time.monotonic() < deadline, farm.log.read_text()
+            time.sleep(0.2)
+        assert "failed (attempt" not in farm.log.read_text(), farm.log.read_text()
     finally:
         assert farm.process is not None
         os.killpg(farm.process.pid, signal.SIGTERM)
