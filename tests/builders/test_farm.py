@@ -18,8 +18,11 @@ def test_a_builder_from_queue_to_destroyed(tmp_path: Path, vultr: FakeVultr) -> 
         job = submit(farm, manifest())
         [create] = wait_for("a create request", vultr.creates)
         assert create["ipxe_chain_url"].startswith(f"{farm.url}/builders/")
+        # "creating" until the provider's answer is recorded, which may come just after
+        # the request reached it.
+        wait_for("the builder booting", lambda: [
+            b["state"] for b in farm.get("/api/v1/builders").json()] == ["booting"])
         builders = farm.get("/api/v1/builders").json()
-        assert [b["state"] for b in builders] == ["booting"]
         wait_for("the machine's address", lambda: farm.get(
             f"/api/v1/builders/{builders[0]['id']}").json()["ip"])
 
