@@ -214,12 +214,7 @@ def install(
 def manifest(image: str, arch: Arch = "x86_64", recipes: Recipes = None) -> None:
     """Print the manifest of the job that builds IMAGE: its distro's build.yml with this
     recipe in it (submit it, or schedule it with `nixfarm schedule create`)."""
-    from nixfarm.images import rebuild
-
-    try:
-        text = rebuild.manifest(_recipe(image, arch, recipes))
-    except NixfarmError as e:
-        raise typer.BadParameter(e.message, param_hint="IMAGE") from None
+    text = _rebuild_manifest(_recipe(image, arch, recipes))
     out.print(text, markup=False, highlight=False, end="", soft_wrap=True)
 
 
@@ -239,14 +234,10 @@ def schedule(
     `nixfarm image install IMAGE --from-job JOB`."""
     from nixfarm.client.api import Client
     from nixfarm.client.schedules import SchedulesClient
-    from nixfarm.images import rebuild
     from nixfarm.wire.schedules import ScheduleCreate, ScheduleOut
 
     recipe = _recipe(image, arch, recipes)
-    try:
-        text = rebuild.manifest(recipe)
-    except NixfarmError as e:
-        raise typer.BadParameter(e.message, param_hint="IMAGE") from None
+    text = _rebuild_manifest(recipe)
     body = ScheduleCreate(cron=cron, manifest=text,
                           note=f"rebuild {recipe.alias_of or recipe.name} ({arch})")
 
@@ -256,6 +247,16 @@ def schedule(
     made = with_client(url, token, data_dir, work)
     out.print(f"schedule {made.id}: next build of {image} at {made.next_at:%Y-%m-%d %H:%M:%S} "
               "UTC", markup=False)
+
+
+def _rebuild_manifest(recipe: images.Recipe) -> str:
+    """The manifest of the job that builds ``recipe`` (its distro's build.yml)."""
+    from nixfarm.images import rebuild
+
+    try:
+        return rebuild.manifest(recipe)
+    except NixfarmError as e:
+        raise typer.BadParameter(e.message, param_hint="IMAGE") from None
 
 
 def _job_reference(job: str, url: str | None) -> tuple[int, str | None]:
