@@ -52,6 +52,15 @@ async def serve(settings: Settings) -> None:
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         asyncio.get_running_loop().add_signal_handler(draining.DRAIN_SIGNAL, stopping.set)
     try:
+        # nginx starts once this worker accepts: wait for its port quietly rather than
+        # have the first registration fail (and say so) at every start.
+        waiting = asyncio.create_task(_listening(host, settings.port, within=START_WAIT))
+        stopped_early = asyncio.create_task(stopping.wait())
+        await asyncio.wait([waiting, stopped_early], return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        stopped_early.cancel()
+        if stopping.is_set():
+            return
         home = runner_dir(settings.data_dir / "runner")
         sandbox = await choose_kinds(
             settings.jobs.embedded_runner_sandbox, home,
@@ -66,16 +75,6 @@ async def serve(settings: Settings) -> None:
                       claim_wait=2.0, nix=NixDaemon(
                           home, dict(settings.nix_options),
                           farm_urls=[url, settings.base_url]))
-        # nginx starts once this worker accepts: wait for its port quietly rather than
-        # have the first registration fail (and say so) at every start.
-        waiting = asyncio.create_task(_listening(host, settings.port, within=START_WAIT))
-        stopped_early = asyncio.create_task(stopping.wait())
-        await asyncio.wait([waiting, stopped_early], return_when=asyncio.FIRST_COMPLETED)
-        waiting.cancel()
-        stopped_early.cancel()
-        if stopping.is_set():
-            await sandbox.aclose()
-            return
         serving = asyncio.create_task(agent.serve())
         asked = asyncio.create_task(stopping.wait())
         try:
