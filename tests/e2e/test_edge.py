@@ -264,7 +264,11 @@ def test_nginx_and_the_worker_stop_with_the_farm_even_when_it_is_killed(
         time.sleep(0.1)
     assert not [pid for pid in group if _alive(pid)], "left running"
     with socket.socket() as s:
+        # SO_REUSEADDR: connections nginx closed wait out TIME_WAIT on the port, which
+        # is not a listener; a listener left behind still makes the bind fail.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", farm.port))  # the port is free again
+        s.listen()
 
 
 def _alive(pid: int) -> bool:
