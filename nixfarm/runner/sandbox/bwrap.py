@@ -685,11 +685,12 @@ def _is_sandbox_group(group: Path) -> bool:
 
 
 def merged(root: Path, directory: str, added: set[str], name: str,
-            prefix: str = "") -> list[str]:
+            prefix: str = "", source: Path | None = None) -> list[str]:
     """bwrap arguments showing ``root/directory``'s entries at ``/directory``, except
     that the directories on the way to an ``added`` path are made fresh (on the tmpfs
     root) and filled entry by entry, and ``added`` paths themselves are left out.
-    ``prefix``: where that root is in bwrap's tree (a VM's virtiofsd: /export/root)."""
+    ``prefix``: where that root is in bwrap's tree (a VM's virtiofsd: /export/root);
+    ``source``: where bwrap finds ``root``'s entries, if elsewhere (``vm.idmap``)."""
     args: list[str] = []
     for entry in sorted(os.listdir(root / directory.lstrip("/") if directory else root)):
         path = f"{directory}/{entry}"
@@ -703,7 +704,7 @@ def merged(root: Path, directory: str, added: set[str], name: str,
                                    "client's files under it.", sandbox=name)
             args += ["--symlink", os.readlink(host), prefix + path]
         elif crossed and host.is_dir():
-            args += ["--dir", prefix + path, *merged(root, path, added, name, prefix)]
+            args += ["--dir", prefix + path, *merged(root, path, added, name, prefix, source)]
         else:
-            args += ["--ro-bind", str(host), prefix + path]
+            args += ["--ro-bind", str((source or root) / path.lstrip("/")), prefix + path]
     return args

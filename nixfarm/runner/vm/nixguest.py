@@ -111,9 +111,13 @@ def libraries(binary: str) -> tuple[str, ...]:
         raise SandboxError(e.message) from e
 
 
-def root_args(spec: SandboxSpec, store: Path, config: Path, name: str) -> list[str]:
+def root_args(spec: SandboxSpec, store: Path, config: Path, name: str,
+              source: Path | None = None) -> tuple[list[str], list[str]]:
     """virtiofsd's bwrap options for /export/root with the Nix client (see the module
-    docstring): the image's entries, the client's files, ``store`` at /nix/store."""
+    docstring): the image's entries (found at ``source``, if given: ``vm.idmap``), the
+    client's files, ``store`` at /nix/store. And the paths, the image's none, that the
+    guest binds past its root's overlay (``guest/init``): the host's files, which
+    virtiofsd may not open as overlayfs asks (``vm.idmap``), and the store."""
     from nixfarm.runner.sandbox.bwrap import merged
 
     client = spec.nix_client
@@ -131,7 +135,7 @@ def root_args(spec: SandboxSpec, store: Path, config: Path, name: str) -> list[s
     added["/nix/store"] = [["--ro-bind", str(store), "/nix/store"]]
     added[DAEMON_SOCKET_DIR] = [["--dir", DAEMON_SOCKET_DIR]]
     args = ["--tmpfs", "/export/root",
-            *merged(spec.rootfs, "", set(added), name, "/export/root")]
+            *merged(spec.rootfs, "", set(added), name, "/export/root", source)]
     # Directories on the way that the image lacks (bwrap would make them 0700).
     parents = {str(parent) for path in added for parent in Path(path).parents}
     for parent in sorted(parents - {"/"}, key=lambda p: p.count("/")):
@@ -140,7 +144,9 @@ def root_args(spec: SandboxSpec, store: Path, config: Path, name: str) -> list[s
     for path in sorted(added):
         for *option, destination in added[path]:
             args += [*option, "/export/root" + destination]
-    return [*args, "--remount-ro", "/export/root"]
+    direct = [path for path, options in added.items()
+              if any(option[0] == "--ro-bind" for option in options)]  # (the store too)
+    return [*args, "--remount-ro", "/export/root"], sorted(direct)
 
 
 class StoreMounts:
@@ -319,7 +325,8 @@ class NixPort:
 class NixGuest:
     """Everything of one VM's Nix on the host: its proxy, store view and port."""
 
-    def __init__(self, spec: SandboxSpec, state_dir: Path, name: str) -> None:
+    def __init__(self, spec: SandboxSpec, state_dir: Path, name: str,
+                 source: Path | None = None) -> None:
         client = spec.nix_client
         assert client is not None
         self.client: NixClient = client
@@ -331,6 +338,7 @@ class NixGuest:
         self.port: NixPort | None = None
         self._guest_fd = -1  # the guest's end of the port, until qemu's spawn takes it
         self._root: list[str] = []
+        self._source = source  # the image's tree as virtiofsd finds it (``vm.idmap``)
 
     async def start(self, network: bool) -> None:
         """Start the proxy and the store view (before virtiofsd, which needs both)."""
@@ -356,8 +364,11 @@ class NixGuest:
         config = self.state_dir / "nix.conf"
         config.write_text(self.client.config)
         config.chmod(0o644)
-        self._root = await asyncio.to_thread(root_args, self.spec, self.store.path, config,
-                                             self.name)
+        self._root, direct = await asyncio.to_thread(root_args, self.spec, self.store.path,
+                                                     config, self.name, self._source)
+        # Read by the guest's init (share/nix/binds): bound past its root's overlay.
+        (relay / "binds").write_text("".join(f"{path}\n" for path in direct))
+        (relay / "binds").chmod(0o644)
         host_end, guest_end = socket.socketpair()
         self._guest_fd = guest_end.detach()
         self.port = NixPort(host_end, self.proxy.path, self.name)
