@@ -5,8 +5,10 @@ image root, read-only, with nothing else of the host but the job's Nix closure (
 store path bound read-only at its own path on an otherwise empty /nix/store), a
 minimal /dev (null, zero, full, random, urandom, tty; a devpts of its own), a fresh /proc, a
 size-limited tmpfs /tmp, and the job's home at /home/build: another size-limited
-tmpfs (``spec.home_size``; or a host directory, unlimited, when that is None), the
-only writable place that outlives a command. Inside, everything runs as
+tmpfs (``spec.home_size``; or a host directory, unlimited, when that is None), and
+/var/tmp if the image has one (the same, of its own), the only writable places that
+outlive a command: there is no root inside to change anything else of the image (a
+VM's root can: its changes go to the job's disk, ``sandbox.vm``). Inside, everything runs as
 ``build`` (uid 1000). bwrap's pid 1 reaps; its one child is ``/bin/sh`` waiting on a
 pipe from us, so the sandbox ends when we close it, when we die (also
 ``--die-with-parent``), or when we kill pid 1.
@@ -219,8 +221,10 @@ class BwrapSandbox(Lifecycle):
         self.state_dir.chmod(0o711)  # the host uid must reach home/, nothing more
         home = self.state_dir / "home"
         home.mkdir(mode=0o700)
+        (self.state_dir / "vartmp").mkdir(mode=0o700)  # /var/tmp if not a tmpfs
         if self._root_runner:
             os.chown(home, self.host_uid, self.host_uid)
+            os.chown(self.state_dir / "vartmp", self.host_uid, self.host_uid)
         self.confinement = confine(
             self.name, self._spec, prefer=self._limits_kind, cgroup_parent=self._cgroup_parent
         )
@@ -308,6 +312,12 @@ class BwrapSandbox(Lifecycle):
             args += ["--bind", str(home), BUILD_HOME]
         else:  # a quota: the job cannot fill the runner's disk
             args += ["--size", str(spec.home_size), "--perms", "0700", "--tmpfs", BUILD_HOME]
+        if (spec.rootfs / "var/tmp").is_dir() and not (spec.rootfs / "var/tmp").is_symlink():
+            # Writable, as a VM's (on the job's disk there) and gone with the sandbox.
+            if spec.home_size is None:
+                args += ["--bind", str(home.with_name("vartmp")), "/var/tmp"]
+            else:
+                args += ["--size", str(spec.home_size), "--perms", "1777", "--tmpfs", "/var/tmp"]
         if spec.store_paths:
             args += ["--tmpfs", "/nix/store"]
             for path in spec.store_paths:

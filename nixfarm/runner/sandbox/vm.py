@@ -568,7 +568,7 @@ class VmSandbox(Lifecycle):
         fields = lines[-1].split() if status == 0 and lines else []
         if len(fields) == 2 and all(field.isdigit() for field in fields):
             full = disk_full(self._spec.home_size, int(fields[0]) * int(fields[1]),
-                             "what it writes (its home, /var/tmp, changes to a disk image)")
+                             "what it writes (its home, /var/tmp, changes to its image)")
             found += [full] if full else []
         return found + await asyncio.to_thread(self._oom_kills)
 

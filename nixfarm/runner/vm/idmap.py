@@ -17,12 +17,13 @@ none of them (EROFS). It exists only in a mount namespace made for virtiofsd (a
 slave of the one it is started from: what the Nix store's holder binds later still
 arrives, ``vm.nixguest``) and goes with it; the host never sees it.
 
-Other ways, measured (see docs/vm.md): virtiofsd with CAP_FOWNER on the host would
-need to run outside a user namespace, where its own sandbox needs CAP_SYS_ADMIN; a
-guest overlay mounted without CAP_FOWNER (so that overlayfs drops O_NOATIME) does
-every later chmod and utime of a copied-up file with those credentials, and fails;
-copying the image's top level into the guest costs a copy per boot. A runner that
-is not root needs none of it: its images are its own files, virtiofsd's user.
+Other ways, weighed (docs/vm.md): virtiofsd with CAP_FOWNER on the host would have
+to run outside a user namespace, with a capability over every file it reaches; a
+guest overlay mounted by credentials without CAP_FOWNER (so that overlayfs drops
+O_NOATIME) would do every later chmod and utime of a copied-up file of root's with
+those credentials, and fail; copying the image's top level into the guest costs a
+copy per boot. A runner that is not root needs none of it: its images are its own
+files, virtiofsd's user.
 
 Run as ``python3 idmap.py SOURCE TARGET HOST_UID -- COMMAND...`` (a process of its own:
 it leaves its mount namespace for a new one), as root; it execs COMMAND.
