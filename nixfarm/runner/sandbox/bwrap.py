@@ -8,8 +8,8 @@ size-limited tmpfs /tmp, and the job's home at /home/build: another size-limited
 tmpfs (``spec.home_size``; or a host directory, unlimited, when that is None), and
 /var/tmp if the image has one (the same, of its own), the only writable places that
 outlive a command: there is no root inside to change anything else of the image (a
-VM's root can: its changes go to the job's disk, ``sandbox.vm``). Inside, everything runs as
-``build`` (uid 1000). bwrap's pid 1 reaps; its one child is ``/bin/sh`` waiting on a
+VM's root can: its changes go to the job's disk, ``sandbox.vm``). Inside, everything
+runs as ``build`` (uid 1000). bwrap's pid 1 reaps; its one child is ``/bin/sh`` waiting on a
 pipe from us, so the sandbox ends when we close it, when we die (also
 ``--die-with-parent``), or when we kill pid 1.
 
