@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,8 @@ import nixfarm.demo
 from nixfarm.runner.roots import Catalogue, Images
 from nixfarm.runner.sandbox import SandboxSpec
 from nixfarm.runner.sandbox.processes import Lines
-from nixfarm.runner.sandbox.vm import VmSandbox
+from nixfarm.runner.sandbox.vm import NOBODY, VmSandbox
+from nixfarm.runner.vm import idmap, qemu
 
 pytestmark = [pytest.mark.slow]
 
@@ -116,4 +118,61 @@ async def test_a_vms_root_writes_die_with_it_and_never_reach_the_image(
         assert lines[:5] == [f"ls: {p}: No such file or directory" for p in
                              ("/etc/x", "/usr/x", "/x", "/usr/local", "/etc/big")], lines
         assert lines[5:] == ["0", "644"], lines
+    assert digest(image_root) == before
+
+
+# In virtiofsd's place (nobody, root in a user namespace of its own, in bwrap): the
+# image's files are its own (O_NOATIME passes, owner 0), and nothing can be changed.
+_PROBE = r"""
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.open("/r/etc/passwd", os.O_RDONLY | os.O_NOATIME)
+print("owner", os.fstat(fd).st_uid, os.fstat(fd).st_gid)
+tries = {
+    "chmod": lambda: os.chmod("/r/etc/passwd", 0o666),
+    "chown": lambda: os.chown("/r/etc/passwd", 0, 0),
+    "utime": lambda: os.utime("/r/etc/passwd", (0, 0)),
+    "write": lambda: os.open("/r/etc/passwd", os.O_WRONLY),
+    "create": lambda: os.open("/r/etc/new", os.O_WRONLY | os.O_CREAT, 0o644),
+    "unlink": lambda: os.unlink("/r/etc/hosts"),
+    "setxattr": lambda: os.setxattr("/r/etc/passwd", "user.x", b"x"),
+}
+for name, attempt in tries.items():
+    try:
+        attempt()
+        print(name, "done")
+    except OSError as e:
+        print(name, errno.errorcode[e.errno])
+MS_REMOUNT, MS_BIND = 32, 4096
+if libc.mount(None, b"/r", None, MS_REMOUNT | MS_BIND, None) != 0:
+    print("remount", errno.errorcode[ctypes.get_errno()])
+else:
+    print("remount done")
+"""
+
+
+def test_virtiofsd_owns_the_image_it_serves_and_can_change_none_of_it(
+        image_root: Path) -> None:
+    before = digest(image_root)
+    where = Path(tempfile.mkdtemp(prefix="nixfarm-sec-idmap-"))
+    try:
+        where.chmod(0o711)
+        target = where / "image"
+        target.mkdir(mode=0o755)
+        nobody = str(NOBODY)
+        done = subprocess.run(
+            [*idmap.command(image_root, target, NOBODY), "setpriv", "--reuid", nobody,
+             "--regid", nobody, "--clear-groups", "--no-new-privs", "bwrap",
+             *qemu.bwrap(extra=["--uid", "0", "--gid", "0", "--ro-bind", str(target), "/r"]),
+             "--", "python3", "-I", "-S", "-c", _PROBE],
+            capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split("\n") == [
+            "owner 0 0", "chmod EROFS", "chown EROFS", "utime EROFS", "write EROFS",
+            "create EROFS", "unlink EROFS", "setxattr EROFS", "remount EPERM", ""], done.stdout
+        # The mount was only ever in virtiofsd's namespaces: not the host's.
+        assert str(target) not in Path("/proc/self/mountinfo").read_text()
+        assert os.listdir(target) == []
+    finally:
+        shutil.rmtree(where)
     assert digest(image_root) == before
