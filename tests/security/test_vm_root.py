@@ -161,7 +161,7 @@ def test_virtiofsd_owns_the_image_it_serves_and_can_change_none_of_it(
         target.mkdir(mode=0o755)
         nobody = str(NOBODY)
         done = subprocess.run(
-            [*idmap.command(image_root, target, NOBODY), "setpriv", "--reuid", nobody,
+            [*idmap.command(NOBODY, [(image_root, target)]), "setpriv", "--reuid", nobody,
              "--regid", nobody, "--clear-groups", "--no-new-privs", "bwrap",
              *qemu.bwrap(extra=["--uid", "0", "--gid", "0", "--ro-bind", str(target), "/r"]),
              "--", "python3", "-I", "-S", "-c", _PROBE],

@@ -258,7 +258,8 @@ class VmSandbox(Lifecycle):
             nix = await self._start_nix(source)
             enter = nix.enter() if nix else []
             if source is not None:
-                enter += idmap.command(self._spec.rootfs, source, self.host_uid)
+                enter += idmap.command(self.host_uid, [(self._spec.rootfs, source),
+                                                       *(nix.idmapped if nix else [])])
             if nix is not None:
                 opened.append(nix.take_guest_fd())  # qemu's, closed here with the rest
                 fds = dataclasses.replace(fds, nix=opened[-1])

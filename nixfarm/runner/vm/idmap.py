@@ -25,8 +25,10 @@ those credentials, and fail; copying the image's top level into the guest costs 
 copy per boot. A runner that is not root needs none of it: its images are its own
 files, virtiofsd's user.
 
-Run as ``python3 idmap.py SOURCE TARGET HOST_UID -- COMMAND...`` (a process of its own:
-it leaves its mount namespace for a new one), as root; it execs COMMAND.
+Run as ``python3 idmap.py HOST_UID [SOURCE TARGET]... -- COMMAND...`` (a process of its
+own: it leaves its mount namespace for a new one), as root; it execs COMMAND. A Nix
+client's host files (``vm.nixguest``) are mapped so too, one mount each: the guest's
+overlay opens them as it does the image's.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 HELPER = Path(__file__).resolve()
@@ -61,10 +64,11 @@ class _MountAttr(ctypes.Structure):
                 ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
 
 
-def command(source: Path, target: Path, host_uid: int) -> list[str]:
-    """The command prefix that starts what follows with ``source`` at ``target``, mapped."""
-    return [sys.executable, "-I", "-S", str(HELPER), str(source), str(target), str(host_uid),
-            "--"]
+def command(host_uid: int, mounts: Sequence[tuple[Path, Path]]) -> list[str]:
+    """The command prefix that starts what follows with each (source, target) of
+    ``mounts`` (a directory or a file) mounted at its target, mapped."""
+    return [sys.executable, "-I", "-S", str(HELPER), str(host_uid),
+            *(str(path) for pair in mounts for path in pair), "--"]
 
 
 def _check(result: int, what: str) -> int:
@@ -97,8 +101,8 @@ def _user_namespace(libc: ctypes.CDLL, host_uid: int) -> int:
             os.close(fd)
 
 
-def mount_mapped(source: Path, target: Path, host_uid: int) -> None:
-    """In a new mount namespace of this process: ``source`` at ``target``, read-only,
+def mount_mapped(mounts: Sequence[tuple[Path, Path]], host_uid: int) -> None:
+    """In a new mount namespace of this process: each source at its target, read-only,
     its uid/gid 0 shown as ``host_uid``."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
@@ -107,23 +111,28 @@ def mount_mapped(source: Path, target: Path, host_uid: int) -> None:
     # came from (the Nix store's holder) still arrive.
     _check(libc.mount(b"none", b"/", None, _MS_REC | _MS_SLAVE, None), "making / a slave")
     userns = _user_namespace(libc, host_uid)
-    tree = _check(libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, str(source).encode(),
-                               _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC), f"cloning {source}")
     attr = _MountAttr(attr_set=_MOUNT_ATTR_IDMAP | _MOUNT_ATTR_RDONLY, userns_fd=userns)
-    _check(libc.syscall(_SYS_MOUNT_SETATTR, tree, b"", _AT_EMPTY_PATH, ctypes.byref(attr),
-                        ctypes.sizeof(attr)), f"idmapping {source}")
-    _check(libc.syscall(_SYS_MOVE_MOUNT, tree, b"", _AT_FDCWD, str(target).encode(),
-                        _MOVE_MOUNT_F_EMPTY_PATH), f"mounting at {target}")
-    os.close(tree)
+    for source, target in mounts:
+        tree = _check(libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, str(source).encode(),
+                                   _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC), f"cloning {source}")
+        _check(libc.syscall(_SYS_MOUNT_SETATTR, tree, b"", _AT_EMPTY_PATH, ctypes.byref(attr),
+                            ctypes.sizeof(attr)), f"idmapping {source}")
+        _check(libc.syscall(_SYS_MOVE_MOUNT, tree, b"", _AT_FDCWD, str(target).encode(),
+                            _MOVE_MOUNT_F_EMPTY_PATH), f"mounting at {target}")
+        os.close(tree)
     os.close(userns)
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) < 5 or argv[3] != "--":
-        sys.exit("usage: idmap.py SOURCE TARGET HOST_UID -- COMMAND...")
-    source, target, uid, _, *rest = argv
+    if "--" not in argv:
+        sys.exit("usage: idmap.py HOST_UID [SOURCE TARGET]... -- COMMAND...")
+    end = argv.index("--")
+    uid, paths, rest = argv[0], argv[1:end], argv[end + 1 :]
+    if len(paths) % 2 or not rest:
+        sys.exit("usage: idmap.py HOST_UID [SOURCE TARGET]... -- COMMAND...")
+    pairs = [(Path(paths[i]), Path(paths[i + 1])) for i in range(0, len(paths), 2)]
     try:
-        mount_mapped(Path(source), Path(target), int(uid))
+        mount_mapped(pairs, int(uid))
     except OSError as e:
         sys.exit(f"nixfarm: cannot show the image to virtiofsd ({e.strerror}); "
                  "its file system must support idmapped mounts")
