@@ -20,8 +20,8 @@ arrives, ``vm.nixguest``) and goes with it; the host never sees it.
 Other ways, weighed (docs/vm.md): virtiofsd with CAP_FOWNER on the host would have
 to run outside a user namespace, with a capability over every file it reaches; a
 guest overlay mounted by credentials without CAP_FOWNER (so that overlayfs drops
-O_NOATIME) would do every later chmod and utime of a copied-up file of root's with
-those credentials, and fail; copying the image's top level into the guest costs a
+O_NOATIME) does every later chmod and utime of a copied-up file of root's with
+those credentials, which fail (tried: EPERM); copying the image's top level into the guest costs a
 copy per boot. A runner that is not root needs none of it: its images are its own
 files, virtiofsd's user.
 
