@@ -312,7 +312,7 @@ class BwrapSandbox(Lifecycle):
             args += ["--bind", str(home), BUILD_HOME]
         else:  # a quota: the job cannot fill the runner's disk
             args += ["--size", str(spec.home_size), "--perms", "0700", "--tmpfs", BUILD_HOME]
-        if (spec.rootfs / "var/tmp").is_dir() and not (spec.rootfs / "var/tmp").is_symlink():
+        if self._var_tmp():
             # Writable, as a VM's (on the job's disk there) and gone with the sandbox.
             if spec.home_size is None:
                 args += ["--bind", str(home.with_name("vartmp")), "/var/tmp"]
@@ -331,6 +331,11 @@ class BwrapSandbox(Lifecycle):
             args += ["--remount-ro", "/"]
         args += ["--chdir", BUILD_HOME, "--info-fd", str(info_fd)]
         return args
+
+    def _var_tmp(self) -> bool:
+        """Whether the image has a /var/tmp (then writable: ``_bwrap_args``)."""
+        var_tmp = self._spec.rootfs / "var/tmp"
+        return var_tmp.is_dir() and not var_tmp.is_symlink()
 
     def _nix_client_args(self, client: NixClient) -> list[str]:
         """The image's entries on a tmpfs root, with the Nix client's files added."""
@@ -546,14 +551,18 @@ class BwrapSandbox(Lifecycle):
         """The home's tmpfs full (seen through pid 1's root), and processes the memory
         cgroup killed since the last call."""
         found: list[str] = []
-        if self.init_pid and not self._closed:
+        places = [(BUILD_HOME, "its home")]
+        if self._var_tmp():
+            places.append(("/var/tmp", "its /var/tmp"))
+        for place, what in places:
+            if not self.init_pid or self._closed:
+                break
             try:
                 usage = await asyncio.to_thread(os.statvfs,
-                                                f"/proc/{self.init_pid}/root{BUILD_HOME}")
+                                                f"/proc/{self.init_pid}/root{place}")
             except OSError:
-                usage = None
-            full = usage and disk_full(self._spec.home_size, usage.f_bavail * usage.f_frsize,
-                                       "its home")
+                continue
+            full = disk_full(self._spec.home_size, usage.f_bavail * usage.f_frsize, what)
             found += [full] if full else []
         if self.confinement is not None:
             killed = await asyncio.to_thread(self.confinement.oom_kills)
