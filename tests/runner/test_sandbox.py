@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Iterator
@@ -198,6 +200,34 @@ async def test_memory_limit(demo_root: Path) -> None:
         assert status != 0
         status, lines = await output(box, 'x=$(head -c 1000000 /dev/zero | tr "\\0" a); echo ${#x}')
         assert (status, lines) == (0, ["1000000"])
+
+
+@pytest.fixture
+def var_tmp_root(demo_root: Path) -> Iterator[Path]:
+    """A copy of the demo image with a /var/tmp."""
+    where = Path(tempfile.mkdtemp(prefix="nixfarm-var-tmp-"))
+    where.chmod(0o755)
+    root = where / "root"
+    shutil.copytree(demo_root, root, symlinks=True)
+    (root / "var/tmp").mkdir(parents=True)
+    (root / "var/tmp").chmod(0o1777)
+    yield root
+    shutil.rmtree(where)
+
+
+async def test_var_tmp_is_writable_within_the_quota_and_goes_with_the_sandbox(
+        var_tmp_root: Path) -> None:
+    # As a VM's /var/tmp (on the job's disk): an image's /var/tmp is writable, a file
+    # system of the home's size, told when full, and gone with the sandbox.
+    spec = SandboxSpec(rootfs=var_tmp_root, home_size=8 * 1024**2)
+    async with BwrapSandbox(spec) as box:
+        status, lines = await output(box, "dd if=/dev/zero of=/var/tmp/big bs=1M count=16")
+        assert status != 0 and any("No space left" in line for line in lines), lines
+        assert await box.diagnose() == [
+            "the job's disk is full: its /var/tmp is limited to 8 MiB (jobs.home_bytes)"]
+    async with BwrapSandbox(spec) as box:
+        assert await output(box, "ls -A /var/tmp") == (0, [])
+    assert not any((var_tmp_root / "var/tmp").iterdir())
 
 
 async def test_cancel_and_shutdown_leave_nothing(demo_root: Path) -> None:

@@ -5,9 +5,11 @@ image root, read-only, with nothing else of the host but the job's Nix closure (
 store path bound read-only at its own path on an otherwise empty /nix/store), a
 minimal /dev (null, zero, full, random, urandom, tty; a devpts of its own), a fresh /proc, a
 size-limited tmpfs /tmp, and the job's home at /home/build: another size-limited
-tmpfs (``spec.home_size``; or a host directory, unlimited, when that is None), the
-only writable place that outlives a command. Inside, everything runs as
-``build`` (uid 1000). bwrap's pid 1 reaps; its one child is ``/bin/sh`` waiting on a
+tmpfs (``spec.home_size``; or a host directory, unlimited, when that is None), and
+/var/tmp if the image has one (the same, of its own), the only writable places that
+outlive a command: there is no root inside to change anything else of the image (a
+VM's root can: its changes go to the job's disk, ``sandbox.vm``). Inside, everything
+runs as ``build`` (uid 1000). bwrap's pid 1 reaps; its one child is ``/bin/sh`` waiting on a
 pipe from us, so the sandbox ends when we close it, when we die (also
 ``--die-with-parent``), or when we kill pid 1.
 
@@ -219,8 +221,10 @@ class BwrapSandbox(Lifecycle):
         self.state_dir.chmod(0o711)  # the host uid must reach home/, nothing more
         home = self.state_dir / "home"
         home.mkdir(mode=0o700)
+        (self.state_dir / "vartmp").mkdir(mode=0o700)  # /var/tmp if not a tmpfs
         if self._root_runner:
             os.chown(home, self.host_uid, self.host_uid)
+            os.chown(self.state_dir / "vartmp", self.host_uid, self.host_uid)
         self.confinement = confine(
             self.name, self._spec, prefer=self._limits_kind, cgroup_parent=self._cgroup_parent
         )
@@ -308,6 +312,12 @@ class BwrapSandbox(Lifecycle):
             args += ["--bind", str(home), BUILD_HOME]
         else:  # a quota: the job cannot fill the runner's disk
             args += ["--size", str(spec.home_size), "--perms", "0700", "--tmpfs", BUILD_HOME]
+        if self._var_tmp():
+            # Writable, as a VM's (on the job's disk there) and gone with the sandbox.
+            if spec.home_size is None:
+                args += ["--bind", str(home.with_name("vartmp")), "/var/tmp"]
+            else:
+                args += ["--size", str(spec.home_size), "--perms", "1777", "--tmpfs", "/var/tmp"]
         if spec.store_paths:
             args += ["--tmpfs", "/nix/store"]
             for path in spec.store_paths:
@@ -321,6 +331,11 @@ class BwrapSandbox(Lifecycle):
             args += ["--remount-ro", "/"]
         args += ["--chdir", BUILD_HOME, "--info-fd", str(info_fd)]
         return args
+
+    def _var_tmp(self) -> bool:
+        """Whether the image has a /var/tmp (then writable: ``_bwrap_args``)."""
+        var_tmp = self._spec.rootfs / "var/tmp"
+        return var_tmp.is_dir() and not var_tmp.is_symlink()
 
     def _nix_client_args(self, client: NixClient) -> list[str]:
         """The image's entries on a tmpfs root, with the Nix client's files added."""
@@ -536,14 +551,18 @@ class BwrapSandbox(Lifecycle):
         """The home's tmpfs full (seen through pid 1's root), and processes the memory
         cgroup killed since the last call."""
         found: list[str] = []
-        if self.init_pid and not self._closed:
+        places = [(BUILD_HOME, "its home")]
+        if self._var_tmp():
+            places.append(("/var/tmp", "its /var/tmp"))
+        for place, what in places:
+            if not self.init_pid or self._closed:
+                break
             try:
                 usage = await asyncio.to_thread(os.statvfs,
-                                                f"/proc/{self.init_pid}/root{BUILD_HOME}")
+                                                f"/proc/{self.init_pid}/root{place}")
             except OSError:
-                usage = None
-            full = usage and disk_full(self._spec.home_size, usage.f_bavail * usage.f_frsize,
-                                       "its home")
+                continue
+            full = disk_full(self._spec.home_size, usage.f_bavail * usage.f_frsize, what)
             found += [full] if full else []
         if self.confinement is not None:
             killed = await asyncio.to_thread(self.confinement.oom_kills)
@@ -685,11 +704,12 @@ def _is_sandbox_group(group: Path) -> bool:
 
 
 def merged(root: Path, directory: str, added: set[str], name: str,
-            prefix: str = "") -> list[str]:
+            prefix: str = "", source: Path | None = None) -> list[str]:
     """bwrap arguments showing ``root/directory``'s entries at ``/directory``, except
     that the directories on the way to an ``added`` path are made fresh (on the tmpfs
     root) and filled entry by entry, and ``added`` paths themselves are left out.
-    ``prefix``: where that root is in bwrap's tree (a VM's virtiofsd: /export/root)."""
+    ``prefix``: where that root is in bwrap's tree (a VM's virtiofsd: /export/root);
+    ``source``: where bwrap finds ``root``'s entries, if elsewhere (``vm.idmap``)."""
     args: list[str] = []
     for entry in sorted(os.listdir(root / directory.lstrip("/") if directory else root)):
         path = f"{directory}/{entry}"
@@ -703,7 +723,7 @@ def merged(root: Path, directory: str, added: set[str], name: str,
                                    "client's files under it.", sandbox=name)
             args += ["--symlink", os.readlink(host), prefix + path]
         elif crossed and host.is_dir():
-            args += ["--dir", prefix + path, *merged(root, path, added, name, prefix)]
+            args += ["--dir", prefix + path, *merged(root, path, added, name, prefix, source)]
         else:
-            args += ["--ro-bind", str(host), prefix + path]
+            args += ["--ro-bind", str((source or root) / path.lstrip("/")), prefix + path]
     return args

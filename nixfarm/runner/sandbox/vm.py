@@ -2,8 +2,8 @@
 
     boot      kernel + our initramfs (``vm.kernel``), accelerator (``vm.accel``),
               virtiofsd and qemu each in bubblewrap as an unprivileged user
-              (``vm.qemu``); the guest lays a tmpfs over the read-only image,
-              becomes the agent and says ``ready``
+              (``vm.qemu``); the guest lays an overlay on the job's disk over
+              the read-only image (``vm.idmap``), becomes the agent and says ``ready``
     run       the command as a script in xfer/, started by the agent as ``build``;
               output streams back over a virtio-serial port (``vm.channel``)
     put/get   runs of ``cat``/``tar`` in the guest, with data through xfer/
@@ -64,7 +64,7 @@ from nixfarm.runner.sandbox.processes import (
 )
 from nixfarm.runner.shielding import uncancelled
 from nixfarm.runner.vm import disk as job_disk
-from nixfarm.runner.vm import qemu, telnet
+from nixfarm.runner.vm import idmap, qemu, telnet
 from nixfarm.runner.vm.accel import Accelerator, probe
 from nixfarm.runner.vm.channel import AgentChannel
 from nixfarm.runner.vm.kernel import BootFiles, KernelError, boot_files
@@ -254,15 +254,20 @@ class VmSandbox(Lifecycle):
                            control=guest_control.fileno(), output=guest_output.fileno(),
                            scratch=opened[2], disk=opened[3] if len(opened) > 3 else None,
                            shells=tuple(guest.fileno() for _, guest in shell_pairs))  # fmt: skip
-            nix = await self._start_nix()
+            source = self._image_source()
+            nix = await self._start_nix(source)
+            enter = nix.enter() if nix else []
+            if source is not None:
+                enter += idmap.command(self.host_uid, [(self._spec.rootfs, source),
+                                                       *(nix.idmapped if nix else [])])
             if nix is not None:
                 opened.append(nix.take_guest_fd())  # qemu's, closed here with the rest
                 fds = dataclasses.replace(fds, nix=opened[-1])
             await self._spawn(
-                [*qemu.virtiofsd_bwrap(self._spec, xfer, nix.virtiofsd_args() if nix else ()),
+                [*qemu.virtiofsd_bwrap(self._spec, xfer, nix.virtiofsd_args() if nix else (),
+                                       source),
                  "--", *qemu.virtiofsd_args(listener.fileno())],
-                (listener.fileno(),), log,
-                enter=nix.enter() if nix else ())
+                (listener.fileno(),), log, enter=enter)
             info_read, info_write = os.pipe()
             opened += [info_read, info_write]
             await self._spawn(
@@ -357,7 +362,17 @@ class VmSandbox(Lifecycle):
         env.update(extra or {})
         return env
 
-    async def _start_nix(self) -> NixGuest | None:
+    def _image_source(self) -> Path | None:
+        """Where virtiofsd is to find the image's tree, if not at its path: a root
+        runner's images are the host root's files, shown to it as its own (``vm.idmap``)."""
+        if not self._root_runner or isinstance(self._spec.image, DiskImage):
+            return None
+        assert self.state_dir is not None
+        source = self.state_dir / "image"
+        source.mkdir(mode=0o755)
+        return source
+
+    async def _start_nix(self, source: Path | None = None) -> NixGuest | None:
         """The proxy, store view and port of the guest's Nix, if the spec has a client."""
         if self._spec.nix_client is None:
             return None
@@ -365,7 +380,7 @@ class VmSandbox(Lifecycle):
             raise SandboxError("Nix in a VM needs a Nix image (a disk image has its own).",
                                sandbox=self.name)
         assert self.state_dir is not None
-        self.nix = NixGuest(self._spec, self.state_dir, self.name)
+        self.nix = NixGuest(self._spec, self.state_dir, self.name, source)
         await self.nix.start(self._spec.network)
         return self.nix
 
@@ -554,7 +569,7 @@ class VmSandbox(Lifecycle):
         fields = lines[-1].split() if status == 0 and lines else []
         if len(fields) == 2 and all(field.isdigit() for field in fields):
             full = disk_full(self._spec.home_size, int(fields[0]) * int(fields[1]),
-                             "what it writes (its home, /var/tmp, changes to a disk image)")
+                             "what it writes (its home, /var/tmp, changes to its image)")
             found += [full] if full else []
         return found + await asyncio.to_thread(self._oom_kills)
 

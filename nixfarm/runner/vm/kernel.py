@@ -34,13 +34,13 @@ PACKAGE = "linux-image-cloud-amd64"
 GUEST = Path(__file__).resolve().parent / "guest"
 BUSYBOX = Path("/bin/busybox")
 #: virtio over MMIO (microvm), the agent's ports, virtiofs, the network card and
-#: disks (the job's own disk, and a disk image), and overlayfs (a disk image under the
-#: job's disk). Each module costs boot time under TCG: nothing more.
+#: disks (the job's own disk, and a disk image), and overlayfs (the image, whatever its
+#: kind, under the job's disk). Each module costs boot time under TCG: nothing more.
 MODULES = ("virtio_mmio", "virtio_console", "virtiofs", "virtio_net", "virtio_blk",
            "overlay")
-#: What only a job with network, or on a disk image, needs: init skips them otherwise.
-#: (virtio_blk is every VM's: the job's disk is one.)
-NEEDED_FOR = {"net": ("virtio_net",), "disk": ("overlay",)}
+#: What only a job with network needs: init skips them otherwise. (virtio_blk and
+#: overlay are every VM's: the job's disk is one, under the image.)
+NEEDED_FOR = {"net": ("virtio_net",)}
 #: How a signed module ends (``scripts/sign-file``): signature, a 12-byte trailer whose
 #: last 4 bytes are the signature's length (big-endian), then this marker.
 SIGNED = b"~Module signature appended~\n"

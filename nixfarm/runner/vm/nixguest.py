@@ -7,7 +7,8 @@ runner's nix-daemon that lets it use only the paths of its *view*. Three parts:
     client  the host's Nix binaries and libraries, /etc/nix/nix.conf, and a Python to
             run the relay, bound at their own paths into the image's tree that
             virtiofsd exports (``root_args``: the image's entries on a tmpfs, as bwrap
-            merges them), with an empty /nix/var/nix/daemon-socket for the guest.
+            merges them), with an empty /nix/var/nix/daemon-socket for the guest;
+            a root runner's through idmapped mounts (``vm.idmap``), as the image's.
     socket  no vsock here: in the guest, ``guest/nixrelay.py`` listens on
             /nix/var/nix/daemon-socket/socket and carries every connection made to it,
             multiplexed, over the virtio-serial port ``nixfarm.nix``; ``NixPort``, on
@@ -40,7 +41,7 @@ import shutil
 import socket
 import struct
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from nixfarm.errors import NixfarmError
@@ -111,9 +112,14 @@ def libraries(binary: str) -> tuple[str, ...]:
         raise SandboxError(e.message) from e
 
 
-def root_args(spec: SandboxSpec, store: Path, config: Path, name: str) -> list[str]:
+def root_args(spec: SandboxSpec, store: Path, config: Path, name: str,
+              source: Path | None = None,
+              host: Callable[[str], str] = str) -> list[str]:
     """virtiofsd's bwrap options for /export/root with the Nix client (see the module
-    docstring): the image's entries, the client's files, ``store`` at /nix/store."""
+    docstring): the image's entries (found at ``source``, if given), the client's files
+    (each found at ``host(path)``), ``store`` at /nix/store. A root runner finds the
+    image and the host's files through idmapped mounts (``vm.idmap``): the guest's
+    root is an overlay, which opens them as virtiofsd may only open its own files."""
     from nixfarm.runner.sandbox.bwrap import merged
 
     client = spec.nix_client
@@ -121,17 +127,18 @@ def root_args(spec: SandboxSpec, store: Path, config: Path, name: str) -> list[s
     binary, stdlib = python()
     files = dict.fromkeys([*client.files, binary, *libraries(binary)])
     # Each option's last argument is its destination in the guest's tree.
-    added: dict[str, list[list[str]]] = {path: [["--ro-bind", path, path]] for path in files}
+    added: dict[str, list[list[str]]] = {path: [["--ro-bind", host(path), path]]
+                                         for path in files}
     added |= {path: [["--symlink", target, path]] for path, target in client.links}
-    added[stdlib] = [["--ro-bind", stdlib, stdlib]]
+    added[stdlib] = [["--ro-bind", host(stdlib), stdlib]]
     if os.path.isdir(os.path.join(stdlib, "site-packages")):
         # The runner's own packages are none of the guest's business.
         added[stdlib].append(["--tmpfs", os.path.join(stdlib, "site-packages")])
-    added[NIX_CONF] = [["--ro-bind", str(config), NIX_CONF]]
+    added[NIX_CONF] = [["--ro-bind", host(str(config)), NIX_CONF]]
     added["/nix/store"] = [["--ro-bind", str(store), "/nix/store"]]
     added[DAEMON_SOCKET_DIR] = [["--dir", DAEMON_SOCKET_DIR]]
     args = ["--tmpfs", "/export/root",
-            *merged(spec.rootfs, "", set(added), name, "/export/root")]
+            *merged(spec.rootfs, "", set(added), name, "/export/root", source)]
     # Directories on the way that the image lacks (bwrap would make them 0700).
     parents = {str(parent) for path in added for parent in Path(path).parents}
     for parent in sorted(parents - {"/"}, key=lambda p: p.count("/")):
@@ -319,7 +326,8 @@ class NixPort:
 class NixGuest:
     """Everything of one VM's Nix on the host: its proxy, store view and port."""
 
-    def __init__(self, spec: SandboxSpec, state_dir: Path, name: str) -> None:
+    def __init__(self, spec: SandboxSpec, state_dir: Path, name: str,
+                 source: Path | None = None) -> None:
         client = spec.nix_client
         assert client is not None
         self.client: NixClient = client
@@ -331,6 +339,9 @@ class NixGuest:
         self.port: NixPort | None = None
         self._guest_fd = -1  # the guest's end of the port, until qemu's spawn takes it
         self._root: list[str] = []
+        self._source = source  # the image's tree as virtiofsd finds it (``vm.idmap``)
+        #: The host's files shown to virtiofsd idmapped: (path, where it finds it).
+        self.idmapped: list[tuple[Path, Path]] = []
 
     async def start(self, network: bool) -> None:
         """Start the proxy and the store view (before virtiofsd, which needs both)."""
@@ -356,11 +367,25 @@ class NixGuest:
         config = self.state_dir / "nix.conf"
         config.write_text(self.client.config)
         config.chmod(0o644)
-        self._root = await asyncio.to_thread(root_args, self.spec, self.store.path, config,
-                                             self.name)
+        self._root = await asyncio.to_thread(
+            root_args, self.spec, self.store.path, config, self.name, self._source,
+            self._idmapped if self._source is not None else str)
         host_end, guest_end = socket.socketpair()
         self._guest_fd = guest_end.detach()
         self.port = NixPort(host_end, self.proxy.path, self.name)
+
+    def _idmapped(self, path: str) -> str:
+        """Where virtiofsd finds the host's ``path``: a mount point of ours, on which
+        ``vm.idmap`` mounts it (a file's or a directory's, as ``path`` is)."""
+        where = self.state_dir / "host"
+        where.mkdir(mode=0o755, exist_ok=True)
+        target = where / str(len(self.idmapped))
+        if os.path.isdir(path):
+            target.mkdir(mode=0o755)
+        else:
+            target.touch(mode=0o644)
+        self.idmapped.append((Path(path), target))
+        return str(target)
 
     def take_guest_fd(self) -> int:
         """The guest's end of the port, for qemu: the caller closes it."""

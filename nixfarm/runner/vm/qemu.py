@@ -85,21 +85,23 @@ def bwrap(*, extra: Sequence[str] = ()) -> list[str]:
             "--tmpfs", "/tmp", "--tmpfs", "/var/tmp", "--chdir", "/", *extra]  # fmt: skip
 
 
-def virtiofsd_bwrap(spec: SandboxSpec, xfer: Path, root: Sequence[str] = ()) -> list[str]:
+def virtiofsd_bwrap(spec: SandboxSpec, xfer: Path, root: Sequence[str] = (),
+                    source: Path | None = None) -> list[str]:
     """bwrap options building /export for virtiofsd (see the module docstring).
 
     virtiofsd is root in its user namespace (mapped to the unprivileged host user),
     with capabilities only there: it needs them to build its own inner sandbox.
     ``root``: options that build /export/root instead (a VM with Nix: ``nixguest``).
+    ``source``: where the image's tree is to be found instead of its path (``vm.idmap``).
     """
     args = ["--uid", "0", "--gid", "0", "--cap-add", "ALL", "--tmpfs", "/export"]
     image = spec.image
     if root:
         args += root
     elif isinstance(image, RootDir):
-        args += ["--ro-bind", str(image.path), "/export/root"]
+        args += ["--ro-bind", str(source or image.path), "/export/root"]
     elif isinstance(image, NixClosure):
-        args += ["--ro-bind", str(image.root), "/export/root",
+        args += ["--ro-bind", str(source or image.root), "/export/root",
                  "--tmpfs", "/export/root/nix/store"]  # fmt: skip
         for path in image.store_paths:
             args += ["--ro-bind", path, f"/export/root{path}"]

@@ -1,15 +1,18 @@
 """What every sandbox does, the same way: one suite run against bwrap and vm.
 
-Each kind boots one sandbox for the module (on the demo catalogue image) and every
-test runs in it: what the steps of a job rely on, and nothing kind-specific.
+Each kind boots one sandbox for the module (on the demo catalogue image, with a
+/var/tmp added) and every test runs in it: what the steps of a job rely on, and
+nothing kind-specific.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tarfile
+import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
@@ -25,6 +28,20 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[3]
 
 
+@pytest.fixture(scope="module")
+def image_root(demo_root: Path) -> Iterator[Path]:
+    """The demo image with a /var/tmp (Debian's images have one): a place outside home
+    and /tmp where the build user may write. (A copy: the catalogue's is shared.)"""
+    where = Path(tempfile.mkdtemp(prefix="nixfarm-conformance-"))
+    where.chmod(0o755)
+    root = where / "root"
+    shutil.copytree(demo_root, root, symlinks=True)
+    (root / "var/tmp").mkdir(parents=True)
+    (root / "var/tmp").chmod(0o1777)
+    yield root
+    shutil.rmtree(where)
+
+
 def new_box(kind: str, demo_root: Path, vm_dir: Path, state_root: Path) -> Sandbox:
     spec = SandboxSpec(rootfs=demo_root, memory_limit=256 * 1024**2,
                        environment={"FROM_SPEC": "spec"})
@@ -33,9 +50,9 @@ def new_box(kind: str, demo_root: Path, vm_dir: Path, state_root: Path) -> Sandb
 
 
 @pytest.fixture(scope="module", params=["bwrap", "vm"])
-async def sandbox(request: pytest.FixtureRequest, demo_root: Path, vm_dir: Path,
+async def sandbox(request: pytest.FixtureRequest, image_root: Path, vm_dir: Path,
                   state_root: Path) -> AsyncIterator[Sandbox]:
-    async with new_box(request.param, demo_root, vm_dir, state_root) as box:
+    async with new_box(request.param, image_root, vm_dir, state_root) as box:
         yield box
 
 
@@ -92,19 +109,23 @@ async def test_no_network_no_host_files_no_runner_processes(sandbox: Sandbox) ->
 
 
 async def test_writes_die_with_the_sandbox_and_memory_is_limited(
-        sandbox: Sandbox, demo_root: Path, vm_dir: Path,
+        sandbox: Sandbox, image_root: Path, vm_dir: Path,
         state_root: Path) -> None:
     kind = "vm" if isinstance(sandbox, VmSandbox) else "bwrap"
-    first = new_box(kind, demo_root, vm_dir, state_root)
+    first = new_box(kind, image_root, vm_dir, state_root)
     async with first:
-        assert (await sh(first, "echo x > ~/left; echo y > /tmp/left"))[0] == 0
+        # Home, /tmp, and outside them (/var/tmp).
+        status, lines = await sh(first, "echo x > ~/left; echo y > /tmp/left; "
+                                        "echo z > /var/tmp/left; cat /var/tmp/left")
+        assert (status, lines) == (0, ["z"])
         state = getattr(first, "state_dir", None)
         assert state is not None and state.exists()
     # Shut down: its state (the home, the VM's files) is gone.
     assert not state.exists()
-    async with new_box(kind, demo_root, vm_dir, state_root) as second:
-        status, lines = await sh(second, "ls ~/left /tmp/left 2>&1; true")
-        assert not [line for line in lines if "No such" not in line], lines
+    assert os.listdir(image_root / "var/tmp") == []
+    async with new_box(kind, image_root, vm_dir, state_root) as second:
+        status, lines = await sh(second, "ls ~/left /tmp/left /var/tmp/left 2>&1; true")
+        assert len(lines) == 3 and all("No such" in line for line in lines), lines
         # 256 MiB for everything: a command that fills more is killed, the sandbox lives,
         # and ``diagnose`` says why (for the job's log). dd fills its buffer from
         # /dev/zero at memset speed, so even under TCG this takes seconds. A VM's limit

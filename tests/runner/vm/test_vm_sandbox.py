@@ -236,7 +236,7 @@ async def test_a_disk_image_boots_and_the_job_never_writes_it(
                                          "dd if=/dev/zero of=$HOME/b bs=1M count=10")
         assert status != 0 and any("No space left on device" in line for line in lines), lines
         assert await vm.diagnose() == [
-            "the job's disk is full: what it writes (its home, /var/tmp, changes to a disk "
+            "the job's disk is full: what it writes (its home, /var/tmp, changes to its "
             "image) is limited to 16 MiB (jobs.home_bytes)"]
         # ... and the host's disk holds at most the quota of it, whatever the guest did.
         assert vm.state_dir is not None
