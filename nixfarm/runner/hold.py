@@ -6,6 +6,9 @@ waiting for it. For each, the runner opens a WebSocket to the server (it needs n
 inbound port), starts a terminal in the sandbox (``Sandbox.shell``) and relays:
 binary messages are terminal bytes, JSON ones a window size (``resize``), the
 terminal's end (``exit``), or, first, whether it started (``started`` / ``error``).
+An SSH session (``nixfarm ssh``, a request with a public key) is the same relay with
+the bytes of a connection to the sandbox's sshd (``Sandbox.ssh``); ``started`` then
+carries sshd's host key, and a sandbox without sshd answers ``unsupported``.
 
 The hold ends when the server says its time is up (``release``), when the last
 session closes after at least one was opened, or when the runner stops; then the
@@ -28,7 +31,7 @@ from websockets.exceptions import WebSocketException
 from nixfarm.errors import NixfarmError
 from nixfarm.retries import retried, runner_calls
 from nixfarm.runner.protocol import LeaseLost, RunnerClient
-from nixfarm.runner.sandbox.base import Sandbox
+from nixfarm.runner.sandbox.base import NoSsh, Sandbox
 from nixfarm.runner.sandbox.terminal import Terminal
 from nixfarm.runner.shielding import first_done, uncancelled
 from nixfarm.wire.runners import ShellRequest
@@ -85,12 +88,22 @@ async def _session(client: RunnerClient, job_id: int, sandbox: Sandbox,
     try:
         async with connect(url, additional_headers={"Authorization": f"Bearer {client.token}"},
                            open_timeout=30, max_size=2**20) as ws:
+            host_key = None
             try:
-                terminal = await sandbox.shell(request.command, request.rows, request.cols)
+                if request.public_key is not None:
+                    terminal, host_key = await sandbox.ssh(request.public_key)
+                else:
+                    terminal = await sandbox.shell(request.command, request.rows,
+                                                   request.cols)
+            except NoSsh as e:
+                await ws.send(json.dumps({
+                    "error": f"job {job_id} cannot take SSH: {e.message}; `nixfarm shell "
+                             f"{job_id}` opens a terminal in it", "unsupported": True}))
+                return
             except NixfarmError as e:
                 await ws.send(json.dumps({"error": e.message}))
                 return
-            await ws.send(json.dumps({"started": True}))
+            await ws.send(json.dumps({"started": True, "host_key": host_key}))
             try:
                 await _relay(ws, terminal)
             finally:
