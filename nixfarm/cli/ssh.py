@@ -1,10 +1,13 @@
 """``nixfarm ssh JOB [SSH OPTIONS...] [-- CMD...]``: the user's own ``ssh`` into a held
 job's sandbox, carried over the server like ``nixfarm shell`` (docs/jobs.md).
 
-``ssh`` runs with ``ProxyCommand`` set to ``nixfarm ssh-relay``, which opens the
-session over the server's WebSocket and relays its bytes on stdin and stdout; the
-runner joins them to an sshd it starts inside the sandbox on demand. So neither the
-runner nor the server opens a port for it.
+``nixfarm ssh`` opens the session over the server's WebSocket first (so a refusal is
+one sentence, before ssh runs), listens on a Unix socket in a private temporary
+directory, and runs ``ssh`` with ``ProxyCommand`` set to ``nixfarm ssh-relay
+--socket``, which joins ssh's stdin and stdout to that socket; the runner joins the
+session to an sshd it starts inside the sandbox on demand. So neither the runner nor
+the server opens a port for it. With ``--config`` (scp, rsync) each connection's
+relay opens a session of its own.
 
 Keys. A key pair made for the session (``ssh-keygen``, in a private temporary
 directory removed at the end), or the user's own (``--key``): the relay sends its
@@ -34,24 +37,24 @@ import contextlib
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from nixfarm.cli.common import DataDir, Exit, JobNumber, Token, Url, err, out, run
-from nixfarm.client.api import Endpoint, resolve
+from nixfarm.cli.common import DataDir, Exit, JobNumber, Token, Url, out, run
+from nixfarm.client.api import resolve
 from nixfarm.client.shell import Shell, open_ssh
-from nixfarm.errors import InvalidInput, NixfarmError, PrerequisiteMissing, exit_code
+from nixfarm.errors import InvalidInput, NixfarmError, PrerequisiteMissing
 
 #: ssh's options that take an argument (``ssh(1)``): how its arguments are split into
 #: options and the remote command, as ssh itself does.
 _WITH_ARGUMENT = set("BbcDEeFIiJLlmOoPpQRSWw")
-#: Where the relay leaves the exit code of an error it printed (ssh exits 255 then).
-_ERROR_FILE = "error"
 
 
 def alias(job: int) -> str:
@@ -112,12 +115,8 @@ def _own_key(key: Path) -> Path:
     return key
 
 
-def _options(job: int, private: Path, directory: Path, endpoint: Endpoint,
-             data_dir: str | None) -> dict[str, str]:
-    relay = [*_nixfarm(), "ssh-relay", str(job), "--public-key", f"{private}.pub",
-             "--known-hosts", str(directory / "known_hosts"), "--url", endpoint.url]
-    if data_dir:
-        relay += ["--data-dir", data_dir]
+def _options(job: int, private: Path, directory: Path, relay: list[str]
+             ) -> dict[str, str]:
     return {
         "User": "build",
         "ProxyCommand": " ".join(shlex.quote(a) for a in relay),
@@ -165,9 +164,13 @@ def ssh(
         private = _own_key(key) if key else (
             directory / "id_ed25519" if (directory / "id_ed25519").is_file()
             else _key_pair(directory, job))
+        relay = [*_nixfarm(), "ssh-relay", str(job), "--public-key", f"{private}.pub",
+                 "--known-hosts", str(directory / "known_hosts"), "--url", endpoint.url]
+        if data_dir:
+            relay += ["--data-dir", data_dir]
         lines = [f"Host {alias(job)}"] + [
             f"  {name} {value}" for name, value in
-            _options(job, private, directory, endpoint, data_dir).items()]
+            _options(job, private, directory, relay).items()]
         (directory / "config").write_text("\n".join(lines) + "\n")
         out.print(str(directory / "config"), markup=False)
         return
@@ -176,56 +179,146 @@ def ssh(
     with tempfile.TemporaryDirectory(prefix="nixfarm-ssh-") as temporary:
         directory = Path(temporary)
         private = _own_key(key) if key else _key_pair(directory, job)
+        socket_path = directory / "relay.sock"
+        relay = [*_nixfarm(), "ssh-relay", str(job), "--socket", str(socket_path)]
         argv = [program]
-        for name, value in _options(job, private, directory, endpoint, data_dir).items():
+        for name, value in _options(job, private, directory, relay).items():
             argv += ["-o", f"{name}={value}"]
         argv += [*options, alias(job), *command]
-        env = {**os.environ}
-        if endpoint.token:  # the relay's (ssh passes its environment on)
-            env["NIXFARM_TOKEN"] = endpoint.token
-        status = subprocess.run(argv, env=env).returncode
-        failed = directory / _ERROR_FILE
-        if status == 255 and failed.is_file():
-            # The relay said why on stderr (ssh shows it); its code is the answer.
-            code = failed.read_text().strip()
-            status = int(code) if code.isdigit() else status
+        public = Path(f"{private}.pub").read_text().strip()
+
+        async def work() -> int:
+            async with open_ssh(endpoint, job, public) as (session, host_key):
+                _write_known_hosts(directory / "known_hosts", f"{alias(job)} {host_key}\n")
+                return await _serve(session, socket_path, argv)
+
+        status = run(work)
     if status:
         raise Exit(status)
 
 
+async def _serve(session: Shell, socket_path: Path, argv: list[str]) -> int:
+    """Run ssh (``argv``); join its relay's connection to ``socket_path`` to the
+    session; return ssh's exit status."""
+    connected: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
+        asyncio.get_running_loop().create_future())
+
+    def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if connected.done():
+            writer.close()  # one connection: the session is one SSH connection
+        else:
+            connected.set_result((reader, writer))
+
+    server = await asyncio.start_unix_server(accept, path=str(socket_path))
+    # ^C is the remote command's (ssh passes it on, or it is a key in a remote pty):
+    # here it would end the relay under ssh's feet.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        process = await asyncio.create_subprocess_exec(*argv)
+        exited = asyncio.ensure_future(process.wait())
+        first: list[asyncio.Future[Any]] = [exited, connected]
+        await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+        if connected.done():
+            reader, writer = connected.result()
+            pump = asyncio.ensure_future(_join(session, reader, writer))
+            await asyncio.wait([exited, pump], return_when=asyncio.FIRST_COMPLETED)
+            if not exited.done():
+                # The session ended (sshd is gone): ssh ends as its connection closes.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(exited), 30)
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump
+            writer.close()
+        if not exited.done():
+            process.kill()
+        return await exited
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        server.close()
+
+
+async def _join(session: Shell, reader: asyncio.StreamReader,
+                writer: asyncio.StreamWriter) -> None:
+    """The relay's connection to the session and back, until either ends."""
+    async def upstream() -> None:
+        while data := await reader.read(65536):
+            await session.send(data)
+
+    async def downstream() -> None:
+        with contextlib.suppress(NixfarmError):  # an end without a status: sshd's gone
+            async for data in session.output():
+                writer.write(data)
+                await writer.drain()
+        with contextlib.suppress(OSError):
+            writer.write_eof()
+
+    await _first(upstream(), downstream())
+
+
+async def _first(*work: Coroutine[Any, Any, None]) -> None:
+    tasks = [asyncio.ensure_future(w) for w in work]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await task
+
+
 def ssh_relay(
     job: JobNumber,
-    public_key: Annotated[Path, typer.Option("--public-key", help="The .pub to let in.")],
-    known_hosts: Annotated[Path, typer.Option(
-        "--known-hosts", help="Where to write the sandbox's host key.")],
+    socket_path: Annotated[Path | None, typer.Option(
+        "--socket", help="Join stdin and stdout to this Unix socket (nixfarm ssh's).")
+    ] = None,
+    public_key: Annotated[Path | None, typer.Option(
+        "--public-key", help="Open a session of its own, letting this .pub in.")] = None,
+    known_hosts: Annotated[Path | None, typer.Option(
+        "--known-hosts", help="Where to write the sandbox's host key.")] = None,
     url: Url = None, token: Token = None, data_dir: DataDir = None,
 ) -> None:
     """ssh's ProxyCommand for nixfarm ssh: the session's bytes on stdin and stdout."""
+    if socket_path is not None:
+        async def joined() -> None:
+            reader, writer = await asyncio.open_unix_connection(str(socket_path))
+
+            async def receive() -> AsyncIterator[bytes]:
+                while data := await reader.read(65536):
+                    yield data
+
+            async def send(data: bytes) -> None:
+                writer.write(data)
+                await writer.drain()
+
+            await _stdio(send, receive())
+
+        run(joined)
+        return
+    if public_key is None or known_hosts is None:
+        raise InvalidInput("ssh-relay needs --socket, or --public-key and --known-hosts",
+                           field="socket")
+    endpoint = resolve(url, token, data_dir)
     try:
-        endpoint = resolve(url, token, data_dir)
         key = public_key.read_text().strip()
     except OSError as e:
-        err.print(f"error: cannot read {public_key}: {e.strerror}", markup=False)
-        raise Exit(2) from None
-    except NixfarmError as e:
-        _failed(known_hosts, e)
-        raise
+        raise InvalidInput(f"cannot read {public_key}: {e.strerror}",
+                           field="public_key") from None
+    written = known_hosts
 
     async def work() -> None:
-        try:
-            async with open_ssh(endpoint, job, key) as (session, host_key):
-                _write_known_hosts(known_hosts, f"{alias(job)} {host_key}\n")
-                await _relay(session)
-        except NixfarmError as e:
-            _failed(known_hosts, e)
-            raise
+        async with open_ssh(endpoint, job, key) as (session, host_key):
+            _write_known_hosts(written, f"{alias(job)} {host_key}\n")
+
+            async def receive() -> AsyncIterator[bytes]:
+                with contextlib.suppress(NixfarmError):  # sshd's gone
+                    async for data in session.output():
+                        yield data
+
+            await _stdio(session.send, receive())
 
     run(work)
-
-
-def _failed(known_hosts: Path, error: NixfarmError) -> None:
-    with contextlib.suppress(OSError):
-        (known_hosts.parent / _ERROR_FILE).write_text(f"{exit_code(error)}\n")
 
 
 def _write_known_hosts(path: Path, line: str) -> None:
@@ -234,9 +327,10 @@ def _write_known_hosts(path: Path, line: str) -> None:
     temporary.replace(path)
 
 
-async def _relay(session: Shell) -> None:
-    """stdin to the session and the session to stdout, until either ends; both within
-    a chunk or two of memory (the server's window does the rest)."""
+async def _stdio(send: Callable[[bytes], Awaitable[None]],
+                 receive: AsyncIterator[bytes]) -> None:
+    """stdin to ``send`` and ``receive`` to stdout, until either ends; within a chunk
+    or two of memory (the server's window and the socket do the rest)."""
     loop = asyncio.get_running_loop()
     fds = (sys.stdin.fileno(), sys.stdout.fileno())
     blocking = [os.get_blocking(fd) for fd in fds]
@@ -267,27 +361,20 @@ async def _relay(session: Shell) -> None:
                 return
             if not data:
                 return
-            await session.send(data)
+            await send(data)
 
     async def downstream() -> None:
-        with contextlib.suppress(NixfarmError):  # the end without a status: sshd's gone
-            async for data in session.output():
-                view = memoryview(data)
-                while view:
-                    try:
-                        view = view[os.write(fds[1], view):]
-                    except BlockingIOError:
-                        await wait("add_writer", "remove_writer", fds[1])
+        async for data in receive:
+            view = memoryview(data)
+            while view:
+                try:
+                    view = view[os.write(fds[1], view):]
+                except BlockingIOError:
+                    await wait("add_writer", "remove_writer", fds[1])
 
-    tasks = [asyncio.ensure_future(upstream()), asyncio.ensure_future(downstream())]
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        await _first(upstream(), downstream())
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, OSError):
-                await task
         for fd, was in zip(fds, blocking, strict=True):
             with contextlib.suppress(OSError):
                 os.set_blocking(fd, was)

@@ -11,7 +11,8 @@ the bytes of a connection to the sandbox's sshd (``Sandbox.ssh``); ``started`` t
 carries sshd's host key, and a sandbox without sshd answers ``unsupported``.
 
 The hold ends when the server says its time is up (``release``), when the last
-session closes after at least one was opened, or when the runner stops; then the
+session closes after at least one was opened (not after an SSH session: ssh tools
+connect again and again), or when the runner stops; then the
 sandbox is shut down and the server told (``release``). A kept sandbox takes no slot:
 the runner goes on claiming jobs, and keeps at most as many sandboxes as it has slots
 (a job ending past that is not kept).
@@ -43,6 +44,9 @@ async def hold(client: RunnerClient, job_id: int, sandbox: Sandbox, wait: float,
                stopping: Awaitable[object]) -> None:
     """Serve shells into ``sandbox`` until the hold ends; then shut it down."""
     sessions: dict[str, asyncio.Task[None]] = {}
+    # SSH tooling (scp, rsync, a few ssh commands in a row) opens one connection after
+    # another: after an SSH session the sandbox stays for the hold's whole time.
+    ssh_seen = False
     stop = asyncio.ensure_future(stopping)
     try:
         while not stop.done():
@@ -56,7 +60,7 @@ async def hold(client: RunnerClient, job_id: int, sandbox: Sandbox, wait: float,
                 beat.cancel()
                 with contextlib.suppress(asyncio.CancelledError, NixfarmError):
                     await beat
-                if sessions and all(t.done() for t in sessions.values()):
+                if sessions and not ssh_seen and all(t.done() for t in sessions.values()):
                     break  # the last session closed
                 continue
             try:
@@ -66,6 +70,7 @@ async def hold(client: RunnerClient, job_id: int, sandbox: Sandbox, wait: float,
             if answer.release:
                 break
             for request in answer.shells:
+                ssh_seen = ssh_seen or request.public_key is not None
                 if request.key not in sessions:
                     sessions[request.key] = asyncio.create_task(
                         _session(client, job_id, sandbox, request))
