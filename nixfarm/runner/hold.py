@@ -45,8 +45,9 @@ async def hold(client: RunnerClient, job_id: int, sandbox: Sandbox, wait: float,
     """Serve shells into ``sandbox`` until the hold ends; then shut it down."""
     sessions: dict[str, asyncio.Task[None]] = {}
     # SSH tooling (scp, rsync, a few ssh commands in a row) opens one connection after
-    # another: after an SSH session the sandbox stays for the hold's whole time.
-    ssh_seen = False
+    # another: after an SSH session (one that started) the sandbox stays for the hold's
+    # whole time.
+    ssh_started: set[str] = set()
     stop = asyncio.ensure_future(stopping)
     try:
         while not stop.done():
@@ -60,7 +61,7 @@ async def hold(client: RunnerClient, job_id: int, sandbox: Sandbox, wait: float,
                 beat.cancel()
                 with contextlib.suppress(asyncio.CancelledError, NixfarmError):
                     await beat
-                if sessions and not ssh_seen and all(t.done() for t in sessions.values()):
+                if sessions and not ssh_started and all(t.done() for t in sessions.values()):
                     break  # the last session closed
                 continue
             try:
@@ -70,10 +71,9 @@ async def hold(client: RunnerClient, job_id: int, sandbox: Sandbox, wait: float,
             if answer.release:
                 break
             for request in answer.shells:
-                ssh_seen = ssh_seen or request.public_key is not None
                 if request.key not in sessions:
                     sessions[request.key] = asyncio.create_task(
-                        _session(client, job_id, sandbox, request))
+                        _session(client, job_id, sandbox, request, ssh_started))
     finally:
         stop.cancel()
         for task in sessions.values():
@@ -88,7 +88,7 @@ async def hold(client: RunnerClient, job_id: int, sandbox: Sandbox, wait: float,
 
 
 async def _session(client: RunnerClient, job_id: int, sandbox: Sandbox,
-                   request: ShellRequest) -> None:
+                   request: ShellRequest, ssh_started: set[str]) -> None:
     url = client.shell_url(job_id, request.key)
     try:
         async with connect(url, additional_headers={"Authorization": f"Bearer {client.token}"},
@@ -108,6 +108,8 @@ async def _session(client: RunnerClient, job_id: int, sandbox: Sandbox,
             except NixfarmError as e:
                 await ws.send(json.dumps({"error": e.message}))
                 return
+            if host_key is not None:
+                ssh_started.add(request.key)
             await ws.send(json.dumps({"started": True, "host_key": host_key}))
             try:
                 await _relay(ws, terminal)

@@ -8,7 +8,9 @@ import hashlib
 import os
 import re
 import shutil
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,6 +84,26 @@ def test_ssh_and_scp_into_a_failed_jobs_vm(farm: RunningFarm, tmp_path: Path,
             env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 7, (done.stdout, done.stderr, runner_log(tmp_path))
         assert done.stdout.splitlines() == ["left by the failed task", "build"], done
+
+        # A pty (ssh's -tt), and a port forward: the guest reaches a server of ours.
+        terminal = subprocess.run([NIXFARM, "ssh", number, "-tt", "--", "tty"], env=env,
+                                  capture_output=True, text=True, timeout=300)
+        assert terminal.returncode == 0 and "/dev/pts/" in terminal.stdout, terminal
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            port = server.getsockname()[1]
+
+            def serve() -> None:
+                connection, _ = server.accept()
+                with connection:
+                    connection.sendall(b"forwarded through ssh\n")
+
+            threading.Thread(target=serve, daemon=True).start()
+            forward = subprocess.run(
+                [NIXFARM, "ssh", number, "-o", "ExitOnForwardFailure=yes", "-R",
+                 f"127.0.0.1:10022:127.0.0.1:{port}", "--",
+                 "exec 3<>/dev/tcp/127.0.0.1/10022 && cat <&3"],
+                env=env, capture_output=True, text=True, timeout=300)
+        assert forward.stdout == "forwarded through ssh\n", (forward, runner_log(tmp_path))
 
         # scp with the ssh_config nixfarm ssh --config writes: the file arrives whole.
         config = subprocess.run([NIXFARM, "ssh", number, "--config"], env=env,
