@@ -11,7 +11,7 @@ the bytes of a connection to the sandbox's sshd (``Sandbox.ssh``); ``started`` t
 carries sshd's host key, and a sandbox without sshd answers ``unsupported``.
 
 The hold ends when the server says its time is up (``release``), when the last
-session closes after at least one was opened (not after an SSH session: ssh tools
+session closes after at least one started (not after an SSH session: ssh tools
 connect again and again), or when the runner stops; then the
 sandbox is shut down and the server told (``release``). A kept sandbox takes no slot:
 the runner goes on claiming jobs, and keeps at most as many sandboxes as it has slots
@@ -44,9 +44,11 @@ async def hold(client: RunnerClient, job_id: int, sandbox: Sandbox, wait: float,
                stopping: Awaitable[object]) -> None:
     """Serve shells into ``sandbox`` until the hold ends; then shut it down."""
     sessions: dict[str, asyncio.Task[None]] = {}
-    # SSH tooling (scp, rsync, a few ssh commands in a row) opens one connection after
-    # another: after an SSH session (one that started) the sandbox stays for the hold's
-    # whole time.
+    # Sessions that started (a refused one, say for want of sshd, is not one: its user
+    # is pointed to `nixfarm shell`, which must find the sandbox). SSH tooling (scp,
+    # rsync, a few ssh commands in a row) opens one connection after another: after an
+    # SSH session the sandbox stays for the hold's whole time.
+    started: set[str] = set()
     ssh_started: set[str] = set()
     stop = asyncio.ensure_future(stopping)
     try:
@@ -61,7 +63,7 @@ async def hold(client: RunnerClient, job_id: int, sandbox: Sandbox, wait: float,
                 beat.cancel()
                 with contextlib.suppress(asyncio.CancelledError, NixfarmError):
                     await beat
-                if sessions and not ssh_started and all(t.done() for t in sessions.values()):
+                if started and not ssh_started and all(t.done() for t in sessions.values()):
                     break  # the last session closed
                 continue
             try:
@@ -73,7 +75,7 @@ async def hold(client: RunnerClient, job_id: int, sandbox: Sandbox, wait: float,
             for request in answer.shells:
                 if request.key not in sessions:
                     sessions[request.key] = asyncio.create_task(
-                        _session(client, job_id, sandbox, request, ssh_started))
+                        _session(client, job_id, sandbox, request, started, ssh_started))
     finally:
         stop.cancel()
         for task in sessions.values():
@@ -88,7 +90,7 @@ async def hold(client: RunnerClient, job_id: int, sandbox: Sandbox, wait: float,
 
 
 async def _session(client: RunnerClient, job_id: int, sandbox: Sandbox,
-                   request: ShellRequest, ssh_started: set[str]) -> None:
+                   request: ShellRequest, started: set[str], ssh_started: set[str]) -> None:
     url = client.shell_url(job_id, request.key)
     try:
         async with connect(url, additional_headers={"Authorization": f"Bearer {client.token}"},
@@ -108,6 +110,7 @@ async def _session(client: RunnerClient, job_id: int, sandbox: Sandbox,
             except NixfarmError as e:
                 await ws.send(json.dumps({"error": e.message}))
                 return
+            started.add(request.key)
             if host_key is not None:
                 ssh_started.add(request.key)
             await ws.send(json.dumps({"started": True, "host_key": host_key}))
