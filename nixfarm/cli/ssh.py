@@ -210,9 +210,11 @@ async def _serve(session: Shell, socket_path: Path, argv: list[str]) -> int:
             connected.set_result((reader, writer))
 
     server = await asyncio.start_unix_server(accept, path=str(socket_path))
-    # ^C is the remote command's (ssh passes it on, or it is a key in a remote pty):
-    # here it would end the relay under ssh's feet.
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # ^C is ssh's (or a key in a remote pty): here it would end the relay under ssh's
+    # feet. Caught, not ignored: ssh keeps an ignored SIGINT ignored, a caught one is
+    # reset by exec.
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, lambda: None)
     try:
         process = await asyncio.create_subprocess_exec(*argv)
         exited = asyncio.ensure_future(process.wait())
@@ -234,7 +236,7 @@ async def _serve(session: Shell, socket_path: Path, argv: list[str]) -> int:
             process.kill()
         return await exited
     finally:
-        signal.signal(signal.SIGINT, previous)
+        loop.remove_signal_handler(signal.SIGINT)
         server.close()
 
 

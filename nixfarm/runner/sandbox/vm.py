@@ -113,6 +113,7 @@ class VmSandbox(Lifecycle):
         self._channel: AgentChannel | None = None
         self._shell_ports: list[socket.socket] = []
         self._free_shells: set[int] = set()
+        self._ssh_setup = asyncio.Lock()  # one at a time: the first makes the host key
         self._deadline: float | None = None
         self._closed = False
         self._booted = False
@@ -492,7 +493,8 @@ class VmSandbox(Lifecycle):
                               "/")  # fmt: skip
         await asyncio.to_thread(self._write, xfer / f"{setup}.sh", script.encode())
         try:
-            async with asyncio.timeout(self._budget(None)):
+            # Not the job's deadline (a held job's may be past): a shell's is its own.
+            async with self._ssh_setup, asyncio.timeout(sshd.SETUP_SECONDS):
                 status = await channel.call(setup, 0)
             said = await asyncio.to_thread(_small_file, xfer / f"{setup}.out", 2000) or ""
         except TimeoutError:

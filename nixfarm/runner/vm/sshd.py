@@ -35,6 +35,8 @@ from nixfarm.runner.vm.telnet import TelnetTerminal
 STATE = "/run/nixfarm/private/ssh"
 #: ``SETUP``'s status when the image has no sshd.
 NO_SSHD = 3
+#: Seconds ``SETUP`` may take (a key made under TCG takes well under one).
+SETUP_SECONDS = 60.0
 
 # $1: the public key to let in. The build user is uid 1000's name in /etc/passwd.
 SETUP = rf"""
