@@ -97,25 +97,33 @@ def _nixfarm() -> list[str]:
                                   "from nixfarm.cli.main import main; main()"]
 
 
-def _key_pair(directory: Path, job: int) -> Path:
-    """A new ed25519 key pair in ``directory``: the private key's path."""
+def _key_pair(directory: Path, job: int) -> tuple[Path, Path]:
+    """A new ed25519 key pair in ``directory``: (the identity, the public key)."""
     private = directory / "id_ed25519"
     subprocess.run([_program("ssh-keygen"), "-q", "-t", "ed25519", "-N", "",
                     "-C", f"nixfarm-ssh-job-{job}", "-f", str(private)],
                    check=True, stdin=subprocess.DEVNULL)
-    return private
+    return private, Path(f"{private}.pub")
 
 
-def _own_key(key: Path) -> Path:
-    if not key.is_file():
-        raise InvalidInput(f"--key {key}: no such private key file", field="key")
-    if not Path(f"{key}.pub").is_file():
-        raise InvalidInput(f"--key {key}: its public key {key}.pub is missing (make it "
-                           f"with ssh-keygen -y -f {key} > {key}.pub)", field="key")
-    return key
+def _own_key(key: Path) -> tuple[Path, Path]:
+    """(the identity ssh uses, the public key sent) of ``--key``: a private key with
+    its .pub beside it, or a .pub (its private key beside it, or in ssh-agent)."""
+    if key.name.endswith(".pub"):
+        public = key
+        beside = key.with_name(key.name.removesuffix(".pub"))
+        identity = beside if beside.is_file() else key  # ssh asks the agent for it
+    else:
+        identity, public = key, key.with_name(f"{key.name}.pub")
+        if not key.is_file():
+            raise InvalidInput(f"--key {key}: no such key file", field="key")
+    if not public.is_file():
+        raise InvalidInput(f"--key {key}: its public key {public} is missing (make it "
+                           f"with ssh-keygen -y -f {key} > {public})", field="key")
+    return identity, public
 
 
-def _options(job: int, private: Path, directory: Path, relay: list[str]
+def _options(job: int, identity: Path, directory: Path, relay: list[str]
              ) -> dict[str, str]:
     return {
         "User": "build",
@@ -126,7 +134,7 @@ def _options(job: int, private: Path, directory: Path, relay: list[str]
         "StrictHostKeyChecking": "yes",
         "UpdateHostKeys": "no",
         "CheckHostIP": "no",
-        "IdentityFile": str(private),
+        "IdentityFile": str(identity),
         "IdentitiesOnly": "yes",
         "PasswordAuthentication": "no",
         "KbdInteractiveAuthentication": "no",
@@ -148,8 +156,9 @@ def ssh(
         help="Options for ssh (-L 8080:localhost:80, -v, ...), then (after --) a "
              "command to run instead of a login shell.", show_default=False)] = None,
     key: Annotated[Path | None, typer.Option(
-        "--key", help="Your own private key (its .pub beside it is sent) instead of a "
-                      "key pair made for the session.", show_default=False)] = None,
+        "--key", help="Your own key (a private key with its .pub beside it, or a .pub "
+                      "whose private key is in ssh-agent) instead of a key pair made "
+                      "for the session.", show_default=False)] = None,
     config: Annotated[bool, typer.Option(
         "--config", help="Print the path of an ssh_config file with a Host "
                          "nixfarm-job-JOB for scp, rsync and other ssh tools, and exit.")
@@ -161,16 +170,17 @@ def ssh(
     endpoint = resolve(url, token, data_dir)
     if config:
         directory = _state_dir(job)
-        private = _own_key(key) if key else (
-            directory / "id_ed25519" if (directory / "id_ed25519").is_file()
+        made = directory / "id_ed25519"
+        identity, public = _own_key(key) if key else (
+            (made, Path(f"{made}.pub")) if Path(f"{made}.pub").is_file()
             else _key_pair(directory, job))
-        relay = [*_nixfarm(), "ssh-relay", str(job), "--public-key", f"{private}.pub",
+        relay = [*_nixfarm(), "ssh-relay", str(job), "--public-key", str(public),
                  "--known-hosts", str(directory / "known_hosts"), "--url", endpoint.url]
         if data_dir:
             relay += ["--data-dir", data_dir]
         lines = [f"Host {alias(job)}"] + [
             f"  {name} {value}" for name, value in
-            _options(job, private, directory, relay).items()]
+            _options(job, identity, directory, relay).items()]
         (directory / "config").write_text("\n".join(lines) + "\n")
         out.print(str(directory / "config"), markup=False)
         return
@@ -178,17 +188,21 @@ def ssh(
     program = _program("ssh")
     with tempfile.TemporaryDirectory(prefix="nixfarm-ssh-") as temporary:
         directory = Path(temporary)
-        private = _own_key(key) if key else _key_pair(directory, job)
+        identity, public_file = _own_key(key) if key else _key_pair(directory, job)
         socket_path = directory / "relay.sock"
         relay = [*_nixfarm(), "ssh-relay", str(job), "--socket", str(socket_path)]
         argv = [program]
-        for name, value in _options(job, private, directory, relay).items():
+        for name, value in _options(job, identity, directory, relay).items():
             argv += ["-o", f"{name}={value}"]
         argv += [*options, alias(job), *command]
-        public = Path(f"{private}.pub").read_text().strip()
+        try:
+            line = public_file.read_text().strip()
+        except OSError as e:
+            raise InvalidInput(f"cannot read {public_file}: {e.strerror}", field="key"
+                               ) from None
 
         async def work() -> int:
-            async with open_ssh(endpoint, job, public) as (session, host_key):
+            async with open_ssh(endpoint, job, line) as (session, host_key):
                 _write_known_hosts(directory / "known_hosts", f"{alias(job)} {host_key}\n")
                 return await _serve(session, socket_path, argv)
 

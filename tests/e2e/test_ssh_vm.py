@@ -85,6 +85,15 @@ def test_ssh_and_scp_into_a_failed_jobs_vm(farm: RunningFarm, tmp_path: Path,
         assert done.returncode == 7, (done.stdout, done.stderr, runner_log(tmp_path))
         assert done.stdout.splitlines() == ["left by the failed task", "build"], done
 
+        # The user's own key (--key): the runner added it to ~build/.ssh/authorized_keys.
+        own = tmp_path / "own"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "own-key-1",
+                        "-f", str(own)], check=True, stdin=subprocess.DEVNULL)
+        mine = subprocess.run([NIXFARM, "ssh", number, "--key", str(own), "--",
+                               "grep -c own-key-1 ~/.ssh/authorized_keys"],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert (mine.returncode, mine.stdout) == (0, "1\n"), mine
+
         # A pty (ssh's -tt), and a port forward: the guest reaches a server of ours.
         terminal = subprocess.run([NIXFARM, "ssh", number, "-tt", "--", "tty"], env=env,
                                   capture_output=True, text=True, timeout=300)
