@@ -4,7 +4,8 @@
 The client's first message is JSON ``{"command": [...] | null, "rows", "cols"}``; then
 binary messages are keystrokes and ``{"resize": [rows, cols]}`` a new window size.
 The server sends the terminal's output as binary messages, then ``{"exit": STATUS}``
-and closes; a refusal is ``{"error": MESSAGE, "kind": ...}`` then a close.
+and closes; a refusal is ``{"error": MESSAGE, "kind": ...}`` then a close; a close
+without either: the runner's end went (its sandbox shut down, say at the hold's end).
 
 ``/api/v1/runners/R/jobs/ID/shells/KEY`` (the runner holding the job): the other end,
 the same messages the other way round.
@@ -102,6 +103,8 @@ async def _to_socket(ws: WebSocket, sub: Subscription, stop_on_exit: bool, flow:
         elif "exit" in fields and stop_on_exit:
             await ws.send_json({"exit": fields["exit"]})
             return
+        elif "gone" in fields and stop_on_exit:
+            return  # the client is told by the close without an exit status
         elif "close" in fields and not stop_on_exit:
             return
         elif "resize" in fields and not stop_on_exit:
@@ -206,7 +209,14 @@ async def runner_shell(ws: WebSocket, runner_id: int, job_id: int, key: str) -> 
                 open=True, error=error, unsupported=bool(first.get("unsupported")),
                 host_key=first.get("host_key")))
             if not error:
-                await _relay(ws, sub, sh.output_topic(key), services, user=False)
+                try:
+                    await _relay(ws, sub, sh.output_topic(key), services, user=False)
+                finally:
+                    # The runner's end is gone (its exit, if it had one, went first: the
+                    # sandbox may have gone with the hold): the user's stops waiting.
+                    with contextlib.suppress(Exception):
+                        await services.jobs.bus.publish(sh.output_topic(key),
+                                                        sh.control(gone=True))
     except NixfarmError as e:
         await _refuse(ws, e)
         return
