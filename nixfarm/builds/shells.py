@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 
 import sqlalchemy as sa
@@ -70,6 +71,24 @@ def parse(message: bytes) -> tuple[bytes | None, dict[str, object]]:
     return None, fields if isinstance(fields, dict) else {}
 
 
+#: The key types an SSH session may present (what OpenSSH 8+ accepts by default).
+KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
+             "ecdsa-sha2-nistp521", "ssh-rsa", "sk-ssh-ed25519@openssh.com",
+             "sk-ecdsa-sha2-nistp256@openssh.com")
+_KEY = re.compile(r"[A-Za-z0-9@.-]+ [A-Za-z0-9+/]+={0,3}( [ -~]{0,200})?")
+
+
+def check_public_key(key: object) -> str:
+    """An OpenSSH public key line (``TYPE BASE64 [COMMENT]``), as the runner writes it
+    into ``authorized_keys``: one line, no options (``command=`` and the like)."""
+    if not (isinstance(key, str) and len(key) <= 16384 and _KEY.fullmatch(key.strip())
+            and key.split()[0] in KEY_TYPES):
+        raise InvalidInput("an SSH session's key is one OpenSSH public key line "
+                           f"({KEY_TYPES[0]} AAAA... [comment]), as in a .pub file",
+                           field="public_key")
+    return key.strip()
+
+
 def check_size(rows: object, cols: object) -> tuple[int, int]:
     if not (isinstance(rows, int) and isinstance(cols, int)
             and 1 <= rows <= 1000 and 1 <= cols <= 1000):
@@ -87,8 +106,9 @@ class ShellService:
         return secrets.token_urlsafe(24)
 
     async def open(self, who: Principal, job_id: int, key: str, command: list[str] | None,
-                   rows: int, cols: int) -> None:
-        """Ask the job's runner for a session ``key`` (subscribe to its output first)."""
+                   rows: int, cols: int, public_key: str | None = None) -> None:
+        """Ask the job's runner for a session ``key`` (subscribe to its output first).
+        With ``public_key``: an SSH session (``nixfarm ssh``), the same rules."""
         job = await self.jobs._readable(who, job_id)  # NotFound for whoever may not see it
         if not may_change(who, job):
             raise Forbidden(f"job {job_id} is not yours: only its owner (or an admin) may "
@@ -103,18 +123,22 @@ class ShellService:
             raise InvalidInput("a shell's command is a non-empty list of arguments",
                                field="command")
         rows, cols = check_size(rows, cols)
+        if public_key is not None:
+            public_key, command = check_public_key(public_key), None
         async with self.db.session() as s:
             s.add(ShellSession(key=key, job_id=job_id, token_id=who.token_id,
-                               state="waiting", command=command, rows=rows, cols=cols))
+                               state="waiting", command=command, rows=rows, cols=cols,
+                               public_key=public_key))
         await self.bus.publish(control_topic(job_id), b"shell")
-        log.info("shell session into job %d opened by %s", job_id, who.name)
+        log.info("%s session into job %d opened by %s",
+                 "ssh" if public_key else "shell", job_id, who.name)
 
     async def waiting(self, job_id: int) -> list[ShellRequest]:
         async with self.db.session() as s:
             rows = await s.scalars(sa.select(ShellSession).where(
                 ShellSession.job_id == job_id, ShellSession.state == "waiting"))
-            return [ShellRequest(key=r.key, command=r.command, rows=r.rows, cols=r.cols)
-                    for r in rows]
+            return [ShellRequest(key=r.key, command=r.command, rows=r.rows, cols=r.cols,
+                                 public_key=r.public_key) for r in rows]
 
     async def connect(self, job_id: int, key: str) -> None:
         """The runner connects to a waiting session of the job it holds."""

@@ -12,6 +12,7 @@ from typer._click.exceptions import ClickException
 from nixfarm.cli import builders as builders_cli
 from nixfarm.cli import cache, doctor, image, push, runner, schedules, shell, token, up, use
 from nixfarm.cli import jobs as jobs_cli
+from nixfarm.cli import ssh as ssh_cli
 from nixfarm.cli.common import Exit, err, out
 from nixfarm.errors import NixfarmError, exit_code
 
@@ -53,6 +54,9 @@ app.command("jobs")(jobs_cli.jobs)
 app.command("logs")(jobs_cli.logs)
 app.command("cancel")(jobs_cli.cancel)
 app.command("shell")(shell.shell)
+# ssh's own options (-L 8080:localhost:80, -v) pass through to ssh.
+app.command("ssh", context_settings={"ignore_unknown_options": True})(ssh_cli.ssh)
+app.command("ssh-relay", hidden=True)(ssh_cli.ssh_relay)
 app.add_typer(jobs_cli.manifest_app, name="manifest")
 app.add_typer(jobs_cli.secret_app, name="secret")
 app.add_typer(builders_cli.builder_app, name="builder")

@@ -89,3 +89,34 @@ async def pump(fd: int, shell: Shell) -> None:
             await shell.send(data)
     finally:
         loop.remove_reader(fd)
+
+
+@contextlib.asynccontextmanager
+async def open_ssh(endpoint: Endpoint, job_id: int, public_key: str
+                   ) -> AsyncIterator[tuple[Shell, str]]:
+    """An SSH session's byte stream into ``job_id``'s held sandbox, letting
+    ``public_key`` in, and the sandbox's sshd's host key (``TYPE BASE64``)."""
+    url = f"{websocket_url(endpoint.url)}/api/v1/jobs/{job_id}/shell"
+    headers = {"Authorization": f"Bearer {endpoint.token}"} if endpoint.token else {}
+    try:
+        async with connect(url, additional_headers=headers, open_timeout=30,
+                           max_size=2**20) as ws:
+            await ws.send(json.dumps({"command": None, "rows": 24, "cols": 80,
+                                      "public_key": public_key}))
+            try:
+                first = await ws.recv()
+            except ConnectionClosed:
+                first = "{}"
+            fields = json.loads(first) if isinstance(first, str) else {}
+            if not isinstance(fields, dict):
+                fields = {}
+            if "error" in fields:
+                raise error_named(str(fields.get("kind")), str(fields["error"]), endpoint.url)
+            host_key = fields.get("host_key")
+            if not isinstance(host_key, str) or len(host_key.split()) != 2:
+                raise Unavailable("the server did not say the sandbox's SSH host key",
+                                  url=endpoint.url)
+            yield Shell(ws, endpoint.url), host_key
+    except (OSError, WebSocketException) as e:
+        raise Unavailable(f"cannot open an SSH session at {endpoint.url}: {e}",
+                          url=endpoint.url) from None

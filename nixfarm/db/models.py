@@ -501,6 +501,9 @@ class ShellSession(Base):
     command: Mapped[list[str] | None] = mapped_column(sa.JSON)
     rows: Mapped[int] = mapped_column(default=24)
     cols: Mapped[int] = mapped_column(default=80)
+    #: ``nixfarm ssh``: the OpenSSH public key the runner authorises for the build
+    #: user; the session is then a byte stream to the sandbox's sshd, not a terminal.
+    public_key: Mapped[str | None] = mapped_column(sa.Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

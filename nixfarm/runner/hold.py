@@ -6,9 +6,13 @@ waiting for it. For each, the runner opens a WebSocket to the server (it needs n
 inbound port), starts a terminal in the sandbox (``Sandbox.shell``) and relays:
 binary messages are terminal bytes, JSON ones a window size (``resize``), the
 terminal's end (``exit``), or, first, whether it started (``started`` / ``error``).
+An SSH session (``nixfarm ssh``, a request with a public key) is the same relay with
+the bytes of a connection to the sandbox's sshd (``Sandbox.ssh``); ``started`` then
+carries sshd's host key, and a sandbox without sshd answers ``unsupported``.
 
 The hold ends when the server says its time is up (``release``), when the last
-session closes after at least one was opened, or when the runner stops; then the
+session closes after at least one started (not after an SSH session: ssh tools
+connect again and again), or when the runner stops; then the
 sandbox is shut down and the server told (``release``). A kept sandbox takes no slot:
 the runner goes on claiming jobs, and keeps at most as many sandboxes as it has slots
 (a job ending past that is not kept).
@@ -28,7 +32,7 @@ from websockets.exceptions import WebSocketException
 from nixfarm.errors import NixfarmError
 from nixfarm.retries import retried, runner_calls
 from nixfarm.runner.protocol import LeaseLost, RunnerClient
-from nixfarm.runner.sandbox.base import Sandbox
+from nixfarm.runner.sandbox.base import NoSsh, Sandbox
 from nixfarm.runner.sandbox.terminal import Terminal
 from nixfarm.runner.shielding import first_done, uncancelled
 from nixfarm.wire.runners import ShellRequest
@@ -40,6 +44,12 @@ async def hold(client: RunnerClient, job_id: int, sandbox: Sandbox, wait: float,
                stopping: Awaitable[object]) -> None:
     """Serve shells into ``sandbox`` until the hold ends; then shut it down."""
     sessions: dict[str, asyncio.Task[None]] = {}
+    # Sessions that started (a refused one, say for want of sshd, is not one: its user
+    # is pointed to `nixfarm shell`, which must find the sandbox). SSH tooling (scp,
+    # rsync, a few ssh commands in a row) opens one connection after another: after an
+    # SSH session the sandbox stays for the hold's whole time.
+    started: set[str] = set()
+    ssh_started: set[str] = set()
     stop = asyncio.ensure_future(stopping)
     try:
         while not stop.done():
@@ -53,7 +63,7 @@ async def hold(client: RunnerClient, job_id: int, sandbox: Sandbox, wait: float,
                 beat.cancel()
                 with contextlib.suppress(asyncio.CancelledError, NixfarmError):
                     await beat
-                if sessions and all(t.done() for t in sessions.values()):
+                if started and not ssh_started and all(t.done() for t in sessions.values()):
                     break  # the last session closed
                 continue
             try:
@@ -65,7 +75,7 @@ async def hold(client: RunnerClient, job_id: int, sandbox: Sandbox, wait: float,
             for request in answer.shells:
                 if request.key not in sessions:
                     sessions[request.key] = asyncio.create_task(
-                        _session(client, job_id, sandbox, request))
+                        _session(client, job_id, sandbox, request, started, ssh_started))
     finally:
         stop.cancel()
         for task in sessions.values():
@@ -80,17 +90,30 @@ async def hold(client: RunnerClient, job_id: int, sandbox: Sandbox, wait: float,
 
 
 async def _session(client: RunnerClient, job_id: int, sandbox: Sandbox,
-                   request: ShellRequest) -> None:
+                   request: ShellRequest, started: set[str], ssh_started: set[str]) -> None:
     url = client.shell_url(job_id, request.key)
     try:
         async with connect(url, additional_headers={"Authorization": f"Bearer {client.token}"},
                            open_timeout=30, max_size=2**20) as ws:
+            host_key = None
             try:
-                terminal = await sandbox.shell(request.command, request.rows, request.cols)
+                if request.public_key is not None:
+                    terminal, host_key = await sandbox.ssh(request.public_key)
+                else:
+                    terminal = await sandbox.shell(request.command, request.rows,
+                                                   request.cols)
+            except NoSsh as e:
+                await ws.send(json.dumps({
+                    "error": f"job {job_id} cannot take SSH: {e.message}; `nixfarm shell "
+                             f"{job_id}` opens a terminal in it", "unsupported": True}))
+                return
             except NixfarmError as e:
                 await ws.send(json.dumps({"error": e.message}))
                 return
-            await ws.send(json.dumps({"started": True}))
+            started.add(request.key)
+            if host_key is not None:
+                ssh_started.add(request.key)
+            await ws.send(json.dumps({"started": True, "host_key": host_key}))
             try:
                 await _relay(ws, terminal)
             finally:

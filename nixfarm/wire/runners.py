@@ -162,6 +162,9 @@ class ShellRequest(Wire):
     command: list[str] | None = None
     rows: int = 24
     cols: int = 80
+    #: ``nixfarm ssh``: authorise this OpenSSH public key for the build user and relay
+    #: the session's bytes to the sandbox's sshd (``command`` is then None).
+    public_key: str | None = None
 
 
 class HeartbeatResponse(Wire):

@@ -69,6 +69,11 @@ tasks:
         assert runner["accelerator"] in setup
         # The failed job's VM is kept: a shell into it sees what the failed task left.
         assert done["held_until"] is not None
+        # (Its Nix image has no sshd: nixfarm ssh says so, and names nixfarm shell.)
+        ssh = farm.cli("ssh", str(done["id"]), "--", "true", check=False)
+        assert ssh.returncode == 2, (ssh.stdout, ssh.stderr)
+        assert "has no SSH server" in ssh.stderr and f"nixfarm shell {done['id']}" \
+            in ssh.stderr, ssh.stderr
         shell = farm.cli("shell", str(done["id"]), "--", "sh", "-c",
                          "cat left.txt; id -un; exit 5", check=False)
         assert shell.returncode == 5, shell.stderr

@@ -137,6 +137,23 @@ def test_shell_true_keeps_a_successful_job_until_the_session_closes(
     assert wait_released(farm, job["id"], 10) < HOLD_MINUTES * 60
 
 
+def test_a_session_open_when_the_hold_ends_is_told_so(shell_farm: RunningFarm) -> None:
+    """The sandbox goes at the hold's end, sessions or not: an open one ends then with
+    an error (the runner's end went), never waits for an exit status forever."""
+    farm = shell_farm
+    job = wait_job(farm, submit(farm, "image: demo/latest\nshell: true\ntasks:\n"
+                                      "  - a: 'true'\n")["id"],
+                   {"success", "failed"}, seconds=120)
+    env = {**os.environ, "NIXFARM_URL": farm.url, "NIXFARM_TOKEN": farm.token}
+    started = time.monotonic()
+    done = subprocess.run([NIXFARM, "shell", str(job["id"]), "--", "sleep", "1000"],
+                          capture_output=True, text=True, env=env, timeout=HOLD_MINUTES * 60 + 90)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "ended without its command's exit status" in done.stderr, done.stderr
+    assert time.monotonic() - started < HOLD_MINUTES * 60 + 60
+    assert held(farm, job["id"]) is None
+
+
 class Screen:
     """What the terminal showed, read as it comes; ``until`` moves past each match."""
 

@@ -70,6 +70,12 @@ class SandboxError(NixfarmError):
 
 
 @dataclass
+class NoSsh(SandboxError):
+    """``Sandbox.ssh``: the sandbox has no SSH server (the bwrap sandbox, an image
+    without sshd). Its message says why, as a clause ("image X has no sshd")."""
+
+
+@dataclass
 class SandboxTimeout(SandboxError):
     """A command (or the sandbox's whole time budget) ran out of time; it was killed."""
 
@@ -256,6 +262,14 @@ class Sandbox(Protocol):
         """``argv`` (None: the build user's login shell) on a pseudo-terminal inside, as
         the build user, for ``nixfarm shell`` (see ``terminal``). Not limited by the
         spec's deadline: the caller ends it."""
+
+    async def ssh(self, public_key: str) -> tuple[Terminal, str]:
+        """A connection to an SSH server inside that lets ``public_key`` (one OpenSSH
+        public key line) in as the build user, for ``nixfarm ssh``: the connection's
+        bytes as a ``Terminal`` (``resize`` does nothing; its end is the server's),
+        and the server's public host key (``ssh-ed25519 AAAA...``), made for this
+        sandbox, the same for each session into it. The server starts on demand, here,
+        never at boot. ``NoSsh`` when the sandbox has none."""
 
     async def shutdown(self) -> None:
         """Kill every process in the sandbox and remove all its state. Idempotent."""

@@ -81,6 +81,7 @@ from nixfarm.runner.sandbox.base import (
     Lifecycle,
     LineCallback,
     NixClient,
+    NoSsh,
     SandboxError,
     SandboxSpec,
     SandboxTimeout,
@@ -100,7 +101,7 @@ from nixfarm.runner.sandbox.processes import (
     read_info,
     remove_tree,
 )
-from nixfarm.runner.sandbox.terminal import PtyTerminal
+from nixfarm.runner.sandbox.terminal import PtyTerminal, Terminal
 from nixfarm.runner.shielding import uncancelled
 
 log = logging.getLogger(__name__)
@@ -454,6 +455,13 @@ class BwrapSandbox(Lifecycle):
         environment = {**self._environment(env), "TERM": (env or {}).get("TERM", "xterm")}
         return await PtyTerminal.start(self._enter(command, BUILD_HOME), environment,
                                        rows, cols)
+
+    async def ssh(self, public_key: str) -> tuple[Terminal, str]:
+        # Not offered: the image's root (demo/latest, a Nix closure) has no sshd, and
+        # the host's would need its libraries and its privilege separation mapped in,
+        # as a non-root user in the sandbox's namespaces. ``nixfarm shell`` works here.
+        raise NoSsh("it ran in the bwrap sandbox, which has no SSH server",
+                    sandbox=self.name)
 
     async def put(
         self, path: str, data: bytes, *, mode: int = 0o644, owner: int = BUILD_UID

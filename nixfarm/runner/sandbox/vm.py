@@ -45,6 +45,7 @@ from nixfarm.runner.sandbox.base import (
     DiskImage,
     Lifecycle,
     LineCallback,
+    NoSsh,
     SandboxError,
     SandboxSpec,
     SandboxTimeout,
@@ -64,7 +65,7 @@ from nixfarm.runner.sandbox.processes import (
 )
 from nixfarm.runner.shielding import uncancelled
 from nixfarm.runner.vm import disk as job_disk
-from nixfarm.runner.vm import idmap, qemu, telnet
+from nixfarm.runner.vm import idmap, qemu, sshd, telnet
 from nixfarm.runner.vm.accel import Accelerator, probe
 from nixfarm.runner.vm.channel import AgentChannel
 from nixfarm.runner.vm.kernel import BootFiles, KernelError, boot_files
@@ -112,6 +113,7 @@ class VmSandbox(Lifecycle):
         self._channel: AgentChannel | None = None
         self._shell_ports: list[socket.socket] = []
         self._free_shells: set[int] = set()
+        self._ssh_setup = asyncio.Lock()  # one at a time: the first makes the host key
         self._deadline: float | None = None
         self._closed = False
         self._booted = False
@@ -494,6 +496,51 @@ class VmSandbox(Lifecycle):
                     (xfer / f"{run_id}.{suffix}").unlink()
 
         return TelnetTerminal(sock, done, lambda: channel.stop_shell(port), release)
+
+    async def ssh(self, public_key: str) -> tuple[TelnetTerminal, str]:
+        """The guest's sshd on a shell port, started now (``vm.sshd``)."""
+        channel, xfer = self._live()
+        if not self._free_shells:
+            raise SandboxError(f"At most {SHELL_PORTS} shells can be open into a VM at once.",
+                               sandbox=self.name)
+        setup = channel.new_id()
+        script = self._script(["/run/nixfarm/sh", "-c", sshd.SETUP, "sh", public_key], None,
+                              "/")  # fmt: skip
+        await asyncio.to_thread(self._write, xfer / f"{setup}.sh", script.encode())
+        try:
+            # Not the job's deadline (a held job's may be past): a shell's is its own.
+            async with self._ssh_setup, asyncio.timeout(sshd.SETUP_SECONDS):
+                status = await channel.call(setup, 0)
+            said = await asyncio.to_thread(_small_file, xfer / f"{setup}.out", 2000) or ""
+        except TimeoutError:
+            raise SandboxError("sshd's set-up in the VM did not finish in time.",
+                               sandbox=self.name) from None
+        finally:
+            for suffix in ("sh", "out"):
+                with contextlib.suppress(OSError):
+                    (xfer / f"{setup}.{suffix}").unlink()
+        if status == sshd.NO_SSHD:
+            raise NoSsh("its image has no SSH server (/usr/sbin/sshd; the debian images "
+                        "have one)", sandbox=self.name)
+        host_key = said.strip().splitlines()[-1] if said.strip() else ""
+        if status != 0 or not host_key.startswith("ssh-ed25519 "):
+            raise SandboxError(f"Cannot set sshd up in the VM: {' '.join(said.split())}.",
+                               sandbox=self.name)
+        run_id = channel.new_id()
+        port = self._free_shells.pop()
+        sock = self._shell_ports[port]
+        TelnetTerminal.drain(sock)
+        await channel.ssh(port, run_id)
+        done = asyncio.ensure_future(self._shell_status(xfer / f"{run_id}.status"))
+
+        def release() -> None:
+            done.cancel()
+            self._free_shells.add(port)
+            with contextlib.suppress(OSError):
+                (xfer / f"{run_id}.status").unlink()
+
+        stream = sshd.SshStream(sock, run_id, done, lambda: channel.stop_shell(port), release)
+        return stream, " ".join(host_key.split()[:2])
 
     async def _shell_status(self, path: Path) -> int:
         """A shell session's exit status, once the guest has left it in xfer/ (255 if

@@ -316,6 +316,9 @@ class PooledVm(Lifecycle):
                     env: Mapping[str, str] | None = None) -> Terminal:
         return await self.vm.shell(argv, rows, cols, env)
 
+    async def ssh(self, public_key: str) -> tuple[Terminal, str]:
+        return await self.vm.ssh(public_key)
+
     async def shutdown(self) -> None:
         if self._closed:
             return

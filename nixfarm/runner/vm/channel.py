@@ -12,6 +12,7 @@ and what ``get`` copies out.
       stop ID
       poweroff                              done ID STATUS
       shell N ID
+      ssh N ID
       shellstop N
 
     output port, guest -> host: task output as it is written, then "\\0TOKEN\\n"
@@ -186,6 +187,10 @@ class AgentChannel:
         """Start a terminal session on shell port ``port`` (its script, ``run_id``, in
         place)."""
         await self._send(f"shell {port} {run_id}")
+
+    async def ssh(self, port: int, run_id: str) -> None:
+        """Start sshd on shell port ``port`` (``vm.sshd``; set up before)."""
+        await self._send(f"ssh {port} {run_id}")
 
     async def stop_shell(self, port: int) -> None:
         with contextlib.suppress(OSError, SandboxError):

@@ -30,6 +30,9 @@ _OPTION_VERBS = range(251, 255)  # WILL, WONT, DO, DONT: one option byte follows
 #: Seconds of quiet after the session's end before its output is taken as complete
 #: (the end is told on the control port, the output comes on this one).
 SETTLE = 0.3
+#: Chunks read from the port and not yet taken by ``read``: a slow reader (the relay,
+#: waiting for the client) stops the port's reading, and so the guest's writer.
+QUEUED = 16
 
 
 def encode(data: bytes) -> bytes:
@@ -85,9 +88,15 @@ class TelnetTerminal:
         self._done = done
         self._stop = stop
         self._release = release
-        self._output: asyncio.Queue[bytes] = asyncio.Queue()
+        self._output: asyncio.Queue[bytes] = asyncio.Queue(QUEUED)
+        self._eof = False
         self._closed = False
+        self._decoder = Decoder()
         self._reader = asyncio.ensure_future(self._read())
+
+    def _decode(self, chunk: bytes) -> bytes:
+        """What of ``chunk``, read from the port, is the terminal's."""
+        return self._decoder.feed(chunk)
 
     @staticmethod
     def drain(port: socket.socket) -> None:
@@ -99,7 +108,6 @@ class TelnetTerminal:
 
     async def _read(self) -> None:
         loop = asyncio.get_running_loop()
-        decoder = Decoder()
         try:
             while True:
                 if self._done.done():
@@ -121,14 +129,18 @@ class TelnetTerminal:
                     chunk = receive.result()
                 if not chunk:
                     break
-                if data := decoder.feed(chunk):
-                    self._output.put_nowait(data)
+                if data := self._decode(chunk):
+                    await self._output.put(data)
         except OSError:
             pass
         finally:
-            self._output.put_nowait(b"")
+            self._eof = True
+            with contextlib.suppress(asyncio.QueueFull):  # then ``read`` sees _eof
+                self._output.put_nowait(b"")
 
     async def read(self) -> bytes:
+        if self._eof and self._output.empty():
+            return b""
         return await self._output.get()
 
     async def write(self, data: bytes) -> None:

@@ -4,10 +4,18 @@
 The client's first message is JSON ``{"command": [...] | null, "rows", "cols"}``; then
 binary messages are keystrokes and ``{"resize": [rows, cols]}`` a new window size.
 The server sends the terminal's output as binary messages, then ``{"exit": STATUS}``
-and closes; a refusal is ``{"error": MESSAGE, "kind": ...}`` then a close.
+and closes; a refusal is ``{"error": MESSAGE, "kind": ...}`` then a close; a close
+without either: the runner's end went (its sandbox shut down, say at the hold's end).
 
 ``/api/v1/runners/R/jobs/ID/shells/KEY`` (the runner holding the job): the other end,
 the same messages the other way round.
+
+An SSH session (``nixfarm ssh``) is the same relay carrying a byte stream: the first
+message adds ``"public_key": "ssh-ed25519 AAAA..."``; the server's first answer is
+``{"open": true, "host_key": "ssh-ed25519 AAAA..."}`` (the sandbox's sshd's key, made
+by the runner for this sandbox), then binary messages are the SSH connection's bytes
+both ways. A sandbox without sshd is refused as ``InvalidInput`` (the runner said
+``unsupported``).
 
 Flow control. The bus between the two ends is at-most-once: a subscriber that falls
 ``events.memory.QUEUE_SIZE`` messages behind loses what comes next (an exit status
@@ -32,7 +40,7 @@ from starlette.responses import Response
 
 from nixfarm.builds import shells as sh
 from nixfarm.builds.services import BuildServices
-from nixfarm.errors import NixfarmError, Unavailable
+from nixfarm.errors import InvalidInput, NixfarmError, Unavailable
 from nixfarm.events.base import Subscription
 from nixfarm.runner.shielding import first_done
 from nixfarm.scopes import JOBS_SUBMIT, RUNNER
@@ -95,6 +103,8 @@ async def _to_socket(ws: WebSocket, sub: Subscription, stop_on_exit: bool, flow:
         elif "exit" in fields and stop_on_exit:
             await ws.send_json({"exit": fields["exit"]})
             return
+        elif "gone" in fields and stop_on_exit:
+            return  # the client is told by the close without an exit status
         elif "close" in fields and not stop_on_exit:
             return
         elif "resize" in fields and not stop_on_exit:
@@ -145,10 +155,12 @@ async def user_shell(ws: WebSocket, job_id: int) -> None:
         if not isinstance(first, dict):
             first = {}
         command = first.get("command")
+        public_key = first.get("public_key")
         async with services.jobs.bus.subscribe(sh.output_topic(key)) as sub:
             await services.shells.open(
                 who, job_id, key, [str(a) for a in command] if isinstance(command, list)
-                else None, first.get("rows", 24), first.get("cols", 80))
+                else None, first.get("rows", 24), first.get("cols", 80),
+                None if public_key is None else str(public_key))
             try:
                 opened = None
                 async with asyncio.timeout(sh.CONNECT_SECONDS):
@@ -156,9 +168,13 @@ async def user_shell(ws: WebSocket, job_id: int) -> None:
                         message = await sub.get(sh.CONNECT_SECONDS)
                         if message is not None and "open" in sh.parse(message)[1]:
                             opened = sh.parse(message)[1]
+                if opened.get("error") and opened.get("unsupported"):
+                    raise InvalidInput(str(opened["error"]), field="job")
                 if opened.get("error"):
                     raise Unavailable(f"the runner could not open a shell: {opened['error']}",
                                       url="")
+                if public_key is not None:
+                    await ws.send_json({"open": True, "host_key": opened.get("host_key")})
             except TimeoutError:
                 raise Unavailable(f"job {job_id}'s runner did not answer within "
                                   f"{sh.CONNECT_SECONDS:g} s", url="") from None
@@ -186,11 +202,21 @@ async def runner_shell(ws: WebSocket, runner_id: int, job_id: int, key: str) -> 
         await services.shells.connect(job_id, key)
         async with services.jobs.bus.subscribe(sh.input_topic(key)) as sub:
             first = await ws.receive_json()  # the runner's terminal started, or not
-            error = first.get("error") if isinstance(first, dict) else None
-            await services.jobs.bus.publish(sh.output_topic(key),
-                                            sh.control(open=True, error=error))
+            if not isinstance(first, dict):
+                first = {}
+            error = first.get("error")
+            await services.jobs.bus.publish(sh.output_topic(key), sh.control(
+                open=True, error=error, unsupported=bool(first.get("unsupported")),
+                host_key=first.get("host_key")))
             if not error:
-                await _relay(ws, sub, sh.output_topic(key), services, user=False)
+                try:
+                    await _relay(ws, sub, sh.output_topic(key), services, user=False)
+                finally:
+                    # The runner's end is gone (its exit, if it had one, went first: the
+                    # sandbox may have gone with the hold): the user's stops waiting.
+                    with contextlib.suppress(Exception):
+                        await services.jobs.bus.publish(sh.output_topic(key),
+                                                        sh.control(gone=True))
     except NixfarmError as e:
         await _refuse(ws, e)
         return
