@@ -12,6 +12,7 @@ import subprocess
 import termios
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -250,11 +251,22 @@ def test_a_schedule_submits_jobs_through_the_cli(shell_farm: RunningFarm, tmp_pa
     assert bad.returncode == 2 and "has 4 fields" in bad.stderr
 
 
-def test_a_flood_of_output_reaches_a_slow_client_whole(shell_farm: RunningFarm) -> None:
+@pytest.fixture
+def long_hold_farm(tmp_path: Path) -> Iterator[RunningFarm]:
+    """A farm whose holds outlast a slow session under load (``shell_farm``'s 15 s do
+    not: the sandbox goes at the hold's end, open sessions or not)."""
+    running = RunningFarm(tmp_path / "data", free_port(),
+                          extra_env={"NIXFARM_JOBS__SHELL_HOLD_MINUTES": "10"})
+    running.start()
+    yield running
+    running.stop()
+
+
+def test_a_flood_of_output_reaches_a_slow_client_whole(long_hold_farm: RunningFarm) -> None:
     """The bus between the two WebSockets drops what a slow subscriber cannot take; the
     relay is flow-controlled so that nothing is lost: a client that stops reading
     stops the command's output (back-pressure down to its pty), then gets all of it."""
-    farm = shell_farm
+    farm = long_hold_farm
     job = wait_job(farm, submit(farm, "image: demo/latest\nshell: true\ntasks:\n"
                                       "  - a: 'true'\n")["id"],
                    {"success", "failed"}, seconds=120)
