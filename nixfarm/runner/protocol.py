@@ -25,6 +25,9 @@ from nixfarm.wire.runners import (
     FinishRequest,
     HeartbeatRequest,
     HeartbeatResponse,
+    ImageBuildOut,
+    ImageBuildsOut,
+    ImageBuildsRequest,
     LogAccepted,
     RunnerOut,
     RunnerRegister,
@@ -94,6 +97,24 @@ class RunnerClient:
     async def release(self, job_id: int) -> None:
         """The held sandbox of an ended job is gone (``builds.shells``)."""
         await self._on_job(job_id, "POST", "/release")
+
+    async def image_builds(self, after: int, wait: float) -> list[ImageBuildOut]:
+        """New builds of the images this runner offers (a long-poll of ``wait`` s)."""
+        out = await self.connection.call(
+            "POST", f"/api/v1/runners/{self.runner_id}/image-builds", ImageBuildsOut,
+            ImageBuildsRequest(after=after, wait=wait))
+        return out.builds
+
+    async def download(self, url: str, dest: Path) -> int:
+        """Stream an image build's artifact (its ``url``) into ``dest``; its size."""
+        size = 0
+        async with self.connection.stream("GET", url, follow_redirects=True,
+                                          timeout=httpx.Timeout(None, connect=10.0)) as response:
+            with dest.open("wb") as out:
+                async for chunk in response.aiter_bytes(1024 * 1024):
+                    await anyio.to_thread.run_sync(out.write, chunk)
+                    size += len(chunk)
+        return size
 
     def shell_url(self, job_id: int, key: str) -> str:
         """The WebSocket URL of a shell session into a held job's sandbox."""
