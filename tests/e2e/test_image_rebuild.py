@@ -69,10 +69,14 @@ def tiny_catalogue(where: Path, qcow2: Path | None = None,
     return recipes, qcow2.read_bytes()
 
 
-def scheduled_job(farm: RunningFarm, schedule: int, seconds: float = 120) -> dict[str, Any]:
+def scheduled_job(farm: RunningFarm, schedule: int, seconds: float = 120,
+                  after: int = 0) -> dict[str, Any]:
+    """The job schedule ``schedule`` made, of those after job ``after`` (SQLite gives a
+    deleted schedule's id to the next one)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        jobs = farm.get("/api/v1/jobs", params={"tag": f"schedule:{schedule}"}).json()["jobs"]
+        jobs = [j for j in farm.get("/api/v1/jobs", params={"tag": f"schedule:{schedule}"}
+                                    ).json()["jobs"] if j["id"] > after]
         if jobs:
             job: dict[str, Any] = jobs[-1]
             return job
@@ -213,14 +217,15 @@ def tiny_version(farm: RunningFarm) -> str:
     return logs[0].strip().splitlines()[-1]  # (after the "+ cat ..." line)
 
 
-def rebuild_once(farm: RunningFarm, manifest: str) -> dict[str, Any]:
-    """An admin's image schedule of ``manifest`` for tiny/1, fired once; its job, ended."""
+def rebuild_once(farm: RunningFarm, manifest: str, after: int = 0) -> dict[str, Any]:
+    """An admin's image schedule of ``manifest`` for tiny/1, fired once; its job (after
+    job ``after``), ended."""
     made = farm.request("POST", "/api/v1/schedules", json={
         "cron": "* * * * * */2", "manifest": manifest, "image": "tiny/1"})
     assert made.status_code == 201, made.text
     schedule = made.json()
     assert schedule["image"] == "tiny/1" and schedule["arch"] == "x86_64", schedule
-    job = scheduled_job(farm, schedule["id"])
+    job = scheduled_job(farm, schedule["id"], after=after)
     farm.cli("schedule", "delete", str(schedule["id"]))
     job = wait_job(farm, job["id"], {"success", "failed"}, seconds=240)
     assert job["status"] == "success", job_logs(farm, job)
@@ -266,7 +271,7 @@ def test_a_runner_installs_a_scheduled_build_itself_and_refuses_a_corrupt_one(
         # A build whose image is broken (same recipe): refused, the old image stays.
         corrupt = manifest.replace("environment:\n", "environment:\n  corrupt: 'yes'\n", 1)
         assert corrupt != manifest
-        bad = rebuild_once(farm, corrupt)
+        bad = rebuild_once(farm, corrupt, after=built["id"])
         said = wait_runner_build(farm, f"job {bad['id']} refused")
         assert f"build of job {built['id']}" in said["tiny/1 (x86_64)"], said
         assert "The sanity check of tiny/1" in said["tiny/1 (x86_64)"] or (
