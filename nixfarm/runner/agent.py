@@ -116,6 +116,7 @@ class Agent:
     _nix_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
     _offered: list[str] = field(default_factory=list, init=False, repr=False)
+    _builds: dict[str, str] = field(default_factory=dict, init=False, repr=False)
     #: Per job running: its task, and the list its stop reason goes into.
     _running: dict[int, tuple[asyncio.Task[JobResult], list[str]]] = field(
         default_factory=dict, init=False, repr=False)
@@ -123,6 +124,10 @@ class Agent:
     #: ``slots`` at once, and they take no slot (the runner goes on claiming).
     _holds: dict[int, asyncio.Task[None]] = field(default_factory=dict, init=False,
                                                   repr=False)
+
+    def _image_builds(self) -> dict[str, str]:
+        """Which build each installed disk image is (with image updates on)."""
+        return self.image_updates.describe() if self.image_updates is not None else {}
 
     def offered(self) -> list[str]:
         """The images this runner can run in its sandboxes (a disk image needs vm)."""
@@ -132,13 +137,13 @@ class Agent:
         """Tell the farm what this runner offers; ``refresh``: again, while it runs
         (its jobs go on)."""
         offered = await asyncio.to_thread(self.offered)
-        builds = (await asyncio.to_thread(self.image_updates.describe)
-                  if self.image_updates is not None else {})
+        builds = await asyncio.to_thread(self._image_builds)
         out = await self.client.register(RunnerRegister(
             name=self.name, arch=os.uname().machine, images=offered,
             sandboxes=list(self.sandbox_kinds), accelerator=self.accelerator, slots=self.slots,
             refresh=refresh, image_builds=builds))
-        self._offered = offered  # only once the farm knows: a failed call is tried again
+        # Only once the farm knows: a failed call is tried again.
+        self._offered, self._builds = offered, builds
         log.info("runner %s %s as %d with %d slot(s): %s", self.name,
                  "offers anew" if refresh else "registered", out.id, self.slots,
                  ", ".join(self._offered))
@@ -151,7 +156,8 @@ class Agent:
                 return
             try:
                 now = await asyncio.to_thread(self.offered)
-                if now != self._offered:
+                builds = await asyncio.to_thread(self._image_builds)
+                if now != self._offered or builds != self._builds:
                     await self.register(refresh=True)
             except Exception as e:  # tried again at the next look
                 log.warning("runner %s: cannot offer its images anew: %s", self.name, e)
