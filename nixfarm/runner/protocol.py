@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -106,9 +107,14 @@ class RunnerClient:
         return out.builds
 
     async def download(self, url: str, dest: Path) -> int:
-        """Stream an image build's artifact (its ``url``) into ``dest``; its size."""
+        """Stream an image build's artifact (its ``url``) into ``dest``; its size. Asked
+        of this runner's own server whatever host ``url`` names (the farm's public
+        ``base_url`` may not be reachable from the runner, as the embedded one's)."""
+        parts = urlsplit(url)
+        path = parts.path[max(parts.path.find("/api/"), 0):]  # (below any prefix)
+        path += f"?{parts.query}" if parts.query else ""
         size = 0
-        async with self.connection.stream("GET", url, follow_redirects=True,
+        async with self.connection.stream("GET", path, follow_redirects=True,
                                           timeout=httpx.Timeout(None, connect=10.0)) as response:
             with dest.open("wb") as out:
                 async for chunk in response.aiter_bytes(1024 * 1024):
