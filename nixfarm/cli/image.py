@@ -140,7 +140,8 @@ def check(
     builds: Builds = None,
     from_: From = None,
 ) -> None:
-    """Boot a built IMAGE, run its sanity_check and poweroff_cmd."""
+    """Boot a built IMAGE (else the one installed), run its sanity_check and
+    poweroff_cmd."""
     _check(image, arch, _home(work_dir), builds, from_)
 
 
@@ -150,6 +151,12 @@ def _check(image: str, arch: str, home: Path, builds: Path | None, from_: Path |
 
     recipe = _recipe(image, arch, recipes)
     built = from_ or imaging.build_dir(recipe, builds or home / "image-builds")
+    installed = home / "images" / (recipe.alias_of or recipe.name) / arch
+    if from_ is None and not (built / images.DISK_FILE).is_file() and (
+            installed / images.DISK_FILE).is_file():
+        # No build of this recipe here, but an image installed (say, from a job, whose
+        # build is named by its job): check that one.
+        built = installed.resolve()
     if not (built / images.DISK_FILE).is_file():
         raise typer.BadParameter(
             f"{built} holds no {images.DISK_FILE}: run `nixfarm image build {image}` first",
