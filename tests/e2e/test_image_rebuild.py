@@ -257,6 +257,16 @@ def test_a_runner_installs_a_scheduled_build_itself_and_refuses_a_corrupt_one(
         wait_runner_build(farm, "built on this machine")
         assert tiny_version(farm) == "1"
 
+        # A job that booted the old image keeps it while the new one is installed.
+        running = farm.request("POST", "/api/v1/jobs", json={"manifest": (
+            "image: tiny/1\ntasks:\n  - long: |\n      cat /etc/tiny-version\n"
+            "      sleep 90\n      cat /etc/tiny-version\n")}).json()
+        deadline = time.monotonic() + 300
+        while farm.get(f"/api/v1/jobs/{running['id']}").json()["tasks"][0]["status"] == (
+                "pending"):
+            assert time.monotonic() < deadline, "the long job never started its task"
+            time.sleep(0.3)
+
         # A rebuild: the runner fetches it, checks it, boots it and installs it.
         manifest = farm.cli("image", "manifest", "tiny/1", "--recipes", str(recipes)).stdout
         built = rebuild_once(farm, manifest)
@@ -264,6 +274,7 @@ def test_a_runner_installs_a_scheduled_build_itself_and_refuses_a_corrupt_one(
             hashlib.sha256(image).hexdigest())
         said = wait_runner_build(farm, f"build of job {built['id']}")
         assert "refused" not in said["tiny/1 (x86_64)"], said
+        assert farm.get(f"/api/v1/jobs/{running['id']}").json()["status"] == "running"
         log = farm.log.read_text()
         assert f"image tiny/1 (x86_64): installed the build of job {built['id']}" in log
         assert "image check tiny/1 (x86_64): tiny build 2" in log  # its sanity_check ran
@@ -271,6 +282,10 @@ def test_a_runner_installs_a_scheduled_build_itself_and_refuses_a_corrupt_one(
         assert (place / images.DISK_FILE).read_bytes() == image
         assert (place / images.HASH_FILE).read_text() == images.recipe_hash(recipe) + "\n"
         assert tiny_version(farm) == "2"  # the next job boots the new image
+        running = wait_job(farm, running["id"], {"success", "failed"}, seconds=300)
+        log_lines = job_logs(farm, running)[1][0].split()
+        assert running["status"] == "success", job_logs(farm, running)
+        assert [x for x in log_lines if x.isdigit() and x != "90"] == ["1", "1"], log_lines
 
         # A build whose image is broken (same recipe): refused, the old image stays.
         corrupt = manifest.replace("environment:\n", "environment:\n  corrupt: 'yes'\n", 1)
