@@ -156,6 +156,14 @@ class JobSettings(Section):
     #: hold together. 0: none, every job boots its VM.
     embedded_runner_vm_pool: int = Field(default=0, ge=0)
     embedded_runner_vm_pool_mib: int = Field(default=4096, ge=1)
+    #: That runner installs the builds of the farm's image schedules by itself (fetched,
+    #: checked, booted for the sanity check, installed atomically; docs/images.md), for
+    #: the disk images it has, when it has the ``vm`` sandbox. ``nixfarm runner``:
+    #: ``--image-updates``.
+    embedded_runner_image_updates: bool = True
+    #: The recipes those builds are checked against (a catalogue laid out as
+    #: nixfarm/images/); "": nixfarm's own.
+    embedded_runner_image_recipes: str = ""
 
 
 class KeySettings(Section):

@@ -7,6 +7,7 @@ file's base name, unique per job (the manifest checks that too).
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 from collections.abc import AsyncIterable, AsyncIterator
 
@@ -26,7 +27,7 @@ def artifact_out(artifact: Artifact, base_url: str, query: str = "") -> Artifact
     """The API view of ``artifact``, served at ``base_url`` (``query``: its job's key)."""
     url = f"{base_url}/api/v1/jobs/{artifact.job_id}/artifacts/{artifact.name}{query}"
     return ArtifactOut(name=artifact.name, path=artifact.path, size=artifact.size, url=url,
-                       created_at=artifact.created_at)
+                       created_at=artifact.created_at, sha256=artifact.sha256)
 
 
 class ArtifactService:
@@ -61,10 +62,13 @@ class ArtifactService:
             s.add(artifact)
             await s.flush()
             artifact.storage_key = f"jobs/{job_id}/artifacts/{artifact.id}"
+        digest = hashlib.sha256()
+
         async def capped() -> AsyncIterator[bytes]:
             size = 0
             async for chunk in body:
                 size += len(chunk)
+                digest.update(chunk)
                 if size > limits.artifact_bytes:
                     raise InvalidInput(f"artifact {name} is more than {limits.artifact_bytes} "
                                        "bytes, this farm's limit", field="size")
@@ -78,8 +82,8 @@ class ArtifactService:
             raise
         async with self.db.session() as s:
             await s.execute(sa.update(Artifact).where(Artifact.id == artifact.id)
-                            .values(size=info.size))
-        artifact.size = info.size
+                            .values(size=info.size, sha256=digest.hexdigest()))
+        artifact.size, artifact.sha256 = info.size, digest.hexdigest()
         return self._out(artifact)
 
     async def open(self, job_id: int, name: str) -> tuple[ArtifactOut, ObjectStream]:

@@ -249,9 +249,12 @@ class JobService:
         return images, arches
 
     async def submit(self, who: Principal, body: JobSubmit, group_id: int | None = None,
-                     *, release: bool = False, pool: str | None = None) -> JobOut:
+                     *, release: bool = False, pool: str | None = None,
+                     rebuilds: tuple[str, str] | None = None) -> JobOut:
         """Queue (or, not ``execute``, keep pending) a job. ``release``: it targets a
-        builder pool (``pool``, or the first that takes it; ``poolmatch``)."""
+        builder pool (``pool``, or the first that takes it; ``poolmatch``).
+        ``rebuilds``: the (image, arch) an admin's image schedule rebuilds with it
+        (``schedules``; never from the API)."""
         manifest, secret_ids = await self._decide(who, body.manifest, body.secrets)
         for tag in body.tags:
             if not tag or len(tag) > 128 or not tag.isprintable():
@@ -270,6 +273,8 @@ class JobService:
                 task_names=[t.name for t in manifest.tasks], triggers=triggers,
                 queued=body.execute)
             job.group_id = group_id
+            if rebuilds is not None:
+                job.rebuilds_image, job.rebuilds_arch = rebuilds
             await s.flush()  # its tags, for the pools' conditions
             job.pool = await poolmatch.reserved_pool(s, self.settings.builders.pools, job,
                                                      release=release, named=pool)

@@ -59,7 +59,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from nixfarm.builds import poolmatch
 from nixfarm.builds import secrets as secrets_mod
-from nixfarm.builds.artifacts import ArtifactService
+from nixfarm.builds.artifacts import ArtifactService, artifact_out
 from nixfarm.builds.jobs import QUEUED_TOPIC, JobService, control_topic
 from nixfarm.builds.shells import ShellService
 from nixfarm.config import PoolSettings
@@ -72,6 +72,7 @@ from nixfarm.events.base import Subscription
 from nixfarm.manifest import load_manifest
 from nixfarm.masking import Masker
 from nixfarm.scopes import ADMIN, cache_scope
+from nixfarm.storage.base import ObjectStream
 from nixfarm.tokens import Principal, TokenService
 from nixfarm.wire.jobs import FINAL_STATUSES, ArtifactOut, JobOut
 from nixfarm.wire.runners import (
@@ -79,6 +80,7 @@ from nixfarm.wire.runners import (
     CacheGrant,
     FinishRequest,
     HeartbeatResponse,
+    ImageBuildOut,
     JobLimits,
     LogAccepted,
     RunnerOut,
@@ -92,6 +94,11 @@ RUNNER_LOST = "runner lost"
 _CANDIDATES = 20
 #: How many times a job may run: one re-run after an interruption or a lost boot.
 MAX_RUNS = 2
+#: Published when a job of an admin's image schedule succeeds: runners' image-builds
+#: long-polls answer at once (docs/images.md, "Runners install new builds").
+IMAGES_TOPIC = "images.built"
+#: The artifacts an image build leaves (``nixfarm.images`` DISK_FILE, HASH_FILE).
+IMAGE_ARTIFACTS = ("root.img.qcow2", "recipe.sha256")
 
 
 
@@ -135,6 +142,7 @@ class RunnerService:
         return RunnerOut(id=runner.id, name=runner.name, arch=runner.arch,
                          images=runner.images, sandboxes=runner.sandboxes,
                          accelerator=runner.accelerator, slots=runner.slots,
+                         image_builds=runner.image_builds or {},
                          lease_seconds=self.settings.jobs.lease_seconds,
                          heartbeat_wait=self.heartbeat_wait, last_seen_at=runner.last_seen_at)
 
@@ -157,6 +165,7 @@ class RunnerService:
             runner.arch, runner.images, runner.sandboxes = body.arch, body.images, body.sandboxes
             runner.slots, runner.version, runner.last_seen_at = body.slots, body.version, utcnow()
             runner.accelerator = body.accelerator
+            runner.image_builds = {k[:128]: v[:1000] for k, v in body.image_builds.items()}
             await s.flush()
         self._runner_tokens[runner.id] = who.token_id
         log.info("runner %d (%s) registered: %s", runner.id, body.name, ", ".join(body.images))
@@ -514,7 +523,67 @@ class RunnerService:
         if ended:
             log.info("job %d ended %s on runner %d", job_id, status, runner_id)
             await self.jobs.ended(job_id)
+            if final == "success":
+                async with self.db.session() as s:
+                    rebuilt = await s.scalar(sa.select(Job.rebuilds_image)
+                                             .where(Job.id == job_id))
+                if rebuilt is not None:
+                    await self.bus.publish(IMAGES_TOPIC, str(job_id).encode())
         return await self.jobs.view(job_id)
+
+    # --- image builds ------------------------------------------------------------
+
+    async def image_builds(self, who: Principal, runner_id: int, after: int, wait: float,
+                           gone: Callable[[], bool] = lambda: False) -> list[ImageBuildOut]:
+        """The latest build of each image the runner offers, of jobs after ``after``;
+        waiting up to ``wait`` seconds for one (woken by ``IMAGES_TOPIC``; the database
+        is asked again only then, or at the end)."""
+        runner = await self._runner(who, runner_id)
+        deadline = time.monotonic() + wait
+        async with self.bus.subscribe(IMAGES_TOPIC) as sub:
+            while True:
+                found = await self._image_builds(runner, after)
+                if found or gone():
+                    return found
+                while (remaining := deadline - time.monotonic()) > 0 and not gone():
+                    # A second at a time only to notice the runner hanging up.
+                    if await sub.get(min(remaining, 1.0)) is not None:
+                        break
+                else:
+                    return await self._image_builds(runner, after)
+
+    async def _image_builds(self, runner: Runner, after: int) -> list[ImageBuildOut]:
+        async with self.db.session() as s:
+            jobs = list(await s.scalars(
+                sa.select(Job).where(Job.rebuilds_image.in_(runner.images),
+                                     Job.status == "success", Job.id > after)
+                .order_by(Job.id.desc()).limit(50)))
+            latest: dict[tuple[str, str], Job] = {}
+            for job in jobs:
+                latest.setdefault((job.rebuilds_image or "", job.rebuilds_arch or ""), job)
+            out = []
+            for (image, arch), job in sorted(latest.items()):
+                artifacts = [a for a in await q.artifacts_of(s, job.id)
+                             if a.name in IMAGE_ARTIFACTS]
+                views = [artifact_out(a, self.settings.base_url).model_copy(update={
+                    "url": f"{self.settings.base_url}/api/v1/runners/{runner.id}"
+                           f"/image-builds/{job.id}/{a.name}"}) for a in artifacts]
+                out.append(ImageBuildOut(image=image, arch=arch, job_id=job.id,
+                                         finished_at=job.finished_at or job.created_at,
+                                         artifacts=views))
+        return out
+
+    async def image_artifact(self, who: Principal, runner_id: int, job_id: int, name: str
+                             ) -> tuple[ArtifactOut, ObjectStream]:
+        """An artifact of an image build this runner may install (see image_builds)."""
+        runner = await self._runner(who, runner_id)
+        async with self.db.session() as s:
+            job = await s.get(Job, job_id)
+        if (job is None or job.rebuilds_image is None or job.status != "success"
+                or job.rebuilds_image not in runner.images or name not in IMAGE_ARTIFACTS):
+            raise NotFound(f"Job {job_id} is no image build of runner {runner_id}'s.",
+                           kind="artifact", name=name)
+        return await self.artifacts.open(job_id, name)
 
     # --- expiry ------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ from croniter import CroniterError, croniter
 
 from nixfarm.builds.jobs import JobService, is_admin
 from nixfarm.db.models import Schedule, utcnow
-from nixfarm.errors import InvalidInput, NixfarmError, NotFound
+from nixfarm.errors import Forbidden, InvalidInput, NixfarmError, NotFound
 from nixfarm.tokens import Principal, TokenService
 from nixfarm.wire.jobs import JobSubmit
 from nixfarm.wire.schedules import ScheduleCreate, ScheduleOut
@@ -73,6 +73,14 @@ def parse_cron(expression: str) -> str:
     return text
 
 
+def _image_name(image: str) -> None:
+    """InvalidInput unless ``image`` looks like a catalogue image, ``distro/release``."""
+    distro, _, release = image.partition("/")
+    if not distro or not release or "/" in release or not image.isprintable() or " " in image:
+        raise InvalidInput(f"image {image!r} is not a catalogue image (distro/release)",
+                           field="image")
+
+
 def due_slot(cron: str, now: datetime) -> datetime:
     """The latest slot of ``cron`` at or before ``now``."""
     slot: datetime = croniter(cron, now + timedelta(microseconds=1)).get_prev(datetime)
@@ -98,16 +106,26 @@ class ScheduleService:
         return ScheduleOut(id=s.id, cron=s.cron, note=s.note, owner=s.owner_name,
                            created_at=s.created_at, last_slot=s.last_slot,
                            next_at=next_slot(s.cron, max(s.last_slot, self.clock())),
-                           last_job_id=s.last_job_id, last_error=s.last_error)
+                           last_job_id=s.last_job_id, last_error=s.last_error,
+                           image=s.image, arch=s.image_arch)
 
     async def create(self, who: Principal, body: ScheduleCreate) -> ScheduleOut:
         cron = parse_cron(body.cron)
+        if body.image is not None:
+            _image_name(body.image)
+            if not is_admin(who):
+                # Runners install what an image rebuild's jobs leave: only an admin may
+                # make one (a jobs:submit token could otherwise ship any disk image).
+                raise Forbidden("Only an admin may schedule an image rebuild (runners "
+                                "install what its jobs build).")
         await self.jobs.check(who, body.manifest)  # refused now, not at 3 in the morning
         now = self.clock()
         async with self.db.session() as s:
             schedule = Schedule(owner_id=who.token_id, owner_name=who.name, cron=cron,
                                 manifest=body.manifest, note=body.note,
-                                last_slot=due_slot(cron, now), created_at=now)
+                                last_slot=due_slot(cron, now), created_at=now,
+                                image=body.image,
+                                image_arch=body.arch if body.image is not None else None)
             s.add(schedule)
             await s.flush()
             out = self._out(schedule)
@@ -179,8 +197,15 @@ class ScheduleService:
         body = JobSubmit(manifest=schedule.manifest, tags=[f"{TAG}:{schedule.id}"],
                          note=schedule.note or f"schedule {schedule.id} ({schedule.cron}), "
                                                f"slot {slot:%Y-%m-%d %H:%M:%S} UTC")
+        rebuilds = None
+        if schedule.image is not None:
+            if not is_admin(who):  # (its token was made an admin's; checked again)
+                error = "an image rebuild's jobs are submitted by an admin's token only"
+                log.warning("schedule %d: slot %s made no job: %s", schedule.id, slot, error)
+                return None, error
+            rebuilds = (schedule.image, schedule.image_arch or "x86_64")
         try:
-            job = await self.jobs.submit(who, body)
+            job = await self.jobs.submit(who, body, rebuilds=rebuilds)
         except NixfarmError as e:
             log.warning("schedule %d: slot %s made no job: %s", schedule.id, slot, e.message)
             return None, e.message

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -142,7 +140,8 @@ def check(
     builds: Builds = None,
     from_: From = None,
 ) -> None:
-    """Boot a built IMAGE, run its sanity_check and poweroff_cmd."""
+    """Boot a built IMAGE (else the one installed), run its sanity_check and
+    poweroff_cmd."""
     _check(image, arch, _home(work_dir), builds, from_)
 
 
@@ -152,6 +151,12 @@ def _check(image: str, arch: str, home: Path, builds: Path | None, from_: Path |
 
     recipe = _recipe(image, arch, recipes)
     built = from_ or imaging.build_dir(recipe, builds or home / "image-builds")
+    installed = home / "images" / (recipe.alias_of or recipe.name) / arch
+    if from_ is None and not (built / images.DISK_FILE).is_file() and (
+            installed / images.DISK_FILE).is_file():
+        # No build of this recipe here, but an image installed (say, from a job, whose
+        # build is named by its job): check that one.
+        built = installed.resolve()
     if not (built / images.DISK_FILE).is_file():
         raise typer.BadParameter(
             f"{built} holds no {images.DISK_FILE}: run `nixfarm image build {image}` first",
@@ -201,7 +206,9 @@ def install(
     else:
         built = from_ or imaging.build_dir(recipe, builds or home / "image-builds")
     try:
-        place = images.install(built, recipe, home / "images")
+        # A job's build keeps its own name (by its job): see images.install.
+        place = images.install(built, recipe, home / "images",
+                               name=built.name if from_job is not None else None)
     except (OSError, NixfarmError) as e:
         err.print(
             f"error: cannot install {image}: {getattr(e, 'message', None) or e}", markup=False
@@ -230,16 +237,19 @@ def schedule(
     data_dir: DataDir = None,
 ) -> None:
     """Rebuild IMAGE as a job at each slot of --cron (its `image manifest`, as a
-    scheduled job); print the schedule's id. Runners install each build with
-    `nixfarm image install IMAGE --from-job JOB`."""
+    scheduled job; an admin's token); print the schedule's id. Runners with image
+    updates on install each build themselves; others with `nixfarm image install
+    IMAGE --from-job JOB`."""
     from nixfarm.client.api import Client
     from nixfarm.client.schedules import SchedulesClient
     from nixfarm.wire.schedules import ScheduleCreate, ScheduleOut
 
     recipe = _recipe(image, arch, recipes)
     text = _rebuild_manifest(recipe)
+    # An image rebuild (admins only): runners install what its jobs build themselves.
     body = ScheduleCreate(cron=cron, manifest=text,
-                          note=f"rebuild {recipe.alias_of or recipe.name} ({arch})")
+                          note=f"rebuild {recipe.alias_of or recipe.name} ({arch})",
+                          image=recipe.alias_of or recipe.name, arch=arch)
 
     async def work(c: Client) -> ScheduleOut:
         return await SchedulesClient(c).create(body)
@@ -274,50 +284,30 @@ def _job_reference(job: str, url: str | None) -> tuple[int, str | None]:
 def _fetch_job_image(job: str, recipe: images.Recipe, builds: Path, url: str | None,
                      token: str | None, data_dir: str | None) -> Path:
     """Download the image job ``job`` built into a build directory under ``builds``
-    (named by the recipe hash the job built); return that directory."""
+    (named by the recipe hash the job built and the job); return that directory. The
+    same code a runner runs for a scheduled build (``imaging.fetch_job_build``)."""
     from nixfarm.client.api import Client
     from nixfarm.client.jobs import JobsClient
-    from nixfarm.images import DISK_FILE, HASH_FILE
+    from nixfarm.runner import imaging
 
     job_id, url = _job_reference(job, url)
-    builds.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".job-{job_id}-", dir=builds))
 
-    async def work(c: Client) -> int:
+    async def work(c: Client) -> tuple[Path, str]:
         jobs = JobsClient(c)
         found = await jobs.get(job_id)
         if found.status != "success":
             raise images.ImageError(f"Job {job_id} is {found.status}: only a job that "
                                     f"succeeded has an image to install.")
-        named = {a.name: a for a in found.artifacts}
-        missing = [name for name in (DISK_FILE, HASH_FILE) if name not in named]
-        if missing:
-            raise images.ImageError(f"Job {job_id} has no artifact {' or '.join(missing)}: "
-                                    f"it did not build an image (see its distro's build.yml).")
-        await jobs.download(named[HASH_FILE].url, staging / HASH_FILE)
-        size = await jobs.download(named[DISK_FILE].url, staging / DISK_FILE)
-        if size != named[DISK_FILE].size:
-            raise images.ImageError(f"{DISK_FILE} of job {job_id} came short: {size} of "
-                                    f"{named[DISK_FILE].size} bytes.")
-        return size
+        return await imaging.fetch_job_build(
+            job_id, found.finished_at, {a.name: a for a in found.artifacts}, recipe, builds,
+            jobs.download, same_recipe=False)
 
-    try:
-        size = with_client(url, token, data_dir, work)
-        digest = (staging / HASH_FILE).read_text().strip()
-        if not re.fullmatch(r"[0-9a-f]{32}", digest):
-            err.print(f"error: job {job_id}'s {HASH_FILE} is not a recipe hash", markup=False)
-            raise typer.Exit(1)
-        target = builds / recipe.build_name(digest)
-        if not (target / DISK_FILE).is_file():
-            shutil.rmtree(target, ignore_errors=True)
-            staging.chmod(0o755)  # qemu, as an unprivileged user, opens the image in it
-            staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    target, digest = with_client(url, token, data_dir, work)
     if digest != images.recipe_hash(recipe):
         err.print(f"note: job {job_id} built {recipe.name} from another recipe ({digest}) "
                   f"than this machine's ({images.recipe_hash(recipe)}); `image list` will "
                   f"say so", markup=False)
+    size = (target / images.DISK_FILE).stat().st_size
     err.print(f"fetched {recipe.name} from job {job_id} into {target} ({size} bytes)",
               markup=False)
     return target

@@ -91,6 +91,14 @@ def runner(
     vm_pool_memory: Annotated[int, typer.Option(
         help="MiB of guest RAM the pool's VMs may hold together (each counted at its "
              "job's memory limit).", min=1)] = 4096,
+    image_updates: Annotated[bool, typer.Option(
+        help="Install the builds of the farm's image schedules by itself: each new build "
+             "of a disk image installed here is fetched, checked against this machine's "
+             "recipe, booted for its sanity_check and installed (needs vm; "
+             "docs/images.md).")] = False,
+    image_recipes: Annotated[Path | None, typer.Option(
+        help="The recipes --image-updates checks builds against (default: nixfarm's "
+             "own).")] = None,
 ) -> None:
     """Claim jobs from the farm and run them in sandboxes, until interrupted."""
     # A token on the command line is in /proc/PID/cmdline for every local user to
@@ -100,7 +108,9 @@ def runner(
     token = _read_token(token_file, token)
     from nixfarm import prerequisites
     from nixfarm.client.api import resolve
+    from nixfarm.images import RECIPES
     from nixfarm.runner.agent import Agent
+    from nixfarm.runner.imageupdates import ImageUpdater
     from nixfarm.runner.nixd import NOT_ROOT, NixDaemon
     from nixfarm.runner.protocol import RunnerClient
     from nixfarm.runner.roots import Catalogue, Images
@@ -142,7 +152,14 @@ def runner(
                       work_root=home / "jobs", nix=daemon,
                       new_sandbox=choice.new_sandbox,
                       sandbox_kinds=choice.kinds, accelerator=choice.accelerator,
-                      local_sources=list(local_source or []))
+                      local_sources=list(local_source or []),
+                      image_updates=ImageUpdater(
+                          client, home / "images", home / "image-builds",
+                          recipes=image_recipes or RECIPES, vm_dir=home / "vm")
+                      if image_updates and "vm" in choice.kinds else None)
+        if image_updates and "vm" not in choice.kinds:
+            err.print("nixfarm runner: --image-updates needs the vm sandbox (a build is "
+                      "booted for its sanity check): off", markup=False)
         stops: list[asyncio.Task[None]] = []
 
         def on_signal(signum: int) -> None:

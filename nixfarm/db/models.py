@@ -232,6 +232,8 @@ class Runner(Base):
     sandboxes: Mapped[list[str]] = mapped_column(sa.JSON)
     #: How its VMs run (kvm, tcg); "" without VMs.
     accelerator: Mapped[str] = mapped_column(sa.String(32), default="")
+    #: Per installed disk image, its build (job, date) and the last new build's fate.
+    image_builds: Mapped[dict[str, str] | None] = mapped_column(sa.JSON)
     slots: Mapped[int] = mapped_column()
     version: Mapped[str] = mapped_column(sa.String(64), default="")
     registered_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -281,6 +283,11 @@ class Job(Base):
     queued_at: Mapped[datetime | None] = mapped_column()
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
+    #: The catalogue image (and its arch) this job rebuilds: set only by the server, for a
+    #: job of an image schedule an admin made (``builds.schedules``); runners install what
+    #: such a job built (``builds.runners``). Never from a submitted manifest.
+    rebuilds_image: Mapped[str | None] = mapped_column(sa.String(128), index=True)
+    rebuilds_arch: Mapped[str | None] = mapped_column(sa.String(32))
     #: Until when its runner keeps the ended job's sandbox for ``nixfarm shell`` (a
     #: failed job, or ``shell: true``); None: not held. Cleared when the sandbox goes.
     held_until: Mapped[datetime | None] = mapped_column()
@@ -326,6 +333,8 @@ class Artifact(Base):
     size: Mapped[int] = mapped_column(sa.BigInteger)
     storage_key: Mapped[str] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: SHA-256 of the bytes as uploaded (hex); None for artifacts older than it.
+    sha256: Mapped[str | None] = mapped_column(sa.String(64))
 
 
 class Trigger(Base):
@@ -526,6 +535,10 @@ class Schedule(Base):
     #: Why the last slot made no job (the manifest no longer accepted, the token gone).
     last_error: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: An image rebuild (``nixfarm image schedule``, admins only): the catalogue image and
+    #: arch its jobs build; runners install their artifacts (docs/images.md).
+    image: Mapped[str | None] = mapped_column(sa.String(128))
+    image_arch: Mapped[str | None] = mapped_column(sa.String(32))
 
 
 class BuilderLease(Base):

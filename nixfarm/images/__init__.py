@@ -42,6 +42,9 @@ DISK_FILE = "root.img.qcow2"
 FUNCTIONS = "functions"
 HASH_FILE = "recipe.sha256"
 BUILDS = ".builds"
+#: In a build made by a job (``nixfarm image install --from-job``, a runner installing a
+#: scheduled build): "JOB_ID FINISHED_AT" (ISO 8601, UTC), which job built it and when.
+BUILD_JOB_FILE = "build-job"
 DEFAULT_ARCH = "x86_64"
 Kind = Literal["root", "disk", "nix"]
 #: The sandboxes each kind of image can run in.
@@ -196,12 +199,15 @@ def aliases_of(release_dir: Path) -> list[Path]:
             if p.is_symlink() and os.readlink(p) == release_dir.name]  # fmt: skip
 
 
-def install(built: Path, recipe: Recipe, catalogue: Path) -> Path:
+def install(built: Path, recipe: Recipe, catalogue: Path, name: str | None = None) -> Path:
     """Install the image built at ``built`` (holding ``root.img.qcow2``) into the
     runner catalogue ``catalogue`` atomically; return its place there.
 
-    The recipe's ``image.toml`` and ``functions`` go with it, and its aliases as
-    symlinks. The previous build of the same image is removed once nothing names it.
+    The recipe's ``image.toml`` and ``functions`` go with it, ``BUILD_JOB_FILE`` (which
+    job built it) if ``built`` has one, and its aliases as symlinks. ``name``: the
+    build's name in the catalogue (default: by its recipe hash; a job's build is named
+    by its job too, as a rebuild of an unchanged recipe is a new image). The previous
+    build of the same image is removed once nothing names it.
     """
     disk = built / DISK_FILE
     if not disk.is_file():
@@ -214,16 +220,18 @@ def install(built: Path, recipe: Recipe, catalogue: Path) -> Path:
     )
     store = catalogue / BUILDS
     store.mkdir(parents=True, exist_ok=True)
-    target = store / recipe.build_name(digest)
+    target = store / (name or recipe.build_name(digest))
     if not target.exists():
         staging = store / f".{target.name}.{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
         try:
             _link_or_copy(disk, staging / DISK_FILE)
-            for name in ("image.toml", FUNCTIONS):
-                if (recipe.directory / name).is_file():
-                    shutil.copy2(recipe.directory / name, staging / name)
+            for file in ("image.toml", FUNCTIONS):
+                if (recipe.directory / file).is_file():
+                    shutil.copy2(recipe.directory / file, staging / file)
+            if (built / BUILD_JOB_FILE).is_file():
+                shutil.copy2(built / BUILD_JOB_FILE, staging / BUILD_JOB_FILE)
             (staging / HASH_FILE).write_text(digest + "\n")
             staging.rename(target)
         except BaseException:

@@ -45,6 +45,7 @@ from nixfarm.manifest import manifest_from_data
 from nixfarm.retries import retried, runner_calls
 from nixfarm.runner.cachepush import pusher
 from nixfarm.runner.hold import hold
+from nixfarm.runner.imageupdates import ImageUpdater
 from nixfarm.runner.logship import LogShipper
 from nixfarm.runner.nixd import NixDaemon
 from nixfarm.runner.protocol import LeaseLost, RunnerClient
@@ -109,9 +110,13 @@ class Agent:
     nix: NixDaemon | None = None
     #: Roots under which ``file://`` sources may be cloned from.
     local_sources: Sequence[Path] = ()
+    #: Installs the builds of the farm's image schedules (``imageupdates``); None: the
+    #: runner's operator installs images (``nixfarm image install``).
+    image_updates: ImageUpdater | None = None
     _nix_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
     _offered: list[str] = field(default_factory=list, init=False, repr=False)
+    _builds: dict[str, str] = field(default_factory=dict, init=False, repr=False)
     #: Per job running: its task, and the list its stop reason goes into.
     _running: dict[int, tuple[asyncio.Task[JobResult], list[str]]] = field(
         default_factory=dict, init=False, repr=False)
@@ -119,6 +124,10 @@ class Agent:
     #: ``slots`` at once, and they take no slot (the runner goes on claiming).
     _holds: dict[int, asyncio.Task[None]] = field(default_factory=dict, init=False,
                                                   repr=False)
+
+    def _image_builds(self) -> dict[str, str]:
+        """Which build each installed disk image is (with image updates on)."""
+        return self.image_updates.describe() if self.image_updates is not None else {}
 
     def offered(self) -> list[str]:
         """The images this runner can run in its sandboxes (a disk image needs vm)."""
@@ -128,11 +137,13 @@ class Agent:
         """Tell the farm what this runner offers; ``refresh``: again, while it runs
         (its jobs go on)."""
         offered = await asyncio.to_thread(self.offered)
+        builds = await asyncio.to_thread(self._image_builds)
         out = await self.client.register(RunnerRegister(
             name=self.name, arch=os.uname().machine, images=offered,
             sandboxes=list(self.sandbox_kinds), accelerator=self.accelerator, slots=self.slots,
-            refresh=refresh))
-        self._offered = offered  # only once the farm knows: a failed call is tried again
+            refresh=refresh, image_builds=builds))
+        # Only once the farm knows: a failed call is tried again.
+        self._offered, self._builds = offered, builds
         log.info("runner %s %s as %d with %d slot(s): %s", self.name,
                  "offers anew" if refresh else "registered", out.id, self.slots,
                  ", ".join(self._offered))
@@ -145,7 +156,8 @@ class Agent:
                 return
             try:
                 now = await asyncio.to_thread(self.offered)
-                if now != self._offered:
+                builds = await asyncio.to_thread(self._image_builds)
+                if now != self._offered or builds != self._builds:
                     await self.register(refresh=True)
             except Exception as e:  # tried again at the next look
                 log.warning("runner %s: cannot offer its images anew: %s", self.name, e)
@@ -160,6 +172,9 @@ class Agent:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._watch_images())
+                if self.image_updates is not None:
+                    group.create_task(self.image_updates.run(
+                        self._stopping, lambda: self.register(refresh=True)))
                 for slot in range(self.slots):
                     group.create_task(self._slot(slot))
         finally:

@@ -15,10 +15,11 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-from nixfarm import draining
+from nixfarm import draining, images
 from nixfarm.config import Settings
 from nixfarm.datadir import RUNNER_TOKEN, read_token
 from nixfarm.runner.agent import Agent
+from nixfarm.runner.imageupdates import ImageUpdater
 from nixfarm.runner.nixd import NixDaemon
 from nixfarm.runner.protocol import RunnerClient
 from nixfarm.runner.roots import Catalogue, Images
@@ -74,7 +75,14 @@ async def serve(settings: Settings) -> None:
                       # stops, and our own claims would hold its shutdown up.
                       claim_wait=2.0, nix=NixDaemon(
                           home, dict(settings.nix_options),
-                          farm_urls=[url, settings.base_url]))
+                          farm_urls=[url, settings.base_url]),
+                      image_updates=ImageUpdater(
+                          client, home / "images", home / "image-builds",
+                          recipes=Path(settings.jobs.embedded_runner_image_recipes
+                                       or images.RECIPES),
+                          vm_dir=home / "vm")
+                      if settings.jobs.embedded_runner_image_updates
+                      and "vm" in sandbox.kinds else None)
         serving = asyncio.create_task(agent.serve())
         asked = asyncio.create_task(stopping.wait())
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -25,6 +26,9 @@ from nixfarm.wire.runners import (
     FinishRequest,
     HeartbeatRequest,
     HeartbeatResponse,
+    ImageBuildOut,
+    ImageBuildsOut,
+    ImageBuildsRequest,
     LogAccepted,
     RunnerOut,
     RunnerRegister,
@@ -94,6 +98,29 @@ class RunnerClient:
     async def release(self, job_id: int) -> None:
         """The held sandbox of an ended job is gone (``builds.shells``)."""
         await self._on_job(job_id, "POST", "/release")
+
+    async def image_builds(self, after: int, wait: float) -> list[ImageBuildOut]:
+        """New builds of the images this runner offers (a long-poll of ``wait`` s)."""
+        out = await self.connection.call(
+            "POST", f"/api/v1/runners/{self.runner_id}/image-builds", ImageBuildsOut,
+            ImageBuildsRequest(after=after, wait=wait))
+        return out.builds
+
+    async def download(self, url: str, dest: Path) -> int:
+        """Stream an image build's artifact (its ``url``) into ``dest``; its size. Asked
+        of this runner's own server whatever host ``url`` names (the farm's public
+        ``base_url`` may not be reachable from the runner, as the embedded one's)."""
+        parts = urlsplit(url)
+        path = parts.path[max(parts.path.find("/api/"), 0):]  # (below any prefix)
+        path += f"?{parts.query}" if parts.query else ""
+        size = 0
+        async with self.connection.stream("GET", path, follow_redirects=True,
+                                          timeout=httpx.Timeout(None, connect=10.0)) as response:
+            with dest.open("wb") as out:
+                async for chunk in response.aiter_bytes(1024 * 1024):
+                    await anyio.to_thread.run_sync(out.write, chunk)
+                    size += len(chunk)
+        return size
 
     def shell_url(self, job_id: int, key: str) -> str:
         """The WebSocket URL of a shell session into a held job's sandbox."""

@@ -93,7 +93,9 @@ class Catalogue:
         """The built root of ``entry``, running its ``genimg`` the first time."""
         if entry.kind == "disk":
             assert entry.disk is not None, entry
-            return entry.disk
+            # The build itself (the catalogue's symlink resolved): a VM pool keys its warm
+            # VMs by this path, and a new build installed must not get an old one's VM.
+            return await asyncio.to_thread(entry.disk.resolve)
         root = self.built_dir / entry.name / entry.arch / "root"
         lock = self._locks.setdefault((entry.name, entry.arch), asyncio.Lock())
         genimg = entry.genimg

@@ -69,6 +69,8 @@ class ArtifactOut(Wire):
     size: int
     url: str
     created_at: datetime
+    #: SHA-256 (hex) of the bytes the runner uploaded; None for older artifacts.
+    sha256: str | None = None
 
 
 class DeliveryOut(Wire):

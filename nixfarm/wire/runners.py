@@ -40,7 +40,7 @@ from typing import Literal
 from pydantic import Field
 
 from nixfarm.wire.base import Int32, Wire
-from nixfarm.wire.jobs import SecretKind
+from nixfarm.wire.jobs import ArtifactOut, SecretKind
 
 #: The largest log chunk a runner may send at once.
 MAX_LOG_CHUNK = 1024 * 1024
@@ -62,6 +62,9 @@ class RunnerRegister(Wire):
     #: True: the same runner, still running, offers anew (say, an image was installed):
     #: its jobs go on. False: it (re)starts, and jobs the server thinks it runs ended.
     refresh: bool = False
+    #: Per installed disk image, which build it is and how the last new build went
+    #: ("build of job 12, 2026-12-03 17:20 UTC"; "job 14 refused: ..."), for people.
+    image_builds: dict[str, str] = Field(default={}, max_length=256)
 
 
 class RunnerOut(Wire):
@@ -72,6 +75,8 @@ class RunnerOut(Wire):
     sandboxes: list[str]
     #: How its VMs run: ``kvm``, ``tcg`` (software emulation), or "" (no VMs).
     accelerator: str = ""
+    #: Per installed disk image: its build and the last new build's fate (see register).
+    image_builds: dict[str, str] = {}
     slots: int
     #: A job whose runner is silent this long is taken from it.
     lease_seconds: float
@@ -205,3 +210,28 @@ class FinishRequest(Wire):
     failed_step: str | None = None
     #: The runner keeps the job's sandbox for shells (``Assignment.shell_hold_seconds``).
     held: bool = False
+
+
+class ImageBuildsRequest(Wire):
+    """POST /api/v1/runners/ID/image-builds (runner): the latest image build of each
+    image this runner offers whose job is newer than ``after``; when there is none, the
+    server holds the call up to ``wait`` seconds for one (bus topic ``images.built``)."""
+
+    after: int = Field(default=0, ge=0)
+    wait: float = Field(default=30.0, ge=0, le=60)
+
+
+class ImageBuildOut(Wire):
+    """An image an admin's image schedule rebuilt (a job that succeeded): runners that
+    serve ``image`` fetch its artifacts (``url``: the runner's own route), check and
+    install it (docs/images.md, "Runners install new builds")."""
+
+    image: str
+    arch: str
+    job_id: int
+    finished_at: datetime
+    artifacts: list[ArtifactOut]
+
+
+class ImageBuildsOut(Wire):
+    builds: list[ImageBuildOut]

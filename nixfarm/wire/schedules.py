@@ -17,6 +17,10 @@ class ScheduleCreate(Wire):
         "seconds, may follow."))
     manifest: str = Field(description="The manifest's YAML text.")
     note: str | None = Field(default=None, max_length=4096)
+    #: An image rebuild (``nixfarm image schedule``; admin only): the catalogue image its
+    #: jobs build. Runners that serve it install each successful job's image.
+    image: str | None = Field(default=None, min_length=1, max_length=128)
+    arch: str = Field(default="x86_64", min_length=1, max_length=32)
 
 
 class ScheduleOut(Wire):
@@ -32,3 +36,6 @@ class ScheduleOut(Wire):
     last_job_id: int | None = None
     #: Why the last slot made no job, if it did not.
     last_error: str | None = None
+    #: The image (and arch) it rebuilds, if it is an image rebuild.
+    image: str | None = None
+    arch: str | None = None

@@ -8,7 +8,7 @@ import contextlib
 
 import anyio
 from fastapi import APIRouter, Query, Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from nixfarm.builds.runners import RunnerService
 from nixfarm.scopes import ADMIN, RUNNER
@@ -23,6 +23,8 @@ from nixfarm.wire.runners import (
     FinishRequest,
     HeartbeatRequest,
     HeartbeatResponse,
+    ImageBuildsOut,
+    ImageBuildsRequest,
     LogAccepted,
     RunnerOut,
     RunnerRegister,
@@ -124,3 +126,30 @@ async def upload_artifact(request: Request, runner_id: Id, job_id: Id, name: str
 async def finish(request: Request, runner_id: Id, job_id: Id, body: FinishRequest) -> JobOut:
     who = await require(request, RUNNER)
     return await service(request).finish(who, runner_id, job_id, body)
+
+
+@router.post("/{runner_id}/image-builds")
+async def image_builds(request: Request, runner_id: Id,
+                       body: ImageBuildsRequest) -> ImageBuildsOut:
+    """New builds of the images this runner offers (a long-poll, see the wire model)."""
+    who = await require(request, RUNNER)
+    gone = anyio.Event()
+    watcher = asyncio.create_task(_watch_hang_up(request, gone))
+    try:
+        found = await service(request).image_builds(who, runner_id, body.after, body.wait,
+                                                    gone.is_set)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    return ImageBuildsOut(builds=found)
+
+
+@router.get("/{runner_id}/image-builds/{job_id}/{name}", response_class=Response)
+async def image_build_artifact(request: Request, runner_id: Id, job_id: Id,
+                               name: str) -> Response:
+    """An image build's artifact (``root.img.qcow2``, ``recipe.sha256``)."""
+    who = await require(request, RUNNER)
+    info, stream = await service(request).image_artifact(who, runner_id, job_id, name)
+    return StreamingResponse(stream, media_type="application/octet-stream",
+                             headers={"Content-Length": str(info.size)})
