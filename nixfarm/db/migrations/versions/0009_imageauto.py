@@ -4,7 +4,7 @@ jobs) artifacts.sha256 (the runner checks what it downloads) and runners.image_b
 (which build each runner has installed).
 
 Revision ID: 0009_imageauto
-Revises: 0007_builders
+Revises: 0008_ssh
 Create Date: 2026-12-03
 """
 
