@@ -117,6 +117,10 @@ class VmSandbox(Lifecycle):
         self._booted = False
         #: Seconds the last boot took (qemu start to the agent's ``ready``).
         self.boot_seconds = 0.0
+        #: Seconds from the boot's start to each of its phases on the host (the job's
+        #: disk made, virtiofsd and qemu started, the agent ready): ``bench/vm_bench.py``.
+        self.phases: dict[str, float] = {}
+        self._boot_started = 0.0
         #: The niceness its processes start with: a pool's VMs boot at a low priority,
         #: not to slow the jobs running (``vmpool``); ``hand_over`` sets it back to 0.
         self.nice = 0
@@ -141,6 +145,16 @@ class VmSandbox(Lifecycle):
     def nix_proxy(self) -> NixProxy | None:
         """The job's Nix socket, whose ``view`` is what the job may use (as bwrap's)."""
         return self.nix.proxy if self.nix is not None else None
+
+    def _phase(self, name: str) -> None:
+        self.phases[name] = time.monotonic() - self._boot_started
+
+    @property
+    def guest_phases(self) -> dict[str, float]:
+        """The guest's uptime at each phase of its init, and at ``ready`` (``guest/init``)."""
+        if self._channel is None:
+            return {}
+        return {**self._channel.guest_phases, "ready": self._channel.guest_uptime}
 
     @property
     def guest_seconds(self) -> float:
@@ -168,7 +182,7 @@ class VmSandbox(Lifecycle):
             raise SandboxError(f"No guest kernel: {e.message}", sandbox=self.name) from e
         if self.accelerator is None:
             self.accelerator = await probe()
-        started = time.monotonic()
+        started = self._boot_started = time.monotonic()
         try:
             await self._start(self.boot_files, self.accelerator)
         except BaseException:
@@ -246,6 +260,7 @@ class VmSandbox(Lifecycle):
             scratch = await job_disk.make(
                 self.state_dir / "disk.img", self._spec.home_size,
                 self.host_uid if self._root_runner else None, self.name)
+            self._phase("disk")
             opened = [os.open(boot.kernel, os.O_RDONLY), os.open(boot.initrd, os.O_RDONLY),
                       os.open(scratch, os.O_RDWR | os.O_NOFOLLOW)]
             if isinstance(self._spec.image, DiskImage):
@@ -263,6 +278,7 @@ class VmSandbox(Lifecycle):
                  "--", *qemu.virtiofsd_args(listener.fileno())],
                 (listener.fileno(),), log,
                 enter=nix.enter() if nix else ())
+            self._phase("virtiofsd")
             info_read, info_write = os.pipe()
             opened += [info_read, info_write]
             await self._spawn(
@@ -272,6 +288,7 @@ class VmSandbox(Lifecycle):
                 (*opened, vfs_client.fileno(), guest_control.fileno(), guest_output.fileno(),
                  *(guest.fileno() for _, guest in shell_pairs)),
                 log, groups=self._kvm_groups(accel))  # fmt: skip
+            self._phase("qemu")
             os.close(info_write)
             opened.remove(info_write)
             if self._spec.network:
@@ -292,6 +309,7 @@ class VmSandbox(Lifecycle):
         try:
             async with asyncio.timeout(BOOT_TIMEOUT):
                 await self._channel.ready()
+            self._phase("ready")
         except (TimeoutError, SandboxError) as e:
             why = str(e.message) if isinstance(e, SandboxError) else "no answer"
             message = (f"The VM did not boot within {BOOT_TIMEOUT:g} seconds ({why})."
