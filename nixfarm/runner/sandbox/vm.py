@@ -81,8 +81,9 @@ SHELL_PORTS = 2
 #: What an image's root must hold: a shell, the build user, its home's mount point.
 _REQUIRED = ("bin/sh", "etc/passwd", "home/build", "tmp", "dev")
 #: Two programs (cat, chmod) when the directory exists: each exec costs under TCG.
-_PUT = ('case $1 in */*) d=${1%/*} ;; *) d=. ;; esac; '
-        '{ [ -d "${d:-/}" ] || mkdir -p "$d"; } && cat > "$1" && chmod "$2" "$1"')
+#: Busybox's (static, quick to start), not the image's: a Nix image may have no cat.
+_PUT = ('B=/run/nixfarm/busybox; case $1 in */*) d=${1%/*} ;; *) d=. ;; esac; '
+        '{ [ -d "${d:-/}" ] || $B mkdir -p "$d"; } && $B cat > "$1" && $B chmod "$2" "$1"')
 #: The guest kernel's line (on its console, at error level) when its OOM killer acts.
 _OOM_KILL = re.compile(rb"Out of memory: Killed process (\d+) \(([^)\n]*)\)")
 
@@ -522,8 +523,10 @@ class VmSandbox(Lifecycle):
         # Through the agent's ``call``: a job's first task line waits on a few puts.
         channel, xfer = self._live()
         run_id = channel.new_id()
-        script = self._script(["/run/nixfarm/sh", "-c", _PUT, "sh", path, f"{mode:o}"], None,
-                              BUILD_HOME)  # fmt: skip
+        # Run by the agent's shell (as ``owner``) itself: no env, no second shell, two
+        # programs fewer than ``_script`` (a put needs none of the job's environment).
+        script = (f"set -- {shlex.quote(path)} {mode:o}\n"
+                  f"cd -- {shlex.quote(BUILD_HOME)} || exit 126\n{_PUT}\n")
         await asyncio.to_thread(self._write, xfer / f"{run_id}.sh", script.encode())
         await asyncio.to_thread(self._write, xfer / f"{run_id}.in", data)
         budget = self._budget(None)
