@@ -74,8 +74,10 @@ async def test_runs_as_build_in_a_login_like_environment(box: VmSandbox) -> None
     guest = box.guest_phases
     assert list(guest) == ["init", "modules", "ports", "share", "disk", "root", "switch",
                            "ready"], guest
-    assert 0 < guest["init"] and sorted(guest.values()) == list(guest.values()), guest
+    assert guest["init"] > 0 and sorted(guest.values()) == list(guest.values()), guest
     assert guest["ready"] == box.guest_seconds
+    # init names the machine (through /proc, as builds.sr.ht's guests are named).
+    assert await output(box, "cat /proc/sys/kernel/hostname") == (0, ["nixfarm"])
 
 
 async def test_sees_exactly_its_closure_and_nothing_of_the_host(
