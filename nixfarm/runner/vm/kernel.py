@@ -176,8 +176,6 @@ def _initramfs(tree: Path, initrds: Path) -> BootFiles:
             for directory in ("bin", "dev", "lib", "lib/modules", "proc", "sys"):
                 archive.directory(directory)
             archive.char_device("dev/console", 5, 1)
-            # For init once devtmpfs has moved to the new root: a background job's stdin.
-            archive.char_device("dev/null", 1, 3, 0o666)
             for name, (data, mode) in files.items():
                 archive.file(name, data, mode)
             archive.close()
