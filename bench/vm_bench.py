@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import functools
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -58,16 +59,20 @@ MANIFEST = {"image": "demo/latest", "tasks": [{"first": "echo first"}]}
 
 
 async def claim_to_first_line(images: Images, choice: SandboxChoice, work: Path
-                              ) -> tuple[float, str]:
-    """Seconds from ``run_job`` to the task's first log line, and how it booted."""
+                              ) -> tuple[float, str, dict[str, float]]:
+    """Seconds from ``run_job`` to the task's first log line, how it booted, and when
+    each phase came (a VM's: ``phases``)."""
     arrived: list[float] = []
-    setup: list[str] = []
+    setup: list[tuple[float, str]] = []
+    cpu: list[float] = []
 
     def log(task: str | None, text: str) -> None:
         if task == "first" and not arrived:
             arrived.append(time.monotonic())
+            if isinstance(ctx.sandbox, VmSandbox):
+                cpu.append(ctx.sandbox.cpu_seconds)
         elif task is None:
-            setup.append(text)
+            setup.append((time.monotonic(), text))
 
     ctx = JobContext(manifest=manifest_from_data(MANIFEST), images=images,
                      new_sandbox=choice.new_sandbox, log=log, report=Recorder(),
@@ -75,13 +80,36 @@ async def claim_to_first_line(images: Images, choice: SandboxChoice, work: Path
     started = time.monotonic()
     result = await run_job(ctx)
     if result.status != "success" or not arrived:
-        raise SystemExit(f"the job failed: {result}; setup log: {setup}")
-    booted = next((line for line in setup if line.startswith("Booted")), "")
-    return arrived[0] - started, booted
+        raise SystemExit(f"the job failed: {result}; setup log: {[t for _, t in setup]}")
+    booted = next((line for _, line in setup if line.startswith("Booted")), "")
+    found = phases(ctx, started, setup, arrived[0])
+    if cpu:
+        found["cpu:qemu+virtiofsd"] = cpu[0]
+    return arrived[0] - started, booted, found
 
 
-async def bare_boot(kernel: Path, accel: str, scratch: Path) -> float:
-    """Seconds for qemu to boot ``kernel`` into a busybox init that powers off."""
+def phases(ctx: JobContext, started: float, setup: list[tuple[float, str]], first: float
+           ) -> dict[str, float]:
+    """Seconds from the claim to each phase of a job in a VM: on the host (``host:``,
+    ``VmSandbox.phases``, from the boot's start), in the guest (``guest:``, its uptime
+    at each phase of its init), and the steps (``step:``, when each logged); and
+    (``cpu:``) the CPU seconds its qemu and virtiofsd had used at the first line: on a
+    loaded machine wall times stretch, that much less."""
+    found: dict[str, float] = {}
+    sandbox = ctx.sandbox
+    if isinstance(sandbox, VmSandbox):
+        found.update({f"host:{k}": v for k, v in sandbox.phases.items()})
+        found.update({f"guest:{k}": v for k, v in sandbox.guest_phases.items()})
+    for at, text in setup:
+        if text.startswith(("Booted", "Exported")):
+            found[f"step:{text.split()[0].lower()}"] = at - started
+    found["step:first line"] = first - started
+    return found
+
+
+async def bare_boot(kernel: Path, accel: str, scratch: Path) -> tuple[float, float]:
+    """Seconds for qemu to boot ``kernel`` into a busybox init that powers off, and the
+    CPU seconds qemu used."""
     initrd = scratch / "bare.cpio"
     if not initrd.exists():
         with initrd.open("wb") as out:
@@ -93,12 +121,15 @@ async def bare_boot(kernel: Path, accel: str, scratch: Path) -> float:
             archive.file("init", b"#!/bin/busybox sh\n/bin/busybox poweroff -f\n", 0o755)
             archive.close()
     started = time.monotonic()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     await anyio.run_process([
         "qemu-system-x86_64", "-M", f"microvm,accel={accel}", "-cpu", "max", "-m", "512",
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "none",
         "-kernel", str(kernel), "-initrd", str(initrd),
         "-append", " ".join(KERNEL_OPTIONS) + f" tsc_early_khz={host_tsc_khz()} tsc=reliable"])
-    return time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return time.monotonic() - started, cpu
 
 
 async def main(runs: int) -> int:
@@ -114,22 +145,27 @@ async def main(runs: int) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="nixfarm-vm-bench-"))
     figures: dict[str, list[float]] = {"cold": [], "warm": [], "bwrap": []}
     how: dict[str, list[str]] = {"cold": [], "warm": []}
+    cold_phases: list[dict[str, float]] = []
     bare: list[float] = []
+    bare_cpu: list[float] = []
     loads: list[float] = []
     try:
         await claim_to_first_line(images, warm, scratch)  # the image, and a first refill
         for _ in range(runs):
             loads.append(os.getloadavg()[0])
             await pool.filled()  # the pool is warm: the previous job's refill is done
-            seconds, line = await claim_to_first_line(images, warm, scratch)
+            seconds, line, _ = await claim_to_first_line(images, warm, scratch)
             figures["warm"].append(seconds)
             how["warm"].append(line)
             await pool.filled()  # no boot of the pool's competes with the cold one
-            seconds, line = await claim_to_first_line(images, cold, scratch)
+            seconds, line, found = await claim_to_first_line(images, cold, scratch)
             figures["cold"].append(seconds)
             how["cold"].append(line)
+            cold_phases.append(found)
             figures["bwrap"].append((await claim_to_first_line(images, bwrap, scratch))[0])
-            bare.append(await bare_boot(boot.kernel, cold.accelerator, scratch))
+            seconds, cpu = await bare_boot(boot.kernel, cold.accelerator, scratch)
+            bare.append(seconds)
+            bare_cpu.append(cpu)
     finally:
         await warm.aclose()
         shutil.rmtree(scratch, ignore_errors=True)
@@ -154,11 +190,20 @@ async def main(runs: int) -> int:
     print(table(rows))
     for name, values in figures.items():
         print(f"{name} runs:", [round(v, 2) for v in values])
-    print("bare kernel boots:", [round(b, 2) for b in bare])
+    print("bare kernel boots:", [round(b, 2) for b in bare],
+          f"(CPU seconds, median {statistics.median(bare_cpu):.2f}:",
+          [round(b, 2) for b in bare_cpu], ")")
     print("cold boots:", how["cold"])
     print("warm boots:", how["warm"])
+    print("cold vm phases, medians in seconds (host: from the boot's start; guest: its "
+          "uptime; step: from the claim):")
+    for name in dict.fromkeys(k for found in cold_phases for k in found):
+        values = [found[name] for found in cold_phases if name in found]
+        print(f"  {name:<18} {statistics.median(values):6.2f}  "
+              f"{[round(v, 2) for v in values]}")
     path = write_json("vm", {"machine": machine(), "sandbox": cold.description,
-                             "runs": figures, "booted": how, "bare": bare, "load": loads,
+                             "runs": figures, "booted": how, "phases": cold_phases,
+                             "bare": bare, "bare_cpu": bare_cpu, "load": loads,
                              "rows": rows})  # fmt: skip
     print(f"JSON: {path}")
     return 0 if all(r.passed is not False for r in rows) else 1

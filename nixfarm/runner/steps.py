@@ -281,9 +281,12 @@ def _export(name: str, value: object) -> str:
 async def environment(ctx: JobContext) -> None:
     variables: dict[str, object] = {**ctx.environment, **ctx.manifest.environment}
     text = "".join(_export(k, v) for k, v in variables.items())
-    await ctx.box().put(f"{BUILD_HOME}/.buildenv", text.encode(), mode=0o644)
-    await ctx.box().put(f"{BUILD_HOME}/.nixfarm/bin/complete-build", COMPLETE_BUILD.encode(),
-                        mode=0o755)  # fmt: skip
+    # Both at once: in a VM each put is a round trip to the guest's agent, which runs
+    # them side by side (on a cold VM under TCG: ~0.1 s before the first task line).
+    await asyncio.gather(
+        ctx.box().put(f"{BUILD_HOME}/.buildenv", text.encode(), mode=0o644),
+        ctx.box().put(f"{BUILD_HOME}/.nixfarm/bin/complete-build", COMPLETE_BUILD.encode(),
+                      mode=0o755))  # fmt: skip
     ctx.setup(f"Exported {len(variables)} environment variable(s)")
 
 

@@ -82,8 +82,9 @@ SHELL_PORTS = 2
 #: What an image's root must hold: a shell, the build user, its home's mount point.
 _REQUIRED = ("bin/sh", "etc/passwd", "home/build", "tmp", "dev")
 #: Two programs (cat, chmod) when the directory exists: each exec costs under TCG.
-_PUT = ('case $1 in */*) d=${1%/*} ;; *) d=. ;; esac; '
-        '{ [ -d "${d:-/}" ] || mkdir -p "$d"; } && cat > "$1" && chmod "$2" "$1"')
+#: Busybox's (static, quick to start), not the image's: a Nix image may have no cat.
+_PUT = ('B=/run/nixfarm/busybox; case $1 in */*) d=${1%/*} ;; *) d=. ;; esac; '
+        '{ [ -d "${d:-/}" ] || $B mkdir -p "$d"; } && $B cat > "$1" && $B chmod "$2" "$1"')
 #: The guest kernel's line (on its console, at error level) when its OOM killer acts.
 _OOM_KILL = re.compile(rb"Out of memory: Killed process (\d+) \(([^)\n]*)\)")
 
@@ -119,6 +120,10 @@ class VmSandbox(Lifecycle):
         self._booted = False
         #: Seconds the last boot took (qemu start to the agent's ``ready``).
         self.boot_seconds = 0.0
+        #: Seconds from the boot's start to each of its phases on the host (the job's
+        #: disk made, virtiofsd and qemu started, the agent ready): ``bench/vm_bench.py``.
+        self.phases: dict[str, float] = {}
+        self._boot_started = 0.0
         #: The niceness its processes start with: a pool's VMs boot at a low priority,
         #: not to slow the jobs running (``vmpool``); ``hand_over`` sets it back to 0.
         self.nice = 0
@@ -143,6 +148,29 @@ class VmSandbox(Lifecycle):
     def nix_proxy(self) -> NixProxy | None:
         """The job's Nix socket, whose ``view`` is what the job may use (as bwrap's)."""
         return self.nix.proxy if self.nix is not None else None
+
+    def _phase(self, name: str) -> None:
+        self.phases[name] = time.monotonic() - self._boot_started
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU time its qemu and virtiofsd have used so far (user and system): what its
+        boot costs whatever else loads the machine (``bench/vm_bench.py``)."""
+        total = 0
+        tick = os.sysconf("SC_CLK_TCK")
+        for pid in set().union(*(descendants(p.pid) | {p.pid} for p in self._processes)):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                # The fields after the command's name (which may hold spaces).
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / tick
+
+    @property
+    def guest_phases(self) -> dict[str, float]:
+        """The guest's uptime at each phase of its init, and at ``ready`` (``guest/init``)."""
+        if self._channel is None:
+            return {}
+        return {**self._channel.guest_phases, "ready": self._channel.guest_uptime}
 
     @property
     def guest_seconds(self) -> float:
@@ -170,7 +198,7 @@ class VmSandbox(Lifecycle):
             raise SandboxError(f"No guest kernel: {e.message}", sandbox=self.name) from e
         if self.accelerator is None:
             self.accelerator = await probe()
-        started = time.monotonic()
+        started = self._boot_started = time.monotonic()
         try:
             await self._start(self.boot_files, self.accelerator)
         except BaseException:
@@ -248,6 +276,7 @@ class VmSandbox(Lifecycle):
             scratch = await job_disk.make(
                 self.state_dir / "disk.img", self._spec.home_size,
                 self.host_uid if self._root_runner else None, self.name)
+            self._phase("disk")
             opened = [os.open(boot.kernel, os.O_RDONLY), os.open(boot.initrd, os.O_RDONLY),
                       os.open(scratch, os.O_RDWR | os.O_NOFOLLOW)]
             if isinstance(self._spec.image, DiskImage):
@@ -270,6 +299,7 @@ class VmSandbox(Lifecycle):
                                        source),
                  "--", *qemu.virtiofsd_args(listener.fileno())],
                 (listener.fileno(),), log, enter=enter)
+            self._phase("virtiofsd")
             info_read, info_write = os.pipe()
             opened += [info_read, info_write]
             await self._spawn(
@@ -279,6 +309,7 @@ class VmSandbox(Lifecycle):
                 (*opened, vfs_client.fileno(), guest_control.fileno(), guest_output.fileno(),
                  *(guest.fileno() for _, guest in shell_pairs)),
                 log, groups=self._kvm_groups(accel))  # fmt: skip
+            self._phase("qemu")
             os.close(info_write)
             opened.remove(info_write)
             if self._spec.network:
@@ -299,6 +330,7 @@ class VmSandbox(Lifecycle):
         try:
             async with asyncio.timeout(BOOT_TIMEOUT):
                 await self._channel.ready()
+            self._phase("ready")
         except (TimeoutError, SandboxError) as e:
             why = str(e.message) if isinstance(e, SandboxError) else "no answer"
             message = (f"The VM did not boot within {BOOT_TIMEOUT:g} seconds ({why})."
@@ -566,8 +598,10 @@ class VmSandbox(Lifecycle):
         # Through the agent's ``call``: a job's first task line waits on a few puts.
         channel, xfer = self._live()
         run_id = channel.new_id()
-        script = self._script(["/run/nixfarm/sh", "-c", _PUT, "sh", path, f"{mode:o}"], None,
-                              BUILD_HOME)  # fmt: skip
+        # Run by the agent's shell (as ``owner``) itself: no env, no second shell, two
+        # programs fewer than ``_script`` (a put needs none of the job's environment).
+        script = (f"set -- {shlex.quote(path)} {mode:o}\n"
+                  f"cd -- {shlex.quote(BUILD_HOME)} || exit 126\n{_PUT}\n")
         await asyncio.to_thread(self._write, xfer / f"{run_id}.sh", script.encode())
         await asyncio.to_thread(self._write, xfer / f"{run_id}.in", data)
         budget = self._budget(None)

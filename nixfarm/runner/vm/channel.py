@@ -7,7 +7,7 @@ of the job's state shared with the guest (virtiofs): a task's script, its stdin,
 and what ``get`` copies out.
 
     control port, host -> guest           guest -> host
-      run ID UID CAPTURE TOKEN              ready UPTIME     (once, at boot)
+      run ID UID CAPTURE TOKEN              ready UPTIME [PHASE=SECONDS...]  (once, at boot)
       call ID UID                           fatal MESSAGE    (boot failed; it powers off)
       stop ID
       poweroff                              done ID STATUS
@@ -107,6 +107,8 @@ class AgentChannel:
         self._gone: str | None = None
         #: The guest's uptime when its agent said ``ready`` (kernel and init time).
         self.guest_uptime = 0.0
+        #: The guest's uptime at each phase of its init (``guest/init``), as it said.
+        self.guest_phases: dict[str, float] = {}
 
     async def open(self) -> None:
         reader, self._writer = await asyncio.open_unix_connection(sock=self._control_socket)
@@ -224,8 +226,13 @@ class AgentChannel:
         while line := await reader.readline():
             word, _, rest = line.decode(errors="replace").strip().partition(" ")
             if word == "ready" and not self._ready.done():
+                uptime, *phases = rest.split() or ["0"]
                 with contextlib.suppress(ValueError):
-                    self.guest_uptime = float(rest)
+                    self.guest_uptime = float(uptime)
+                for phase in phases:
+                    name, _, seconds = phase.partition("=")
+                    with contextlib.suppress(ValueError):
+                        self.guest_phases[name] = float(seconds)
                 self._ready.set_result(None)
             elif word == "fatal":
                 self._fail(f"the guest failed to boot: {rest}")

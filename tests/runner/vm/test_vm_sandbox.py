@@ -66,6 +66,18 @@ async def test_runs_as_build_in_a_login_like_environment(box: VmSandbox) -> None
     assert status == 126
     # The VM's description, for the job's log, names its accelerator.
     assert box.accelerator is not None and box.accelerator.name in box.description
+    # Where its boot went (bench/vm_bench.py prints it): the host's phases in their order,
+    # and the guest's init, by its own clock, up to the agent's ``ready``.
+    assert list(box.phases) == ["disk", "virtiofsd", "qemu", "ready"], box.phases
+    assert sorted(box.phases.values()) == list(box.phases.values())
+    assert box.phases["ready"] == pytest.approx(box.boot_seconds, abs=0.01)
+    guest = box.guest_phases
+    assert list(guest) == ["init", "modules", "ports", "share", "disk", "root", "switch",
+                           "ready"], guest
+    assert guest["init"] > 0 and sorted(guest.values()) == list(guest.values()), guest
+    assert guest["ready"] == box.guest_seconds
+    # init names the machine (through /proc, as builds.sr.ht's guests are named).
+    assert await output(box, "cat /proc/sys/kernel/hostname") == (0, ["nixfarm"])
 
 
 async def test_sees_exactly_its_closure_and_nothing_of_the_host(
