@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import logging
 import os
 import re
 import shlex
@@ -72,10 +73,14 @@ from nixfarm.runner.vm.kernel import BootFiles, KernelError, boot_files
 from nixfarm.runner.vm.nixguest import NixGuest
 from nixfarm.runner.vm.telnet import TelnetTerminal
 
+log = logging.getLogger("nixfarm.runner.sandbox.vm")
+
 NOBODY = 65534
 #: slirp4netns's DNS forwarder, in the network namespace qemu runs in.
 #: Seconds from qemu's start to the agent's ``ready`` (TCG on a busy machine is slow).
 BOOT_TIMEOUT = 120.0
+#: Boots tried when bubblewrap fails before the guest starts (``_bwrap_loopback_failed``).
+BOOT_ATTEMPTS = 2
 STATE_PREFIX = "nixfarm-vm-"
 #: Shell sessions (``nixfarm shell``) a VM holds at once: a virtio-serial port each.
 SHELL_PORTS = 2
@@ -199,11 +204,21 @@ class VmSandbox(Lifecycle):
         if self.accelerator is None:
             self.accelerator = await probe()
         started = self._boot_started = time.monotonic()
-        try:
-            await self._start(self.boot_files, self.accelerator)
-        except BaseException:
-            await uncancelled(self.shutdown())
-            raise
+        for attempt in range(1, BOOT_ATTEMPTS + 1):
+            try:
+                await self._start(self.boot_files, self.accelerator)
+                break
+            except SandboxError as e:
+                if attempt == BOOT_ATTEMPTS or not self._bwrap_loopback_failed():
+                    await uncancelled(self.shutdown())
+                    raise
+                log.warning("VM %s: bubblewrap could not set its loopback up (%s); "
+                            "booting again", self.name, e.message)
+                await uncancelled(self._stop())
+                self._forget_attempt()
+            except BaseException:
+                await uncancelled(self.shutdown())
+                raise
         self._booted = True
         self.boot_seconds = time.monotonic() - started
         if self._spec.timeout is not None:
@@ -673,10 +688,36 @@ class VmSandbox(Lifecycle):
 
     # --- shutdown --------------------------------------------------------------
 
+    def _bwrap_loopback_failed(self) -> bool:
+        """Whether a bubblewrap of this boot died setting up its network namespace's
+        loopback: bwrap 0.8 reads a netlink answer it did not expect as a failure (it
+        then names a stale errno: "loopback: Failed RTM_NEWADDR: No child processes"),
+        seen now and then when VMs start and end side by side. Nothing of the job ran
+        yet: booting again is safe."""
+        if self.state_dir is None:
+            return False
+        try:
+            return b"loopback: Failed" in (self.state_dir / "console.log").read_bytes()
+        except OSError:
+            return False
+
+    def _forget_attempt(self) -> None:
+        """What a failed boot attempt left, once ``_stop`` ended it: the next starts anew."""
+        self._processes = []
+        self._channel = None
+        self._shell_ports = []
+        self.nix = None
+        self.state_dir = None
+        self.phases = {}
+        self._console_seen = 0
+
     async def shutdown(self) -> None:
         if self._closed:
             return
         self._closed = True
+        await self._stop()
+
+    async def _stop(self) -> None:
         # Nothing in the guest is worth a clean power-off: it all goes. bwrap runs
         # qemu and virtiofsd in sessions of their own: they are killed by pid.
         doomed = set().union(*(descendants(p.pid) for p in self._processes))

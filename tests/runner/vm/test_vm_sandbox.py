@@ -11,7 +11,7 @@ import socket
 import tarfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import anyio
@@ -256,3 +256,30 @@ async def test_a_disk_image_boots_and_the_job_never_writes_it(
         assert scratch.st_size == quota and scratch.st_blocks * 512 <= quota
         assert scratch.st_blocks * 512 > quota // 2  # (it is that file the guest filled)
     assert hashlib.sha256(disk.read_bytes()).hexdigest() == before
+
+
+async def test_a_boot_whose_bubblewrap_fails_at_its_loopback_is_tried_again(
+        demo_root: Path, vm_dir: Path, state_root: Path) -> None:
+    """bwrap 0.8 now and then fails to set its loopback up ("loopback: Failed
+    RTM_NEWADDR: No child processes") when VMs start and end side by side: the boot is
+    tried once more, from nothing, and the failed attempt leaves nothing behind."""
+    spec = SandboxSpec(rootfs=demo_root, memory_limit=256 * 1024**2)
+    vm = VmSandbox(spec, vm_dir=vm_dir, state_root=state_root)
+    real_spawn = vm._spawn
+    first: list[Path] = []
+
+    async def spawn(argv: list[str], fds: Sequence[int], log: object,
+                    groups: Sequence[int] = (), enter: Sequence[str] = ()) -> None:
+        if not first:  # the first attempt's first bubblewrap (virtiofsd's) says so, and ends
+            assert vm.state_dir is not None
+            first.append(vm.state_dir)
+            argv = ["--ro-bind", "/", "/", "sh", "-c",
+                    "echo 'bwrap: loopback: Failed RTM_NEWADDR: No child processes' >&2; "
+                    "exit 1"]
+        await real_spawn(argv, fds, log, groups, enter)
+
+    vm._spawn = spawn  # type: ignore[method-assign]
+    async with vm:
+        assert first and vm.state_dir is not None and vm.state_dir != first[0]
+        assert not first[0].exists()
+        assert await output(vm, "echo booted") == (0, ["booted"])
