@@ -41,7 +41,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -51,6 +51,7 @@ from nixfarm.cli.common import DataDir, Exit, JobNumber, Token, Url, out, run
 from nixfarm.client.api import resolve
 from nixfarm.client.shell import Shell, open_ssh
 from nixfarm.errors import InvalidInput, NixfarmError, PrerequisiteMissing
+from nixfarm.runner.shielding import first_done
 
 #: ssh's options that take an argument (``ssh(1)``): how its arguments are split into
 #: options and the remote command, as ssh itself does.
@@ -269,19 +270,7 @@ async def _join(session: Shell, reader: asyncio.StreamReader,
         with contextlib.suppress(OSError):
             writer.write_eof()
 
-    await _first(upstream(), downstream())
-
-
-async def _first(*work: Coroutine[Any, Any, None]) -> None:
-    tasks = [asyncio.ensure_future(w) for w in work]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, OSError):
-                await task
+    await first_done(upstream(), downstream())
 
 
 def ssh_relay(
@@ -389,7 +378,7 @@ async def _stdio(send: Callable[[bytes], Awaitable[None]],
                     await wait("add_writer", "remove_writer", fds[1])
 
     try:
-        await _first(upstream(), downstream())
+        await first_done(upstream(), downstream())
     finally:
         for fd, was in zip(fds, blocking, strict=True):
             with contextlib.suppress(OSError):

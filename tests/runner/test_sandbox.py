@@ -202,17 +202,27 @@ async def test_memory_limit(demo_root: Path) -> None:
         assert (status, lines) == (0, ["1000000"])
 
 
-@pytest.fixture
-def var_tmp_root(demo_root: Path) -> Iterator[Path]:
-    """A copy of the demo image with a /var/tmp."""
+@contextlib.contextmanager
+def with_var_tmp(demo_root: Path) -> Iterator[Path]:
+    """A copy of the demo image with a /var/tmp (Debian's images have one): a place
+    outside home and /tmp where the build user may write. (A copy: the catalogue's is
+    shared.) Readable by the VM's unprivileged virtiofsd."""
     where = Path(tempfile.mkdtemp(prefix="nixfarm-var-tmp-"))
     where.chmod(0o755)
     root = where / "root"
     shutil.copytree(demo_root, root, symlinks=True)
     (root / "var/tmp").mkdir(parents=True)
     (root / "var/tmp").chmod(0o1777)
-    yield root
-    shutil.rmtree(where)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(where)
+
+
+@pytest.fixture
+def var_tmp_root(demo_root: Path) -> Iterator[Path]:
+    with with_var_tmp(demo_root) as root:
+        yield root
 
 
 async def test_var_tmp_is_writable_within_the_quota_and_goes_with_the_sandbox(

@@ -8,9 +8,7 @@ nothing kind-specific.
 from __future__ import annotations
 
 import os
-import shutil
 import tarfile
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,6 +19,7 @@ import pytest
 from nixfarm.runner.sandbox import BwrapSandbox, Sandbox, SandboxError, SandboxSpec, SandboxTimeout
 from nixfarm.runner.sandbox.terminal import Terminal
 from nixfarm.runner.sandbox.vm import VmSandbox
+from tests.runner.test_sandbox import with_var_tmp
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -32,14 +31,8 @@ REPO = Path(__file__).resolve().parents[3]
 def image_root(demo_root: Path) -> Iterator[Path]:
     """The demo image with a /var/tmp (Debian's images have one): a place outside home
     and /tmp where the build user may write. (A copy: the catalogue's is shared.)"""
-    where = Path(tempfile.mkdtemp(prefix="nixfarm-conformance-"))
-    where.chmod(0o755)
-    root = where / "root"
-    shutil.copytree(demo_root, root, symlinks=True)
-    (root / "var/tmp").mkdir(parents=True)
-    (root / "var/tmp").chmod(0o1777)
-    yield root
-    shutil.rmtree(where)
+    with with_var_tmp(demo_root) as root:
+        yield root
 
 
 def new_box(kind: str, demo_root: Path, vm_dir: Path, state_root: Path) -> Sandbox:
