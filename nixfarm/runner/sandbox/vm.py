@@ -84,6 +84,8 @@ BOOT_ATTEMPTS = 2
 STATE_PREFIX = "nixfarm-vm-"
 #: Shell sessions (``nixfarm shell``) a VM holds at once: a virtio-serial port each.
 SHELL_PORTS = 2
+#: Seconds a new session waits for a port that an ended one has yet to give back.
+SHELL_PORT_WAIT = 15.0
 #: What an image's root must hold: a shell, the build user, its home's mount point.
 _REQUIRED = ("bin/sh", "etc/passwd", "home/build", "tmp", "dev")
 #: Two programs (cat, chmod) when the directory exists: each exec costs under TCG.
@@ -517,9 +519,7 @@ class VmSandbox(Lifecycle):
                     env: Mapping[str, str] | None = None) -> TelnetTerminal:
         """``argv`` (None: a login shell) on a pty in the guest (``vm.telnet``)."""
         channel, xfer = self._live()
-        if not self._free_shells:
-            raise SandboxError(f"At most {SHELL_PORTS} shells can be open into a VM at once.",
-                               sandbox=self.name)
+        await self._shell_port_free()
         command = list(argv) if argv else [self._login_shell(), "-l"]
         run_id = channel.new_id()
         environment = " ".join(shlex.quote(f"{k}={v}") for k, v in
@@ -528,7 +528,7 @@ class VmSandbox(Lifecycle):
                   f"exec /run/nixfarm/busybox env -i {environment} "
                   f"{' '.join(shlex.quote(a) for a in command)}\n")  # fmt: skip
         await asyncio.to_thread(self._write, xfer / f"{run_id}.sh", script.encode())
-        port = self._free_shells.pop()
+        port = await self._take_shell_port()
         sock = self._shell_ports[port]
         TelnetTerminal.drain(sock)
         sock.send(telnet.window(rows, cols))
@@ -544,12 +544,25 @@ class VmSandbox(Lifecycle):
 
         return TelnetTerminal(sock, done, lambda: channel.stop_shell(port), release)
 
+    async def _shell_port_free(self) -> None:
+        """Wait a moment for a free shell port: one that a session which just ended
+        (the scp before this one) holds until the runner has seen that end."""
+        deadline = time.monotonic() + SHELL_PORT_WAIT
+        while not self._free_shells:
+            if self._closed or time.monotonic() >= deadline:
+                raise SandboxError(
+                    f"At most {SHELL_PORTS} shells can be open into a VM at once.",
+                    sandbox=self.name)
+            await asyncio.sleep(0.05)
+
+    async def _take_shell_port(self) -> int:
+        await self._shell_port_free()  # again: another session may have taken it since
+        return self._free_shells.pop()
+
     async def ssh(self, public_key: str) -> tuple[TelnetTerminal, str]:
         """The guest's sshd on a shell port, started now (``vm.sshd``)."""
         channel, xfer = self._live()
-        if not self._free_shells:
-            raise SandboxError(f"At most {SHELL_PORTS} shells can be open into a VM at once.",
-                               sandbox=self.name)
+        await self._shell_port_free()
         setup = channel.new_id()
         script = self._script(["/run/nixfarm/sh", "-c", sshd.SETUP, "sh", public_key], None,
                               "/")  # fmt: skip
@@ -574,7 +587,7 @@ class VmSandbox(Lifecycle):
             raise SandboxError(f"Cannot set sshd up in the VM: {' '.join(said.split())}.",
                                sandbox=self.name)
         run_id = channel.new_id()
-        port = self._free_shells.pop()
+        port = await self._take_shell_port()
         sock = self._shell_ports[port]
         TelnetTerminal.drain(sock)
         await channel.ssh(port, run_id)
