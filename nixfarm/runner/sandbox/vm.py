@@ -34,7 +34,7 @@ import stat
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from nixfarm.runner.nixproxy import NixProxy
@@ -533,16 +533,23 @@ class VmSandbox(Lifecycle):
         TelnetTerminal.drain(sock)
         sock.send(telnet.window(rows, cols))
         await channel.shell(port, run_id)
+        done, release = self._session(xfer, port, run_id, "sh")
+        return TelnetTerminal(sock, done, lambda: channel.stop_shell(port), release)
+
+    def _session(self, xfer: Path, port: int, run_id: str, *leftovers: str
+                 ) -> tuple[asyncio.Future[int], Callable[[], None]]:
+        """A session's exit status (once the guest leaves it in xfer/) and what ends
+        it on this side: its port given back, its files in xfer/ removed."""
         done = asyncio.ensure_future(self._shell_status(xfer / f"{run_id}.status"))
 
         def release() -> None:
             done.cancel()
             self._free_shells.add(port)
-            for suffix in ("sh", "status"):
+            for suffix in ("status", *leftovers):
                 with contextlib.suppress(OSError):
                     (xfer / f"{run_id}.{suffix}").unlink()
 
-        return TelnetTerminal(sock, done, lambda: channel.stop_shell(port), release)
+        return done, release
 
     async def _shell_port_free(self) -> None:
         """Wait a moment for a free shell port: one that a session which just ended
@@ -591,14 +598,7 @@ class VmSandbox(Lifecycle):
         sock = self._shell_ports[port]
         TelnetTerminal.drain(sock)
         await channel.ssh(port, run_id)
-        done = asyncio.ensure_future(self._shell_status(xfer / f"{run_id}.status"))
-
-        def release() -> None:
-            done.cancel()
-            self._free_shells.add(port)
-            with contextlib.suppress(OSError):
-                (xfer / f"{run_id}.status").unlink()
-
+        done, release = self._session(xfer, port, run_id)
         stream = sshd.SshStream(sock, run_id, done, lambda: channel.stop_shell(port), release)
         return stream, " ".join(host_key.split()[:2])
 
