@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator, Callable
 
 import anyio
 from fastapi import APIRouter, Query, Request
@@ -57,20 +58,27 @@ async def _watch_hang_up(request: Request, gone: anyio.Event) -> None:
     gone.set()
 
 
-@router.post("/{runner_id}/claim", response_model=Assignment,
-             responses={204: {"description": "Nothing to do within `wait` seconds."}})
-async def claim(request: Request, runner_id: Id, body: ClaimRequest) -> Response | Assignment:
-    who = await require(request, RUNNER)
+@contextlib.asynccontextmanager
+async def _hang_up_watched(request: Request) -> AsyncIterator[Callable[[], bool]]:
+    """For a long-poll: whether its client has hung up (then it must take nothing)."""
     gone = anyio.Event()
-    # A plain task, not a task group: an error of the claim (another runner's id) must
+    # A plain task, not a task group: an error of the call (another runner's id) must
     # reach the error handlers as itself, not wrapped in an ExceptionGroup.
     watcher = asyncio.create_task(_watch_hang_up(request, gone))
     try:
-        assignment = await service(request).claim(who, runner_id, body.wait, gone.is_set)
+        yield gone.is_set
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+
+
+@router.post("/{runner_id}/claim", response_model=Assignment,
+             responses={204: {"description": "Nothing to do within `wait` seconds."}})
+async def claim(request: Request, runner_id: Id, body: ClaimRequest) -> Response | Assignment:
+    who = await require(request, RUNNER)
+    async with _hang_up_watched(request) as gone:
+        assignment = await service(request).claim(who, runner_id, body.wait, gone)
     if assignment is None:
         return Response(status_code=204)
     return assignment
@@ -133,15 +141,9 @@ async def image_builds(request: Request, runner_id: Id,
                        body: ImageBuildsRequest) -> ImageBuildsOut:
     """New builds of the images this runner offers (a long-poll, see the wire model)."""
     who = await require(request, RUNNER)
-    gone = anyio.Event()
-    watcher = asyncio.create_task(_watch_hang_up(request, gone))
-    try:
+    async with _hang_up_watched(request) as gone:
         found = await service(request).image_builds(who, runner_id, body.after, body.wait,
-                                                    gone.is_set)
-    finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+                                                    gone)
     return ImageBuildsOut(builds=found)
 
 
