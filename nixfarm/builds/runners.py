@@ -57,6 +57,7 @@ import anyio
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from nixfarm import images
 from nixfarm.builds import poolmatch
 from nixfarm.builds import secrets as secrets_mod
 from nixfarm.builds.artifacts import ArtifactService, artifact_out
@@ -97,8 +98,8 @@ MAX_RUNS = 2
 #: Published when a job of an admin's image schedule succeeds: runners' image-builds
 #: long-polls answer at once (docs/images.md, "Runners install new builds").
 IMAGES_TOPIC = "images.built"
-#: The artifacts an image build leaves (``nixfarm.images`` DISK_FILE, HASH_FILE).
-IMAGE_ARTIFACTS = ("root.img.qcow2", "recipe.sha256")
+#: The artifacts an image build leaves.
+IMAGE_ARTIFACTS = (images.DISK_FILE, images.HASH_FILE)
 
 
 
