@@ -151,7 +151,7 @@ def _check(image: str, arch: str, home: Path, builds: Path | None, from_: Path |
 
     recipe = _recipe(image, arch, recipes)
     built = from_ or imaging.build_dir(recipe, builds or home / "image-builds")
-    installed = home / "images" / (recipe.alias_of or recipe.name) / arch
+    installed = home / "images" / recipe.canonical / arch
     if from_ is None and not (built / images.DISK_FILE).is_file() and (
             installed / images.DISK_FILE).is_file():
         # No build of this recipe here, but an image installed (say, from a job, whose
@@ -214,7 +214,7 @@ def install(
             f"error: cannot install {image}: {getattr(e, 'message', None) or e}", markup=False
         )
         raise typer.Exit(1) from None
-    out.print(f"installed {recipe.alias_of or recipe.name} ({arch}) at {place}", markup=False)
+    out.print(f"installed {recipe.canonical} ({arch}) at {place}", markup=False)
 
 
 @app.command()
@@ -248,8 +248,8 @@ def schedule(
     text = _rebuild_manifest(recipe)
     # An image rebuild (admins only): runners install what its jobs build themselves.
     body = ScheduleCreate(cron=cron, manifest=text,
-                          note=f"rebuild {recipe.alias_of or recipe.name} ({arch})",
-                          image=recipe.alias_of or recipe.name, arch=arch)
+                          note=f"rebuild {recipe.canonical} ({arch})",
+                          image=recipe.canonical, arch=arch)
 
     async def work(c: Client) -> ScheduleOut:
         return await SchedulesClient(c).create(body)

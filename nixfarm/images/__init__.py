@@ -80,9 +80,14 @@ class Recipe:
         return self.name.split("/", 1)[0]
 
     @property
+    def canonical(self) -> str:
+        """The image's own name: an alias's target, else its name."""
+        return self.alias_of or self.name
+
+    @property
     def release(self) -> str:
         """The real release (an alias's target)."""
-        return (self.alias_of or self.name).split("/", 1)[1]
+        return self.canonical.split("/", 1)[1]
 
     @property
     def functions(self) -> Path | None:
@@ -107,7 +112,7 @@ class Recipe:
 
     def build_name(self, digest: str) -> str:
         """The name of its build of recipe hash ``digest`` (aliases build the real one)."""
-        return f"{(self.alias_of or self.name).replace('/', '-')}-{self.arch}-{digest}"
+        return f"{self.canonical.replace('/', '-')}-{self.arch}-{digest}"
 
     @property
     def disk(self) -> Path | None:
@@ -212,7 +217,7 @@ def install(built: Path, recipe: Recipe, catalogue: Path, name: str | None = Non
     disk = built / DISK_FILE
     if not disk.is_file():
         raise ImageError(f"{built} holds no {DISK_FILE}: build the image first.")
-    distro, release = (recipe.alias_of or recipe.name).split("/", 1)
+    distro, release = recipe.canonical.split("/", 1)
     digest = (
         (built / HASH_FILE).read_text().strip()
         if (built / HASH_FILE).is_file()

@@ -70,7 +70,7 @@ def _unpack(recipe: Recipe) -> str:
     """The recipe task's script: ``~/recipe`` from a tar.gz in the script itself."""
     encoded = base64.b64encode(_archive(recipe)).decode()
     lines = "\n".join(textwrap.wrap(encoded, 76))
-    return (f"# {recipe.alias_of or recipe.name} {recipe.arch}, recipe {recipe_hash(recipe)}\n"
+    return (f"# {recipe.canonical} {recipe.arch}, recipe {recipe_hash(recipe)}\n"
             f"mkdir ~/{RECIPE_TASK}\n"
             f"base64 -d > recipe.tar.gz <<'RECIPE'\n{lines}\nRECIPE\n"
             f"tar -xzf recipe.tar.gz -C ~/{RECIPE_TASK}\nrm recipe.tar.gz\n"
