@@ -26,6 +26,7 @@ import functools
 import logging
 import os
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -532,9 +533,10 @@ class VmSandbox(Lifecycle):
         sock = self._shell_ports[port]
         TelnetTerminal.drain(sock)
         sock.send(telnet.window(rows, cols))
-        await channel.shell(port, run_id)
+        token = secrets.token_hex(8)
+        await channel.shell(port, run_id, token)
         done, release = self._session(xfer, port, run_id, "sh")
-        return TelnetTerminal(sock, done, lambda: channel.stop_shell(port), release)
+        return TelnetTerminal(sock, done, lambda: channel.stop_shell(port), release, token)
 
     def _session(self, xfer: Path, port: int, run_id: str, *leftovers: str
                  ) -> tuple[asyncio.Future[int], Callable[[], None]]:

@@ -11,7 +11,7 @@ and what ``get`` copies out.
       call ID UID                           fatal MESSAGE    (boot failed; it powers off)
       stop ID
       poweroff                              done ID STATUS
-      shell N ID
+      shell N ID TOKEN
       ssh N ID
       shellstop N
 
@@ -185,10 +185,10 @@ class AgentChannel:
                 await asyncio.shield(done)
                 await output.ended.wait()
 
-    async def shell(self, port: int, run_id: str) -> None:
+    async def shell(self, port: int, run_id: str, token: str) -> None:
         """Start a terminal session on shell port ``port`` (its script, ``run_id``, in
-        place)."""
-        await self._send(f"shell {port} {run_id}")
+        place; its output ends with ``telnet.END`` made of ``token``)."""
+        await self._send(f"shell {port} {run_id} {token}")
 
     async def ssh(self, port: int, run_id: str) -> None:
         """Start sshd on shell port ``port`` (``vm.sshd``; set up before)."""

@@ -13,7 +13,15 @@ and stdout (here a virtio-serial port, ``nixfarm.shN``) in the telnet protocol. 
   option negotiation at start, IAC IAC for 0xFF), which ``Decoder`` removes.
 
 The login program (``guest/agent``) runs the session's script as the build user
-and leaves its exit status for the agent, which reports ``shelldone N STATUS``.
+and leaves its exit status for the agent, which leaves it in ``xfer/ID.status``.
+
+How a session's last output is not lost: telnetd (``-K``) ends the moment its login
+program does, dropping whatever it has not yet read from the pty or relayed (with
+two vCPUs a short command's whole output was lost so). The login program therefore
+prints an end marker after the session's output (``END``, with a token per session)
+and waits, ten seconds at most, for our answer (``ACK``) before it ends: once the
+marker is here, everything before it is too. A session killed before its end has
+no marker: its output is taken as complete after ``SETTLE`` seconds of quiet.
 """
 
 from __future__ import annotations
@@ -33,6 +41,11 @@ SETTLE = 0.3
 #: Chunks read from the port and not yet taken by ``read``: a slow reader (the relay,
 #: waiting for the client) stops the port's reading, and so the guest's writer.
 QUEUED = 16
+#: What the login program prints after the session's output: an APC sequence, which
+#: terminals ignore, were it ever to reach one.
+END = "\x1b_nixfarm-end-{token}\x1b\\"
+#: Our answer to the end marker, a line the login program reads from the pty.
+ACK = "nixfarm-ack-{token}\n"
 
 
 def encode(data: bytes) -> bytes:
@@ -83,8 +96,14 @@ class TelnetTerminal:
     """One session on a shell port (``terminal.Terminal``)."""
 
     def __init__(self, port: socket.socket, done: asyncio.Future[int],
-                 stop: Callable[[], Awaitable[None]], release: Callable[[], None]) -> None:
+                 stop: Callable[[], Awaitable[None]], release: Callable[[], None],
+                 token: str | None = None) -> None:
+        """``token``: the session's end marker's (``END``); None for a stream that
+        has none (``sshd.SshStream``)."""
         self._port = port
+        self._end = END.format(token=token).encode() if token else None
+        self._ack = ACK.format(token=token).encode() if token else b""
+        self._held = b""
         self._done = done
         self._stop = stop
         self._release = release
@@ -97,6 +116,22 @@ class TelnetTerminal:
     def _decode(self, chunk: bytes) -> bytes:
         """What of ``chunk``, read from the port, is the terminal's."""
         return self._decoder.feed(chunk)
+
+    def _until_end(self, data: bytes) -> tuple[bytes, bool]:
+        """What of ``data`` comes before the end marker, and whether it came; the
+        start of a marker cut across chunks is held back until the next."""
+        if self._end is None:
+            return data, False
+        data = self._held + data
+        self._held = b""
+        at = data.find(self._end)
+        if at >= 0:
+            return data[:at], True
+        for size in range(min(len(self._end) - 1, len(data)), 0, -1):
+            if self._end.startswith(data[-size:]):
+                self._held = data[-size:]
+                return data[:-size], False
+        return data, False
 
     @staticmethod
     def drain(port: socket.socket) -> None:
@@ -129,8 +164,13 @@ class TelnetTerminal:
                     chunk = receive.result()
                 if not chunk:
                     break
-                if data := self._decode(chunk):
+                data, ended = self._until_end(self._decode(chunk))
+                if data:
                     await self._output.put(data)
+                if ended:
+                    # Everything is here: the login program may end now.
+                    await loop.sock_sendall(self._port, encode(self._ack))
+                    break
         except OSError:
             pass
         finally:

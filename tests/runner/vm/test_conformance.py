@@ -228,3 +228,34 @@ async def test_a_terminal_inside_with_size_and_interrupts(sandbox: Sandbox) -> N
             assert await command.wait() == 3
     finally:
         await command.close()
+
+
+async def test_a_terminal_command_s_last_output_is_never_lost(sandbox: Sandbox) -> None:
+    # A command that prints and ends at once, again and again: its end races the
+    # relay of its output (in a VM telnetd ended with its login program and dropped
+    # what it had not relayed: with two vCPUs, often all of it). And a large output
+    # read slowly, so that the relay is behind when the command ends.
+    for n in range(6):
+        command = await sandbox.shell(["/bin/sh", "-c", f"echo last-$(({n}+1)); exit {n}"])
+        seen = bytearray()
+        try:
+            with anyio.fail_after(60):
+                while chunk := await command.read():
+                    seen += chunk
+                assert await command.wait() == n
+        finally:
+            await command.close()
+        assert f"last-{n + 1}".encode() in seen, (n, bytes(seen))
+    command = await sandbox.shell(["/bin/sh", "-c", "seq 1 30000; echo end-of-$((6*7))"])
+    seen = bytearray()
+    try:
+        with anyio.fail_after(120):
+            while chunk := await command.read():
+                seen += chunk
+                await anyio.sleep(0.01)
+            assert await command.wait() == 0
+    finally:
+        await command.close()
+    lines = bytes(seen).replace(b"\r\n", b"\n").split(b"\n")
+    assert [int(line) for line in lines if line.isdigit()] == list(range(1, 30001))
+    assert b"end-of-42" in seen
