@@ -25,7 +25,8 @@ new key, so a kept file would only gather stale entries (and collide between far
 with the same job numbers).
 
 ``--config`` prints the path of an ssh_config file (a ``Host nixfarm-job-JOB`` block
-in ``$XDG_STATE_HOME/nixfarm/ssh/job-JOB/``, with a key pair made once for the job)
+in ``$XDG_STATE_HOME/nixfarm/ssh/HOST-PORT/job-JOB/``, with a key pair made once for
+the job)
 for scp, rsync and other ssh tooling: ``scp -F "$(nixfarm ssh 42 --config)"
 nixfarm-job-42:file .``.
 """
@@ -35,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -44,6 +46,7 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import typer
 
@@ -142,9 +145,13 @@ def _options(job: int, identity: Path, directory: Path, relay: list[str]
     }
 
 
-def _state_dir(job: int) -> Path:
+def _state_dir(url: str, job: int) -> Path:
+    """Where ``--config`` keeps JOB's key, known_hosts and ssh_config: per farm (two
+    farms each have a job 1), named by the farm's host and port."""
     state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    directory = state / "nixfarm" / "ssh" / f"job-{job}"
+    parts = urlsplit(url)
+    farm = re.sub(r"[^A-Za-z0-9.-]+", "-", f"{parts.netloc}{parts.path}".strip("/"))
+    directory = state / "nixfarm" / "ssh" / (farm or "farm") / f"job-{job}"
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
     return directory
@@ -170,7 +177,7 @@ def ssh(
     forwards work too. Exits with ssh's exit status."""
     endpoint = resolve(url, token, data_dir)
     if config:
-        directory = _state_dir(job)
+        directory = _state_dir(endpoint.url, job)
         made = directory / "id_ed25519"
         identity, public = _own_key(key) if key else (
             (made, Path(f"{made}.pub")) if Path(f"{made}.pub").is_file()

@@ -368,7 +368,8 @@ class Agent:
         result = await run_job(ctx)
         if ctx.kept and ctx.sandbox is not None:
             shipper.line(None, f"nixfarm: the sandbox is kept for {a.shell_hold_seconds / 60:g} "
-                               f"minutes: nixfarm shell {a.job_id}")
+                               f"minutes: nixfarm shell {a.job_id} (or nixfarm ssh "
+                               f"{a.job_id}, where the image has an SSH server)")
             kept.append(ctx.sandbox)
         return result
 

@@ -69,6 +69,7 @@ tasks:
         assert runner["accelerator"] in setup
         # The failed job's VM is kept: a shell into it sees what the failed task left.
         assert done["held_until"] is not None
+        assert f"nixfarm shell {done['id']} (or nixfarm ssh {done['id']}," in setup, setup
         # (Its Nix image has no sshd: nixfarm ssh says so, and names nixfarm shell.)
         ssh = farm.cli("ssh", str(done["id"]), "--", "true", check=False)
         assert ssh.returncode == 2, (ssh.stdout, ssh.stderr)
