@@ -31,6 +31,8 @@ from nixfarm.errors import ConfigError
 
 #: How ``nixfarm up`` hands its validated settings (JSON) to the server's worker.
 SETTINGS_VARIABLE = "_NIXFARM_SETTINGS"
+#: And how many worker processes serve the farm (``events.factory``).
+WORKERS_VARIABLE = "_NIXFARM_WORKERS"
 
 #: The configuration file read from the data directory when none is named.
 DEFAULT_FILE = "nixfarm.toml"

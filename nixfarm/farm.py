@@ -62,7 +62,8 @@ class Farm:
     builders: BuilderService
 
     @classmethod
-    async def open(cls, settings: Settings) -> Farm:
+    async def open(cls, settings: Settings, *, workers: int = 0) -> Farm:
+        """``workers``: the server's processes, where known (``events.factory``)."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         await anyio.to_thread.run_sync(engine.migrate, settings.db_url)
         db = await engine.connect(settings.db_url)
@@ -77,7 +78,7 @@ class Farm:
             tokens = TokenService(db)
             keys = await farmkeys.load(settings, db)  # ConfigError if not the farm's
             pull_tokens = PullTokens(keys.registry_token, tokens)
-            events = open_bus(settings)
+            events = open_bus(settings, workers=workers)
             caches.events = events  # re-uploads tell the other servers
             builds = BuildServices.open(settings, db, store, events, caches, tokens,
                                         keys.secrets)

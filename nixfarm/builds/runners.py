@@ -6,8 +6,11 @@ owners, the cache it pushes to, no secrets for an untrusted token; see
 docs/security.md), all in SQL, and takes it with one conditional UPDATE
 (``status = 'queued'`` -> ``running``), so two runners racing for a job cannot both
 win. With nothing to take, the call sleeps on the bus topic ``jobs.queued`` (woken by
-every submit) and re-checks the database at least once a second (a job queued by
-another server, a lost wake-up), until its ``wait`` runs out.
+everything that makes a job claimable: a submit, a re-queue, a runner offering anew)
+until its ``wait`` runs out, and re-checks the database meanwhile: once a second
+where another server's submits may not reach this bus (``EventBus.complete``), else
+every ``RECHECK_COMPLETE`` seconds, for a lost wake-up (a Redis reconnection). An
+idle farm so reads its queue a few times a minute, not every second per slot.
 
 Leases. Claiming gives the runner a lease of ``jobs.lease_seconds``; every runner
 call about the job renews it, and a runner renews it explicitly by heartbeating
@@ -116,6 +119,12 @@ class _Pool:
     pool: PoolSettings | None = None
 
 
+#: Seconds between a long-poll's looks at the queue where every submit wakes it.
+RECHECK_COMPLETE = 10.0
+#: And where another server's may not.
+RECHECK = 1.0
+
+
 class RunnerService:
     def __init__(self, jobs: JobService, tokens: TokenService,
                  artifacts: ArtifactService) -> None:
@@ -175,6 +184,8 @@ class RunnerService:
         if not body.refresh:
             await self._settle_runner(runner.id,
                                       f"runner {body.name} restarted while the job ran")
+        else:  # its open long-polls look again, for the jobs of the images it adds
+            await self.bus.publish(QUEUED_TOPIC, f"runner {runner.id}".encode())
         return self._runner_out(runner)
 
     async def _settle_runner(self, runner_id: int, why: str,
@@ -284,6 +295,7 @@ class RunnerService:
         """
         runner = await self._runner(who, runner_id)
         deadline = time.monotonic() + wait
+        recheck = RECHECK_COMPLETE if self.bus.complete else RECHECK
         async with self.bus.subscribe(QUEUED_TOPIC) as sub:
             while True:
                 if gone():
@@ -297,7 +309,13 @@ class RunnerService:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
-                await sub.get(min(remaining, 1.0))
+                await sub.get(min(remaining, recheck))
+                # Its images, as it offers them now (an image installed meanwhile).
+                async with self.db.session() as s:
+                    again = await s.get(Runner, runner_id)
+                if again is None:
+                    return None
+                runner = again
 
     async def _pool(self, runner: Runner) -> _Pool:
         """The conditions its token's pool puts on the jobs a runner claims.
@@ -338,6 +356,7 @@ class RunnerService:
 
     async def _take(self, runner: Runner, pool: _Pool) -> Job | None:
         now = utcnow()
+        undone: int | None = None
         async with self.db.session() as s:
             # Only jobs this runner can run (and its token's pool allows): jobs waiting
             # for another image, arch or runner, however many, must not hide the ones
@@ -364,10 +383,13 @@ class RunnerService:
                             status="queued", runner_id=None, attempts=job.attempts,
                             started_at=None, lease_expires_at=None)
                             .execution_options(synchronize_session=False))
-                        return None
+                        undone = job.id
+                        break
                     await s.refresh(job)
                     log.info("job %d claimed by runner %d", job.id, runner.id)
                     return job
+        if undone is not None:  # queued again (committed): another runner may take it
+            await self.bus.publish(QUEUED_TOPIC, str(undone).encode())
         return None
 
     async def _assignment(self, job: Job) -> Assignment:

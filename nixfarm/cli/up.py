@@ -89,7 +89,7 @@ def _serve(part: str, config_file: Path | None, data_dir: Path | None, listen: s
            overrides: dict[str, Any], *, demo: bool, workers: int) -> None:
     # Imported here: every other command starts faster without the server's modules.
     from nixfarm import bootstrap, farmlock, hardening, prerequisites, supervisor
-    from nixfarm.config import SETTINGS_VARIABLE
+    from nixfarm.config import SETTINGS_VARIABLE, WORKERS_VARIABLE
     from nixfarm.edge import nginx as edge_nginx
     from nixfarm.edge.layout import EdgeLayout
 
@@ -132,6 +132,7 @@ def _serve(part: str, config_file: Path | None, data_dir: Path | None, listen: s
             "nginx": nginx_binary, "edge_root": str(layout.root),
             "announce": str(announced), "grace": settings.jobs.shutdown_grace_seconds}
     env = {**os.environ, SETTINGS_VARIABLE: settings.model_dump_json(),
+           WORKERS_VARIABLE: str(workers),
            supervisor.PLAN_VARIABLE: json.dumps(plan)}
     sys.stderr.flush()
     # Same process id, without this command's libraries (see nixfarm/supervisor.py).

@@ -29,6 +29,11 @@ class Subscription(Protocol):
 
 
 class EventBus(Protocol):
+    #: Whether every publisher of the farm publishes here: Redis, which every server
+    #: shares; the in-process bus of a farm's only server process. Where not, what
+    #: another server publishes is seen only by reading the database (soon).
+    complete: bool
+
     async def publish(self, topic: str, message: bytes) -> None:
         """Send ``message`` to everyone subscribed to ``topic`` now; never blocks long.
 

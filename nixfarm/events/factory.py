@@ -7,9 +7,12 @@ from nixfarm.events.base import EventBus
 from nixfarm.events.memory import MemoryBus
 
 
-def open_bus(settings: Settings) -> EventBus:
+def open_bus(settings: Settings, *, workers: int = 0) -> EventBus:
+    """``workers``: the server's processes (0: not known). In-process events reach the
+    whole farm when it has one server process: ``nixfarm up``, or one ``nixfarm
+    server`` on the data directory's SQLite database (which no other host can share)."""
     if settings.redis_url:
         from nixfarm.events.redis import RedisBus
 
         return RedisBus(settings.redis_url)
-    return MemoryBus()
+    return MemoryBus(complete=workers == 1 and not settings.database_url)

@@ -29,7 +29,9 @@ class MemorySubscription:
 
 
 class MemoryBus:
-    def __init__(self) -> None:
+    def __init__(self, *, complete: bool = False) -> None:
+        """``complete``: this process is the farm's only server (``EventBus``)."""
+        self.complete = complete
         self._topics: dict[str, set[MemoryObjectSendStream[bytes]]] = defaultdict(set)
 
     async def publish(self, topic: str, message: bytes) -> None:

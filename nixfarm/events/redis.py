@@ -37,6 +37,8 @@ class RedisSubscription:
 
 
 class RedisBus:
+    complete = True  # every server of the farm shares it
+
     def __init__(self, url: str) -> None:
         self._redis = aioredis.Redis.from_url(url)
 

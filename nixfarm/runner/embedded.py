@@ -71,9 +71,9 @@ async def serve(settings: Settings) -> None:
                       name="embedded", slots=slots, work_root=home / "jobs",
                       new_sandbox=sandbox.new_sandbox, sandbox_kinds=sandbox.kinds,
                       accelerator=sandbox.accelerator,
-                      # Short long-polls: the server drains open requests before it
-                      # stops, and our own claims would hold its shutdown up.
-                      claim_wait=2.0, nix=NixDaemon(
+                      # Long-polls as long as a runner's own: stopping (the drain
+                      # signal) cancels the one open, and the server sees it hang up.
+                      nix=NixDaemon(
                           home, dict(settings.nix_options),
                           farm_urls=[url, settings.base_url]),
                       image_updates=ImageUpdater(

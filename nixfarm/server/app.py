@@ -37,7 +37,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from nixfarm import __version__
-from nixfarm.config import SETTINGS_VARIABLE, Settings
+from nixfarm.config import SETTINGS_VARIABLE, WORKERS_VARIABLE, Settings
 from nixfarm.edge import accesslog
 from nixfarm.edge.layout import EdgeLayout
 from nixfarm.edge.process import die_with_parent
@@ -122,12 +122,13 @@ def openapi(app: FastAPI, routes: list[BaseRoute]) -> dict[str, Any]:
     return app.openapi_schema
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, workers: int = 0) -> FastAPI:
+    """``workers``: how many processes serve this app (0: not known)."""
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        farm = await Farm.open(settings)
+        farm = await Farm.open(settings, workers=workers)
         app.state.farm = farm
         try:
             async with contextlib.AsyncExitStack() as stack:
@@ -186,4 +187,5 @@ def from_environment() -> FastAPI:
     die_with_parent()  # a worker of a killed supervisor would serve on, orphaned
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the embedded runner's calls
-    return create_app(Settings.model_validate_json(os.environ[SETTINGS_VARIABLE]))
+    return create_app(Settings.model_validate_json(os.environ[SETTINGS_VARIABLE]),
+                      workers=int(os.environ.get(WORKERS_VARIABLE) or 0))

@@ -27,15 +27,17 @@ MakeBuilds = Callable[..., BuildServices]
 @pytest.fixture
 async def make_builds(db: Database, tmp_path: Path) -> AsyncIterator[MakeBuilds]:
     """Build services on the test's database; keyword arguments set ``jobs.*``
-    (``registry``: the registry section)."""
+    (``registry``: the registry section; ``complete``: the services are the farm's
+    only server, ``EventBus.complete``)."""
     buses: list[MemoryBus] = []
 
-    def make(registry: dict[str, object] | None = None, **jobs: object) -> BuildServices:
+    def make(registry: dict[str, object] | None = None, *, complete: bool = False,
+             **jobs: object) -> BuildServices:
         settings = config.load(environ={}, overrides={
             "data_dir": str(tmp_path), "jobs": {"images": ["nix", "alpine/edge"], **jobs},
             "registry": registry or {}})
         store = open_store(settings)
-        bus = MemoryBus()
+        bus = MemoryBus(complete=complete)
         buses.append(bus)
         tokens = TokenService(db)
         return BuildServices.open(settings, db, store, bus, CacheService(db, store, settings),

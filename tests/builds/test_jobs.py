@@ -9,6 +9,7 @@ import anyio
 import pytest
 import sqlalchemy as sa
 
+from nixfarm.builds.runners import RECHECK, RECHECK_COMPLETE
 from nixfarm.builds.services import BuildServices
 from nixfarm.db.engine import Database
 from nixfarm.db.models import Job
@@ -241,6 +242,54 @@ async def test_image_nix_needs_a_package_source_or_a_runner_that_brings_one(
     runner_token = await principal(db, "runner", "runner")
     await without.runners.register(runner_token, RunnerRegister(name="r", images=["nix"]))
     assert (await without.jobs.submit(user, nix_job)).image == "nix"
+
+
+async def test_a_job_queued_by_another_server_is_claimed_within_a_second_or_two(
+        db: Database, make_builds: MakeBuilds) -> None:
+    # Two servers on one database, each with its own in-process bus: the submit on
+    # one does not wake the other's long-poll, its look at the queue finds the job.
+    here, there = make_builds(), make_builds()
+    user, rt, rid = await setup(db, here)
+    got = []
+
+    async def claim() -> None:
+        got.append(await here.runners.claim(rt, rid, wait=30))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(claim)
+        await anyio.sleep(0.2)
+        start = anyio.current_time()
+        job = await there.jobs.submit(user, JobSubmit(manifest=MANIFEST))
+    assert got[0] is not None and got[0].job_id == job.id
+    assert anyio.current_time() - start < RECHECK + 1.0
+
+
+async def test_an_open_long_poll_takes_a_job_of_an_image_its_runner_adds(
+        db: Database, make_builds: MakeBuilds) -> None:
+    # The farm's only server (its bus reaches every submit): the long-poll looks at
+    # the queue only every RECHECK_COMPLETE seconds by itself; the runner's offering
+    # anew wakes it, with the images it offers now.
+    builds = make_builds(complete=True)
+    user, rt, rid = await setup(db, builds)
+    # (Another runner, not claiming now, offers the image: the job is accepted.)
+    await builds.runners.register(await principal(db, "other", "runner"),
+                                  RunnerRegister(name="r2", images=["debian/stable"]))
+    debian = await builds.jobs.submit(user, JobSubmit(
+        manifest=MANIFEST.replace("alpine/edge", "debian/stable")))
+    got = []
+
+    async def claim() -> None:
+        got.append(await builds.runners.claim(rt, rid, wait=30))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(claim)
+        await anyio.sleep(0.5)
+        assert not got and (await builds.jobs.view(debian.id)).status == "queued"
+        start = anyio.current_time()
+        await builds.runners.register(rt, RunnerRegister(
+            name="r1", images=["alpine/edge", "debian/stable"], refresh=True))
+    assert got[0] is not None and got[0].job_id == debian.id
+    assert anyio.current_time() - start < RECHECK_COMPLETE / 2
 
 
 async def test_a_runner_offering_anew_keeps_its_jobs_and_gets_the_new_images(
