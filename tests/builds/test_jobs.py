@@ -3,7 +3,9 @@ leases, time limits, cancelling, following."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import pytest
@@ -17,8 +19,10 @@ from nixfarm.errors import Conflict, Forbidden, InvalidInput, NotFound
 from nixfarm.manifest.errors import ManifestError
 from nixfarm.tokens import Principal
 from nixfarm.wire.jobs import JobSubmit
-from nixfarm.wire.runners import FinishRequest, RunnerRegister, TaskReport
+from nixfarm.wire.runners import Assignment, FinishRequest, RunnerRegister, TaskReport
 from tests.builds.conftest import MakeBuilds, principal
+
+T = TypeVar("T")
 
 pytestmark = pytest.mark.anyio
 
@@ -94,21 +98,33 @@ async def test_jobs_for_other_images_do_not_hide_a_runners_jobs(
     assert assignment is not None and assignment.job_id == mine.id
 
 
-async def test_claim_waits_for_a_submit(db: Database, make_builds: MakeBuilds) -> None:
-    builds = make_builds()
-    user, rt, rid = await setup(db, builds)
-    got = []
+async def claim_across(builds: BuildServices, rt: Principal, rid: int,
+                       meanwhile: Callable[[], Awaitable[T]], wait: float = 30
+                       ) -> tuple[Assignment | None, T, float]:
+    """A long-poll that is waiting when ``meanwhile`` runs: what it took, what
+    ``meanwhile`` returned, and the seconds from then until the long-poll ended."""
+    got: list[Assignment | None] = []
 
     async def claim() -> None:
-        got.append(await builds.runners.claim(rt, rid, wait=10))
+        got.append(await builds.runners.claim(rt, rid, wait=wait))
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(claim)
-        await anyio.sleep(0.2)
+        await anyio.sleep(0.3)
+        assert not got, "the long-poll ended before anything was done"
         start = anyio.current_time()
-        job = await builds.jobs.submit(user, JobSubmit(manifest=MANIFEST))
-    assert got[0] is not None and got[0].job_id == job.id
-    assert anyio.current_time() - start < 1.0
+        result = await meanwhile()
+    return got[0], result, anyio.current_time() - start
+
+
+async def test_claim_waits_for_a_submit(db: Database, make_builds: MakeBuilds) -> None:
+    builds = make_builds()
+    user, rt, rid = await setup(db, builds)
+    took, job, seconds = await claim_across(
+        builds, rt, rid, lambda: builds.jobs.submit(user, JobSubmit(manifest=MANIFEST)),
+        wait=10)
+    assert took is not None and took.job_id == job.id
+    assert seconds < 1.0
 
 
 async def test_lost_runner_requeues_once_then_fails(db: Database,
@@ -250,18 +266,10 @@ async def test_a_job_queued_by_another_server_is_claimed_within_a_second_or_two(
     # one does not wake the other's long-poll, its look at the queue finds the job.
     here, there = make_builds(), make_builds()
     user, rt, rid = await setup(db, here)
-    got = []
-
-    async def claim() -> None:
-        got.append(await here.runners.claim(rt, rid, wait=30))
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(claim)
-        await anyio.sleep(0.2)
-        start = anyio.current_time()
-        job = await there.jobs.submit(user, JobSubmit(manifest=MANIFEST))
-    assert got[0] is not None and got[0].job_id == job.id
-    assert anyio.current_time() - start < RECHECK + 1.0
+    took, job, seconds = await claim_across(
+        here, rt, rid, lambda: there.jobs.submit(user, JobSubmit(manifest=MANIFEST)))
+    assert took is not None and took.job_id == job.id
+    assert seconds < RECHECK + 1.0
 
 
 async def test_an_open_long_poll_takes_a_job_of_an_image_its_runner_adds(
@@ -276,20 +284,10 @@ async def test_an_open_long_poll_takes_a_job_of_an_image_its_runner_adds(
                                   RunnerRegister(name="r2", images=["debian/stable"]))
     debian = await builds.jobs.submit(user, JobSubmit(
         manifest=MANIFEST.replace("alpine/edge", "debian/stable")))
-    got = []
-
-    async def claim() -> None:
-        got.append(await builds.runners.claim(rt, rid, wait=30))
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(claim)
-        await anyio.sleep(0.5)
-        assert not got and (await builds.jobs.view(debian.id)).status == "queued"
-        start = anyio.current_time()
-        await builds.runners.register(rt, RunnerRegister(
-            name="r1", images=["alpine/edge", "debian/stable"], refresh=True))
-    assert got[0] is not None and got[0].job_id == debian.id
-    assert anyio.current_time() - start < RECHECK_COMPLETE / 2
+    took, _, seconds = await claim_across(builds, rt, rid, lambda: builds.runners.register(
+        rt, RunnerRegister(name="r1", images=["alpine/edge", "debian/stable"], refresh=True)))
+    assert took is not None and took.job_id == debian.id
+    assert seconds < RECHECK_COMPLETE / 2
 
 
 async def test_a_runner_offering_anew_keeps_its_jobs_and_gets_the_new_images(
