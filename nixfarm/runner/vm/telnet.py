@@ -171,6 +171,8 @@ class TelnetTerminal:
                     # Everything is here: the login program may end now.
                     await loop.sock_sendall(self._port, encode(self._ack))
                     break
+            if self._held:  # a session ended without its marker: what looked like its start
+                await self._output.put(self._held)
         except OSError:
             pass
         finally:

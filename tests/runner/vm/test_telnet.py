@@ -19,9 +19,9 @@ pytestmark = pytest.mark.anyio
 TOKEN = "0123456789abcdef"
 
 
-async def session(chunks: list[bytes]) -> tuple[bytes, bytes]:
+async def session(chunks: list[bytes], killed: bool = False) -> tuple[bytes, bytes]:
     """What the terminal gives for ``chunks`` sent by the guest, and what the guest
-    is sent back."""
+    is sent back; ``killed``: the session ends after them (as shellstop ends it)."""
     host, guest = socket.socketpair()
     host.setblocking(False)
     done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -34,6 +34,8 @@ async def session(chunks: list[bytes]) -> tuple[bytes, bytes]:
         for chunk in chunks:
             guest.sendall(chunk)
             await asyncio.sleep(0.01)
+        if killed:
+            done.set_result(137)
         seen = b""
         async with asyncio.timeout(10):
             while chunk := await terminal.read():
@@ -45,7 +47,8 @@ async def session(chunks: list[bytes]) -> tuple[bytes, bytes]:
             answer = b""
         return seen, answer
     finally:
-        done.set_result(0)
+        if not done.done():
+            done.set_result(0)
         await terminal.close()
         guest.close()
         host.close()
@@ -72,3 +75,10 @@ async def test_another_session_s_marker_does_not_end_this_one() -> None:
     end = telnet.END.format(token=TOKEN).encode()
     seen, _ = await session([b"one" + other + b"two", end])
     assert seen == b"one" + other + b"two"
+
+
+
+async def test_a_session_ended_without_its_marker_keeps_its_last_bytes() -> None:
+    # Killed (shellstop): no marker comes; what could have been its start is output.
+    seen, answer = await session([b"colour \x1b[31mred\x1b"], killed=True)
+    assert seen == b"colour \x1b[31mred\x1b" and answer == b""
